@@ -1,0 +1,42 @@
+# primer — the first two commands on a fresh clone: `make demo` and `make test`.
+# Everything builds in the dev profile (dependencies optimised, see Cargo.toml) so that tests,
+# the demo and the benchmarks share one build.
+
+CARGO ?= cargo
+PRIMER = target/debug/primer
+
+.PHONY: all build test demo demo-quick bench lint fmt clean-results check-cuda
+
+all: build
+
+build:
+	$(CARGO) build --bins
+
+## Run the whole test suite (what CI runs). Tests that need ../shared say when they skip.
+test:
+	$(CARGO) test --no-fail-fast -- --test-threads=2
+
+## The embedded default: a small sweep on CPU over committed WikiAnn slices with a tiny model;
+## tables and figures land in results/demo/.
+demo: build
+	$(PRIMER) demo
+
+## The same, shortened (seconds-scale), as the CLI test runs it.
+demo-quick: build
+	$(PRIMER) demo --quick
+
+## Speed benchmarks, printed as ratios against the PyTorch reference run side by side
+## (needs a Python with torch + transformers + safetensors: set TORCH_PYTHON, see README).
+bench: build
+	$(PRIMER) bench
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+## Compile the CUDA path (needs the CUDA toolkit; no GPU needed to compile).
+check-cuda:
+	CUDA_COMPUTE_CAP=$${CUDA_COMPUTE_CAP:-90} $(CARGO) build --release --features cuda

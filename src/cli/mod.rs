@@ -1,0 +1,83 @@
+//! Command-line interface. Each subcommand's arguments and handler live in their own file;
+//! handlers return `anyhow::Result` and the single error print happens in [`main`].
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod finetune;
+mod init_model;
+mod prime;
+mod report;
+mod score;
+mod sweep;
+
+/// primer: run, sweep and report priming experiments (meta-learning for parameter-efficient
+/// fine-tuning, Gheini et al. 2022).
+#[derive(Debug, Parser)]
+#[command(name = "primer", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Fine-tune a tagger on one target language (full, head or adapter tuning) and write metrics.json.
+    Finetune(finetune::FinetuneArgs),
+    /// Prime a model on source languages (meta priming, FT priming, MAML loop) and write a checkpoint.
+    Prime(prime::PrimeArgs),
+    /// Score a conlleval-format file (token ... gold predicted) with seqeval-identical entity F1.
+    Score(score::ScoreArgs),
+    /// Write a small, seeded, randomly initialised BERT folder (for the demo and tests).
+    InitModel(init_model::InitModelArgs),
+    /// Show the runs a sweep file expands into, their dependencies and status.
+    Plan(sweep::PlanArgs),
+    /// Execute a sweep's pending runs on CPU or CUDA device slots (resumable).
+    Run(sweep::RunArgs),
+    /// Summarise a sweep's done / running / failed / pending runs.
+    Status(sweep::StatusArgs),
+    /// Cancel a sweep's Slurm jobs.
+    Cancel(sweep::CancelArgs),
+    /// Execute one stored run (used by the orchestrator and by Slurm tasks).
+    #[command(hide = true)]
+    Exec(sweep::ExecArgs),
+    /// Gather a sweep's scores into tables (Table 1) and figures (Figures 3 and 4).
+    Report(report::ReportArgs),
+    /// Run the embedded demo sweep on CPU and write its report under results/demo.
+    Demo(sweep::DemoArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Finetune(a) => finetune::run(a),
+        Command::Prime(a) => prime::run(a),
+        Command::Score(a) => score::run(a),
+        Command::InitModel(a) => init_model::run(a),
+        Command::Plan(a) => sweep::plan(a),
+        Command::Run(a) => sweep::run(a),
+        Command::Status(a) => sweep::status(a),
+        Command::Cancel(a) => sweep::cancel(a),
+        Command::Exec(a) => sweep::exec(a),
+        Command::Report(a) => report::run(a),
+        Command::Demo(a) => sweep::demo(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sets up `tracing` output on stderr, controlled by `RUST_LOG` (default: info).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

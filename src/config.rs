@@ -1,0 +1,257 @@
+//! The typed settings of one run. These structs are the single source of truth shared by the
+//! CLI (`primer finetune`, `primer prime`), the sweep files (a sweep's base configuration and
+//! overrides deserialize into them) and the run store (the resolved struct is hashed into a
+//! run's identity). Every field has a documented default, so a TOML or JSON file only names
+//! what it changes; unknown fields are rejected.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Which parameters downstream fine-tuning trains (the paper's settings 1-3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FinetuneMethod {
+    /// Full FT: every parameter present — θp ∪ θh, and θa when the model carries an adapter.
+    Full,
+    /// Head tuning: θh only.
+    Head,
+    /// Adapter tuning: θa ∪ θh (an adapter is created when the model has none).
+    Adapter,
+}
+
+impl FinetuneMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinetuneMethod::Full => "full",
+            FinetuneMethod::Head => "head",
+            FinetuneMethod::Adapter => "adapter",
+        }
+    }
+
+    /// Learning rate used when none is given. Chosen so that each method converges on WikiAnn
+    /// within a few epochs: full fine-tuning needs the small BERT rate, the parameter-efficient
+    /// methods train few, freshly initialised weights and need a much larger one.
+    pub fn default_lr(self) -> f64 {
+        match self {
+            FinetuneMethod::Full => 5e-5,
+            FinetuneMethod::Head => 5e-3,
+            FinetuneMethod::Adapter => 1e-3,
+        }
+    }
+}
+
+impl std::fmt::Display for FinetuneMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a split is cut down for cheap runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Subsample {
+    /// The first N sentences of the file.
+    #[default]
+    First,
+    /// N sentences drawn without replacement with the run's data seed (order preserved).
+    Seeded,
+}
+
+/// Where a language's WikiAnn data lives and how much of it to use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Root holding one directory per language (`<root>/<lang>/...`), in any of the three
+    /// supported layouts (auto-detected per language).
+    pub root: PathBuf,
+    /// Use at most this many training sentences (None: all).
+    pub train_limit: Option<usize>,
+    /// Use at most this many dev sentences (None: all).
+    pub dev_limit: Option<usize>,
+    /// Use at most this many test sentences (None: all).
+    pub test_limit: Option<usize>,
+    /// How limits pick sentences.
+    pub subsample: Subsample,
+    /// Maximum sequence length in subword tokens, [CLS] and [SEP] included.
+    pub max_len: usize,
+    /// Reject I- tags that do not continue a chunk of the same type (strict IOB2 input).
+    pub strict_iob2: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("data/wikiann"),
+            train_limit: None,
+            dev_limit: None,
+            test_limit: None,
+            subsample: Subsample::First,
+            max_len: 128,
+            strict_iob2: false,
+        }
+    }
+}
+
+/// Settings of one downstream fine-tuning run (`primer finetune`): the unit of work that a
+/// sweep schedules. One serialisable struct so that a run is fully described by it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    /// Hugging Face BERT folder (config.json, model.safetensors, tokenizer.json/vocab.txt).
+    pub model: PathBuf,
+    /// A primed checkpoint folder to start from instead of `model` (θp*, θa*; fresh head).
+    pub init: Option<PathBuf>,
+    pub data: DataConfig,
+    /// Target language (directory name under `data.root`).
+    pub lang: String,
+    pub method: FinetuneMethod,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Peak learning rate; None: [`FinetuneMethod::default_lr`].
+    pub lr: Option<f64>,
+    /// Fraction of the total steps spent in linear warm-up.
+    pub warmup_ratio: f64,
+    pub weight_decay: f64,
+    /// Apply weight decay to biases and LayerNorm parameters too (torch's default: yes).
+    pub decay_bias_and_norm: bool,
+    /// Bottleneck dimension of the adapter created when the model has none.
+    pub adapter_dim: usize,
+    /// Cache encoder outputs when θp is frozen (head/adapter tuning; encoder dropout is off then).
+    pub cache_encoder: bool,
+    /// Override the dropout probabilities of config.json (None: keep them).
+    pub dropout: Option<f64>,
+    pub seed: u64,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            init: None,
+            data: DataConfig::default(),
+            lang: String::new(),
+            method: FinetuneMethod::Adapter,
+            epochs: 3,
+            batch_size: 16,
+            lr: None,
+            warmup_ratio: 0.0,
+            weight_decay: 0.01,
+            decay_bias_and_norm: true,
+            adapter_dim: 64,
+            cache_encoder: true,
+            dropout: None,
+            seed: 0,
+            device: "cpu".to_string(),
+        }
+    }
+}
+
+impl FinetuneConfig {
+    /// The learning rate actually used.
+    pub fn effective_lr(&self) -> f64 {
+        self.lr.unwrap_or_else(|| self.method.default_lr())
+    }
+}
+
+/// Which priming stage runs before fine-tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrimingMethod {
+    /// First-order MAML, Algorithm 1 (the inner loop is set by [`InnerLoop`]).
+    Meta,
+    /// FT priming: plain multi-task fine-tuning of θp ∪ θa ∪ θh on the same source data.
+    Ft,
+}
+
+/// Which parameters the meta-learning inner loop updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InnerLoop {
+    /// Parameter-efficient: only the fast θa and θh (the paper's method).
+    Pe,
+    /// Everything, θp included (the "MAML loop" ablation).
+    Full,
+}
+
+/// Whether the S inner steps reuse one support batch or take S distinct ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SupportMode {
+    Same,
+    Distinct,
+}
+
+/// Settings of one priming run (`primer prime`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrimeConfig {
+    pub model: PathBuf,
+    pub data: DataConfig,
+    /// Source languages; each is one task with its own head.
+    pub sources: Vec<String>,
+    pub method: PrimingMethod,
+    pub inner_loop: InnerLoop,
+    /// S, the number of inner SGD steps.
+    pub inner_steps: usize,
+    /// Inner SGD learning rate (None: 0.03 for the PE loop, 1e-4 for the full loop).
+    pub inner_lr: Option<f64>,
+    /// Outer AdamW learning rate (linear decay over `steps`).
+    pub outer_lr: f64,
+    pub weight_decay: f64,
+    pub warmup_ratio: f64,
+    pub support: SupportMode,
+    /// Number of outer steps.
+    pub steps: usize,
+    /// Tasks sampled per outer step (None: all sources).
+    pub tasks_per_step: Option<usize>,
+    /// Sentences per support batch.
+    pub support_batch_size: usize,
+    /// Sentences per query batch.
+    pub query_batch_size: usize,
+    /// Learning rate of FT priming (the multi-task fine-tuning baseline).
+    pub ft_lr: f64,
+    pub adapter_dim: usize,
+    pub dropout: Option<f64>,
+    pub seed: u64,
+    pub device: String,
+}
+
+impl Default for PrimeConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            data: DataConfig::default(),
+            sources: vec!["en".to_string(), "es".to_string()],
+            method: PrimingMethod::Meta,
+            inner_loop: InnerLoop::Pe,
+            inner_steps: 5,
+            inner_lr: None,
+            outer_lr: 5e-5,
+            weight_decay: 0.01,
+            warmup_ratio: 0.0,
+            support: SupportMode::Same,
+            steps: 1000,
+            tasks_per_step: None,
+            support_batch_size: 16,
+            query_batch_size: 16,
+            ft_lr: 5e-5,
+            adapter_dim: 64,
+            dropout: None,
+            seed: 0,
+            device: "cpu".to_string(),
+        }
+    }
+}
+
+impl PrimeConfig {
+    /// The inner learning rate actually used (the paper: 0.03 for the PE loop; the full loop
+    /// needs the lower 1e-4).
+    pub fn effective_inner_lr(&self) -> f64 {
+        self.inner_lr.unwrap_or(match self.inner_loop {
+            InnerLoop::Pe => 0.03,
+            InnerLoop::Full => 1e-4,
+        })
+    }
+}

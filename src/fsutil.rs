@@ -1,0 +1,160 @@
+//! Atomic file output: every result primer writes goes to a temporary file in the target's
+//! directory and is renamed into place, so a crash never leaves a half-written file behind.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Errors from writing results to disk, always naming the path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot parse {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> FsError + '_ {
+    move |source| FsError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temp file in the same directory + fsync + rename).
+/// Parent directories are created.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(write_err(path))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(&dir)
+        .map_err(write_err(path))?;
+    tmp.write_all(bytes).map_err(write_err(path))?;
+    tmp.as_file().sync_all().map_err(write_err(path))?;
+    tmp.persist(path).map_err(|e| FsError::Write {
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+/// Serialises `value` as pretty JSON and writes it atomically.
+pub fn write_json_atomic<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), FsError> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| FsError::Write {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)
+}
+
+/// Reads and deserialises a JSON file, naming the file (and line/column) on error.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, FsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| FsError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// A directory that becomes visible under its final name only once complete: build it under
+/// a temporary sibling, then [`StagedDir::commit`] renames it into place (replacing an older one).
+pub struct StagedDir {
+    tmp: Option<tempfile::TempDir>,
+    target: PathBuf,
+}
+
+impl StagedDir {
+    pub fn new(target: &Path) -> Result<Self, FsError> {
+        let parent = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(write_err(target))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".staging-")
+            .tempdir_in(&parent)
+            .map_err(write_err(target))?;
+        Ok(Self {
+            tmp: Some(tmp),
+            target: target.to_path_buf(),
+        })
+    }
+
+    /// Where to write the directory's files before committing.
+    pub fn path(&self) -> &Path {
+        self.tmp.as_ref().expect("staged dir already committed").path()
+    }
+
+    /// Moves the finished directory into place. An existing directory at the target is
+    /// replaced (moved aside first, then removed).
+    pub fn commit(mut self) -> Result<PathBuf, FsError> {
+        let tmp = self.tmp.take().expect("staged dir already committed");
+        let staged = tmp.keep();
+        if self.target.exists() {
+            let old = self.target.with_extension(format!("old-{}", std::process::id()));
+            std::fs::rename(&self.target, &old).map_err(write_err(&self.target))?;
+            std::fs::rename(&staged, &self.target).map_err(write_err(&self.target))?;
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            std::fs::rename(&staged, &self.target).map_err(write_err(&self.target))?;
+        }
+        Ok(self.target.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/metrics.json");
+        write_json_atomic(&p, &serde_json::json!({"f1": 0.5})).unwrap();
+        write_json_atomic(&p, &serde_json::json!({"f1": 0.75})).unwrap();
+        let v: serde_json::Value = read_json(&p).unwrap();
+        assert_eq!(v["f1"], 0.75);
+        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec!["metrics.json".to_string()]);
+    }
+
+    #[test]
+    fn staged_dir_appears_only_on_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("ckpt");
+        let staged = StagedDir::new(&target).unwrap();
+        std::fs::write(staged.path().join("a.txt"), "x").unwrap();
+        assert!(!target.exists());
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(target.join("a.txt")).unwrap(), "x");
+    }
+
+    #[test]
+    fn read_json_names_the_file_on_parse_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.json");
+        std::fs::write(&p, "{not json").unwrap();
+        let err = read_json::<serde_json::Value>(&p).unwrap_err().to_string();
+        assert!(err.contains("bad.json"), "{err}");
+    }
+}

@@ -1,0 +1,31 @@
+//! # primer
+//!
+//! Run, sweep and report the experiments of *Know Where You're Going: Meta-Learning for
+//! Parameter-Efficient Fine-Tuning* (Gheini, Ma, May 2022).
+//!
+//! The library reads like the pipeline it implements:
+//!
+//! * [`config`]   — the typed, serialisable settings of one fine-tuning or priming run;
+//! * [`data`]     — WikiAnn readers (XTREME tsv, Rahimi `xx:token`, HF parquet), tokenisation
+//!   with first-subword alignment, length-bucketed batching;
+//! * [`model`]    — a trainable BERT encoder (θp), one bottleneck adapter (θa) and per-language
+//!   linear heads (θh), built only from differentiable operations;
+//! * [`train`]    — AdamW with a linear schedule and the three fine-tuning settings (full, head,
+//!   adapter), with an encoder-output cache for the parameter-efficient ones;
+//! * [`prime`]    — priming: first-order MAML (Algorithm 1) and its ablations;
+//! * [`metric`]   — entity-level micro F1, identical to seqeval;
+//! * [`sweep`]    — TOML sweeps → a DAG of runs → a resumable scheduler over device slots;
+//! * [`report`]   — polars tables and plotters figures (Table 1, Figures 3 and 4).
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod fsutil;
+pub mod metric;
+pub mod model;
+pub mod prime;
+pub mod progress;
+pub mod report;
+pub mod rng;
+pub mod slurm;
+pub mod sweep;
+pub mod train;

@@ -1,0 +1,7 @@
+//! The `primer` command line: parse, dispatch, print one error at the edge.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -1,0 +1,236 @@
+//! The BERT encoder f (θp): parameter names and shapes, the Hugging Face checkpoint loader and
+//! saver, and the forward pass as a function over named weights.
+
+use super::config::BertConfig;
+use super::error::{ModelError, Result};
+use super::ops::{dropout, gelu, layer_norm, linear, softmax_last_dim};
+use super::params::{read_safetensors, save_named, take_checked, ParamSet, Weights};
+use crate::rng::SeededRng;
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Name of the weights file of a Hugging Face model folder.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// Name of the config file of a Hugging Face model folder.
+pub const CONFIG_FILE: &str = "config.json";
+
+/// The encoder inputs of one batch.
+///
+/// * `input_ids`: `[B, T]`, u32 or i64 token ids;
+/// * `attention_mask`: `[B, T]`, any numeric dtype, 1 = real token, 0 = padding (padded keys
+///   get −1e9 added to their attention scores);
+/// * `token_type_ids`: `[B, T]` integer segment ids, or `None` for all zeros.
+#[derive(Debug, Clone, Copy)]
+pub struct EncoderInputs<'a> {
+    pub input_ids: &'a Tensor,
+    pub attention_mask: &'a Tensor,
+    pub token_type_ids: Option<&'a Tensor>,
+}
+
+/// The HF names and shapes of every encoder parameter (no `bert.` prefix, no pooler), in
+/// checkpoint order.
+pub fn encoder_param_shapes(cfg: &BertConfig) -> Vec<(String, Vec<usize>)> {
+    let h = cfg.hidden_size;
+    let i = cfg.intermediate_size;
+    let mut v: Vec<(String, Vec<usize>)> = vec![
+        ("embeddings.word_embeddings.weight".into(), vec![cfg.vocab_size, h]),
+        ("embeddings.position_embeddings.weight".into(), vec![cfg.max_position_embeddings, h]),
+        ("embeddings.token_type_embeddings.weight".into(), vec![cfg.type_vocab_size, h]),
+        ("embeddings.LayerNorm.weight".into(), vec![h]),
+        ("embeddings.LayerNorm.bias".into(), vec![h]),
+    ];
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("encoder.layer.{l}.");
+        for (n, s) in [
+            ("attention.self.query.weight", vec![h, h]),
+            ("attention.self.query.bias", vec![h]),
+            ("attention.self.key.weight", vec![h, h]),
+            ("attention.self.key.bias", vec![h]),
+            ("attention.self.value.weight", vec![h, h]),
+            ("attention.self.value.bias", vec![h]),
+            ("attention.output.dense.weight", vec![h, h]),
+            ("attention.output.dense.bias", vec![h]),
+            ("attention.output.LayerNorm.weight", vec![h]),
+            ("attention.output.LayerNorm.bias", vec![h]),
+            ("intermediate.dense.weight", vec![i, h]),
+            ("intermediate.dense.bias", vec![i]),
+            ("output.dense.weight", vec![h, i]),
+            ("output.dense.bias", vec![h]),
+            ("output.LayerNorm.weight", vec![h]),
+            ("output.LayerNorm.bias", vec![h]),
+        ] {
+            v.push((format!("{p}{n}"), s));
+        }
+    }
+    v
+}
+
+/// Maps a checkpoint tensor name to primer's encoder name: strips a `bert.` prefix, renames
+/// legacy LayerNorm `gamma`/`beta` to `weight`/`bias`. None for tensors that are not part of
+/// θp (position_ids buffers, pooler, MLM/NSP heads).
+pub fn normalise_name(name: &str) -> Option<String> {
+    let n = name.strip_prefix("bert.").unwrap_or(name);
+    if !(n.starts_with("embeddings.") || n.starts_with("encoder.")) || n.ends_with("position_ids") {
+        return None;
+    }
+    let n = if let Some(s) = n.strip_suffix(".gamma") {
+        format!("{s}.weight")
+    } else if let Some(s) = n.strip_suffix(".beta") {
+        format!("{s}.bias")
+    } else {
+        n.to_string()
+    };
+    Some(n)
+}
+
+/// Loads θp from a Hugging Face BERT folder (`config.json` + `model.safetensors`) into new
+/// Vars. Every tensor the config implies must be present with the right shape.
+pub fn load_encoder(dir: &Path, device: &Device) -> Result<(BertConfig, ParamSet)> {
+    let cfg = BertConfig::from_file(&dir.join(CONFIG_FILE))?;
+    let params = load_encoder_weights(&cfg, &dir.join(WEIGHTS_FILE), device)?;
+    Ok((cfg, params))
+}
+
+/// Loads θp for `cfg` from one safetensors file (names normalised by [`normalise_name`]).
+pub fn load_encoder_weights(cfg: &BertConfig, path: &Path, device: &Device) -> Result<ParamSet> {
+    let raw = read_safetensors(path, device)?;
+    let mut tensors: HashMap<String, Tensor> = HashMap::with_capacity(raw.len());
+    for (name, t) in raw {
+        if let Some(n) = normalise_name(&name) {
+            tensors.insert(n, t);
+        }
+    }
+    let mut out = ParamSet::new();
+    for (name, shape) in encoder_param_shapes(cfg) {
+        let t = take_checked(&tensors, path, &name, &shape)?;
+        out.insert(name, candle_core::Var::from_tensor(&t)?)?;
+    }
+    Ok(out)
+}
+
+/// Writes θp as a Hugging Face folder: `config.json` and `model.safetensors` with HF names,
+/// each file atomically, into the existing or new directory `dir`.
+pub fn save_encoder(dir: &Path, cfg: &BertConfig, weights: &dyn Weights) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let shapes = encoder_param_shapes(cfg);
+    let mut items = Vec::with_capacity(shapes.len());
+    for (name, _) in &shapes {
+        items.push((name.as_str(), weights.weight(name)?));
+    }
+    save_named(&dir.join(WEIGHTS_FILE), items.into_iter())?;
+    crate::fsutil::write_json_atomic(&dir.join(CONFIG_FILE), &cfg.to_json())?;
+    Ok(())
+}
+
+/// The additive attention bias `[B, 1, 1, T]`: 0 on tokens, −1e9 on padding.
+fn attention_bias(mask: &Tensor) -> Result<Tensor> {
+    let (b, t) = mask.dims2()?;
+    let m = mask.to_dtype(DType::F32)?;
+    Ok(((m - 1.0)? * 1e9)?.reshape((b, 1, 1, t))?)
+}
+
+/// BERT forward: last hidden states `[B, T, H]`.
+///
+/// `w` holds the encoder weights under their HF names (a [`ParamSet`] of trainable Vars, fast
+/// weights, or a detached `TensorSet` for graph-free inference). Dropout (hidden and
+/// attention probabilities, rates from `cfg`) is applied only when `dropout` is given, with
+/// masks drawn from that stream; `None` is evaluation mode.
+pub fn encode(
+    cfg: &BertConfig,
+    w: &dyn Weights,
+    inputs: &EncoderInputs<'_>,
+    mut dropout_rng: Option<&mut SeededRng>,
+) -> Result<Tensor> {
+    let (b, t) = inputs.input_ids.dims2()?;
+    if inputs.attention_mask.dims() != [b, t] {
+        return Err(ModelError::Invalid(format!(
+            "attention_mask has shape {:?}, input_ids {:?}",
+            inputs.attention_mask.dims(),
+            [b, t]
+        )));
+    }
+    if t > cfg.max_position_embeddings {
+        return Err(ModelError::Invalid(format!(
+            "sequence length {t} exceeds max_position_embeddings {}",
+            cfg.max_position_embeddings
+        )));
+    }
+    let h = cfg.hidden_size;
+    let nh = cfg.num_attention_heads;
+    let dh = cfg.head_dim();
+    let eps = cfg.layer_norm_eps;
+    let p_hidden = cfg.hidden_dropout_prob;
+    let p_attn = cfg.attention_probs_dropout_prob;
+
+    let ids = inputs.input_ids.flatten_all()?;
+    let words = w
+        .weight("embeddings.word_embeddings.weight")?
+        .index_select(&ids, 0)?
+        .reshape((b, t, h))?;
+    let pos = w.weight("embeddings.position_embeddings.weight")?.narrow(0, 0, t)?;
+    let types = w.weight("embeddings.token_type_embeddings.weight")?;
+    let emb = match inputs.token_type_ids {
+        Some(tt) => {
+            let tt = tt.flatten_all()?;
+            words.add(&types.index_select(&tt, 0)?.reshape((b, t, h))?)?
+        }
+        None => words.broadcast_add(&types.narrow(0, 0, 1)?)?,
+    };
+    let emb = emb.broadcast_add(&pos)?;
+    let mut x = layer_norm(
+        &emb,
+        w.weight("embeddings.LayerNorm.weight")?,
+        w.weight("embeddings.LayerNorm.bias")?,
+        eps,
+    )?;
+    if let Some(r) = dropout_rng.as_deref_mut() {
+        x = dropout(&x, p_hidden, r)?;
+    }
+    let bias = attention_bias(inputs.attention_mask)?.to_dtype(x.dtype())?;
+    let scale = 1.0 / (dh as f64).sqrt();
+
+    for l in 0..cfg.num_hidden_layers {
+        let p = |n: &str| format!("encoder.layer.{l}.{n}");
+        let get = |n: &str| w.weight(&p(n));
+        // [B, T, H] -> [B, nh, T, dh]
+        let heads = |y: Tensor| -> Result<Tensor> {
+            Ok(y.reshape((b, t, nh, dh))?.transpose(1, 2)?.contiguous()?)
+        };
+        // Scaling q (B·T·H values) instead of the scores (B·nh·T·T) is cheaper and the same.
+        let q = heads((linear(&x, get("attention.self.query.weight")?, Some(get("attention.self.query.bias")?))? * scale)?)?;
+        let k = heads(linear(&x, get("attention.self.key.weight")?, Some(get("attention.self.key.bias")?))?)?;
+        let v = heads(linear(&x, get("attention.self.value.weight")?, Some(get("attention.self.value.bias")?))?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
+        let mut probs = softmax_last_dim(&scores)?;
+        if let Some(r) = dropout_rng.as_deref_mut() {
+            probs = dropout(&probs, p_attn, r)?;
+        }
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
+        let mut a = linear(&ctx, get("attention.output.dense.weight")?, Some(get("attention.output.dense.bias")?))?;
+        if let Some(r) = dropout_rng.as_deref_mut() {
+            a = dropout(&a, p_hidden, r)?;
+        }
+        x = layer_norm(
+            &(a + &x)?,
+            get("attention.output.LayerNorm.weight")?,
+            get("attention.output.LayerNorm.bias")?,
+            eps,
+        )?;
+        let inter = gelu(&linear(&x, get("intermediate.dense.weight")?, Some(get("intermediate.dense.bias")?))?)?;
+        let mut o = linear(&inter, get("output.dense.weight")?, Some(get("output.dense.bias")?))?;
+        if let Some(r) = dropout_rng.as_deref_mut() {
+            o = dropout(&o, p_hidden, r)?;
+        }
+        x = layer_norm(
+            &(o + &x)?,
+            get("output.LayerNorm.weight")?,
+            get("output.LayerNorm.bias")?,
+            eps,
+        )?;
+    }
+    Ok(x)
+}

@@ -1,0 +1,53 @@
+//! The model core: a trainable BERT tagger built only from differentiable operations.
+//!
+//! * θp — the BERT encoder f ([`bert`]: HF loader/saver, [`encode`]);
+//! * θa — one bottleneck adapter g, `x + up(relu(down(x)))`, after the last layer
+//!   ([`adapter_forward`]);
+//! * θh — one linear NER head h per language ([`head_forward`]);
+//! * [`Tagger`] bundles them with explicit [`ParamGroup`]s and a trainable selection.
+//!
+//! Every forward is a function over named weights ([`Weights`]): the same code runs on the
+//! trainable [`ParamSet`] Vars, on fast-weight copies ([`ParamSet::detached_copy`], e.g.
+//! priming's inner loop) and on detached [`TensorSet`]s (graph-free inference, caching).
+//! Layer norm and softmax are custom ops with hand-written backward kernels ([`ops`]):
+//! candle's fused versions have no backward.
+//!
+//! ```no_run
+//! use primer::model::{EncoderInputs, ParamGroup, Tagger};
+//! use primer::rng::SeededRng;
+//! use candle_core::{Device, Tensor};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dev = Device::Cpu;
+//! let mut tagger = Tagger::from_pretrained("models/all-MiniLM-L6-v2".as_ref(), &dev)?;
+//! let mut init = SeededRng::derive(0, "init.adapter");
+//! tagger.ensure_adapter(64, &mut init)?;
+//! tagger.add_head("sw", 7, &mut SeededRng::derive(0, "init.head"))?;
+//! tagger.set_trainable(&[ParamGroup::Adapter, ParamGroup::Head("sw".into())])?;
+//! let ids = Tensor::new(&[[101u32, 7592, 102]], &dev)?;
+//! let mask = Tensor::new(&[[1u32, 1, 1]], &dev)?;
+//! let labels = Tensor::new(&[[-100i64, 1, -100]], &dev)?;
+//! let inputs = EncoderInputs { input_ids: &ids, attention_mask: &mask, token_type_ids: None };
+//! let mut drop = SeededRng::derive(0, "dropout");
+//! let loss = tagger.loss(&inputs, &labels, "sw", Some(&mut drop))?;
+//! let grads = loss.backward()?; // only θa and θh receive gradients
+//! # let _ = grads; Ok(()) }
+//! ```
+
+pub mod bert;
+pub mod config;
+pub mod error;
+pub mod init;
+pub mod ops;
+pub mod params;
+pub mod tagger;
+
+pub use bert::{encode, encoder_param_shapes, load_encoder, save_encoder, EncoderInputs};
+pub use config::BertConfig;
+pub use error::ModelError;
+pub use init::{write_random_bert, RandomBertSpec};
+pub use ops::{masked_cross_entropy, IGNORE_INDEX};
+pub use params::{ParamSet, TensorSet, Weights};
+pub use tagger::{
+    adapter_forward, head_forward, load_adapter, logits_from_hidden, new_adapter, new_head, tagger_logits,
+    ParamGroup, Tagger, ADAPTER_FILE, DEFAULT_ADAPTER_DIM, DEFAULT_NUM_LABELS,
+};

@@ -1,0 +1,431 @@
+//! Differentiable building blocks of the tagger.
+//!
+//! candle's fused `LayerNorm` and `softmax_last_dim` have no backward pass, so gradients would
+//! silently stop at them. Here layer norm and softmax are [`candle_core::CustomOp3`] /
+//! [`candle_core::CustomOp1`] operations with hand-written CPU kernels for both the forward and
+//! the backward pass (one pass over memory each instead of a dozen composite ops), and a
+//! composite fallback built from differentiable candle ops on other devices and dtypes. The
+//! unit tests check the fused kernels against the composite ones, values and gradients.
+
+use super::error::{ModelError, Result};
+use crate::rng::SeededRng;
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// `x · wᵀ + b` over the last dimension of `x` (any leading shape); `w` is `[out, in]` as in
+/// torch's Linear.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims();
+    let k = *dims.last().ok_or_else(|| ModelError::Invalid("linear on a scalar".into()))?;
+    let rows = x.elem_count() / k.max(1);
+    let out = w.dim(0)?;
+    // One 2-D matmul (rows × in)·(in × out): cheaper forward and backward than a batched
+    // matmul over a broadcast weight, whose gradient needs an extra reduction.
+    let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut shape = dims.to_vec();
+    *shape.last_mut().expect("non-empty") = out;
+    Ok(y.reshape(shape)?)
+}
+
+fn fused_ok(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// Layer normalisation over the last dimension: `(x − mean) / sqrt(var + eps) · γ + β`, with
+/// the biased variance (as torch). Differentiable in `x`, `γ` and `β`.
+pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused_ok(x) && fused_ok(gamma) && fused_ok(beta) {
+        Ok(x.contiguous()?.apply_op3(
+            &gamma.contiguous()?,
+            &beta.contiguous()?,
+            LayerNormOp { eps: eps as f32 },
+        )?)
+    } else {
+        layer_norm_composite(x, gamma, beta, eps)
+    }
+}
+
+/// [`layer_norm`] from elementary differentiable ops (any device, any float dtype).
+pub fn layer_norm_composite(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xhat = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    Ok(xhat.broadcast_mul(gamma)?.broadcast_add(beta)?)
+}
+
+/// Softmax over the last dimension, differentiable.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if fused_ok(x) {
+        Ok(x.contiguous()?.apply_op1(SoftmaxOp)?)
+    } else {
+        softmax_composite(x)
+    }
+}
+
+/// [`softmax_last_dim`] from elementary differentiable ops.
+pub fn softmax_composite(x: &Tensor) -> Result<Tensor> {
+    // The max is a constant shift: detaching it keeps the gradient exact and skips a
+    // backward through the reduction.
+    let max = x.detach().max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// BERT's exact GELU, `x · Φ(x)` (has a backward in candle).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    Ok(x.gelu_erf()?)
+}
+
+/// Inverted dropout: zeroes each entry with probability `p` and scales the rest by
+/// `1/(1−p)`, with the mask drawn from `rng` (candle's own RNG cannot be seeded).
+pub fn dropout(x: &Tensor, p: f64, rng: &mut SeededRng) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let mask = rng.dropout_mask(x.dims(), p as f32, x.device())?.to_dtype(x.dtype())?;
+    Ok(x.mul(&mask)?)
+}
+
+/// Label id marking a position without a loss (sub-word continuations, specials, padding).
+pub const IGNORE_INDEX: i64 = -100;
+
+/// Token-level cross-entropy, mean over the positions whose label is not
+/// [`IGNORE_INDEX`] (torch's `cross_entropy(ignore_index=-100)`).
+///
+/// `logits`: `[..., C]` float; `labels`: the same leading shape, any integer dtype (i64 when
+/// it holds −100). When every label is ignored the loss is 0 with zero gradients (torch
+/// returns NaN), so an all-ignored batch cannot poison training.
+pub fn masked_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let c = logits.dim(D::Minus1)?;
+    let n = logits.elem_count() / c.max(1);
+    let labels_v: Vec<i64> = labels.flatten_all()?.to_dtype(DType::I64)?.to_vec1()?;
+    if labels_v.len() != n {
+        return Err(ModelError::Invalid(format!(
+            "cross-entropy: {} labels for {} logit rows (logits {:?}, labels {:?})",
+            labels_v.len(),
+            n,
+            logits.dims(),
+            labels.dims()
+        )));
+    }
+    let mut target = vec![0f32; n * c];
+    let mut count = 0usize;
+    for (i, &l) in labels_v.iter().enumerate() {
+        if l == IGNORE_INDEX {
+            continue;
+        }
+        if l < 0 || l as usize >= c {
+            return Err(ModelError::Invalid(format!(
+                "cross-entropy: label {l} at position {i} is outside 0..{c} (and is not {IGNORE_INDEX})"
+            )));
+        }
+        target[i * c + l as usize] = 1.0;
+        count += 1;
+    }
+    let logits = logits.reshape((n, c))?;
+    let max = logits.detach().max_keepdim(1)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(1)?.log()?;
+    let logp = shifted.broadcast_sub(&lse)?;
+    let target = Tensor::from_vec(target, (n, c), logits.device())?.to_dtype(logits.dtype())?;
+    // A one-hot weighting instead of a gather: C is tiny (7 NER labels), and the mask of
+    // ignored positions folds into the same tensor.
+    let total = (logp * target)?.sum_all()?;
+    Ok((total * (-1.0 / count.max(1) as f64))?)
+}
+
+// ------------------------------------------------------------------------------ CPU kernels
+
+fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// Rows per rayon task: big enough to amortise scheduling, small enough to balance.
+fn rows_per_task(rows: usize, d: usize) -> usize {
+    let target = (16 * 1024 / d.max(1)).max(1);
+    let threads = rayon::current_num_threads().max(1);
+    target.min(rows.div_ceil(threads)).max(1)
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "primer-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s1, l1, "layer_norm x")?;
+        let g = cpu_slice(s2, l2, "layer_norm gamma")?;
+        let b = cpu_slice(s3, l3, "layer_norm beta")?;
+        let d = g.len();
+        if b.len() != d || l1.dims().last() != Some(&d) {
+            candle_core::bail!("layer_norm: gamma/beta of size {d} for input {:?}", l1.dims());
+        }
+        let mut y = vec![0f32; x.len()];
+        let rows = x.len() / d;
+        let chunk = rows_per_task(rows, d) * d;
+        y.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    for i in 0..d {
+                        yr[i] = (xr[i] - mean) * rstd * g[i] + b[i];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = gamma.elem_count();
+        let n = x.elem_count();
+        let packed = x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &LayerNormBwdOp { eps: self.eps })?;
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dg = packed.narrow(0, n, d)?.reshape(gamma.shape())?;
+        let db = packed.narrow(0, n + d, d)?.reshape(gamma.shape())?;
+        Ok((Some(dx), Some(dg), Some(db)))
+    }
+}
+
+fn row_stats(xr: &[f32], eps: f32) -> (f32, f32) {
+    let d = xr.len() as f32;
+    let mean = xr.iter().sum::<f32>() / d;
+    let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// Backward of [`LayerNormOp`]: returns `[dx (flattened) | dγ | dβ]` in one buffer.
+struct LayerNormBwdOp {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormBwdOp {
+    fn name(&self) -> &'static str {
+        "primer-layer-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s1, l1, "layer_norm_bwd x")?;
+        let g = cpu_slice(s2, l2, "layer_norm_bwd gamma")?;
+        let dy = cpu_slice(s3, l3, "layer_norm_bwd grad")?;
+        let d = g.len();
+        let n = x.len();
+        let rows = n / d;
+        let mut out = vec![0f32; n + 2 * d];
+        let (dx, rest) = out.split_at_mut(n);
+        let chunk = rows_per_task(rows, d) * d;
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
+            .map(|(dxc, (xc, dyc))| {
+                // Local [dγ | dβ] of this block of rows, summed afterwards.
+                let mut acc = vec![0f32; 2 * d];
+                let mut xhat = vec![0f32; d];
+                for ((dxr, xr), dyr) in dxc.chunks_mut(d).zip(xc.chunks(d)).zip(dyc.chunks(d)) {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    let mut sum_dxhat = 0f32;
+                    let mut sum_dxhat_xhat = 0f32;
+                    for i in 0..d {
+                        xhat[i] = (xr[i] - mean) * rstd;
+                        acc[i] += dyr[i] * xhat[i];
+                        acc[d + i] += dyr[i];
+                        let dxh = dyr[i] * g[i];
+                        sum_dxhat += dxh;
+                        sum_dxhat_xhat += dxh * xhat[i];
+                    }
+                    let m1 = sum_dxhat / d as f32;
+                    let m2 = sum_dxhat_xhat / d as f32;
+                    for i in 0..d {
+                        dxr[i] = rstd * (dyr[i] * g[i] - m1 - xhat[i] * m2);
+                    }
+                }
+                acc
+            })
+            .collect();
+        for p in partials {
+            for (r, v) in rest.iter_mut().zip(p) {
+                *r += v;
+            }
+        }
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+struct SoftmaxOp;
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "primer-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s, l, "softmax")?;
+        let d = *l.dims().last().unwrap_or(&1);
+        let mut y = vec![0f32; x.len()];
+        let chunk = rows_per_task(x.len() / d.max(1), d) * d;
+        y.par_chunks_mut(chunk.max(1))
+            .zip(x.par_chunks(chunk.max(1)))
+            .for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                    let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for (o, &v) in yr.iter_mut().zip(xr) {
+                        *o = (v - max).exp();
+                        sum += *o;
+                    }
+                    let inv = 1.0 / sum;
+                    yr.iter_mut().for_each(|o| *o *= inv);
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwdOp)?))
+    }
+}
+
+/// Backward of softmax: `dx = y ⊙ (dy − Σ dy ⊙ y)` row-wise.
+struct SoftmaxBwdOp;
+
+impl candle_core::CustomOp2 for SoftmaxBwdOp {
+    fn name(&self) -> &'static str {
+        "primer-softmax-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = cpu_slice(s1, l1, "softmax_bwd y")?;
+        let dy = cpu_slice(s2, l2, "softmax_bwd grad")?;
+        let d = *l1.dims().last().unwrap_or(&1);
+        let mut dx = vec![0f32; y.len()];
+        let chunk = rows_per_task(y.len() / d.max(1), d) * d;
+        dx.par_chunks_mut(chunk.max(1))
+            .zip(y.par_chunks(chunk.max(1)).zip(dy.par_chunks(chunk.max(1))))
+            .for_each(|(dxc, (yc, dyc))| {
+                for ((dxr, yr), dyr) in dxc.chunks_mut(d).zip(yc.chunks(d)).zip(dyc.chunks(d)) {
+                    let dot: f32 = yr.iter().zip(dyr).map(|(a, b)| a * b).sum();
+                    for i in 0..d {
+                        dxr[i] = yr[i] * (dyr[i] - dot);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn fused_layer_norm_matches_composite_in_value_and_gradient() {
+        let mut rng = SeededRng::new(5);
+        let d = Device::Cpu;
+        let x = Var::from_tensor(&rng.normal_tensor(&[3, 5, 8], 2.0, &d).unwrap()).unwrap();
+        let g = Var::from_tensor(&rng.normal_tensor(&[8], 1.0, &d).unwrap()).unwrap();
+        let b = Var::from_tensor(&rng.normal_tensor(&[8], 1.0, &d).unwrap()).unwrap();
+        let w = rng.normal_tensor(&[3, 5, 8], 1.0, &d).unwrap();
+        let y1 = layer_norm(&x, &g, &b, 1e-5).unwrap();
+        let y2 = layer_norm_composite(&x, &g, &b, 1e-5).unwrap();
+        assert!(max_abs(&y1, &y2) < 1e-5);
+        let g1 = (y1 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (y2 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &g, &b] {
+            let a = g1.get(v).expect("fused grad");
+            let c = g2.get(v).expect("composite grad");
+            assert!(max_abs(a, c) < 1e-4, "{}", max_abs(a, c));
+            assert!(c.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 1e-3);
+        }
+    }
+
+    #[test]
+    fn fused_softmax_matches_composite_in_value_and_gradient() {
+        let mut rng = SeededRng::new(6);
+        let d = Device::Cpu;
+        let x = Var::from_tensor(&rng.normal_tensor(&[2, 3, 7], 3.0, &d).unwrap()).unwrap();
+        let w = rng.normal_tensor(&[2, 3, 7], 1.0, &d).unwrap();
+        let y1 = softmax_last_dim(&x).unwrap();
+        let y2 = softmax_composite(&x).unwrap();
+        assert!(max_abs(&y1, &y2) < 1e-6);
+        let s = y1.sum(D::Minus1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-5));
+        let g1 = (y1 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (y2 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(max_abs(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-5);
+    }
+
+    #[test]
+    fn cross_entropy_ignores_minus_100_and_matches_hand_computation() {
+        let d = Device::Cpu;
+        let logits = Tensor::new(&[[[1f32, 2., 3.], [0., 0., 0.], [5., 1., 1.]]], &d).unwrap();
+        let labels = Tensor::new(&[[2i64, -100, 0]], &d).unwrap();
+        let loss = masked_cross_entropy(&logits, &labels).unwrap().to_scalar::<f32>().unwrap();
+        let lse1 = (1f32.exp() + 2f32.exp() + 3f32.exp()).ln();
+        let lse3 = (5f32.exp() + 2.0 * 1f32.exp()).ln();
+        let expected = ((lse1 - 3.0) + (lse3 - 5.0)) / 2.0;
+        assert!((loss - expected).abs() < 1e-6, "{loss} vs {expected}");
+        let bad = Tensor::new(&[[3i64, -100, 0]], &d).unwrap();
+        assert!(masked_cross_entropy(&logits, &bad).is_err());
+        let none = Tensor::new(&[[-100i64, -100, -100]], &d).unwrap();
+        assert_eq!(masked_cross_entropy(&logits, &none).unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn linear_matches_manual_product() {
+        let d = Device::Cpu;
+        let x = Tensor::new(&[[[1f32, 2.]], [[3., 4.]]], &d).unwrap(); // [2,1,2]
+        let w = Tensor::new(&[[1f32, 0.], [0., 1.], [1., 1.]], &d).unwrap(); // [3,2]
+        let b = Tensor::new(&[0f32, 10., 100.], &d).unwrap();
+        let y = linear(&x, &w, Some(&b)).unwrap();
+        assert_eq!(y.dims(), &[2, 1, 3]);
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1., 12., 103., 3., 14., 107.]);
+    }
+}

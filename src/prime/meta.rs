@@ -1,0 +1,441 @@
+//! One outer step of Algorithm 1 (first-order MAML) and of its ablations, as a single function
+//! shared by the golden tests, the benchmark and the real priming loop.
+//!
+//! Per task `l` of the step: fast copies of the adapted groups (θa and θh_l for the paper's PE
+//! inner loop; θp too for the MAML-loop ablation) take S plain SGD steps on support batches;
+//! the query loss is taken at (θp or its fast copy, fast θa, fast θh_l); its first-order
+//! gradients w.r.t. the encoder and adapter weights used there are summed over tasks onto θp
+//! and θa; one outer optimiser step follows; θh_l := its adapted head.
+
+use super::error::{PrimeError, Result};
+use crate::config::InnerLoop;
+use crate::model::{
+    encode, logits_from_hidden, masked_cross_entropy, EncoderInputs, ParamGroup, ParamSet, Tagger, TensorSet,
+    Weights,
+};
+use crate::rng::SeededRng;
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor};
+use std::collections::BTreeMap;
+
+/// One batch of tagged sentences as tensors.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `[B, T]` token ids (u32 or i64).
+    pub input_ids: Tensor,
+    /// `[B, T]`, 1 = token, 0 = padding.
+    pub attention_mask: Tensor,
+    /// `[B, T]` segment ids, or None for all zeros.
+    pub token_type_ids: Option<Tensor>,
+    /// `[B, T]` i64 label ids, −100 where no loss is taken.
+    pub labels: Tensor,
+}
+
+impl Batch {
+    /// The encoder's view of the batch.
+    pub fn inputs(&self) -> EncoderInputs<'_> {
+        EncoderInputs {
+            input_ids: &self.input_ids,
+            attention_mask: &self.attention_mask,
+            token_type_ids: self.token_type_ids.as_ref(),
+        }
+    }
+
+    /// Number of sentences.
+    pub fn sentences(&self) -> usize {
+        self.input_ids.dims().first().copied().unwrap_or(0)
+    }
+}
+
+/// The batches of one task (source language) in one outer step.
+#[derive(Debug, Clone)]
+pub struct TaskBatches {
+    /// The task's language: the key of its head in [`Tagger::heads`].
+    pub lang: String,
+    /// One batch reused for every inner step (support `same`) or one per inner step
+    /// (`distinct`); inner step `s` uses `support[s % support.len()]`.
+    pub support: Vec<Batch>,
+    pub query: Batch,
+}
+
+/// Which parameter groups the inner loop adapts as fast weights; the others keep their outer
+/// values during the inner loop. A value rather than a code path, so that other
+/// parameter-efficient inner loops are a new constant, not a new function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InnerParams {
+    pub encoder: bool,
+    pub adapter: bool,
+    pub head: bool,
+}
+
+impl InnerParams {
+    /// The paper's PE inner loop: θa and θh.
+    pub const PE: Self = Self {
+        encoder: false,
+        adapter: true,
+        head: true,
+    };
+    /// The MAML-loop ablation: θp, θa and θh.
+    pub const FULL: Self = Self {
+        encoder: true,
+        adapter: true,
+        head: true,
+    };
+
+    pub fn of(inner_loop: InnerLoop) -> Self {
+        match inner_loop {
+            InnerLoop::Pe => Self::PE,
+            InnerLoop::Full => Self::FULL,
+        }
+    }
+}
+
+/// Settings of [`meta_step`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetaStepConfig {
+    pub inner: InnerParams,
+    /// S ≥ 1.
+    pub inner_steps: usize,
+    /// Plain SGD learning rate of the inner loop.
+    pub inner_lr: f64,
+    /// Keep the adapted fast encoder in the record (MAML loop only; costs a copy of θp per
+    /// task until the record is dropped, so only tests ask for it).
+    pub record_adapted_encoder: bool,
+}
+
+/// The mutable state of a priming run: θp, θa, the per-task heads, the dropout stream and the
+/// number of outer steps taken.
+#[derive(Debug)]
+pub struct PrimingState {
+    /// Must carry an adapter and one head per task language.
+    pub tagger: Tagger,
+    /// Dropout masks are drawn from here; None runs without dropout (evaluation mode).
+    pub dropout: Option<SeededRng>,
+    /// Outer steps taken so far (the next step's index).
+    pub step: usize,
+}
+
+impl PrimingState {
+    pub fn new(tagger: Tagger, dropout: Option<SeededRng>) -> Self {
+        Self {
+            tagger,
+            dropout,
+            step: 0,
+        }
+    }
+}
+
+/// The outer optimiser as [`meta_step`] and [`super::ft::ft_step`] see it: one update from
+/// gradients named like [`Tagger::trainable_vars`] (`enc.…`, `adapter.…`, `head.<lang>.…`).
+pub trait OuterOptimizer {
+    /// Applies one update; returns the learning rate it used.
+    fn apply(&mut self, grads: &TensorSet) -> Result<f64>;
+}
+
+/// What one task did in one outer step.
+#[derive(Debug, Clone)]
+pub struct TaskOutcome {
+    pub lang: String,
+    /// Support loss before each inner step (S values).
+    pub inner_losses: Vec<f64>,
+    /// Query loss at the adapted weights.
+    pub query_loss: f64,
+    /// The adapted fast weights after the S inner steps, named `adapter.…`, `head.…` (and
+    /// `enc.…` with [`MetaStepConfig::record_adapted_encoder`]).
+    pub adapted: TensorSet,
+}
+
+/// What one outer step did.
+#[derive(Debug, Clone)]
+pub struct MetaStepRecord {
+    /// Index of the step (0-based).
+    pub step: usize,
+    /// Outer learning rate used.
+    pub lr: f64,
+    pub tasks: Vec<TaskOutcome>,
+    /// The first-order query gradients summed over tasks (`enc.…`, `adapter.…`), as given to
+    /// the optimiser.
+    pub grads: TensorSet,
+}
+
+impl MetaStepRecord {
+    /// The losses as saved in `curves.json`.
+    pub fn losses(&self) -> super::PrimeStepRecord {
+        super::PrimeStepRecord {
+            step: self.step,
+            lr: self.lr,
+            tasks: self
+                .tasks
+                .iter()
+                .map(|t| super::TaskLosses {
+                    lang: t.lang.clone(),
+                    inner_before: t.inner_losses.first().copied(),
+                    inner_after: t.inner_losses.last().copied(),
+                    query: t.query_loss,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The outcome of one task's inner loop.
+#[derive(Debug)]
+pub struct Adapted {
+    /// Fast encoder (MAML loop) or None (θp was not adapted).
+    pub encoder: Option<ParamSet>,
+    pub adapter: Option<ParamSet>,
+    pub head: Option<ParamSet>,
+    /// Support loss before each inner step.
+    pub losses: Vec<f64>,
+    /// The gradient store of the last inner step (what its backward pass computed).
+    pub last_grads: Option<GradStore>,
+}
+
+/// Scalar value of a loss tensor.
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// Errors with [`PrimeError::NonFinite`] when `value` is NaN or infinite.
+pub(crate) fn check_finite(value: f64, step: usize, task: &str, what: impl FnOnce() -> String) -> Result<()> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(PrimeError::NonFinite {
+            step,
+            task: task.to_string(),
+            what: what(),
+            value,
+        })
+    }
+}
+
+/// Sum of every entry (NaN or ±inf when any entry is).
+fn tensor_sum(t: &Tensor) -> Result<f64> {
+    scalar(&t.sum_all()?)
+}
+
+/// `p ← p − lr·g` for every Var of `fast` that received a gradient; gradients are checked.
+fn sgd_step(fast: &ParamSet, grads: &GradStore, lr: f64, step: usize, task: &str, inner: usize) -> Result<()> {
+    for (name, var) in fast.iter() {
+        let Some(g) = grads.get(var.as_tensor()) else {
+            continue;
+        };
+        check_finite(tensor_sum(g)?, step, task, || format!("inner-step {inner} gradient of '{name}'"))?;
+        let updated = (var.as_detached_tensor() - (g * lr)?)?;
+        var.set(&updated)?;
+    }
+    Ok(())
+}
+
+fn head_of<'a>(tagger: &'a Tagger, lang: &str) -> Result<&'a ParamSet> {
+    tagger
+        .heads
+        .get(lang)
+        .ok_or_else(|| PrimeError::Config(format!("the model has no head for task '{lang}'")))
+}
+
+fn adapter_of(tagger: &Tagger) -> Result<&ParamSet> {
+    tagger
+        .adapter
+        .as_ref()
+        .ok_or_else(|| PrimeError::Config("meta priming needs a model with an adapter".into()))
+}
+
+fn copy_if(adapt: bool, p: &ParamSet) -> Result<Option<ParamSet>> {
+    Ok(if adapt { Some(p.detached_copy()?) } else { None })
+}
+
+/// Runs one task's inner loop: S plain SGD steps on fast copies of the groups `cfg.inner`
+/// names. θp, θa and the head themselves are not modified.
+///
+/// When the encoder is not adapted its weights are constant for the whole loop: each support
+/// batch is encoded once on detached weights (no autograd graph), and the S steps run only
+/// the adapter and the head forward and backward.
+pub fn inner_loop(
+    tagger: &Tagger,
+    task: &TaskBatches,
+    cfg: &MetaStepConfig,
+    mut dropout: Option<&mut SeededRng>,
+    step: usize,
+) -> Result<Adapted> {
+    if cfg.inner_steps == 0 {
+        return Err(PrimeError::Config("inner_steps must be at least 1".into()));
+    }
+    if task.support.is_empty() {
+        return Err(PrimeError::Config(format!("task '{}' has no support batch", task.lang)));
+    }
+    let adapter = adapter_of(tagger)?;
+    let head = head_of(tagger, &task.lang)?;
+    let fast_enc = copy_if(cfg.inner.encoder, &tagger.encoder)?;
+    let fast_ad = copy_if(cfg.inner.adapter, adapter)?;
+    let fast_head = copy_if(cfg.inner.head, head)?;
+    // Groups that are not adapted are read as detached tensors: no graph, no gradient.
+    let enc_frozen = tagger.encoder.detached_tensors();
+    let ad_frozen = adapter.detached_tensors();
+    let head_frozen = head.detached_tensors();
+    let enc_w: &dyn Weights = match &fast_enc {
+        Some(p) => p,
+        None => &enc_frozen,
+    };
+    let ad_w: &dyn Weights = match &fast_ad {
+        Some(p) => p,
+        None => &ad_frozen,
+    };
+    let head_w: &dyn Weights = match &fast_head {
+        Some(p) => p,
+        None => &head_frozen,
+    };
+    let cache: Option<Vec<Tensor>> = if cfg.inner.encoder {
+        None
+    } else {
+        let mut c = Vec::with_capacity(task.support.len());
+        for b in &task.support {
+            c.push(encode(&tagger.config, &enc_frozen, &b.inputs(), dropout.as_deref_mut())?);
+        }
+        Some(c)
+    };
+    let fast: Vec<&ParamSet> = [&fast_enc, &fast_ad, &fast_head].into_iter().flatten().collect();
+    let mut losses = Vec::with_capacity(cfg.inner_steps);
+    let mut last_grads = None;
+    for s in 0..cfg.inner_steps {
+        let j = s % task.support.len();
+        let batch = &task.support[j];
+        let hidden = match &cache {
+            Some(c) => c[j].clone(),
+            None => encode(&tagger.config, enc_w, &batch.inputs(), dropout.as_deref_mut())?,
+        };
+        let loss = masked_cross_entropy(&logits_from_hidden(&hidden, Some(ad_w), head_w)?, &batch.labels)?;
+        let value = scalar(&loss)?;
+        check_finite(value, step, &task.lang, || format!("inner loss (inner step {})", s + 1))?;
+        losses.push(value);
+        let grads = loss.backward()?;
+        for p in &fast {
+            sgd_step(p, &grads, cfg.inner_lr, step, &task.lang, s + 1)?;
+        }
+        last_grads = Some(grads);
+    }
+    Ok(Adapted {
+        encoder: fast_enc,
+        adapter: fast_ad,
+        head: fast_head,
+        losses,
+        last_grads,
+    })
+}
+
+/// Named gradient sums (insertion order kept, so the optimiser sees θp before θa).
+#[derive(Default)]
+pub(crate) struct GradSum {
+    order: Vec<String>,
+    sums: BTreeMap<String, Tensor>,
+}
+
+impl GradSum {
+    /// Adds the gradients `grads` holds for the Vars of `params` under `prefix` + name,
+    /// checking each task's contribution for NaN/inf.
+    pub(crate) fn add(
+        &mut self,
+        prefix: &str,
+        params: &ParamSet,
+        grads: &GradStore,
+        step: usize,
+        task: &str,
+    ) -> Result<()> {
+        for (name, var) in params.iter() {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let key = format!("{prefix}{name}");
+            check_finite(tensor_sum(g)?, step, task, || format!("gradient of '{key}'"))?;
+            match self.sums.get_mut(&key) {
+                Some(acc) => *acc = (&*acc + g)?,
+                None => {
+                    self.order.push(key.clone());
+                    self.sums.insert(key, g.detach());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn into_set(mut self) -> Result<TensorSet> {
+        let mut out = TensorSet::new();
+        for k in self.order {
+            let t = self.sums.remove(&k).expect("every ordered key has a sum");
+            out.insert(k, t)?;
+        }
+        Ok(out)
+    }
+}
+
+/// One outer step of first-order meta priming (Algorithm 1) over `tasks`; see the module
+/// documentation. Heads of the tasks become their adapted heads; θp and θa get one update
+/// from `optimizer`. NaN/inf losses or gradients stop the step with an error naming it and
+/// the task.
+pub fn meta_step(
+    state: &mut PrimingState,
+    tasks: &[TaskBatches],
+    cfg: &MetaStepConfig,
+    optimizer: &mut dyn OuterOptimizer,
+) -> Result<MetaStepRecord> {
+    let step = state.step;
+    let enc_prefix = ParamGroup::Encoder.prefix();
+    let ad_prefix = ParamGroup::Adapter.prefix();
+    let mut sum = GradSum::default();
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let tagger = &state.tagger;
+        let adapted = inner_loop(tagger, task, cfg, state.dropout.as_mut(), step)?;
+        let adapter = adapter_of(tagger)?;
+        let head = head_of(tagger, &task.lang)?;
+        drop(adapted.last_grads);
+        // The query pass: gradients flow to the encoder and adapter weights in use (θp / θa,
+        // or their fast copies, whose gradient is applied to θp / θa: first order). The head
+        // receives no outer update, so it is read detached.
+        let enc_q = adapted.encoder.as_ref().unwrap_or(&tagger.encoder);
+        let ad_q = adapted.adapter.as_ref().unwrap_or(adapter);
+        let head_q = adapted.head.as_ref().unwrap_or(head).detached_tensors();
+        let hidden = encode(&tagger.config, enc_q, &task.query.inputs(), state.dropout.as_mut())?;
+        let loss = masked_cross_entropy(&logits_from_hidden(&hidden, Some(ad_q), &head_q)?, &task.query.labels)?;
+        let query_loss = scalar(&loss)?;
+        check_finite(query_loss, step, &task.lang, || "query loss".to_string())?;
+        let grads = loss.backward()?;
+        sum.add(&enc_prefix, enc_q, &grads, step, &task.lang)?;
+        sum.add(&ad_prefix, ad_q, &grads, step, &task.lang)?;
+        drop(grads);
+        if let Some(h) = &adapted.head {
+            head.assign_from(h)?;
+        }
+        let mut rec = TensorSet::new();
+        if cfg.record_adapted_encoder
+            && let Some(e) = &adapted.encoder
+        {
+            for (n, t) in e.detached_tensors().iter() {
+                rec.insert(format!("enc.{n}"), t.clone())?;
+            }
+        }
+        for (prefix, p) in [("adapter.", &adapted.adapter), ("head.", &adapted.head)] {
+            if let Some(p) = p {
+                for (n, t) in p.detached_tensors().iter() {
+                    rec.insert(format!("{prefix}{n}"), t.clone())?;
+                }
+            }
+        }
+        outcomes.push(TaskOutcome {
+            lang: task.lang.clone(),
+            inner_losses: adapted.losses,
+            query_loss,
+            adapted: rec,
+        });
+    }
+    let grads = sum.into_set()?;
+    let lr = optimizer.apply(&grads)?;
+    state.step += 1;
+    Ok(MetaStepRecord {
+        step,
+        lr,
+        tasks: outcomes,
+        grads,
+    })
+}

@@ -1,0 +1,81 @@
+//! Preemption warning for the run process. Slurm sends `--signal=B:USR2@90` to the batch
+//! shell 90 s before killing a task; the wrapper script forwards it to `primer exec`. A run
+//! installs [`install_preemption_handler`] at start, its training loop polls
+//! [`preemption_requested`] between steps, and on `true` it saves what it can, marks itself
+//! interrupted and either exits or calls [`requeue_self`] so Slurm runs it again later.
+//!
+//! The handler only stores into an atomic flag: that is all a signal handler may safely do.
+
+use super::{Slurm, SlurmError};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static PREEMPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    PREEMPTED.store(true, Ordering::SeqCst);
+}
+
+/// Installs the SIGUSR2 handler (idempotent). Blocking system calls interrupted by the signal
+/// are restarted (`SA_RESTART`), so file I/O in progress is not disturbed.
+pub fn install_preemption_handler() -> Result<(), SlurmError> {
+    install_handler(libc::SIGUSR2)
+}
+
+fn install_handler(sig: libc::c_int) -> Result<(), SlurmError> {
+    // SAFETY: `sigaction` with a zeroed struct, an empty mask and a handler that only performs
+    // an atomic store (async-signal-safe).
+    let rc = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(sig, &action, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(SlurmError::Other(format!(
+            "cannot install the preemption signal handler: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+/// True once the preemption signal has arrived (stays true).
+pub fn preemption_requested() -> bool {
+    PREEMPTED.load(Ordering::SeqCst)
+}
+
+/// The job id of the current Slurm task (`SLURM_JOB_ID`), None outside Slurm.
+pub fn current_job_id() -> Option<String> {
+    std::env::var("SLURM_JOB_ID").ok().filter(|s| !s.is_empty())
+}
+
+/// Asks Slurm to requeue the current task (`scontrol requeue $SLURM_JOB_ID`): Slurm ends
+/// this execution and runs the task again later (with `SLURM_RESTART_COUNT` incremented).
+/// Returns false outside Slurm, where there is nothing to requeue.
+pub fn requeue_self(slurm: &Slurm) -> Result<bool, SlurmError> {
+    match current_job_id() {
+        None => Ok(false),
+        Some(id) => {
+            slurm.run("scontrol", &["requeue", &id])?;
+            Ok(true)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usr2_sets_the_flag() {
+        assert!(!preemption_requested());
+        install_preemption_handler().unwrap();
+        install_preemption_handler().unwrap();
+        // SAFETY: raising a signal whose handler was just installed.
+        unsafe {
+            libc::raise(libc::SIGUSR2);
+        }
+        assert!(preemption_requested());
+    }
+}

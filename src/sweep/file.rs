@@ -1,0 +1,864 @@
+//! The sweep file: a base configuration and the ways it varies (grid, zip, exclude, named
+//! settings, seeds, targets), plus the `[report]` section. See `sweeps/README.md` for the
+//! format. Everything is validated here, before anything runs: unknown keys (with the nearest
+//! valid key suggested), wrong types and out-of-range values are reported as
+//! `file:line:column: key: problem`.
+
+use super::error::SweepError;
+use super::source::{Entry, Node, NodeKind, Source, nearest};
+use crate::config::{FinetuneConfig, PrimeConfig};
+use crate::report::ReportSpec;
+use serde_json::Value;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// The paper's six target languages, the default of `targets`.
+pub const DEFAULT_TARGETS: [&str; 6] = ["hi", "af", "az", "lt", "et", "nl"];
+
+/// The default run store, shared by all sweeps so identical runs are computed once.
+pub const DEFAULT_STORE: &str = "results/store";
+
+/// One `key = value` assignment of a dotted setting key (`finetune.lr`, `prime.data.train_limit`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assign {
+    pub key: String,
+    pub value: Value,
+    pub span: Range<usize>,
+}
+
+/// One `[grid]` axis: a key and the values it takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Axis {
+    pub key: String,
+    pub values: Vec<Value>,
+    pub span: Range<usize>,
+}
+
+/// One `[[zip]]` table: keys whose value lists vary together (row i takes the i-th of each).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Zip {
+    pub keys: Vec<String>,
+    pub rows: Vec<Vec<Value>>,
+    pub span: Range<usize>,
+}
+
+/// One `[[exclude]]` rule: a combination is dropped when it matches every condition.
+/// Keys are setting keys or `setting`, `target`, `seed`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub conditions: Vec<(String, Value)>,
+    pub span: Range<usize>,
+}
+
+/// Whether and how a named setting primes before fine-tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Priming {
+    None,
+    Meta,
+    Ft,
+}
+
+impl Priming {
+    pub fn method(self) -> Option<crate::config::PrimingMethod> {
+        match self {
+            Priming::None => None,
+            Priming::Meta => Some(crate::config::PrimingMethod::Meta),
+            Priming::Ft => Some(crate::config::PrimingMethod::Ft),
+        }
+    }
+}
+
+/// A named setting (a Table 1 row, a figure cell): overrides, priming, optional own axes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting {
+    pub name: String,
+    pub priming: Priming,
+    /// Fixed values; a key fixed here is no longer an axis within this setting.
+    pub overrides: Vec<Assign>,
+    /// Axes of this setting: they replace global axes of the same key and add new ones.
+    pub grid: Vec<Axis>,
+    pub seeds: Option<Vec<u64>>,
+    pub targets: Option<Vec<String>>,
+    pub span: Range<usize>,
+}
+
+/// A parsed and validated sweep file.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    pub source: Source,
+    pub name: String,
+    /// The run store, as written (resolved against the current directory when used).
+    pub store: PathBuf,
+    pub seeds: Vec<u64>,
+    pub targets: Vec<String>,
+    pub base_finetune: Vec<Assign>,
+    pub base_prime: Vec<Assign>,
+    pub grid: Vec<Axis>,
+    pub zips: Vec<Zip>,
+    pub excludes: Vec<Rule>,
+    /// In declaration order. A sweep without `[settings]` has one setting, "default", without priming.
+    pub settings: Vec<Setting>,
+    pub report: ReportSpec,
+}
+
+const TOP_KEYS: [&str; 10] = [
+    "name", "store", "seeds", "targets", "base", "grid", "zip", "exclude", "settings", "report",
+];
+const SETTING_KEYS: [&str; 4] = ["priming", "grid", "seeds", "targets"];
+
+/// The valid dotted keys and how to check a value for each.
+pub struct KeySpace {
+    finetune_default: Value,
+    prime_default: Value,
+    keys: Vec<String>,
+}
+
+impl Default for KeySpace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KeySpace {
+    pub fn new() -> Self {
+        let finetune_default = serde_json::to_value(FinetuneConfig::default()).expect("serialisable");
+        let prime_default = serde_json::to_value(PrimeConfig::default()).expect("serialisable");
+        let mut keys = Vec::new();
+        leaf_paths("finetune", &finetune_default, &mut keys);
+        leaf_paths("prime", &prime_default, &mut keys);
+        Self {
+            finetune_default,
+            prime_default,
+            keys,
+        }
+    }
+
+    /// Every valid dotted key.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// The defaults of a section ("finetune" or "prime") as JSON.
+    pub fn default_json(&self, section: &str) -> &Value {
+        if section == "prime" { &self.prime_default } else { &self.finetune_default }
+    }
+
+    /// Checks that `key` may be set and that `value` has its type and range. The message
+    /// (without location) explains the problem and the fix.
+    pub fn check(&self, key: &str, value: &Value) -> Result<(), String> {
+        self.check_key(key)?;
+        let (section, rest) = key.split_once('.').expect("checked key has a section");
+        let mut json = self.default_json(section).clone();
+        set_path(&mut json, rest, value.clone());
+        let typed = if section == "prime" {
+            serde_json::from_value::<PrimeConfig>(json).map(|_| ())
+        } else {
+            serde_json::from_value::<FinetuneConfig>(json).map(|_| ())
+        };
+        typed.map_err(|e| format!("{key}: {e}"))?;
+        check_range(key, value).map_err(|m| format!("{key}: {m}"))
+    }
+
+    /// Checks that `key` names a settable leaf.
+    pub fn check_key(&self, key: &str) -> Result<(), String> {
+        if let Some(hint) = reserved_hint(key) {
+            return Err(format!("{key} cannot be set in a sweep: {hint}"));
+        }
+        if self.keys.iter().any(|k| k == key) {
+            return Ok(());
+        }
+        let prefix = format!("{key}.");
+        if self.keys.iter().any(|k| k.starts_with(&prefix)) {
+            return Err(format!("{key} is a table: set its fields, e.g. {key}.{}", self
+                .keys
+                .iter()
+                .find(|k| k.starts_with(&prefix))
+                .map(|k| &k[prefix.len()..])
+                .unwrap_or("...")));
+        }
+        let settable = self.keys.iter().map(String::as_str).filter(|k| reserved_hint(k).is_none());
+        match nearest(key, settable) {
+            Some(s) => Err(format!("unknown key {key}: did you mean {s}?")),
+            None if !key.starts_with("finetune.") && !key.starts_with("prime.") => Err(format!(
+                "unknown key {key}: setting keys start with finetune. or prime. (e.g. finetune.lr, prime.inner_steps)"
+            )),
+            None => Err(format!("unknown key {key}")),
+        }
+    }
+}
+
+/// Keys the sweep sets itself; each with the way to vary it instead.
+fn reserved_hint(key: &str) -> Option<&'static str> {
+    match key {
+        "finetune.lang" => Some("the target language comes from `targets = [...]`"),
+        "finetune.seed" | "prime.seed" => Some("seeds come from `seeds = [...]` (they set both priming and fine-tuning seeds)"),
+        "finetune.device" | "prime.device" => Some("devices are chosen at execution time with `primer run --devices`"),
+        "finetune.init" => Some("a setting's `priming = \"meta\" | \"ft\"` makes fine-tuning start from its primed checkpoint"),
+        "prime.method" => Some("use `priming = \"meta\" | \"ft\"` in a [settings.\"...\"] table"),
+        _ => None,
+    }
+}
+
+/// Range checks by field name (the last segment of the key), for the values serde accepts
+/// but training cannot use.
+fn check_range(key: &str, value: &Value) -> Result<(), String> {
+    let field = key.rsplit('.').next().unwrap_or(key);
+    let num = value.as_f64();
+    match field {
+        "epochs" | "batch_size" | "adapter_dim" | "inner_steps" | "steps" | "tasks_per_step"
+        | "support_batch_size" | "query_batch_size" | "train_limit" | "dev_limit" | "test_limit" => {
+            if num.is_some_and(|x| x < 1.0) {
+                return Err("must be at least 1".into());
+            }
+        }
+        "max_len" => {
+            if num.is_some_and(|x| x < 3.0) {
+                return Err("must be at least 3 ([CLS], one token, [SEP])".into());
+            }
+        }
+        "lr" | "inner_lr" | "outer_lr" | "ft_lr" => {
+            if num.is_some_and(|x| x <= 0.0) {
+                return Err("a learning rate must be positive".into());
+            }
+        }
+        "weight_decay" => {
+            if num.is_some_and(|x| x < 0.0) {
+                return Err("must not be negative".into());
+            }
+        }
+        "warmup_ratio" => {
+            if num.is_some_and(|x| !(0.0..=1.0).contains(&x)) {
+                return Err("must be between 0 and 1".into());
+            }
+        }
+        "dropout" => {
+            if num.is_some_and(|x| !(0.0..1.0).contains(&x)) {
+                return Err("must be in [0, 1)".into());
+            }
+        }
+        "sources" => {
+            if value.as_array().is_some_and(|a| a.is_empty()) {
+                return Err("needs at least one source language".into());
+            }
+        }
+        "model" => {
+            if value.as_str().is_some_and(str::is_empty) {
+                return Err("must name a model folder".into());
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn leaf_paths(prefix: &str, v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                leaf_paths(&format!("{prefix}.{k}"), v, out);
+            }
+        }
+        _ => out.push(prefix.to_string()),
+    }
+}
+
+/// Sets `path` (dotted, relative to `json`) to `value`, creating objects on the way.
+pub fn set_path(json: &mut Value, path: &str, value: Value) {
+    let mut cur = json;
+    let mut parts = path.split('.').peekable();
+    while let Some(p) = parts.next() {
+        if !cur.is_object() {
+            *cur = Value::Object(Default::default());
+        }
+        let obj = cur.as_object_mut().expect("object");
+        if parts.peek().is_none() {
+            obj.insert(p.to_string(), value);
+            return;
+        }
+        cur = obj.entry(p.to_string()).or_insert_with(|| Value::Object(Default::default()));
+    }
+}
+
+/// Reads `path` (dotted) from `json`.
+pub fn get_path<'a>(json: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(json, |cur, p| cur.get(p))
+}
+
+/// Flattens nested tables into dotted leaf keys (`finetune = { lr = 1 }` and
+/// `"finetune.lr" = 1` are the same key). The span is the leaf key's.
+fn flatten<'a>(prefix: &str, entries: &'a [Entry], out: &mut Vec<(String, Range<usize>, &'a Node)>) {
+    for e in entries {
+        let key = if prefix.is_empty() { e.key.clone() } else { format!("{prefix}.{}", e.key) };
+        match &e.value.kind {
+            NodeKind::Table(t) => flatten(&key, t, out),
+            _ => out.push((key, e.key_span.clone(), &e.value)),
+        }
+    }
+}
+
+/// Values equal for the purposes of exclude rules and zip filtering: numbers compare as
+/// numbers (1 == 1.0), everything else structurally.
+pub fn values_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| values_equal(a, b)),
+        _ => a == b,
+    }
+}
+
+struct Parser<'s> {
+    src: &'s Source,
+    keys: KeySpace,
+}
+
+impl Sweep {
+    /// Reads and validates a sweep file.
+    pub fn load(path: &Path) -> Result<Self, SweepError> {
+        Self::parse(Source::read(path)?)
+    }
+
+    /// Parses and validates sweep text (the path is used in messages).
+    pub fn from_text(path: &Path, text: &str) -> Result<Self, SweepError> {
+        Self::parse(Source::from_text(path, text))
+    }
+
+    fn parse(source: Source) -> Result<Self, SweepError> {
+        let root = source.parse()?;
+        let p = Parser {
+            src: &source,
+            keys: KeySpace::new(),
+        };
+        let top = root.as_table().expect("a document is a table");
+        let mut name = None;
+        let mut store = PathBuf::from(DEFAULT_STORE);
+        let mut seeds = vec![0];
+        let mut targets: Vec<String> = DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect();
+        let (mut base_finetune, mut base_prime) = (Vec::new(), Vec::new());
+        let (mut grid, mut zips, mut excludes, mut settings) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut report = None;
+        for e in top {
+            match e.key.as_str() {
+                "name" => {
+                    let n = p.string(e)?;
+                    if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || n.starts_with('.') {
+                        return Err(p.src.error(&e.value.span, format!(
+                            "name: '{n}' is used as a folder name (results/<name>/): use letters, digits, '-', '_' or '.'"
+                        )));
+                    }
+                    name = Some(n);
+                }
+                "store" => store = PathBuf::from(p.string(e)?),
+                "seeds" => seeds = p.seeds(e)?,
+                "targets" => targets = p.strings(e)?,
+                "base" => (base_finetune, base_prime) = p.base(e)?,
+                "grid" => grid = p.axes("grid", e)?,
+                "zip" => zips = p.zips(e)?,
+                "exclude" => excludes = p.excludes_raw(e)?,
+                "settings" => settings = p.settings(e)?,
+                "report" => report = Some(e),
+                other => return Err(p.unknown(e, other, &TOP_KEYS, "top level")),
+            }
+        }
+        let Some(name) = name else {
+            return Err(p.src.error(&(0..0), "missing `name = \"...\"` (results go to results/<name>/)"));
+        };
+        if settings.is_empty() {
+            settings.push(Setting {
+                name: "default".into(),
+                priming: Priming::None,
+                overrides: Vec::new(),
+                grid: Vec::new(),
+                seeds: None,
+                targets: None,
+                span: 0..0,
+            });
+        }
+        // Exclude rules may name settings: check them now that all settings are known.
+        for rule in &excludes {
+            for (k, v) in &rule.conditions {
+                if k == "setting" && !settings.iter().any(|s| Some(s.name.as_str()) == v.as_str()) {
+                    return Err(p.src.error(&rule.span, format!(
+                        "exclude: setting {v} is not a setting of this sweep{}",
+                        p.setting_suggestion(v.as_str().unwrap_or(""), &settings)
+                    )));
+                }
+            }
+        }
+        let report = match report {
+            Some(e) => p.report(e, &settings)?,
+            None => ReportSpec::default(),
+        };
+        Ok(Sweep {
+            name,
+            store,
+            seeds,
+            targets,
+            base_finetune,
+            base_prime,
+            grid,
+            zips,
+            excludes,
+            settings,
+            report,
+            source,
+        })
+    }
+
+    /// Setting names in declaration order.
+    pub fn setting_names(&self) -> Vec<String> {
+        self.settings.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// Where this sweep's report and summaries go: `results/<name>/`.
+    pub fn results_dir(&self) -> PathBuf {
+        Path::new("results").join(&self.name)
+    }
+}
+
+impl Parser<'_> {
+    fn err(&self, span: &Range<usize>, msg: impl Into<String>) -> SweepError {
+        self.src.error(span, msg)
+    }
+
+    fn unknown(&self, e: &Entry, key: &str, valid: &[&str], place: &str) -> SweepError {
+        let hint = match nearest(key, valid.iter().copied()) {
+            Some(s) => format!("did you mean {s}?"),
+            None => format!("valid keys here: {}", valid.join(", ")),
+        };
+        self.err(&e.key_span, format!("unknown key {key} at the {place}: {hint}"))
+    }
+
+    fn string(&self, e: &Entry) -> Result<String, SweepError> {
+        e.value
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| self.err(&e.value.span, format!("{}: expected a string, found a {}", e.key, e.value.type_name())))
+    }
+
+    fn strings(&self, e: &Entry) -> Result<Vec<String>, SweepError> {
+        let arr = e.value.as_array().ok_or_else(|| {
+            self.err(&e.value.span, format!("{}: expected an array of strings, found a {}", e.key, e.value.type_name()))
+        })?;
+        if arr.is_empty() {
+            return Err(self.err(&e.value.span, format!("{}: the list is empty, so the sweep would expand to no runs", e.key)));
+        }
+        arr.iter()
+            .map(|n| {
+                n.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| self.err(&n.span, format!("{}: expected a string, found a {}", e.key, n.type_name())))
+            })
+            .collect()
+    }
+
+    fn seeds(&self, e: &Entry) -> Result<Vec<u64>, SweepError> {
+        let arr = e.value.as_array().ok_or_else(|| {
+            self.err(&e.value.span, format!("seeds: expected an array of integers, found a {}", e.value.type_name()))
+        })?;
+        if arr.is_empty() {
+            return Err(self.err(&e.value.span, "seeds: the list is empty, so the sweep would expand to no runs"));
+        }
+        arr.iter()
+            .map(|n| match n.kind {
+                NodeKind::Int(i) if i >= 0 => Ok(i as u64),
+                _ => Err(self.err(&n.span, format!("seeds: expected a non-negative integer, found {}", n.to_json()))),
+            })
+            .collect()
+    }
+
+    fn checked(&self, key: &str, span: &Range<usize>, value: &Node) -> Result<Value, SweepError> {
+        let v = value.to_json();
+        self.keys.check(key, &v).map_err(|m| self.err(span, m))?;
+        Ok(v)
+    }
+
+    fn base(&self, e: &Entry) -> Result<(Vec<Assign>, Vec<Assign>), SweepError> {
+        let t = e.value.as_table().ok_or_else(|| self.err(&e.value.span, "base: expected a table ([base.finetune], [base.prime])"))?;
+        let (mut ft, mut pr) = (Vec::new(), Vec::new());
+        for s in t {
+            let section = s.key.as_str();
+            if section != "finetune" && section != "prime" {
+                return Err(self.unknown(s, section, &["finetune", "prime"], "[base] table"));
+            }
+            let entries = s.value.as_table().ok_or_else(|| {
+                self.err(&s.value.span, format!("base.{section}: expected a table of {section} settings"))
+            })?;
+            let mut flat = Vec::new();
+            flatten(section, entries, &mut flat);
+            for (key, span, node) in flat {
+                let value = self.checked(&key, &span, node)?;
+                let a = Assign { key, value, span };
+                if section == "finetune" { ft.push(a) } else { pr.push(a) }
+            }
+        }
+        Ok((ft, pr))
+    }
+
+    /// A table of `key = [values]` axes (the global `[grid]` or a setting's `grid`).
+    fn axes(&self, place: &str, e: &Entry) -> Result<Vec<Axis>, SweepError> {
+        let t = e.value.as_table().ok_or_else(|| self.err(&e.value.span, format!("{place}: expected a table of key = [values]")))?;
+        let mut flat = Vec::new();
+        flatten("", t, &mut flat);
+        let mut axes: Vec<Axis> = Vec::new();
+        for (key, span, node) in flat {
+            let arr = node.as_array().ok_or_else(|| {
+                self.err(&node.span, format!("{place}: {key}: expected a list of values to sweep over, found a {} (write [{}])", node.type_name(), node.to_json()))
+            })?;
+            if arr.is_empty() {
+                return Err(self.err(&node.span, format!("{place}: {key}: the list is empty, so the sweep would expand to no runs")));
+            }
+            if axes.iter().any(|a| a.key == key) {
+                return Err(self.err(&span, format!("{place}: {key} is given twice")));
+            }
+            let values = arr.iter().map(|v| self.checked(&key, &v.span, v)).collect::<Result<_, _>>()?;
+            axes.push(Axis { key, values, span });
+        }
+        Ok(axes)
+    }
+
+    fn zips(&self, e: &Entry) -> Result<Vec<Zip>, SweepError> {
+        let tables = e.value.as_array().ok_or_else(|| self.err(&e.value.span, "zip: write each group as a [[zip]] table"))?;
+        let mut zips = Vec::new();
+        for t in tables {
+            let entry = Entry {
+                key: "zip".into(),
+                key_span: t.span.clone(),
+                value: t.clone(),
+            };
+            let axes = self.axes("[[zip]]", &entry)?;
+            let Some(first) = axes.first() else {
+                return Err(self.err(&t.span, "[[zip]]: empty table"));
+            };
+            let len = first.values.len();
+            if let Some(bad) = axes.iter().find(|a| a.values.len() != len) {
+                return Err(self.err(&bad.span, format!(
+                    "[[zip]]: {} has {} values but {} has {}: the lists of a zip vary together and must have equal lengths",
+                    bad.key, bad.values.len(), first.key, len
+                )));
+            }
+            zips.push(Zip {
+                keys: axes.iter().map(|a| a.key.clone()).collect(),
+                rows: (0..len).map(|i| axes.iter().map(|a| a.values[i].clone()).collect()).collect(),
+                span: t.span.clone(),
+            });
+        }
+        Ok(zips)
+    }
+
+    fn excludes_raw(&self, e: &Entry) -> Result<Vec<Rule>, SweepError> {
+        let tables = e.value.as_array().ok_or_else(|| self.err(&e.value.span, "exclude: write each rule as an [[exclude]] table"))?;
+        let mut rules = Vec::new();
+        for t in tables {
+            let entries = t.as_table().ok_or_else(|| self.err(&t.span, "[[exclude]]: expected a table"))?;
+            let mut flat = Vec::new();
+            flatten("", entries, &mut flat);
+            if flat.is_empty() {
+                return Err(self.err(&t.span, "[[exclude]]: an empty rule would exclude everything"));
+            }
+            let mut conditions = Vec::new();
+            for (key, span, node) in flat {
+                let value = match key.as_str() {
+                    "setting" | "target" => Value::String(node.as_str().map(str::to_string).ok_or_else(|| {
+                        self.err(&node.span, format!("[[exclude]]: {key}: expected a string"))
+                    })?),
+                    "seed" => match node.kind {
+                        NodeKind::Int(i) if i >= 0 => Value::from(i),
+                        _ => return Err(self.err(&node.span, "[[exclude]]: seed: expected a non-negative integer")),
+                    },
+                    _ => self.checked(&key, &span, node).map_err(|err| match err {
+                        SweepError::Invalid { file, line, column, message } => SweepError::Invalid {
+                            file,
+                            line,
+                            column,
+                            message: format!("[[exclude]]: {message} (rules may also use setting, target, seed)"),
+                        },
+                        other => other,
+                    })?,
+                };
+                conditions.push((key, value));
+            }
+            rules.push(Rule {
+                conditions,
+                span: t.span.clone(),
+            });
+        }
+        Ok(rules)
+    }
+
+    fn settings(&self, e: &Entry) -> Result<Vec<Setting>, SweepError> {
+        let t = e.value.as_table().ok_or_else(|| self.err(&e.value.span, "settings: write each as [settings.\"name\"]"))?;
+        let mut out = Vec::new();
+        for s in t {
+            let body = s.value.as_table().ok_or_else(|| {
+                self.err(&s.value.span, format!("settings.\"{}\": expected a table (priming = ..., overrides)", s.key))
+            })?;
+            let mut setting = Setting {
+                name: s.key.clone(),
+                priming: Priming::None,
+                overrides: Vec::new(),
+                grid: Vec::new(),
+                seeds: None,
+                targets: None,
+                span: s.key_span.clone(),
+            };
+            let mut rest = Vec::new();
+            for item in body {
+                match item.key.as_str() {
+                    "priming" => {
+                        setting.priming = match self.string(item)?.as_str() {
+                            "none" => Priming::None,
+                            "meta" => Priming::Meta,
+                            "ft" => Priming::Ft,
+                            other => {
+                                return Err(self.err(&item.value.span, format!(
+                                    "settings.\"{}\": priming: unknown value '{other}': use \"none\", \"meta\" (Algorithm 1 and its ablations) or \"ft\" (FT priming)",
+                                    s.key
+                                )));
+                            }
+                        }
+                    }
+                    "grid" => setting.grid = self.axes(&format!("settings.\"{}\".grid", s.key), item)?,
+                    "seeds" => setting.seeds = Some(self.seeds(item)?),
+                    "targets" => setting.targets = Some(self.strings(item)?),
+                    _ => rest.push(item.clone()),
+                }
+            }
+            let mut flat = Vec::new();
+            flatten("", &rest, &mut flat);
+            for (key, span, node) in flat {
+                if !key.contains('.') {
+                    let mut valid: Vec<&str> = SETTING_KEYS.to_vec();
+                    valid.extend(self.keys.keys().iter().map(String::as_str));
+                    let hint = nearest(&key, valid.iter().copied())
+                        .map(|k| format!("did you mean {k}?"))
+                        .unwrap_or_else(|| "a setting holds priming, grid, seeds, targets and finetune.*/prime.* overrides".into());
+                    return Err(self.err(&span, format!("settings.\"{}\": unknown key {key}: {hint}", s.key)));
+                }
+                let value = self.checked(&key, &span, node).map_err(|err| prefix_err(err, &format!("settings.\"{}\": ", s.key)))?;
+                setting.overrides.push(Assign { key, value, span });
+            }
+            if setting.priming == Priming::None {
+                let prime_key = setting
+                    .overrides
+                    .iter()
+                    .map(|a| (&a.key, &a.span))
+                    .chain(setting.grid.iter().map(|a| (&a.key, &a.span)))
+                    .find(|(k, _)| k.starts_with("prime."));
+                if let Some((k, span)) = prime_key {
+                    return Err(self.err(span, format!(
+                        "settings.\"{}\": {k} is set but the setting does not prime: add priming = \"meta\" or \"ft\", or remove the key",
+                        s.key
+                    )));
+                }
+            }
+            out.push(setting);
+        }
+        Ok(out)
+    }
+
+    fn setting_suggestion(&self, name: &str, settings: &[Setting]) -> String {
+        match nearest(name, settings.iter().map(|s| s.name.as_str())) {
+            Some(n) => format!(": did you mean \"{n}\"?"),
+            None => format!(
+                " (settings: {})",
+                settings.iter().map(|s| format!("\"{}\"", s.name)).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+
+    fn report(&self, e: &Entry, settings: &[Setting]) -> Result<ReportSpec, SweepError> {
+        let t = e.value.as_table().ok_or_else(|| self.err(&e.value.span, "report: expected a table"))?;
+        let fields: Vec<String> = match serde_json::to_value(ReportSpec::default()) {
+            Ok(Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let field_refs: Vec<&str> = fields.iter().map(String::as_str).collect();
+        for item in t {
+            if !fields.contains(&item.key) {
+                return Err(self.unknown(item, &item.key, &field_refs, "[report] table"));
+            }
+            let mut one = serde_json::Map::new();
+            one.insert(item.key.clone(), item.value.to_json());
+            serde_json::from_value::<ReportSpec>(Value::Object(one))
+                .map_err(|err| self.err(&item.value.span, format!("report.{}: {err}", item.key)))?;
+        }
+        let spec: ReportSpec = serde_json::from_value(e.value.to_json()).map_err(|err| self.err(&e.value.span, format!("report: {err}")))?;
+        // Every string naming a setting must name one of this sweep's settings.
+        let naming: &[&str] = &["table1_rows", "table1_groups", "figure3", "figure4", "compare"];
+        for item in t {
+            let mut names = Vec::new();
+            if naming.contains(&item.key.as_str()) {
+                collect_setting_names(&item.key, &item.value, &mut names);
+            } else if item.key == "paper_rows" {
+                for row in item.value.as_table().unwrap_or(&[]) {
+                    names.push((row.key.clone(), row.key_span.clone()));
+                }
+            }
+            for (name, span) in names {
+                if !settings.iter().any(|s| s.name == name) {
+                    return Err(self.err(&span, format!(
+                        "report.{}: \"{name}\" is not a setting of this sweep{}",
+                        item.key,
+                        self.setting_suggestion(&name, settings)
+                    )));
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// The strings of a report field that name settings (figure3's `label` is free text).
+fn collect_setting_names(field: &str, node: &Node, out: &mut Vec<(String, Range<usize>)>) {
+    match &node.kind {
+        NodeKind::Str(s) => out.push((s.clone(), node.span.clone())),
+        NodeKind::Array(a) => a.iter().for_each(|n| collect_setting_names(field, n, out)),
+        NodeKind::Table(t) => {
+            for e in t {
+                if e.key != "label" {
+                    collect_setting_names(field, &e.value, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn prefix_err(err: SweepError, prefix: &str) -> SweepError {
+    match err {
+        SweepError::Invalid { file, line, column, message } => SweepError::Invalid {
+            file,
+            line,
+            column,
+            message: format!("{prefix}{message}"),
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Sweep, SweepError> {
+        Sweep::from_text(Path::new("sweeps/t.toml"), text)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    const HEAD: &str = "name = \"t\"\n[base.finetune]\nmodel = \"m\"\n";
+
+    #[test]
+    fn minimal_sweep_has_defaults() {
+        let s = parse(HEAD).unwrap();
+        assert_eq!(s.name, "t");
+        assert_eq!(s.store, PathBuf::from("results/store"));
+        assert_eq!(s.seeds, vec![0]);
+        assert_eq!(s.targets, DEFAULT_TARGETS.to_vec());
+        assert_eq!(s.setting_names(), vec!["default"]);
+        assert_eq!(s.base_finetune[0].key, "finetune.model");
+    }
+
+    #[test]
+    fn nested_and_dotted_keys_are_the_same_key() {
+        let s = parse(&format!("{HEAD}[grid]\n\"finetune.lr\" = [0.1]\nprime.inner_steps = [1, 5]\n")).unwrap();
+        let keys: Vec<_> = s.grid.iter().map(|a| a.key.as_str()).collect();
+        assert_eq!(keys, vec!["finetune.lr", "prime.inner_steps"]);
+    }
+
+    #[test]
+    fn unknown_keys_name_line_and_suggest() {
+        let e = err(&format!("{HEAD}[grid]\n\"finetune.lrr\" = [0.1]\n"));
+        assert!(e.starts_with("sweeps/t.toml:5:"), "{e}");
+        assert!(e.contains("did you mean finetune.lr?"), "{e}");
+
+        let e = err(&format!("{HEAD}epochs = 3\n"));
+        assert!(e.starts_with("sweeps/t.toml:4:"), "{e}");
+        assert!(e.contains("finetune.epochs"), "{e}");
+
+        let e = err("name = \"t\"\nseed = [1]\n");
+        assert!(e.starts_with("sweeps/t.toml:2:1:") && e.contains("did you mean seeds?"), "{e}");
+
+        let e = err(&format!("{HEAD}[settings.\"a\"]\npriming = \"meta\"\nprime.inner_stpes = 1\n"));
+        assert!(e.starts_with("sweeps/t.toml:6:") && e.contains("did you mean prime.inner_steps?"), "{e}");
+    }
+
+    #[test]
+    fn type_and_range_errors_name_line_and_key() {
+        let e = err(&format!("{HEAD}epochs = \"three\"\n"));
+        assert!(e.starts_with("sweeps/t.toml:4:") && e.contains("finetune.epochs") && e.contains("invalid type"), "{e}");
+
+        let e = err(&format!("{HEAD}[grid]\n\"finetune.method\" = [\"adapter\", \"adaptr\"]\n"));
+        assert!(e.starts_with("sweeps/t.toml:5:") && e.contains("finetune.method") && e.contains("unknown variant"), "{e}");
+
+        let e = err(&format!("{HEAD}\n\n[grid]\n\"finetune.lr\" = [1e-3, -1.0]\n"));
+        assert!(e.starts_with("sweeps/t.toml:7:") && e.contains("finetune.lr: a learning rate must be positive"), "{e}");
+
+        let e = err(&format!("{HEAD}[grid]\n\"finetune.lr\" = 0.1\n"));
+        assert!(e.contains("expected a list of values"), "{e}");
+
+        let e = err(&format!("{HEAD}[grid]\n\"finetune.epochs\" = []\n"));
+        assert!(e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn reserved_keys_explain_the_alternative() {
+        let e = err(&format!("{HEAD}lang = \"hi\"\n"));
+        assert!(e.contains("targets"), "{e}");
+        let e = err(&format!("{HEAD}seed = 3\n"));
+        assert!(e.contains("seeds"), "{e}");
+    }
+
+    #[test]
+    fn zip_lengths_must_match() {
+        let e = err(&format!(
+            "{HEAD}[[zip]]\n\"prime.inner_loop\" = [\"pe\", \"full\"]\n\"prime.inner_lr\" = [0.03]\n"
+        ));
+        assert!(e.starts_with("sweeps/t.toml:6:") && e.contains("equal lengths"), "{e}");
+    }
+
+    #[test]
+    fn settings_check_priming_and_prime_keys() {
+        let e = err(&format!("{HEAD}[settings.\"x\"]\npriming = \"maml\"\n"));
+        assert!(e.starts_with("sweeps/t.toml:5:") && e.contains("\"meta\""), "{e}");
+        let e = err(&format!("{HEAD}[settings.\"x\"]\n\"prime.inner_steps\" = 1\n"));
+        assert!(e.contains("does not prime"), "{e}");
+        let s = parse(&format!(
+            "{HEAD}[settings.\"b\"]\npriming = \"ft\"\n[settings.\"a\"]\n\"finetune.method\" = \"full\"\ngrid = {{ \"finetune.lr\" = [1e-5, 2e-5] }}\n"
+        ))
+        .unwrap();
+        assert_eq!(s.setting_names(), vec!["b", "a"], "declaration order");
+        assert_eq!(s.settings[0].priming, Priming::Ft);
+        assert_eq!(s.settings[1].overrides[0].value, Value::from("full"));
+        assert_eq!(s.settings[1].grid[0].values.len(), 2);
+    }
+
+    #[test]
+    fn report_names_must_be_settings() {
+        let ok = format!("{HEAD}[settings.\"1/Full FT\"]\n[report]\ntable1_rows = [\"1/Full FT\"]\n");
+        assert_eq!(parse(&ok).unwrap().report.table1_rows, vec!["1/Full FT"]);
+        let e = err(&format!("{HEAD}[settings.\"1/Full FT\"]\n[report]\ntable1_rows = [\"1/Full F\"]\n"));
+        assert!(e.starts_with("sweeps/t.toml:6:") && e.contains("did you mean \"1/Full FT\""), "{e}");
+        let e = err(&format!("{HEAD}[report]\ntable_rows = []\n"));
+        assert!(e.starts_with("sweeps/t.toml:5:") && e.contains("did you mean table1_rows?"), "{e}");
+        let e = err(&format!(
+            "{HEAD}[settings.\"a\"]\n[report]\nfigure3 = [{{ label = \"free text\", setting = \"b\" }}]\n"
+        ));
+        assert!(e.contains("\"b\" is not a setting"), "{e}");
+    }
+
+    #[test]
+    fn exclude_rules_are_checked() {
+        let e = err(&format!("{HEAD}[[exclude]]\nsetting = \"nope\"\n"));
+        assert!(e.contains("not a setting"), "{e}");
+        let e = err(&format!("{HEAD}[[exclude]]\n\"finetune.methd\" = \"full\"\n"));
+        assert!(e.starts_with("sweeps/t.toml:5:") && e.contains("did you mean finetune.method?"), "{e}");
+    }
+
+    #[test]
+    fn missing_name_is_reported() {
+        assert!(err("[base.finetune]\nmodel = \"m\"\n").contains("missing `name"));
+    }
+}

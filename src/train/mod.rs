@@ -1,0 +1,8 @@
+//! Downstream fine-tuning: the paper's settings 1/Full FT, 2/Head tuning, 3/Adapter tuning.
+
+pub mod finetune;
+pub mod metrics;
+pub mod optim;
+
+pub use finetune::run_finetune;
+pub use metrics::FinetuneMetrics;

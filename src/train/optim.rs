@@ -1,0 +1,1 @@
+//! AdamW with torch semantics and a linear schedule (being written).
