@@ -28,14 +28,16 @@ impl FinetuneMethod {
         }
     }
 
-    /// Learning rate used when none is given. Chosen so that each method converges on WikiAnn
-    /// within a few epochs: full fine-tuning needs the small BERT rate, the parameter-efficient
-    /// methods train few, freshly initialised weights and need a much larger one.
+    /// Learning rate used when none is given. Full fine-tuning takes BERT's usual 5e-5; the
+    /// parameter-efficient methods train few, freshly initialised weights on a frozen encoder and
+    /// need a much larger rate to converge within a few epochs on WikiAnn-sized data (measured
+    /// on the committed Afrikaans slice with MiniLM: adapter tuning at 1e-3 reached dev F1 18 after
+    /// 3 epochs on 1000 sentences, at 1e-2 dev F1 25 after 4 epochs on 400).
     pub fn default_lr(self) -> f64 {
         match self {
             FinetuneMethod::Full => 5e-5,
-            FinetuneMethod::Head => 5e-3,
-            FinetuneMethod::Adapter => 1e-3,
+            FinetuneMethod::Head => 1e-2,
+            FinetuneMethod::Adapter => 5e-3,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 mod finetune;
 mod init_model;
 mod prime;
+pub mod progress_bar;
 mod report;
 mod score;
 mod sweep;
@@ -80,4 +81,16 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+/// Reads a whole config struct from a JSON (`.json`) or TOML (any other extension) file, with
+/// errors naming the file (and line for TOML).
+pub fn read_config_file<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyhow::Result<T> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    } else {
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
+    }
 }

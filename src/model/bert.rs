@@ -234,3 +234,94 @@ pub fn encode(
     }
     Ok(x)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::init::random_encoder;
+
+    fn tiny() -> BertConfig {
+        let mut c = BertConfig::new(30, 8, 2, 2, 16);
+        c.max_position_embeddings = 16;
+        c
+    }
+
+    fn write_checkpoint(dir: &Path, cfg: &BertConfig, rename: impl Fn(&str) -> Option<String>) {
+        let w = random_encoder(cfg, 1, &Device::Cpu).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let mut items: Vec<(String, Tensor)> = w.iter().filter_map(|(n, t)| rename(n).map(|n| (n, t.clone()))).collect();
+        // Extras a real HF checkpoint carries, which the loader must ignore.
+        items.push(("bert.embeddings.position_ids".into(), Tensor::arange(0i64, 16, &Device::Cpu).unwrap()));
+        items.push(("bert.pooler.dense.bias".into(), Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap()));
+        items.push(("cls.predictions.bias".into(), Tensor::zeros(30, DType::F32, &Device::Cpu).unwrap()));
+        save_named(&dir.join(WEIGHTS_FILE), items.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
+        crate::fsutil::write_json_atomic(&dir.join(CONFIG_FILE), &cfg.to_json()).unwrap();
+    }
+
+    #[test]
+    fn loader_accepts_bert_prefix_and_gamma_beta() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = tiny();
+        write_checkpoint(dir.path(), &cfg, |n| {
+            let n = n.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta");
+            Some(format!("bert.{n}"))
+        });
+        let (c, p) = load_encoder(dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(c, cfg);
+        assert_eq!(p.len(), encoder_param_shapes(&cfg).len());
+        let expected = random_encoder(&cfg, 1, &Device::Cpu).unwrap();
+        let a = p.get("encoder.layer.1.output.LayerNorm.weight").unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, expected.get("encoder.layer.1.output.LayerNorm.weight").unwrap().to_vec1::<f32>().unwrap());
+        // Saving writes HF names that load back identically.
+        let out = dir.path().join("saved");
+        save_encoder(&out, &c, &p).unwrap();
+        let (_, q) = load_encoder(&out, &Device::Cpu).unwrap();
+        let wq = q.get("embeddings.word_embeddings.weight").unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(wq, p.get("embeddings.word_embeddings.weight").unwrap().to_vec2::<f32>().unwrap());
+    }
+
+    #[test]
+    fn loader_names_missing_and_misshaped_tensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = tiny();
+        write_checkpoint(dir.path(), &cfg, |n| (n != "encoder.layer.1.intermediate.dense.bias").then(|| n.to_string()));
+        let err = load_encoder(dir.path(), &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("encoder.layer.1.intermediate.dense.bias") && err.contains("model.safetensors"), "{err}");
+
+        // A config that disagrees with the weights: every shape is checked.
+        let mut wrong = cfg.clone();
+        wrong.intermediate_size = 12;
+        write_checkpoint(dir.path(), &cfg, |n| Some(n.to_string()));
+        crate::fsutil::write_json_atomic(&dir.path().join(CONFIG_FILE), &wrong.to_json()).unwrap();
+        let err = load_encoder(dir.path(), &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("intermediate.dense.weight") && err.contains("[16, 8]") && err.contains("[12, 8]"), "{err}");
+    }
+
+    #[test]
+    fn dropout_is_off_in_eval_and_seeded_in_train() {
+        let cfg = tiny().with_dropout(0.3);
+        let w = random_encoder(&cfg, 2, &Device::Cpu).unwrap();
+        let d = Device::Cpu;
+        let ids = Tensor::new(&[[1u32, 5, 7, 2, 0], [1, 9, 2, 0, 0]], &d).unwrap();
+        let mask = Tensor::new(&[[1u32, 1, 1, 1, 0], [1, 1, 1, 0, 0]], &d).unwrap();
+        let inp = EncoderInputs {
+            input_ids: &ids,
+            attention_mask: &mask,
+            token_type_ids: None,
+        };
+        let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let e1 = flat(encode(&cfg, &w, &inp, None).unwrap());
+        let e2 = flat(encode(&cfg, &w, &inp, None).unwrap());
+        assert_eq!(e1, e2);
+        let t1 = flat(encode(&cfg, &w, &inp, Some(&mut SeededRng::new(9))).unwrap());
+        let t2 = flat(encode(&cfg, &w, &inp, Some(&mut SeededRng::new(9))).unwrap());
+        let t3 = flat(encode(&cfg, &w, &inp, Some(&mut SeededRng::new(10))).unwrap());
+        assert_eq!(t1, t2);
+        assert_ne!(t1, e1);
+        assert_ne!(t1, t3);
+        // With p = 0 the training forward equals evaluation.
+        let cfg0 = cfg.with_dropout(0.0);
+        let z = flat(encode(&cfg0, &w, &inp, Some(&mut SeededRng::new(9))).unwrap());
+        assert_eq!(z, e1);
+    }
+}

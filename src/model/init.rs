@@ -105,7 +105,10 @@ pub fn write_random_bert(out: &Path, tokenizer_from: &Path, spec: &RandomBertSpe
     for f in TOKENIZER_FILES {
         let src = tokenizer_from.join(f);
         if src.exists() {
-            std::fs::copy(&src, staged.path().join(f)).map_err(|source| ModelError::Io { path: src, source })?;
+            // Read + write rather than fs::copy, which would also copy a read-only mode from
+            // a shared model folder.
+            let bytes = std::fs::read(&src).map_err(|source| ModelError::Io { path: src, source })?;
+            crate::fsutil::write_atomic(&staged.path().join(f), &bytes)?;
         }
     }
     Ok(staged.commit()?)

@@ -23,7 +23,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     // matmul over a broadcast weight, whose gradient needs an extra reduction.
     let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
     let y = match b {
-        Some(b) => y.broadcast_add(b)?,
+        Some(b) => add_bias(&y, b)?,
         None => y,
     };
     let mut shape = dims.to_vec();
@@ -76,9 +76,24 @@ pub fn softmax_composite(x: &Tensor) -> Result<Tensor> {
     Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
 }
 
-/// BERT's exact GELU, `x · Φ(x)` (has a backward in candle).
+/// BERT's exact GELU, `x · Φ(x)`. On the CPU a fused op with an exact backward kernel;
+/// elsewhere candle's `gelu_erf` (whose backward is composed of ~8 elementwise ops).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    Ok(x.gelu_erf()?)
+    if fused_ok(x) {
+        Ok(x.contiguous()?.apply_op1(GeluOp)?)
+    } else {
+        Ok(x.gelu_erf()?)
+    }
+}
+
+/// `x + b` with `b` broadcast over the last dimension. On the CPU a fused op whose backward
+/// passes the gradient through and sums it over rows for `b` in one pass.
+pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fused_ok(x) && fused_ok(b) && x.dims().last() == Some(&b.elem_count()) {
+        Ok(x.contiguous()?.apply_op2(&b.contiguous()?, BiasAddOp)?)
+    } else {
+        Ok(x.broadcast_add(b)?)
+    }
 }
 
 /// Inverted dropout: zeroes each entry with probability `p` and scales the rest by
@@ -356,6 +371,121 @@ impl candle_core::CustomOp2 for SoftmaxBwdOp {
     }
 }
 
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+struct GeluOp;
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "primer-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s, l, "gelu")?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(yc, xc)| {
+            for (o, &v) in yc.iter_mut().zip(xc) {
+                *o = 0.5 * v * (1.0 + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluBwdOp)?))
+    }
+}
+
+/// `dx = dy · (Φ(x) + x·φ(x))`.
+struct GeluBwdOp;
+
+impl candle_core::CustomOp2 for GeluBwdOp {
+    fn name(&self) -> &'static str {
+        "primer-gelu-bwd"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s1, l1, "gelu_bwd x")?;
+        let dy = cpu_slice(s2, l2, "gelu_bwd grad")?;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14)))
+            .for_each(|(dc, (xc, gc))| {
+                for ((o, &v), &g) in dc.iter_mut().zip(xc).zip(gc) {
+                    let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+                    let pdf = FRAC_1_SQRT_2PI * (-0.5 * v * v).exp();
+                    *o = g * (cdf + v * pdf);
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+struct BiasAddOp;
+
+impl candle_core::CustomOp2 for BiasAddOp {
+    fn name(&self) -> &'static str {
+        "primer-bias-add"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s1, l1, "bias_add x")?;
+        let b = cpu_slice(s2, l2, "bias_add b")?;
+        let d = b.len();
+        let mut y = vec![0f32; x.len()];
+        let chunk = rows_per_task(x.len() / d.max(1), d) * d;
+        y.par_chunks_mut(chunk.max(1)).zip(x.par_chunks(chunk.max(1))).for_each(|(yc, xc)| {
+            for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                for i in 0..d {
+                    yr[i] = xr[i] + b[i];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = b.elem_count();
+        let db = grad.contiguous()?.apply_op1_no_bwd(&ColumnSumOp)?.reshape(b.shape())?;
+        debug_assert_eq!(db.elem_count(), d);
+        Ok((Some(grad.clone()), Some(db)))
+    }
+}
+
+/// Sums a `[..., D]` tensor over every dimension but the last: `[D]`.
+struct ColumnSumOp;
+
+impl CustomOp1 for ColumnSumOp {
+    fn name(&self) -> &'static str {
+        "primer-column-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s, l, "column_sum")?;
+        let d = *l.dims().last().unwrap_or(&1);
+        let chunk = rows_per_task(x.len() / d.max(1), d) * d;
+        let partials: Vec<Vec<f32>> = x
+            .par_chunks(chunk.max(1))
+            .map(|xc| {
+                let mut acc = vec![0f32; d];
+                for xr in xc.chunks(d) {
+                    for i in 0..d {
+                        acc[i] += xr[i];
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut out = vec![0f32; d];
+        for p in partials {
+            for (o, v) in out.iter_mut().zip(p) {
+                *o += v;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(d)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,6 +546,25 @@ mod tests {
         assert!(masked_cross_entropy(&logits, &bad).is_err());
         let none = Tensor::new(&[[-100i64, -100, -100]], &d).unwrap();
         assert_eq!(masked_cross_entropy(&logits, &none).unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn fused_gelu_and_bias_add_match_candle_in_value_and_gradient() {
+        let mut rng = SeededRng::new(7);
+        let d = Device::Cpu;
+        let x = Var::from_tensor(&rng.normal_tensor(&[4, 3, 6], 2.0, &d).unwrap()).unwrap();
+        let b = Var::from_tensor(&rng.normal_tensor(&[6], 1.0, &d).unwrap()).unwrap();
+        let w = rng.normal_tensor(&[4, 3, 6], 1.0, &d).unwrap();
+        let y1 = gelu(&add_bias(&x, &b).unwrap()).unwrap();
+        let y2 = x.broadcast_add(&b).unwrap().gelu_erf().unwrap();
+        assert!(max_abs(&y1, &y2) < 1e-6);
+        let g1 = (y1 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (y2 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &b] {
+            let (a, c) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+            assert_eq!(a.dims(), c.dims());
+            assert!(max_abs(a, c) < 1e-4, "{}", max_abs(a, c));
+        }
     }
 
     #[test]

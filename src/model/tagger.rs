@@ -355,3 +355,136 @@ impl GroupWeights<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::init::random_encoder;
+    use candle_core::DType;
+
+    fn tiny_tagger() -> Tagger {
+        let mut cfg = BertConfig::new(40, 16, 2, 2, 32).with_dropout(0.1);
+        cfg.max_position_embeddings = 32;
+        let enc = random_encoder(&cfg, 4, &Device::Cpu).unwrap().to_params().unwrap();
+        let mut t = Tagger::new(cfg, enc, Device::Cpu);
+        let mut rng = SeededRng::new(1);
+        t.ensure_adapter(8, &mut rng).unwrap();
+        t.add_head("en", DEFAULT_NUM_LABELS, &mut rng).unwrap();
+        t.add_head("sw", DEFAULT_NUM_LABELS, &mut rng).unwrap();
+        t
+    }
+
+    fn batch(d: &Device) -> (Tensor, Tensor, Tensor, Tensor) {
+        let ids = Tensor::new(&[[1u32, 5, 7, 11, 2, 0], [1, 9, 13, 2, 0, 0]], d).unwrap();
+        let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]], d).unwrap();
+        let tt = Tensor::zeros((2, 6), DType::U32, d).unwrap();
+        let labels = Tensor::new(&[[-100i64, 1, 2, 0, -100, -100], [-100, 5, 6, -100, -100, -100]], d).unwrap();
+        (ids, mask, tt, labels)
+    }
+
+    /// Every trainable tensor gets a non-zero gradient, every frozen one none: fails if an op
+    /// without a backward (e.g. candle's fused LayerNorm) cuts the graph.
+    #[test]
+    fn trainable_tensors_and_only_they_receive_gradients() {
+        let (ids, mask, tt, labels) = batch(&Device::Cpu);
+        let inputs = EncoderInputs {
+            input_ids: &ids,
+            attention_mask: &mask,
+            token_type_ids: Some(&tt),
+        };
+        for method in [FinetuneMethod::Full, FinetuneMethod::Head, FinetuneMethod::Adapter] {
+            let mut t = tiny_tagger();
+            let groups = t.groups_for(method, "en");
+            t.set_trainable(&groups).unwrap();
+            let mut rng = SeededRng::new(3);
+            let loss = t.loss(&inputs, &labels, "en", Some(&mut rng)).unwrap();
+            let grads = loss.backward().unwrap();
+            let trained = t.trainable_vars();
+            assert_eq!(trained.iter().map(|(_, v)| v.elem_count()).sum::<usize>(), t.trainable_params());
+            for (n, v) in &trained {
+                let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{method}: {n} has no gradient"));
+                let s = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(s > 0.0, "{method}: {n} has an all-zero gradient");
+            }
+            let all = [
+                t.encoder.named_vars_with_prefix("enc."),
+                t.adapter.as_ref().unwrap().named_vars_with_prefix("adapter."),
+                t.heads["en"].named_vars_with_prefix("head.en."),
+                t.heads["sw"].named_vars_with_prefix("head.sw."),
+            ]
+            .concat();
+            let n_frozen = all
+                .iter()
+                .filter(|(n, _)| !trained.iter().any(|(m, _)| m == n))
+                .inspect(|(n, v)| assert!(grads.get(v.as_tensor()).is_none(), "{method}: frozen {n} got a gradient"))
+                .count();
+            assert_eq!(n_frozen + trained.len(), all.len());
+            assert!(n_frozen > 0);
+        }
+    }
+
+    #[test]
+    fn gradient_matches_finite_difference() {
+        // d loss / d (one encoder weight), numerically, through every layer type.
+        let (ids, mask, tt, labels) = batch(&Device::Cpu);
+        let inputs = EncoderInputs {
+            input_ids: &ids,
+            attention_mask: &mask,
+            token_type_ids: Some(&tt),
+        };
+        let mut t = tiny_tagger();
+        t.config = t.config.with_dropout(0.0);
+        let groups = t.groups_for(FinetuneMethod::Full, "en");
+        t.set_trainable(&groups).unwrap();
+        let name = "encoder.layer.0.attention.self.query.weight";
+        let var = t.encoder.get(name).unwrap().clone();
+        let loss = t.loss(&inputs, &labels, "en", None).unwrap();
+        let g = loss.backward().unwrap().get(var.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        let base = var.as_detached_tensor().copy().unwrap();
+        let h = 1e-2f64;
+        for &(i, j) in &[(0usize, 0usize), (3, 5), (7, 2)] {
+            let f = |delta: f64| {
+                let mut v = base.to_vec2::<f32>().unwrap();
+                v[i][j] += delta as f32;
+                var.set(&Tensor::new(v, &Device::Cpu).unwrap()).unwrap();
+                t.loss(&inputs, &labels, "en", None).unwrap().to_scalar::<f32>().unwrap() as f64
+            };
+            let num = (f(h) - f(-h)) / (2.0 * h);
+            let ana = g[i][j] as f64;
+            assert!((num - ana).abs() < 2e-3 * ana.abs().max(1e-2), "[{i},{j}] numeric {num} vs analytic {ana}");
+        }
+    }
+
+    #[test]
+    fn primed_checkpoint_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tiny_tagger();
+        t.save_primed(dir.path()).unwrap();
+        let back = Tagger::load_primed(dir.path(), &Device::Cpu).unwrap();
+        let a = back.adapter.as_ref().unwrap();
+        assert_eq!(a.get("down.weight").unwrap().dims(), &[8, 16]);
+        assert_eq!(
+            a.get("up.weight").unwrap().to_vec2::<f32>().unwrap(),
+            t.adapter.as_ref().unwrap().get("up.weight").unwrap().to_vec2::<f32>().unwrap()
+        );
+        assert!(back.heads.is_empty());
+        std::fs::remove_file(dir.path().join(ADAPTER_FILE)).unwrap();
+        let err = Tagger::load_primed(dir.path(), &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("adapter.safetensors"), "{err}");
+        let mut t2 = Tagger::from_pretrained(dir.path(), &Device::Cpu).unwrap();
+        assert!(t2.adapter.is_none());
+        assert!(t2.set_trainable(&[ParamGroup::Adapter]).is_err());
+    }
+
+    #[test]
+    fn new_adapter_is_seeded_small_with_zero_bias() {
+        let a = new_adapter(32, 64, &mut SeededRng::new(5), &Device::Cpu).unwrap();
+        let b = new_adapter(32, 64, &mut SeededRng::new(5), &Device::Cpu).unwrap();
+        let wa = a.get("down.weight").unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(wa, b.get("down.weight").unwrap().to_vec2::<f32>().unwrap());
+        let n = (64 * 32) as f32;
+        let std = (wa.iter().flatten().map(|v| v * v).sum::<f32>() / n).sqrt();
+        assert!((std - 0.02).abs() < 0.002, "{std}");
+        assert!(a.get("up.bias").unwrap().to_vec1::<f32>().unwrap().iter().all(|&v| v == 0.0));
+    }
+}

@@ -12,6 +12,8 @@ pub enum PrimeError {
     #[error(transparent)]
     Fs(#[from] crate::fsutil::FsError),
     #[error(transparent)]
+    Optim(#[from] crate::train::optim::OptimError),
+    #[error(transparent)]
     Device(#[from] crate::device::DeviceError),
     /// A loss or gradient became NaN or infinite.
     #[error(

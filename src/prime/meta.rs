@@ -439,3 +439,188 @@ pub fn meta_step(
         grads,
     })
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::init::random_encoder;
+    use crate::model::BertConfig;
+    use candle_core::Device;
+
+    /// A tiny random tagger with an adapter and heads "a" and "b".
+    pub(crate) fn tiny_tagger(seed: u64) -> Tagger {
+        let dev = Device::Cpu;
+        let cfg = BertConfig::new(200, 16, 2, 2, 32).with_dropout(0.0);
+        let enc = random_encoder(&cfg, seed, &dev).unwrap().to_params().unwrap();
+        let mut t = Tagger::new(cfg, enc, dev);
+        t.ensure_adapter(8, &mut SeededRng::derive(seed, "a")).unwrap();
+        for l in ["a", "b"] {
+            t.add_head(l, 7, &mut SeededRng::derive(seed, l)).unwrap();
+        }
+        t
+    }
+
+    pub(crate) fn tiny_batch(rng: &mut SeededRng, n: usize) -> Batch {
+        super::super::bench::synthetic_batch(rng, n, 10, 200, 0, 1, &Device::Cpu).unwrap()
+    }
+
+    fn task(lang: &str, rng: &mut SeededRng, support: usize) -> TaskBatches {
+        TaskBatches {
+            lang: lang.to_string(),
+            support: (0..support).map(|_| tiny_batch(rng, 4)).collect(),
+            query: tiny_batch(rng, 4),
+        }
+    }
+
+    fn values(p: &ParamSet) -> Vec<Vec<f32>> {
+        p.iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    }
+
+    fn cfg(inner: InnerParams, s: usize, lr: f64) -> MetaStepConfig {
+        MetaStepConfig {
+            inner,
+            inner_steps: s,
+            inner_lr: lr,
+            record_adapted_encoder: false,
+        }
+    }
+
+    /// Keeps the gradients it is given and changes nothing.
+    #[derive(Default)]
+    struct Recorder {
+        seen: Vec<TensorSet>,
+    }
+
+    impl OuterOptimizer for Recorder {
+        fn apply(&mut self, grads: &TensorSet) -> Result<f64> {
+            self.seen.push(grads.clone());
+            Ok(0.0)
+        }
+    }
+
+    #[test]
+    fn pe_inner_loop_keeps_theta_p_bitwise_and_records_no_encoder_graph() {
+        let tagger = tiny_tagger(1);
+        let mut rng = SeededRng::new(2);
+        let t = task("a", &mut rng, 1);
+        let enc_before = values(&tagger.encoder);
+        let ad_before = values(tagger.adapter.as_ref().unwrap());
+        let out = inner_loop(&tagger, &t, &cfg(InnerParams::PE, 3, 0.5), None, 0).unwrap();
+        assert_eq!(values(&tagger.encoder), enc_before, "θp changed in the PE inner loop");
+        assert_eq!(values(tagger.adapter.as_ref().unwrap()), ad_before, "θa itself changed");
+        assert!(out.encoder.is_none());
+        let fast_ad = out.adapter.as_ref().unwrap();
+        assert_ne!(values(fast_ad), ad_before, "the fast adapter did not move");
+        assert_eq!(out.losses.len(), 3);
+        assert!(out.losses[2] < out.losses[0], "{:?}", out.losses);
+        let grads = out.last_grads.as_ref().unwrap();
+        for (n, v) in tagger.encoder.iter() {
+            assert!(grads.get(v.as_tensor()).is_none(), "inner backward reached encoder weight {n}");
+        }
+        for (n, v) in fast_ad.iter().chain(out.head.as_ref().unwrap().iter()) {
+            assert!(grads.get(v.as_tensor()).is_some(), "no inner gradient for fast {n}");
+        }
+        // The inner backward covered only adapter + head: a handful of tensors, not the
+        // dozens an encoder graph holds.
+        assert!(grads.get_ids().count() < 30, "{} gradient entries", grads.get_ids().count());
+    }
+
+    #[test]
+    fn full_inner_loop_adapts_a_copy_of_theta_p_and_the_step_changes_theta_p() {
+        let tagger = tiny_tagger(1);
+        let mut rng = SeededRng::new(3);
+        let t = task("a", &mut rng, 2);
+        let enc_before = values(&tagger.encoder);
+        let out = inner_loop(&tagger, &t, &cfg(InnerParams::FULL, 2, 0.5), None, 0).unwrap();
+        assert_eq!(values(&tagger.encoder), enc_before, "θp itself must only change in the outer step");
+        let fast = out.encoder.as_ref().unwrap();
+        assert_ne!(values(fast), enc_before, "the MAML inner loop did not update the encoder copy");
+        let grads = out.last_grads.as_ref().unwrap();
+        let w = fast.get("encoder.layer.0.attention.self.query.weight").unwrap();
+        assert!(grads.get(w.as_tensor()).is_some());
+
+        let mut state = PrimingState::new(tagger, None);
+        let mut vars = state.tagger.encoder.named_vars_with_prefix("enc.");
+        vars.extend(state.tagger.adapter.as_ref().unwrap().named_vars_with_prefix("adapter."));
+        let mut opt = AdamWOuter::new(vars, crate::train::optim::AdamWConfig { lr: 1e-3, ..Default::default() }, None).unwrap();
+        let rec = meta_step(&mut state, &[t], &cfg(InnerParams::FULL, 2, 0.5), &mut opt).unwrap();
+        assert_ne!(values(&state.tagger.encoder), enc_before);
+        assert!(rec.grads.names().any(|n| n == "enc.embeddings.word_embeddings.weight"));
+        assert!(rec.grads.names().any(|n| n == "adapter.up.weight"));
+    }
+
+    use super::super::outer::AdamWOuter;
+
+    #[test]
+    fn outer_gradients_are_summed_over_tasks_and_heads_become_adapted_heads() {
+        let mut rng = SeededRng::new(4);
+        let ta = task("a", &mut rng, 1);
+        let tb = task("b", &mut rng, 1);
+        let c = cfg(InnerParams::PE, 1, 0.1);
+        let run = |tasks: &[TaskBatches]| {
+            let mut state = PrimingState::new(tiny_tagger(5), None);
+            let mut opt = Recorder::default();
+            let rec = meta_step(&mut state, tasks, &c, &mut opt).unwrap();
+            (state, rec, opt.seen.pop().unwrap())
+        };
+        let (_, _, ga) = run(std::slice::from_ref(&ta));
+        let (_, _, gb) = run(std::slice::from_ref(&tb));
+        let (state, rec, gab) = run(&[ta.clone(), tb.clone()]);
+        assert_eq!(gab.len(), ga.len());
+        for (n, g) in gab.iter() {
+            let want = (ga.get(n).unwrap() + gb.get(n).unwrap()).unwrap();
+            let d = (g - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let s = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d <= 1e-5 * s.max(1e-6), "{n}: {d} vs scale {s}");
+        }
+        // head_l := adapted head_l, and the record holds it.
+        for (k, lang) in ["a", "b"].iter().enumerate() {
+            let head = state.tagger.heads.get(*lang).unwrap();
+            let adapted = rec.tasks[k].adapted.get("head.weight").unwrap();
+            let got = head.get("weight").unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(got, adapted.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let fresh = tiny_tagger(5);
+            let before = fresh.heads[*lang].get("weight").unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_ne!(got, before, "head {lang} was not adapted");
+        }
+        assert_eq!(rec.losses().tasks.len(), 2);
+        assert_eq!(state.step, 1);
+    }
+
+    #[test]
+    fn distinct_support_uses_one_batch_per_inner_step() {
+        let tagger = tiny_tagger(6);
+        let mut rng = SeededRng::new(7);
+        let t = task("a", &mut rng, 3);
+        let out = inner_loop(&tagger, &t, &cfg(InnerParams::PE, 3, 0.0), None, 0).unwrap();
+        // With lr 0 the weights stay put, so the losses are those of three different batches.
+        assert!(out.losses[0] != out.losses[1] && out.losses[1] != out.losses[2], "{:?}", out.losses);
+        let same = TaskBatches {
+            support: vec![t.support[0].clone()],
+            ..t.clone()
+        };
+        let out = inner_loop(&tagger, &same, &cfg(InnerParams::PE, 3, 0.0), None, 0).unwrap();
+        assert_eq!(out.losses[0], out.losses[2]);
+    }
+
+    #[test]
+    fn non_finite_values_stop_the_step_naming_step_and_task() {
+        let tagger = tiny_tagger(8);
+        let nan = Tensor::full(f32::NAN, (7,), &Device::Cpu).unwrap();
+        tagger.heads["b"].get("bias").unwrap().set(&nan).unwrap();
+        let mut rng = SeededRng::new(9);
+        let tasks = vec![task("a", &mut rng, 1), task("b", &mut rng, 1)];
+        let mut state = PrimingState::new(tagger, None);
+        state.step = 41;
+        let enc_before = values(&state.tagger.encoder);
+        let err = meta_step(&mut state, &tasks, &cfg(InnerParams::PE, 2, 0.1), &mut Recorder::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, PrimeError::NonFinite { step: 41, .. }), "{msg}");
+        assert!(msg.contains("step 41") && msg.contains("'b'") && msg.contains("inner loss"), "{msg}");
+        assert_eq!(values(&state.tagger.encoder), enc_before);
+        let zero_steps = inner_loop(&state.tagger, &tasks[0], &cfg(InnerParams::PE, 0, 0.1), None, 0);
+        assert!(zero_steps.is_err());
+    }
+}

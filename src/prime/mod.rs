@@ -1,10 +1,19 @@
 //! Priming: Algorithm 1 (first-order MAML with a parameter-efficient inner loop) and its
 //! ablations.
 
+pub mod bench;
 pub mod error;
+pub mod ft;
 pub mod meta;
+pub mod outer;
+pub mod run;
+pub mod sampler;
 
 pub use error::PrimeError;
+pub use ft::ft_step;
+pub use outer::AdamWOuter;
+pub use run::{method_name, prime, PrimingInfo, SourceInfo, CURVES_FILE, PRIMING_FILE};
+pub use sampler::{DrawSizes, Sampler, SourceTask};
 pub use meta::{
     inner_loop, meta_step, Adapted, Batch, InnerParams, MetaStepConfig, MetaStepRecord, OuterOptimizer,
     PrimingState, TaskBatches, TaskOutcome,
@@ -41,8 +50,9 @@ pub struct PrimeCurves {
     pub steps: Vec<PrimeStepRecord>,
 }
 
-/// Primes per `config` and writes the primed checkpoint folder `out_dir` atomically.
+/// Primes per `config` and writes the primed checkpoint folder `out_dir` atomically (see
+/// [`run::prime`], which also returns the curves and a typed error).
 pub fn run_priming(config: &PrimeConfig, out_dir: &Path, progress: &dyn ProgressSink) -> anyhow::Result<()> {
-    let _ = (config, out_dir, progress);
-    anyhow::bail!("priming is not implemented yet")
+    prime(config, out_dir, progress)?;
+    Ok(())
 }

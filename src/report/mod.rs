@@ -1,7 +1,187 @@
 //! Reports: polars tables (Table 1 and the comparison with the paper) and plotters figures
-//! (Figures 3 and 4) from a sweep's fine-tuning runs (being written).
+//! (Figures 3 and 4) from a sweep's fine-tuning runs.
+//!
+//! [`write_report`] is the entry point: from a [`ReportInput`] (built by
+//! `crate::sweep::report_input`) it writes into `input.results_dir`:
+//!
+//! * `scores.parquet`, `scores.csv` — one row per fine-tuning run ([`gather`]);
+//! * `table1.md`, `table1.csv` — Table 1 ([`table`]);
+//! * `comparison.md`, `comparison.csv` — ours vs the paper and paired bootstraps ([`compare`]);
+//! * `figure3.svg/.png`, `figure4.svg/.png` ([`figures`]);
+//! * `curves/*.svg/.png` on request ([`curves`]).
 
+pub mod bootstrap;
+pub mod compare;
+pub mod curves;
+pub mod figures;
+pub mod gather;
 pub mod input;
+pub mod markdown;
+pub mod paper;
+pub mod plot;
 pub mod spec;
+pub mod table;
+#[cfg(test)]
+pub(crate) mod testutil;
+
 pub use input::{PrimingRunRecord, ReportInput, RunMeta, RunRecord};
 pub use spec::ReportSpec;
+
+use crate::fsutil::FsError;
+use std::path::PathBuf;
+
+/// Errors of the report stage.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("{what}: {source}")]
+    Polars {
+        what: String,
+        #[source]
+        source: polars::prelude::PolarsError,
+    },
+    #[error("cannot draw {path}: {message}")]
+    Plot { path: PathBuf, message: String },
+    #[error("the embedded font (src/report/fonts/DejaVuSans.ttf) cannot be loaded; restore the file and rebuild")]
+    Font,
+    #[error(
+        "[report] {field} names setting {name:?}, which the sweep does not declare \
+         (declared: {known}); fix the [report] section of the sweep file"
+    )]
+    UnknownSetting {
+        field: String,
+        name: String,
+        known: String,
+    },
+    #[error(
+        "[report] paper_rows maps setting {setting:?} to {label:?}, which is not a row of the \
+         paper's Table 1 (rows: {known}); fix the [report] section of the sweep file"
+    )]
+    UnknownPaperRow {
+        setting: String,
+        label: String,
+        known: String,
+    },
+    #[error("{file} line {line}: {message}")]
+    PaperData {
+        file: String,
+        line: usize,
+        message: String,
+    },
+}
+
+/// How to write a report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportOptions {
+    /// Also draw learning curves of every finished run under `curves/`.
+    pub curves: bool,
+    /// Seed of the bootstrap resampling.
+    pub bootstrap_seed: u64,
+}
+
+/// What [`write_report`] produced.
+#[derive(Debug, Clone)]
+pub struct ReportSummary {
+    /// Text for the terminal: Table 1, the comparison, skipped figures and files written.
+    pub text: String,
+    /// Every file written.
+    pub files: Vec<PathBuf>,
+    /// Figures (or curves) not drawn, and why.
+    pub skipped: Vec<String>,
+    pub runs_done: usize,
+    pub runs_total: usize,
+    pub table1: table::Table1,
+    pub comparison: compare::Comparison,
+}
+
+/// Writes the report of a sweep into `input.results_dir` (see the module docs for the files)
+/// and returns the text to print; prints nothing itself.
+pub fn write_report(input: &ReportInput, opts: &ReportOptions) -> Result<ReportSummary, ReportError> {
+    let dir = &input.results_dir;
+    std::fs::create_dir_all(dir).map_err(|source| FsError::Write {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut files = Vec::new();
+    let mut skipped = Vec::new();
+
+    let scores = gather::scores_frame(&input.runs)?;
+    gather::write_parquet(&scores, &dir.join("scores.parquet"))?;
+    gather::write_csv(&scores, &dir.join("scores.csv"))?;
+    files.extend([dir.join("scores.parquet"), dir.join("scores.csv")]);
+
+    let table1 = table::build_table1(input, &scores)?;
+    files.extend(table1.write(dir)?);
+
+    let paper = paper::PaperNumbers::embedded()?;
+    let languages = table1.languages.clone();
+    let stats = table::cell_stats(&scores)?;
+    let samples = input
+        .spec
+        .bootstrap_samples
+        .unwrap_or(compare::DEFAULT_BOOTSTRAP_SAMPLES);
+    let pairs = if samples == 0 {
+        if !input.spec.compare.is_empty() {
+            skipped.push("paired bootstrap skipped: [report] bootstrap_samples = 0".to_string());
+        }
+        Vec::new()
+    } else {
+        compare::bootstrap_pairs(input, &languages, samples, opts.bootstrap_seed)?
+    };
+    let comparison = compare::Comparison {
+        paper_rows: compare::paper_rows(input, &languages, &stats, &paper)?,
+        figure4: compare::figure4_rows(input, &languages, &stats, &paper),
+        pairs,
+        languages: languages.clone(),
+    };
+    files.extend(comparison.write(dir, samples)?);
+
+    match figures::figure3(input, &languages, &stats) {
+        Ok(chart) => files.extend(plot::write_figure(&chart, dir, "figure3")?),
+        Err(why) => skipped.push(why),
+    }
+    match figures::figure4(input, &languages, &stats, &paper) {
+        Ok(map) => files.extend(plot::write_figure(&map, dir, "figure4")?),
+        Err(why) => skipped.push(why),
+    }
+    if opts.curves {
+        let (curve_files, notes) = curves::write_curves(input, dir)?;
+        files.extend(curve_files);
+        skipped.extend(notes);
+    }
+
+    let runs_total = input.runs.len();
+    let runs_done = input.runs.iter().filter(|r| r.metrics.is_some()).count();
+    let mut text = format!(
+        "Report of sweep {}: {runs_done} of {runs_total} fine-tuning runs done.\n\n## Table 1\n\n{}\n",
+        input.sweep_name,
+        table1.to_markdown()
+    );
+    text += &comparison.to_markdown(samples).replacen("# ", "## ", 1);
+    if !skipped.is_empty() {
+        text += "\nNot drawn:\n";
+        for s in &skipped {
+            text += &format!("- {s}\n");
+        }
+    }
+    text += &format!("\nWrote {} files to {}:\n", files.len(), dir.display());
+    let curves_dir = dir.join("curves");
+    for f in files.iter().filter(|f| !f.starts_with(&curves_dir)) {
+        let shown = f.strip_prefix(dir).unwrap_or(f);
+        text += &format!("  {}\n", shown.display());
+    }
+    let n_curves = files.iter().filter(|f| f.starts_with(&curves_dir)).count();
+    if n_curves > 0 {
+        text += &format!("  curves/ ({n_curves} files)\n");
+    }
+    Ok(ReportSummary {
+        text,
+        files,
+        skipped,
+        runs_done,
+        runs_total,
+        table1,
+        comparison,
+    })
+}

@@ -16,15 +16,18 @@
 //! * [`signal`] — SIGUSR2 (preemption warning) handling for the run process;
 //! * [`backend`] — adapters between the sweep's plan/store and this module.
 
+pub mod backend;
 pub mod client;
 pub mod options;
 pub mod parse;
 pub mod record;
 pub mod script;
 pub mod signal;
+#[cfg(test)]
+mod testutil;
 
 pub use client::{Slurm, SubmittedArray, SubmittedTask};
-pub use options::SlurmOptions;
+pub use options::{SlurmArgs, SlurmOptions};
 pub use parse::{ExitCode, SlurmState, TaskStatus};
 pub use record::SlurmRecord;
 pub use script::{ArrayJob, JobRef};
@@ -67,7 +70,9 @@ pub enum SlurmError {
     },
     #[error("request impossible on Slurm partition '{partition}': {message}")]
     Impossible { partition: String, message: String },
-    #[error("store {path} is not writable: {source} (choose another --store or fix its permissions)")]
+    #[error(
+        "store {path} is not writable: {source} (choose another --store or fix its permissions)"
+    )]
     StoreNotWritable {
         path: PathBuf,
         #[source]
@@ -77,6 +82,8 @@ pub enum SlurmError {
     RunDir { path: PathBuf, message: String },
     #[error(transparent)]
     Fs(#[from] crate::fsutil::FsError),
+    #[error(transparent)]
+    Sweep(#[from] crate::sweep::SweepError),
     #[error("{0}")]
     Other(String),
 }

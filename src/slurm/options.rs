@@ -63,8 +63,17 @@ impl SlurmOptions {
             mem: over.mem.clone().or_else(|| self.mem.clone()),
             time: over.time.clone().or_else(|| self.time.clone()),
             array_throttle: over.array_throttle.or(self.array_throttle),
-            sbatch_args: self.sbatch_args.iter().chain(&over.sbatch_args).cloned().collect(),
-            signal: if over.signal != d.signal { over.signal.clone() } else { self.signal.clone() },
+            sbatch_args: self
+                .sbatch_args
+                .iter()
+                .chain(&over.sbatch_args)
+                .cloned()
+                .collect(),
+            signal: if over.signal != d.signal {
+                over.signal.clone()
+            } else {
+                self.signal.clone()
+            },
             requeue: self.requeue && over.requeue,
         }
     }
@@ -84,7 +93,10 @@ impl SlurmOptions {
             return Err(opt("cpus_per_task", "must be at least 1".into()));
         }
         if self.array_throttle == Some(0) {
-            return Err(opt("array_throttle", "must be at least 1 (omit it for no limit)".into()));
+            return Err(opt(
+                "array_throttle",
+                "must be at least 1 (omit it for no limit)".into(),
+            ));
         }
         self.mem_mb()?;
         self.time_seconds()?;
@@ -93,7 +105,9 @@ impl SlurmOptions {
             if !a.starts_with('-') || a.contains('\n') {
                 return Err(opt(
                     "sbatch_arg",
-                    format!("'{a}' is not an sbatch option: give one option per argument, like --account=nlp"),
+                    format!(
+                        "'{a}' is not an sbatch option: give one option per argument, like --account=nlp"
+                    ),
                 ));
             }
         }
@@ -133,11 +147,57 @@ impl SlurmOptions {
     }
 }
 
+/// The Slurm options of `primer run --backend slurm`, to `#[command(flatten)]` into its
+/// arguments; [`SlurmArgs::to_options`] gives what the command line sets, to merge over the
+/// sweep file's `[slurm]` defaults with [`SlurmOptions::merge`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct SlurmArgs {
+    /// Slurm partition (default: the sweep file's, else the cluster's default partition).
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// GPUs per Slurm task (runs then use cuda:0, the task's first visible GPU).
+    #[arg(long)]
+    pub gpus_per_task: Option<u32>,
+    /// CPUs per Slurm task.
+    #[arg(long)]
+    pub cpus_per_task: Option<u32>,
+    /// Memory per Slurm task, Slurm syntax (e.g. 16G).
+    #[arg(long)]
+    pub mem: Option<String>,
+    /// Time limit per Slurm task, Slurm syntax (e.g. 4:00:00 or 1-00:00:00).
+    #[arg(long)]
+    pub time: Option<String>,
+    /// At most this many tasks of one job array run at once.
+    #[arg(long)]
+    pub array_throttle: Option<u32>,
+    /// Extra sbatch option, repeatable (e.g. --sbatch-arg=--account=nlp).
+    #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
+    pub sbatch_args: Vec<String>,
+}
+
+impl SlurmArgs {
+    /// The options these arguments set (the rest at their defaults).
+    pub fn to_options(&self) -> SlurmOptions {
+        SlurmOptions {
+            partition: self.partition.clone(),
+            gpus_per_task: self.gpus_per_task,
+            cpus_per_task: self.cpus_per_task,
+            mem: self.mem.clone(),
+            time: self.time.clone(),
+            array_throttle: self.array_throttle,
+            sbatch_args: self.sbatch_args.clone(),
+            ..SlurmOptions::default()
+        }
+    }
+}
+
 /// Parses a Slurm memory size (`512`, `500M`, `16G`, `1T`; default unit MB) into MB.
 pub fn parse_mem_mb(s: &str) -> Result<u64, SlurmError> {
     let bad = || SlurmError::Option {
         option: "mem".into(),
-        message: format!("'{s}' is not a Slurm memory size: a number with an optional K, M, G or T suffix, like 16G"),
+        message: format!(
+            "'{s}' is not a Slurm memory size: a number with an optional K, M, G or T suffix, like 16G"
+        ),
     };
     let t = s.trim();
     let (num, mult_kb) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
@@ -158,7 +218,11 @@ pub fn parse_time_seconds(s: &str) -> Result<Option<u64>, String> {
     if t.eq_ignore_ascii_case("unlimited") || t.eq_ignore_ascii_case("infinite") {
         return Ok(None);
     }
-    let bad = || format!("'{s}' is not a Slurm time: use M, M:S, H:M:S, D-H, D-H:M or D-H:M:S (e.g. 2:00:00 or 1-12)");
+    let bad = || {
+        format!(
+            "'{s}' is not a Slurm time: use M, M:S, H:M:S, D-H, D-H:M or D-H:M:S (e.g. 2:00:00 or 1-12)"
+        )
+    };
     let num = |x: &str| -> Result<u64, String> {
         if x.is_empty() || !x.chars().all(|c| c.is_ascii_digit()) {
             return Err(bad());
@@ -193,7 +257,10 @@ mod tests {
         assert_eq!(parse_time_seconds("2:00:00").unwrap(), Some(7200));
         assert_eq!(parse_time_seconds("1-12").unwrap(), Some(86400 + 12 * 3600));
         assert_eq!(parse_time_seconds("1-0:30").unwrap(), Some(86400 + 1800));
-        assert_eq!(parse_time_seconds("2-01:02:03").unwrap(), Some(2 * 86400 + 3723));
+        assert_eq!(
+            parse_time_seconds("2-01:02:03").unwrap(),
+            Some(2 * 86400 + 3723)
+        );
         assert_eq!(parse_time_seconds("UNLIMITED").unwrap(), None);
         for bad in ["", "1h", "1:2:3:4", "-1", "1-", "a:b"] {
             assert!(parse_time_seconds(bad).is_err(), "{bad}");
@@ -231,13 +298,49 @@ mod tests {
             sbatch_args: vec!["account=nlp".into()],
             ..Default::default()
         };
-        assert!(o.validate().unwrap_err().to_string().contains("--account=nlp"));
+        assert!(
+            o.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--account=nlp")
+        );
         let o = SlurmOptions {
             array_throttle: Some(0),
             ..Default::default()
         };
         assert!(o.validate().is_err());
         assert!(SlurmOptions::default().validate().is_ok());
+    }
+
+    #[test]
+    fn command_line_arguments() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            slurm: SlurmArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "primer",
+            "--partition",
+            "gpu",
+            "--gpus-per-task",
+            "2",
+            "--time",
+            "4:00:00",
+            "--sbatch-arg",
+            "--account=nlp",
+            "--sbatch-arg=--qos=high",
+            "--array-throttle",
+            "8",
+        ])
+        .unwrap();
+        let o = cli.slurm.to_options();
+        assert_eq!(o.partition.as_deref(), Some("gpu"));
+        assert_eq!((o.gpus_per_task, o.array_throttle), (Some(2), Some(8)));
+        assert_eq!(o.time.as_deref(), Some("4:00:00"));
+        assert_eq!(o.sbatch_args, vec!["--account=nlp", "--qos=high"]);
+        assert_eq!(o.signal, DEFAULT_SIGNAL);
+        assert!(o.validate().is_ok());
     }
 
     #[test]

@@ -87,12 +87,18 @@ impl SlurmState {
 
     /// Waiting to run (or to run again).
     pub fn is_queued(&self) -> bool {
-        matches!(self, SlurmState::Pending | SlurmState::Requeued | SlurmState::Suspended)
+        matches!(
+            self,
+            SlurmState::Pending | SlurmState::Requeued | SlurmState::Suspended
+        )
     }
 
     /// Executing now.
     pub fn is_active(&self) -> bool {
-        matches!(self, SlurmState::Configuring | SlurmState::Running | SlurmState::Completing)
+        matches!(
+            self,
+            SlurmState::Configuring | SlurmState::Running | SlurmState::Completing
+        )
     }
 
     /// Ended unsuccessfully: the task may have written nothing, so the caller must not wait for
@@ -165,7 +171,10 @@ pub struct TaskStatus {
 impl TaskStatus {
     /// One line for a status display, e.g. `failed with Slurm state TIMEOUT exit 0:15`.
     pub fn describe(&self) -> String {
-        let exit = self.exit_code.map(|e| e.to_string()).unwrap_or_else(|| "?".into());
+        let exit = self
+            .exit_code
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "?".into());
         if self.state.is_failure() {
             let mut s = format!("failed with Slurm state {} exit {exit}", self.state);
             if !self.reason.is_empty() && self.reason != "None" {
@@ -193,7 +202,12 @@ pub fn parse_squeue(output: &str) -> Result<Vec<TaskStatus>, String> {
             continue;
         }
         let f: Vec<&str> = line.splitn(6, '|').collect();
-        let bad = |what: &str| format!("line {}: {what} in {line:?} (expected format {SQUEUE_FORMAT})", i + 1);
+        let bad = |what: &str| {
+            format!(
+                "line {}: {what} in {line:?} (expected format {SQUEUE_FORMAT})",
+                i + 1
+            )
+        };
         if f.len() != 6 {
             return Err(bad("expected 6 '|'-separated fields"));
         }
@@ -202,7 +216,9 @@ pub fn parse_squeue(output: &str) -> Result<Vec<TaskStatus>, String> {
         }
         out.push(TaskStatus {
             array_job_id: f[0].parse().map_err(|_| bad("bad array job id"))?,
-            task_id: f[1].parse().map_err(|_| bad("bad array task id (run squeue with -r)"))?,
+            task_id: f[1]
+                .parse()
+                .map_err(|_| bad("bad array task id (run squeue with -r)"))?,
             job_id: f[2].parse().map_err(|_| bad("bad job id"))?,
             state: SlurmState::parse(f[3]),
             reason: f[4].to_string(),
@@ -223,7 +239,8 @@ pub fn parse_scontrol_record(line: &str) -> BTreeMap<String, String> {
         let key = tok.split_once('=').map(|(k, _)| k).filter(|k| {
             !k.is_empty()
                 && k.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-                && k.chars().all(|c| c.is_ascii_alphanumeric() || "_:/".contains(c))
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_:/".contains(c))
         });
         match key {
             Some(k) => {
@@ -282,7 +299,9 @@ pub fn parse_scontrol_jobs(output: &str) -> Result<Vec<TaskStatus>, String> {
         let Some(tasks) = r.get("ArrayTaskId") else {
             continue; // not an array job
         };
-        let job_id: u64 = get("JobId")?.parse().map_err(|_| format!("line {}: bad JobId", i + 1))?;
+        let job_id: u64 = get("JobId")?
+            .parse()
+            .map_err(|_| format!("line {}: bad JobId", i + 1))?;
         let array_job_id: u64 = get("ArrayJobId")?
             .parse()
             .map_err(|_| format!("line {}: bad ArrayJobId", i + 1))?;
@@ -372,8 +391,14 @@ pub fn parse_sinfo_nodes(output: &str) -> Result<Vec<NodeInfo>, String> {
         out.push(NodeInfo {
             partition: f[0].trim_end_matches('*').to_string(),
             name: f[1].to_string(),
-            cpus: f[2].trim_end_matches('+').parse().map_err(|_| bad("bad CPU count"))?,
-            memory_mb: f[3].trim_end_matches('+').parse().map_err(|_| bad("bad memory"))?,
+            cpus: f[2]
+                .trim_end_matches('+')
+                .parse()
+                .map_err(|_| bad("bad CPU count"))?,
+            memory_mb: f[3]
+                .trim_end_matches('+')
+                .parse()
+                .map_err(|_| bad("bad memory"))?,
             gpus: gres_gpus(f[4]),
         });
     }
@@ -416,7 +441,10 @@ mod tests {
         // The two warm-up jobs are not arrays and are skipped.
         assert!(v.iter().all(|t| t.name != "primer-warmup"));
         let t = find(&v, 3, 1);
-        assert_eq!((t.job_id, &t.state, t.reason.as_str()), (5, &SlurmState::Failed, "NonZeroExitCode"));
+        assert_eq!(
+            (t.job_id, &t.state, t.reason.as_str()),
+            (5, &SlurmState::Failed, "NonZeroExitCode")
+        );
         assert_eq!(find(&v, 3, 0).state, SlurmState::Completed);
         assert_eq!(find(&v, 3, 2).state, SlurmState::Cancelled);
         assert_eq!(find(&v, 3, 3).reason, "JobLaunchFailure");
@@ -449,10 +477,22 @@ mod tests {
         assert_eq!(v.len(), 4);
         let failed = find(&v, 3, 1);
         assert_eq!(failed.exit_code, Some(ExitCode { code: 3, signal: 0 }));
-        assert_eq!(failed.describe(), "failed with Slurm state FAILED exit 3:0 (NonZeroExitCode)");
+        assert_eq!(
+            failed.describe(),
+            "failed with Slurm state FAILED exit 3:0 (NonZeroExitCode)"
+        );
         let cancelled = find(&v, 3, 2);
-        assert_eq!(cancelled.exit_code, Some(ExitCode { code: 0, signal: 15 }));
-        assert_eq!(cancelled.describe(), "failed with Slurm state CANCELLED exit 0:15");
+        assert_eq!(
+            cancelled.exit_code,
+            Some(ExitCode {
+                code: 0,
+                signal: 15
+            })
+        );
+        assert_eq!(
+            cancelled.describe(),
+            "failed with Slurm state CANCELLED exit 0:15"
+        );
         let killed = find(&v, 3, 3);
         assert_eq!(killed.exit_code, Some(ExitCode { code: 0, signal: 9 }));
         assert_eq!(find(&v, 3, 0).describe(), "completed in Slurm (exit 0:0)");
@@ -490,7 +530,10 @@ mod tests {
     #[test]
     fn config_partitions_and_nodes() {
         assert_eq!(parse_max_array_size(SCONTROL_CONFIG), Some(1001));
-        assert_eq!(parse_max_array_size("MaxArraySize            = 5\n"), Some(5));
+        assert_eq!(
+            parse_max_array_size("MaxArraySize            = 5\n"),
+            Some(5)
+        );
         let p = parse_partitions(SCONTROL_PARTITION);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].name, "debug");
@@ -499,7 +542,10 @@ mod tests {
         assert_eq!(p[0].max_time_s, None);
         let n = parse_sinfo_nodes(SINFO_NODES).unwrap();
         assert_eq!(n.len(), 1);
-        assert_eq!((n[0].partition.as_str(), n[0].cpus, n[0].gpus), ("debug", 2, 0));
+        assert_eq!(
+            (n[0].partition.as_str(), n[0].cpus, n[0].gpus),
+            ("debug", 2, 0)
+        );
         assert!(n[0].memory_mb > 0);
     }
 
@@ -513,13 +559,22 @@ mod tests {
 
     #[test]
     fn failure_states() {
-        for s in ["FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"] {
+        for s in [
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "OUT_OF_MEMORY",
+            "NODE_FAIL",
+        ] {
             assert!(SlurmState::parse(s).is_failure(), "{s}");
             assert!(SlurmState::parse(s).is_terminal(), "{s}");
         }
         for s in ["PENDING", "RUNNING", "COMPLETING", "REQUEUED", "COMPLETED"] {
             assert!(!SlurmState::parse(s).is_failure(), "{s}");
         }
-        assert_eq!(SlurmState::parse("WEIRD"), SlurmState::Other("WEIRD".into()));
+        assert_eq!(
+            SlurmState::parse("WEIRD"),
+            SlurmState::Other("WEIRD".into())
+        );
     }
 }

@@ -39,7 +39,10 @@ impl SlurmRecord {
 
     /// Writes `<run_dir>/slurm.json` atomically.
     pub fn write(&self, run_dir: &Path) -> Result<(), SlurmError> {
-        Ok(crate::fsutil::write_json_atomic(&run_dir.join(RECORD_FILE), self)?)
+        Ok(crate::fsutil::write_json_atomic(
+            &run_dir.join(RECORD_FILE),
+            self,
+        )?)
     }
 
     /// Reads `<run_dir>/slurm.json`; None when the run was never submitted to Slurm.
@@ -54,7 +57,10 @@ impl SlurmRecord {
 
 /// UTC civil date-time of a system time: (year, month, day, hour, minute, second).
 fn utc_parts(t: SystemTime) -> (i64, u32, u32, u32, u32, u32) {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
     let z = days + 719_468;
@@ -66,7 +72,14 @@ fn utc_parts(t: SystemTime) -> (i64, u32, u32, u32, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, (rem / 3600) as u32, (rem % 3600 / 60) as u32, (rem % 60) as u32)
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
 }
 
 /// RFC 3339 UTC timestamp, e.g. `2025-01-31T12:00:05Z`.
@@ -93,7 +106,10 @@ mod tests {
         assert_eq!(compact_timestamp(t), "20250131T120005Z");
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
         // A leap day.
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
     }
 
     #[test]

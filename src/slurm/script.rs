@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 
 /// A reference to one task of a submitted array, `ARRAYJOBID_TASKID` in Slurm syntax
 /// (what `--dependency=afterok:` accepts for a single task).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct JobRef {
     pub array_job_id: u64,
     pub task_id: u32,
@@ -47,6 +49,9 @@ pub struct ArrayJob {
     /// Jobs or array tasks that must complete successfully first (`--dependency=afterok:...`),
     /// in Slurm syntax: `123` (every task of job 123) or `123_4` (one task).
     pub after_ok: Vec<String>,
+    /// Working directory of the tasks (`--chdir`); None: the directory `sbatch` runs in.
+    /// Relative paths in run specs resolve against it.
+    pub workdir: Option<PathBuf>,
     /// File in the run directory receiving the task's stdout (appended across requeues).
     pub stdout_name: String,
     /// File in the run directory receiving the task's stderr; equal to `stdout_name` to merge.
@@ -61,6 +66,7 @@ impl ArrayJob {
             run_dirs,
             command,
             after_ok: Vec::new(),
+            workdir: None,
             stdout_name: "slurm.out".into(),
             stderr_name: "slurm.err".into(),
         }
@@ -72,14 +78,25 @@ impl ArrayJob {
             option: option.into(),
             message,
         };
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             return Err(opt(
                 "job name",
-                format!("'{}' must be non-empty ASCII letters, digits, '-', '_' or '.'", self.name),
+                format!(
+                    "'{}' must be non-empty ASCII letters, digits, '-', '_' or '.'",
+                    self.name
+                ),
             ));
         }
         if self.run_dirs.is_empty() {
-            return Err(SlurmError::Other(format!("array '{}' has no runs to submit", self.name)));
+            return Err(SlurmError::Other(format!(
+                "array '{}' has no runs to submit",
+                self.name
+            )));
         }
         if self.command.is_empty() {
             return Err(opt("command", "empty command".into()));
@@ -99,12 +116,18 @@ impl ArrayJob {
                 None => is_digits(dep),
             };
             if !ok {
-                return Err(opt("dependency", format!("'{dep}' is not a Slurm job id (123) or array task (123_4)")));
+                return Err(opt(
+                    "dependency",
+                    format!("'{dep}' is not a Slurm job id (123) or array task (123_4)"),
+                ));
             }
         }
         for n in [&self.stdout_name, &self.stderr_name] {
             if n.is_empty() || n.contains('/') || n.contains('\n') {
-                return Err(opt("log file name", format!("'{n}' must be a plain file name")));
+                return Err(opt(
+                    "log file name",
+                    format!("'{n}' must be a plain file name"),
+                ));
             }
         }
         Ok(())
@@ -127,17 +150,19 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// A path as it may appear on an `#SBATCH` line (sbatch splits those lines on whitespace and
-/// `%` starts a filename pattern).
+/// A log path pattern as it may appear on an `#SBATCH` line (sbatch splits those lines on
+/// whitespace, and `%` starts a filename pattern so it may only appear in the file name).
 fn sbatch_path(p: &Path) -> Result<String, SlurmError> {
     let s = p.to_str().ok_or_else(|| SlurmError::RunDir {
         path: p.to_path_buf(),
         message: "not UTF-8".into(),
     })?;
-    if s.chars().any(|c| c.is_whitespace() || "%'\"\\".contains(c)) {
+    // The file name carries the `%A_%a` pattern; only the directory part must be plain.
+    let dir = s.rsplit_once('/').map_or("", |(d, _)| d);
+    if s.chars().any(|c| c.is_whitespace() || "'\"\\".contains(c)) || dir.contains('%') {
         return Err(SlurmError::RunDir {
             path: p.to_path_buf(),
-            message: "the Slurm script directory must not contain whitespace, quotes, '\\' or '%' (choose a store path without them)".into(),
+            message: "paths written on #SBATCH lines (the store's slurm/ directory, the working directory) must not contain whitespace, quotes, '\\' or '%': choose paths without them".into(),
         });
     }
     Ok(s.to_string())
@@ -166,7 +191,11 @@ pub fn render_task_list(job: &ArrayJob) -> String {
 }
 
 /// Renders the `sbatch` script of one chunk of `job`.
-pub fn render_script(job: &ArrayJob, opts: &SlurmOptions, chunk: &ChunkPlacement) -> Result<String, SlurmError> {
+pub fn render_script(
+    job: &ArrayJob,
+    opts: &SlurmOptions,
+    chunk: &ChunkPlacement,
+) -> Result<String, SlurmError> {
     job.validate()?;
     opts.validate()?;
     if chunk.count == 0 || chunk.offset + chunk.count > job.run_dirs.len() {
@@ -179,6 +208,7 @@ pub fn render_script(job: &ArrayJob, opts: &SlurmOptions, chunk: &ChunkPlacement
         )));
     }
     let log = sbatch_path(&chunk.slurm_log)?;
+    let chdir = job.workdir.as_deref().map(sbatch_path).transpose()?;
     let signal = opts.signal_spec()?;
     let sig_name = signal
         .trim_start_matches("B:")
@@ -190,7 +220,9 @@ pub fn render_script(job: &ArrayJob, opts: &SlurmOptions, chunk: &ChunkPlacement
 
     let mut s = String::new();
     s.push_str("#!/bin/bash\n");
-    s.push_str("# Generated by primer (Slurm backend). Task i runs line offset+i+1 of the task list.\n");
+    s.push_str(
+        "# Generated by primer (Slurm backend). Task i runs line offset+i+1 of the task list.\n",
+    );
     let mut sb = |line: String| {
         s.push_str("#SBATCH ");
         s.push_str(&line);
@@ -205,6 +237,9 @@ pub fn render_script(job: &ArrayJob, opts: &SlurmOptions, chunk: &ChunkPlacement
     sb(format!("--error={log}"));
     sb("--open-mode=append".into());
     sb("--ntasks=1".into());
+    if let Some(w) = &chdir {
+        sb(format!("--chdir={w}"));
+    }
     if let Some(p) = &opts.partition {
         sb(format!("--partition={p}"));
     }
@@ -286,7 +321,9 @@ mod tests {
     fn job(n: usize) -> ArrayJob {
         ArrayJob::new(
             "primer-demo",
-            (0..n).map(|i| PathBuf::from(format!("/store/finetune-{i:02}"))).collect(),
+            (0..n)
+                .map(|i| PathBuf::from(format!("/store/finetune-{i:02}")))
+                .collect(),
             vec!["/opt/bin/primer".into(), "exec".into(), "--run-dir".into()],
         )
     }
@@ -301,7 +338,10 @@ mod tests {
     }
 
     fn sbatch_lines(script: &str) -> Vec<&str> {
-        script.lines().filter_map(|l| l.strip_prefix("#SBATCH ")).collect()
+        script
+            .lines()
+            .filter_map(|l| l.strip_prefix("#SBATCH "))
+            .collect()
     }
 
     #[test]
@@ -355,6 +395,7 @@ mod tests {
         j.after_ok = vec!["41_0".into(), "41_3".into()];
         j.stdout_name = "log.txt".into();
         j.stderr_name = "log.txt".into();
+        j.workdir = Some(PathBuf::from("/home/me/exp"));
         let s = render_script(&j, &opts, &chunk(5, 5)).unwrap();
         assert_eq!(
             sbatch_lines(&s),
@@ -365,6 +406,7 @@ mod tests {
                 "--error=/store/slurm/demo-20250101T000000Z-0-1.%A_%a.out",
                 "--open-mode=append",
                 "--ntasks=1",
+                "--chdir=/home/me/exp",
                 "--partition=gpu",
                 "--cpus-per-task=8",
                 "--gpus-per-task=1",
@@ -401,16 +443,31 @@ mod tests {
         assert!(j.validate().is_err());
         let mut c = chunk(0, 2);
         c.slurm_log = PathBuf::from("/my store/slurm/x.%A_%a.out");
-        assert!(render_script(&job(2), &SlurmOptions::default(), &c).unwrap_err().to_string().contains("whitespace"));
+        assert!(
+            render_script(&job(2), &SlurmOptions::default(), &c)
+                .unwrap_err()
+                .to_string()
+                .contains("whitespace")
+        );
     }
 
     #[test]
     fn task_list_and_quoting() {
         let mut j = job(2);
         j.run_dirs[1] = PathBuf::from("/store/it's here");
-        assert_eq!(render_task_list(&j), "/store/finetune-00\n/store/it's here\n");
+        assert_eq!(
+            render_task_list(&j),
+            "/store/finetune-00\n/store/it's here\n"
+        );
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
-        assert_eq!(JobRef { array_job_id: 12, task_id: 3 }.to_string(), "12_3");
+        assert_eq!(
+            JobRef {
+                array_job_id: 12,
+                task_id: 3
+            }
+            .to_string(),
+            "12_3"
+        );
     }
 
     /// The wrapper must be valid bash and must map task ids through the offset; run it with a
@@ -425,7 +482,12 @@ mod tests {
         let mut j = ArrayJob::new(
             "t",
             dirs.clone(),
-            vec!["sh".into(), "-c".into(), "echo ran > \"$1\"/out; exit 3".into(), "sh".into()],
+            vec![
+                "sh".into(),
+                "-c".into(),
+                "echo ran > \"$1\"/out; exit 3".into(),
+                "sh".into(),
+            ],
         );
         j.stdout_name = "log".into();
         j.stderr_name = "log".into();
@@ -438,7 +500,11 @@ mod tests {
             slurm_log: tmp.path().join("x.out"),
         };
         let script = tmp.path().join("x.sbatch");
-        std::fs::write(&script, render_script(&j, &SlurmOptions::default(), &c).unwrap()).unwrap();
+        std::fs::write(
+            &script,
+            render_script(&j, &SlurmOptions::default(), &c).unwrap(),
+        )
+        .unwrap();
         let st = std::process::Command::new("bash")
             .arg(&script)
             .env("SLURM_ARRAY_TASK_ID", "1")
@@ -446,7 +512,11 @@ mod tests {
             .env("SLURM_JOB_ID", "9")
             .status()
             .unwrap();
-        assert_eq!(st.code(), Some(3), "the command's exit status is the task's");
+        assert_eq!(
+            st.code(),
+            Some(3),
+            "the command's exit status is the task's"
+        );
         assert!(dirs[3].join("out").exists(), "task 1 + offset 2 = run 3");
         assert!(!dirs[1].join("out").exists());
         let log = std::fs::read_to_string(dirs[3].join("log")).unwrap();

@@ -176,8 +176,26 @@ impl KeySpace {
                 .map(|k| &k[prefix.len()..])
                 .unwrap_or("...")));
         }
-        let settable = self.keys.iter().map(String::as_str).filter(|k| reserved_hint(k).is_none());
-        match nearest(key, settable) {
+        // Candidates: every settable key, plus common other names of a few of them
+        // (`learning_rate` for `lr`), each standing for the real key.
+        let mut candidates: Vec<(String, &str)> = self
+            .keys
+            .iter()
+            .filter(|k| reserved_hint(k).is_none())
+            .map(|k| (k.clone(), k.as_str()))
+            .collect();
+        for k in &self.keys {
+            let (section, field) = k.rsplit_once('.').unwrap_or(("", k));
+            for (alias, target) in ALIASES {
+                if field == *target {
+                    candidates.push((format!("{section}.{alias}"), k.as_str()));
+                }
+            }
+        }
+        let best = nearest(key, candidates.iter().map(|c| c.0.as_str()))
+            .and_then(|n| candidates.iter().find(|c| c.0 == n))
+            .map(|c| c.1);
+        match best {
             Some(s) => Err(format!("unknown key {key}: did you mean {s}?")),
             None if !key.starts_with("finetune.") && !key.starts_with("prime.") => Err(format!(
                 "unknown key {key}: setting keys start with finetune. or prime. (e.g. finetune.lr, prime.inner_steps)"
@@ -186,6 +204,19 @@ impl KeySpace {
         }
     }
 }
+
+/// Other names people use for some fields (alias, field), for suggestions only.
+const ALIASES: &[(&str, &str)] = &[
+    ("learning_rate", "lr"),
+    ("inner_learning_rate", "inner_lr"),
+    ("outer_learning_rate", "outer_lr"),
+    ("num_epochs", "epochs"),
+    ("adapter_size", "adapter_dim"),
+    ("bottleneck", "adapter_dim"),
+    ("max_length", "max_len"),
+    ("max_seq_length", "max_len"),
+    ("num_inner_steps", "inner_steps"),
+];
 
 /// Keys the sweep sets itself; each with the way to vary it instead.
 fn reserved_hint(key: &str) -> Option<&'static str> {
@@ -501,6 +532,7 @@ impl Parser<'_> {
         flatten("", t, &mut flat);
         let mut axes: Vec<Axis> = Vec::new();
         for (key, span, node) in flat {
+            self.keys.check_key(&key).map_err(|m| self.err(&span, format!("{place}: {m}")))?;
             let arr = node.as_array().ok_or_else(|| {
                 self.err(&node.span, format!("{place}: {key}: expected a list of values to sweep over, found a {} (write [{}])", node.type_name(), node.to_json()))
             })?;
@@ -774,9 +806,12 @@ mod tests {
         assert!(e.starts_with("sweeps/t.toml:5:"), "{e}");
         assert!(e.contains("did you mean finetune.lr?"), "{e}");
 
-        let e = err(&format!("{HEAD}epochs = 3\n"));
+        let e = err(&format!("{HEAD}epoch = 3\n"));
         assert!(e.starts_with("sweeps/t.toml:4:"), "{e}");
-        assert!(e.contains("finetune.epochs"), "{e}");
+        assert!(e.contains("did you mean finetune.epochs?"), "{e}");
+
+        let e = err(&format!("{HEAD}[grid]\n\"finetune.lerning_rate\" = [0.1]\n"));
+        assert!(e.starts_with("sweeps/t.toml:5:1:") && e.contains("did you mean finetune.lr?"), "{e}");
 
         let e = err("name = \"t\"\nseed = [1]\n");
         assert!(e.starts_with("sweeps/t.toml:2:1:") && e.contains("did you mean seeds?"), "{e}");

@@ -1,0 +1,253 @@
+//! A whole priming run: load the model and the source languages, take the outer steps, write
+//! the primed checkpoint folder atomically.
+
+use super::error::{PrimeError, Result};
+use super::ft::ft_step;
+use super::meta::{meta_step, InnerParams, MetaStepConfig, PrimingState};
+use super::outer::AdamWOuter;
+use super::sampler::{DrawSizes, Sampler, SourceTask};
+use super::{PrimeCurves, PrimeStepRecord};
+use crate::config::{InnerLoop, PrimeConfig, PrimingMethod};
+use crate::data::{load_language, WordTokenizer};
+use crate::fsutil::{write_json_atomic, StagedDir};
+use crate::model::init::TOKENIZER_FILES;
+use crate::model::Tagger;
+use crate::progress::{ProgressEvent, ProgressSink};
+use crate::rng::SeededRng;
+use crate::train::optim::{AdamWConfig, LinearSchedule};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The loss curves of a primed checkpoint.
+pub const CURVES_FILE: &str = "curves.json";
+/// The description of a primed checkpoint.
+pub const PRIMING_FILE: &str = "priming.json";
+
+/// One source language as recorded in `priming.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub lang: String,
+    pub train_files: Vec<PathBuf>,
+    /// Training sentences available (after `data.train_limit`).
+    pub train_sentences: usize,
+    pub labels: Vec<String>,
+}
+
+/// `priming.json`: what produced a primed checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrimingInfo {
+    /// `meta`, `maml` (meta with the full inner loop) or `ft`.
+    pub method: String,
+    pub config: PrimeConfig,
+    pub inner_lr: f64,
+    pub sources: Vec<SourceInfo>,
+    /// Sentences each sampled task consumes per step (support + query).
+    pub sentences_per_task_step: usize,
+    pub steps: usize,
+    pub seed: u64,
+    /// Losses of the last step.
+    pub final_losses: Option<PrimeStepRecord>,
+    /// Mean query (FT: training) loss over the tasks of the first and the last step.
+    pub first_query_loss: Option<f64>,
+    pub last_query_loss: Option<f64>,
+    pub wall_time_s: f64,
+    pub primer_version: String,
+}
+
+/// The method name of a configuration as the CLI spells it.
+pub fn method_name(cfg: &PrimeConfig) -> &'static str {
+    match (cfg.method, cfg.inner_loop) {
+        (PrimingMethod::Ft, _) => "ft",
+        (PrimingMethod::Meta, InnerLoop::Pe) => "meta",
+        (PrimingMethod::Meta, InnerLoop::Full) => "maml",
+    }
+}
+
+fn validate(cfg: &PrimeConfig) -> Result<()> {
+    let bad = |m: String| Err(PrimeError::Config(m));
+    if cfg.model.as_os_str().is_empty() {
+        return bad("no model folder given (--model / model)".into());
+    }
+    if cfg.sources.is_empty() {
+        return bad("no source languages given (--sources / sources)".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &cfg.sources {
+        if !seen.insert(s) {
+            return bad(format!("source language '{s}' is listed twice"));
+        }
+    }
+    if cfg.steps == 0 {
+        return bad("steps must be at least 1".into());
+    }
+    if cfg.inner_steps == 0 {
+        return bad("inner_steps must be at least 1".into());
+    }
+    let lr = cfg.effective_inner_lr();
+    if !(lr.is_finite() && lr > 0.0) {
+        return bad(format!("inner_lr must be a positive number, got {lr}"));
+    }
+    for (name, v) in [("outer_lr", cfg.outer_lr), ("ft_lr", cfg.ft_lr)] {
+        if !(v.is_finite() && v >= 0.0) {
+            return bad(format!("{name} must be a non-negative number, got {v}"));
+        }
+    }
+    if !(0.0..=1.0).contains(&cfg.warmup_ratio) {
+        return bad(format!("warmup_ratio must be in [0, 1], got {}", cfg.warmup_ratio));
+    }
+    if let Some(p) = cfg.dropout
+        && !(0.0..1.0).contains(&p)
+    {
+        return bad(format!("dropout must be in [0, 1), got {p}"));
+    }
+    if cfg.adapter_dim == 0 {
+        return bad("adapter_dim must be at least 1".into());
+    }
+    Ok(())
+}
+
+fn mean_query(r: &PrimeStepRecord) -> f64 {
+    r.tasks.iter().map(|t| t.query).sum::<f64>() / r.tasks.len().max(1) as f64
+}
+
+fn progress_message(r: &PrimeStepRecord) -> String {
+    r.tasks
+        .iter()
+        .map(|t| match (t.inner_before, t.inner_after) {
+            (Some(b), Some(a)) => format!("{} inner {b:.3}→{a:.3} query {:.3}", t.lang, t.query),
+            _ => format!("{} loss {:.3}", t.lang, t.query),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Primes per `config` and writes the primed checkpoint folder `out_dir` atomically: the HF
+/// BERT folder of θp* (config.json, model.safetensors, tokenizer files of the source model),
+/// `adapter.safetensors` (θa*), `priming.json` ([`PrimingInfo`]) and `curves.json`
+/// ([`PrimeCurves`]).
+pub fn prime(config: &PrimeConfig, out_dir: &Path, progress: &dyn ProgressSink) -> Result<PrimeCurves> {
+    let started = Instant::now();
+    validate(config)?;
+    let device = crate::device::open_device(&config.device)?;
+    let mut tagger = Tagger::from_pretrained(&config.model, &device)?;
+    let saved_config = tagger.config.clone();
+    if let Some(p) = config.dropout {
+        tagger.config = tagger.config.with_dropout(p);
+    }
+    tagger.ensure_adapter(config.adapter_dim, &mut SeededRng::derive(config.seed, "init.adapter"))?;
+
+    let tokenizer = WordTokenizer::from_model_dir(&config.model, config.data.max_len).map_err(|e| PrimeError::Data {
+        lang: config.sources.join(","),
+        path: config.model.clone(),
+        message: e.to_string(),
+    })?;
+    let mut sources = Vec::new();
+    let mut infos = Vec::new();
+    for lang in &config.sources {
+        let data_err = |e: crate::data::DataError| PrimeError::Data {
+            lang: lang.clone(),
+            path: config.data.root.join(lang),
+            message: e.to_string(),
+        };
+        let data = load_language(&config.data, lang, config.seed).map_err(data_err)?;
+        let enc = tokenizer.encode_split(&data.train, &data.labels).map_err(data_err)?;
+        let mut head_rng = SeededRng::derive(config.seed, &format!("init.head.{lang}"));
+        tagger.add_head(lang, data.labels.len(), &mut head_rng)?;
+        infos.push(SourceInfo {
+            lang: lang.clone(),
+            train_files: data.sources.train.clone(),
+            train_sentences: enc.sentences.len(),
+            labels: data.labels.tags().to_vec(),
+        });
+        sources.push(SourceTask {
+            lang: lang.clone(),
+            train: enc.sentences,
+            files: data.sources.train,
+        });
+    }
+    let sizes = DrawSizes::new(
+        config.support,
+        config.inner_steps,
+        config.support_batch_size,
+        config.query_batch_size,
+    );
+    let tasks_per_step = config.tasks_per_step.unwrap_or(sources.len());
+    let mut sampler = Sampler::new(&sources, sizes, tasks_per_step, config.seed, tokenizer.pad_id(), &device)?;
+
+    let is_ft = config.method == PrimingMethod::Ft;
+    let mut vars = tagger.encoder.named_vars_with_prefix("enc.");
+    vars.extend(tagger.adapter.as_ref().expect("ensured above").named_vars_with_prefix("adapter."));
+    if is_ft {
+        for (lang, h) in &tagger.heads {
+            vars.extend(h.named_vars_with_prefix(&format!("head.{lang}.")));
+        }
+    }
+    let acfg = AdamWConfig {
+        lr: if is_ft { config.ft_lr } else { config.outer_lr },
+        weight_decay: config.weight_decay,
+        ..AdamWConfig::default()
+    };
+    let schedule = LinearSchedule::from_ratio(config.steps, config.warmup_ratio);
+    let mut opt = AdamWOuter::new(vars, acfg, Some(schedule))?;
+    let step_cfg = MetaStepConfig {
+        inner: InnerParams::of(config.inner_loop),
+        inner_steps: config.inner_steps,
+        inner_lr: config.effective_inner_lr(),
+        record_adapted_encoder: false,
+    };
+    let mut state = PrimingState::new(tagger, Some(SeededRng::derive(config.seed, "prime.dropout")));
+    let mut curves = PrimeCurves::default();
+    tracing::info!(
+        "priming ({}) on {} for {} steps: {} sentences per task and step",
+        method_name(config),
+        config.sources.join(","),
+        config.steps,
+        sizes.sentences_per_task()
+    );
+    for _ in 0..config.steps {
+        let record = if is_ft {
+            let batches = sampler.ft_step(&sources)?;
+            ft_step(&mut state, &batches, &mut opt)?
+        } else {
+            let tasks = sampler.meta_step(&sources)?;
+            meta_step(&mut state, &tasks, &step_cfg, &mut opt)?.losses()
+        };
+        progress.report(
+            ProgressEvent::new("prime", (record.step + 1) as u64, config.steps as u64)
+                .with_loss(mean_query(&record))
+                .with_message(progress_message(&record)),
+        );
+        curves.steps.push(record);
+    }
+
+    let mut tagger = state.tagger;
+    tagger.config = saved_config;
+    let staged = StagedDir::new(out_dir)?;
+    tagger.save_primed(staged.path())?;
+    for f in TOKENIZER_FILES {
+        let src = config.model.join(f);
+        if src.exists() {
+            let to = staged.path().join(f);
+            std::fs::copy(&src, &to).map_err(|source| PrimeError::Copy { from: src, to, source })?;
+        }
+    }
+    let info = PrimingInfo {
+        method: method_name(config).to_string(),
+        config: config.clone(),
+        inner_lr: config.effective_inner_lr(),
+        sources: infos,
+        sentences_per_task_step: sizes.sentences_per_task(),
+        steps: config.steps,
+        seed: config.seed,
+        final_losses: curves.steps.last().cloned(),
+        first_query_loss: curves.steps.first().map(mean_query),
+        last_query_loss: curves.steps.last().map(mean_query),
+        wall_time_s: started.elapsed().as_secs_f64(),
+        primer_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    write_json_atomic(&staged.path().join(PRIMING_FILE), &info)?;
+    write_json_atomic(&staged.path().join(CURVES_FILE), &curves)?;
+    staged.commit()?;
+    Ok(curves)
+}

@@ -1,0 +1,223 @@
+//! Figures 3 and 4 of the paper from a sweep's cell statistics. A figure whose settings are not
+//! in the sweep, or have no finished run, is skipped with a message instead of drawn wrong.
+
+use crate::report::paper::PaperNumbers;
+use crate::report::plot::{BarChart, HeatCell, Heatmap2x2};
+use crate::report::table::CellStat;
+use crate::report::ReportInput;
+use std::collections::BTreeMap;
+
+type Stats = BTreeMap<(String, String), CellStat>;
+
+fn has_done(stats: &Stats, setting: &str) -> bool {
+    stats.keys().any(|(s, _)| s == setting)
+}
+
+fn check_declared(input: &ReportInput, figure: &str, settings: &[&String]) -> Result<(), String> {
+    let unknown: Vec<&str> = settings
+        .iter()
+        .filter(|s| !input.settings.contains(s))
+        .map(|s| s.as_str())
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{figure} skipped: setting(s) {} of [report] are not in the sweep (declared: {})",
+            unknown.join(", "),
+            input.settings.join(", ")
+        ))
+    }
+}
+
+/// Figure 3: grouped bars per target language, one series per `[report] figure3` entry.
+/// Err: why the figure is skipped.
+pub fn figure3(input: &ReportInput, languages: &[String], stats: &Stats) -> Result<BarChart, String> {
+    let spec = &input.spec.figure3;
+    if spec.is_empty() {
+        return Err("figure 3 not drawn: [report] figure3 declares no series".to_string());
+    }
+    let settings: Vec<&String> = spec.iter().map(|s| &s.setting).collect();
+    check_declared(input, "figure 3", &settings)?;
+    if !settings.iter().any(|s| has_done(stats, s)) {
+        return Err(format!(
+            "figure 3 skipped: none of its settings ({}) has a finished run",
+            settings.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let series = spec
+        .iter()
+        .map(|s| {
+            let bars = languages
+                .iter()
+                .map(|l| stats.get(&(s.setting.clone(), l.clone())).map(|c| (c.mean, c.sd)))
+                .collect();
+            (s.label.clone(), bars)
+        })
+        .collect();
+    Ok(BarChart {
+        title: "Figure 3: test F1 per target language".to_string(),
+        x_desc: "Target language".to_string(),
+        y_desc: "Test F1 (×100)".to_string(),
+        groups: languages.to_vec(),
+        series,
+    })
+}
+
+/// Figure 4: the 2×2 matrix (rows: meta-learning inner loop PE / Full; columns: downstream
+/// fine-tuning PE / Full) of test F1 averaged over the languages present.
+pub fn figure4(
+    input: &ReportInput,
+    languages: &[String],
+    stats: &Stats,
+    paper: &PaperNumbers,
+) -> Result<Heatmap2x2, String> {
+    let Some(matrix) = &input.spec.figure4 else {
+        return Err("figure 4 not drawn: [report] figure4 is not declared".to_string());
+    };
+    let settings: Vec<&String> = matrix.iter().flatten().collect();
+    check_declared(input, "figure 4", &settings)?;
+    if !settings.iter().any(|s| has_done(stats, s)) {
+        return Err(format!(
+            "figure 4 skipped: none of its settings ({}) has a finished run",
+            settings.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let cell = |i: usize, j: usize| {
+        let setting = &matrix[i][j];
+        let present: Vec<f64> = languages
+            .iter()
+            .filter_map(|l| stats.get(&(setting.clone(), l.clone())).map(|c| c.mean))
+            .collect();
+        let mut notes = vec![setting.clone()];
+        let value = (!present.is_empty()).then(|| present.iter().sum::<f64>() / present.len() as f64);
+        if value.is_none() {
+            notes.push("no finished run".to_string());
+        } else if present.len() < languages.len() {
+            notes.push(format!("over {}/{} languages", present.len(), languages.len()));
+        }
+        notes.push(format!("paper: {:.2}", paper.figure4[i][j]));
+        HeatCell { value, notes }
+    };
+    Ok(Heatmap2x2 {
+        title: "Figure 4: test F1 averaged over languages".to_string(),
+        row_desc: "Meta-learning inner loop".to_string(),
+        col_desc: "Downstream fine-tuning".to_string(),
+        row_labels: ["PE".to_string(), "Full".to_string()],
+        col_labels: ["PE".to_string(), "Full".to_string()],
+        cells: [[cell(0, 0), cell(0, 1)], [cell(1, 0), cell(1, 1)]],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::gather::scores_frame;
+    use crate::report::plot::{PALETTE, render_svg};
+    use crate::report::spec::{FigureSeries, ReportSpec};
+    use crate::report::table::cell_stats;
+    use crate::report::testutil::{input, run};
+
+    /// How the SVG backend writes a text element's content.
+    fn svg_text(s: &str) -> String {
+        format!(">\n{s}\n<")
+    }
+
+    fn fill(i: usize) -> String {
+        let c = PALETTE[i];
+        format!("fill=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2)
+    }
+
+    fn fig3_input(done_c: bool) -> ReportInput {
+        let langs = ["hi", "af", "az"];
+        let mut runs = Vec::new();
+        for (li, l) in langs.iter().enumerate() {
+            for seed in [1, 2] {
+                runs.push(run("PE", l, seed, Some(0.80 + 0.01 * li as f64 + 0.02 * seed as f64)));
+                runs.push(run("Full", l, seed, Some(0.85)));
+            }
+            // "None" misses one language; with done_c = false it has nothing done at all.
+            let none_done = done_c && *l != "az";
+            runs.push(run("None", l, 1, none_done.then_some(0.75)));
+        }
+        let spec = ReportSpec {
+            figure3: vec![
+                FigureSeries { label: "Meta priming, PE inner loop".into(), setting: "PE".into() },
+                FigureSeries { label: "Meta priming, full inner loop".into(), setting: "Full".into() },
+                FigureSeries { label: "No priming".into(), setting: "None".into() },
+            ],
+            figure4: Some([["PE".into(), "None".into()], ["Full".into(), "PE".into()]]),
+            ..Default::default()
+        };
+        input(&["PE", "Full", "None"], &langs, runs, spec)
+    }
+
+    fn stats(inp: &ReportInput) -> Stats {
+        cell_stats(&scores_frame(&inp.runs).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn figure3_svg_has_labels_bars_and_values() {
+        let inp = fig3_input(true);
+        let chart = figure3(&inp, &inp.languages, &stats(&inp)).unwrap();
+        let svg = render_svg(&chart).unwrap();
+        for label in [
+            "Figure 3", "Target language", "Test F1 (×100)", "Meta priming, PE inner loop",
+            "Meta priming, full inner loop", "No priming", &svg_text("hi"), &svg_text("af"), &svg_text("az"),
+        ] {
+            assert!(svg.contains(label), "missing {label:?}");
+        }
+        // One rect per finished bar plus the legend swatch.
+        assert_eq!(svg.matches(&fill(0)).count(), 3 + 1);
+        assert_eq!(svg.matches(&fill(1)).count(), 3 + 1);
+        assert_eq!(svg.matches(&fill(2)).count(), 2 + 1, "az of \"None\" has no bar");
+        assert!(svg.contains(&svg_text("n/a")));
+        // Value labels: PE on hi = mean(82, 84) = 83.0; Full = 85.0 everywhere.
+        assert!(svg.contains(&svg_text("83.0")) && svg.contains(&svg_text("85.0")));
+        assert!(svg.contains("font-family=\"DejaVu Sans\""));
+    }
+
+    #[test]
+    fn figure3_error_bars_only_with_several_seeds() {
+        let inp = fig3_input(true);
+        let chart = figure3(&inp, &inp.languages, &stats(&inp)).unwrap();
+        let pe = &chart.series[0].1;
+        assert!(pe.iter().all(|b| b.unwrap().1.is_some()));
+        let none = &chart.series[2].1;
+        assert_eq!(none[0], Some((75.0, None)));
+        assert_eq!(none[2], None);
+    }
+
+    #[test]
+    fn figures_without_done_runs_or_unknown_settings_are_skipped() {
+        let mut inp = fig3_input(false);
+        inp.runs.retain(|r| r.meta.setting == "None");
+        let why = figure3(&inp, &inp.languages, &stats(&inp)).unwrap_err();
+        assert!(why.contains("figure 3 skipped") && why.contains("has a finished run"), "{why}");
+        let paper = PaperNumbers::embedded().unwrap();
+        assert!(figure4(&inp, &inp.languages, &stats(&inp), &paper).is_err());
+        inp.spec.figure3[0].setting = "Typo".into();
+        let why = figure3(&inp, &inp.languages, &stats(&inp)).unwrap_err();
+        assert!(why.contains("Typo") && why.contains("not in the sweep"), "{why}");
+        inp.spec.figure3.clear();
+        assert!(figure3(&inp, &inp.languages, &stats(&inp)).unwrap_err().contains("declares no series"));
+    }
+
+    #[test]
+    fn figure4_svg_has_axes_and_cell_values() {
+        let inp = fig3_input(true);
+        let paper = PaperNumbers::embedded().unwrap();
+        let map = figure4(&inp, &inp.languages, &stats(&inp), &paper).unwrap();
+        // PE: mean over languages of 83, 84, 85 → 84.00; "None": 75 over 2 of 3.
+        assert_eq!(map.cells[0][0].value.map(|v| format!("{v:.2}")), Some("84.00".into()));
+        assert_eq!(map.cells[1][0].value.map(|v| format!("{v:.2}")), Some("85.00".into()));
+        assert!(map.cells[0][1].notes.iter().any(|n| n == "over 2/3 languages"));
+        let svg = render_svg(&map).unwrap();
+        for text in [
+            "Meta-learning inner loop", "Downstream fine-tuning", &svg_text("PE"), &svg_text("Full"), &svg_text("85.00"),
+            &svg_text("75.00"), &svg_text("84.00"), "paper: 85.87", "paper: 90.79", "rotate(270",
+        ] {
+            assert!(svg.contains(text), "missing {text:?}");
+        }
+    }
+}

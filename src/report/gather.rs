@@ -1,0 +1,148 @@
+//! Gather: one long polars DataFrame with a row per fine-tuning run of the sweep (done or not),
+//! saved as `scores.parquet` and `scores.csv`. Scores are fractions in [0, 1] as in
+//! `metrics.json`; runs not done have nulls in every measured column, never zeros.
+
+use crate::fsutil::write_atomic;
+use crate::report::{ReportError, RunRecord};
+use polars::prelude::*;
+use polars_io::csv::write::CsvWriter;
+use polars_io::parquet::write::ParquetWriter;
+use polars_io::SerWriter;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// Entity types that always get a per-type column, in this order (WikiAnn's three).
+pub const ENTITY_TYPES: [&str; 3] = ["PER", "ORG", "LOC"];
+
+/// Name of the per-type test F1 column of entity type `ty`.
+pub fn per_type_column(ty: &str) -> String {
+    format!("test_f1_{ty}")
+}
+
+pub(crate) fn polars_err(what: impl Into<String>) -> impl FnOnce(PolarsError) -> ReportError {
+    let what = what.into();
+    move |source| ReportError::Polars { what, source }
+}
+
+fn col_f64(name: &str, v: Vec<Option<f64>>) -> Column {
+    Series::new(name.into(), v).into_column()
+}
+
+fn col_u64(name: &str, v: Vec<Option<u64>>) -> Column {
+    Series::new(name.into(), v).into_column()
+}
+
+fn col_str(name: &str, v: Vec<Option<String>>) -> Column {
+    Series::new(name.into(), v).into_column()
+}
+
+/// The long table of runs: setting, priming, inner_loop, inner_steps, inner_lr, outer_lr,
+/// ft_method, ft_lr, trained_percent, lang, seed, done, dev_/test_ precision/recall/f1,
+/// `test_f1_<TYPE>` for PER, ORG, LOC (and any other type seen), best_epoch, steps,
+/// wall_time_s, run_id.
+pub fn scores_frame(runs: &[RunRecord]) -> Result<DataFrame, ReportError> {
+    let metric = |f: &dyn Fn(&crate::train::FinetuneMetrics) -> f64| -> Vec<Option<f64>> {
+        runs.iter().map(|r| r.metrics.as_ref().map(f)).collect()
+    };
+    let meta_str = |f: &dyn Fn(&RunRecord) -> Option<String>| -> Vec<Option<String>> {
+        runs.iter().map(f).collect()
+    };
+    let mut types: Vec<String> = ENTITY_TYPES.iter().map(|s| s.to_string()).collect();
+    let extra: BTreeSet<String> = runs
+        .iter()
+        .filter_map(|r| r.metrics.as_ref())
+        .flat_map(|m| m.test.per_type.keys().cloned())
+        .filter(|t| !ENTITY_TYPES.contains(&t.as_str()))
+        .collect();
+    types.extend(extra);
+
+    let lower = |s: String| s.to_lowercase();
+    let mut columns = vec![
+        col_str("setting", meta_str(&|r| Some(r.meta.setting.clone()))),
+        col_str(
+            "priming",
+            meta_str(&|r| r.meta.priming.map(|p| lower(format!("{p:?}")))),
+        ),
+        col_str(
+            "inner_loop",
+            meta_str(&|r| r.meta.inner_loop.map(|p| lower(format!("{p:?}")))),
+        ),
+        col_u64(
+            "inner_steps",
+            runs.iter().map(|r| r.meta.inner_steps.map(|s| s as u64)).collect(),
+        ),
+        col_f64("inner_lr", runs.iter().map(|r| r.meta.inner_lr).collect()),
+        col_f64("outer_lr", runs.iter().map(|r| r.meta.outer_lr).collect()),
+        col_str(
+            "ft_method",
+            meta_str(&|r| Some(r.meta.ft_method.as_str().to_string())),
+        ),
+        col_f64("ft_lr", runs.iter().map(|r| Some(r.meta.ft_lr)).collect()),
+        col_f64("trained_percent", metric(&|m| m.trained_percent)),
+        col_str("lang", meta_str(&|r| Some(r.meta.lang.clone()))),
+        col_u64("seed", runs.iter().map(|r| Some(r.meta.seed)).collect()),
+        Series::new(
+            "done".into(),
+            runs.iter().map(|r| r.metrics.is_some()).collect::<Vec<bool>>(),
+        )
+        .into_column(),
+        col_f64("dev_precision", metric(&|m| m.dev.precision)),
+        col_f64("dev_recall", metric(&|m| m.dev.recall)),
+        col_f64("dev_f1", metric(&|m| m.dev.f1)),
+        col_f64("test_precision", metric(&|m| m.test.precision)),
+        col_f64("test_recall", metric(&|m| m.test.recall)),
+        col_f64("test_f1", metric(&|m| m.test.f1)),
+    ];
+    for ty in &types {
+        // A type absent from a done run's test set has no F1 (null), not an F1 of 0.
+        let v = runs
+            .iter()
+            .map(|r| {
+                r.metrics
+                    .as_ref()
+                    .and_then(|m| m.test.per_type.get(ty).map(|t| t.f1))
+            })
+            .collect();
+        columns.push(col_f64(&per_type_column(ty), v));
+    }
+    columns.extend([
+        col_u64(
+            "best_epoch",
+            runs.iter()
+                .map(|r| r.metrics.as_ref().map(|m| m.best_epoch as u64))
+                .collect(),
+        ),
+        col_u64(
+            "steps",
+            runs.iter()
+                .map(|r| r.metrics.as_ref().map(|m| m.steps as u64))
+                .collect(),
+        ),
+        col_f64("wall_time_s", metric(&|m| m.wall_time_s)),
+        col_str("run_id", meta_str(&|r| Some(r.meta.run_id.clone()))),
+    ]);
+    DataFrame::new(runs.len(), columns).map_err(polars_err("building the scores table"))
+}
+
+/// Writes `df` as CSV (header, empty field for null) atomically.
+pub fn write_csv(df: &DataFrame, path: &Path) -> Result<(), ReportError> {
+    let mut buf = Vec::new();
+    let mut df = df.clone();
+    CsvWriter::new(&mut buf)
+        .include_header(true)
+        .finish(&mut df)
+        .map_err(polars_err(format!("writing {}", path.display())))?;
+    write_atomic(path, &buf)?;
+    Ok(())
+}
+
+/// Writes `df` as Parquet atomically.
+pub fn write_parquet(df: &DataFrame, path: &Path) -> Result<(), ReportError> {
+    let mut buf = Vec::new();
+    let mut df = df.clone();
+    ParquetWriter::new(&mut buf)
+        .finish(&mut df)
+        .map_err(polars_err(format!("writing {}", path.display())))?;
+    write_atomic(path, &buf)?;
+    Ok(())
+}

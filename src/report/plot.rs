@@ -1,0 +1,420 @@
+//! Rendering: grouped bar charts, 2×2 heatmaps and line charts drawn with plotters in the
+//! embedded DejaVu Sans font (no system fonts), written atomically as SVG and PNG.
+
+use crate::report::ReportError;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::{FontStyle, FontTransform, register_font};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Family name the embedded font is registered under (also written into SVG text elements).
+pub const FONT_FAMILY: &str = "DejaVu Sans";
+static FONT_BYTES: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
+
+/// Registers the embedded font once (under [`FONT_FAMILY`] and plotters' default "sans-serif").
+pub fn ensure_font() -> Result<(), ReportError> {
+    static DONE: OnceLock<bool> = OnceLock::new();
+    let ok = *DONE.get_or_init(|| {
+        [FONT_FAMILY, "sans-serif"]
+            .iter()
+            .all(|name| register_font(name, FontStyle::Normal, FONT_BYTES).is_ok())
+    });
+    if ok { Ok(()) } else { Err(ReportError::Font) }
+}
+
+/// Series colours (colour-blind-safe Okabe-Ito palette).
+pub const PALETTE: [RGBColor; 7] = [
+    RGBColor(0, 114, 178),
+    RGBColor(0, 158, 115),
+    RGBColor(230, 159, 0),
+    RGBColor(204, 121, 167),
+    RGBColor(86, 180, 233),
+    RGBColor(213, 94, 0),
+    RGBColor(240, 228, 66),
+];
+
+/// A figure that can be drawn on any plotters backend.
+pub trait Figure {
+    /// Size in pixels (also the SVG's size).
+    fn size(&self) -> (u32, u32);
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String>;
+}
+
+fn de<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> String {
+    e.to_string()
+}
+
+/// Renders `fig` to an SVG string.
+pub fn render_svg(fig: &impl Figure) -> Result<String, ReportError> {
+    ensure_font()?;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, fig.size()).into_drawing_area();
+        fig.draw(&root).map_err(|message| ReportError::Plot {
+            path: PathBuf::from("<svg>"),
+            message,
+        })?;
+        root.present().map_err(|e| ReportError::Plot {
+            path: PathBuf::from("<svg>"),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(svg)
+}
+
+/// Writes `<dir>/<stem>.svg` and `<dir>/<stem>.png` atomically; returns both paths.
+pub fn write_figure(fig: &impl Figure, dir: &Path, stem: &str) -> Result<Vec<PathBuf>, ReportError> {
+    let svg_path = dir.join(format!("{stem}.svg"));
+    let svg = render_svg(fig).map_err(|e| match e {
+        ReportError::Plot { message, .. } => ReportError::Plot {
+            path: svg_path.clone(),
+            message,
+        },
+        other => other,
+    })?;
+    crate::fsutil::write_atomic(&svg_path, svg.as_bytes())?;
+
+    // The PNG encoder writes to a path: draw into a temporary sibling, then rename it.
+    let png_path = dir.join(format!("{stem}.png"));
+    let plot_err = |message: String| ReportError::Plot {
+        path: png_path.clone(),
+        message,
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .suffix(".png")
+        .tempfile_in(dir)
+        .map_err(|e| plot_err(e.to_string()))?;
+    {
+        let root = BitMapBackend::new(tmp.path(), fig.size()).into_drawing_area();
+        fig.draw(&root).map_err(plot_err)?;
+        root.present().map_err(|e| plot_err(e.to_string()))?;
+    }
+    tmp.persist(&png_path).map_err(|e| plot_err(e.error.to_string()))?;
+    Ok(vec![svg_path, png_path])
+}
+
+fn font(size: f64) -> TextStyle<'static> {
+    (FONT_FAMILY, size).into_font().color(&BLACK)
+}
+
+fn anchored(size: f64, h: HPos, v: VPos) -> TextStyle<'static> {
+    font(size).pos(Pos::new(h, v))
+}
+
+/// One bar: mean and optional sd (None: no finished run, the bar is absent).
+pub type Bar = Option<(f64, Option<f64>)>;
+
+/// A grouped bar chart: for each group (x position), one bar per series.
+#[derive(Debug, Clone)]
+pub struct BarChart {
+    pub title: String,
+    pub x_desc: String,
+    pub y_desc: String,
+    pub groups: Vec<String>,
+    /// (label, one bar per group).
+    pub series: Vec<(String, Vec<Bar>)>,
+}
+
+impl BarChart {
+    /// Lower and upper y bounds: the bars start from a round value below the smallest bar so
+    /// that differences of a point or two remain visible.
+    pub fn y_range(&self) -> (f64, f64) {
+        let bars = self.series.iter().flat_map(|s| s.1.iter().flatten());
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for (m, sd) in bars {
+            let sd = sd.unwrap_or(0.0);
+            lo = lo.min(m - sd);
+            hi = hi.max(m + sd);
+        }
+        if !lo.is_finite() {
+            return (0.0, 100.0);
+        }
+        let lo = (((lo - 5.0) / 10.0).floor() * 10.0).max(0.0);
+        let hi = ((hi + (hi - lo) * 0.08 + 1.0) / 5.0).ceil() * 5.0;
+        (lo, hi)
+    }
+}
+
+impl Figure for BarChart {
+    fn size(&self) -> (u32, u32) {
+        (1200, 620)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        root.fill(&WHITE).map_err(de)?;
+        let (w, _) = self.size();
+        let legend_w = 300;
+        let (plot_area, legend_area) = root.split_horizontally(w - legend_w);
+        let n = self.groups.len().max(1);
+        let (lo, hi) = self.y_range();
+        let mut chart = ChartBuilder::on(&plot_area)
+            .caption(&self.title, font(26.0))
+            .margin(20)
+            .x_label_area_size(70)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0f64..n as f64, lo..hi)
+            .map_err(de)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_labels(10)
+            .light_line_style(WHITE)
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .y_desc(&self.y_desc)
+            .x_desc(&self.x_desc)
+            .label_style(font(16.0))
+            .axis_desc_style(font(18.0))
+            .draw()
+            .map_err(de)?;
+        let k = self.series.len().max(1) as f64;
+        let slot = 0.8 / k;
+        for (j, (_, bars)) in self.series.iter().enumerate() {
+            let color = PALETTE[j % PALETTE.len()];
+            for (i, bar) in bars.iter().enumerate() {
+                let x0 = i as f64 + 0.1 + j as f64 * slot;
+                let (x1, xc) = (x0 + slot * 0.9, x0 + slot * 0.45);
+                match bar {
+                    Some((m, sd)) => {
+                        chart
+                            .draw_series(std::iter::once(Rectangle::new([(x0, lo), (x1, *m)], color.filled())))
+                            .map_err(de)?;
+                        let top = m + sd.unwrap_or(0.0);
+                        if let Some(sd) = sd {
+                            // Whisker with caps (plotters' ErrorBar also draws a marker at the mean).
+                            let cap = slot * 0.15;
+                            let whisker = [
+                                vec![(xc, m - sd), (xc, m + sd)],
+                                vec![(xc - cap, m - sd), (xc + cap, m - sd)],
+                                vec![(xc - cap, m + sd), (xc + cap, m + sd)],
+                            ];
+                            chart
+                                .draw_series(whisker.into_iter().map(|p| PathElement::new(p, BLACK.stroke_width(2))))
+                                .map_err(de)?;
+                        }
+                        let (px, py) = chart.backend_coord(&(xc, top));
+                        plot_area
+                            .draw(&Text::new(
+                                format!("{m:.1}"),
+                                (px, py - 4),
+                                anchored(13.0, HPos::Center, VPos::Bottom),
+                            ))
+                            .map_err(de)?;
+                    }
+                    None => {
+                        let (px, py) = chart.backend_coord(&(xc, lo));
+                        plot_area
+                            .draw(&Text::new("n/a", (px, py - 4), anchored(13.0, HPos::Center, VPos::Bottom)))
+                            .map_err(de)?;
+                    }
+                }
+            }
+        }
+        // Group labels under the axis (plotters' automatic ticks cannot sit at group centres).
+        for (i, g) in self.groups.iter().enumerate() {
+            let (px, py) = chart.backend_coord(&(i as f64 + 0.5, lo));
+            plot_area
+                .draw(&Text::new(g.clone(), (px, py + 8), anchored(18.0, HPos::Center, VPos::Top)))
+                .map_err(de)?;
+        }
+        // Legend in its own panel, so it never hides a bar.
+        let y0 = 90;
+        for (j, (label, _)) in self.series.iter().enumerate() {
+            let color = PALETTE[j % PALETTE.len()];
+            let y = y0 + j as i32 * 34;
+            legend_area
+                .draw(&Rectangle::new([(10, y), (32, y + 22)], color.filled()))
+                .map_err(de)?;
+            legend_area
+                .draw(&Text::new(label.clone(), (42, y + 11), anchored(16.0, HPos::Left, VPos::Center)))
+                .map_err(de)?;
+        }
+        Ok(())
+    }
+}
+
+/// One heatmap cell.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeatCell {
+    /// None: no finished run (grey, "–").
+    pub value: Option<f64>,
+    /// Smaller lines under the value (setting name, coverage, paper value).
+    pub notes: Vec<String>,
+}
+
+/// A 2×2 annotated heatmap.
+#[derive(Debug, Clone)]
+pub struct Heatmap2x2 {
+    pub title: String,
+    pub row_desc: String,
+    pub col_desc: String,
+    pub row_labels: [String; 2],
+    pub col_labels: [String; 2],
+    pub cells: [[HeatCell; 2]; 2],
+}
+
+/// Light-to-dark blue ramp for t in [0, 1].
+fn ramp(t: f64) -> RGBColor {
+    let t = t.clamp(0.0, 1.0);
+    let (a, b) = ((222.0, 235.0, 247.0), (8.0, 69.0, 148.0));
+    let mix = |x: f64, y: f64| (x + (y - x) * t).round() as u8;
+    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
+impl Figure for Heatmap2x2 {
+    fn size(&self) -> (u32, u32) {
+        (900, 640)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        root.fill(&WHITE).map_err(de)?;
+        let (w, _) = self.size();
+        root.draw(&Text::new(
+            self.title.clone(),
+            (w as i32 / 2, 20),
+            anchored(24.0, HPos::Center, VPos::Top),
+        ))
+        .map_err(de)?;
+        let (left, top, cw, ch) = (250, 150, 300, 210);
+        let values: Vec<f64> = self.cells.iter().flatten().filter_map(|c| c.value).collect();
+        let (vmin, vmax) = values
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        // Column axis: description, then one label per column.
+        root.draw(&Text::new(
+            self.col_desc.clone(),
+            (left + cw, top - 80),
+            anchored(20.0, HPos::Center, VPos::Center),
+        ))
+        .map_err(de)?;
+        root.draw(&Text::new(
+            self.row_desc.clone(),
+            (left - 140, top + ch),
+            anchored(20.0, HPos::Center, VPos::Center).transform(FontTransform::Rotate270),
+        ))
+        .map_err(de)?;
+        for j in 0..2 {
+            let x = left + cw * j as i32 + cw / 2;
+            root.draw(&Text::new(
+                self.col_labels[j].clone(),
+                (x, top - 30),
+                anchored(20.0, HPos::Center, VPos::Center),
+            ))
+            .map_err(de)?;
+        }
+        for i in 0..2 {
+            let y = top + ch * i as i32 + ch / 2;
+            root.draw(&Text::new(
+                self.row_labels[i].clone(),
+                (left - 20, y),
+                anchored(20.0, HPos::Right, VPos::Center),
+            ))
+            .map_err(de)?;
+            for j in 0..2 {
+                let cell = &self.cells[i][j];
+                let (x0, y0) = (left + cw * j as i32, top + ch * i as i32);
+                let t = match cell.value {
+                    Some(v) if vmax > vmin => (v - vmin) / (vmax - vmin),
+                    Some(_) => 0.5,
+                    None => 0.0,
+                };
+                let fill = if cell.value.is_some() { ramp(0.15 + 0.85 * t) } else { RGBColor(220, 220, 220) };
+                root.draw(&Rectangle::new([(x0, y0), (x0 + cw, y0 + ch)], fill.filled()))
+                    .map_err(de)?;
+                root.draw(&Rectangle::new([(x0, y0), (x0 + cw, y0 + ch)], WHITE.stroke_width(3)))
+                    .map_err(de)?;
+                let ink = if cell.value.is_some() && t > 0.45 { WHITE } else { BLACK };
+                let main = cell.value.map_or("–".to_string(), |v| format!("{v:.2}"));
+                let cx = x0 + cw / 2;
+                root.draw(&Text::new(
+                    main,
+                    (cx, y0 + ch / 2 - 25),
+                    anchored(36.0, HPos::Center, VPos::Center).color(&ink),
+                ))
+                .map_err(de)?;
+                for (k, note) in cell.notes.iter().enumerate() {
+                    root.draw(&Text::new(
+                        note.clone(),
+                        (cx, y0 + ch / 2 + 20 + 22 * k as i32),
+                        anchored(15.0, HPos::Center, VPos::Center).color(&ink),
+                    ))
+                    .map_err(de)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A line chart (learning curves).
+#[derive(Debug, Clone)]
+pub struct LineChart {
+    pub title: String,
+    pub x_desc: String,
+    pub y_desc: String,
+    /// (label, points).
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+impl Figure for LineChart {
+    fn size(&self) -> (u32, u32) {
+        (1000, 560)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        root.fill(&WHITE).map_err(de)?;
+        let pts = self.series.iter().flat_map(|s| s.1.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+        for &(x, y) in pts {
+            x0 = x0.min(x);
+            x1 = x1.max(x);
+            y0 = y0.min(y);
+            y1 = y1.max(y);
+        }
+        if !x0.is_finite() {
+            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+        }
+        if x1 <= x0 {
+            x1 = x0 + 1.0;
+        }
+        let pad = ((y1 - y0) * 0.05).max(1e-3);
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, font(24.0))
+            .margin(20)
+            .x_label_area_size(60)
+            .y_label_area_size(80)
+            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+            .map_err(de)?;
+        chart
+            .configure_mesh()
+            .x_desc(&self.x_desc)
+            .y_desc(&self.y_desc)
+            .label_style(font(15.0))
+            .axis_desc_style(font(17.0))
+            .draw()
+            .map_err(de)?;
+        for (j, (label, points)) in self.series.iter().enumerate() {
+            let color = PALETTE[j % PALETTE.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()),
+                    color.stroke_width(2),
+                ))
+                .map_err(de)?
+                .label(label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(font(15.0))
+            .draw()
+            .map_err(de)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,646 @@
+//! Expansion of a sweep into runs. Each named setting is expanded over its axes (the global
+//! grid and zips, minus what the setting fixes, plus its own grid) × seeds × targets; exclude
+//! rules drop combinations. Each combination resolves to a [`FinetuneConfig`] and, for
+//! settings that prime, a [`PrimeConfig`]; runs are identified by the hash of their spec, so a
+//! priming run is shared by every target language, fine-tuning method and fine-tuning
+//! hyperparameter that starts from it.
+
+use super::error::SweepError;
+use super::file::{Assign, Priming, Setting, Sweep, get_path, set_path, values_equal};
+use super::hash::content_id;
+use crate::config::{FinetuneConfig, PrimeConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Bumped when the meaning of a spec changes in a way its fields do not show; part of every id.
+pub const SPEC_VERSION: u32 = 1;
+
+/// The two kinds of runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunKind {
+    Prime,
+    Finetune,
+}
+
+impl RunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Prime => "prime",
+            RunKind::Finetune => "finetune",
+        }
+    }
+}
+
+impl std::fmt::Display for RunKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The fully resolved description of one run: what `spec.json` holds and what is hashed.
+/// Paths are kept as written; `device` is always "cpu" here (the device is chosen at execution
+/// and is not part of a run's identity); a fine-tuning run names its priming run by id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum RunSpec {
+    Prime { config: PrimeConfig },
+    Finetune { config: FinetuneConfig, priming: Option<String> },
+}
+
+impl RunSpec {
+    pub fn kind(&self) -> RunKind {
+        match self {
+            RunSpec::Prime { .. } => RunKind::Prime,
+            RunSpec::Finetune { .. } => RunKind::Finetune,
+        }
+    }
+
+    /// The run's identity (16 hex digits of SHA-256 of the canonical spec).
+    pub fn id(&self) -> String {
+        let spec = serde_json::to_value(self).expect("serialisable");
+        content_id(&serde_json::json!({ "spec_version": SPEC_VERSION, "run": spec }))
+    }
+
+    /// The directory name of the run in the store: `<kind>-<id>`.
+    pub fn dir_name(&self) -> String {
+        format!("{}-{}", self.kind(), self.id())
+    }
+
+    pub fn seed(&self) -> u64 {
+        match self {
+            RunSpec::Prime { config } => config.seed,
+            RunSpec::Finetune { config, .. } => config.seed,
+        }
+    }
+}
+
+/// One distinct run of a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedRun {
+    pub id: String,
+    pub spec: RunSpec,
+    /// Indices (into [`Plan::runs`]) of the runs this one starts from.
+    pub deps: Vec<usize>,
+    /// The settings that use this run, in sweep order.
+    pub settings: Vec<String>,
+}
+
+impl PlannedRun {
+    pub fn kind(&self) -> RunKind {
+        self.spec.kind()
+    }
+
+    pub fn dir_name(&self) -> String {
+        format!("{}-{}", self.kind(), self.id)
+    }
+
+    /// Target language (fine-tuning) or the `+`-joined sources (priming).
+    pub fn lang(&self) -> String {
+        match &self.spec {
+            RunSpec::Prime { config } => config.sources.join("+"),
+            RunSpec::Finetune { config, .. } => config.lang.clone(),
+        }
+    }
+
+    /// A short human label: `finetune-1a2b3c4d hi adapter seed 0 (3/AT)`.
+    pub fn label(&self) -> String {
+        let what = match &self.spec {
+            RunSpec::Prime { config } => {
+                format!("{} {:?}/{:?} S={}", config.sources.join("+"), config.method, config.inner_loop, config.inner_steps).to_lowercase()
+            }
+            RunSpec::Finetune { config, .. } => format!("{} {}", config.lang, config.method),
+        };
+        format!("{}-{} {what} seed {} ({})", self.kind(), &self.id[..8], self.spec.seed(), self.settings.join(", "))
+    }
+}
+
+/// One fine-tuning run as a member of a named setting (a run shared by two settings appears
+/// once per setting, so each table row and figure cell sees it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanEntry {
+    pub setting: String,
+    pub run: usize,
+    pub seed: u64,
+    pub lang: String,
+    /// The axis values of this combination (for listings).
+    pub axes: Vec<(String, Value)>,
+}
+
+/// The expansion of a sweep.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub sweep_name: String,
+    /// The run store, as written in the sweep.
+    pub store: PathBuf,
+    /// Distinct runs: every priming run first, then the fine-tuning runs, in sweep order.
+    pub runs: Vec<PlannedRun>,
+    pub entries: Vec<PlanEntry>,
+    pub settings: Vec<String>,
+    /// Target languages in sweep order (settings' own targets appended).
+    pub targets: Vec<String>,
+}
+
+impl Plan {
+    /// Expands `sweep`. Fails when the expansion is empty or a combination does not resolve.
+    pub fn expand(sweep: &Sweep) -> Result<Plan, SweepError> {
+        let mut primes: Vec<PlannedRun> = Vec::new();
+        let mut finetunes: Vec<PlannedRun> = Vec::new();
+        let mut prime_index: HashMap<String, usize> = HashMap::new();
+        let mut ft_index: HashMap<String, usize> = HashMap::new();
+        // Entries refer to fine-tuning runs by their index in `finetunes` until the end.
+        let mut entries: Vec<PlanEntry> = Vec::new();
+        let mut excluded = 0usize;
+        let mut targets: Vec<String> = sweep.targets.clone();
+
+        for setting in &sweep.settings {
+            let axes = setting_axes(sweep, setting);
+            let seeds = setting.seeds.clone().unwrap_or_else(|| sweep.seeds.clone());
+            let langs = setting.targets.clone().unwrap_or_else(|| sweep.targets.clone());
+            for l in &langs {
+                if !targets.contains(l) {
+                    targets.push(l.clone());
+                }
+            }
+            for combo in cartesian(&axes) {
+                for &seed in &seeds {
+                    for lang in &langs {
+                        let resolved = resolve(sweep, setting, &combo, seed, lang)?;
+                        if sweep.excludes.iter().any(|r| {
+                            r.conditions.iter().all(|(k, v)| rule_matches(k, v, setting, seed, lang, &resolved))
+                        }) {
+                            excluded += 1;
+                            continue;
+                        }
+                        let prime_id = match resolved.prime {
+                            Some(config) => {
+                                let spec = RunSpec::Prime { config };
+                                let id = spec.id();
+                                let i = *prime_index.entry(id.clone()).or_insert_with(|| {
+                                    primes.push(PlannedRun {
+                                        id: id.clone(),
+                                        spec,
+                                        deps: Vec::new(),
+                                        settings: Vec::new(),
+                                    });
+                                    primes.len() - 1
+                                });
+                                add_setting(&mut primes[i].settings, &setting.name);
+                                Some((i, id))
+                            }
+                            None => None,
+                        };
+                        let spec = RunSpec::Finetune {
+                            config: resolved.finetune,
+                            priming: prime_id.as_ref().map(|(_, id)| id.clone()),
+                        };
+                        let id = spec.id();
+                        let fi = *ft_index.entry(id.clone()).or_insert_with(|| {
+                            finetunes.push(PlannedRun {
+                                id: id.clone(),
+                                spec,
+                                deps: prime_id.iter().map(|(i, _)| *i).collect(),
+                                settings: Vec::new(),
+                            });
+                            finetunes.len() - 1
+                        });
+                        add_setting(&mut finetunes[fi].settings, &setting.name);
+                        if !entries.iter().any(|e| e.setting == setting.name && e.run == fi) {
+                            entries.push(PlanEntry {
+                                setting: setting.name.clone(),
+                                run: fi,
+                                seed,
+                                lang: lang.clone(),
+                                axes: combo.iter().map(|a| (a.0.clone(), a.1.clone())).collect(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if entries.is_empty() {
+            let reason = if excluded > 0 {
+                format!("all {excluded} combinations are excluded by [[exclude]] rules")
+            } else {
+                "no combinations".to_string()
+            };
+            return Err(SweepError::Empty {
+                file: sweep.source.path.clone(),
+                reason,
+            });
+        }
+        let offset = primes.len();
+        for e in &mut entries {
+            e.run += offset;
+        }
+        let mut runs = primes;
+        runs.extend(finetunes);
+        Ok(Plan {
+            sweep_name: sweep.name.clone(),
+            store: sweep.store.clone(),
+            runs,
+            entries,
+            settings: sweep.setting_names(),
+            targets,
+        })
+    }
+
+    /// Indices of the runs that depend on run `i`.
+    pub fn dependents(&self, i: usize) -> Vec<usize> {
+        (0..self.runs.len()).filter(|&j| self.runs[j].deps.contains(&i)).collect()
+    }
+
+    pub fn count(&self, kind: RunKind) -> usize {
+        self.runs.iter().filter(|r| r.kind() == kind).count()
+    }
+}
+
+fn add_setting(list: &mut Vec<String>, name: &str) {
+    if !list.iter().any(|s| s == name) {
+        list.push(name.to_string());
+    }
+}
+
+/// One axis of a setting: its alternatives, each a set of key assignments.
+type AxisAlts = Vec<Vec<(String, Value)>>;
+
+/// The axes a setting varies over: global grid axes not fixed or replaced by the setting
+/// (prime.* axes only for settings that prime), zips filtered by the setting's fixed values,
+/// and the setting's own grid.
+fn setting_axes(sweep: &Sweep, setting: &Setting) -> Vec<AxisAlts> {
+    let applies = |key: &str| setting.priming != Priming::None || !key.starts_with("prime.");
+    let fixed = |key: &str| setting.overrides.iter().find(|a| a.key == key);
+    let own = |key: &str| setting.grid.iter().find(|a| a.key == key);
+    let mut axes: Vec<AxisAlts> = Vec::new();
+    let mut used_own: Vec<&str> = Vec::new();
+    for axis in &sweep.grid {
+        if !applies(&axis.key) || fixed(&axis.key).is_some() {
+            continue;
+        }
+        // A setting's own axis replaces the global one in place.
+        let (key, values) = match own(&axis.key) {
+            Some(o) => {
+                used_own.push(&o.key);
+                (&o.key, &o.values)
+            }
+            None => (&axis.key, &axis.values),
+        };
+        axes.push(values.iter().map(|v| vec![(key.clone(), v.clone())]).collect());
+    }
+    for zip in &sweep.zips {
+        // Rows must agree with the values the setting fixes; if none does, the setting's
+        // overrides win and the zip does not apply to it.
+        let rows: Vec<&Vec<Value>> = zip
+            .rows
+            .iter()
+            .filter(|row| {
+                zip.keys.iter().zip(row.iter()).all(|(k, v)| match fixed(k) {
+                    Some(a) => values_equal(&a.value, v),
+                    None => true,
+                })
+            })
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let mut alts: AxisAlts = Vec::new();
+        for row in rows {
+            let alt: Vec<(String, Value)> = zip
+                .keys
+                .iter()
+                .zip(row.iter())
+                .filter(|(k, _)| applies(k) && fixed(k).is_none() && own(k).is_none())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !alt.is_empty() && !alts.iter().any(|a| assignments_equal(a, &alt)) {
+                alts.push(alt);
+            }
+        }
+        if !alts.is_empty() {
+            axes.push(alts);
+        }
+    }
+    for o in &setting.grid {
+        if !used_own.contains(&o.key.as_str()) {
+            axes.push(o.values.iter().map(|v| vec![(o.key.clone(), v.clone())]).collect());
+        }
+    }
+    axes
+}
+
+fn assignments_equal(a: &[(String, Value)], b: &[(String, Value)]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0 && values_equal(&x.1, &y.1))
+}
+
+/// Every combination of one alternative per axis (the first axis varies slowest).
+fn cartesian(axes: &[AxisAlts]) -> Vec<Vec<(String, Value)>> {
+    let mut combos: Vec<Vec<(String, Value)>> = vec![Vec::new()];
+    for axis in axes {
+        let mut next = Vec::with_capacity(combos.len() * axis.len());
+        for c in &combos {
+            for alt in axis {
+                let mut n = c.clone();
+                n.extend(alt.iter().cloned());
+                next.push(n);
+            }
+        }
+        combos = next;
+    }
+    combos
+}
+
+/// The configurations of one combination, and their JSON (for exclude rules).
+struct Resolved {
+    finetune: FinetuneConfig,
+    prime: Option<PrimeConfig>,
+    finetune_json: Value,
+    prime_json: Option<Value>,
+}
+
+fn resolve(sweep: &Sweep, setting: &Setting, combo: &[(String, Value)], seed: u64, lang: &str) -> Result<Resolved, SweepError> {
+    let mut ft = serde_json::to_value(FinetuneConfig::default()).expect("serialisable");
+    let mut pr = serde_json::to_value(PrimeConfig::default()).expect("serialisable");
+    let mut prime_set: Vec<&str> = Vec::new();
+    let assigns = sweep
+        .base_finetune
+        .iter()
+        .chain(&sweep.base_prime)
+        .chain(&setting.overrides)
+        .map(|a: &Assign| (a.key.as_str(), &a.value))
+        .chain(combo.iter().map(|(k, v)| (k.as_str(), v)));
+    for (key, value) in assigns {
+        if let Some(rest) = key.strip_prefix("finetune.") {
+            set_path(&mut ft, rest, value.clone());
+        } else if let Some(rest) = key.strip_prefix("prime.") {
+            set_path(&mut pr, rest, value.clone());
+            prime_set.push(rest);
+        }
+    }
+    // A primed checkpoint derives from the model that is fine-tuned, and sources live beside
+    // the targets, unless the sweep says otherwise.
+    for path in ["model", "data.root"] {
+        if !prime_set.contains(&path) {
+            if let Some(v) = get_path(&ft, path).cloned() {
+                set_path(&mut pr, path, v);
+            }
+        }
+    }
+    set_path(&mut ft, "lang", Value::from(lang));
+    set_path(&mut ft, "seed", Value::from(seed));
+    set_path(&mut ft, "device", Value::from("cpu"));
+    set_path(&mut ft, "init", Value::Null);
+    set_path(&mut pr, "seed", Value::from(seed));
+    set_path(&mut pr, "device", Value::from("cpu"));
+    let invalid = |what: &str, e: serde_json::Error| {
+        sweep.source.error(&setting.span, format!("setting \"{}\": the resolved {what} configuration is invalid: {e}", setting.name))
+    };
+    let finetune: FinetuneConfig = serde_json::from_value(ft.clone()).map_err(|e| invalid("fine-tuning", e))?;
+    let (prime, prime_json) = match setting.priming.method() {
+        Some(method) => {
+            set_path(&mut pr, "method", serde_json::to_value(method).expect("serialisable"));
+            let config: PrimeConfig = serde_json::from_value(pr.clone()).map_err(|e| invalid("priming", e))?;
+            (Some(config), Some(pr))
+        }
+        None => (None, None),
+    };
+    Ok(Resolved {
+        finetune,
+        prime,
+        finetune_json: ft,
+        prime_json,
+    })
+}
+
+/// Whether one exclude condition holds for a resolved combination. Conditions on prime.*
+/// keys never hold for settings without priming.
+fn rule_matches(key: &str, value: &Value, setting: &Setting, seed: u64, lang: &str, r: &Resolved) -> bool {
+    match key {
+        "setting" => value.as_str() == Some(setting.name.as_str()),
+        "target" => value.as_str() == Some(lang),
+        "seed" => value.as_u64() == Some(seed),
+        _ => {
+            let actual = if let Some(rest) = key.strip_prefix("finetune.") {
+                get_path(&r.finetune_json, rest)
+            } else if let Some(rest) = key.strip_prefix("prime.") {
+                r.prime_json.as_ref().and_then(|p| get_path(p, rest))
+            } else {
+                None
+            };
+            actual.is_some_and(|a| values_equal(a, value))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FinetuneMethod, InnerLoop, PrimingMethod};
+    use std::path::Path;
+
+    fn plan(text: &str) -> Plan {
+        let sweep = Sweep::from_text(Path::new("t.toml"), text).unwrap();
+        Plan::expand(&sweep).unwrap()
+    }
+
+    fn ft(r: &PlannedRun) -> &FinetuneConfig {
+        match &r.spec {
+            RunSpec::Finetune { config, .. } => config,
+            _ => panic!("not fine-tuning"),
+        }
+    }
+
+    fn pr(r: &PlannedRun) -> &PrimeConfig {
+        match &r.spec {
+            RunSpec::Prime { config } => config,
+            _ => panic!("not priming"),
+        }
+    }
+
+    const PAPERISH: &str = r#"
+name = "t"
+seeds = [1, 2]
+targets = ["hi", "af", "az"]
+[base.finetune]
+model = "m"
+epochs = 2
+[base.prime]
+steps = 10
+[grid]
+"finetune.lr" = [1e-3, 3e-3]
+"prime.inner_steps" = [1, 5]
+[[zip]]
+"prime.inner_loop" = ["pe", "full"]
+"prime.inner_lr" = [0.03, 1e-4]
+[[exclude]]
+"prime.inner_loop" = "full"
+"prime.inner_steps" = 1
+[settings."3/AT"]
+[settings."4/MP"]
+priming = "meta"
+[settings."5/FT"]
+priming = "ft"
+"prime.inner_loop" = "pe"
+"prime.inner_steps" = 5
+[settings."1/Full"]
+"finetune.method" = "full"
+"finetune.lr" = 5e-5
+"#;
+
+    #[test]
+    fn grid_zip_exclude_settings_seeds_targets_counts() {
+        let p = plan(PAPERISH);
+        // 3/AT: lr(2) × seeds(2) × targets(3) = 12 (prime axes do not apply).
+        // 4/MP: lr(2) × steps(2) × zip(2) - excluded (full, S=1) = 6 per seed/target → 36.
+        // 5/FT: lr(2), steps and loop fixed, zip filtered to the pe row → 2 × 6 = 12.
+        // 1/Full: lr fixed → 1 × 6 = 6.
+        let count = |s: &str| p.entries.iter().filter(|e| e.setting == s).count();
+        assert_eq!(count("3/AT"), 12);
+        assert_eq!(count("4/MP"), 36);
+        assert_eq!(count("5/FT"), 12);
+        assert_eq!(count("1/Full"), 6);
+        // Priming runs are shared across targets and fine-tuning lr: 4/MP has 3 configs × 2
+        // seeds, 5/FT one config × 2 seeds.
+        assert_eq!(p.count(RunKind::Prime), 8);
+        assert_eq!(p.count(RunKind::Finetune), 66);
+        assert!(p.runs[..8].iter().all(|r| r.kind() == RunKind::Prime), "priming first");
+        for r in &p.runs[8..] {
+            for &d in &r.deps {
+                assert_eq!(p.runs[d].kind(), RunKind::Prime);
+                if let RunSpec::Finetune { priming, .. } = &r.spec {
+                    assert_eq!(priming.as_deref(), Some(p.runs[d].id.as_str()));
+                }
+            }
+        }
+        // Each priming run is used by 2 lr × 3 targets = 6 fine-tuning runs.
+        for i in 0..8 {
+            assert_eq!(p.dependents(i).len(), 6, "{}", p.runs[i].label());
+        }
+    }
+
+    #[test]
+    fn resolved_values_follow_base_axes_and_settings() {
+        let p = plan(PAPERISH);
+        let full: Vec<_> = p.entries.iter().filter(|e| e.setting == "1/Full").map(|e| ft(&p.runs[e.run])).collect();
+        assert!(full.iter().all(|c| c.method == FinetuneMethod::Full && c.lr == Some(5e-5) && c.epochs == 2));
+        assert!(full.iter().all(|c| c.init.is_none() && c.device == "cpu"));
+        let seeds: Vec<u64> = full.iter().map(|c| c.seed).collect();
+        assert_eq!(seeds, vec![1, 1, 1, 2, 2, 2]);
+        let langs: Vec<&str> = full.iter().map(|c| c.lang.as_str()).collect();
+        assert_eq!(langs, vec!["hi", "af", "az", "hi", "af", "az"]);
+        for r in p.runs.iter().filter(|r| r.kind() == RunKind::Prime) {
+            let c = pr(r);
+            assert_eq!(c.steps, 10);
+            assert_eq!(c.model, PathBuf::from("m"), "prime.model follows finetune.model");
+            match c.inner_loop {
+                InnerLoop::Pe => assert_eq!(c.inner_lr, Some(0.03)),
+                InnerLoop::Full => {
+                    assert_eq!(c.inner_lr, Some(1e-4));
+                    assert_eq!(c.inner_steps, 5, "the (full, S=1) combination is excluded");
+                }
+            }
+            if r.settings == ["5/FT"] {
+                assert_eq!(c.method, PrimingMethod::Ft);
+                assert_eq!((c.inner_loop, c.inner_steps), (InnerLoop::Pe, 5));
+            } else {
+                assert_eq!(c.method, PrimingMethod::Meta);
+            }
+            // The seed axis sets the priming seed and the seeds of its dependents.
+            for j in p.dependents(p.runs.iter().position(|x| x.id == r.id).unwrap()) {
+                assert_eq!(ft(&p.runs[j]).seed, c.seed);
+            }
+        }
+    }
+
+    #[test]
+    fn setting_grid_replaces_global_axis_and_exclude_can_name_setting_and_target() {
+        let p = plan(
+            r#"
+name = "t"
+targets = ["hi", "af"]
+[base.finetune]
+model = "m"
+[grid]
+"finetune.lr" = [1e-3, 3e-3]
+"finetune.epochs" = [1, 2]
+[[exclude]]
+setting = "b"
+target = "af"
+[settings.a]
+[settings.b]
+grid = { "finetune.lr" = [7e-4], "finetune.batch_size" = [8, 32] }
+"#,
+        );
+        let a: Vec<_> = p.entries.iter().filter(|e| e.setting == "a").collect();
+        let b: Vec<_> = p.entries.iter().filter(|e| e.setting == "b").collect();
+        assert_eq!(a.len(), 2 * 2 * 2);
+        assert_eq!(b.len(), 2 * 2, "lr replaced by one value, × batch 2 × epochs 2, af excluded");
+        assert!(b.iter().all(|e| e.lang == "hi" && ft(&p.runs[e.run]).lr == Some(7e-4)));
+        let batches: Vec<usize> = b.iter().map(|e| ft(&p.runs[e.run]).batch_size).collect();
+        assert_eq!(batches, vec![8, 32, 8, 32]);
+    }
+
+    #[test]
+    fn identical_runs_are_shared_between_settings() {
+        let p = plan(
+            r#"
+name = "t"
+targets = ["hi"]
+[base.finetune]
+model = "m"
+[settings."1/Full FT"]
+"finetune.method" = "full"
+[settings."fig3/no priming"]
+"finetune.method" = "full"
+"#,
+        );
+        assert_eq!(p.runs.len(), 1);
+        assert_eq!(p.entries.len(), 2);
+        assert_eq!(p.runs[0].settings, vec!["1/Full FT", "fig3/no priming"]);
+    }
+
+    #[test]
+    fn empty_expansion_is_an_error() {
+        let sweep = Sweep::from_text(
+            Path::new("t.toml"),
+            "name = \"t\"\ntargets = [\"hi\"]\n[base.finetune]\nmodel = \"m\"\n[[exclude]]\ntarget = \"hi\"\n",
+        )
+        .unwrap();
+        let e = Plan::expand(&sweep).unwrap_err().to_string();
+        assert!(e.contains("expands to no runs") && e.contains("excluded"), "{e}");
+    }
+
+    fn ft_spec(f: impl FnOnce(&mut FinetuneConfig)) -> RunSpec {
+        let mut config = FinetuneConfig {
+            model: PathBuf::from("models/tiny"),
+            lang: "hi".into(),
+            ..FinetuneConfig::default()
+        };
+        f(&mut config);
+        RunSpec::Finetune { config, priming: None }
+    }
+
+    #[test]
+    fn run_id_is_pinned_stable_and_sensitive() {
+        // Pinned: a change here means every stored run gets a new id (and is recomputed).
+        // It changes whenever FinetuneConfig gains a field, which is intended: the field's
+        // value is part of what a run computed.
+        assert_eq!(ft_spec(|_| {}).id(), "3f2ae06e21a5a32e");
+        assert_eq!(ft_spec(|_| {}).id(), ft_spec(|_| {}).id());
+        let base = ft_spec(|_| {}).id();
+        assert_ne!(ft_spec(|c| c.lr = Some(1e-3)).id(), base);
+        assert_ne!(ft_spec(|c| c.data.train_limit = Some(10)).id(), base);
+        assert_ne!(ft_spec(|c| c.seed = 1).id(), base);
+        assert_ne!(ft_spec(|c| c.model = PathBuf::from("./models/tiny")).id(), base, "paths are hashed as written");
+        let primed = RunSpec::Finetune {
+            config: match ft_spec(|_| {}) {
+                RunSpec::Finetune { config, .. } => config,
+                _ => unreachable!(),
+            },
+            priming: Some("0123456789abcdef".into()),
+        };
+        assert_ne!(primed.id(), base);
+        assert_eq!(base.len(), 16);
+    }
+}

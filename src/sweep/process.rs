@@ -1,0 +1,285 @@
+//! The real executor: each run is a child process `primer exec --run-dir DIR --device D` (the
+//! same binary). The child's stdout and stderr go to `DIR/log.txt`; progress lines on its
+//! stdout are parsed for the live display. Children run in their own process group (a
+//! terminal Ctrl-C reaches only the orchestrator, which stops them itself) and die with the
+//! orchestrator (PR_SET_PDEATHSIG), so none outlives a killed orchestrator.
+
+use super::error::SweepError;
+use super::plan::RunSpec;
+use super::sched::{ExecEvent, Executor, Slot};
+use super::store::Store;
+use crate::config::{FinetuneConfig, PrimeConfig};
+use crate::device::DeviceSpec;
+use crate::progress::ProgressEvent;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Runs tasks as `primer exec` child processes.
+pub struct ProcessExecutor {
+    exe: PathBuf,
+    /// Task index → run directory.
+    run_dirs: Vec<PathBuf>,
+    /// Threads per CPU child (RAYON_NUM_THREADS), unless the user set it.
+    cpu_threads: Option<usize>,
+    running: Mutex<HashMap<usize, u32>>,
+    cancelled: AtomicBool,
+}
+
+impl ProcessExecutor {
+    /// `exe`: the primer binary (normally `std::env::current_exe()`).
+    pub fn new(exe: PathBuf, run_dirs: Vec<PathBuf>, cpu_slots: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu_threads = (cpu_slots > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none())
+            .then(|| (cores / cpu_slots).max(1));
+        Self {
+            exe,
+            run_dirs,
+            cpu_threads,
+            running: Mutex::new(HashMap::new()),
+            cancelled: AtomicBool::new(false),
+        }
+    }
+
+    fn kill(pid: u32) {
+        // The child leads its own process group: kill the group.
+        // SAFETY: sending a signal has no memory-safety implications.
+        unsafe {
+            libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
+        }
+    }
+}
+
+impl Executor for ProcessExecutor {
+    fn execute(&self, task: usize, attempt: u32, slot: &Slot, events: &dyn Fn(ExecEvent)) -> Result<(), String> {
+        let dir = &self.run_dirs[task];
+        let log_path = dir.join("log.txt");
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let log_start = log.metadata().map_or(0, |m| m.len());
+        let _ = writeln!(
+            log,
+            "=== primer: attempt {attempt} on {} at unix time {} ===",
+            slot.label(),
+            super::store::now_s()
+        );
+        let stderr = log.try_clone().map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("exec")
+            .arg("--run-dir")
+            .arg(dir)
+            .arg("--device")
+            .arg(slot.child_device())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            // The log is a file: no terminal colour codes in it.
+            .env("NO_COLOR", "1");
+        match (&slot.device, &slot.visible_devices) {
+            (DeviceSpec::Cuda(_), Some(v)) => {
+                cmd.env("CUDA_VISIBLE_DEVICES", v);
+            }
+            _ => {
+                if let Some(n) = self.cpu_threads {
+                    cmd.env("RAYON_NUM_THREADS", n.to_string());
+                }
+            }
+        }
+        // SAFETY: getpid is async-signal-safe and called before the fork.
+        let parent = unsafe { libc::getpid() };
+        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+        // system calls.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Own process group: the terminal's Ctrl-C goes to the orchestrator only.
+                libc::setpgid(0, 0);
+                // Die with the thread that spawned us (it lives until we exit); if the parent
+                // is already gone, exit now rather than run orphaned.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", self.exe.display()))?;
+        let pid = child.id();
+        self.running.lock().expect("lock").insert(task, pid);
+        if self.cancelled.load(Ordering::SeqCst) {
+            Self::kill(pid);
+        }
+        events(ExecEvent::Spawned(pid));
+        if let Some(out) = child.stdout.take() {
+            let mut reader = BufReader::new(out);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                let text = String::from_utf8_lossy(&line);
+                match ProgressEvent::parse_line(text.trim_end()) {
+                    Some(e) => events(ExecEvent::Progress(e)),
+                    None => {
+                        let _ = log.write_all(&line);
+                    }
+                }
+                line.clear();
+            }
+        }
+        let status = child.wait();
+        self.running.lock().expect("lock").remove(&task);
+        let status = status.map_err(|e| format!("waiting for the child failed: {e}"))?;
+        if status.success() {
+            return Ok(());
+        }
+        let error = last_error_line(&log_path, log_start).unwrap_or_else(|| match status.code() {
+            Some(c) => format!("exited with status {c}"),
+            None => "killed by a signal".to_string(),
+        });
+        Err(error)
+    }
+
+    fn cancel_all(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        for &pid in self.running.lock().expect("lock").values() {
+            Self::kill(pid);
+        }
+    }
+}
+
+/// The last `error: ...` line the child printed in this attempt (from byte `start` of the log).
+fn last_error_line(log: &Path, start: u64) -> Option<String> {
+    let mut f = std::fs::File::open(log).ok()?;
+    let len = f.metadata().ok()?.len();
+    // Only the tail matters; long logs are not read whole.
+    f.seek(SeekFrom::Start(start.max(len.saturating_sub(64 * 1024)))).ok()?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    text.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("error: ").map(str::to_string))
+        .or_else(|| text.lines().rev().find(|l| l.contains("panicked at")).map(str::to_string))
+}
+
+/// What `primer exec` runs, read from a run directory.
+#[derive(Debug, Clone)]
+pub enum ExecJob {
+    /// Prime with `config`, writing the checkpoint folder `out_dir`.
+    Prime { config: PrimeConfig, out_dir: PathBuf },
+    /// Fine-tune with `config` (its `init` filled with the priming checkpoint), writing
+    /// `metrics.json` into `out_dir`.
+    Finetune { config: FinetuneConfig, out_dir: PathBuf },
+}
+
+/// Reads `DIR/spec.json` and prepares the job: device set, the priming checkpoint filled in
+/// (from the sibling `prime-<id>/checkpoint` of the same store). Relative paths stay relative
+/// to the current directory.
+pub fn load_exec_job(run_dir: &Path, device: &str) -> Result<ExecJob, SweepError> {
+    DeviceSpec::parse(device)?;
+    let spec = Store::read_spec(run_dir)?;
+    Ok(match spec {
+        RunSpec::Prime { mut config } => {
+            config.device = device.to_string();
+            ExecJob::Prime {
+                config,
+                out_dir: run_dir.join("checkpoint"),
+            }
+        }
+        RunSpec::Finetune { mut config, priming } => {
+            config.device = device.to_string();
+            if let Some(id) = priming {
+                let store = Store::new(run_dir.parent().unwrap_or(Path::new(".")));
+                let ckpt = store.checkpoint_dir(&id);
+                if !ckpt.is_dir() {
+                    return Err(SweepError::BadRun {
+                        dir: run_dir.to_path_buf(),
+                        message: format!(
+                            "its priming checkpoint {} does not exist: run the sweep (`primer run`) so that the priming run executes first",
+                            ckpt.display()
+                        ),
+                    });
+                }
+                config.init = Some(ckpt);
+            }
+            ExecJob::Finetune {
+                config,
+                out_dir: run_dir.to_path_buf(),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sweep::plan::PlannedRun;
+
+    #[test]
+    fn exec_job_fills_the_priming_checkpoint_and_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let prime = RunSpec::Prime {
+            config: PrimeConfig::default(),
+        };
+        let ft = RunSpec::Finetune {
+            config: FinetuneConfig {
+                lang: "hi".into(),
+                ..FinetuneConfig::default()
+            },
+            priming: Some(prime.id()),
+        };
+        let run = PlannedRun {
+            id: ft.id(),
+            spec: ft,
+            deps: vec![],
+            settings: vec![],
+        };
+        let run_dir = store.prepare(&run).unwrap();
+        let err = load_exec_job(&run_dir, "cpu").unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        std::fs::create_dir_all(store.checkpoint_dir(&prime.id())).unwrap();
+        match load_exec_job(&run_dir, "cuda:0").unwrap() {
+            ExecJob::Finetune { config, out_dir } => {
+                assert_eq!(config.init, Some(store.checkpoint_dir(&prime.id())));
+                assert_eq!(config.device, "cuda:0");
+                assert_eq!(out_dir, run_dir);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(load_exec_job(&run_dir, "tpu").is_err());
+    }
+
+    #[test]
+    fn an_edited_spec_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = RunSpec::Prime {
+            config: PrimeConfig::default(),
+        };
+        let run_dir = dir.path().join(spec.dir_name());
+        let mut edited = PrimeConfig::default();
+        edited.steps = 7;
+        crate::fsutil::write_json_atomic(&run_dir.join("spec.json"), &RunSpec::Prime { config: edited }).unwrap();
+        let err = load_exec_job(&run_dir, "cpu").unwrap_err().to_string();
+        assert!(err.contains("was edited"), "{err}");
+    }
+
+    #[test]
+    fn error_line_is_taken_from_this_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log.txt");
+        std::fs::write(&log, "error: old\n").unwrap();
+        let start = std::fs::metadata(&log).unwrap().len();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(b"info\nerror: new problem\nmore\n")
+            .unwrap();
+        assert_eq!(last_error_line(&log, start).as_deref(), Some("new problem"));
+        assert_eq!(last_error_line(&log, std::fs::metadata(&log).unwrap().len()), None);
+    }
+}

@@ -1,0 +1,152 @@
+//! The encoder forward on the real all-MiniLM-L6-v2 checkpoint against PyTorch's last hidden
+//! states (shared/golden/encoder/forward.safetensors), within 1e-4 absolute.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::{check_rel, golden_dir, shared_dir, Failures};
+use primer::model::{encode, load_encoder, EncoderInputs};
+
+#[test]
+fn minilm_last_hidden_states_match_pytorch() {
+    let (Some(shared), Some(golden)) = (shared_dir(), golden_dir()) else {
+        eprintln!("SKIP encoder_golden: ../shared (or PRIMER_SHARED_DIR / PRIMER_GOLDEN_DIR) not found");
+        return;
+    };
+    let model = shared.join("models/all-MiniLM-L6-v2");
+    let dump = golden.join("encoder/forward.safetensors");
+    if !model.join("model.safetensors").is_file() || !dump.is_file() {
+        eprintln!("SKIP encoder_golden: {} or {} not found", model.display(), dump.display());
+        return;
+    }
+    let dev = Device::Cpu;
+    let (cfg, enc) = load_encoder(&model, &dev).unwrap();
+    // Inference runs on detached tensors: no graph is recorded.
+    let weights = enc.detached_tensors();
+    let tensors = candle_core::safetensors::load(&dump, &dev).unwrap();
+    let mut f = Failures::default();
+    let mut checked = 0;
+    for k in 0.. {
+        let Some(want) = tensors.get(&format!("minilm.s{k}.last_hidden_state")) else {
+            break;
+        };
+        let ids = tensors[&format!("all-MiniLM-L6-v2.s{k}.input_ids")].unsqueeze(0).unwrap();
+        let mask = Tensor::ones(ids.dims(), candle_core::DType::U32, &dev).unwrap();
+        let inputs = EncoderInputs {
+            input_ids: &ids,
+            attention_mask: &mask,
+            token_type_ids: None,
+        };
+        let got = encode(&cfg, &weights, &inputs, None).unwrap().squeeze(0).unwrap();
+        f.check(check_rel(&format!("s{k}"), &got, want, 0.0, 1e-4));
+        checked += 1;
+    }
+    f.assert_none("MiniLM hidden states");
+    assert!(checked > 0, "no minilm.s<k>.last_hidden_state tensors in {}", dump.display());
+    eprintln!("encoder_golden: {checked} sentences ok");
+}
+
+#[test]
+fn padding_does_not_change_real_token_states() {
+    // A padded batch must give the same states on real tokens as the unpadded sentence:
+    // checks the attention mask on the real checkpoint.
+    let Some(shared) = shared_dir() else {
+        eprintln!("SKIP encoder_golden padding: ../shared not found");
+        return;
+    };
+    let model = shared.join("models/all-MiniLM-L6-v2");
+    if !model.join("model.safetensors").is_file() {
+        eprintln!("SKIP encoder_golden padding: {} not found", model.display());
+        return;
+    }
+    let dev = Device::Cpu;
+    let (cfg, enc) = load_encoder(&model, &dev).unwrap();
+    let w = enc.detached_tensors();
+    let ids = Tensor::new(&[[101u32, 7592, 2088, 102]], &dev).unwrap();
+    let mask = Tensor::new(&[[1u32, 1, 1, 1]], &dev).unwrap();
+    let alone = encode(&cfg, &w, &EncoderInputs { input_ids: &ids, attention_mask: &mask, token_type_ids: None }, None).unwrap();
+    let ids_p = Tensor::new(&[[101u32, 7592, 2088, 102, 0, 0], [101, 2088, 102, 0, 0, 0]], &dev).unwrap();
+    let mask_p = Tensor::new(&[[1u32, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]], &dev).unwrap();
+    let padded = encode(&cfg, &w, &EncoderInputs { input_ids: &ids_p, attention_mask: &mask_p, token_type_ids: None }, None).unwrap();
+    let real = padded.narrow(0, 0, 1).unwrap().narrow(1, 0, 4).unwrap();
+    check_rel("padded", &real, &alone, 0.0, 1e-5).unwrap();
+}
+
+/// Timing of one full fine-tuning step on MiniLM (batch 16 × seq 64), the setting of the
+/// PyTorch reference benchmark. Not a check: run with
+/// `cargo test --test encoder_golden -- --ignored --nocapture bench`.
+#[test]
+#[ignore]
+fn bench_minilm_full_step() {
+    use primer::config::FinetuneMethod;
+    use primer::model::Tagger;
+    use primer::rng::SeededRng;
+    use primer::train::optim::{AdamW, AdamWConfig};
+    let Some(shared) = shared_dir() else {
+        eprintln!("SKIP bench: ../shared not found");
+        return;
+    };
+    let dev = Device::Cpu;
+    let mut t = Tagger::from_pretrained(&shared.join("models/all-MiniLM-L6-v2"), &dev).unwrap();
+    t.config = t.config.with_dropout(0.0);
+    let mut rng = SeededRng::new(0);
+    t.ensure_adapter(64, &mut rng).unwrap();
+    t.add_head("x", 7, &mut rng).unwrap();
+    let (b, s) = (16usize, 64usize);
+    let ids: Vec<u32> = (0..b * s).map(|_| 1000 + rng.below(20000) as u32).collect();
+    let ids = Tensor::from_vec(ids, (b, s), &dev).unwrap();
+    let mask = Tensor::ones((b, s), candle_core::DType::U32, &dev).unwrap();
+    let labels: Vec<i64> = (0..b * s).map(|_| rng.below(7) as i64).collect();
+    let labels = Tensor::from_vec(labels, (b, s), &dev).unwrap();
+    let inputs = EncoderInputs { input_ids: &ids, attention_mask: &mask, token_type_ids: None };
+    for method in [FinetuneMethod::Full, FinetuneMethod::Adapter] {
+        let groups = t.groups_for(method, "x");
+        t.set_trainable(&groups).unwrap();
+        let mut opt = AdamW::new(t.trainable_vars(), AdamWConfig { lr: 1e-5, ..Default::default() }).unwrap();
+        let mut times = Vec::new();
+        for _ in 0..4 {
+            let t0 = std::time::Instant::now();
+            let loss = t.loss(&inputs, &labels, "x", None).unwrap();
+            let t1 = t0.elapsed().as_secs_f64();
+            let grads = loss.backward().unwrap();
+            let t2 = t0.elapsed().as_secs_f64();
+            opt.step(&grads).unwrap();
+            let t3 = t0.elapsed().as_secs_f64();
+            times.push((t1, t2 - t1, t3 - t2, t3));
+        }
+        eprintln!("{method}: (fwd, bwd, adamw, total) per step: {times:.3?}");
+    }
+}
+
+/// Micro-timings of the encoder's building blocks (diagnostics for the benchmark above).
+#[test]
+#[ignore]
+fn bench_ops() {
+    use primer::model::ops;
+    use primer::rng::SeededRng;
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(0);
+    let x = rng.normal_tensor(&[1024, 384], 1.0, &dev).unwrap();
+    let w = rng.normal_tensor(&[1536, 384], 0.02, &dev).unwrap();
+    let wt = w.t().unwrap().contiguous().unwrap();
+    let s = rng.normal_tensor(&[16, 12, 64, 64], 1.0, &dev).unwrap();
+    let g = rng.normal_tensor(&[384], 1.0, &dev).unwrap();
+    let time = |name: &str, f: &dyn Fn()| {
+        f();
+        let t0 = std::time::Instant::now();
+        for _ in 0..10 {
+            f();
+        }
+        eprintln!("{name}: {:.2} ms", t0.elapsed().as_secs_f64() * 100.0);
+    };
+    time("matmul x·wᵀ (strided)", &|| { x.matmul(&w.t().unwrap()).unwrap(); });
+    time("matmul x·wt (contiguous)", &|| { x.matmul(&wt).unwrap(); });
+    time("linear", &|| { ops::linear(&x, &w, None).unwrap(); });
+    let h = x.matmul(&wt).unwrap();
+    time("gelu_erf 1024x1536", &|| { h.gelu_erf().unwrap(); });
+    time("layer_norm 1024x384", &|| { ops::layer_norm(&x, &g, &g, 1e-12).unwrap(); });
+    time("softmax 16x12x64x64", &|| { ops::softmax_last_dim(&s).unwrap(); });
+    let q = rng.normal_tensor(&[16, 12, 64, 32], 1.0, &dev).unwrap();
+    time("batched q·kᵀ", &|| { q.matmul(&q.t().unwrap()).unwrap(); });
+    time("add 1024x1536", &|| { (&h + &h).unwrap(); });
+}

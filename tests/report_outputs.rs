@@ -1,0 +1,404 @@
+//! End-to-end tests of `primer::report::write_report` on a synthetic sweep: every output file,
+//! the parquet/CSV round trip through polars, the paper comparison, the paired bootstrap and
+//! the figures. Set `PRIMER_KEEP_REPORT=DIR` to keep the report for inspection.
+
+use polars_io::SerReader;
+use polars_io::csv::read::CsvReadOptions;
+use polars_io::parquet::read::ParquetReader;
+use primer::config::{FinetuneMethod, InnerLoop, PrimingMethod};
+use primer::metric::{Scores, TypeScores};
+use primer::prime::{PrimeCurves, PrimeStepRecord, TaskLosses};
+use primer::report::spec::{ComparePair, FigureSeries};
+use primer::report::{
+    PrimingRunRecord, ReportInput, ReportOptions, ReportSpec, RunMeta, RunRecord, write_report,
+};
+use primer::train::FinetuneMetrics;
+use std::path::{Path, PathBuf};
+
+const SENTENCES: u32 = 200;
+
+/// Metrics whose per-sentence counts give exactly `correct / SENTENCES` as micro F1 (one gold
+/// and one predicted entity per sentence).
+fn metrics(lang: &str, seed: u64, correct: u32, method: FinetuneMethod) -> FinetuneMetrics {
+    let f1 = f64::from(correct) / f64::from(SENTENCES);
+    let scores = |f: f64| Scores {
+        precision: f,
+        recall: f,
+        f1: f,
+        per_type: [("PER", f + 0.02), ("ORG", f - 0.05), ("LOC", f)]
+            .into_iter()
+            .map(|(t, v)| {
+                let ts = TypeScores {
+                    precision: v,
+                    recall: v,
+                    f1: v,
+                    support: 50,
+                };
+                (t.to_string(), ts)
+            })
+            .collect(),
+    };
+    FinetuneMetrics {
+        lang: lang.into(),
+        method,
+        seed,
+        dev: scores(f1 + 0.01),
+        test: scores(f1),
+        best_epoch: 2,
+        epochs: Vec::new(),
+        trained_params: if method == FinetuneMethod::Full { 1000 } else { 4 },
+        total_params: 1000,
+        trained_percent: if method == FinetuneMethod::Full { 100.0 } else { 0.4 },
+        steps: 30,
+        wall_time_s: 2.0,
+        truncated_words_dev: 0,
+        truncated_words_test: 0,
+        test_sentence_counts: (0..SENTENCES)
+            .map(|i| if (i * 7 + seed as u32) % SENTENCES < correct { [1, 1, 1] } else { [0, 1, 1] })
+            .collect(),
+        loss_curve: (0..120).map(|i| 2.0 / (1.0 + i as f32 * 0.1)).collect(),
+    }
+}
+
+struct Setting {
+    name: &'static str,
+    priming: Option<(PrimingMethod, Option<InnerLoop>)>,
+    method: FinetuneMethod,
+    /// Correct sentences per language (hi, af, az); None: not done.
+    correct: [Option<u32>; 3],
+}
+
+const LANGS: [&str; 3] = ["hi", "af", "az"];
+
+fn synthetic(results_dir: &Path) -> ReportInput {
+    use FinetuneMethod::*;
+    let pe = Some((PrimingMethod::Meta, Some(InnerLoop::Pe)));
+    let maml = Some((PrimingMethod::Meta, Some(InnerLoop::Full)));
+    let settings = [
+        Setting { name: "1/Full FT", priming: None, method: Full, correct: [Some(174), Some(182), Some(176)] },
+        Setting { name: "3/AT", priming: None, method: Adapter, correct: [Some(156), Some(168), Some(162)] },
+        Setting { name: "4/Meta Priming→AT", priming: pe, method: Adapter, correct: [Some(170), Some(176), Some(166)] },
+        Setting { name: "6/MP [MAML Loop]→AT", priming: maml, method: Adapter, correct: [Some(160), None, None] },
+        Setting { name: "PE inner→Full FT", priming: pe, method: Full, correct: [Some(178), Some(184), Some(180)] },
+        Setting { name: "Full inner→Full FT", priming: maml, method: Full, correct: [Some(180), Some(186), Some(178)] },
+    ];
+    let mut runs = Vec::new();
+    for (si, s) in settings.iter().enumerate() {
+        for (li, lang) in LANGS.iter().enumerate() {
+            for seed in [1u64, 2] {
+                // Seed 2 is one sentence better, so sds are non-zero.
+                let correct = s.correct[li].map(|c| c + seed as u32 - 1);
+                runs.push(RunRecord {
+                    meta: RunMeta {
+                        run_id: format!("ft-{si}-{lang}-{seed}"),
+                        setting: s.name.into(),
+                        priming: s.priming.map(|p| p.0),
+                        inner_loop: s.priming.and_then(|p| p.1),
+                        inner_steps: s.priming.map(|_| 5),
+                        inner_lr: s.priming.map(|_| 0.03),
+                        outer_lr: s.priming.map(|_| 5e-5),
+                        ft_method: s.method,
+                        ft_lr: s.method.default_lr(),
+                        lang: lang.to_string(),
+                        seed,
+                        run_dir: results_dir.join("store"),
+                    },
+                    metrics: correct.map(|c| metrics(lang, seed, c, s.method)),
+                });
+            }
+        }
+    }
+    // One finished priming run (curves.json) and one not finished.
+    let ckpt = results_dir.join("prime-ckpt");
+    let curves = PrimeCurves {
+        steps: (0..20)
+            .map(|step| PrimeStepRecord {
+                step,
+                lr: 5e-5,
+                tasks: ["en", "es"]
+                    .iter()
+                    .map(|l| TaskLosses {
+                        lang: l.to_string(),
+                        inner_before: Some(1.5 - step as f64 * 0.02),
+                        inner_after: Some(1.0 - step as f64 * 0.02),
+                        query: 1.2 - step as f64 * 0.03,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    primer::fsutil::write_json_atomic(&ckpt.join("curves.json"), &curves).unwrap();
+    let priming_runs = vec![
+        PrimingRunRecord {
+            run_id: "prime-pe".into(),
+            setting: "4/Meta Priming→AT".into(),
+            checkpoint_dir: ckpt.clone(),
+            done: true,
+        },
+        PrimingRunRecord {
+            run_id: "prime-pe".into(),
+            setting: "PE inner→Full FT".into(),
+            checkpoint_dir: ckpt,
+            done: true,
+        },
+        PrimingRunRecord {
+            run_id: "prime-maml".into(),
+            setting: "6/MP [MAML Loop]→AT".into(),
+            checkpoint_dir: results_dir.join("absent"),
+            done: false,
+        },
+    ];
+    let spec = ReportSpec {
+        table1_rows: settings[..4].iter().map(|s| s.name.to_string()).collect(),
+        table1_groups: vec![
+            vec!["1/Full FT".into(), "3/AT".into()],
+            vec!["4/Meta Priming→AT".into(), "6/MP [MAML Loop]→AT".into()],
+        ],
+        paper_rows: [
+            ("1/Full FT", "1/Full FT"),
+            ("3/AT", "3/AT"),
+            ("4/Meta Priming→AT", "4/Meta Priming → AT"),
+            ("6/MP [MAML Loop]→AT", "6/MP [MAML Loop] → AT"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect(),
+        figure3: vec![
+            FigureSeries { label: "PE inner loop".into(), setting: "PE inner→Full FT".into() },
+            FigureSeries { label: "Full (MAML) inner loop".into(), setting: "Full inner→Full FT".into() },
+            FigureSeries { label: "No priming".into(), setting: "1/Full FT".into() },
+        ],
+        figure4: Some([
+            ["4/Meta Priming→AT".into(), "PE inner→Full FT".into()],
+            ["6/MP [MAML Loop]→AT".into(), "Full inner→Full FT".into()],
+        ]),
+        compare: vec![
+            ComparePair { a: "4/Meta Priming→AT".into(), b: "3/AT".into() },
+            ComparePair { a: "Full inner→Full FT".into(), b: "PE inner→Full FT".into() },
+        ],
+        bootstrap_samples: Some(400),
+    };
+    ReportInput {
+        sweep_name: "synthetic".into(),
+        spec,
+        settings: settings.iter().map(|s| s.name.to_string()).collect(),
+        languages: LANGS.iter().map(|s| s.to_string()).collect(),
+        runs,
+        priming_runs,
+        results_dir: results_dir.to_path_buf(),
+    }
+}
+
+/// Width and height from a PNG's IHDR chunk.
+fn png_size(path: &Path) -> (u32, u32) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[1..4], b"PNG", "{} is not a PNG", path.display());
+    let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    (be(16), be(20))
+}
+
+fn out_dir() -> (Option<tempfile::TempDir>, PathBuf) {
+    match std::env::var_os("PRIMER_KEEP_REPORT") {
+        Some(d) => (None, PathBuf::from(d)),
+        None => {
+            let t = tempfile::tempdir().unwrap();
+            let p = t.path().join("results");
+            (Some(t), p)
+        }
+    }
+}
+
+#[test]
+fn full_report_on_a_synthetic_sweep() {
+    let (_keep, dir) = out_dir();
+    let input = synthetic(&dir);
+    let opts = ReportOptions { curves: true, bootstrap_seed: 7 };
+    let summary = write_report(&input, &opts).unwrap();
+    assert_eq!((summary.runs_done, summary.runs_total), (32, 36));
+    for f in [
+        "scores.parquet", "scores.csv", "table1.md", "table1.csv", "comparison.md", "comparison.csv",
+        "figure3.svg", "figure3.png", "figure4.svg", "figure4.png",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+        assert!(summary.files.contains(&dir.join(f)), "{f} not listed");
+    }
+    assert!(summary.skipped.is_empty() || summary.skipped.iter().all(|s| !s.contains("figure")), "{:?}", summary.skipped);
+    for f in ["figure3.png", "figure4.png"] {
+        let (w, h) = png_size(&dir.join(f));
+        assert!(w >= 800 && h >= 500, "{f} is {w}x{h}");
+    }
+    // No temporary files left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Learning curves: one per finished fine-tuning run, one for the shared priming run.
+    let curves: Vec<String> = std::fs::read_dir(dir.join("curves"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(curves.iter().filter(|n| n.starts_with("prime-") && n.ends_with(".svg")).count(), 1);
+    assert!(curves.iter().filter(|n| n.starts_with("ft-") && n.ends_with(".png")).count() >= 1);
+    let prime_svg = std::fs::read_to_string(dir.join("curves/prime-prime-pe.svg")).unwrap();
+    assert!(prime_svg.contains("query loss") && prime_svg.contains("4/Meta Priming→AT, PE inner→Full FT"));
+
+    // Terminal text: the table and the comparison, and where things went.
+    assert!(summary.text.contains("## Table 1") && summary.text.contains("32 of 36"));
+    assert!(summary.text.contains("paper (Gheini et al. 2022)"));
+    assert!(summary.text.contains("figure3.svg") && summary.text.contains("curves/ ("));
+
+    // Table 1: 1/Full FT on hi = mean(87.0, 87.5) = 87.25 ± 0.35, best of its group.
+    let md = std::fs::read_to_string(dir.join("table1.md")).unwrap();
+    let full = md.lines().find(|l| l.contains("1/Full FT")).unwrap();
+    assert!(full.contains("**87.25 ± 0.35**"), "{md}");
+    assert!(full.contains(" 100 |"), "{full}");
+    let maml = md.lines().find(|l| l.contains("MAML")).unwrap();
+    assert_eq!(maml.matches('–').count(), 2, "{maml}");
+    assert!(maml.contains('†'), "{maml}");
+    let t1 = CsvReadOptions::default()
+        .try_into_reader_with_file_path(Some(dir.join("table1.csv")))
+        .unwrap()
+        .finish()
+        .unwrap();
+    assert_eq!(t1.height(), 4);
+    let hi = t1.column("hi_mean").unwrap().f64().unwrap();
+    assert!((hi.get(0).unwrap() - 87.25).abs() < 1e-9);
+}
+
+#[test]
+fn scores_round_trip_through_parquet_and_csv() {
+    let (_keep, dir) = out_dir();
+    let dir = dir.join("roundtrip");
+    let mut input = synthetic(&dir);
+    input.spec.figure3.clear();
+    input.spec.figure4 = None;
+    input.spec.compare.clear();
+    write_report(&input, &ReportOptions::default()).unwrap();
+    let file = std::fs::File::open(dir.join("scores.parquet")).unwrap();
+    let pq = ParquetReader::new(file).finish().unwrap();
+    let csv = CsvReadOptions::default()
+        .with_infer_schema_length(None)
+        .try_into_reader_with_file_path(Some(dir.join("scores.csv")))
+        .unwrap()
+        .finish()
+        .unwrap();
+    for df in [&pq, &csv] {
+        assert_eq!(df.height(), input.runs.len());
+        for c in [
+            "setting", "priming", "inner_loop", "inner_steps", "inner_lr", "outer_lr", "ft_method", "ft_lr",
+            "trained_percent", "lang", "seed", "dev_precision", "dev_recall", "dev_f1", "test_precision",
+            "test_recall", "test_f1", "test_f1_PER", "test_f1_ORG", "test_f1_LOC", "steps", "wall_time_s",
+            "run_id",
+        ] {
+            assert!(df.column(c).is_ok(), "column {c} missing");
+        }
+        // Runs not done are null, never zero.
+        let f1 = df.column("test_f1").unwrap().f64().unwrap();
+        assert_eq!(f1.null_count(), 4);
+        assert!((0..df.height()).filter_map(|i| f1.get(i)).all(|v| v > 0.5));
+        let settings = df.column("setting").unwrap().str().unwrap();
+        let langs = df.column("lang").unwrap().str().unwrap();
+        for i in 0..df.height() {
+            let missing = settings.get(i) == Some("6/MP [MAML Loop]→AT") && langs.get(i) != Some("hi");
+            assert_eq!(f1.get(i).is_none(), missing, "row {i}");
+        }
+        let first = &input.runs[0];
+        let m = first.metrics.as_ref().unwrap();
+        assert_eq!(f1.get(0), Some(m.test.f1));
+        assert_eq!(df.column("test_f1_ORG").unwrap().f64().unwrap().get(0), Some(m.test.per_type["ORG"].f1));
+        assert_eq!(settings.get(0), Some("1/Full FT"));
+        assert_eq!(df.column("priming").unwrap().str().unwrap().get(0), None);
+        let inner = df.column("inner_loop").unwrap().str().unwrap();
+        let idx = (0..df.height()).find(|&i| settings.get(i) == Some("6/MP [MAML Loop]→AT")).unwrap();
+        assert_eq!(inner.get(idx), Some("full"));
+    }
+}
+
+#[test]
+fn comparison_with_the_paper_and_bootstrap() {
+    let (_keep, dir) = out_dir();
+    let dir = dir.join("compare");
+    let input = synthetic(&dir);
+    let summary = write_report(&input, &ReportOptions::default()).unwrap();
+    let cmp = &summary.comparison;
+    // Paper rows: ours vs the paper per language, averaged over languages where both exist.
+    let at = cmp.paper_rows.iter().find(|r| r.setting == "3/AT").unwrap();
+    assert_eq!(at.paper_label, "3/AT");
+    assert_eq!(at.paper, vec![Some(77.76), Some(84.10), Some(81.08)]);
+    assert!((at.ours[0].unwrap() - 78.25).abs() < 1e-9);
+    let maml = cmp.paper_rows.iter().find(|r| r.setting.contains("MAML")).unwrap();
+    assert_eq!(maml.avg_languages, 1);
+    assert_eq!(maml.paper_avg, Some(80.18));
+    let md = std::fs::read_to_string(dir.join("comparison.md")).unwrap();
+    assert!(md.contains("paper (Gheini et al. 2022)") && md.contains("Δ ours − paper"));
+    assert!(md.contains("+0.49"), "3/AT hi: 78.25 − 77.76\n{md}");
+    assert!(md.contains("## Figure 4") && md.contains("90.79"));
+
+    // 4/Meta (≈ 85 %) vs 3/AT (≈ 81 %): clearly better, the CI excludes 0 everywhere.
+    let p = &cmp.pairs[0];
+    assert_eq!(p.per_lang.len(), 3);
+    for d in &p.per_lang {
+        assert!(d.estimate.ci_low > 0.0, "{d:?}");
+        assert_eq!((d.seeds, d.sentences), (2, 200));
+        assert_eq!(d.estimate.samples, 400);
+    }
+    let avg = p.average.as_ref().unwrap();
+    assert!(avg.ci_low > 0.0 && avg.delta > 3.0, "{avg:?}");
+    // Full-inner vs PE-inner full FT differ by one sentence or so: the CI contains 0.
+    let q = &cmp.pairs[1];
+    let avg = q.average.as_ref().unwrap();
+    assert!(avg.ci_low < 0.0 && avg.ci_high > 0.0, "{avg:?}");
+    // Same seed → same intervals.
+    let again = write_report(&input, &ReportOptions::default()).unwrap();
+    assert_eq!(again.comparison.pairs, cmp.pairs);
+
+    let csv = CsvReadOptions::default()
+        .with_infer_schema_length(None)
+        .try_into_reader_with_file_path(Some(dir.join("comparison.csv")))
+        .unwrap()
+        .finish()
+        .unwrap();
+    let section = csv.column("section").unwrap().str().unwrap();
+    let n = |s: &str| (0..csv.height()).filter(|&i| section.get(i) == Some(s)).count();
+    // 4 mapped rows × (3 languages + avg), 4 figure-4 cells, 2 pairs × (3 languages + avg).
+    assert_eq!((n("paper"), n("figure4"), n("bootstrap"), n("trained_percent")), (16, 4, 8, 4));
+    assert_eq!(at.ours_percent, Some(0.4));
+    assert!(md.contains("| % params |") || md.contains("% params"), "{md}");
+}
+
+#[test]
+fn nothing_done_skips_figures_and_shows_dashes() {
+    let (_keep, dir) = out_dir();
+    let dir = dir.join("empty");
+    let mut input = synthetic(&dir);
+    for r in &mut input.runs {
+        r.metrics = None;
+    }
+    let summary = write_report(&input, &ReportOptions::default()).unwrap();
+    assert_eq!(summary.runs_done, 0);
+    assert!(!dir.join("figure3.svg").exists() && !dir.join("figure4.png").exists());
+    assert!(summary.skipped.iter().any(|s| s.starts_with("figure 3 skipped")), "{:?}", summary.skipped);
+    assert!(summary.skipped.iter().any(|s| s.starts_with("figure 4 skipped")));
+    assert!(summary.text.contains("Not drawn"));
+    let md = std::fs::read_to_string(dir.join("table1.md")).unwrap();
+    let table_rows: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+    assert_eq!(table_rows.len(), 2 + 4);
+    assert!(table_rows.iter().all(|l| !l.contains("**")), "nothing to bold\n{md}");
+    assert!(summary.comparison.pairs.iter().all(|p| p.per_lang.is_empty() && !p.notes.is_empty()));
+}
+
+#[test]
+fn unknown_settings_in_report_section_are_errors() {
+    let (_keep, dir) = out_dir();
+    let mut input = synthetic(&dir.join("bad"));
+    input.spec.compare.push(ComparePair { a: "3/AT".into(), b: "7/Nope".into() });
+    let err = write_report(&input, &ReportOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("compare") && err.contains("7/Nope"), "{err}");
+    let mut input = synthetic(&dir.join("bad2"));
+    input.spec.paper_rows.insert("3/AT".into(), "3/Adapters".into());
+    let err = write_report(&input, &ReportOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("3/Adapters") && err.contains("\"2/HT\""), "{err}");
+}

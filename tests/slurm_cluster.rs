@@ -1,0 +1,329 @@
+//! End-to-end test of the Slurm backend on a real single-node Slurm started by
+//! `tests/slurm/cluster.sh` (installed with apt-get when missing). Skips with a message only
+//! when Slurm cannot be made available at all (no apt, not root).
+//!
+//! Environment: `PRIMER_SLURM_CLUSTER_DIR` reuses (or keeps) a cluster directory instead of a
+//! temporary one; a cluster that was already running there is left running.
+
+use primer::slurm::client::Submission;
+use primer::slurm::{ArrayJob, JobRef, Slurm, SlurmOptions, SlurmRecord, SlurmState, TaskStatus};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn cluster_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slurm/cluster.sh")
+}
+
+/// Holds an exclusive lock so that concurrent test runs on one machine (ports 6817/6818 are
+/// fixed) take turns, and stops the cluster it started when dropped — also when an assertion
+/// fails — by the pids the script recorded.
+struct Cluster {
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    started_here: bool,
+    _lock: std::fs::File,
+}
+
+impl Cluster {
+    /// None (after printing why) when Slurm cannot be installed here.
+    fn start() -> Option<Cluster> {
+        let lock =
+            std::fs::File::create(std::env::temp_dir().join("primer-slurm-test.lock")).unwrap();
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on an open file descriptor we own.
+            let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+            assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+        }
+        let (dir, tmp) = match std::env::var_os("PRIMER_SLURM_CLUSTER_DIR") {
+            Some(d) => (PathBuf::from(d), None),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("primer-slurm-")
+                    .tempdir()
+                    .unwrap();
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let running = Command::new("bash")
+            .arg(cluster_script())
+            .args(["status".as_ref(), dir.as_os_str()])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        // The guard exists before `start` so that a half-started cluster is stopped too.
+        let cluster = Cluster {
+            dir: dir.clone(),
+            _tmp: tmp,
+            started_here: !running,
+            _lock: lock,
+        };
+        if !running {
+            let out = Command::new("bash")
+                .arg(cluster_script())
+                .args(["start".as_ref(), dir.as_os_str()])
+                // Small arrays then exercise chunking at MaxArraySize for real.
+                .env("PRIMER_SLURM_MAX_ARRAY_SIZE", "3")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            match out.status.code() {
+                Some(0) => {}
+                Some(3) => {
+                    println!("SKIP: Slurm not available here: {stderr}");
+                    return None;
+                }
+                _ => panic!("cluster.sh start failed ({}):\n{stderr}", out.status),
+            }
+        }
+        Some(cluster)
+    }
+
+    fn slurm(&self) -> Slurm {
+        Slurm::from_env().with_env("SLURM_CONF", self.dir.join("slurm.conf").to_str().unwrap())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.started_here {
+            let out = Command::new("bash")
+                .arg(cluster_script())
+                .args(["stop".as_ref(), self.dir.as_os_str()])
+                .output();
+            if let Ok(o) = out
+                && !o.status.success()
+            {
+                eprintln!(
+                    "cluster.sh stop failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+        }
+    }
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A run directory whose task runs `body` under `sh` with the run directory as `$1`.
+fn run_dir(store: &Path, name: &str, body: &str) -> PathBuf {
+    let d = store.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("task.sh"), body).unwrap();
+    d
+}
+
+fn task_command() -> Vec<String> {
+    ["sh", "-c", ". \"$1\"/task.sh", "sh"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn status(slurm: &Slurm, dir: &Path) -> Option<TaskStatus> {
+    let rec = SlurmRecord::read(dir)
+        .unwrap()
+        .expect("slurm.json written at submission");
+    slurm.status_of(&[rec]).unwrap().pop().unwrap()
+}
+
+fn ended(slurm: &Slurm, dir: &Path) -> Option<TaskStatus> {
+    status(slurm, dir).filter(|t| t.state.is_terminal() && t.exit_code.is_some())
+}
+
+#[test]
+fn job_arrays_on_a_real_cluster() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let slurm = cluster.slurm();
+    let store_tmp = tempfile::tempdir().unwrap();
+    let store = store_tmp.path();
+    let opts = SlurmOptions::default();
+
+    // Up-front validation against the live cluster.
+    let info = slurm.validate(&opts, store).unwrap();
+    let e = slurm
+        .validate(
+            &SlurmOptions {
+                partition: Some("nosuch".into()),
+                ..Default::default()
+            },
+            store,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("'nosuch' does not exist") && e.contains(&info.partition.name),
+        "{e}"
+    );
+    let e = slurm
+        .validate(
+            &SlurmOptions {
+                cpus_per_task: Some(100_000),
+                ..Default::default()
+            },
+            store,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no node has 100000 CPUs"), "{e}");
+
+    // Array A: five runs — success, failure, long (cancelled), success, preemption signal.
+    let runs = vec![
+        run_dir(store, "a0", "echo ok > \"$1\"/result\n"),
+        run_dir(store, "a1", "echo boom >&2\nexit 3\n"),
+        run_dir(store, "a2", "touch \"$1\"/started\nsleep 120\n"),
+        run_dir(store, "a3", "echo ok > \"$1\"/result\n"),
+        run_dir(
+            store,
+            "a4",
+            "trap 'echo preempted > \"$1\"/result; exit 0' USR2\ntouch \"$1\"/ready\nwhile :; do sleep 0.1; done\n",
+        ),
+    ];
+    let mut sub = Submission::new(store, "itest");
+    let job_a = ArrayJob::new("primer-itest", runs.clone(), task_command());
+    let a = slurm
+        .submit_array(&mut sub, &job_a, &opts, info.max_array_size)
+        .unwrap();
+    let expected_chunks = 5_usize.div_ceil(info.max_array_size as usize);
+    assert_eq!(
+        a.chunks.len(),
+        expected_chunks,
+        "chunked at MaxArraySize {}",
+        info.max_array_size
+    );
+    let refs: Vec<JobRef> = a.tasks.iter().map(|t| t.job).collect();
+
+    // Array B depends on a0 and a3 (possibly in different chunks); array C on the failing a1.
+    let b_dir = run_dir(
+        store,
+        "b0",
+        &format!(
+            "test -f {0}/result && test -f {1}/result || exit 9\necho after > \"$1\"/result\n",
+            runs[0].display(),
+            runs[3].display()
+        ),
+    );
+    let mut job_b = ArrayJob::new("primer-itest", vec![b_dir.clone()], task_command());
+    job_b.after_ok = vec![refs[0].to_string(), refs[3].to_string()];
+    slurm
+        .submit_array(&mut sub, &job_b, &opts, info.max_array_size)
+        .unwrap();
+    let c_dir = run_dir(store, "c0", "echo never > \"$1\"/result\n");
+    let mut job_c = ArrayJob::new("primer-itest", vec![c_dir.clone()], task_command());
+    job_c.after_ok = vec![refs[1].to_string()];
+    slurm
+        .submit_array(&mut sub, &job_c, &opts, info.max_array_size)
+        .unwrap();
+
+    // Cancel a2 once it runs; send the preemption signal to a4 once its trap is set.
+    let long = Duration::from_secs(60);
+    wait_for("a2 to start", long, || {
+        runs[2].join("started").exists().then_some(())
+    });
+    slurm.cancel(&[refs[2]]).unwrap();
+    wait_for("a4 to be ready", long, || {
+        runs[4].join("ready").exists().then_some(())
+    });
+    slurm.signal_tasks(&[refs[4]], "USR2").unwrap();
+
+    let s0 = wait_for("a0 to end", long, || ended(&slurm, &runs[0]));
+    assert_eq!(s0.state, SlurmState::Completed);
+    assert_eq!(
+        std::fs::read_to_string(runs[0].join("result")).unwrap(),
+        "ok\n"
+    );
+    let out = std::fs::read_to_string(runs[0].join("slurm.out")).unwrap();
+    assert!(
+        out.contains(&format!("Slurm task {}", refs[0])) && out.contains("exit status 0"),
+        "{out}"
+    );
+
+    let s1 = wait_for("a1 to end", long, || ended(&slurm, &runs[1]));
+    assert_eq!(
+        s1.describe(),
+        "failed with Slurm state FAILED exit 3:0 (NonZeroExitCode)"
+    );
+    assert_eq!(
+        std::fs::read_to_string(runs[1].join("slurm.err")).unwrap(),
+        "boom\n"
+    );
+
+    let s2 = wait_for("a2 to end", long, || ended(&slurm, &runs[2]));
+    assert_eq!(s2.state, SlurmState::Cancelled);
+    assert!(
+        s2.describe()
+            .starts_with("failed with Slurm state CANCELLED exit 0:15"),
+        "{}",
+        s2.describe()
+    );
+
+    let s4 = wait_for("a4 to end", long, || ended(&slurm, &runs[4]));
+    assert_eq!(
+        s4.state,
+        SlurmState::Completed,
+        "the wrapper forwarded USR2 and the run exited 0"
+    );
+    assert_eq!(
+        std::fs::read_to_string(runs[4].join("result")).unwrap(),
+        "preempted\n"
+    );
+
+    let sb = wait_for("b0 to end", long, || ended(&slurm, &b_dir));
+    assert_eq!(
+        sb.state,
+        SlurmState::Completed,
+        "b0 ran after a0 and a3 ({})",
+        sb.describe()
+    );
+    assert_eq!(
+        std::fs::read_to_string(b_dir.join("result")).unwrap(),
+        "after\n"
+    );
+    let a0_end = std::fs::metadata(runs[0].join("result"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let b_end = std::fs::metadata(b_dir.join("result"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert!(b_end >= a0_end);
+
+    // A failed dependency cancels the dependent task rather than leaving it pending forever;
+    // it never ran, wrote nothing, and is still reported as failed.
+    let sc = wait_for("c0 to be cancelled", long, || ended(&slurm, &c_dir));
+    assert_eq!(sc.state, SlurmState::Cancelled, "{}", sc.describe());
+    assert!(!c_dir.join("result").exists() && !c_dir.join("slurm.out").exists());
+
+    // Scripts and task lists stay in the store.
+    let kept: Vec<String> = std::fs::read_dir(store.join("slurm"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        kept.iter().filter(|n| n.ends_with(".sbatch")).count(),
+        expected_chunks + 2,
+        "{kept:?}"
+    );
+    assert_eq!(
+        kept.iter().filter(|n| n.ends_with(".tasks")).count(),
+        3,
+        "{kept:?}"
+    );
+    drop(cluster);
+}

@@ -1,0 +1,204 @@
+//! End to end: `primer run` on a tiny model and the committed WikiAnn slices. 2 priming
+//! configurations × 2 fine-tuning methods × 2 targets; the priming runs execute exactly twice;
+//! a second store is filled by an orchestrator that is SIGKILLed halfway and then resumed, and
+//! ends up with exactly the results of the uninterrupted run, no finished run executed again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_primer");
+
+fn crate_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn primer(cwd: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        // One thread per child: fast enough for the tiny model and bit-for-bit repeatable.
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .expect("run primer")
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn sweep_text(model: &Path, store: &str) -> String {
+    let data = crate_root().join("data/wikiann");
+    format!(
+        r#"
+name = "e2e"
+store = "{store}"
+targets = ["af", "hi"]
+[base.finetune]
+model = "{model}"
+epochs = 1
+batch_size = 8
+data = {{ root = "{data}", train_limit = 30, dev_limit = 20, test_limit = 20, max_len = 32 }}
+[base.prime]
+steps = 2
+support_batch_size = 4
+query_batch_size = 4
+data = {{ train_limit = 30, dev_limit = 10, test_limit = 10, max_len = 32 }}
+[grid]
+"finetune.method" = ["adapter", "full"]
+[settings.pe]
+priming = "meta"
+"prime.inner_loop" = "pe"
+"prime.inner_steps" = 2
+[settings.full]
+priming = "meta"
+"prime.inner_loop" = "full"
+"prime.inner_steps" = 2
+"#,
+        model = model.display(),
+        data = data.display(),
+    )
+}
+
+fn run_dirs(store: &Path, kind: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(store)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().path())
+                .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&format!("{kind}-")))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn status(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("status.json")).unwrap()).unwrap()
+}
+
+/// metrics.json of every fine-tuning run, keyed by directory name, without the wall time.
+fn results(store: &Path) -> BTreeMap<String, serde_json::Value> {
+    run_dirs(store, "finetune")
+        .into_iter()
+        .filter_map(|d| {
+            let text = std::fs::read_to_string(d.join("metrics.json")).ok()?;
+            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            v.as_object_mut().unwrap().remove("wall_time_s");
+            Some((d.file_name().unwrap().to_str().unwrap().to_string(), v))
+        })
+        .collect()
+}
+
+#[test]
+fn sweep_runs_shares_priming_and_resumes_after_sigkill() {
+    let root = crate_root();
+    let tokenizer = root.join("data/tokenizer/bert-base-multilingual-cased");
+    for needed in [root.join("data/wikiann/af"), root.join("data/wikiann/en"), tokenizer.clone()] {
+        if !needed.exists() {
+            eprintln!("SKIP: {} not found", needed.display());
+            return;
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = t.join("model");
+    let out = primer(
+        t,
+        &[
+            "init-model", "--out", model.to_str().unwrap(), "--tokenizer-from", tokenizer.to_str().unwrap(),
+            "--hidden", "32", "--layers", "1", "--heads", "2", "--intermediate", "64", "--max-position", "64",
+        ],
+    );
+    assert!(out.status.success(), "init-model failed: {}", text(&out));
+
+    // 1. Uninterrupted: 2 priming + 8 fine-tuning runs; priming executes exactly twice.
+    std::fs::write(t.join("a.toml"), sweep_text(&model, "store1")).unwrap();
+    let out = primer(t, &["run", "a.toml", "--plain", "--no-report", "--retries", "0"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let store1 = t.join("store1");
+    let primes = run_dirs(&store1, "prime");
+    assert_eq!(primes.len(), 2);
+    for p in &primes {
+        assert!(p.join("checkpoint").is_dir(), "{}", p.display());
+        assert_eq!(status(p)["attempts"], 1, "priming executed once: {}", p.display());
+        assert_eq!(std::fs::read_to_string(p.join("log.txt")).unwrap().matches("=== primer: attempt").count(), 1);
+    }
+    let first = results(&store1);
+    assert_eq!(first.len(), 8, "{}", text(&out));
+    for d in run_dirs(&store1, "finetune") {
+        assert_eq!(status(&d)["state"], "done");
+        let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("spec.json")).unwrap()).unwrap();
+        assert!(spec["priming"].is_string(), "fine-tuning refers to its priming run by id");
+    }
+
+    // A rerun finds everything done and executes nothing.
+    let out = primer(t, &["run", "a.toml", "--plain", "--no-report"]);
+    assert!(out.status.success() && text(&out).contains("0 executed now"), "{}", text(&out));
+
+    // 2. Same sweep into a second store, SIGKILLed after the first fine-tuning result.
+    std::fs::write(t.join("b.toml"), sweep_text(&model, "store2")).unwrap();
+    let store2 = t.join("store2");
+    let mut child = Command::new(BIN)
+        .args(["run", "b.toml", "--plain", "--no-report"])
+        .current_dir(t)
+        .env("RAYON_NUM_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while results(&store2).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no result within 2 minutes");
+        assert!(child.try_wait().unwrap().is_none(), "the orchestrator ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Snapshot what was done at the kill, and find the run that was executing.
+    let done_at_kill: BTreeMap<String, (Vec<u8>, std::time::SystemTime, serde_json::Value)> = run_dirs(&store2, "finetune")
+        .into_iter()
+        .chain(run_dirs(&store2, "prime"))
+        .filter(|d| d.join("metrics.json").is_file() || d.join("checkpoint").is_dir())
+        .map(|d| {
+            let result = if d.join("metrics.json").is_file() { d.join("metrics.json") } else { d.join("checkpoint") };
+            let bytes = std::fs::read(d.join("metrics.json")).unwrap_or_default();
+            let mtime = std::fs::metadata(&result).unwrap().modified().unwrap();
+            (d.file_name().unwrap().to_str().unwrap().to_string(), (bytes, mtime, status(&d)["attempts"].clone()))
+        })
+        .collect();
+    assert!(done_at_kill.len() < 10, "the kill came after the sweep had finished");
+    // Children do not outlive the orchestrator.
+    for d in run_dirs(&store2, "finetune").into_iter().chain(run_dirs(&store2, "prime")) {
+        if let Some(pid) = d.join("status.json").is_file().then(|| status(&d)["child_pid"].as_u64()).flatten() {
+            let t0 = Instant::now();
+            while Path::new(&format!("/proc/{pid}")).exists() && !zombie(pid) {
+                assert!(t0.elapsed() < Duration::from_secs(5), "child {pid} outlived its orchestrator");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    // `primer status` reports the interrupted run as stale (the lock died with the orchestrator).
+    let out = primer(t, &["status", "b.toml"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // 3. Resume: the rest runs, nothing done is executed again, results equal the first store's.
+    let out = primer(t, &["run", "b.toml", "--plain", "--no-report"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("{} were already done", done_at_kill.len())), "{}", text(&out));
+    for (name, (bytes, mtime, attempts)) in &done_at_kill {
+        let d = store2.join(name);
+        let result = if d.join("metrics.json").is_file() { d.join("metrics.json") } else { d.join("checkpoint") };
+        assert_eq!(&std::fs::read(d.join("metrics.json")).unwrap_or_default(), bytes, "{name} was rewritten");
+        assert_eq!(&std::fs::metadata(&result).unwrap().modified().unwrap(), mtime, "{name} was executed again");
+        assert_eq!(&status(&d)["attempts"], attempts, "{name} was executed again");
+    }
+    assert_eq!(results(&store2), first, "an interrupted and resumed sweep gives the uninterrupted results");
+}
+
+/// Whether /proc says the process is a zombie (exited, not yet reaped by its parent).
+fn zombie(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
