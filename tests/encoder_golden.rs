@@ -4,19 +4,25 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{check_rel, golden_dir, shared_dir, Failures};
-use primer::model::{encode, load_encoder, EncoderInputs};
+use common::{Failures, check_rel, golden_dir, shared_dir};
+use primer::model::{EncoderInputs, encode, load_encoder};
 
 #[test]
 fn minilm_last_hidden_states_match_pytorch() {
     let (Some(shared), Some(golden)) = (shared_dir(), golden_dir()) else {
-        eprintln!("SKIP encoder_golden: ../shared (or PRIMER_SHARED_DIR / PRIMER_GOLDEN_DIR) not found");
+        eprintln!(
+            "SKIP encoder_golden: ../shared (or PRIMER_SHARED_DIR / PRIMER_GOLDEN_DIR) not found"
+        );
         return;
     };
     let model = shared.join("models/all-MiniLM-L6-v2");
     let dump = golden.join("encoder/forward.safetensors");
     if !model.join("model.safetensors").is_file() || !dump.is_file() {
-        eprintln!("SKIP encoder_golden: {} or {} not found", model.display(), dump.display());
+        eprintln!(
+            "SKIP encoder_golden: {} or {} not found",
+            model.display(),
+            dump.display()
+        );
         return;
     }
     let dev = Device::Cpu;
@@ -30,19 +36,28 @@ fn minilm_last_hidden_states_match_pytorch() {
         let Some(want) = tensors.get(&format!("minilm.s{k}.last_hidden_state")) else {
             break;
         };
-        let ids = tensors[&format!("all-MiniLM-L6-v2.s{k}.input_ids")].unsqueeze(0).unwrap();
+        let ids = tensors[&format!("all-MiniLM-L6-v2.s{k}.input_ids")]
+            .unsqueeze(0)
+            .unwrap();
         let mask = Tensor::ones(ids.dims(), candle_core::DType::U32, &dev).unwrap();
         let inputs = EncoderInputs {
             input_ids: &ids,
             attention_mask: &mask,
             token_type_ids: None,
         };
-        let got = encode(&cfg, &weights, &inputs, None).unwrap().squeeze(0).unwrap();
+        let got = encode(&cfg, &weights, &inputs, None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
         f.check(check_rel(&format!("s{k}"), &got, want, 0.0, 1e-4));
         checked += 1;
     }
     f.assert_none("MiniLM hidden states");
-    assert!(checked > 0, "no minilm.s<k>.last_hidden_state tensors in {}", dump.display());
+    assert!(
+        checked > 0,
+        "no minilm.s<k>.last_hidden_state tensors in {}",
+        dump.display()
+    );
     eprintln!("encoder_golden: {checked} sentences ok");
 }
 
@@ -64,10 +79,34 @@ fn padding_does_not_change_real_token_states() {
     let w = enc.detached_tensors();
     let ids = Tensor::new(&[[101u32, 7592, 2088, 102]], &dev).unwrap();
     let mask = Tensor::new(&[[1u32, 1, 1, 1]], &dev).unwrap();
-    let alone = encode(&cfg, &w, &EncoderInputs { input_ids: &ids, attention_mask: &mask, token_type_ids: None }, None).unwrap();
-    let ids_p = Tensor::new(&[[101u32, 7592, 2088, 102, 0, 0], [101, 2088, 102, 0, 0, 0]], &dev).unwrap();
+    let alone = encode(
+        &cfg,
+        &w,
+        &EncoderInputs {
+            input_ids: &ids,
+            attention_mask: &mask,
+            token_type_ids: None,
+        },
+        None,
+    )
+    .unwrap();
+    let ids_p = Tensor::new(
+        &[[101u32, 7592, 2088, 102, 0, 0], [101, 2088, 102, 0, 0, 0]],
+        &dev,
+    )
+    .unwrap();
     let mask_p = Tensor::new(&[[1u32, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]], &dev).unwrap();
-    let padded = encode(&cfg, &w, &EncoderInputs { input_ids: &ids_p, attention_mask: &mask_p, token_type_ids: None }, None).unwrap();
+    let padded = encode(
+        &cfg,
+        &w,
+        &EncoderInputs {
+            input_ids: &ids_p,
+            attention_mask: &mask_p,
+            token_type_ids: None,
+        },
+        None,
+    )
+    .unwrap();
     let real = padded.narrow(0, 0, 1).unwrap().narrow(1, 0, 4).unwrap();
     check_rel("padded", &real, &alone, 0.0, 1e-5).unwrap();
 }
@@ -98,13 +137,25 @@ fn bench_minilm_full_step() {
     let mask = Tensor::ones((b, s), candle_core::DType::U32, &dev).unwrap();
     let labels: Vec<i64> = (0..b * s).map(|_| rng.below(7) as i64).collect();
     let labels = Tensor::from_vec(labels, (b, s), &dev).unwrap();
-    let inputs = EncoderInputs { input_ids: &ids, attention_mask: &mask, token_type_ids: None };
+    let inputs = EncoderInputs {
+        input_ids: &ids,
+        attention_mask: &mask,
+        token_type_ids: None,
+    };
     for method in [FinetuneMethod::Full, FinetuneMethod::Adapter] {
         let groups = t.groups_for(method, "x");
         t.set_trainable(&groups).unwrap();
-        let mut opt = AdamW::new(t.trainable_vars(), AdamWConfig { lr: 1e-5, ..Default::default() }).unwrap();
+        let mut opt = AdamW::new(
+            t.trainable_vars(),
+            AdamWConfig {
+                lr: 1e-5,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let mut times = Vec::new();
         for _ in 0..4 {
+            let c0 = cpu_seconds();
             let t0 = std::time::Instant::now();
             let loss = t.loss(&inputs, &labels, "x", None).unwrap();
             let t1 = t0.elapsed().as_secs_f64();
@@ -112,13 +163,23 @@ fn bench_minilm_full_step() {
             let t2 = t0.elapsed().as_secs_f64();
             opt.step(&grads).unwrap();
             let t3 = t0.elapsed().as_secs_f64();
-            times.push((t1, t2 - t1, t3 - t2, t3));
+            times.push((t1, t2 - t1, t3 - t2, t3, cpu_seconds() - c0));
         }
-        eprintln!("{method}: (fwd, bwd, adamw, total) per step: {times:.3?}");
+        eprintln!("{method}: (fwd, bwd, adamw, total wall, total cpu) s per step: {times:.3?}");
     }
 }
 
-/// Micro-timings of the encoder's building blocks (diagnostics for the benchmark above).
+/// CPU seconds used by this process so far (robust to other processes sharing the cores).
+fn cpu_seconds() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes into the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Micro-timings of the encoder's building blocks (diagnostics for the benchmark above), in
+/// wall and CPU milliseconds.
 #[test]
 #[ignore]
 fn bench_ops() {
@@ -126,27 +187,68 @@ fn bench_ops() {
     use primer::rng::SeededRng;
     let dev = Device::Cpu;
     let mut rng = SeededRng::new(0);
-    let x = rng.normal_tensor(&[1024, 384], 1.0, &dev).unwrap();
-    let w = rng.normal_tensor(&[1536, 384], 0.02, &dev).unwrap();
-    let wt = w.t().unwrap().contiguous().unwrap();
-    let s = rng.normal_tensor(&[16, 12, 64, 64], 1.0, &dev).unwrap();
-    let g = rng.normal_tensor(&[384], 1.0, &dev).unwrap();
+    let x = candle_core::Var::from_tensor(&rng.normal_tensor(&[16, 64, 384], 1.0, &dev).unwrap())
+        .unwrap();
+    let w = candle_core::Var::from_tensor(&rng.normal_tensor(&[1536, 384], 0.02, &dev).unwrap())
+        .unwrap();
+    let b =
+        candle_core::Var::from_tensor(&rng.normal_tensor(&[1536], 0.02, &dev).unwrap()).unwrap();
     let time = |name: &str, f: &dyn Fn()| {
         f();
-        let t0 = std::time::Instant::now();
-        for _ in 0..10 {
+        let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
+        for _ in 0..5 {
             f();
         }
-        eprintln!("{name}: {:.2} ms", t0.elapsed().as_secs_f64() * 100.0);
+        eprintln!(
+            "{name}: wall {:.1} ms, cpu {:.1} ms",
+            t0.elapsed().as_secs_f64() * 200.0,
+            (cpu_seconds() - c0) * 200.0
+        );
     };
-    time("matmul x·wᵀ (strided)", &|| { x.matmul(&w.t().unwrap()).unwrap(); });
-    time("matmul x·wt (contiguous)", &|| { x.matmul(&wt).unwrap(); });
-    time("linear", &|| { ops::linear(&x, &w, None).unwrap(); });
-    let h = x.matmul(&wt).unwrap();
-    time("gelu_erf 1024x1536", &|| { h.gelu_erf().unwrap(); });
-    time("layer_norm 1024x384", &|| { ops::layer_norm(&x, &g, &g, 1e-12).unwrap(); });
-    time("softmax 16x12x64x64", &|| { ops::softmax_last_dim(&s).unwrap(); });
-    let q = rng.normal_tensor(&[16, 12, 64, 32], 1.0, &dev).unwrap();
-    time("batched q·kᵀ", &|| { q.matmul(&q.t().unwrap()).unwrap(); });
-    time("add 1024x1536", &|| { (&h + &h).unwrap(); });
+    time("matmul 1024x384x1536", &|| {
+        x.as_detached_tensor()
+            .reshape((1024, 384))
+            .unwrap()
+            .matmul(&w.as_detached_tensor().t().unwrap())
+            .unwrap();
+    });
+    time("linear fused fwd", &|| {
+        ops::linear(
+            &x.as_detached_tensor(),
+            &w.as_detached_tensor(),
+            Some(&b.as_detached_tensor()),
+        )
+        .unwrap();
+    });
+    time("linear composite fwd", &|| {
+        ops::linear_composite(
+            &x.as_detached_tensor(),
+            &w.as_detached_tensor(),
+            Some(&b.as_detached_tensor()),
+        )
+        .unwrap();
+    });
+    time("linear fused fwd+bwd", &|| {
+        ops::linear(&x, &w, Some(&b))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+    });
+    time("linear composite fwd+bwd", &|| {
+        ops::linear_composite(&x, &w, Some(&b))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+    });
+    let h = rng.normal_tensor(&[1024, 1536], 1.0, &dev).unwrap();
+    time("gelu 1024x1536", &|| {
+        ops::gelu(&h).unwrap();
+    });
+    time("gelu_erf (candle) 1024x1536", &|| {
+        h.gelu_erf().unwrap();
+    });
 }

@@ -7,7 +7,8 @@
 use candle_core::{DType, Device, Tensor};
 use primer::model::{ParamSet, Tagger};
 use primer::prime::{
-    meta_step, AdamWOuter, Batch, InnerParams, MetaStepConfig, MetaStepRecord, PrimingState, TaskBatches,
+    AdamWOuter, Batch, InnerParams, MetaStepConfig, MetaStepRecord, PrimingState, TaskBatches,
+    meta_step,
 };
 use primer::train::optim::AdamWConfig;
 use serde_json::Value;
@@ -33,8 +34,10 @@ fn meta_dumps(root: &Path) -> Vec<(PathBuf, Value)> {
             continue;
         }
         let meta_path = dir.join("meta.json");
-        let text = std::fs::read_to_string(&meta_path).unwrap_or_else(|e| panic!("{}: {e}", meta_path.display()));
-        let meta: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", meta_path.display()));
+        let text = std::fs::read_to_string(&meta_path)
+            .unwrap_or_else(|e| panic!("{}: {e}", meta_path.display()));
+        let meta: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", meta_path.display()));
         if matches!(meta["mode"].as_str(), Some("meta-pe" | "meta-full")) {
             out.push((dir, meta));
         }
@@ -48,15 +51,23 @@ fn f64_of(meta: &Value, path: &[&str]) -> f64 {
     for p in path {
         v = &v[*p];
     }
-    v.as_f64().unwrap_or_else(|| panic!("meta.json: {path:?} is not a number"))
+    v.as_f64()
+        .unwrap_or_else(|| panic!("meta.json: {path:?} is not a number"))
 }
 
 fn usize_of(meta: &Value, key: &str) -> usize {
-    meta[key].as_u64().unwrap_or_else(|| panic!("meta.json: {key} is not an integer")) as usize
+    meta[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("meta.json: {key} is not an integer")) as usize
 }
 
 fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// Relative closeness at the scale of the tensor: every |got−want| ≤ rtol·(|want| +
@@ -70,7 +81,7 @@ fn assert_rel(what: &str, got: &Tensor, want: &Tensor, rtol: f64, floor: f64) {
     let mut worst = (0f64, 0usize);
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         let r = (a - b).abs() / (b.abs() + scale);
-        if !(r <= worst.0) {
+        if r.is_nan() || r > worst.0 {
             worst = (r, i);
         }
     }
@@ -92,8 +103,15 @@ fn assert_abs(what: &str, got: &Tensor, want: &Tensor, atol: f64) {
         .zip(&w)
         .map(|(a, b)| (a - b).abs())
         .enumerate()
-        .fold((0, 0f64), |acc, (i, d)| if d > acc.1 || d.is_nan() { (i, d) } else { acc });
-    assert!(d <= atol, "{what}: |diff| {d:.3e} > {atol:.1e} at index {i} (got {}, want {})", g[i], w[i]);
+        .fold((0, 0f64), |acc, (i, d)| {
+            if d > acc.1 || d.is_nan() { (i, d) } else { acc }
+        });
+    assert!(
+        d <= atol,
+        "{what}: |diff| {d:.3e} > {atol:.1e} at index {i} (got {}, want {})",
+        g[i],
+        w[i]
+    );
 }
 
 fn batch(t: &HashMap<String, Tensor>, prefix: &str) -> Batch {
@@ -126,7 +144,12 @@ struct Replay {
     record: MetaStepRecord,
 }
 
-fn replay(dir: &Path, meta: &Value, tensors: &HashMap<String, Tensor>, inner_lr_scale: f64) -> Replay {
+fn replay(
+    dir: &Path,
+    meta: &Value,
+    tensors: &HashMap<String, Tensor>,
+    inner_lr_scale: f64,
+) -> Replay {
     let dev = Device::Cpu;
     let tasks = usize_of(meta, "tasks");
     let s = usize_of(meta, "inner_steps");
@@ -135,7 +158,12 @@ fn replay(dir: &Path, meta: &Value, tensors: &HashMap<String, Tensor>, inner_lr_
         Some("distinct") => s,
         other => panic!("{}: unknown support {other:?}", dir.display()),
     };
-    assert_eq!(f64_of(meta, &["dropout"]), 0.0, "{}: dumps with dropout cannot be replayed", dir.display());
+    assert_eq!(
+        f64_of(meta, &["dropout"]),
+        0.0,
+        "{}: dumps with dropout cannot be replayed",
+        dir.display()
+    );
     let mut tagger = Tagger::from_pretrained(dir, &dev).unwrap();
     // The dump's own start values, not the folder's weights, define the step.
     let init_enc = params_with_prefix(tensors, "init.enc.");
@@ -148,12 +176,15 @@ fn replay(dir: &Path, meta: &Value, tensors: &HashMap<String, Tensor>, inner_lr_
     tagger.adapter = Some(adapter);
     let mut batches = Vec::new();
     for i in 0..tasks {
-        tagger
-            .heads
-            .insert(i.to_string(), params_with_prefix(tensors, &format!("init.head.{i}.")));
+        tagger.heads.insert(
+            i.to_string(),
+            params_with_prefix(tensors, &format!("init.head.{i}.")),
+        );
         batches.push(TaskBatches {
             lang: i.to_string(),
-            support: (0..support_n).map(|j| batch(tensors, &format!("batch.t{i}.support.{j}"))).collect(),
+            support: (0..support_n)
+                .map(|j| batch(tensors, &format!("batch.t{i}.support.{j}")))
+                .collect(),
             query: batch(tensors, &format!("batch.t{i}.query")),
         });
     }
@@ -174,10 +205,18 @@ fn replay(dir: &Path, meta: &Value, tensors: &HashMap<String, Tensor>, inner_lr_
         beta2: betas[1].as_f64().unwrap(),
         eps: f64_of(meta, &["outer_opt", "eps"]),
         weight_decay: f64_of(meta, &["outer_opt", "weight_decay"]),
-        decay_bias_and_norm: meta["outer_opt"]["wd_on_all_params"].as_bool().unwrap_or(true),
+        decay_bias_and_norm: meta["outer_opt"]["wd_on_all_params"]
+            .as_bool()
+            .unwrap_or(true),
     };
     let mut vars = tagger.encoder.named_vars_with_prefix("enc.");
-    vars.extend(tagger.adapter.as_ref().unwrap().named_vars_with_prefix("adapter."));
+    vars.extend(
+        tagger
+            .adapter
+            .as_ref()
+            .unwrap()
+            .named_vars_with_prefix("adapter."),
+    );
     let mut opt = AdamWOuter::new(vars, acfg, None).unwrap();
     let mut state = PrimingState::new(tagger, None);
     let record = meta_step(&mut state, &batches, &cfg, &mut opt).unwrap();
@@ -202,11 +241,27 @@ fn compare(dir: &Path, meta: &Value, tensors: &HashMap<String, Tensor>, r: &Repl
     let mut n = 0;
     for (i, t) in r.record.tasks.iter().enumerate() {
         let want_inner = values(&tensors[&format!("loss.t{i}.inner")]);
-        assert_eq!(t.inner_losses.len(), want_inner.len(), "{name}: task {i} inner steps");
+        assert_eq!(
+            t.inner_losses.len(),
+            want_inner.len(),
+            "{name}: task {i} inner steps"
+        );
         let got = Tensor::new(t.inner_losses.as_slice(), &Device::Cpu).unwrap();
-        assert_rel(&format!("{name}: loss.t{i}.inner"), &got, &tensors[&format!("loss.t{i}.inner")], rtol, 0.0);
+        assert_rel(
+            &format!("{name}: loss.t{i}.inner"),
+            &got,
+            &tensors[&format!("loss.t{i}.inner")],
+            rtol,
+            0.0,
+        );
         let got = Tensor::new(&[t.query_loss], &Device::Cpu).unwrap();
-        assert_rel(&format!("{name}: loss.t{i}.query"), &got, &tensors[&format!("loss.t{i}.query")], rtol, 0.0);
+        assert_rel(
+            &format!("{name}: loss.t{i}.query"),
+            &got,
+            &tensors[&format!("loss.t{i}.query")],
+            rtol,
+            0.0,
+        );
         n += 2;
     }
     let mut keys: Vec<&String> = tensors.keys().collect();
@@ -223,13 +278,22 @@ fn compare(dir: &Path, meta: &Value, tensors: &HashMap<String, Tensor>, r: &Repl
             assert_rel(&format!("{name}: {key}"), got, want, rtol, 0.0);
             n += 1;
         } else if let Some(param) = key.strip_prefix("grad.") {
-            let got = r.record.grads.get(param).unwrap_or_else(|| panic!("{name}: no outer gradient {param}"));
+            let got = r
+                .record
+                .grads
+                .get(param)
+                .unwrap_or_else(|| panic!("{name}: no outer gradient {param}"));
             assert_rel(&format!("{name}: {key}"), got, want, rtol, grad_floor);
             n += 1;
         } else if let Some(param) = key.strip_prefix("final.") {
             let t = &r.tagger_final;
             if let Some(p) = param.strip_prefix("enc.") {
-                assert_abs(&format!("{name}: {key}"), t.encoder.get(p).unwrap().as_tensor(), want, 1.5 * lr);
+                assert_abs(
+                    &format!("{name}: {key}"),
+                    t.encoder.get(p).unwrap().as_tensor(),
+                    want,
+                    1.5 * lr,
+                );
             } else if let Some(p) = param.strip_prefix("adapter.") {
                 let a = t.adapter.as_ref().unwrap().get(p).unwrap();
                 assert_abs(&format!("{name}: {key}"), a.as_tensor(), want, 1.5 * lr);
@@ -246,7 +310,10 @@ fn compare(dir: &Path, meta: &Value, tensors: &HashMap<String, Tensor>, r: &Repl
     }
     // Every outer gradient primer computed must be in the dump too.
     for g in r.record.grads.names() {
-        assert!(tensors.contains_key(&format!("grad.{g}")), "{name}: extra outer gradient {g}");
+        assert!(
+            tensors.contains_key(&format!("grad.{g}")),
+            "{name}: extra outer gradient {g}"
+        );
     }
     n
 }
@@ -263,7 +330,10 @@ fn meta_steps_match_the_pytorch_reference() {
     let root = golden_dir();
     let dumps = meta_dumps(&root);
     if dumps.is_empty() {
-        println!("SKIP: no meta-pe / meta-full golden dumps found under {} (set PRIMER_GOLDEN_DIR)", root.display());
+        println!(
+            "SKIP: no meta-pe / meta-full golden dumps found under {} (set PRIMER_GOLDEN_DIR)",
+            root.display()
+        );
         return;
     }
     for (dir, meta) in &dumps {
@@ -278,12 +348,23 @@ fn meta_steps_match_the_pytorch_reference() {
 #[test]
 fn a_perturbed_inner_lr_is_detected() {
     let root = golden_dir();
-    let Some((dir, meta)) = meta_dumps(&root).into_iter().find(|(_, m)| m["mode"] == "meta-pe") else {
-        println!("SKIP: no meta-pe golden dump found under {}", root.display());
+    let Some((dir, meta)) = meta_dumps(&root)
+        .into_iter()
+        .find(|(_, m)| m["mode"] == "meta-pe")
+    else {
+        println!(
+            "SKIP: no meta-pe golden dump found under {}",
+            root.display()
+        );
         return;
     };
     let tensors = load_dump(&dir);
     let r = replay(&dir, &meta, &tensors, 1.01);
-    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compare(&dir, &meta, &tensors, &r)));
-    assert!(caught.is_err(), "a 1% inner learning-rate error went unnoticed");
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        compare(&dir, &meta, &tensors, &r)
+    }));
+    assert!(
+        caught.is_err(),
+        "a 1% inner learning-rate error went unnoticed"
+    );
 }

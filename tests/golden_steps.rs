@@ -5,9 +5,9 @@
 mod common;
 
 use candle_core::Device;
-use common::{all_dumps, check_rel, max_abs, Failures, GoldenDump};
+use common::{Failures, GoldenDump, all_dumps, check_rel, max_abs};
 use primer::config::FinetuneMethod;
-use primer::model::{load_encoder, ParamGroup, Tagger};
+use primer::model::{ParamGroup, Tagger, load_encoder};
 use primer::train::optim::{AdamW, AdamWConfig};
 
 fn method_of(mode: &str) -> Option<FinetuneMethod> {
@@ -26,22 +26,35 @@ fn check_dump(d: &GoldenDump, method: FinetuneMethod) -> Failures {
     // equal the dump's init.enc.* values.
     let (cfg, enc) = load_encoder(&d.dir, &dev).unwrap();
     for (n, t) in d.with_prefix("init.enc.") {
-        f.check(check_rel(&format!("loaded {n}"), enc.get(&n).expect("loaded"), &t, 0.0, 0.0));
+        f.check(check_rel(
+            &format!("loaded {n}"),
+            enc.get(&n).expect("loaded"),
+            &t,
+            0.0,
+            0.0,
+        ));
     }
     let mut tagger = Tagger::new(cfg, enc, dev.clone());
     tagger.adapter = Some(d.param_set("init.adapter."));
     // Heads keep the dump's index as their language name, so names line up with grad.head.<i>.
     for i in 0..d.num_heads() {
-        tagger.heads.insert(i.to_string(), d.param_set(&format!("init.head.{i}.")));
+        tagger
+            .heads
+            .insert(i.to_string(), d.param_set(&format!("init.head.{i}.")));
     }
     let groups = tagger.groups_for(method, "0");
     if method == FinetuneMethod::Full {
-        assert!(groups.contains(&ParamGroup::Adapter), "full FT trains the adapter too");
+        assert!(
+            groups.contains(&ParamGroup::Adapter),
+            "full FT trains the adapter too"
+        );
     }
     tagger.set_trainable(&groups).unwrap();
 
     let batch = d.batch("batch.");
-    let loss = tagger.loss(&batch.inputs(), &batch.labels, "0", None).unwrap();
+    let loss = tagger
+        .loss(&batch.inputs(), &batch.labels, "0", None)
+        .unwrap();
     let want = d.f64_at("/losses/loss");
     let got = loss.to_scalar::<f32>().unwrap() as f64;
     if (got - want).abs() > 1e-4 * want.abs() + 1e-6 {
@@ -50,7 +63,8 @@ fn check_dump(d: &GoldenDump, method: FinetuneMethod) -> Failures {
 
     let grads = loss.backward().unwrap();
     let vars = tagger.trainable_vars();
-    let mut expected_grads: Vec<String> = d.with_prefix("grad.").into_iter().map(|(n, _)| n).collect();
+    let mut expected_grads: Vec<String> =
+        d.with_prefix("grad.").into_iter().map(|(n, _)| n).collect();
     expected_grads.sort();
     // Trainable names (`enc.…`, `adapter.…`, `head.<lang>.…`) are the dump's grad.* suffixes.
     let mut ours: Vec<String> = vars.iter().map(|(n, _)| n.clone()).collect();
@@ -80,7 +94,9 @@ fn check_dump(d: &GoldenDump, method: FinetuneMethod) -> Failures {
         beta2: d.f64_at("/outer_opt/betas/1"),
         eps: d.f64_at("/outer_opt/eps"),
         weight_decay: d.f64_at("/outer_opt/weight_decay"),
-        decay_bias_and_norm: d.meta["outer_opt"]["wd_on_all_params"].as_bool().unwrap_or(true),
+        decay_bias_and_norm: d.meta["outer_opt"]["wd_on_all_params"]
+            .as_bool()
+            .unwrap_or(true),
     };
     let mut opt = AdamW::new(vars.clone(), cfg).unwrap();
     opt.step(&grads).unwrap();
@@ -108,17 +124,28 @@ fn check_dump(d: &GoldenDump, method: FinetuneMethod) -> Failures {
         }
         // README: the first AdamW step is about lr·g/(|g|+eps), so where g ~ 0 rounding can
         // move a value by up to ±lr ...
-        f.check(check_rel(&format!("final.{n}"), t, want, 0.0, 2.0 * lr + 1e-7));
+        f.check(check_rel(
+            &format!("final.{n}"),
+            t,
+            want,
+            0.0,
+            2.0 * lr + 1e-7,
+        ));
         // ... but where the gradient is clearly non-zero the step must agree closely.
         let g: Vec<f32> = d.tensor(&gkey).flatten_all().unwrap().to_vec1().unwrap();
         let gmax = max_abs(d.tensor(&gkey)) as f32;
         let a: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
         let b: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
         let bad = (0..g.len()).find(|&i| {
-            g[i].abs() >= 1e-3 * gmax && g[i].abs() > 1e-6 && (a[i] - b[i]).abs() as f64 > 0.02 * lr + 1e-6 * b[i].abs() as f64
+            g[i].abs() >= 1e-3 * gmax
+                && g[i].abs() > 1e-6
+                && (a[i] - b[i]).abs() as f64 > 0.02 * lr + 1e-6 * b[i].abs() as f64
         });
         if let Some(i) = bad {
-            f.push(format!("final.{n}[{i}]: {} vs {} (grad {})", a[i], b[i], g[i]));
+            f.push(format!(
+                "final.{n}[{i}]: {} vs {} (grad {})",
+                a[i], b[i], g[i]
+            ));
         }
     }
     f

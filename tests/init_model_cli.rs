@@ -7,7 +7,10 @@ fn init_model_writes_a_loadable_seeded_folder() {
     let dir = tempfile::tempdir().unwrap();
     let tok = dir.path().join("tok");
     std::fs::create_dir_all(&tok).unwrap();
-    let vocab: String = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world"].iter().map(|w| format!("{w}\n")).collect();
+    let vocab: String = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world"]
+        .iter()
+        .map(|w| format!("{w}\n"))
+        .collect();
     std::fs::write(tok.join("vocab.txt"), vocab).unwrap();
     let run = |out: &str, seed: &str| {
         let o = Command::new(env!("CARGO_BIN_EXE_primer"))
@@ -15,7 +18,18 @@ fn init_model_writes_a_loadable_seeded_folder() {
             .arg(dir.path().join(out))
             .arg("--tokenizer-from")
             .arg(&tok)
-            .args(["--hidden", "16", "--layers", "1", "--heads", "2", "--intermediate", "32", "--seed", seed])
+            .args([
+                "--hidden",
+                "16",
+                "--layers",
+                "1",
+                "--heads",
+                "2",
+                "--intermediate",
+                "32",
+                "--seed",
+                seed,
+            ])
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -26,7 +40,9 @@ fn init_model_writes_a_loadable_seeded_folder() {
     let c = run("c", "8");
     assert_eq!(a, b, "same seed, same weights");
     assert_ne!(a, c);
-    let t = primer::model::Tagger::from_pretrained(&dir.path().join("a"), &candle_core::Device::Cpu).unwrap();
+    let t =
+        primer::model::Tagger::from_pretrained(&dir.path().join("a"), &candle_core::Device::Cpu)
+            .unwrap();
     assert_eq!(t.config.vocab_size, 6);
     assert_eq!(t.config.hidden_size, 16);
     assert!(dir.path().join("a/vocab.txt").is_file());

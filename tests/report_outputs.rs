@@ -46,15 +46,29 @@ fn metrics(lang: &str, seed: u64, correct: u32, method: FinetuneMethod) -> Finet
         test: scores(f1),
         best_epoch: 2,
         epochs: Vec::new(),
-        trained_params: if method == FinetuneMethod::Full { 1000 } else { 4 },
+        trained_params: if method == FinetuneMethod::Full {
+            1000
+        } else {
+            4
+        },
         total_params: 1000,
-        trained_percent: if method == FinetuneMethod::Full { 100.0 } else { 0.4 },
+        trained_percent: if method == FinetuneMethod::Full {
+            100.0
+        } else {
+            0.4
+        },
         steps: 30,
         wall_time_s: 2.0,
         truncated_words_dev: 0,
         truncated_words_test: 0,
         test_sentence_counts: (0..SENTENCES)
-            .map(|i| if (i * 7 + seed as u32) % SENTENCES < correct { [1, 1, 1] } else { [0, 1, 1] })
+            .map(|i| {
+                if (i * 7 + seed as u32) % SENTENCES < correct {
+                    [1, 1, 1]
+                } else {
+                    [0, 1, 1]
+                }
+            })
             .collect(),
         loss_curve: (0..120).map(|i| 2.0 / (1.0 + i as f32 * 0.1)).collect(),
     }
@@ -75,12 +89,42 @@ fn synthetic(results_dir: &Path) -> ReportInput {
     let pe = Some((PrimingMethod::Meta, Some(InnerLoop::Pe)));
     let maml = Some((PrimingMethod::Meta, Some(InnerLoop::Full)));
     let settings = [
-        Setting { name: "1/Full FT", priming: None, method: Full, correct: [Some(174), Some(182), Some(176)] },
-        Setting { name: "3/AT", priming: None, method: Adapter, correct: [Some(156), Some(168), Some(162)] },
-        Setting { name: "4/Meta Priming→AT", priming: pe, method: Adapter, correct: [Some(170), Some(176), Some(166)] },
-        Setting { name: "6/MP [MAML Loop]→AT", priming: maml, method: Adapter, correct: [Some(160), None, None] },
-        Setting { name: "PE inner→Full FT", priming: pe, method: Full, correct: [Some(178), Some(184), Some(180)] },
-        Setting { name: "Full inner→Full FT", priming: maml, method: Full, correct: [Some(180), Some(186), Some(178)] },
+        Setting {
+            name: "1/Full FT",
+            priming: None,
+            method: Full,
+            correct: [Some(174), Some(182), Some(176)],
+        },
+        Setting {
+            name: "3/AT",
+            priming: None,
+            method: Adapter,
+            correct: [Some(156), Some(168), Some(162)],
+        },
+        Setting {
+            name: "4/Meta Priming→AT",
+            priming: pe,
+            method: Adapter,
+            correct: [Some(170), Some(176), Some(166)],
+        },
+        Setting {
+            name: "6/MP [MAML Loop]→AT",
+            priming: maml,
+            method: Adapter,
+            correct: [Some(160), None, None],
+        },
+        Setting {
+            name: "PE inner→Full FT",
+            priming: pe,
+            method: Full,
+            correct: [Some(178), Some(184), Some(180)],
+        },
+        Setting {
+            name: "Full inner→Full FT",
+            priming: maml,
+            method: Full,
+            correct: [Some(180), Some(186), Some(178)],
+        },
     ];
     let mut runs = Vec::new();
     for (si, s) in settings.iter().enumerate() {
@@ -164,17 +208,32 @@ fn synthetic(results_dir: &Path) -> ReportInput {
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect(),
         figure3: vec![
-            FigureSeries { label: "PE inner loop".into(), setting: "PE inner→Full FT".into() },
-            FigureSeries { label: "Full (MAML) inner loop".into(), setting: "Full inner→Full FT".into() },
-            FigureSeries { label: "No priming".into(), setting: "1/Full FT".into() },
+            FigureSeries {
+                label: "PE inner loop".into(),
+                setting: "PE inner→Full FT".into(),
+            },
+            FigureSeries {
+                label: "Full (MAML) inner loop".into(),
+                setting: "Full inner→Full FT".into(),
+            },
+            FigureSeries {
+                label: "No priming".into(),
+                setting: "1/Full FT".into(),
+            },
         ],
         figure4: Some([
             ["4/Meta Priming→AT".into(), "PE inner→Full FT".into()],
             ["6/MP [MAML Loop]→AT".into(), "Full inner→Full FT".into()],
         ]),
         compare: vec![
-            ComparePair { a: "4/Meta Priming→AT".into(), b: "3/AT".into() },
-            ComparePair { a: "Full inner→Full FT".into(), b: "PE inner→Full FT".into() },
+            ComparePair {
+                a: "4/Meta Priming→AT".into(),
+                b: "3/AT".into(),
+            },
+            ComparePair {
+                a: "Full inner→Full FT".into(),
+                b: "PE inner→Full FT".into(),
+            },
         ],
         bootstrap_samples: Some(400),
     };
@@ -212,17 +271,32 @@ fn out_dir() -> (Option<tempfile::TempDir>, PathBuf) {
 fn full_report_on_a_synthetic_sweep() {
     let (_keep, dir) = out_dir();
     let input = synthetic(&dir);
-    let opts = ReportOptions { curves: true, bootstrap_seed: 7 };
+    let opts = ReportOptions {
+        curves: true,
+        bootstrap_seed: 7,
+    };
     let summary = write_report(&input, &opts).unwrap();
     assert_eq!((summary.runs_done, summary.runs_total), (32, 36));
     for f in [
-        "scores.parquet", "scores.csv", "table1.md", "table1.csv", "comparison.md", "comparison.csv",
-        "figure3.svg", "figure3.png", "figure4.svg", "figure4.png",
+        "scores.parquet",
+        "scores.csv",
+        "table1.md",
+        "table1.csv",
+        "comparison.md",
+        "comparison.csv",
+        "figure3.svg",
+        "figure3.png",
+        "figure4.svg",
+        "figure4.png",
     ] {
         assert!(dir.join(f).is_file(), "{f} missing");
         assert!(summary.files.contains(&dir.join(f)), "{f} not listed");
     }
-    assert!(summary.skipped.is_empty() || summary.skipped.iter().all(|s| !s.contains("figure")), "{:?}", summary.skipped);
+    assert!(
+        summary.skipped.is_empty() || summary.skipped.iter().all(|s| !s.contains("figure")),
+        "{:?}",
+        summary.skipped
+    );
     for f in ["figure3.png", "figure4.png"] {
         let (w, h) = png_size(&dir.join(f));
         assert!(w >= 800 && h >= 500, "{f} is {w}x{h}");
@@ -240,10 +314,25 @@ fn full_report_on_a_synthetic_sweep() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(curves.iter().filter(|n| n.starts_with("prime-") && n.ends_with(".svg")).count(), 1);
-    assert!(curves.iter().filter(|n| n.starts_with("ft-") && n.ends_with(".png")).count() >= 1);
+    assert_eq!(
+        curves
+            .iter()
+            .filter(|n| n.starts_with("prime-") && n.ends_with(".svg"))
+            .count(),
+        1
+    );
+    assert!(
+        curves
+            .iter()
+            .filter(|n| n.starts_with("ft-") && n.ends_with(".png"))
+            .count()
+            >= 1
+    );
     let prime_svg = std::fs::read_to_string(dir.join("curves/prime-prime-pe.svg")).unwrap();
-    assert!(prime_svg.contains("query loss") && prime_svg.contains("4/Meta Priming→AT, PE inner→Full FT"));
+    assert!(
+        prime_svg.contains("query loss")
+            && prime_svg.contains("4/Meta Priming→AT, PE inner→Full FT")
+    );
 
     // Terminal text: the table and the comparison, and where things went.
     assert!(summary.text.contains("## Table 1") && summary.text.contains("32 of 36"));
@@ -288,9 +377,28 @@ fn scores_round_trip_through_parquet_and_csv() {
     for df in [&pq, &csv] {
         assert_eq!(df.height(), input.runs.len());
         for c in [
-            "setting", "priming", "inner_loop", "inner_steps", "inner_lr", "outer_lr", "ft_method", "ft_lr",
-            "trained_percent", "lang", "seed", "dev_precision", "dev_recall", "dev_f1", "test_precision",
-            "test_recall", "test_f1", "test_f1_PER", "test_f1_ORG", "test_f1_LOC", "steps", "wall_time_s",
+            "setting",
+            "priming",
+            "inner_loop",
+            "inner_steps",
+            "inner_lr",
+            "outer_lr",
+            "ft_method",
+            "ft_lr",
+            "trained_percent",
+            "lang",
+            "seed",
+            "dev_precision",
+            "dev_recall",
+            "dev_f1",
+            "test_precision",
+            "test_recall",
+            "test_f1",
+            "test_f1_PER",
+            "test_f1_ORG",
+            "test_f1_LOC",
+            "steps",
+            "wall_time_s",
             "run_id",
         ] {
             assert!(df.column(c).is_ok(), "column {c} missing");
@@ -302,17 +410,23 @@ fn scores_round_trip_through_parquet_and_csv() {
         let settings = df.column("setting").unwrap().str().unwrap();
         let langs = df.column("lang").unwrap().str().unwrap();
         for i in 0..df.height() {
-            let missing = settings.get(i) == Some("6/MP [MAML Loop]→AT") && langs.get(i) != Some("hi");
+            let missing =
+                settings.get(i) == Some("6/MP [MAML Loop]→AT") && langs.get(i) != Some("hi");
             assert_eq!(f1.get(i).is_none(), missing, "row {i}");
         }
         let first = &input.runs[0];
         let m = first.metrics.as_ref().unwrap();
         assert_eq!(f1.get(0), Some(m.test.f1));
-        assert_eq!(df.column("test_f1_ORG").unwrap().f64().unwrap().get(0), Some(m.test.per_type["ORG"].f1));
+        assert_eq!(
+            df.column("test_f1_ORG").unwrap().f64().unwrap().get(0),
+            Some(m.test.per_type["ORG"].f1)
+        );
         assert_eq!(settings.get(0), Some("1/Full FT"));
         assert_eq!(df.column("priming").unwrap().str().unwrap().get(0), None);
         let inner = df.column("inner_loop").unwrap().str().unwrap();
-        let idx = (0..df.height()).find(|&i| settings.get(i) == Some("6/MP [MAML Loop]→AT")).unwrap();
+        let idx = (0..df.height())
+            .find(|&i| settings.get(i) == Some("6/MP [MAML Loop]→AT"))
+            .unwrap();
         assert_eq!(inner.get(idx), Some("full"));
     }
 }
@@ -329,7 +443,11 @@ fn comparison_with_the_paper_and_bootstrap() {
     assert_eq!(at.paper_label, "3/AT");
     assert_eq!(at.paper, vec![Some(77.76), Some(84.10), Some(81.08)]);
     assert!((at.ours[0].unwrap() - 78.25).abs() < 1e-9);
-    let maml = cmp.paper_rows.iter().find(|r| r.setting.contains("MAML")).unwrap();
+    let maml = cmp
+        .paper_rows
+        .iter()
+        .find(|r| r.setting.contains("MAML"))
+        .unwrap();
     assert_eq!(maml.avg_languages, 1);
     assert_eq!(maml.paper_avg, Some(80.18));
     let md = std::fs::read_to_string(dir.join("comparison.md")).unwrap();
@@ -362,11 +480,23 @@ fn comparison_with_the_paper_and_bootstrap() {
         .finish()
         .unwrap();
     let section = csv.column("section").unwrap().str().unwrap();
-    let n = |s: &str| (0..csv.height()).filter(|&i| section.get(i) == Some(s)).count();
+    let n = |s: &str| {
+        (0..csv.height())
+            .filter(|&i| section.get(i) == Some(s))
+            .count()
+    };
     // 4 mapped rows × (3 languages + avg), 4 figure-4 cells, 2 pairs × (3 languages + avg).
-    assert_eq!((n("paper"), n("figure4"), n("bootstrap"), n("trained_percent")), (16, 4, 8, 4));
-    assert_eq!(at.ours_percent, Some(0.4));
-    assert!(md.contains("| % params |") || md.contains("% params"), "{md}");
+    assert_eq!(
+        (
+            n("paper"),
+            n("figure4"),
+            n("bootstrap"),
+            n("trained_percent")
+        ),
+        (16, 4, 8, 4)
+    );
+    assert!((at.ours_percent.unwrap() - 0.4).abs() < 1e-12);
+    assert!(md.contains("% params"), "{md}");
 }
 
 #[test]
@@ -380,25 +510,72 @@ fn nothing_done_skips_figures_and_shows_dashes() {
     let summary = write_report(&input, &ReportOptions::default()).unwrap();
     assert_eq!(summary.runs_done, 0);
     assert!(!dir.join("figure3.svg").exists() && !dir.join("figure4.png").exists());
-    assert!(summary.skipped.iter().any(|s| s.starts_with("figure 3 skipped")), "{:?}", summary.skipped);
-    assert!(summary.skipped.iter().any(|s| s.starts_with("figure 4 skipped")));
+    assert!(
+        summary
+            .skipped
+            .iter()
+            .any(|s| s.starts_with("figure 3 skipped")),
+        "{:?}",
+        summary.skipped
+    );
+    assert!(
+        summary
+            .skipped
+            .iter()
+            .any(|s| s.starts_with("figure 4 skipped"))
+    );
     assert!(summary.text.contains("Not drawn"));
     let md = std::fs::read_to_string(dir.join("table1.md")).unwrap();
     let table_rows: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
     assert_eq!(table_rows.len(), 2 + 4);
-    assert!(table_rows.iter().all(|l| !l.contains("**")), "nothing to bold\n{md}");
-    assert!(summary.comparison.pairs.iter().all(|p| p.per_lang.is_empty() && !p.notes.is_empty()));
+    assert!(
+        table_rows.iter().all(|l| !l.contains("**")),
+        "nothing to bold\n{md}"
+    );
+    assert!(
+        summary
+            .comparison
+            .pairs
+            .iter()
+            .all(|p| p.per_lang.is_empty() && !p.notes.is_empty())
+    );
 }
 
 #[test]
 fn unknown_settings_in_report_section_are_errors() {
     let (_keep, dir) = out_dir();
     let mut input = synthetic(&dir.join("bad"));
-    input.spec.compare.push(ComparePair { a: "3/AT".into(), b: "7/Nope".into() });
-    let err = write_report(&input, &ReportOptions::default()).unwrap_err().to_string();
+    input.spec.compare.push(ComparePair {
+        a: "3/AT".into(),
+        b: "7/Nope".into(),
+    });
+    let err = write_report(&input, &ReportOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("compare") && err.contains("7/Nope"), "{err}");
     let mut input = synthetic(&dir.join("bad2"));
-    input.spec.paper_rows.insert("3/AT".into(), "3/Adapters".into());
-    let err = write_report(&input, &ReportOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("3/Adapters") && err.contains("\"2/HT\""), "{err}");
+    input
+        .spec
+        .paper_rows
+        .insert("3/AT".into(), "3/Adapters".into());
+    let err = write_report(&input, &ReportOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("3/Adapters") && err.contains("\"2/HT\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_sweep_without_runs_still_reports() {
+    let (_keep, dir) = out_dir();
+    let dir = dir.join("norun");
+    let mut input = synthetic(&dir);
+    input.runs.clear();
+    let summary = write_report(&input, &ReportOptions { curves: true, bootstrap_seed: 0 }).unwrap();
+    assert_eq!((summary.runs_done, summary.runs_total), (0, 0));
+    assert!(summary.table1.rows.iter().all(|r| r.cells.iter().all(Option::is_none)));
+    let file = std::fs::File::open(dir.join("scores.parquet")).unwrap();
+    assert_eq!(ParquetReader::new(file).finish().unwrap().height(), 0);
 }

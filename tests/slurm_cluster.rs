@@ -5,8 +5,12 @@
 //! Environment: `PRIMER_SLURM_CLUSTER_DIR` reuses (or keeps) a cluster directory instead of a
 //! temporary one; a cluster that was already running there is left running.
 
+use primer::config::{FinetuneConfig, PrimeConfig};
+use primer::slurm::backend::{SlurmRunState, slurm_status, submit_sweep, wait_sweep};
 use primer::slurm::client::Submission;
 use primer::slurm::{ArrayJob, JobRef, Slurm, SlurmOptions, SlurmRecord, SlurmState, TaskStatus};
+use primer::sweep::Store;
+use primer::sweep::plan::{Plan, PlannedRun, RunSpec};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -324,6 +328,156 @@ fn job_arrays_on_a_real_cluster() {
         kept.iter().filter(|n| n.ends_with(".tasks")).count(),
         3,
         "{kept:?}"
+    );
+    drop(cluster);
+}
+
+/// A stand-in for `primer exec --device D --run-dir DIR`: priming makes `checkpoint/`,
+/// fine-tuning checks that its priming checkpoint exists (dependency order) and writes a valid
+/// `metrics.json`; the target language "fail" fails (exit 5) on its first attempt only.
+fn fake_primer(dir: &Path, metrics_template: &Path) -> PathBuf {
+    let exe = dir.join("fake-primer");
+    let script = format!(
+        r#"#!/bin/sh
+[ "$1" = exec ] && [ "$2" = --device ] && [ "$4" = --run-dir ] || {{ echo "bad arguments: $*" >&2; exit 2; }}
+dir="$5"
+case "$(basename "$dir")" in
+prime-*) sleep 1; mkdir "$dir/checkpoint"; exit 0;;
+esac
+id=$(sed -n 's/.*"priming": *"\([0-9a-f]*\)".*/\1/p' "$dir/spec.json")
+if [ -n "$id" ] && [ ! -d "$(dirname "$dir")/prime-$id/checkpoint" ]; then echo "no checkpoint of $id" >&2; exit 4; fi
+if grep -q '"lang": "fail"' "$dir/spec.json" && [ ! -e "$dir/attempted" ]; then touch "$dir/attempted"; echo "failing on purpose" >&2; exit 5; fi
+cp '{}' "$dir/metrics.json"
+"#,
+        metrics_template.display()
+    );
+    std::fs::write(&exe, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    exe
+}
+
+fn metrics_template(path: &Path) {
+    let m = primer::train::FinetuneMetrics {
+        lang: "hi".into(),
+        method: primer::config::FinetuneMethod::Adapter,
+        seed: 0,
+        dev: Default::default(),
+        test: Default::default(),
+        best_epoch: 1,
+        epochs: vec![],
+        trained_params: 1,
+        total_params: 2,
+        trained_percent: 50.0,
+        steps: 1,
+        wall_time_s: 0.0,
+        truncated_words_dev: 0,
+        truncated_words_test: 0,
+        test_sentence_counts: vec![],
+        loss_curve: vec![],
+    };
+    std::fs::write(path, serde_json::to_vec(&m).unwrap()).unwrap();
+}
+
+/// Two priming runs and five fine-tuning runs (two per priming run, one of which fails once,
+/// and one from the plain model).
+fn demo_plan(store: &Path) -> Plan {
+    let prime = |seed| RunSpec::Prime {
+        config: PrimeConfig {
+            seed,
+            ..Default::default()
+        },
+    };
+    let p = [prime(0), prime(1)];
+    let ft = |lang: &str, priming: Option<&RunSpec>| RunSpec::Finetune {
+        config: FinetuneConfig {
+            lang: lang.into(),
+            ..Default::default()
+        },
+        priming: priming.map(RunSpec::id),
+    };
+    let specs = [
+        (p[0].clone(), vec![]),
+        (p[1].clone(), vec![]),
+        (ft("hi", Some(&p[0])), vec![0]),
+        (ft("ta", Some(&p[0])), vec![0]),
+        (ft("hi", Some(&p[1])), vec![1]),
+        (ft("fail", Some(&p[1])), vec![1]),
+        (ft("hi", None), vec![]),
+    ];
+    Plan {
+        sweep_name: "itest".into(),
+        store: store.to_path_buf(),
+        runs: specs
+            .into_iter()
+            .map(|(spec, deps)| PlannedRun {
+                id: spec.id(),
+                spec,
+                deps,
+                settings: vec!["s".into()],
+            })
+            .collect(),
+        entries: vec![],
+        settings: vec!["s".into()],
+        targets: vec!["hi".into()],
+    }
+}
+
+#[test]
+fn sweep_adapters_on_a_real_cluster() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let slurm = cluster.slurm();
+    let tmp = tempfile::tempdir().unwrap();
+    let template = tmp.path().join("metrics-template.json");
+    metrics_template(&template);
+    let exe = fake_primer(tmp.path(), &template);
+    let store = Store::new(tmp.path().join("store"));
+    let plan = demo_plan(&store.root);
+    let opts = SlurmOptions::default();
+    let poll = Duration::from_millis(300);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let guard = |_: &[primer::slurm::backend::SlurmRunView]| {
+        assert!(Instant::now() < deadline, "sweep did not finish in time");
+    };
+
+    let first = submit_sweep(&plan, &store, &slurm, &opts, &exe).unwrap();
+    assert_eq!(first.submitted.len(), 7);
+    let views = wait_sweep(&plan, &store, &slurm, poll, guard).unwrap();
+    let states: Vec<SlurmRunState> = views.iter().map(|v| v.state).collect();
+    use SlurmRunState::*;
+    assert_eq!(
+        states,
+        vec![Done, Done, Done, Done, Done, Failed, Done],
+        "{views:#?}"
+    );
+    assert!(
+        views[5]
+            .detail
+            .starts_with("failed with Slurm state FAILED exit 5:0"),
+        "{}",
+        views[5].detail
+    );
+    let log = std::fs::read_to_string(views[5].dir.join("log.txt")).unwrap();
+    assert!(log.contains("failing on purpose"), "{log}");
+
+    // A rerun submits only the failed run, without a dependency (its priming run is done).
+    let second = submit_sweep(&plan, &store, &slurm, &opts, &exe).unwrap();
+    assert_eq!(
+        second.submitted.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        vec![5]
+    );
+    assert_eq!(second.done.len(), 6);
+    let script = std::fs::read_to_string(&second.arrays[0].chunks[0].script).unwrap();
+    assert!(!script.contains("--dependency"), "{script}");
+    let views = wait_sweep(&plan, &store, &slurm, poll, guard).unwrap();
+    assert!(views.iter().all(|v| v.state == Done), "{views:#?}");
+    assert!(
+        slurm_status(&plan, &store, &slurm)
+            .unwrap()
+            .iter()
+            .all(|v| v.state == Done)
     );
     drop(cluster);
 }

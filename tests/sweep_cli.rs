@@ -8,8 +8,16 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_primer");
 
 fn primer(cwd: &Path, args: &[&str]) -> (bool, String) {
-    let o = Command::new(BIN).args(args).current_dir(cwd).output().expect("run primer");
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run primer");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     (o.status.success(), text)
 }
 
@@ -44,26 +52,42 @@ fn plan_json_lists_runs_with_dependencies_and_status() {
     broken_setup(tmp.path());
     let (ok, out) = primer(tmp.path(), &["plan", "--json", "s.toml"]);
     assert!(ok, "{out}");
-    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len(), 3, "1 priming + 2 fine-tuning: {out}");
     assert_eq!(rows[0]["kind"], "prime");
     assert_eq!(rows[0]["language"], "en+es");
-    let primed = rows.iter().find(|r| r["setting"] == "primed" && r["kind"] == "finetune").unwrap();
+    let primed = rows
+        .iter()
+        .find(|r| r["setting"] == "primed" && r["kind"] == "finetune")
+        .unwrap();
     assert_eq!(primed["dependencies"], serde_json::json!([rows[0]["id"]]));
     assert_eq!(primed["config"]["lang"], "hi");
     assert_eq!(primed["seed"], 0);
     assert!(rows.iter().all(|r| r["status"] == "pending"));
     let (ok, table) = primer(tmp.path(), &["plan", "s.toml"]);
-    assert!(ok && table.contains("3 runs (1 priming, 2 fine-tuning"), "{table}");
+    assert!(
+        ok && table.contains("3 runs (1 priming, 2 fine-tuning"),
+        "{table}"
+    );
 }
 
 #[test]
 fn invalid_sweeps_fail_with_file_line_and_suggestion() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("bad.toml"), "name = \"x\"\n[grid]\n\"finetune.lerning_rate\" = [1]\n\"finetune.lr\" = [0.1]\n").unwrap();
+    std::fs::write(
+        tmp.path().join("bad.toml"),
+        "name = \"x\"\n[grid]\n\"finetune.lerning_rate\" = [1]\n\"finetune.lr\" = [0.1]\n",
+    )
+    .unwrap();
     let (ok, out) = primer(tmp.path(), &["plan", "bad.toml"]);
     assert!(!ok);
-    assert!(out.contains("bad.toml:3:1:") && out.contains("did you mean finetune.lr?"), "{out}");
+    assert!(
+        out.contains("bad.toml:3:1:") && out.contains("did you mean finetune.lr?"),
+        "{out}"
+    );
     let (ok, out) = primer(tmp.path(), &["run", "missing.toml"]);
     assert!(!ok && out.contains("missing.toml"), "{out}");
 }
@@ -74,7 +98,10 @@ fn missing_inputs_are_reported_before_anything_runs() {
     std::fs::write(tmp.path().join("s.toml"), "name = \"x\"\nstore = \"store\"\ntargets = [\"hi\"]\n[base.finetune]\nmodel = \"nowhere\"\n").unwrap();
     let (ok, out) = primer(tmp.path(), &["run", "s.toml"]);
     assert!(!ok);
-    assert!(out.contains("nowhere") && out.contains("data/wikiann/hi"), "{out}");
+    assert!(
+        out.contains("nowhere") && out.contains("data/wikiann/hi"),
+        "{out}"
+    );
     assert!(!tmp.path().join("store").exists(), "nothing was started");
 }
 
@@ -95,7 +122,10 @@ fn a_second_orchestrator_on_the_same_store_is_refused() {
     let store = primer::sweep::Store::new(tmp.path().join("store"));
     let _held = store.lock("the test").unwrap();
     let (ok, out) = primer(tmp.path(), &["run", "s.toml"]);
-    assert!(!ok && out.contains("in use") && out.contains("the test"), "{out}");
+    assert!(
+        !ok && out.contains("in use") && out.contains("the test"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -103,24 +133,49 @@ fn failed_runs_are_retried_reported_and_block_their_dependents() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     broken_setup(t);
-    let (ok, out) = primer(t, &["run", "s.toml", "--retries", "1", "--plain", "--no-report"]);
+    let (ok, out) = primer(
+        t,
+        &["run", "s.toml", "--retries", "1", "--plain", "--no-report"],
+    );
     assert!(!ok, "{out}");
     assert!(out.contains("2 failed, 1 not runnable"), "{out}");
     assert!(out.contains("log:") && out.contains("log.txt"), "{out}");
-    assert!(out.contains("NOT RUNNABLE") && out.contains("priming run prime-"), "{out}");
-    let dirs: Vec<_> = std::fs::read_dir(t.join("store")).unwrap().map(|e| e.unwrap().path()).collect();
-    let prime = dirs.iter().find(|d| d.file_name().unwrap().to_str().unwrap().starts_with("prime-")).unwrap();
-    let status: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(prime.join("status.json")).unwrap()).unwrap();
+    assert!(
+        out.contains("NOT RUNNABLE") && out.contains("priming run prime-"),
+        "{out}"
+    );
+    let dirs: Vec<_> = std::fs::read_dir(t.join("store"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let prime = dirs
+        .iter()
+        .find(|d| {
+            d.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("prime-")
+        })
+        .unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(prime.join("status.json")).unwrap()).unwrap();
     assert_eq!(status["state"], "failed");
     assert_eq!(status["attempts"], 2, "one try and one retry");
     assert!(status["error"].as_str().is_some_and(|e| !e.is_empty()));
     let log = std::fs::read_to_string(prime.join("log.txt")).unwrap();
     assert_eq!(log.matches("=== primer: attempt").count(), 2, "{log}");
-    assert!(log.contains("error:"), "the child's error is in the log: {log}");
+    assert!(
+        log.contains("error:"),
+        "the child's error is in the log: {log}"
+    );
 
     let (ok, out) = primer(t, &["status", "s.toml"]);
     assert!(ok, "{out}");
-    assert!(out.contains("failed   2") && out.contains("blocked  1"), "{out}");
+    assert!(
+        out.contains("failed   2") && out.contains("blocked  1"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -25,7 +25,11 @@ fn primer(cwd: &Path, args: &[&str]) -> std::process::Output {
 }
 
 fn text(o: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn sweep_text(model: &Path, store: &str) -> String {
@@ -65,7 +69,13 @@ fn run_dirs(store: &Path, kind: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(store)
         .map(|rd| {
             rd.map(|e| e.unwrap().path())
-                .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&format!("{kind}-")))
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .starts_with(&format!("{kind}-"))
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -94,7 +104,11 @@ fn results(store: &Path) -> BTreeMap<String, serde_json::Value> {
 fn sweep_runs_shares_priming_and_resumes_after_sigkill() {
     let root = crate_root();
     let tokenizer = root.join("data/tokenizer/bert-base-multilingual-cased");
-    for needed in [root.join("data/wikiann/af"), root.join("data/wikiann/en"), tokenizer.clone()] {
+    for needed in [
+        root.join("data/wikiann/af"),
+        root.join("data/wikiann/en"),
+        tokenizer.clone(),
+    ] {
         if !needed.exists() {
             eprintln!("SKIP: {} not found", needed.display());
             return;
@@ -106,35 +120,70 @@ fn sweep_runs_shares_priming_and_resumes_after_sigkill() {
     let out = primer(
         t,
         &[
-            "init-model", "--out", model.to_str().unwrap(), "--tokenizer-from", tokenizer.to_str().unwrap(),
-            "--hidden", "32", "--layers", "1", "--heads", "2", "--intermediate", "64", "--max-position", "64",
+            "init-model",
+            "--out",
+            model.to_str().unwrap(),
+            "--tokenizer-from",
+            tokenizer.to_str().unwrap(),
+            "--hidden",
+            "32",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--intermediate",
+            "64",
+            "--max-position",
+            "64",
         ],
     );
     assert!(out.status.success(), "init-model failed: {}", text(&out));
 
     // 1. Uninterrupted: 2 priming + 8 fine-tuning runs; priming executes exactly twice.
     std::fs::write(t.join("a.toml"), sweep_text(&model, "store1")).unwrap();
-    let out = primer(t, &["run", "a.toml", "--plain", "--no-report", "--retries", "0"]);
+    let out = primer(
+        t,
+        &["run", "a.toml", "--plain", "--no-report", "--retries", "0"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let store1 = t.join("store1");
     let primes = run_dirs(&store1, "prime");
     assert_eq!(primes.len(), 2);
     for p in &primes {
         assert!(p.join("checkpoint").is_dir(), "{}", p.display());
-        assert_eq!(status(p)["attempts"], 1, "priming executed once: {}", p.display());
-        assert_eq!(std::fs::read_to_string(p.join("log.txt")).unwrap().matches("=== primer: attempt").count(), 1);
+        assert_eq!(
+            status(p)["attempts"],
+            1,
+            "priming executed once: {}",
+            p.display()
+        );
+        assert_eq!(
+            std::fs::read_to_string(p.join("log.txt"))
+                .unwrap()
+                .matches("=== primer: attempt")
+                .count(),
+            1
+        );
     }
     let first = results(&store1);
     assert_eq!(first.len(), 8, "{}", text(&out));
     for d in run_dirs(&store1, "finetune") {
         assert_eq!(status(&d)["state"], "done");
-        let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("spec.json")).unwrap()).unwrap();
-        assert!(spec["priming"].is_string(), "fine-tuning refers to its priming run by id");
+        let spec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("spec.json")).unwrap()).unwrap();
+        assert!(
+            spec["priming"].is_string(),
+            "fine-tuning refers to its priming run by id"
+        );
     }
 
     // A rerun finds everything done and executes nothing.
     let out = primer(t, &["run", "a.toml", "--plain", "--no-report"]);
-    assert!(out.status.success() && text(&out).contains("0 executed now"), "{}", text(&out));
+    assert!(
+        out.status.success() && text(&out).contains("0 executed now"),
+        "{}",
+        text(&out)
+    );
 
     // 2. Same sweep into a second store, SIGKILLed after the first fine-tuning result.
     std::fs::write(t.join("b.toml"), sweep_text(&model, "store2")).unwrap();
@@ -148,32 +197,69 @@ fn sweep_runs_shares_priming_and_resumes_after_sigkill() {
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    while results(&store2).is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(120), "no result within 2 minutes");
-        assert!(child.try_wait().unwrap().is_none(), "the orchestrator ended before it could be killed");
+    // Kill while a run executes, after at least one fine-tuning result exists.
+    let executing = |store: &Path| {
+        run_dirs(store, "finetune").into_iter().find(|d| {
+            d.join("status.json").is_file()
+                && status(d)["state"] == "running"
+                && !d.join("metrics.json").exists()
+        })
+    };
+    while results(&store2).is_empty() || executing(&store2).is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no result within 2 minutes"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the orchestrator ended before it could be killed"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+    let interrupted = executing(&store2);
     // Snapshot what was done at the kill, and find the run that was executing.
-    let done_at_kill: BTreeMap<String, (Vec<u8>, std::time::SystemTime, serde_json::Value)> = run_dirs(&store2, "finetune")
+    let done_at_kill: BTreeMap<String, (Vec<u8>, std::time::SystemTime, serde_json::Value)> =
+        run_dirs(&store2, "finetune")
+            .into_iter()
+            .chain(run_dirs(&store2, "prime"))
+            .filter(|d| d.join("metrics.json").is_file() || d.join("checkpoint").is_dir())
+            .map(|d| {
+                let result = if d.join("metrics.json").is_file() {
+                    d.join("metrics.json")
+                } else {
+                    d.join("checkpoint")
+                };
+                let bytes = std::fs::read(d.join("metrics.json")).unwrap_or_default();
+                let mtime = std::fs::metadata(&result).unwrap().modified().unwrap();
+                (
+                    d.file_name().unwrap().to_str().unwrap().to_string(),
+                    (bytes, mtime, status(&d)["attempts"].clone()),
+                )
+            })
+            .collect();
+    assert!(
+        done_at_kill.len() < 10,
+        "the kill came after the sweep had finished"
+    );
+    // Children do not outlive the orchestrator.
+    for d in run_dirs(&store2, "finetune")
         .into_iter()
         .chain(run_dirs(&store2, "prime"))
-        .filter(|d| d.join("metrics.json").is_file() || d.join("checkpoint").is_dir())
-        .map(|d| {
-            let result = if d.join("metrics.json").is_file() { d.join("metrics.json") } else { d.join("checkpoint") };
-            let bytes = std::fs::read(d.join("metrics.json")).unwrap_or_default();
-            let mtime = std::fs::metadata(&result).unwrap().modified().unwrap();
-            (d.file_name().unwrap().to_str().unwrap().to_string(), (bytes, mtime, status(&d)["attempts"].clone()))
-        })
-        .collect();
-    assert!(done_at_kill.len() < 10, "the kill came after the sweep had finished");
-    // Children do not outlive the orchestrator.
-    for d in run_dirs(&store2, "finetune").into_iter().chain(run_dirs(&store2, "prime")) {
-        if let Some(pid) = d.join("status.json").is_file().then(|| status(&d)["child_pid"].as_u64()).flatten() {
+    {
+        if let Some(pid) = d
+            .join("status.json")
+            .is_file()
+            .then(|| status(&d)["child_pid"].as_u64())
+            .flatten()
+        {
             let t0 = Instant::now();
             while Path::new(&format!("/proc/{pid}")).exists() && !zombie(pid) {
-                assert!(t0.elapsed() < Duration::from_secs(5), "child {pid} outlived its orchestrator");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(5),
+                    "child {pid} outlived its orchestrator"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -181,24 +267,100 @@ fn sweep_runs_shares_priming_and_resumes_after_sigkill() {
     // `primer status` reports the interrupted run as stale (the lock died with the orchestrator).
     let out = primer(t, &["status", "b.toml"]);
     assert!(out.status.success(), "{}", text(&out));
+    if let Some(d) = &interrupted {
+        assert!(
+            text(&out).contains("stale    1"),
+            "{} ({})",
+            text(&out),
+            d.display()
+        );
+    }
 
     // 3. Resume: the rest runs, nothing done is executed again, results equal the first store's.
-    let out = primer(t, &["run", "b.toml", "--plain", "--no-report"]);
+    let out = primer(
+        t,
+        &[
+            "run",
+            "b.toml",
+            "--plain",
+            "--no-report",
+            "--gc-checkpoints",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains(&format!("{} were already done", done_at_kill.len())), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{} were already done", done_at_kill.len())),
+        "{}",
+        text(&out)
+    );
+    if let Some(d) = &interrupted {
+        assert_eq!(
+            status(d)["attempts"],
+            2,
+            "the stale run was rerun: {}",
+            d.display()
+        );
+    }
     for (name, (bytes, mtime, attempts)) in &done_at_kill {
         let d = store2.join(name);
-        let result = if d.join("metrics.json").is_file() { d.join("metrics.json") } else { d.join("checkpoint") };
-        assert_eq!(&std::fs::read(d.join("metrics.json")).unwrap_or_default(), bytes, "{name} was rewritten");
-        assert_eq!(&std::fs::metadata(&result).unwrap().modified().unwrap(), mtime, "{name} was executed again");
-        assert_eq!(&status(&d)["attempts"], attempts, "{name} was executed again");
+        assert_eq!(
+            &std::fs::read(d.join("metrics.json")).unwrap_or_default(),
+            bytes,
+            "{name} was rewritten"
+        );
+        // Priming checkpoints are gone after --gc-checkpoints; their attempts still count.
+        if d.join("metrics.json").is_file() {
+            assert_eq!(
+                &std::fs::metadata(d.join("metrics.json"))
+                    .unwrap()
+                    .modified()
+                    .unwrap(),
+                mtime,
+                "{name} was executed again"
+            );
+        }
+        let log = std::fs::read_to_string(d.join("log.txt")).unwrap();
+        assert_eq!(
+            log.matches("=== primer: attempt").count(),
+            1,
+            "{name} was executed again"
+        );
+        assert_eq!(
+            &status(&d)["attempts"],
+            attempts,
+            "{name} was executed again"
+        );
     }
-    assert_eq!(results(&store2), first, "an interrupted and resumed sweep gives the uninterrupted results");
+    assert_eq!(
+        results(&store2),
+        first,
+        "an interrupted and resumed sweep gives the uninterrupted results"
+    );
+
+    // --gc-checkpoints removed the primed checkpoints (keeping the curves); nothing reruns.
+    for p in run_dirs(&store2, "prime") {
+        assert!(
+            !p.join("checkpoint").exists() && p.join("curves.json").is_file(),
+            "{}",
+            p.display()
+        );
+        assert_eq!(status(&p)["state"], "collected");
+    }
+    let out = primer(t, &["run", "b.toml", "--plain", "--no-report"]);
+    assert!(
+        out.status.success() && text(&out).contains("0 executed now"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// Whether /proc says the process is a zombie (exited, not yet reaped by its parent).
 fn zombie(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }

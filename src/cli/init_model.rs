@@ -1,7 +1,7 @@
 //! `primer init-model`: write a small, seeded, randomly initialised BERT folder.
 
 use anyhow::Context;
-use primer::model::{write_random_bert, RandomBertSpec};
+use primer::model::{RandomBertSpec, write_random_bert};
 use std::path::PathBuf;
 use std::process::ExitCode;
 

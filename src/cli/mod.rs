@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod bench;
 mod finetune;
 mod init_model;
 mod prime;
@@ -46,6 +47,8 @@ enum Command {
     Report(report::ReportArgs),
     /// Run the embedded demo sweep on CPU and write its report under results/demo.
     Demo(sweep::DemoArgs),
+    /// Time training steps side by side with the PyTorch reference (ratios primer / PyTorch).
+    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -62,6 +65,7 @@ pub fn main() -> ExitCode {
         Command::Exec(a) => sweep::exec(a),
         Command::Report(a) => report::run(a),
         Command::Demo(a) => sweep::demo(a),
+        Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(code) => code,

@@ -111,7 +111,11 @@ impl PrimeArgs {
             c.data.root = v.clone();
         }
         if let Some(v) = &self.sources {
-            c.sources = v.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            c.sources = v
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
         }
         if let Some(m) = self.method {
             (c.method, c.inner_loop) = match m {
@@ -178,7 +182,9 @@ impl PrimeArgs {
             c.device = v.clone();
         }
         if c.model.as_os_str().is_empty() {
-            anyhow::bail!("no model given: pass --model DIR (a Hugging Face BERT folder) or set `model` in --config");
+            anyhow::bail!(
+                "no model given: pass --model DIR (a Hugging Face BERT folder) or set `model` in --config"
+            );
         }
         Ok(c)
     }
@@ -197,7 +203,11 @@ pub fn run(args: PrimeArgs) -> anyhow::Result<ExitCode> {
         s.tasks.iter().map(|t| t.query).sum::<f64>() / s.tasks.len().max(1) as f64
     };
     if let Some(last) = curves.steps.len().checked_sub(1) {
-        let what = if config.method == PrimingMethod::Ft { "training" } else { "query" };
+        let what = if config.method == PrimingMethod::Ft {
+            "training"
+        } else {
+            "query"
+        };
         println!(
             "{method} priming on {}: {} steps, mean {what} loss {:.4} → {:.4}",
             config.sources.join(","),

@@ -5,7 +5,9 @@ use primer::progress::JsonLinesProgress;
 use primer::sweep::plan::{Plan, RunKind};
 use primer::sweep::process::{ExecJob, load_exec_job};
 use primer::sweep::run::{count_states, missing_inputs, observe, parse_devices, plan_rows};
-use primer::sweep::{RunOptions, RunSummary, Store, Sweep, install_interrupt_handler, report_input_for, run_sweep};
+use primer::sweep::{
+    RunOptions, RunSummary, Store, Sweep, install_interrupt_handler, report_input_for, run_sweep,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -89,7 +91,10 @@ fn short(id: &str) -> &str {
 pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
     match print_plan(&a) {
         // `primer plan ... | head` closes the pipe early: not an error.
-        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
             Ok(ExitCode::SUCCESS)
         }
         other => other,
@@ -109,16 +114,34 @@ fn print_plan(a: &PlanArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let obs = observe(&plan, &store);
-    writeln!(out, "sweep '{}' ({}), store {}", sweep.name, a.sweep.display(), store.root.display())?;
-    writeln!(out, "{:<8} {:<17} {:<9} {:<10} {:<5} {:<17} setting(s) / configuration", "status", "run", "lang", "method", "seed", "depends on")?;
+    writeln!(
+        out,
+        "sweep '{}' ({}), store {}",
+        sweep.name,
+        a.sweep.display(),
+        store.root.display()
+    )?;
+    writeln!(
+        out,
+        "{:<8} {:<17} {:<9} {:<10} {:<5} {:<17} setting(s) / configuration",
+        "status", "run", "lang", "method", "seed", "depends on"
+    )?;
     for (r, o) in plan.runs.iter().zip(&obs) {
-        let deps: Vec<String> = r.deps.iter().map(|&d| format!("prime-{}", short(&plan.runs[d].id))).collect();
+        let deps: Vec<String> = r
+            .deps
+            .iter()
+            .map(|&d| format!("prime-{}", short(&plan.runs[d].id)))
+            .collect();
         let method = match &r.spec {
-            primer::sweep::RunSpec::Prime { config } => format!("{:?}", config.method).to_lowercase(),
+            primer::sweep::RunSpec::Prime { config } => {
+                format!("{:?}", config.method).to_lowercase()
+            }
             primer::sweep::RunSpec::Finetune { config, .. } => config.method.to_string(),
         };
         let detail = match &r.spec {
-            primer::sweep::RunSpec::Prime { config } if config.method == primer::config::PrimingMethod::Ft => {
+            primer::sweep::RunSpec::Prime { config }
+                if config.method == primer::config::PrimingMethod::Ft =>
+            {
                 format!("lr {} steps {}", config.ft_lr, config.steps)
             }
             primer::sweep::RunSpec::Prime { config } => format!(
@@ -130,16 +153,23 @@ fn print_plan(a: &PlanArgs) -> anyhow::Result<ExitCode> {
                 config.steps
             )
             .to_lowercase(),
-            primer::sweep::RunSpec::Finetune { config, .. } => format!("lr {} epochs {}", config.effective_lr(), config.epochs),
+            primer::sweep::RunSpec::Finetune { config, .. } => {
+                format!("lr {} epochs {}", config.effective_lr(), config.epochs)
+            }
         };
-        writeln!(out, 
+        writeln!(
+            out,
             "{:<8} {:<17} {:<9} {:<10} {:<5} {:<17} {} · {detail}",
             o.label(),
             format!("{}-{}", r.kind(), short(&r.id)),
             r.lang(),
             method,
             r.spec.seed(),
-            if deps.is_empty() { "-".to_string() } else { deps.join(",") },
+            if deps.is_empty() {
+                "-".to_string()
+            } else {
+                deps.join(",")
+            },
             r.settings.join(", "),
         )?;
     }
@@ -148,7 +178,8 @@ fn print_plan(a: &PlanArgs) -> anyhow::Result<ExitCode> {
         .filter(|(_, n)| *n > 0)
         .map(|(l, n)| format!("{n} {l}"))
         .collect();
-    writeln!(out, 
+    writeln!(
+        out,
         "{} runs ({} priming, {} fine-tuning; {} table entries over {} settings): {}",
         plan.runs.len(),
         plan.count(RunKind::Prime),
@@ -159,7 +190,11 @@ fn print_plan(a: &PlanArgs) -> anyhow::Result<ExitCode> {
     )?;
     let missing = missing_inputs(&plan);
     if !missing.is_empty() {
-        writeln!(out, "warning: inputs not found (relative to {}); `primer run` will refuse to start:", std::env::current_dir()?.display())?;
+        writeln!(
+            out,
+            "warning: inputs not found (relative to {}); `primer run` will refuse to start:",
+            std::env::current_dir()?.display()
+        )?;
         for m in missing {
             writeln!(out, "  {m}")?;
         }
@@ -172,7 +207,12 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let plan = Plan::expand(&sweep)?;
     let store = Store::new(&plan.store);
     let obs = observe(&plan, &store);
-    println!("sweep '{}': {} runs in {}", sweep.name, plan.runs.len(), store.root.display());
+    println!(
+        "sweep '{}': {} runs in {}",
+        sweep.name,
+        plan.runs.len(),
+        store.root.display()
+    );
     for (label, n) in count_states(&obs) {
         println!("  {label:<8} {n}");
     }
@@ -185,7 +225,11 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
                 o.error.as_deref().unwrap_or("?"),
                 o.dir.join("log.txt").display()
             ),
-            "blocked" => println!("blocked {}: its priming run {} failed", r.label(), o.blocked_by.as_deref().unwrap_or("?")),
+            "blocked" => println!(
+                "blocked {}: its priming run {} failed",
+                r.label(),
+                o.blocked_by.as_deref().unwrap_or("?")
+            ),
             "running" => println!("running {}", r.label()),
             _ => {}
         }
@@ -212,9 +256,19 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
             primer::prime::run_priming(&config, &out_dir, &JsonLinesProgress)?;
         }
         ExecJob::Finetune { config, out_dir } => {
-            tracing::info!("fine-tuning {} ({}) into {}", config.lang, config.method, out_dir.display());
+            tracing::info!(
+                "fine-tuning {} ({}) into {}",
+                config.lang,
+                config.method,
+                out_dir.display()
+            );
             let m = primer::train::run_finetune(&config, &out_dir, &JsonLinesProgress)?;
-            tracing::info!("test F1 {:.4} (dev F1 {:.4}, epoch {})", m.test.f1, m.dev.f1, m.best_epoch);
+            tracing::info!(
+                "test F1 {:.4} (dev F1 {:.4}, epoch {})",
+                m.test.f1,
+                m.dev.f1,
+                m.best_epoch
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -230,7 +284,16 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         a.devices,
         a.per_device
     );
-    execute(&sweep, devices, a.per_device, a.retries, a.gc_checkpoints, a.plain, !a.no_report, &resume)
+    execute(
+        &sweep,
+        devices,
+        a.per_device,
+        a.retries,
+        a.gc_checkpoints,
+        a.plain,
+        !a.no_report,
+        &resume,
+    )
 }
 
 /// Runs a sweep, prints the summary and writes the report.
@@ -265,11 +328,16 @@ fn execute(
     if report {
         // The single call site of the report stage after a sweep.
         let input = report_input_for(sweep)?;
-        let written = primer::report::write_report(&input, &primer::report::ReportOptions::default())
-            .context("the runs finished but writing the report failed")?;
+        let written =
+            primer::report::write_report(&input, &primer::report::ReportOptions::default())
+                .context("the runs finished but writing the report failed")?;
         println!("{}", written.text);
     }
-    Ok(if summary.all_done() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if summary.all_done() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn print_summary(s: &RunSummary, resume: &str) {
@@ -280,7 +348,11 @@ fn print_summary(s: &RunSummary, resume: &str) {
         s.executed,
         s.failed.len(),
         s.blocked.len(),
-        if s.not_run > 0 { format!(", {} not run", s.not_run) } else { String::new() }
+        if s.not_run > 0 {
+            format!(", {} not run", s.not_run)
+        } else {
+            String::new()
+        }
     );
     for (run, err, log) in &s.failed {
         println!("FAILED {run}\n  error: {err}\n  log:   {}", log.display());
@@ -292,7 +364,9 @@ fn print_summary(s: &RunSummary, resume: &str) {
         println!("removed checkpoint {}", c.display());
     }
     if s.interrupted {
-        println!("interrupted: running runs were stopped and marked pending; resume with\n  {resume}");
+        println!(
+            "interrupted: running runs were stopped and marked pending; resume with\n  {resume}"
+        );
     } else if !s.failed.is_empty() {
         println!("rerun to retry the failed runs:\n  {resume}");
     }
@@ -315,7 +389,16 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let sweep = Sweep::load(&sweep_path)?;
     ensure_demo_model()?;
     let resume = format!("primer demo{}", if a.quick { " --quick" } else { "" });
-    execute(&sweep, vec![primer::device::DeviceSpec::Cpu], a.per_device, 1, false, a.plain, true, &resume)
+    execute(
+        &sweep,
+        vec![primer::device::DeviceSpec::Cpu],
+        a.per_device,
+        1,
+        false,
+        a.plain,
+        true,
+        &resume,
+    )
 }
 
 /// The quick demo: the same settings on two target languages, under its own name.
@@ -334,7 +417,10 @@ fn quick_variant(text: &str) -> anyhow::Result<String> {
             out.push('\n');
         }
     }
-    anyhow::ensure!(named && targeted, "the embedded demo sweep must have top-level `name = ` and `targets = ` lines");
+    anyhow::ensure!(
+        named && targeted,
+        "the embedded demo sweep must have top-level `name = ` and `targets = ` lines"
+    );
     Ok(out)
 }
 
@@ -350,10 +436,19 @@ fn ensure_demo_model() -> anyhow::Result<()> {
     println!("creating the demo model in {DEMO_MODEL}");
     let exe = std::env::current_exe().context("cannot locate the primer binary")?;
     let status = Command::new(exe)
-        .args(["init-model", "--out", DEMO_MODEL, "--tokenizer-from", DEMO_TOKENIZER])
+        .args([
+            "init-model",
+            "--out",
+            DEMO_MODEL,
+            "--tokenizer-from",
+            DEMO_TOKENIZER,
+        ])
         .status()
         .context("cannot run `primer init-model`")?;
-    anyhow::ensure!(status.success(), "`primer init-model --out {DEMO_MODEL}` failed ({status})");
+    anyhow::ensure!(
+        status.success(),
+        "`primer init-model --out {DEMO_MODEL}` failed ({status})"
+    );
     Ok(())
 }
 
@@ -365,7 +460,8 @@ mod tests {
     fn embedded_demo_and_its_quick_variant_are_valid() {
         let demo = Sweep::from_text(Path::new("demo.toml"), DEMO_SWEEP).unwrap();
         assert_eq!(demo.name, "demo");
-        let quick = Sweep::from_text(Path::new("q.toml"), &quick_variant(DEMO_SWEEP).unwrap()).unwrap();
+        let quick =
+            Sweep::from_text(Path::new("q.toml"), &quick_variant(DEMO_SWEEP).unwrap()).unwrap();
         assert_eq!(quick.name, "demo-quick");
         assert_eq!(quick.targets, vec!["hi", "af"]);
         assert_eq!(quick.settings.len(), demo.settings.len());

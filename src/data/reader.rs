@@ -809,6 +809,33 @@ mod tests {
     }
 
     #[test]
+    fn missing_split_in_rahimi_and_parquet_layouts() {
+        for (layout, drop) in [
+            ("rahimi", "test"),
+            ("parquet", "validation-00000-of-00001.parquet"),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let src = fixtures().join(layout).join("af");
+            std::fs::create_dir_all(tmp.path().join("af")).unwrap();
+            for e in std::fs::read_dir(&src).unwrap() {
+                let e = e.unwrap();
+                if e.file_name() != drop {
+                    std::fs::copy(e.path(), tmp.path().join("af").join(e.file_name())).unwrap();
+                }
+            }
+            let e = load_language(&cfg(tmp.path()), "af", 0)
+                .unwrap_err()
+                .to_string();
+            let want = if layout == "rahimi" {
+                "missing the test split (expected test)"
+            } else {
+                "validation-*.parquet"
+            };
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
     fn malformed_parquet_files_are_clear_errors() {
         let m = fixtures().join("malformed");
         let e = read_parquet(&m.join("bad_tag_id.parquet"))

@@ -3,8 +3,8 @@
 
 use super::config::BertConfig;
 use super::error::{ModelError, Result};
-use super::ops::{dropout, gelu, layer_norm, linear, softmax_last_dim};
-use super::params::{read_safetensors, save_named, take_checked, ParamSet, Weights};
+use super::ops::{dropout, gelu, layer_norm, linear, scaled_linear, softmax_last_dim};
+use super::params::{ParamSet, Weights, read_safetensors, save_named, take_checked};
 use crate::rng::SeededRng;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -34,9 +34,18 @@ pub fn encoder_param_shapes(cfg: &BertConfig) -> Vec<(String, Vec<usize>)> {
     let h = cfg.hidden_size;
     let i = cfg.intermediate_size;
     let mut v: Vec<(String, Vec<usize>)> = vec![
-        ("embeddings.word_embeddings.weight".into(), vec![cfg.vocab_size, h]),
-        ("embeddings.position_embeddings.weight".into(), vec![cfg.max_position_embeddings, h]),
-        ("embeddings.token_type_embeddings.weight".into(), vec![cfg.type_vocab_size, h]),
+        (
+            "embeddings.word_embeddings.weight".into(),
+            vec![cfg.vocab_size, h],
+        ),
+        (
+            "embeddings.position_embeddings.weight".into(),
+            vec![cfg.max_position_embeddings, h],
+        ),
+        (
+            "embeddings.token_type_embeddings.weight".into(),
+            vec![cfg.type_vocab_size, h],
+        ),
         ("embeddings.LayerNorm.weight".into(), vec![h]),
         ("embeddings.LayerNorm.bias".into(), vec![h]),
     ];
@@ -171,7 +180,9 @@ pub fn encode(
         .weight("embeddings.word_embeddings.weight")?
         .index_select(&ids, 0)?
         .reshape((b, t, h))?;
-    let pos = w.weight("embeddings.position_embeddings.weight")?.narrow(0, 0, t)?;
+    let pos = w
+        .weight("embeddings.position_embeddings.weight")?
+        .narrow(0, 0, t)?;
     let types = w.weight("embeddings.token_type_embeddings.weight")?;
     let emb = match inputs.token_type_ids {
         Some(tt) => {
@@ -201,16 +212,33 @@ pub fn encode(
             Ok(y.reshape((b, t, nh, dh))?.transpose(1, 2)?.contiguous()?)
         };
         // Scaling q (B·T·H values) instead of the scores (B·nh·T·T) is cheaper and the same.
-        let q = heads((linear(&x, get("attention.self.query.weight")?, Some(get("attention.self.query.bias")?))? * scale)?)?;
-        let k = heads(linear(&x, get("attention.self.key.weight")?, Some(get("attention.self.key.bias")?))?)?;
-        let v = heads(linear(&x, get("attention.self.value.weight")?, Some(get("attention.self.value.bias")?))?)?;
+        let q = heads(scaled_linear(
+            &x,
+            get("attention.self.query.weight")?,
+            Some(get("attention.self.query.bias")?),
+            scale,
+        )?)?;
+        let k = heads(linear(
+            &x,
+            get("attention.self.key.weight")?,
+            Some(get("attention.self.key.bias")?),
+        )?)?;
+        let v = heads(linear(
+            &x,
+            get("attention.self.value.weight")?,
+            Some(get("attention.self.value.bias")?),
+        )?)?;
         let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
         let mut probs = softmax_last_dim(&scores)?;
         if let Some(r) = dropout_rng.as_deref_mut() {
             probs = dropout(&probs, p_attn, r)?;
         }
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
-        let mut a = linear(&ctx, get("attention.output.dense.weight")?, Some(get("attention.output.dense.bias")?))?;
+        let mut a = linear(
+            &ctx,
+            get("attention.output.dense.weight")?,
+            Some(get("attention.output.dense.bias")?),
+        )?;
         if let Some(r) = dropout_rng.as_deref_mut() {
             a = dropout(&a, p_hidden, r)?;
         }
@@ -220,8 +248,16 @@ pub fn encode(
             get("attention.output.LayerNorm.bias")?,
             eps,
         )?;
-        let inter = gelu(&linear(&x, get("intermediate.dense.weight")?, Some(get("intermediate.dense.bias")?))?)?;
-        let mut o = linear(&inter, get("output.dense.weight")?, Some(get("output.dense.bias")?))?;
+        let inter = gelu(&linear(
+            &x,
+            get("intermediate.dense.weight")?,
+            Some(get("intermediate.dense.bias")?),
+        )?)?;
+        let mut o = linear(
+            &inter,
+            get("output.dense.weight")?,
+            Some(get("output.dense.bias")?),
+        )?;
         if let Some(r) = dropout_rng.as_deref_mut() {
             o = dropout(&o, p_hidden, r)?;
         }
@@ -249,12 +285,28 @@ mod tests {
     fn write_checkpoint(dir: &Path, cfg: &BertConfig, rename: impl Fn(&str) -> Option<String>) {
         let w = random_encoder(cfg, 1, &Device::Cpu).unwrap();
         std::fs::create_dir_all(dir).unwrap();
-        let mut items: Vec<(String, Tensor)> = w.iter().filter_map(|(n, t)| rename(n).map(|n| (n, t.clone()))).collect();
+        let mut items: Vec<(String, Tensor)> = w
+            .iter()
+            .filter_map(|(n, t)| rename(n).map(|n| (n, t.clone())))
+            .collect();
         // Extras a real HF checkpoint carries, which the loader must ignore.
-        items.push(("bert.embeddings.position_ids".into(), Tensor::arange(0i64, 16, &Device::Cpu).unwrap()));
-        items.push(("bert.pooler.dense.bias".into(), Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap()));
-        items.push(("cls.predictions.bias".into(), Tensor::zeros(30, DType::F32, &Device::Cpu).unwrap()));
-        save_named(&dir.join(WEIGHTS_FILE), items.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
+        items.push((
+            "bert.embeddings.position_ids".into(),
+            Tensor::arange(0i64, 16, &Device::Cpu).unwrap(),
+        ));
+        items.push((
+            "bert.pooler.dense.bias".into(),
+            Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap(),
+        ));
+        items.push((
+            "cls.predictions.bias".into(),
+            Tensor::zeros(30, DType::F32, &Device::Cpu).unwrap(),
+        ));
+        save_named(
+            &dir.join(WEIGHTS_FILE),
+            items.iter().map(|(n, t)| (n.as_str(), t)),
+        )
+        .unwrap();
         crate::fsutil::write_json_atomic(&dir.join(CONFIG_FILE), &cfg.to_json()).unwrap();
     }
 
@@ -263,38 +315,76 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = tiny();
         write_checkpoint(dir.path(), &cfg, |n| {
-            let n = n.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta");
+            let n = n
+                .replace("LayerNorm.weight", "LayerNorm.gamma")
+                .replace("LayerNorm.bias", "LayerNorm.beta");
             Some(format!("bert.{n}"))
         });
         let (c, p) = load_encoder(dir.path(), &Device::Cpu).unwrap();
         assert_eq!(c, cfg);
         assert_eq!(p.len(), encoder_param_shapes(&cfg).len());
         let expected = random_encoder(&cfg, 1, &Device::Cpu).unwrap();
-        let a = p.get("encoder.layer.1.output.LayerNorm.weight").unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(a, expected.get("encoder.layer.1.output.LayerNorm.weight").unwrap().to_vec1::<f32>().unwrap());
+        let a = p
+            .get("encoder.layer.1.output.LayerNorm.weight")
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(
+            a,
+            expected
+                .get("encoder.layer.1.output.LayerNorm.weight")
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        );
         // Saving writes HF names that load back identically.
         let out = dir.path().join("saved");
         save_encoder(&out, &c, &p).unwrap();
         let (_, q) = load_encoder(&out, &Device::Cpu).unwrap();
-        let wq = q.get("embeddings.word_embeddings.weight").unwrap().to_vec2::<f32>().unwrap();
-        assert_eq!(wq, p.get("embeddings.word_embeddings.weight").unwrap().to_vec2::<f32>().unwrap());
+        let wq = q
+            .get("embeddings.word_embeddings.weight")
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(
+            wq,
+            p.get("embeddings.word_embeddings.weight")
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+        );
     }
 
     #[test]
     fn loader_names_missing_and_misshaped_tensors() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = tiny();
-        write_checkpoint(dir.path(), &cfg, |n| (n != "encoder.layer.1.intermediate.dense.bias").then(|| n.to_string()));
-        let err = load_encoder(dir.path(), &Device::Cpu).unwrap_err().to_string();
-        assert!(err.contains("encoder.layer.1.intermediate.dense.bias") && err.contains("model.safetensors"), "{err}");
+        write_checkpoint(dir.path(), &cfg, |n| {
+            (n != "encoder.layer.1.intermediate.dense.bias").then(|| n.to_string())
+        });
+        let err = load_encoder(dir.path(), &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("encoder.layer.1.intermediate.dense.bias")
+                && err.contains("model.safetensors"),
+            "{err}"
+        );
 
         // A config that disagrees with the weights: every shape is checked.
         let mut wrong = cfg.clone();
         wrong.intermediate_size = 12;
         write_checkpoint(dir.path(), &cfg, |n| Some(n.to_string()));
         crate::fsutil::write_json_atomic(&dir.path().join(CONFIG_FILE), &wrong.to_json()).unwrap();
-        let err = load_encoder(dir.path(), &Device::Cpu).unwrap_err().to_string();
-        assert!(err.contains("intermediate.dense.weight") && err.contains("[16, 8]") && err.contains("[12, 8]"), "{err}");
+        let err = load_encoder(dir.path(), &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("intermediate.dense.weight")
+                && err.contains("[16, 8]")
+                && err.contains("[12, 8]"),
+            "{err}"
+        );
     }
 
     #[test]

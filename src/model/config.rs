@@ -65,7 +65,13 @@ fn default_model_type() -> String {
 
 impl BertConfig {
     /// A config with BERT defaults for everything but the sizes.
-    pub fn new(vocab_size: usize, hidden: usize, layers: usize, heads: usize, intermediate: usize) -> Self {
+    pub fn new(
+        vocab_size: usize,
+        hidden: usize,
+        layers: usize,
+        heads: usize,
+        intermediate: usize,
+    ) -> Self {
         Self {
             vocab_size,
             hidden_size: hidden,
@@ -116,7 +122,9 @@ impl BertConfig {
                 self.position_embedding_type
             ));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -135,7 +143,10 @@ impl BertConfig {
         }
         for (name, p) in [
             ("hidden_dropout_prob", self.hidden_dropout_prob),
-            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
         ] {
             if !(0.0..1.0).contains(&p) {
                 return Err(format!("{name} must be in [0, 1), got {p}"));
@@ -182,7 +193,10 @@ mod tests {
         )
         .unwrap();
         let c = BertConfig::from_file(&p).unwrap();
-        assert_eq!((c.hidden_size, c.head_dim(), c.layer_norm_eps), (8, 4, 1e-5));
+        assert_eq!(
+            (c.hidden_size, c.head_dim(), c.layer_norm_eps),
+            (8, 4, 1e-5)
+        );
         assert_eq!(c.hidden_dropout_prob, 0.1);
         std::fs::write(
             &p,

@@ -91,9 +91,19 @@ pub fn random_encoder(cfg: &BertConfig, seed: u64, device: &Device) -> Result<Te
 
 /// Writes a random BERT folder at `out` (config.json, model.safetensors and the tokenizer
 /// files of `tokenizer_from`) atomically: the folder appears complete or not at all.
-pub fn write_random_bert(out: &Path, tokenizer_from: &Path, spec: &RandomBertSpec) -> Result<PathBuf> {
+pub fn write_random_bert(
+    out: &Path,
+    tokenizer_from: &Path,
+    spec: &RandomBertSpec,
+) -> Result<PathBuf> {
     let vocab = tokenizer_vocab_size(tokenizer_from)?;
-    let mut cfg = BertConfig::new(vocab, spec.hidden, spec.layers, spec.heads, spec.intermediate);
+    let mut cfg = BertConfig::new(
+        vocab,
+        spec.hidden,
+        spec.layers,
+        spec.heads,
+        spec.intermediate,
+    );
     cfg.max_position_embeddings = spec.max_position;
     cfg.validate().map_err(|message| ModelError::Config {
         path: out.join("config.json"),
@@ -107,7 +117,8 @@ pub fn write_random_bert(out: &Path, tokenizer_from: &Path, spec: &RandomBertSpe
         if src.exists() {
             // Read + write rather than fs::copy, which would also copy a read-only mode from
             // a shared model folder.
-            let bytes = std::fs::read(&src).map_err(|source| ModelError::Io { path: src, source })?;
+            let bytes =
+                std::fs::read(&src).map_err(|source| ModelError::Io { path: src, source })?;
             crate::fsutil::write_atomic(&staged.path().join(f), &bytes)?;
         }
     }
@@ -140,16 +151,39 @@ mod tests {
         let (ca, pa) = load_encoder(&a, &Device::Cpu).unwrap();
         let (_, pb) = load_encoder(&b, &Device::Cpu).unwrap();
         assert_eq!(ca.vocab_size, 40);
-        let wa = pa.get("embeddings.word_embeddings.weight").unwrap().to_vec2::<f32>().unwrap();
-        let wb = pb.get("embeddings.word_embeddings.weight").unwrap().to_vec2::<f32>().unwrap();
+        let wa = pa
+            .get("embeddings.word_embeddings.weight")
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let wb = pb
+            .get("embeddings.word_embeddings.weight")
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(wa, wb);
         assert!(wa[0].iter().all(|&v| v == 0.0), "padding row is zero");
         let std = (wa[1..].iter().flatten().map(|v| v * v).sum::<f32>() / (39.0 * 16.0)).sqrt();
         assert!((std - 0.02).abs() < 0.004, "{std}");
-        let ln = pa.get("encoder.layer.0.output.LayerNorm.weight").unwrap().to_vec1::<f32>().unwrap();
+        let ln = pa
+            .get("encoder.layer.0.output.LayerNorm.weight")
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(ln.iter().all(|&v| v == 1.0));
-        let c = write_random_bert(&dir.path().join("c"), &tok, &RandomBertSpec { seed: 4, ..spec }).unwrap();
+        let c = write_random_bert(
+            &dir.path().join("c"),
+            &tok,
+            &RandomBertSpec { seed: 4, ..spec },
+        )
+        .unwrap();
         let (_, pc) = load_encoder(&c, &Device::Cpu).unwrap();
-        assert_ne!(pc.get("embeddings.word_embeddings.weight").unwrap().to_vec2::<f32>().unwrap(), wa);
+        assert_ne!(
+            pc.get("embeddings.word_embeddings.weight")
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
+            wa
+        );
     }
 }

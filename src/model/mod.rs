@@ -41,13 +41,13 @@ pub mod ops;
 pub mod params;
 pub mod tagger;
 
-pub use bert::{encode, encoder_param_shapes, load_encoder, save_encoder, EncoderInputs};
+pub use bert::{EncoderInputs, encode, encoder_param_shapes, load_encoder, save_encoder};
 pub use config::BertConfig;
 pub use error::ModelError;
-pub use init::{write_random_bert, RandomBertSpec};
-pub use ops::{masked_cross_entropy, IGNORE_INDEX};
+pub use init::{RandomBertSpec, write_random_bert};
+pub use ops::{IGNORE_INDEX, masked_cross_entropy};
 pub use params::{ParamSet, TensorSet, Weights};
 pub use tagger::{
-    adapter_forward, head_forward, load_adapter, logits_from_hidden, new_adapter, new_head, tagger_logits,
-    ParamGroup, Tagger, ADAPTER_FILE, DEFAULT_ADAPTER_DIM, DEFAULT_NUM_LABELS,
+    ADAPTER_FILE, DEFAULT_ADAPTER_DIM, DEFAULT_NUM_LABELS, ParamGroup, Tagger, adapter_forward,
+    head_forward, load_adapter, logits_from_hidden, new_adapter, new_head, tagger_logits,
 };

@@ -9,21 +9,54 @@
 
 use super::error::{ModelError, Result};
 use crate::rng::SeededRng;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, D, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `x · wᵀ + b` over the last dimension of `x` (any leading shape); `w` is `[out, in]` as in
 /// torch's Linear.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    scaled_linear(x, w, b, 1.0)
+}
+
+/// `scale · (x · wᵀ + b)`. On the CPU (f32, with a bias) one custom op: a single graph node
+/// whose backward issues exactly the two gradient matmuls and one column sum, instead of the
+/// reshape/transpose/broadcast nodes (each with its own gradient buffer) of the composite.
+pub fn scaled_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+    if let Some(b) = b
+        && fused_ok(x)
+        && fused_ok(w)
+        && fused_ok(b)
+        && w.rank() == 2
+        && x.rank() >= 1
+    {
+        let (out, k) = w.dims2()?;
+        if x.dims().last() == Some(&k) && b.dims() == [out] {
+            return Ok(x.contiguous()?.apply_op3(
+                &w.contiguous()?,
+                &b.contiguous()?,
+                LinearOp {
+                    scale: scale as f32,
+                },
+            )?);
+        }
+    }
+    let y = linear_composite(x, w, b)?;
+    Ok(if scale == 1.0 { y } else { (y * scale)? })
+}
+
+/// [`linear`] from candle's differentiable ops (any device, any float dtype).
+pub fn linear_composite(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims();
-    let k = *dims.last().ok_or_else(|| ModelError::Invalid("linear on a scalar".into()))?;
+    let k = *dims
+        .last()
+        .ok_or_else(|| ModelError::Invalid("linear on a scalar".into()))?;
     let rows = x.elem_count() / k.max(1);
     let out = w.dim(0)?;
     // One 2-D matmul (rows × in)·(in × out): cheaper forward and backward than a batched
     // matmul over a broadcast weight, whose gradient needs an extra reduction.
     let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
     let y = match b {
-        Some(b) => add_bias(&y, b)?,
+        Some(b) => y.broadcast_add(b)?,
         None => y,
     };
     let mut shape = dims.to_vec();
@@ -102,7 +135,9 @@ pub fn dropout(x: &Tensor, p: f64, rng: &mut SeededRng) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    let mask = rng.dropout_mask(x.dims(), p as f32, x.device())?.to_dtype(x.dtype())?;
+    let mask = rng
+        .dropout_mask(x.dims(), p as f32, x.device())?
+        .to_dtype(x.dtype())?;
     Ok(x.mul(&mask)?)
 }
 
@@ -194,7 +229,10 @@ impl CustomOp3 for LayerNormOp {
         let b = cpu_slice(s3, l3, "layer_norm beta")?;
         let d = g.len();
         if b.len() != d || l1.dims().last() != Some(&d) {
-            candle_core::bail!("layer_norm: gamma/beta of size {d} for input {:?}", l1.dims());
+            candle_core::bail!(
+                "layer_norm: gamma/beta of size {d} for input {:?}",
+                l1.dims()
+            );
         }
         let mut y = vec![0f32; x.len()];
         let rows = x.len() / d;
@@ -222,7 +260,11 @@ impl CustomOp3 for LayerNormOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = gamma.elem_count();
         let n = x.elem_count();
-        let packed = x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &LayerNormBwdOp { eps: self.eps })?;
+        let packed = x.apply_op3_no_bwd(
+            gamma,
+            &grad.contiguous()?,
+            &LayerNormBwdOp { eps: self.eps },
+        )?;
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
         let dg = packed.narrow(0, n, d)?.reshape(gamma.shape())?;
         let db = packed.narrow(0, n + d, d)?.reshape(gamma.shape())?;
@@ -332,8 +374,15 @@ impl CustomOp1 for SoftmaxOp {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwdOp)?))
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(
+            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwdOp)?,
+        ))
     }
 }
 
@@ -371,6 +420,73 @@ impl candle_core::CustomOp2 for SoftmaxBwdOp {
     }
 }
 
+/// `scale · (x · wᵀ + b)` for `x` of any leading shape (contiguous), `w` `[out, in]`.
+struct LinearOp {
+    scale: f32,
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "primer-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let out = lw.dims()[0];
+        let k = lw.dims()[1];
+        let rows = lx.shape().elem_count() / k.max(1);
+        // x viewed as [rows, in]; w read transposed, as the [in, out] right-hand side.
+        let x2 = Layout::contiguous_with_offset((rows, k), lx.start_offset());
+        let wt = lw.transpose(0, 1)?;
+        let mut y = sx.matmul(sw, (1, rows, out, k), &x2, &wt)?;
+        let b = cpu_slice(sb, lb, "linear bias")?;
+        let CpuStorage::F32(yv) = &mut y else {
+            candle_core::bail!("linear: expected f32 output");
+        };
+        let scale = self.scale;
+        let chunk = rows_per_task(rows, out) * out;
+        yv.par_chunks_mut(chunk.max(1)).for_each(|yc| {
+            for yr in yc.chunks_mut(out) {
+                for (o, &bi) in yr.iter_mut().zip(b) {
+                    *o = (*o + bi) * scale;
+                }
+            }
+        });
+        let mut shape = lx.dims().to_vec();
+        *shape.last_mut().expect("rank >= 1") = out;
+        Ok((y, Shape::from(shape)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (out, k) = w.dims2()?;
+        let rows = x.elem_count() / k.max(1);
+        let mut g = grad.detach().contiguous()?.reshape((rows, out))?;
+        if self.scale != 1.0 {
+            g = (g * self.scale as f64)?;
+        }
+        let x2 = x.detach().reshape((rows, k))?;
+        let dx = g.matmul(&w.detach())?.reshape(x.shape())?;
+        let dw = g.t()?.matmul(&x2)?;
+        let db = g.apply_op1_no_bwd(&ColumnSumOp)?.reshape(b.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 struct GeluOp;
@@ -383,15 +499,25 @@ impl CustomOp1 for GeluOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s, l, "gelu")?;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(yc, xc)| {
-            for (o, &v) in yc.iter_mut().zip(xc) {
-                *o = 0.5 * v * (1.0 + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
-            }
-        });
+        y.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14))
+            .for_each(|(yc, xc)| {
+                for (o, &v) in yc.iter_mut().zip(xc) {
+                    *o = 0.5
+                        * v
+                        * (1.0
+                            + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+                }
+            });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluBwdOp)?))
     }
 }
@@ -404,7 +530,13 @@ impl candle_core::CustomOp2 for GeluBwdOp {
         "primer-gelu-bwd"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s1, l1, "gelu_bwd x")?;
         let dy = cpu_slice(s2, l2, "gelu_bwd grad")?;
         let mut dx = vec![0f32; x.len()];
@@ -412,7 +544,9 @@ impl candle_core::CustomOp2 for GeluBwdOp {
             .zip(x.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14)))
             .for_each(|(dc, (xc, gc))| {
                 for ((o, &v), &g) in dc.iter_mut().zip(xc).zip(gc) {
-                    let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+                    let cdf = 0.5
+                        * (1.0
+                            + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
                     let pdf = FRAC_1_SQRT_2PI * (-0.5 * v * v).exp();
                     *o = g * (cdf + v * pdf);
                 }
@@ -428,25 +562,42 @@ impl candle_core::CustomOp2 for BiasAddOp {
         "primer-bias-add"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s1, l1, "bias_add x")?;
         let b = cpu_slice(s2, l2, "bias_add b")?;
         let d = b.len();
         let mut y = vec![0f32; x.len()];
         let chunk = rows_per_task(x.len() / d.max(1), d) * d;
-        y.par_chunks_mut(chunk.max(1)).zip(x.par_chunks(chunk.max(1))).for_each(|(yc, xc)| {
-            for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                for i in 0..d {
-                    yr[i] = xr[i] + b[i];
+        y.par_chunks_mut(chunk.max(1))
+            .zip(x.par_chunks(chunk.max(1)))
+            .for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                    for i in 0..d {
+                        yr[i] = xr[i] + b[i];
+                    }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, _x: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let d = b.elem_count();
-        let db = grad.contiguous()?.apply_op1_no_bwd(&ColumnSumOp)?.reshape(b.shape())?;
+        let db = grad
+            .contiguous()?
+            .apply_op1_no_bwd(&ColumnSumOp)?
+            .reshape(b.shape())?;
         debug_assert_eq!(db.elem_count(), d);
         Ok((Some(grad.clone()), Some(db)))
     }
@@ -492,7 +643,16 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
     }
 
     #[test]
@@ -512,7 +672,15 @@ mod tests {
             let a = g1.get(v).expect("fused grad");
             let c = g2.get(v).expect("composite grad");
             assert!(max_abs(a, c) < 1e-4, "{}", max_abs(a, c));
-            assert!(c.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 1e-3);
+            assert!(
+                c.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 1e-3
+            );
         }
     }
 
@@ -525,7 +693,13 @@ mod tests {
         let y1 = softmax_last_dim(&x).unwrap();
         let y2 = softmax_composite(&x).unwrap();
         assert!(max_abs(&y1, &y2) < 1e-6);
-        let s = y1.sum(D::Minus1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let s = y1
+            .sum(D::Minus1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-5));
         let g1 = (y1 * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (y2 * &w).unwrap().sum_all().unwrap().backward().unwrap();
@@ -537,7 +711,10 @@ mod tests {
         let d = Device::Cpu;
         let logits = Tensor::new(&[[[1f32, 2., 3.], [0., 0., 0.], [5., 1., 1.]]], &d).unwrap();
         let labels = Tensor::new(&[[2i64, -100, 0]], &d).unwrap();
-        let loss = masked_cross_entropy(&logits, &labels).unwrap().to_scalar::<f32>().unwrap();
+        let loss = masked_cross_entropy(&logits, &labels)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         let lse1 = (1f32.exp() + 2f32.exp() + 3f32.exp()).ln();
         let lse3 = (5f32.exp() + 2.0 * 1f32.exp()).ln();
         let expected = ((lse1 - 3.0) + (lse3 - 5.0)) / 2.0;
@@ -545,7 +722,13 @@ mod tests {
         let bad = Tensor::new(&[[3i64, -100, 0]], &d).unwrap();
         assert!(masked_cross_entropy(&logits, &bad).is_err());
         let none = Tensor::new(&[[-100i64, -100, -100]], &d).unwrap();
-        assert_eq!(masked_cross_entropy(&logits, &none).unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(
+            masked_cross_entropy(&logits, &none)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
     }
 
     #[test]
@@ -568,6 +751,27 @@ mod tests {
     }
 
     #[test]
+    fn fused_linear_matches_composite_in_value_and_gradient() {
+        let mut rng = SeededRng::new(8);
+        let d = Device::Cpu;
+        let x = Var::from_tensor(&rng.normal_tensor(&[2, 5, 6], 1.0, &d).unwrap()).unwrap();
+        let w = Var::from_tensor(&rng.normal_tensor(&[4, 6], 1.0, &d).unwrap()).unwrap();
+        let b = Var::from_tensor(&rng.normal_tensor(&[4], 1.0, &d).unwrap()).unwrap();
+        let r = rng.normal_tensor(&[2, 5, 4], 1.0, &d).unwrap();
+        let y1 = scaled_linear(&x, &w, Some(&b), 0.5).unwrap();
+        let y2 = (linear_composite(&x, &w, Some(&b)).unwrap() * 0.5).unwrap();
+        assert_eq!(y1.dims(), &[2, 5, 4]);
+        assert!(max_abs(&y1, &y2) < 1e-5);
+        let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &w, &b] {
+            let (a, c) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+            assert_eq!(a.dims(), c.dims());
+            assert!(max_abs(a, c) < 1e-4, "{}", max_abs(a, c));
+        }
+    }
+
+    #[test]
     fn linear_matches_manual_product() {
         let d = Device::Cpu;
         let x = Tensor::new(&[[[1f32, 2.]], [[3., 4.]]], &d).unwrap(); // [2,1,2]
@@ -575,6 +779,9 @@ mod tests {
         let b = Tensor::new(&[0f32, 10., 100.], &d).unwrap();
         let y = linear(&x, &w, Some(&b)).unwrap();
         assert_eq!(y.dims(), &[2, 1, 3]);
-        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1., 12., 103., 3., 14., 107.]);
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![1., 12., 103., 3., 14., 107.]
+        );
     }
 }

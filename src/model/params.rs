@@ -177,7 +177,10 @@ impl ParamSet {
     pub fn detached_copy(&self) -> Result<ParamSet> {
         let mut s = Self::new();
         for (n, v) in &self.entries {
-            s.insert(n.clone(), Var::from_tensor(&v.as_detached_tensor().copy()?)?)?;
+            s.insert(
+                n.clone(),
+                Var::from_tensor(&v.as_detached_tensor().copy()?)?,
+            )?;
         }
         Ok(s)
     }
@@ -224,13 +227,19 @@ impl ParamSet {
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
         save_named(
             path,
-            self.entries.iter().map(|(n, v)| (n.as_str(), v.as_tensor())),
+            self.entries
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_tensor())),
         )
     }
 
     /// Reads a safetensors file into new Vars, requiring exactly the `expected` (name,
     /// shape) pairs (extra tensors are ignored). Errors name the file, tensor and shape.
-    pub fn load_safetensors(path: &Path, expected: &[(String, Vec<usize>)], device: &Device) -> Result<Self> {
+    pub fn load_safetensors(
+        path: &Path,
+        expected: &[(String, Vec<usize>)],
+        device: &Device,
+    ) -> Result<Self> {
         let tensors = read_safetensors(path, device)?;
         let mut s = Self::new();
         for (name, shape) in expected {
@@ -255,10 +264,11 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, 
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
         });
     }
-    let map = candle_core::safetensors::load(path, device).map_err(|e| ModelError::Safetensors {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let map =
+        candle_core::safetensors::load(path, device).map_err(|e| ModelError::Safetensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     let mut out = HashMap::with_capacity(map.len());
     for (n, t) in map {
         let t = match t.dtype() {
@@ -293,14 +303,20 @@ pub(crate) fn take_checked(
     if t.dtype() != DType::F32 {
         return Err(ModelError::Safetensors {
             path: path.to_path_buf(),
-            message: format!("tensor '{name}' has dtype {:?}, expected a float tensor", t.dtype()),
+            message: format!(
+                "tensor '{name}' has dtype {:?}, expected a float tensor",
+                t.dtype()
+            ),
         });
     }
     Ok(t.clone())
 }
 
 /// Serialises named tensors to safetensors bytes and writes them atomically.
-pub(crate) fn save_named<'a, I: Iterator<Item = (&'a str, &'a Tensor)>>(path: &Path, items: I) -> Result<()> {
+pub(crate) fn save_named<'a, I: Iterator<Item = (&'a str, &'a Tensor)>>(
+    path: &Path,
+    items: I,
+) -> Result<()> {
     let mut data = Vec::new();
     for (n, t) in items {
         // Detached contiguous copies on the CPU: safetensors wants plain row-major bytes.
@@ -324,7 +340,10 @@ mod tests {
     fn set() -> ParamSet {
         let d = Device::Cpu;
         ParamSet::from_tensors([
-            ("a.weight".to_string(), Tensor::new(&[[1f32, 2.], [3., 4.]], &d).unwrap()),
+            (
+                "a.weight".to_string(),
+                Tensor::new(&[[1f32, 2.], [3., 4.]], &d).unwrap(),
+            ),
             ("a.bias".to_string(), Tensor::new(&[5f32, 6.], &d).unwrap()),
         ])
         .unwrap()
@@ -336,16 +355,36 @@ mod tests {
         let fast = p.detached_copy().unwrap();
         let view = p.detached_tensors();
         let snap = p.snapshot().unwrap();
-        p.get("a.bias").unwrap().set(&Tensor::new(&[7f32, 8.], &Device::Cpu).unwrap()).unwrap();
-        assert_eq!(fast.get("a.bias").unwrap().to_vec1::<f32>().unwrap(), vec![5., 6.]);
-        assert_eq!(snap.get("a.bias").unwrap().to_vec1::<f32>().unwrap(), vec![5., 6.]);
-        assert_eq!(view.get("a.bias").unwrap().to_vec1::<f32>().unwrap(), vec![7., 8.]);
+        p.get("a.bias")
+            .unwrap()
+            .set(&Tensor::new(&[7f32, 8.], &Device::Cpu).unwrap())
+            .unwrap();
+        assert_eq!(
+            fast.get("a.bias").unwrap().to_vec1::<f32>().unwrap(),
+            vec![5., 6.]
+        );
+        assert_eq!(
+            snap.get("a.bias").unwrap().to_vec1::<f32>().unwrap(),
+            vec![5., 6.]
+        );
+        assert_eq!(
+            view.get("a.bias").unwrap().to_vec1::<f32>().unwrap(),
+            vec![7., 8.]
+        );
         assert_eq!(p.num_params(), 6);
-        assert!(ParamSet::from_tensors([
-            ("x".to_string(), Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()),
-            ("x".to_string(), Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()),
-        ])
-        .is_err());
+        assert!(
+            ParamSet::from_tensors([
+                (
+                    "x".to_string(),
+                    Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()
+                ),
+                (
+                    "x".to_string(),
+                    Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()
+                ),
+            ])
+            .is_err()
+        );
     }
 
     #[test]
@@ -359,12 +398,22 @@ mod tests {
             ("a.bias".to_string(), vec![2]),
         ];
         let back = ParamSet::load_safetensors(&path, &expected, &Device::Cpu).unwrap();
-        assert_eq!(back.get("a.weight").unwrap().to_vec2::<f32>().unwrap(), vec![vec![1., 2.], vec![3., 4.]]);
+        assert_eq!(
+            back.get("a.weight").unwrap().to_vec2::<f32>().unwrap(),
+            vec![vec![1., 2.], vec![3., 4.]]
+        );
         let wrong = vec![("a.bias".to_string(), vec![3])];
-        let err = ParamSet::load_safetensors(&path, &wrong, &Device::Cpu).unwrap_err().to_string();
-        assert!(err.contains("a.bias") && err.contains("[3]") && err.contains("p.safetensors"), "{err}");
+        let err = ParamSet::load_safetensors(&path, &wrong, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a.bias") && err.contains("[3]") && err.contains("p.safetensors"),
+            "{err}"
+        );
         let missing = vec![("b.bias".to_string(), vec![2])];
-        let err = ParamSet::load_safetensors(&path, &missing, &Device::Cpu).unwrap_err().to_string();
+        let err = ParamSet::load_safetensors(&path, &missing, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing tensor 'b.bias'"), "{err}");
     }
 }

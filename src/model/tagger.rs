@@ -1,7 +1,7 @@
 //! The tagger: encoder f (θp) → optional bottleneck adapter g (θa) → one linear head h per
 //! language (θh), with explicit parameter groups.
 
-use super::bert::{encode, load_encoder, save_encoder, EncoderInputs};
+use super::bert::{EncoderInputs, encode, load_encoder, save_encoder};
 use super::config::BertConfig;
 use super::error::{ModelError, Result};
 use super::ops::{linear, masked_cross_entropy};
@@ -52,7 +52,11 @@ pub fn head_forward(z: &Tensor, h: &dyn Weights) -> Result<Tensor> {
 }
 
 /// Logits from encoder outputs: `h(g(hidden))`, or `h(hidden)` without an adapter.
-pub fn logits_from_hidden(hidden: &Tensor, adapter: Option<&dyn Weights>, head: &dyn Weights) -> Result<Tensor> {
+pub fn logits_from_hidden(
+    hidden: &Tensor,
+    adapter: Option<&dyn Weights>,
+    head: &dyn Weights,
+) -> Result<Tensor> {
     match adapter {
         Some(a) => head_forward(&adapter_forward(hidden, a)?, head),
         None => head_forward(hidden, head),
@@ -72,7 +76,11 @@ pub fn tagger_logits(
     logits_from_hidden(&hidden, adapter, head)
 }
 
-fn new_linear_params(names: &[(String, Vec<usize>)], rng: &mut SeededRng, device: &Device) -> Result<ParamSet> {
+fn new_linear_params(
+    names: &[(String, Vec<usize>)],
+    rng: &mut SeededRng,
+    device: &Device,
+) -> Result<ParamSet> {
     // Weights in the order listed (down before up; a head's weight before its bias) from one
     // stream, biases zero: same seed, same parameters.
     let mut out = ParamSet::new();
@@ -88,23 +96,35 @@ fn new_linear_params(names: &[(String, Vec<usize>)], rng: &mut SeededRng, device
 }
 
 /// A new adapter: weights N(0, 0.02²) from `rng` (down, then up), biases 0.
-pub fn new_adapter(hidden: usize, dim: usize, rng: &mut SeededRng, device: &Device) -> Result<ParamSet> {
+pub fn new_adapter(
+    hidden: usize,
+    dim: usize,
+    rng: &mut SeededRng,
+    device: &Device,
+) -> Result<ParamSet> {
     new_linear_params(&adapter_param_shapes(hidden, dim), rng, device)
 }
 
 /// A new head: weight N(0, 0.02²) from `rng`, bias 0.
-pub fn new_head(hidden: usize, num_labels: usize, rng: &mut SeededRng, device: &Device) -> Result<ParamSet> {
+pub fn new_head(
+    hidden: usize,
+    num_labels: usize,
+    rng: &mut SeededRng,
+    device: &Device,
+) -> Result<ParamSet> {
     new_linear_params(&head_param_shapes(hidden, num_labels), rng, device)
 }
 
 /// Loads θa from an adapter file; the bottleneck size is read from `down.weight`.
 pub fn load_adapter(path: &Path, hidden: usize, device: &Device) -> Result<ParamSet> {
     let raw = super::params::read_safetensors(path, device)?;
-    let down = raw.get("down.weight").ok_or_else(|| ModelError::MissingTensor {
-        path: path.to_path_buf(),
-        name: "down.weight".into(),
-        expected: vec![0, hidden],
-    })?;
+    let down = raw
+        .get("down.weight")
+        .ok_or_else(|| ModelError::MissingTensor {
+            path: path.to_path_buf(),
+            name: "down.weight".into(),
+            expected: vec![0, hidden],
+        })?;
     let dim = down.dim(0)?;
     ParamSet::load_safetensors(path, &adapter_param_shapes(hidden, dim), device)
 }
@@ -205,7 +225,12 @@ impl Tagger {
         if self.adapter.is_some() {
             return Ok(false);
         }
-        self.adapter = Some(new_adapter(self.config.hidden_size, dim, rng, &self.device)?);
+        self.adapter = Some(new_adapter(
+            self.config.hidden_size,
+            dim,
+            rng,
+            &self.device,
+        )?);
         Ok(true)
     }
 
@@ -255,10 +280,9 @@ impl Tagger {
                 .adapter
                 .as_ref()
                 .ok_or_else(|| ModelError::Invalid("the model has no adapter".into())),
-            ParamGroup::Head(l) => self
-                .heads
-                .get(l)
-                .ok_or_else(|| ModelError::Invalid(format!("the model has no head for language '{l}'"))),
+            ParamGroup::Head(l) => self.heads.get(l).ok_or_else(|| {
+                ModelError::Invalid(format!("the model has no head for language '{l}'"))
+            }),
         }
     }
 
@@ -307,7 +331,11 @@ impl Tagger {
 
     /// Encoder outputs `[B, T, H]` (tracked only when θp is trainable). `dropout`: see
     /// [`encode`].
-    pub fn encode(&self, inputs: &EncoderInputs<'_>, dropout: Option<&mut SeededRng>) -> Result<Tensor> {
+    pub fn encode(
+        &self,
+        inputs: &EncoderInputs<'_>,
+        dropout: Option<&mut SeededRng>,
+    ) -> Result<Tensor> {
         let enc = self.weights_of(&ParamGroup::Encoder)?;
         encode(&self.config, enc.as_weights(), inputs, dropout)
     }
@@ -325,7 +353,12 @@ impl Tagger {
     }
 
     /// Logits `[B, T, num_labels]` for `lang`.
-    pub fn logits(&self, inputs: &EncoderInputs<'_>, lang: &str, dropout: Option<&mut SeededRng>) -> Result<Tensor> {
+    pub fn logits(
+        &self,
+        inputs: &EncoderInputs<'_>,
+        lang: &str,
+        dropout: Option<&mut SeededRng>,
+    ) -> Result<Tensor> {
         let hidden = self.encode(inputs, dropout)?;
         self.logits_from_hidden(&hidden, lang)
     }
@@ -365,7 +398,10 @@ mod tests {
     fn tiny_tagger() -> Tagger {
         let mut cfg = BertConfig::new(40, 16, 2, 2, 32).with_dropout(0.1);
         cfg.max_position_embeddings = 32;
-        let enc = random_encoder(&cfg, 4, &Device::Cpu).unwrap().to_params().unwrap();
+        let enc = random_encoder(&cfg, 4, &Device::Cpu)
+            .unwrap()
+            .to_params()
+            .unwrap();
         let mut t = Tagger::new(cfg, enc, Device::Cpu);
         let mut rng = SeededRng::new(1);
         t.ensure_adapter(8, &mut rng).unwrap();
@@ -378,7 +414,14 @@ mod tests {
         let ids = Tensor::new(&[[1u32, 5, 7, 11, 2, 0], [1, 9, 13, 2, 0, 0]], d).unwrap();
         let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]], d).unwrap();
         let tt = Tensor::zeros((2, 6), DType::U32, d).unwrap();
-        let labels = Tensor::new(&[[-100i64, 1, 2, 0, -100, -100], [-100, 5, 6, -100, -100, -100]], d).unwrap();
+        let labels = Tensor::new(
+            &[
+                [-100i64, 1, 2, 0, -100, -100],
+                [-100, 5, 6, -100, -100, -100],
+            ],
+            d,
+        )
+        .unwrap();
         (ids, mask, tt, labels)
     }
 
@@ -392,7 +435,11 @@ mod tests {
             attention_mask: &mask,
             token_type_ids: Some(&tt),
         };
-        for method in [FinetuneMethod::Full, FinetuneMethod::Head, FinetuneMethod::Adapter] {
+        for method in [
+            FinetuneMethod::Full,
+            FinetuneMethod::Head,
+            FinetuneMethod::Adapter,
+        ] {
             let mut t = tiny_tagger();
             let groups = t.groups_for(method, "en");
             t.set_trainable(&groups).unwrap();
@@ -400,15 +447,29 @@ mod tests {
             let loss = t.loss(&inputs, &labels, "en", Some(&mut rng)).unwrap();
             let grads = loss.backward().unwrap();
             let trained = t.trainable_vars();
-            assert_eq!(trained.iter().map(|(_, v)| v.elem_count()).sum::<usize>(), t.trainable_params());
+            assert_eq!(
+                trained.iter().map(|(_, v)| v.elem_count()).sum::<usize>(),
+                t.trainable_params()
+            );
             for (n, v) in &trained {
-                let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{method}: {n} has no gradient"));
-                let s = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                let g = grads
+                    .get(v.as_tensor())
+                    .unwrap_or_else(|| panic!("{method}: {n} has no gradient"));
+                let s = g
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
                 assert!(s > 0.0, "{method}: {n} has an all-zero gradient");
             }
             let all = [
                 t.encoder.named_vars_with_prefix("enc."),
-                t.adapter.as_ref().unwrap().named_vars_with_prefix("adapter."),
+                t.adapter
+                    .as_ref()
+                    .unwrap()
+                    .named_vars_with_prefix("adapter."),
                 t.heads["en"].named_vars_with_prefix("head.en."),
                 t.heads["sw"].named_vars_with_prefix("head.sw."),
             ]
@@ -416,7 +477,12 @@ mod tests {
             let n_frozen = all
                 .iter()
                 .filter(|(n, _)| !trained.iter().any(|(m, _)| m == n))
-                .inspect(|(n, v)| assert!(grads.get(v.as_tensor()).is_none(), "{method}: frozen {n} got a gradient"))
+                .inspect(|(n, v)| {
+                    assert!(
+                        grads.get(v.as_tensor()).is_none(),
+                        "{method}: frozen {n} got a gradient"
+                    )
+                })
                 .count();
             assert_eq!(n_frozen + trained.len(), all.len());
             assert!(n_frozen > 0);
@@ -439,7 +505,13 @@ mod tests {
         let name = "encoder.layer.0.attention.self.query.weight";
         let var = t.encoder.get(name).unwrap().clone();
         let loss = t.loss(&inputs, &labels, "en", None).unwrap();
-        let g = loss.backward().unwrap().get(var.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        let g = loss
+            .backward()
+            .unwrap()
+            .get(var.as_tensor())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         let base = var.as_detached_tensor().copy().unwrap();
         let h = 1e-2f64;
         for &(i, j) in &[(0usize, 0usize), (3, 5), (7, 2)] {
@@ -447,11 +519,17 @@ mod tests {
                 let mut v = base.to_vec2::<f32>().unwrap();
                 v[i][j] += delta as f32;
                 var.set(&Tensor::new(v, &Device::Cpu).unwrap()).unwrap();
-                t.loss(&inputs, &labels, "en", None).unwrap().to_scalar::<f32>().unwrap() as f64
+                t.loss(&inputs, &labels, "en", None)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap() as f64
             };
             let num = (f(h) - f(-h)) / (2.0 * h);
             let ana = g[i][j] as f64;
-            assert!((num - ana).abs() < 2e-3 * ana.abs().max(1e-2), "[{i},{j}] numeric {num} vs analytic {ana}");
+            assert!(
+                (num - ana).abs() < 2e-3 * ana.abs().max(1e-2),
+                "[{i},{j}] numeric {num} vs analytic {ana}"
+            );
         }
     }
 
@@ -465,11 +543,19 @@ mod tests {
         assert_eq!(a.get("down.weight").unwrap().dims(), &[8, 16]);
         assert_eq!(
             a.get("up.weight").unwrap().to_vec2::<f32>().unwrap(),
-            t.adapter.as_ref().unwrap().get("up.weight").unwrap().to_vec2::<f32>().unwrap()
+            t.adapter
+                .as_ref()
+                .unwrap()
+                .get("up.weight")
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
         );
         assert!(back.heads.is_empty());
         std::fs::remove_file(dir.path().join(ADAPTER_FILE)).unwrap();
-        let err = Tagger::load_primed(dir.path(), &Device::Cpu).unwrap_err().to_string();
+        let err = Tagger::load_primed(dir.path(), &Device::Cpu)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("adapter.safetensors"), "{err}");
         let mut t2 = Tagger::from_pretrained(dir.path(), &Device::Cpu).unwrap();
         assert!(t2.adapter.is_none());
@@ -485,6 +571,13 @@ mod tests {
         let n = (64 * 32) as f32;
         let std = (wa.iter().flatten().map(|v| v * v).sum::<f32>() / n).sqrt();
         assert!((std - 0.02).abs() < 0.002, "{std}");
-        assert!(a.get("up.bias").unwrap().to_vec1::<f32>().unwrap().iter().all(|&v| v == 0.0));
+        assert!(
+            a.get("up.bias")
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .all(|&v| v == 0.0)
+        );
     }
 }

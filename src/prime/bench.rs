@@ -3,10 +3,10 @@
 //! / `meta-full`), so the two can be run side by side and compared as a ratio.
 
 use super::error::{PrimeError, Result};
-use super::meta::{meta_step, Batch, InnerParams, MetaStepConfig, PrimingState, TaskBatches};
+use super::meta::{Batch, InnerParams, MetaStepConfig, PrimingState, TaskBatches, meta_step};
 use super::outer::AdamWOuter;
 use crate::config::SupportMode;
-use crate::model::{Tagger, DEFAULT_NUM_LABELS};
+use crate::model::{DEFAULT_NUM_LABELS, Tagger};
 use crate::rng::SeededRng;
 use crate::train::optim::AdamWConfig;
 use candle_core::{Device, Tensor};
@@ -140,7 +140,12 @@ pub fn synthetic_batch(
 }
 
 /// One step's synthetic tasks (languages "t0", "t1", …).
-pub fn synthetic_tasks(spec: &MetaBenchSpec, vocab: usize, rng: &mut SeededRng, device: &Device) -> Result<Vec<TaskBatches>> {
+pub fn synthetic_tasks(
+    spec: &MetaBenchSpec,
+    vocab: usize,
+    rng: &mut SeededRng,
+    device: &Device,
+) -> Result<Vec<TaskBatches>> {
     let n_support = match spec.support {
         SupportMode::Same => 1,
         SupportMode::Distinct => spec.inner_steps,
@@ -164,14 +169,23 @@ pub fn synthetic_tasks(spec: &MetaBenchSpec, vocab: usize, rng: &mut SeededRng, 
 /// Batches are built before the clock starts; dropout is off, as in the reference.
 pub fn time_meta_steps(mut tagger: Tagger, spec: &MetaBenchSpec) -> Result<BenchTiming> {
     if spec.steps == 0 {
-        return Err(PrimeError::Config("a benchmark needs at least one timed step".into()));
+        return Err(PrimeError::Config(
+            "a benchmark needs at least one timed step".into(),
+        ));
     }
     let device = tagger.device().clone();
-    tagger.ensure_adapter(spec.adapter_dim, &mut SeededRng::derive(spec.seed, "init.adapter"))?;
+    tagger.ensure_adapter(
+        spec.adapter_dim,
+        &mut SeededRng::derive(spec.seed, "init.adapter"),
+    )?;
     for t in 0..spec.tasks {
         let lang = format!("t{t}");
         if !tagger.heads.contains_key(&lang) {
-            tagger.add_head(&lang, DEFAULT_NUM_LABELS, &mut SeededRng::derive(spec.seed, &format!("init.head.{lang}")))?;
+            tagger.add_head(
+                &lang,
+                DEFAULT_NUM_LABELS,
+                &mut SeededRng::derive(spec.seed, &format!("init.head.{lang}")),
+            )?;
         }
     }
     let vocab = tagger.config.vocab_size;
@@ -180,7 +194,13 @@ pub fn time_meta_steps(mut tagger: Tagger, spec: &MetaBenchSpec) -> Result<Bench
         .map(|_| synthetic_tasks(spec, vocab, &mut data_rng, &device))
         .collect::<Result<_>>()?;
     let mut vars = tagger.encoder.named_vars_with_prefix("enc.");
-    vars.extend(tagger.adapter.as_ref().expect("ensured above").named_vars_with_prefix("adapter."));
+    vars.extend(
+        tagger
+            .adapter
+            .as_ref()
+            .expect("ensured above")
+            .named_vars_with_prefix("adapter."),
+    );
     let mut opt = AdamWOuter::new(
         vars,
         AdamWConfig {
@@ -202,7 +222,8 @@ pub fn time_meta_steps(mut tagger: Tagger, spec: &MetaBenchSpec) -> Result<Bench
         let t0 = Instant::now();
         let rec = meta_step(&mut state, tasks, &cfg, &mut opt)?;
         // Reading the losses synchronises with the device, so the time is the step's.
-        let loss = rec.tasks.iter().map(|t| t.query_loss).sum::<f64>() / rec.tasks.len().max(1) as f64;
+        let loss =
+            rec.tasks.iter().map(|t| t.query_loss).sum::<f64>() / rec.tasks.len().max(1) as f64;
         let dt = t0.elapsed().as_secs_f64() * 1e3;
         losses.push(loss);
         if k >= spec.warmup {

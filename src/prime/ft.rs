@@ -3,8 +3,8 @@
 //! their loss gradients summed, one optimiser update (heads included).
 
 use super::error::{PrimeError, Result};
-use super::meta::{check_finite, Batch, GradSum, OuterOptimizer, PrimingState};
-use crate::model::{encode, logits_from_hidden, masked_cross_entropy, ParamGroup};
+use super::meta::{Batch, GradSum, OuterOptimizer, PrimingState, check_finite};
+use crate::model::{ParamGroup, encode, logits_from_hidden, masked_cross_entropy};
 
 /// One FT-priming step over `(lang, batch)` pairs: θp, θa and each task's head receive the
 /// summed gradients of the tasks' losses. Returns the per-task training losses.
@@ -22,18 +22,37 @@ pub fn ft_step(
         .as_ref()
         .ok_or_else(|| PrimeError::Config("FT priming needs a model with an adapter".into()))?;
     for (lang, batch) in tasks {
-        let head = tagger
-            .heads
-            .get(lang)
-            .ok_or_else(|| PrimeError::Config(format!("the model has no head for task '{lang}'")))?;
-        let hidden = encode(&tagger.config, &tagger.encoder, &batch.inputs(), state.dropout.as_mut())?;
-        let loss = masked_cross_entropy(&logits_from_hidden(&hidden, Some(adapter), head)?, &batch.labels)?;
+        let head = tagger.heads.get(lang).ok_or_else(|| {
+            PrimeError::Config(format!("the model has no head for task '{lang}'"))
+        })?;
+        let hidden = encode(
+            &tagger.config,
+            &tagger.encoder,
+            &batch.inputs(),
+            state.dropout.as_mut(),
+        )?;
+        let loss = masked_cross_entropy(
+            &logits_from_hidden(&hidden, Some(adapter), head)?,
+            &batch.labels,
+        )?;
         let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         check_finite(value, step, lang, || "training loss".to_string())?;
         let grads = loss.backward()?;
-        sum.add(&ParamGroup::Encoder.prefix(), &tagger.encoder, &grads, step, lang)?;
+        sum.add(
+            &ParamGroup::Encoder.prefix(),
+            &tagger.encoder,
+            &grads,
+            step,
+            lang,
+        )?;
         sum.add(&ParamGroup::Adapter.prefix(), adapter, &grads, step, lang)?;
-        sum.add(&ParamGroup::Head(lang.clone()).prefix(), head, &grads, step, lang)?;
+        sum.add(
+            &ParamGroup::Head(lang.clone()).prefix(),
+            head,
+            &grads,
+            step,
+            lang,
+        )?;
         losses.push(super::TaskLosses {
             lang: lang.clone(),
             inner_before: None,

@@ -10,8 +10,8 @@
 use super::error::{PrimeError, Result};
 use crate::config::InnerLoop;
 use crate::model::{
-    encode, logits_from_hidden, masked_cross_entropy, EncoderInputs, ParamGroup, ParamSet, Tagger, TensorSet,
-    Weights,
+    EncoderInputs, ParamGroup, ParamSet, Tagger, TensorSet, Weights, encode, logits_from_hidden,
+    masked_cross_entropy,
 };
 use crate::rng::SeededRng;
 use candle_core::backprop::GradStore;
@@ -197,7 +197,12 @@ fn scalar(t: &Tensor) -> Result<f64> {
 }
 
 /// Errors with [`PrimeError::NonFinite`] when `value` is NaN or infinite.
-pub(crate) fn check_finite(value: f64, step: usize, task: &str, what: impl FnOnce() -> String) -> Result<()> {
+pub(crate) fn check_finite(
+    value: f64,
+    step: usize,
+    task: &str,
+    what: impl FnOnce() -> String,
+) -> Result<()> {
     if value.is_finite() {
         Ok(())
     } else {
@@ -216,12 +221,21 @@ fn tensor_sum(t: &Tensor) -> Result<f64> {
 }
 
 /// `p ← p − lr·g` for every Var of `fast` that received a gradient; gradients are checked.
-fn sgd_step(fast: &ParamSet, grads: &GradStore, lr: f64, step: usize, task: &str, inner: usize) -> Result<()> {
+fn sgd_step(
+    fast: &ParamSet,
+    grads: &GradStore,
+    lr: f64,
+    step: usize,
+    task: &str,
+    inner: usize,
+) -> Result<()> {
     for (name, var) in fast.iter() {
         let Some(g) = grads.get(var.as_tensor()) else {
             continue;
         };
-        check_finite(tensor_sum(g)?, step, task, || format!("inner-step {inner} gradient of '{name}'"))?;
+        check_finite(tensor_sum(g)?, step, task, || {
+            format!("inner-step {inner} gradient of '{name}'")
+        })?;
         let updated = (var.as_detached_tensor() - (g * lr)?)?;
         var.set(&updated)?;
     }
@@ -243,7 +257,11 @@ fn adapter_of(tagger: &Tagger) -> Result<&ParamSet> {
 }
 
 fn copy_if(adapt: bool, p: &ParamSet) -> Result<Option<ParamSet>> {
-    Ok(if adapt { Some(p.detached_copy()?) } else { None })
+    Ok(if adapt {
+        Some(p.detached_copy()?)
+    } else {
+        None
+    })
 }
 
 /// Runs one task's inner loop: S plain SGD steps on fast copies of the groups `cfg.inner`
@@ -263,7 +281,10 @@ pub fn inner_loop(
         return Err(PrimeError::Config("inner_steps must be at least 1".into()));
     }
     if task.support.is_empty() {
-        return Err(PrimeError::Config(format!("task '{}' has no support batch", task.lang)));
+        return Err(PrimeError::Config(format!(
+            "task '{}' has no support batch",
+            task.lang
+        )));
     }
     let adapter = adapter_of(tagger)?;
     let head = head_of(tagger, &task.lang)?;
@@ -291,11 +312,19 @@ pub fn inner_loop(
     } else {
         let mut c = Vec::with_capacity(task.support.len());
         for b in &task.support {
-            c.push(encode(&tagger.config, &enc_frozen, &b.inputs(), dropout.as_deref_mut())?);
+            c.push(encode(
+                &tagger.config,
+                &enc_frozen,
+                &b.inputs(),
+                dropout.as_deref_mut(),
+            )?);
         }
         Some(c)
     };
-    let fast: Vec<&ParamSet> = [&fast_enc, &fast_ad, &fast_head].into_iter().flatten().collect();
+    let fast: Vec<&ParamSet> = [&fast_enc, &fast_ad, &fast_head]
+        .into_iter()
+        .flatten()
+        .collect();
     let mut losses = Vec::with_capacity(cfg.inner_steps);
     let mut last_grads = None;
     for s in 0..cfg.inner_steps {
@@ -303,11 +332,21 @@ pub fn inner_loop(
         let batch = &task.support[j];
         let hidden = match &cache {
             Some(c) => c[j].clone(),
-            None => encode(&tagger.config, enc_w, &batch.inputs(), dropout.as_deref_mut())?,
+            None => encode(
+                &tagger.config,
+                enc_w,
+                &batch.inputs(),
+                dropout.as_deref_mut(),
+            )?,
         };
-        let loss = masked_cross_entropy(&logits_from_hidden(&hidden, Some(ad_w), head_w)?, &batch.labels)?;
+        let loss = masked_cross_entropy(
+            &logits_from_hidden(&hidden, Some(ad_w), head_w)?,
+            &batch.labels,
+        )?;
         let value = scalar(&loss)?;
-        check_finite(value, step, &task.lang, || format!("inner loss (inner step {})", s + 1))?;
+        check_finite(value, step, &task.lang, || {
+            format!("inner loss (inner step {})", s + 1)
+        })?;
         losses.push(value);
         let grads = loss.backward()?;
         for p in &fast {
@@ -347,7 +386,9 @@ impl GradSum {
                 continue;
             };
             let key = format!("{prefix}{name}");
-            check_finite(tensor_sum(g)?, step, task, || format!("gradient of '{key}'"))?;
+            check_finite(tensor_sum(g)?, step, task, || {
+                format!("gradient of '{key}'")
+            })?;
             match self.sums.get_mut(&key) {
                 Some(acc) => *acc = (&*acc + g)?,
                 None => {
@@ -396,8 +437,16 @@ pub fn meta_step(
         let enc_q = adapted.encoder.as_ref().unwrap_or(&tagger.encoder);
         let ad_q = adapted.adapter.as_ref().unwrap_or(adapter);
         let head_q = adapted.head.as_ref().unwrap_or(head).detached_tensors();
-        let hidden = encode(&tagger.config, enc_q, &task.query.inputs(), state.dropout.as_mut())?;
-        let loss = masked_cross_entropy(&logits_from_hidden(&hidden, Some(ad_q), &head_q)?, &task.query.labels)?;
+        let hidden = encode(
+            &tagger.config,
+            enc_q,
+            &task.query.inputs(),
+            state.dropout.as_mut(),
+        )?;
+        let loss = masked_cross_entropy(
+            &logits_from_hidden(&hidden, Some(ad_q), &head_q)?,
+            &task.query.labels,
+        )?;
         let query_loss = scalar(&loss)?;
         check_finite(query_loss, step, &task.lang, || "query loss".to_string())?;
         let grads = loss.backward()?;
@@ -443,17 +492,21 @@ pub fn meta_step(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::init::random_encoder;
     use crate::model::BertConfig;
+    use crate::model::init::random_encoder;
     use candle_core::Device;
 
     /// A tiny random tagger with an adapter and heads "a" and "b".
     pub(crate) fn tiny_tagger(seed: u64) -> Tagger {
         let dev = Device::Cpu;
         let cfg = BertConfig::new(200, 16, 2, 2, 32).with_dropout(0.0);
-        let enc = random_encoder(&cfg, seed, &dev).unwrap().to_params().unwrap();
+        let enc = random_encoder(&cfg, seed, &dev)
+            .unwrap()
+            .to_params()
+            .unwrap();
         let mut t = Tagger::new(cfg, enc, dev);
-        t.ensure_adapter(8, &mut SeededRng::derive(seed, "a")).unwrap();
+        t.ensure_adapter(8, &mut SeededRng::derive(seed, "a"))
+            .unwrap();
         for l in ["a", "b"] {
             t.add_head(l, 7, &mut SeededRng::derive(seed, l)).unwrap();
         }
@@ -474,7 +527,13 @@ pub(crate) mod tests {
 
     fn values(p: &ParamSet) -> Vec<Vec<f32>> {
         p.iter()
-            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .map(|(_, v)| {
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
             .collect()
     }
 
@@ -508,8 +567,16 @@ pub(crate) mod tests {
         let enc_before = values(&tagger.encoder);
         let ad_before = values(tagger.adapter.as_ref().unwrap());
         let out = inner_loop(&tagger, &t, &cfg(InnerParams::PE, 3, 0.5), None, 0).unwrap();
-        assert_eq!(values(&tagger.encoder), enc_before, "θp changed in the PE inner loop");
-        assert_eq!(values(tagger.adapter.as_ref().unwrap()), ad_before, "θa itself changed");
+        assert_eq!(
+            values(&tagger.encoder),
+            enc_before,
+            "θp changed in the PE inner loop"
+        );
+        assert_eq!(
+            values(tagger.adapter.as_ref().unwrap()),
+            ad_before,
+            "θa itself changed"
+        );
         assert!(out.encoder.is_none());
         let fast_ad = out.adapter.as_ref().unwrap();
         assert_ne!(values(fast_ad), ad_before, "the fast adapter did not move");
@@ -517,14 +584,24 @@ pub(crate) mod tests {
         assert!(out.losses[2] < out.losses[0], "{:?}", out.losses);
         let grads = out.last_grads.as_ref().unwrap();
         for (n, v) in tagger.encoder.iter() {
-            assert!(grads.get(v.as_tensor()).is_none(), "inner backward reached encoder weight {n}");
+            assert!(
+                grads.get(v.as_tensor()).is_none(),
+                "inner backward reached encoder weight {n}"
+            );
         }
         for (n, v) in fast_ad.iter().chain(out.head.as_ref().unwrap().iter()) {
-            assert!(grads.get(v.as_tensor()).is_some(), "no inner gradient for fast {n}");
+            assert!(
+                grads.get(v.as_tensor()).is_some(),
+                "no inner gradient for fast {n}"
+            );
         }
         // The inner backward covered only adapter + head: a handful of tensors, not the
         // dozens an encoder graph holds.
-        assert!(grads.get_ids().count() < 30, "{} gradient entries", grads.get_ids().count());
+        assert!(
+            grads.get_ids().count() < 30,
+            "{} gradient entries",
+            grads.get_ids().count()
+        );
     }
 
     #[test]
@@ -534,20 +611,49 @@ pub(crate) mod tests {
         let t = task("a", &mut rng, 2);
         let enc_before = values(&tagger.encoder);
         let out = inner_loop(&tagger, &t, &cfg(InnerParams::FULL, 2, 0.5), None, 0).unwrap();
-        assert_eq!(values(&tagger.encoder), enc_before, "θp itself must only change in the outer step");
+        assert_eq!(
+            values(&tagger.encoder),
+            enc_before,
+            "θp itself must only change in the outer step"
+        );
         let fast = out.encoder.as_ref().unwrap();
-        assert_ne!(values(fast), enc_before, "the MAML inner loop did not update the encoder copy");
+        assert_ne!(
+            values(fast),
+            enc_before,
+            "the MAML inner loop did not update the encoder copy"
+        );
         let grads = out.last_grads.as_ref().unwrap();
-        let w = fast.get("encoder.layer.0.attention.self.query.weight").unwrap();
+        let w = fast
+            .get("encoder.layer.0.attention.self.query.weight")
+            .unwrap();
         assert!(grads.get(w.as_tensor()).is_some());
 
         let mut state = PrimingState::new(tagger, None);
         let mut vars = state.tagger.encoder.named_vars_with_prefix("enc.");
-        vars.extend(state.tagger.adapter.as_ref().unwrap().named_vars_with_prefix("adapter."));
-        let mut opt = AdamWOuter::new(vars, crate::train::optim::AdamWConfig { lr: 1e-3, ..Default::default() }, None).unwrap();
+        vars.extend(
+            state
+                .tagger
+                .adapter
+                .as_ref()
+                .unwrap()
+                .named_vars_with_prefix("adapter."),
+        );
+        let mut opt = AdamWOuter::new(
+            vars,
+            crate::train::optim::AdamWConfig {
+                lr: 1e-3,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
         let rec = meta_step(&mut state, &[t], &cfg(InnerParams::FULL, 2, 0.5), &mut opt).unwrap();
         assert_ne!(values(&state.tagger.encoder), enc_before);
-        assert!(rec.grads.names().any(|n| n == "enc.embeddings.word_embeddings.weight"));
+        assert!(
+            rec.grads
+                .names()
+                .any(|n| n == "enc.embeddings.word_embeddings.weight")
+        );
         assert!(rec.grads.names().any(|n| n == "adapter.up.weight"));
     }
 
@@ -571,18 +677,46 @@ pub(crate) mod tests {
         assert_eq!(gab.len(), ga.len());
         for (n, g) in gab.iter() {
             let want = (ga.get(n).unwrap() + gb.get(n).unwrap()).unwrap();
-            let d = (g - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            let s = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = (g - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let s = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(d <= 1e-5 * s.max(1e-6), "{n}: {d} vs scale {s}");
         }
         // head_l := adapted head_l, and the record holds it.
         for (k, lang) in ["a", "b"].iter().enumerate() {
             let head = state.tagger.heads.get(*lang).unwrap();
             let adapted = rec.tasks[k].adapted.get("head.weight").unwrap();
-            let got = head.get("weight").unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(got, adapted.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let got = head
+                .get("weight")
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(
+                got,
+                adapted.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
             let fresh = tiny_tagger(5);
-            let before = fresh.heads[*lang].get("weight").unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let before = fresh.heads[*lang]
+                .get("weight")
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             assert_ne!(got, before, "head {lang} was not adapted");
         }
         assert_eq!(rec.losses().tasks.len(), 2);
@@ -596,7 +730,11 @@ pub(crate) mod tests {
         let t = task("a", &mut rng, 3);
         let out = inner_loop(&tagger, &t, &cfg(InnerParams::PE, 3, 0.0), None, 0).unwrap();
         // With lr 0 the weights stay put, so the losses are those of three different batches.
-        assert!(out.losses[0] != out.losses[1] && out.losses[1] != out.losses[2], "{:?}", out.losses);
+        assert!(
+            out.losses[0] != out.losses[1] && out.losses[1] != out.losses[2],
+            "{:?}",
+            out.losses
+        );
         let same = TaskBatches {
             support: vec![t.support[0].clone()],
             ..t.clone()
@@ -615,12 +753,30 @@ pub(crate) mod tests {
         let mut state = PrimingState::new(tagger, None);
         state.step = 41;
         let enc_before = values(&state.tagger.encoder);
-        let err = meta_step(&mut state, &tasks, &cfg(InnerParams::PE, 2, 0.1), &mut Recorder::default()).unwrap_err();
+        let err = meta_step(
+            &mut state,
+            &tasks,
+            &cfg(InnerParams::PE, 2, 0.1),
+            &mut Recorder::default(),
+        )
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, PrimeError::NonFinite { step: 41, .. }), "{msg}");
-        assert!(msg.contains("step 41") && msg.contains("'b'") && msg.contains("inner loss"), "{msg}");
+        assert!(
+            matches!(err, PrimeError::NonFinite { step: 41, .. }),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("step 41") && msg.contains("'b'") && msg.contains("inner loss"),
+            "{msg}"
+        );
         assert_eq!(values(&state.tagger.encoder), enc_before);
-        let zero_steps = inner_loop(&state.tagger, &tasks[0], &cfg(InnerParams::PE, 0, 0.1), None, 0);
+        let zero_steps = inner_loop(
+            &state.tagger,
+            &tasks[0],
+            &cfg(InnerParams::PE, 0, 0.1),
+            None,
+            0,
+        );
         assert!(zero_steps.is_err());
     }
 }

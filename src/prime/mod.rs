@@ -11,13 +11,13 @@ pub mod sampler;
 
 pub use error::PrimeError;
 pub use ft::ft_step;
-pub use outer::AdamWOuter;
-pub use run::{method_name, prime, PrimingInfo, SourceInfo, CURVES_FILE, PRIMING_FILE};
-pub use sampler::{DrawSizes, Sampler, SourceTask};
 pub use meta::{
-    inner_loop, meta_step, Adapted, Batch, InnerParams, MetaStepConfig, MetaStepRecord, OuterOptimizer,
-    PrimingState, TaskBatches, TaskOutcome,
+    Adapted, Batch, InnerParams, MetaStepConfig, MetaStepRecord, OuterOptimizer, PrimingState,
+    TaskBatches, TaskOutcome, inner_loop, meta_step,
 };
+pub use outer::AdamWOuter;
+pub use run::{CURVES_FILE, PRIMING_FILE, PrimingInfo, SourceInfo, method_name, prime};
+pub use sampler::{DrawSizes, Sampler, SourceTask};
 
 use crate::config::PrimeConfig;
 use crate::progress::ProgressSink;
@@ -52,7 +52,11 @@ pub struct PrimeCurves {
 
 /// Primes per `config` and writes the primed checkpoint folder `out_dir` atomically (see
 /// [`run::prime`], which also returns the curves and a typed error).
-pub fn run_priming(config: &PrimeConfig, out_dir: &Path, progress: &dyn ProgressSink) -> anyhow::Result<()> {
+pub fn run_priming(
+    config: &PrimeConfig,
+    out_dir: &Path,
+    progress: &dyn ProgressSink,
+) -> anyhow::Result<()> {
     prime(config, out_dir, progress)?;
     Ok(())
 }

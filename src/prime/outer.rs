@@ -16,7 +16,11 @@ pub struct AdamWOuter {
 }
 
 impl AdamWOuter {
-    pub fn new(vars: Vec<(String, Var)>, cfg: AdamWConfig, schedule: Option<LinearSchedule>) -> Result<Self> {
+    pub fn new(
+        vars: Vec<(String, Var)>,
+        cfg: AdamWConfig,
+        schedule: Option<LinearSchedule>,
+    ) -> Result<Self> {
         let opt = AdamW::new(vars.clone(), cfg)?;
         let opt = match schedule {
             Some(s) => opt.with_schedule(s),

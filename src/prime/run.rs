@@ -3,15 +3,15 @@
 
 use super::error::{PrimeError, Result};
 use super::ft::ft_step;
-use super::meta::{meta_step, InnerParams, MetaStepConfig, PrimingState};
+use super::meta::{InnerParams, MetaStepConfig, PrimingState, meta_step};
 use super::outer::AdamWOuter;
 use super::sampler::{DrawSizes, Sampler, SourceTask};
 use super::{PrimeCurves, PrimeStepRecord};
 use crate::config::{InnerLoop, PrimeConfig, PrimingMethod};
-use crate::data::{load_language, WordTokenizer};
-use crate::fsutil::{write_json_atomic, StagedDir};
-use crate::model::init::TOKENIZER_FILES;
+use crate::data::{WordTokenizer, load_language};
+use crate::fsutil::{StagedDir, write_json_atomic};
 use crate::model::Tagger;
+use crate::model::init::TOKENIZER_FILES;
 use crate::progress::{ProgressEvent, ProgressSink};
 use crate::rng::SeededRng;
 use crate::train::optim::{AdamWConfig, LinearSchedule};
@@ -94,7 +94,10 @@ fn validate(cfg: &PrimeConfig) -> Result<()> {
         }
     }
     if !(0.0..=1.0).contains(&cfg.warmup_ratio) {
-        return bad(format!("warmup_ratio must be in [0, 1], got {}", cfg.warmup_ratio));
+        return bad(format!(
+            "warmup_ratio must be in [0, 1], got {}",
+            cfg.warmup_ratio
+        ));
     }
     if let Some(p) = cfg.dropout
         && !(0.0..1.0).contains(&p)
@@ -126,7 +129,11 @@ fn progress_message(r: &PrimeStepRecord) -> String {
 /// BERT folder of θp* (config.json, model.safetensors, tokenizer files of the source model),
 /// `adapter.safetensors` (θa*), `priming.json` ([`PrimingInfo`]) and `curves.json`
 /// ([`PrimeCurves`]).
-pub fn prime(config: &PrimeConfig, out_dir: &Path, progress: &dyn ProgressSink) -> Result<PrimeCurves> {
+pub fn prime(
+    config: &PrimeConfig,
+    out_dir: &Path,
+    progress: &dyn ProgressSink,
+) -> Result<PrimeCurves> {
     let started = Instant::now();
     validate(config)?;
     let device = crate::device::open_device(&config.device)?;
@@ -135,13 +142,19 @@ pub fn prime(config: &PrimeConfig, out_dir: &Path, progress: &dyn ProgressSink) 
     if let Some(p) = config.dropout {
         tagger.config = tagger.config.with_dropout(p);
     }
-    tagger.ensure_adapter(config.adapter_dim, &mut SeededRng::derive(config.seed, "init.adapter"))?;
+    tagger.ensure_adapter(
+        config.adapter_dim,
+        &mut SeededRng::derive(config.seed, "init.adapter"),
+    )?;
 
-    let tokenizer = WordTokenizer::from_model_dir(&config.model, config.data.max_len).map_err(|e| PrimeError::Data {
-        lang: config.sources.join(","),
-        path: config.model.clone(),
-        message: e.to_string(),
-    })?;
+    let tokenizer =
+        WordTokenizer::from_model_dir(&config.model, config.data.max_len).map_err(|e| {
+            PrimeError::Data {
+                lang: config.sources.join(","),
+                path: config.model.clone(),
+                message: e.to_string(),
+            }
+        })?;
     let mut sources = Vec::new();
     let mut infos = Vec::new();
     for lang in &config.sources {
@@ -151,7 +164,9 @@ pub fn prime(config: &PrimeConfig, out_dir: &Path, progress: &dyn ProgressSink) 
             message: e.to_string(),
         };
         let data = load_language(&config.data, lang, config.seed).map_err(data_err)?;
-        let enc = tokenizer.encode_split(&data.train, &data.labels).map_err(data_err)?;
+        let enc = tokenizer
+            .encode_split(&data.train, &data.labels)
+            .map_err(data_err)?;
         let mut head_rng = SeededRng::derive(config.seed, &format!("init.head.{lang}"));
         tagger.add_head(lang, data.labels.len(), &mut head_rng)?;
         infos.push(SourceInfo {
@@ -173,11 +188,24 @@ pub fn prime(config: &PrimeConfig, out_dir: &Path, progress: &dyn ProgressSink) 
         config.query_batch_size,
     );
     let tasks_per_step = config.tasks_per_step.unwrap_or(sources.len());
-    let mut sampler = Sampler::new(&sources, sizes, tasks_per_step, config.seed, tokenizer.pad_id(), &device)?;
+    let mut sampler = Sampler::new(
+        &sources,
+        sizes,
+        tasks_per_step,
+        config.seed,
+        tokenizer.pad_id(),
+        &device,
+    )?;
 
     let is_ft = config.method == PrimingMethod::Ft;
     let mut vars = tagger.encoder.named_vars_with_prefix("enc.");
-    vars.extend(tagger.adapter.as_ref().expect("ensured above").named_vars_with_prefix("adapter."));
+    vars.extend(
+        tagger
+            .adapter
+            .as_ref()
+            .expect("ensured above")
+            .named_vars_with_prefix("adapter."),
+    );
     if is_ft {
         for (lang, h) in &tagger.heads {
             vars.extend(h.named_vars_with_prefix(&format!("head.{lang}.")));
@@ -196,7 +224,10 @@ pub fn prime(config: &PrimeConfig, out_dir: &Path, progress: &dyn ProgressSink) 
         inner_lr: config.effective_inner_lr(),
         record_adapted_encoder: false,
     };
-    let mut state = PrimingState::new(tagger, Some(SeededRng::derive(config.seed, "prime.dropout")));
+    let mut state = PrimingState::new(
+        tagger,
+        Some(SeededRng::derive(config.seed, "prime.dropout")),
+    );
     let mut curves = PrimeCurves::default();
     tracing::info!(
         "priming ({}) on {} for {} steps: {} sentences per task and step",
@@ -229,7 +260,11 @@ pub fn prime(config: &PrimeConfig, out_dir: &Path, progress: &dyn ProgressSink) 
         let src = config.model.join(f);
         if src.exists() {
             let to = staged.path().join(f);
-            std::fs::copy(&src, &to).map_err(|source| PrimeError::Copy { from: src, to, source })?;
+            std::fs::copy(&src, &to).map_err(|source| PrimeError::Copy {
+                from: src,
+                to,
+                source,
+            })?;
         }
     }
     let info = PrimingInfo {

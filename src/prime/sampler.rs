@@ -44,7 +44,12 @@ pub struct DrawSizes {
 }
 
 impl DrawSizes {
-    pub fn new(support: SupportMode, inner_steps: usize, support_batch_size: usize, query_batch_size: usize) -> Self {
+    pub fn new(
+        support: SupportMode,
+        inner_steps: usize,
+        support_batch_size: usize,
+        query_batch_size: usize,
+    ) -> Self {
         Self {
             support_batch_size,
             query_batch_size,
@@ -91,7 +96,9 @@ impl Sampler {
             )));
         }
         if sizes.support_batch_size == 0 || sizes.query_batch_size == 0 {
-            return Err(PrimeError::Config("support and query batch sizes must be at least 1".into()));
+            return Err(PrimeError::Config(
+                "support and query batch sizes must be at least 1".into(),
+            ));
         }
         let need = sizes.sentences_per_task();
         for s in sources {
@@ -132,7 +139,9 @@ impl Sampler {
 
     /// `need` distinct sentence indices of `source`, in random order.
     fn draw(&mut self, source: &SourceTask) -> Vec<usize> {
-        let mut idx = self.data_rng.sample_indices(source.train.len(), self.sizes.sentences_per_task());
+        let mut idx = self
+            .data_rng
+            .sample_indices(source.train.len(), self.sizes.sentences_per_task());
         self.data_rng.shuffle(&mut idx);
         idx
     }
@@ -155,7 +164,8 @@ impl Sampler {
         for t in self.next_tasks(sources.len()) {
             let src = &sources[t];
             let idx = self.draw(src);
-            let (sup, query) = idx.split_at(self.sizes.support_batches * self.sizes.support_batch_size);
+            let (sup, query) =
+                idx.split_at(self.sizes.support_batches * self.sizes.support_batch_size);
             let support = sup
                 .chunks(self.sizes.support_batch_size)
                 .map(|c| self.batch(src, c))
@@ -203,7 +213,13 @@ mod tests {
     }
 
     fn ids(b: &Batch) -> Vec<u32> {
-        b.input_ids.narrow(1, 1, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        b.input_ids
+            .narrow(1, 1, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     #[test]
@@ -247,16 +263,28 @@ mod tests {
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
         let langs: std::collections::BTreeSet<String> = run(1).into_iter().map(|x| x.0).collect();
-        assert!(langs.len() > 1, "task sampling never changed task: {langs:?}");
+        assert!(
+            langs.len() > 1,
+            "task sampling never changed task: {langs:?}"
+        );
     }
 
     #[test]
     fn too_little_data_names_the_language_and_the_fix() {
         let sources = vec![source("en", 40), source("es", 10)];
         let sizes = DrawSizes::new(SupportMode::Same, 5, 8, 8);
-        let err = Sampler::new(&sources, sizes, 2, 0, 0, &Device::Cpu).err().unwrap().to_string();
-        assert!(err.contains("'es'") && err.contains("train_limit") && err.contains("16"), "{err}");
-        let err = Sampler::new(&sources, sizes, 3, 0, 0, &Device::Cpu).err().unwrap().to_string();
+        let err = Sampler::new(&sources, sizes, 2, 0, 0, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("'es'") && err.contains("train_limit") && err.contains("16"),
+            "{err}"
+        );
+        let err = Sampler::new(&sources, sizes, 3, 0, 0, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("tasks_per_step"), "{err}");
     }
 }

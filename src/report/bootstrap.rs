@@ -17,7 +17,11 @@ pub fn f1_from_sums(correct: u64, predicted: u64, gold: u64) -> f64 {
 /// Micro F1 ×100 of a whole test set.
 pub fn micro_f1(counts: &[SentenceCounts]) -> f64 {
     let (c, p, g) = counts.iter().fold((0u64, 0u64, 0u64), |(c, p, g), s| {
-        (c + u64::from(s[0]), p + u64::from(s[1]), g + u64::from(s[2]))
+        (
+            c + u64::from(s[0]),
+            p + u64::from(s[1]),
+            g + u64::from(s[2]),
+        )
     });
     f1_from_sums(c, p, g)
 }
@@ -30,15 +34,26 @@ pub type SeedPairs<'a> = Vec<(&'a [SentenceCounts], &'a [SentenceCounts])>;
 /// of it. Each replicate draws sentence indices with replacement once and applies the same
 /// draw to every seed pair, so the pairing of systems (and of seeds) on sentences is kept.
 /// Panics if `pairs` is empty or the slices differ in length (callers check).
-pub fn paired_deltas(pairs: &SeedPairs<'_>, samples: usize, rng: &mut SeededRng) -> (f64, Vec<f64>) {
-    assert!(!pairs.is_empty(), "paired bootstrap needs at least one seed pair");
+pub fn paired_deltas(
+    pairs: &SeedPairs<'_>,
+    samples: usize,
+    rng: &mut SeededRng,
+) -> (f64, Vec<f64>) {
+    assert!(
+        !pairs.is_empty(),
+        "paired bootstrap needs at least one seed pair"
+    );
     let n = pairs[0].0.len();
     assert!(
         pairs.iter().all(|(a, b)| a.len() == n && b.len() == n),
         "paired runs must score the same test sentences"
     );
     let k = pairs.len() as f64;
-    let observed = pairs.iter().map(|(a, b)| micro_f1(a) - micro_f1(b)).sum::<f64>() / k;
+    let observed = pairs
+        .iter()
+        .map(|(a, b)| micro_f1(a) - micro_f1(b))
+        .sum::<f64>()
+        / k;
     let mut deltas = Vec::with_capacity(samples);
     let mut sums = vec![[0u64; 6]; pairs.len()];
     for _ in 0..samples {
@@ -114,7 +129,13 @@ mod tests {
     /// A system that gets `hit` of every `of` sentences right (one gold entity per sentence).
     fn system(n: usize, hit: usize, of: usize, offset: usize) -> Vec<SentenceCounts> {
         (0..n)
-            .map(|i| if (i + offset) % of < hit { [1, 1, 1] } else { [0, 1, 1] })
+            .map(|i| {
+                if (i + offset) % of < hit {
+                    [1, 1, 1]
+                } else {
+                    [0, 1, 1]
+                }
+            })
             .collect()
     }
 
@@ -147,7 +168,10 @@ mod tests {
             summarize(o, &r)
         };
         assert!(est.ci_low < 0.0 && est.ci_high > 0.0, "{est:?}");
-        assert!(est.ci_high - est.ci_low > 2.0, "a real interval, not a point: {est:?}");
+        assert!(
+            est.ci_high - est.ci_low > 2.0,
+            "a real interval, not a point: {est:?}"
+        );
     }
 
     #[test]

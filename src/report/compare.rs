@@ -95,20 +95,28 @@ pub fn paper_rows(
         .iter()
         .filter(|s| input.spec.paper_rows.contains_key(*s))
         .collect();
-    order.extend(input.spec.paper_rows.keys().filter(|s| !input.settings.contains(s)));
+    order.extend(
+        input
+            .spec
+            .paper_rows
+            .keys()
+            .filter(|s| !input.settings.contains(s)),
+    );
     let mut rows = Vec::new();
     for setting in order {
         let label = &input.spec.paper_rows[setting];
-        let prow = paper.row(label).ok_or_else(|| ReportError::UnknownPaperRow {
-            setting: setting.clone(),
-            label: label.clone(),
-            known: paper
-                .table1
-                .iter()
-                .map(|r| format!("{:?}", r.label))
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
+        let prow = paper
+            .row(label)
+            .ok_or_else(|| ReportError::UnknownPaperRow {
+                setting: setting.clone(),
+                label: label.clone(),
+                known: paper
+                    .table1
+                    .iter()
+                    .map(|r| format!("{:?}", r.label))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
         let ours: Vec<Option<f64>> = languages
             .iter()
             .map(|l| stats.get(&(setting.clone(), l.clone())).map(|c| c.mean))
@@ -172,7 +180,11 @@ pub fn figure4_rows(
 }
 
 /// Per seed: the test sentence counts of a setting's finished runs in one language.
-fn counts_by_seed<'a>(input: &'a ReportInput, setting: &str, lang: &str) -> BTreeMap<u64, &'a [SentenceCounts]> {
+fn counts_by_seed<'a>(
+    input: &'a ReportInput,
+    setting: &str,
+    lang: &str,
+) -> BTreeMap<u64, &'a [SentenceCounts]> {
     input
         .runs
         .iter()
@@ -184,6 +196,9 @@ fn counts_by_seed<'a>(input: &'a ReportInput, setting: &str, lang: &str) -> BTre
         })
         .collect()
 }
+
+/// One language of a pair: its estimate and replicates, or (language, why it was left out).
+type LangJob = Result<(LangDelta, Vec<f64>), (String, String)>;
 
 /// The paired bootstrap of every `[report] compare` pair (languages in parallel; each has its
 /// own seeded stream, so results do not depend on scheduling).
@@ -197,7 +212,7 @@ pub fn bootstrap_pairs(
     check_settings(input, "compare", pairs.iter().flat_map(|p| [&p.a, &p.b]))?;
     let mut out = Vec::new();
     for pair in pairs {
-        let jobs: Vec<Result<(LangDelta, Vec<f64>), String>> = languages
+        let jobs: Vec<LangJob> = languages
             .par_iter()
             .map(|lang| {
                 let a = counts_by_seed(input, &pair.a, lang);
@@ -206,28 +221,44 @@ pub fn bootstrap_pairs(
                 for (s, ca) in &a {
                     let Some(cb) = b.get(s) else { continue };
                     if ca.is_empty() || cb.is_empty() {
-                        return Err(format!(
-                            "{lang}: seed {s} has no per-sentence test counts (metrics.json without \
-                             test_sentence_counts); re-run it to bootstrap"
+                        return Err((
+                            lang.clone(),
+                            format!(
+                                "seed {s} has no per-sentence test counts (metrics.json without \
+                                 test_sentence_counts); re-run it to bootstrap"
+                            ),
                         ));
                     }
                     if ca.len() != cb.len() {
-                        return Err(format!(
-                            "{lang}: seed {s} scored different test sets ({} vs {} sentences); \
-                             check the sweep's test_limit",
-                            ca.len(),
-                            cb.len()
+                        return Err((
+                            lang.clone(),
+                            format!(
+                                "seed {s} scored different test sets ({} vs {} sentences); \
+                                 check the sweep's test_limit",
+                                ca.len(),
+                                cb.len()
+                            ),
                         ));
                     }
                     seed_pairs.push((ca, cb));
                 }
                 if seed_pairs.is_empty() {
-                    return Err(format!("{lang}: no seed with both settings finished"));
+                    return Err((
+                        lang.clone(),
+                        "no seed with both settings finished".to_string(),
+                    ));
                 }
-                if seed_pairs.iter().any(|(x, _)| x.len() != seed_pairs[0].0.len()) {
-                    return Err(format!("{lang}: seeds scored test sets of different sizes"));
+                if seed_pairs
+                    .iter()
+                    .any(|(x, _)| x.len() != seed_pairs[0].0.len())
+                {
+                    return Err((
+                        lang.clone(),
+                        "seeds scored test sets of different sizes".to_string(),
+                    ));
                 }
-                let mut rng = SeededRng::derive(seed, &format!("bootstrap/{}/{}/{lang}", pair.a, pair.b));
+                let mut rng =
+                    SeededRng::derive(seed, &format!("bootstrap/{}/{}/{lang}", pair.a, pair.b));
                 let (obs, reps) = bootstrap::paired_deltas(&seed_pairs, samples, &mut rng);
                 Ok((
                     LangDelta {
@@ -242,16 +273,24 @@ pub fn bootstrap_pairs(
             .collect();
         let mut per_lang = Vec::new();
         let mut reps_all = Vec::new();
-        let mut notes = Vec::new();
+        // Languages left out for the same reason share one note.
+        let mut left_out: Vec<(String, Vec<String>)> = Vec::new();
         for job in jobs {
             match job {
                 Ok((d, reps)) => {
                     per_lang.push(d);
                     reps_all.push(reps);
                 }
-                Err(note) => notes.push(note),
+                Err((lang, why)) => match left_out.iter_mut().find(|(w, _)| *w == why) {
+                    Some((_, langs)) => langs.push(lang),
+                    None => left_out.push((why, vec![lang])),
+                },
             }
         }
+        let notes = left_out
+            .into_iter()
+            .map(|(why, langs)| format!("{}: {why}", langs.join(", ")))
+            .collect();
         let average = (!per_lang.is_empty()).then(|| {
             let k = per_lang.len() as f64;
             let obs = per_lang.iter().map(|d| d.estimate.delta).sum::<f64>() / k;
@@ -295,7 +334,11 @@ impl Comparison {
         if self.paper_rows.is_empty() {
             out += "No setting is mapped to a paper row (`[report] paper_rows` is empty).\n\n";
         } else {
-            let mut headers = vec!["Setting".to_string(), "Source".to_string(), "% params".to_string()];
+            let mut headers = vec![
+                "Setting".to_string(),
+                "Source".to_string(),
+                "% params".to_string(),
+            ];
             headers.extend(self.languages.iter().cloned());
             headers.push("Avg".into());
             let mut aligns = vec![Align::Left, Align::Left];
@@ -317,7 +360,12 @@ impl Comparison {
                 theirs.extend(r.paper.iter().map(|v| f2(*v)));
                 theirs.push(f2(r.paper_avg));
                 let mut delta = vec![String::new(), "Δ ours − paper".to_string(), String::new()];
-                delta.extend(r.ours.iter().zip(&r.paper).map(|(o, p)| signed(diff(*o, *p))));
+                delta.extend(
+                    r.ours
+                        .iter()
+                        .zip(&r.paper)
+                        .map(|(o, p)| signed(diff(*o, *p))),
+                );
                 delta.push(signed(diff(r.ours_avg, r.paper_avg)));
                 rows.extend([ours, theirs, delta]);
             }
@@ -326,10 +374,17 @@ impl Comparison {
         }
         if !self.figure4.is_empty() {
             out += "## Figure 4 (average over languages)\n\n";
-            let headers: Vec<String> = ["Inner loop", "Fine-tuning", "Setting", "ours", PAPER_LABEL, "Δ"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let headers: Vec<String> = [
+                "Inner loop",
+                "Fine-tuning",
+                "Setting",
+                "ours",
+                PAPER_LABEL,
+                "Δ",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
             let rows: Vec<Vec<String>> = self
                 .figure4
                 .iter()
@@ -340,7 +395,11 @@ impl Comparison {
                         c.setting.clone(),
                         match c.ours {
                             Some(v) if c.ours_languages < self.languages.len() => {
-                                format!("{v:.2} ({}/{} langs)", c.ours_languages, self.languages.len())
+                                format!(
+                                    "{v:.2} ({}/{} langs)",
+                                    c.ours_languages,
+                                    self.languages.len()
+                                )
                             }
                             v => f2(v),
                         },
@@ -349,7 +408,14 @@ impl Comparison {
                     ]
                 })
                 .collect();
-            let aligns = [Align::Left, Align::Left, Align::Left, Align::Right, Align::Right, Align::Right];
+            let aligns = [
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Right,
+                Align::Right,
+                Align::Right,
+            ];
             out += &markdown::table(&headers, &aligns, &rows);
             out += &format!(
                 "\nOurs averages over {}; the paper's over hi af az lt et nl.\n\n",
@@ -363,10 +429,19 @@ impl Comparison {
                  by seed and averaged; 95% percentile interval. P(Δ≤0): fraction of resamples \
                  where a is not better.\n\n"
             );
-            let headers: Vec<String> = ["a", "b", "Lang", "Δ F1", "95% CI", "P(Δ≤0)", "Seeds", "Sentences"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let headers: Vec<String> = [
+                "a",
+                "b",
+                "Lang",
+                "Δ F1",
+                "95% CI",
+                "P(Δ≤0)",
+                "Seeds",
+                "Sentences",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
             let mut rows = Vec::new();
             for p in &self.pairs {
                 let est = |e: &DeltaEstimate| {
@@ -468,22 +543,82 @@ impl Comparison {
         let mut c = Cols::default();
         for r in &self.paper_rows {
             for (i, l) in self.languages.iter().enumerate() {
-                push(&mut c, "paper", Some(&r.setting), Some(&r.paper_label), None, Some(l), r.ours[i], r.paper[i], None);
+                push(
+                    &mut c,
+                    "paper",
+                    Some(&r.setting),
+                    Some(&r.paper_label),
+                    None,
+                    Some(l),
+                    r.ours[i],
+                    r.paper[i],
+                    None,
+                );
             }
-            push(&mut c, "paper", Some(&r.setting), Some(&r.paper_label), None, Some("avg"), r.ours_avg, r.paper_avg, None);
-            push(&mut c, "trained_percent", Some(&r.setting), Some(&r.paper_label), None, None, r.ours_percent, Some(r.paper_percent), None);
+            push(
+                &mut c,
+                "paper",
+                Some(&r.setting),
+                Some(&r.paper_label),
+                None,
+                Some("avg"),
+                r.ours_avg,
+                r.paper_avg,
+                None,
+            );
+            push(
+                &mut c,
+                "trained_percent",
+                Some(&r.setting),
+                Some(&r.paper_label),
+                None,
+                None,
+                r.ours_percent,
+                Some(r.paper_percent),
+                None,
+            );
         }
         for f in &self.figure4 {
             let reference = format!("figure4 inner={} ft={}", f.inner_loop, f.finetune);
-            push(&mut c, "figure4", Some(&f.setting), Some(&reference), None, Some("avg"), f.ours, Some(f.paper), None);
+            push(
+                &mut c,
+                "figure4",
+                Some(&f.setting),
+                Some(&reference),
+                None,
+                Some("avg"),
+                f.ours,
+                Some(f.paper),
+                None,
+            );
         }
         for p in &self.pairs {
             for d in &p.per_lang {
                 let e = (&d.estimate, Some(d.seeds), Some(d.sentences));
-                push(&mut c, "bootstrap", None, None, Some((&p.a, &p.b)), Some(&d.lang), None, None, Some(e));
+                push(
+                    &mut c,
+                    "bootstrap",
+                    None,
+                    None,
+                    Some((&p.a, &p.b)),
+                    Some(&d.lang),
+                    None,
+                    None,
+                    Some(e),
+                );
             }
             if let Some(avg) = &p.average {
-                push(&mut c, "bootstrap", None, None, Some((&p.a, &p.b)), Some("avg"), None, None, Some((avg, None, None)));
+                push(
+                    &mut c,
+                    "bootstrap",
+                    None,
+                    None,
+                    Some((&p.a, &p.b)),
+                    Some("avg"),
+                    None,
+                    None,
+                    Some((avg, None, None)),
+                );
             }
         }
         let h = c.section.len();

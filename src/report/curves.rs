@@ -10,7 +10,13 @@ use std::path::{Path, PathBuf};
 /// A run id made safe as a file name.
 pub fn file_stem(id: &str) -> String {
     id.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -30,7 +36,11 @@ pub fn moving_average(values: &[f64], window: usize) -> Vec<f64> {
 }
 
 fn points(values: &[f64]) -> Vec<(f64, f64)> {
-    values.iter().enumerate().map(|(i, v)| ((i + 1) as f64, *v)).collect()
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ((i + 1) as f64, *v))
+        .collect()
 }
 
 /// Mean over a step's tasks of the values present.
@@ -63,11 +73,15 @@ pub fn priming_chart(title: &str, curves: &PrimeCurves) -> LineChart {
         x_desc: "Outer step".to_string(),
         y_desc: "Loss".to_string(),
         series,
+        faint_first: false,
     }
 }
 
 /// Writes every curve; returns the files written and notes on runs without curves.
-pub fn write_curves(input: &ReportInput, dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>), ReportError> {
+pub fn write_curves(
+    input: &ReportInput,
+    dir: &Path,
+) -> Result<(Vec<PathBuf>, Vec<String>), ReportError> {
     let out_dir = dir.join("curves");
     std::fs::create_dir_all(&out_dir).map_err(|source| crate::fsutil::FsError::Write {
         path: out_dir.clone(),
@@ -78,14 +92,20 @@ pub fn write_curves(input: &ReportInput, dir: &Path) -> Result<(Vec<PathBuf>, Ve
     for r in &input.runs {
         let Some(m) = &r.metrics else { continue };
         if m.loss_curve.is_empty() {
-            notes.push(format!("fine-tuning run {} has no loss curve", r.meta.run_id));
+            notes.push(format!(
+                "fine-tuning run {} has no loss curve",
+                r.meta.run_id
+            ));
             continue;
         }
         let raw: Vec<f64> = m.loss_curve.iter().map(|&v| f64::from(v)).collect();
         let window = (raw.len() / 50).max(1);
         let mut series = vec![("training loss".to_string(), points(&raw))];
         if window > 1 {
-            series.push((format!("moving average ({window} steps)"), points(&moving_average(&raw, window))));
+            series.push((
+                format!("moving average ({window} steps)"),
+                points(&moving_average(&raw, window)),
+            ));
         }
         let chart = LineChart {
             title: format!(
@@ -94,17 +114,26 @@ pub fn write_curves(input: &ReportInput, dir: &Path) -> Result<(Vec<PathBuf>, Ve
             ),
             x_desc: "Optimiser step".to_string(),
             y_desc: "Training loss".to_string(),
+            faint_first: series.len() > 1,
             series,
         };
-        files.extend(write_figure(&chart, &out_dir, &format!("ft-{}", file_stem(&r.meta.run_id)))?);
+        files.extend(write_figure(
+            &chart,
+            &out_dir,
+            &format!("ft-{}", file_stem(&r.meta.run_id)),
+        )?);
     }
     // A priming run shared by several settings is listed once per setting: draw it once.
     let mut seen = std::collections::BTreeMap::<&str, Vec<&str>>::new();
     for p in &input.priming_runs {
-        seen.entry(p.run_id.as_str()).or_default().push(p.setting.as_str());
+        seen.entry(p.run_id.as_str())
+            .or_default()
+            .push(p.setting.as_str());
     }
     for p in &input.priming_runs {
-        let Some(settings) = seen.remove(p.run_id.as_str()) else { continue };
+        let Some(settings) = seen.remove(p.run_id.as_str()) else {
+            continue;
+        };
         if !p.done {
             continue;
         }
@@ -118,10 +147,18 @@ pub fn write_curves(input: &ReportInput, dir: &Path) -> Result<(Vec<PathBuf>, Ve
         };
         let chart = priming_chart(&format!("Priming losses: {}", settings.join(", ")), &curves);
         if chart.series.is_empty() {
-            notes.push(format!("priming run {}: {} holds no steps", p.run_id, path.display()));
+            notes.push(format!(
+                "priming run {}: {} holds no steps",
+                p.run_id,
+                path.display()
+            ));
             continue;
         }
-        files.extend(write_figure(&chart, &out_dir, &format!("prime-{}", file_stem(&p.run_id)))?);
+        files.extend(write_figure(
+            &chart,
+            &out_dir,
+            &format!("prime-{}", file_stem(&p.run_id)),
+        )?);
     }
     Ok((files, notes))
 }
@@ -132,7 +169,10 @@ mod tests {
 
     #[test]
     fn moving_average_and_file_stems() {
-        assert_eq!(moving_average(&[2.0, 4.0, 6.0, 8.0], 2), vec![2.0, 3.0, 5.0, 7.0]);
+        assert_eq!(
+            moving_average(&[2.0, 4.0, 6.0, 8.0], 2),
+            vec![2.0, 3.0, 5.0, 7.0]
+        );
         assert_eq!(file_stem("ft/abc:1 2"), "ft_abc_1_2");
     }
 }

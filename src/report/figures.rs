@@ -1,10 +1,10 @@
 //! Figures 3 and 4 of the paper from a sweep's cell statistics. A figure whose settings are not
 //! in the sweep, or have no finished run, is skipped with a message instead of drawn wrong.
 
+use crate::report::ReportInput;
 use crate::report::paper::PaperNumbers;
 use crate::report::plot::{BarChart, HeatCell, Heatmap2x2};
 use crate::report::table::CellStat;
-use crate::report::ReportInput;
 use std::collections::BTreeMap;
 
 type Stats = BTreeMap<(String, String), CellStat>;
@@ -32,7 +32,11 @@ fn check_declared(input: &ReportInput, figure: &str, settings: &[&String]) -> Re
 
 /// Figure 3: grouped bars per target language, one series per `[report] figure3` entry.
 /// Err: why the figure is skipped.
-pub fn figure3(input: &ReportInput, languages: &[String], stats: &Stats) -> Result<BarChart, String> {
+pub fn figure3(
+    input: &ReportInput,
+    languages: &[String],
+    stats: &Stats,
+) -> Result<BarChart, String> {
     let spec = &input.spec.figure3;
     if spec.is_empty() {
         return Err("figure 3 not drawn: [report] figure3 declares no series".to_string());
@@ -42,7 +46,11 @@ pub fn figure3(input: &ReportInput, languages: &[String], stats: &Stats) -> Resu
     if !settings.iter().any(|s| has_done(stats, s)) {
         return Err(format!(
             "figure 3 skipped: none of its settings ({}) has a finished run",
-            settings.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            settings
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     let series = spec
@@ -50,7 +58,11 @@ pub fn figure3(input: &ReportInput, languages: &[String], stats: &Stats) -> Resu
         .map(|s| {
             let bars = languages
                 .iter()
-                .map(|l| stats.get(&(s.setting.clone(), l.clone())).map(|c| (c.mean, c.sd)))
+                .map(|l| {
+                    stats
+                        .get(&(s.setting.clone(), l.clone()))
+                        .map(|c| (c.mean, c.sd))
+                })
                 .collect();
             (s.label.clone(), bars)
         })
@@ -80,7 +92,11 @@ pub fn figure4(
     if !settings.iter().any(|s| has_done(stats, s)) {
         return Err(format!(
             "figure 4 skipped: none of its settings ({}) has a finished run",
-            settings.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            settings
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     let cell = |i: usize, j: usize| {
@@ -90,11 +106,16 @@ pub fn figure4(
             .filter_map(|l| stats.get(&(setting.clone(), l.clone())).map(|c| c.mean))
             .collect();
         let mut notes = vec![setting.clone()];
-        let value = (!present.is_empty()).then(|| present.iter().sum::<f64>() / present.len() as f64);
+        let value =
+            (!present.is_empty()).then(|| present.iter().sum::<f64>() / present.len() as f64);
         if value.is_none() {
             notes.push("no finished run".to_string());
         } else if present.len() < languages.len() {
-            notes.push(format!("over {}/{} languages", present.len(), languages.len()));
+            notes.push(format!(
+                "over {}/{} languages",
+                present.len(),
+                languages.len()
+            ));
         }
         notes.push(format!("paper: {:.2}", paper.figure4[i][j]));
         HeatCell { value, notes }
@@ -133,7 +154,12 @@ mod tests {
         let mut runs = Vec::new();
         for (li, l) in langs.iter().enumerate() {
             for seed in [1, 2] {
-                runs.push(run("PE", l, seed, Some(0.80 + 0.01 * li as f64 + 0.02 * seed as f64)));
+                runs.push(run(
+                    "PE",
+                    l,
+                    seed,
+                    Some(0.80 + 0.01 * li as f64 + 0.02 * seed as f64),
+                ));
                 runs.push(run("Full", l, seed, Some(0.85)));
             }
             // "None" misses one language; with done_c = false it has nothing done at all.
@@ -142,9 +168,18 @@ mod tests {
         }
         let spec = ReportSpec {
             figure3: vec![
-                FigureSeries { label: "Meta priming, PE inner loop".into(), setting: "PE".into() },
-                FigureSeries { label: "Meta priming, full inner loop".into(), setting: "Full".into() },
-                FigureSeries { label: "No priming".into(), setting: "None".into() },
+                FigureSeries {
+                    label: "Meta priming, PE inner loop".into(),
+                    setting: "PE".into(),
+                },
+                FigureSeries {
+                    label: "Meta priming, full inner loop".into(),
+                    setting: "Full".into(),
+                },
+                FigureSeries {
+                    label: "No priming".into(),
+                    setting: "None".into(),
+                },
             ],
             figure4: Some([["PE".into(), "None".into()], ["Full".into(), "PE".into()]]),
             ..Default::default()
@@ -162,15 +197,26 @@ mod tests {
         let chart = figure3(&inp, &inp.languages, &stats(&inp)).unwrap();
         let svg = render_svg(&chart).unwrap();
         for label in [
-            "Figure 3", "Target language", "Test F1 (×100)", "Meta priming, PE inner loop",
-            "Meta priming, full inner loop", "No priming", &svg_text("hi"), &svg_text("af"), &svg_text("az"),
+            "Figure 3",
+            "Target language",
+            "Test F1 (×100)",
+            "Meta priming, PE inner loop",
+            "Meta priming, full inner loop",
+            "No priming",
+            &svg_text("hi"),
+            &svg_text("af"),
+            &svg_text("az"),
         ] {
             assert!(svg.contains(label), "missing {label:?}");
         }
         // One rect per finished bar plus the legend swatch.
         assert_eq!(svg.matches(&fill(0)).count(), 3 + 1);
         assert_eq!(svg.matches(&fill(1)).count(), 3 + 1);
-        assert_eq!(svg.matches(&fill(2)).count(), 2 + 1, "az of \"None\" has no bar");
+        assert_eq!(
+            svg.matches(&fill(2)).count(),
+            2 + 1,
+            "az of \"None\" has no bar"
+        );
         assert!(svg.contains(&svg_text("n/a")));
         // Value labels: PE on hi = mean(82, 84) = 83.0; Full = 85.0 everywhere.
         assert!(svg.contains(&svg_text("83.0")) && svg.contains(&svg_text("85.0")));
@@ -193,14 +239,24 @@ mod tests {
         let mut inp = fig3_input(false);
         inp.runs.retain(|r| r.meta.setting == "None");
         let why = figure3(&inp, &inp.languages, &stats(&inp)).unwrap_err();
-        assert!(why.contains("figure 3 skipped") && why.contains("has a finished run"), "{why}");
+        assert!(
+            why.contains("figure 3 skipped") && why.contains("has a finished run"),
+            "{why}"
+        );
         let paper = PaperNumbers::embedded().unwrap();
         assert!(figure4(&inp, &inp.languages, &stats(&inp), &paper).is_err());
         inp.spec.figure3[0].setting = "Typo".into();
         let why = figure3(&inp, &inp.languages, &stats(&inp)).unwrap_err();
-        assert!(why.contains("Typo") && why.contains("not in the sweep"), "{why}");
+        assert!(
+            why.contains("Typo") && why.contains("not in the sweep"),
+            "{why}"
+        );
         inp.spec.figure3.clear();
-        assert!(figure3(&inp, &inp.languages, &stats(&inp)).unwrap_err().contains("declares no series"));
+        assert!(
+            figure3(&inp, &inp.languages, &stats(&inp))
+                .unwrap_err()
+                .contains("declares no series")
+        );
     }
 
     #[test]
@@ -209,13 +265,32 @@ mod tests {
         let paper = PaperNumbers::embedded().unwrap();
         let map = figure4(&inp, &inp.languages, &stats(&inp), &paper).unwrap();
         // PE: mean over languages of 83, 84, 85 → 84.00; "None": 75 over 2 of 3.
-        assert_eq!(map.cells[0][0].value.map(|v| format!("{v:.2}")), Some("84.00".into()));
-        assert_eq!(map.cells[1][0].value.map(|v| format!("{v:.2}")), Some("85.00".into()));
-        assert!(map.cells[0][1].notes.iter().any(|n| n == "over 2/3 languages"));
+        assert_eq!(
+            map.cells[0][0].value.map(|v| format!("{v:.2}")),
+            Some("84.00".into())
+        );
+        assert_eq!(
+            map.cells[1][0].value.map(|v| format!("{v:.2}")),
+            Some("85.00".into())
+        );
+        assert!(
+            map.cells[0][1]
+                .notes
+                .iter()
+                .any(|n| n == "over 2/3 languages")
+        );
         let svg = render_svg(&map).unwrap();
         for text in [
-            "Meta-learning inner loop", "Downstream fine-tuning", &svg_text("PE"), &svg_text("Full"), &svg_text("85.00"),
-            &svg_text("75.00"), &svg_text("84.00"), "paper: 85.87", "paper: 90.79", "rotate(270",
+            "Meta-learning inner loop",
+            "Downstream fine-tuning",
+            &svg_text("PE"),
+            &svg_text("Full"),
+            &svg_text("85.00"),
+            &svg_text("75.00"),
+            &svg_text("84.00"),
+            "paper: 85.87",
+            "paper: 90.79",
+            "rotate(270",
         ] {
             assert!(svg.contains(text), "missing {text:?}");
         }

@@ -5,9 +5,9 @@
 use crate::fsutil::write_atomic;
 use crate::report::{ReportError, RunRecord};
 use polars::prelude::*;
+use polars_io::SerWriter;
 use polars_io::csv::write::CsvWriter;
 use polars_io::parquet::write::ParquetWriter;
-use polars_io::SerWriter;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -69,7 +69,9 @@ pub fn scores_frame(runs: &[RunRecord]) -> Result<DataFrame, ReportError> {
         ),
         col_u64(
             "inner_steps",
-            runs.iter().map(|r| r.meta.inner_steps.map(|s| s as u64)).collect(),
+            runs.iter()
+                .map(|r| r.meta.inner_steps.map(|s| s as u64))
+                .collect(),
         ),
         col_f64("inner_lr", runs.iter().map(|r| r.meta.inner_lr).collect()),
         col_f64("outer_lr", runs.iter().map(|r| r.meta.outer_lr).collect()),
@@ -83,7 +85,9 @@ pub fn scores_frame(runs: &[RunRecord]) -> Result<DataFrame, ReportError> {
         col_u64("seed", runs.iter().map(|r| Some(r.meta.seed)).collect()),
         Series::new(
             "done".into(),
-            runs.iter().map(|r| r.metrics.is_some()).collect::<Vec<bool>>(),
+            runs.iter()
+                .map(|r| r.metrics.is_some())
+                .collect::<Vec<bool>>(),
         )
         .into_column(),
         col_f64("dev_precision", metric(&|m| m.dev.precision)),

@@ -56,7 +56,10 @@ mod tests {
         let t = table(
             &["a".into(), "value".into()],
             &[Align::Left, Align::Right],
-            &[vec!["x".into(), "–".into()], vec!["longer".into(), "1.00 ± 0.10".into()]],
+            &[
+                vec!["x".into(), "–".into()],
+                vec!["longer".into(), "1.00 ± 0.10".into()],
+            ],
         );
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4);

@@ -43,7 +43,9 @@ pub enum ReportError {
     },
     #[error("cannot draw {path}: {message}")]
     Plot { path: PathBuf, message: String },
-    #[error("the embedded font (src/report/fonts/DejaVuSans.ttf) cannot be loaded; restore the file and rebuild")]
+    #[error(
+        "the embedded font (src/report/fonts/DejaVuSans.ttf) cannot be loaded; restore the file and rebuild"
+    )]
     Font,
     #[error(
         "[report] {field} names setting {name:?}, which the sweep does not declare \
@@ -97,7 +99,10 @@ pub struct ReportSummary {
 
 /// Writes the report of a sweep into `input.results_dir` (see the module docs for the files)
 /// and returns the text to print; prints nothing itself.
-pub fn write_report(input: &ReportInput, opts: &ReportOptions) -> Result<ReportSummary, ReportError> {
+pub fn write_report(
+    input: &ReportInput,
+    opts: &ReportOptions,
+) -> Result<ReportSummary, ReportError> {
     let dir = &input.results_dir;
     std::fs::create_dir_all(dir).map_err(|source| FsError::Write {
         path: dir.clone(),

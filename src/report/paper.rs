@@ -59,14 +59,20 @@ impl PaperNumbers {
             line,
             message,
         };
-        let mut lines = table1_csv.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-        let (_, header) = lines.next().ok_or_else(|| bad(t1, 1, "empty file".into()))?;
+        let mut lines = table1_csv
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty());
+        let (_, header) = lines
+            .next()
+            .ok_or_else(|| bad(t1, 1, "empty file".into()))?;
         let header: Vec<&str> = header.split(',').map(str::trim).collect();
         if header.len() < 4 || header[..3] != ["row", "group", "trained_percent"] {
             return Err(bad(
                 t1,
                 1,
-                "header must start with row,group,trained_percent followed by language codes".into(),
+                "header must start with row,group,trained_percent followed by language codes"
+                    .into(),
             ));
         }
         let languages: Vec<String> = header[3..].iter().map(|s| s.to_string()).collect();
@@ -117,7 +123,11 @@ impl PaperNumbers {
             figure4[idx(fields[0])?][idx(fields[1])?] = v;
         }
         if figure4.iter().flatten().any(|v| v.is_nan()) {
-            return Err(bad(f4, 1, "all four (inner_loop, finetune) cells are needed".into()));
+            return Err(bad(
+                f4,
+                1,
+                "all four (inner_loop, finetune) cells are needed".into(),
+            ));
         }
         Ok(Self {
             languages,
@@ -129,7 +139,9 @@ impl PaperNumbers {
     /// The Table 1 row with this label (matched with [`normalize_label`]).
     pub fn row(&self, label: &str) -> Option<&PaperRow> {
         let key = normalize_label(label);
-        self.table1.iter().find(|r| normalize_label(&r.label) == key)
+        self.table1
+            .iter()
+            .find(|r| normalize_label(&r.label) == key)
     }
 }
 
@@ -162,6 +174,9 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("table1.csv") && err.contains("line 3"), "{err}");
+        assert!(
+            err.contains("table1.csv") && err.contains("line 3"),
+            "{err}"
+        );
     }
 }

@@ -65,7 +65,11 @@ pub fn render_svg(fig: &impl Figure) -> Result<String, ReportError> {
 }
 
 /// Writes `<dir>/<stem>.svg` and `<dir>/<stem>.png` atomically; returns both paths.
-pub fn write_figure(fig: &impl Figure, dir: &Path, stem: &str) -> Result<Vec<PathBuf>, ReportError> {
+pub fn write_figure(
+    fig: &impl Figure,
+    dir: &Path,
+    stem: &str,
+) -> Result<Vec<PathBuf>, ReportError> {
     let svg_path = dir.join(format!("{stem}.svg"));
     let svg = render_svg(fig).map_err(|e| match e {
         ReportError::Plot { message, .. } => ReportError::Plot {
@@ -92,7 +96,8 @@ pub fn write_figure(fig: &impl Figure, dir: &Path, stem: &str) -> Result<Vec<Pat
         fig.draw(&root).map_err(plot_err)?;
         root.present().map_err(|e| plot_err(e.to_string()))?;
     }
-    tmp.persist(&png_path).map_err(|e| plot_err(e.error.to_string()))?;
+    tmp.persist(&png_path)
+        .map_err(|e| plot_err(e.error.to_string()))?;
     Ok(vec![svg_path, png_path])
 }
 
@@ -180,7 +185,10 @@ impl Figure for BarChart {
                 match bar {
                     Some((m, sd)) => {
                         chart
-                            .draw_series(std::iter::once(Rectangle::new([(x0, lo), (x1, *m)], color.filled())))
+                            .draw_series(std::iter::once(Rectangle::new(
+                                [(x0, lo), (x1, *m)],
+                                color.filled(),
+                            )))
                             .map_err(de)?;
                         let top = m + sd.unwrap_or(0.0);
                         if let Some(sd) = sd {
@@ -192,7 +200,11 @@ impl Figure for BarChart {
                                 vec![(xc - cap, m + sd), (xc + cap, m + sd)],
                             ];
                             chart
-                                .draw_series(whisker.into_iter().map(|p| PathElement::new(p, BLACK.stroke_width(2))))
+                                .draw_series(
+                                    whisker
+                                        .into_iter()
+                                        .map(|p| PathElement::new(p, BLACK.stroke_width(2))),
+                                )
                                 .map_err(de)?;
                         }
                         let (px, py) = chart.backend_coord(&(xc, top));
@@ -207,7 +219,11 @@ impl Figure for BarChart {
                     None => {
                         let (px, py) = chart.backend_coord(&(xc, lo));
                         plot_area
-                            .draw(&Text::new("n/a", (px, py - 4), anchored(13.0, HPos::Center, VPos::Bottom)))
+                            .draw(&Text::new(
+                                "n/a",
+                                (px, py - 4),
+                                anchored(13.0, HPos::Center, VPos::Bottom),
+                            ))
                             .map_err(de)?;
                     }
                 }
@@ -217,7 +233,11 @@ impl Figure for BarChart {
         for (i, g) in self.groups.iter().enumerate() {
             let (px, py) = chart.backend_coord(&(i as f64 + 0.5, lo));
             plot_area
-                .draw(&Text::new(g.clone(), (px, py + 8), anchored(18.0, HPos::Center, VPos::Top)))
+                .draw(&Text::new(
+                    g.clone(),
+                    (px, py + 8),
+                    anchored(18.0, HPos::Center, VPos::Top),
+                ))
                 .map_err(de)?;
         }
         // Legend in its own panel, so it never hides a bar.
@@ -229,7 +249,11 @@ impl Figure for BarChart {
                 .draw(&Rectangle::new([(10, y), (32, y + 22)], color.filled()))
                 .map_err(de)?;
             legend_area
-                .draw(&Text::new(label.clone(), (42, y + 11), anchored(16.0, HPos::Left, VPos::Center)))
+                .draw(&Text::new(
+                    label.clone(),
+                    (42, y + 11),
+                    anchored(16.0, HPos::Left, VPos::Center),
+                ))
                 .map_err(de)?;
         }
         Ok(())
@@ -279,10 +303,17 @@ impl Figure for Heatmap2x2 {
         ))
         .map_err(de)?;
         let (left, top, cw, ch) = (250, 150, 300, 210);
-        let values: Vec<f64> = self.cells.iter().flatten().filter_map(|c| c.value).collect();
+        let values: Vec<f64> = self
+            .cells
+            .iter()
+            .flatten()
+            .filter_map(|c| c.value)
+            .collect();
         let (vmin, vmax) = values
             .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
         // Column axis: description, then one label per column.
         root.draw(&Text::new(
             self.col_desc.clone(),
@@ -321,12 +352,26 @@ impl Figure for Heatmap2x2 {
                     Some(_) => 0.5,
                     None => 0.0,
                 };
-                let fill = if cell.value.is_some() { ramp(0.15 + 0.85 * t) } else { RGBColor(220, 220, 220) };
-                root.draw(&Rectangle::new([(x0, y0), (x0 + cw, y0 + ch)], fill.filled()))
-                    .map_err(de)?;
-                root.draw(&Rectangle::new([(x0, y0), (x0 + cw, y0 + ch)], WHITE.stroke_width(3)))
-                    .map_err(de)?;
-                let ink = if cell.value.is_some() && t > 0.45 { WHITE } else { BLACK };
+                let fill = if cell.value.is_some() {
+                    ramp(0.15 + 0.85 * t)
+                } else {
+                    RGBColor(220, 220, 220)
+                };
+                root.draw(&Rectangle::new(
+                    [(x0, y0), (x0 + cw, y0 + ch)],
+                    fill.filled(),
+                ))
+                .map_err(de)?;
+                root.draw(&Rectangle::new(
+                    [(x0, y0), (x0 + cw, y0 + ch)],
+                    WHITE.stroke_width(3),
+                ))
+                .map_err(de)?;
+                let ink = if cell.value.is_some() && t > 0.45 {
+                    WHITE
+                } else {
+                    BLACK
+                };
                 let main = cell.value.map_or("–".to_string(), |v| format!("{v:.2}"));
                 let cx = x0 + cw / 2;
                 root.draw(&Text::new(
@@ -357,6 +402,8 @@ pub struct LineChart {
     pub y_desc: String,
     /// (label, points).
     pub series: Vec<(String, Vec<(f64, f64)>)>,
+    /// Draw the first series faintly (raw values under a smoothed line).
+    pub faint_first: bool,
 }
 
 impl Figure for LineChart {
@@ -366,8 +413,17 @@ impl Figure for LineChart {
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
         root.fill(&WHITE).map_err(de)?;
-        let pts = self.series.iter().flat_map(|s| s.1.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
-        let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+        let pts = self
+            .series
+            .iter()
+            .flat_map(|s| s.1.iter())
+            .filter(|p| p.0.is_finite() && p.1.is_finite());
+        let (mut x0, mut x1, mut y0, mut y1) = (
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        );
         for &(x, y) in pts {
             x0 = x0.min(x);
             x1 = x1.max(x);
@@ -390,6 +446,8 @@ impl Figure for LineChart {
             .map_err(de)?;
         chart
             .configure_mesh()
+            .light_line_style(RGBColor(238, 238, 238))
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .x_desc(&self.x_desc)
             .y_desc(&self.y_desc)
             .label_style(font(15.0))
@@ -397,15 +455,25 @@ impl Figure for LineChart {
             .draw()
             .map_err(de)?;
         for (j, (label, points)) in self.series.iter().enumerate() {
-            let color = PALETTE[j % PALETTE.len()];
+            let base = PALETTE[j % PALETTE.len()];
+            let color = if j == 0 && self.faint_first {
+                base.mix(0.35)
+            } else {
+                base.mix(1.0)
+            };
             chart
                 .draw_series(LineSeries::new(
-                    points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()),
+                    points
+                        .iter()
+                        .copied()
+                        .filter(|p| p.0.is_finite() && p.1.is_finite()),
                     color.stroke_width(2),
                 ))
                 .map_err(de)?
                 .label(label.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+                });
         }
         chart
             .configure_series_labels()

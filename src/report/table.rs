@@ -125,7 +125,8 @@ pub fn cell_stats(scores: &DataFrame) -> Result<BTreeMap<(String, String), CellS
     let n = agg.column("n").and_then(|c| c.u64()).map_err(e())?;
     let mut out = BTreeMap::new();
     for i in 0..agg.height() {
-        let (Some(s), Some(l), Some(m), Some(k)) = (setting.get(i), lang.get(i), mean.get(i), n.get(i))
+        let (Some(s), Some(l), Some(m), Some(k)) =
+            (setting.get(i), lang.get(i), mean.get(i), n.get(i))
         else {
             continue;
         };
@@ -173,7 +174,12 @@ pub fn build_table1(input: &ReportInput, scores: &DataFrame) -> Result<Table1, R
     let mut groups: Vec<Vec<String>> = spec
         .table1_groups
         .iter()
-        .map(|g| g.iter().filter(|s| row_names.contains(s)).cloned().collect::<Vec<_>>())
+        .map(|g| {
+            g.iter()
+                .filter(|s| row_names.contains(s))
+                .cloned()
+                .collect::<Vec<_>>()
+        })
         .filter(|g| !g.is_empty())
         .collect();
     let ungrouped: Vec<String> = row_names
@@ -210,7 +216,8 @@ pub fn build_table1(input: &ReportInput, scores: &DataFrame) -> Result<Table1, R
                 .iter()
                 .filter(|((s, _), _)| s == setting)
                 .filter_map(|(_, by_lang)| {
-                    let v: Option<Vec<f64>> = present.iter().map(|l| by_lang.get(*l).copied()).collect();
+                    let v: Option<Vec<f64>> =
+                        present.iter().map(|l| by_lang.get(*l).copied()).collect();
                     v.map(|v| v.iter().sum::<f64>() / v.len() as f64)
                 })
                 .collect();
@@ -255,9 +262,15 @@ pub fn build_table1(input: &ReportInput, scores: &DataFrame) -> Result<Table1, R
             // An incomplete average is not comparable with complete ones: when some row of the
             // group has a complete average, only complete averages compete.
             let candidates: Vec<usize> = if col == languages.len()
-                && members.iter().any(|&i| rows[i].average.is_some() && rows[i].average_complete())
+                && members
+                    .iter()
+                    .any(|&i| rows[i].average.is_some() && rows[i].average_complete())
             {
-                members.iter().copied().filter(|&i| rows[i].average_complete()).collect()
+                members
+                    .iter()
+                    .copied()
+                    .filter(|&i| rows[i].average_complete())
+                    .collect()
             } else {
                 members.clone()
             };
@@ -352,9 +365,15 @@ impl Table1 {
                     cells.push((r.group + 1).to_string());
                 }
                 cells.push(r.setting.clone());
-                cells.push(r.trained_percent.map_or(MISSING.to_string(), format_percent));
+                cells.push(
+                    r.trained_percent
+                        .map_or(MISSING.to_string(), format_percent),
+                );
                 for (c, b) in r.cells.iter().zip(&r.bold) {
-                    cells.push(c.as_ref().map_or(MISSING.to_string(), |c| bold(format_cell(c, full_n), *b)));
+                    cells.push(
+                        c.as_ref()
+                            .map_or(MISSING.to_string(), |c| bold(format_cell(c, full_n), *b)),
+                    );
                 }
                 cells.push(match &r.average {
                     None => MISSING.to_string(),
@@ -375,9 +394,7 @@ impl Table1 {
         if full_n > 1 {
             out += &format!(", mean ± sd over {full_n} seeds ((n=k): only k finished)");
         }
-        out += &format!(
-            ". **Bold**: best in its group and column. {MISSING}: no finished run."
-        );
+        out += &format!(". **Bold**: best in its group and column. {MISSING}: no finished run.");
         if any_incomplete {
             out += &format!(" {INCOMPLETE_MARK}: average over the languages present only.");
         }
@@ -395,16 +412,42 @@ impl Table1 {
         let mut cols = vec![
             Series::new(
                 "setting".into(),
-                self.rows.iter().map(|r| r.setting.clone()).collect::<Vec<_>>(),
+                self.rows
+                    .iter()
+                    .map(|r| r.setting.clone())
+                    .collect::<Vec<_>>(),
             )
             .into_column(),
-            u("group".into(), self.rows.iter().map(|r| Some(r.group as u64 + 1)).collect()),
-            f("trained_percent".into(), self.rows.iter().map(|r| r.trained_percent).collect()),
+            u(
+                "group".into(),
+                self.rows.iter().map(|r| Some(r.group as u64 + 1)).collect(),
+            ),
+            f(
+                "trained_percent".into(),
+                self.rows.iter().map(|r| r.trained_percent).collect(),
+            ),
         ];
-        let stat_cols = |cols: &mut Vec<Column>, prefix: &str, get: &dyn Fn(&Table1Row) -> Option<&CellStat>| {
-            cols.push(f(format!("{prefix}_mean"), self.rows.iter().map(|r| get(r).map(|c| c.mean)).collect()));
-            cols.push(f(format!("{prefix}_sd"), self.rows.iter().map(|r| get(r).and_then(|c| c.sd)).collect()));
-            cols.push(u(format!("{prefix}_n"), self.rows.iter().map(|r| get(r).map(|c| c.n as u64)).collect()));
+        let stat_cols = |cols: &mut Vec<Column>,
+                         prefix: &str,
+                         get: &dyn Fn(&Table1Row) -> Option<&CellStat>| {
+            cols.push(f(
+                format!("{prefix}_mean"),
+                self.rows.iter().map(|r| get(r).map(|c| c.mean)).collect(),
+            ));
+            cols.push(f(
+                format!("{prefix}_sd"),
+                self.rows
+                    .iter()
+                    .map(|r| get(r).and_then(|c| c.sd))
+                    .collect(),
+            ));
+            cols.push(u(
+                format!("{prefix}_n"),
+                self.rows
+                    .iter()
+                    .map(|r| get(r).map(|c| c.n as u64))
+                    .collect(),
+            ));
         };
         for (i, l) in self.languages.iter().enumerate() {
             stat_cols(&mut cols, l, &|r| r.cells[i].as_ref());
@@ -412,12 +455,18 @@ impl Table1 {
         stat_cols(&mut cols, "avg", &|r| r.average.as_ref());
         cols.push(u(
             "avg_languages".into(),
-            self.rows.iter().map(|r| Some(r.average_languages as u64)).collect(),
+            self.rows
+                .iter()
+                .map(|r| Some(r.average_languages as u64))
+                .collect(),
         ));
         cols.push(
             Series::new(
                 "avg_complete".into(),
-                self.rows.iter().map(|r| r.average_complete()).collect::<Vec<bool>>(),
+                self.rows
+                    .iter()
+                    .map(|r| r.average_complete())
+                    .collect::<Vec<bool>>(),
             )
             .into_column(),
         );
@@ -472,7 +521,10 @@ mod tests {
         assert!((ax.mean - 82.0).abs() < 1e-9 && (ax.sd.unwrap() - 2.0).abs() < 1e-9 && ax.n == 3);
         let avg = a.average.as_ref().unwrap();
         // Per-seed averages 75, 76, 77.
-        assert!((avg.mean - 76.0).abs() < 1e-9 && (avg.sd.unwrap() - 1.0).abs() < 1e-9, "{avg:?}");
+        assert!(
+            (avg.mean - 76.0).abs() < 1e-9 && (avg.sd.unwrap() - 1.0).abs() < 1e-9,
+            "{avg:?}"
+        );
         assert!(a.average_complete());
         let c = &t.rows[2];
         assert_eq!(c.cells[0].as_ref().unwrap().sd, None);
@@ -488,9 +540,18 @@ mod tests {
         assert!(!b.average_complete());
         let md = t.to_markdown();
         let line_b = md.lines().find(|l| l.contains("| B ")).unwrap();
-        assert!(line_b.contains(&format!("| {MISSING} |")) || line_b.contains(&format!(" {MISSING} |")), "{md}");
-        assert!(line_b.contains(&format!("90.00 ± 0.00{INCOMPLETE_MARK}")), "{md}");
-        assert!(md.contains("average over the languages present only"), "{md}");
+        assert!(
+            line_b.contains(&format!("| {MISSING} |")) || line_b.contains(&format!(" {MISSING} |")),
+            "{md}"
+        );
+        assert!(
+            line_b.contains(&format!("90.00 ± 0.00{INCOMPLETE_MARK}")),
+            "{md}"
+        );
+        assert!(
+            md.contains("average over the languages present only"),
+            "{md}"
+        );
         let line_c = md.lines().find(|l| l.contains("| C ")).unwrap();
         assert!(line_c.contains("**50.00 (n=1)**"), "{md}");
     }
@@ -507,7 +568,10 @@ mod tests {
         // C is alone in its group.
         assert_eq!(c.bold, [true, true]);
         let md = t.to_markdown();
-        assert!(md.contains("**90.00 ± 0.00**") && md.contains("**70.00 ± 0.00**"), "{md}");
+        assert!(
+            md.contains("**90.00 ± 0.00**") && md.contains("**70.00 ± 0.00**"),
+            "{md}"
+        );
         assert!(!md.contains("**82.00"), "{md}");
     }
 
@@ -531,8 +595,13 @@ mod tests {
     fn unknown_row_is_an_error_naming_the_fix() {
         let mut inp = synthetic();
         inp.spec.table1_rows = vec!["A".into(), "Z".into()];
-        let err = build_table1(&inp, &scores_frame(&inp.runs).unwrap()).unwrap_err().to_string();
-        assert!(err.contains("\"Z\"") && err.contains("table1_rows") && err.contains("A, B, C"), "{err}");
+        let err = build_table1(&inp, &scores_frame(&inp.runs).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"Z\"") && err.contains("table1_rows") && err.contains("A, B, C"),
+            "{err}"
+        );
     }
 
     #[test]

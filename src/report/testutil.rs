@@ -70,7 +70,12 @@ pub fn run(setting: &str, lang: &str, seed: u64, f1: Option<f64>) -> RunRecord {
 }
 
 /// An input with these settings, languages and runs.
-pub fn input(settings: &[&str], languages: &[&str], runs: Vec<RunRecord>, spec: ReportSpec) -> ReportInput {
+pub fn input(
+    settings: &[&str],
+    languages: &[&str],
+    runs: Vec<RunRecord>,
+    spec: ReportSpec,
+) -> ReportInput {
     ReportInput {
         sweep_name: "synthetic".to_string(),
         spec,

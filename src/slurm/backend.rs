@@ -360,6 +360,40 @@ pub fn wait_sweep(
     }
 }
 
+/// What `primer exec` does when a run stopped early because
+/// [`super::signal::preemption_requested`] turned true (Slurm's warning before preemption or
+/// the time limit): records the interruption in `status.json` and, inside a Slurm task
+/// (`job_id` = `SLURM_JOB_ID`), asks Slurm to requeue it so that it runs again later. Returns
+/// whether the task was requeued; the caller then exits (status 0 is fine: Slurm ends this
+/// execution anyway).
+pub fn on_preempted(
+    run_dir: &Path,
+    slurm: &Slurm,
+    job_id: Option<&str>,
+) -> Result<bool, SlurmError> {
+    let requeued = match job_id {
+        Some(id) => {
+            super::signal::requeue(slurm, id)?;
+            true
+        }
+        None => false,
+    };
+    let note = if requeued {
+        format!(
+            "interrupted by Slurm's preemption signal; task {} requeued",
+            job_id.unwrap_or("?")
+        )
+    } else {
+        "interrupted by a preemption signal; rerun the sweep to resume".to_string()
+    };
+    Store::update_status(run_dir, |s| {
+        s.state = RunState::Pending;
+        s.error = Some(note);
+        s.finished_at = Some(crate::sweep::store::now_s());
+    })?;
+    Ok(requeued)
+}
+
 /// Counts of runs per state, for a one-line summary.
 pub fn summarize(views: &[SlurmRunView]) -> BTreeMap<SlurmRunState, usize> {
     let mut m = BTreeMap::new();
@@ -646,6 +680,19 @@ mod tests {
         .unwrap();
         assert_eq!(polls, 3);
         assert!(v.iter().all(|x| x.state == SlurmRunState::Failed));
+    }
+
+    #[test]
+    fn preempted_runs_are_requeued_and_marked() {
+        let f = Fake::new();
+        let dir = tempfile::tempdir().unwrap();
+        assert!(on_preempted(dir.path(), &f.slurm(), Some("57")).unwrap());
+        assert_eq!(f.read("scontrol.log"), "requeue 57\n");
+        let st = Store::read_status(dir.path()).unwrap();
+        assert_eq!(st.state, RunState::Pending);
+        assert!(st.error.unwrap().contains("task 57 requeued"));
+        assert!(!on_preempted(dir.path(), &f.slurm(), None).unwrap());
+        assert!(on_preempted(dir.path(), &f.slurm(), Some("57; rm")).is_err());
     }
 
     #[test]

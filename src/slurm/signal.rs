@@ -56,11 +56,18 @@ pub fn current_job_id() -> Option<String> {
 pub fn requeue_self(slurm: &Slurm) -> Result<bool, SlurmError> {
     match current_job_id() {
         None => Ok(false),
-        Some(id) => {
-            slurm.run("scontrol", &["requeue", &id])?;
-            Ok(true)
-        }
+        Some(id) => requeue(slurm, &id).map(|()| true),
     }
+}
+
+/// `scontrol requeue JOB_ID`.
+pub fn requeue(slurm: &Slurm, job_id: &str) -> Result<(), SlurmError> {
+    if job_id.is_empty() || !job_id.chars().all(|c| c.is_ascii_digit() || c == '_') {
+        return Err(SlurmError::Other(format!(
+            "'{job_id}' is not a Slurm job id"
+        )));
+    }
+    slurm.run("scontrol", &["requeue", job_id]).map(|_| ())
 }
 
 #[cfg(test)]

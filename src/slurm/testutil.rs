@@ -25,6 +25,7 @@ echo "$@" >> "$FAKE/sbatch.log"; echo "$n""#,
   "show config") echo "MaxArraySize            = $(cat "$FAKE/max_array" 2>/dev/null || echo 2)";;
   "-o show partition") cat "$FAKE/partitions";;
   "-o show job "*) f="$FAKE/job_$4"; if [ -f "$f" ]; then cat "$f"; else echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1; fi;;
+  "requeue "*) echo "$*" >> "$FAKE/scontrol.log";;
   *) echo "unexpected scontrol $*" >&2; exit 2;;
 esac"#,
             ),

@@ -94,10 +94,18 @@ impl Display {
         s.started = Instant::now();
         s.last_phase.clear();
         s.last_print = Instant::now();
-        let retry = if attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
+        let retry = if attempt > 1 {
+            format!(" (attempt {attempt})")
+        } else {
+            String::new()
+        };
         match &self.bars {
             Some((_, _, bars)) => bars[slot].set_message(format!("{run}{retry} | starting")),
-            None => println!("{} start {run}{retry} on {}", self.count(), self.slot_labels[slot]),
+            None => println!(
+                "{} start {run}{retry} on {}",
+                self.count(),
+                self.slot_labels[slot]
+            ),
         }
     }
 
@@ -105,7 +113,11 @@ impl Display {
         let s = &mut self.slots[slot];
         let run = s.run.clone().unwrap_or_default();
         let loss = e.loss.map(|l| format!(" loss {l:.4}")).unwrap_or_default();
-        let msg = e.message.as_ref().map(|m| format!(" {m}")).unwrap_or_default();
+        let msg = e
+            .message
+            .as_ref()
+            .map(|m| format!(" {m}"))
+            .unwrap_or_default();
         let text = format!("{} {}/{}{loss}{msg}", e.phase, e.step, e.total);
         match &self.bars {
             Some((_, _, bars)) => bars[slot].set_message(format!("{run} | {text}")),
@@ -128,7 +140,10 @@ impl Display {
         }
         let line = match result {
             Ok(()) => format!("{} done {run} ({secs:.1} s)", self.count()),
-            Err(e) if will_retry => format!("{} FAILED {run} (will retry): {e} — log: {log}", self.count()),
+            Err(e) if will_retry => format!(
+                "{} FAILED {run} (will retry): {e} — log: {log}",
+                self.count()
+            ),
             Err(e) => {
                 self.failed += 1;
                 format!("{} FAILED {run}: {e} — log: {log}", self.count())

@@ -31,7 +31,9 @@ pub enum SweepError {
         missing: Vec<String>,
     },
     /// Another orchestrator holds the store's lock.
-    #[error("the run store {store} is in use by another `primer run` ({holder}); wait for it to finish or stop it, then retry")]
+    #[error(
+        "the run store {store} is in use by another `primer run` ({holder}); wait for it to finish or stop it, then retry"
+    )]
     Locked { store: PathBuf, holder: String },
     #[error(transparent)]
     Fs(#[from] crate::fsutil::FsError),

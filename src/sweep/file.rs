@@ -121,7 +121,8 @@ impl Default for KeySpace {
 
 impl KeySpace {
     pub fn new() -> Self {
-        let finetune_default = serde_json::to_value(FinetuneConfig::default()).expect("serialisable");
+        let finetune_default =
+            serde_json::to_value(FinetuneConfig::default()).expect("serialisable");
         let prime_default = serde_json::to_value(PrimeConfig::default()).expect("serialisable");
         let mut keys = Vec::new();
         leaf_paths("finetune", &finetune_default, &mut keys);
@@ -140,7 +141,11 @@ impl KeySpace {
 
     /// The defaults of a section ("finetune" or "prime") as JSON.
     pub fn default_json(&self, section: &str) -> &Value {
-        if section == "prime" { &self.prime_default } else { &self.finetune_default }
+        if section == "prime" {
+            &self.prime_default
+        } else {
+            &self.finetune_default
+        }
     }
 
     /// Checks that `key` may be set and that `value` has its type and range. The message
@@ -169,12 +174,14 @@ impl KeySpace {
         }
         let prefix = format!("{key}.");
         if self.keys.iter().any(|k| k.starts_with(&prefix)) {
-            return Err(format!("{key} is a table: set its fields, e.g. {key}.{}", self
-                .keys
-                .iter()
-                .find(|k| k.starts_with(&prefix))
-                .map(|k| &k[prefix.len()..])
-                .unwrap_or("...")));
+            return Err(format!(
+                "{key} is a table: set its fields, e.g. {key}.{}",
+                self.keys
+                    .iter()
+                    .find(|k| k.starts_with(&prefix))
+                    .map(|k| &k[prefix.len()..])
+                    .unwrap_or("...")
+            ));
         }
         // Candidates: every settable key, plus common other names of a few of them
         // (`learning_rate` for `lr`), each standing for the real key.
@@ -222,9 +229,15 @@ const ALIASES: &[(&str, &str)] = &[
 fn reserved_hint(key: &str) -> Option<&'static str> {
     match key {
         "finetune.lang" => Some("the target language comes from `targets = [...]`"),
-        "finetune.seed" | "prime.seed" => Some("seeds come from `seeds = [...]` (they set both priming and fine-tuning seeds)"),
-        "finetune.device" | "prime.device" => Some("devices are chosen at execution time with `primer run --devices`"),
-        "finetune.init" => Some("a setting's `priming = \"meta\" | \"ft\"` makes fine-tuning start from its primed checkpoint"),
+        "finetune.seed" | "prime.seed" => {
+            Some("seeds come from `seeds = [...]` (they set both priming and fine-tuning seeds)")
+        }
+        "finetune.device" | "prime.device" => {
+            Some("devices are chosen at execution time with `primer run --devices`")
+        }
+        "finetune.init" => Some(
+            "a setting's `priming = \"meta\" | \"ft\"` makes fine-tuning start from its primed checkpoint",
+        ),
         "prime.method" => Some("use `priming = \"meta\" | \"ft\"` in a [settings.\"...\"] table"),
         _ => None,
     }
@@ -234,52 +247,34 @@ fn reserved_hint(key: &str) -> Option<&'static str> {
 /// but training cannot use.
 fn check_range(key: &str, value: &Value) -> Result<(), String> {
     let field = key.rsplit('.').next().unwrap_or(key);
-    let num = value.as_f64();
-    match field {
+    let below = |min: f64| value.as_f64().is_some_and(|x| x < min);
+    let outside = |r: std::ops::RangeInclusive<f64>, top_open: bool| {
+        value
+            .as_f64()
+            .is_some_and(|x| !r.contains(&x) || (top_open && x == *r.end()))
+    };
+    let problem = match field {
         "epochs" | "batch_size" | "adapter_dim" | "inner_steps" | "steps" | "tasks_per_step"
-        | "support_batch_size" | "query_batch_size" | "train_limit" | "dev_limit" | "test_limit" => {
-            if num.is_some_and(|x| x < 1.0) {
-                return Err("must be at least 1".into());
-            }
+        | "support_batch_size" | "query_batch_size" | "train_limit" | "dev_limit"
+        | "test_limit"
+            if below(1.0) =>
+        {
+            "must be at least 1"
         }
-        "max_len" => {
-            if num.is_some_and(|x| x < 3.0) {
-                return Err("must be at least 3 ([CLS], one token, [SEP])".into());
-            }
+        "max_len" if below(3.0) => "must be at least 3 ([CLS], one token, [SEP])",
+        "lr" | "inner_lr" | "outer_lr" | "ft_lr" if value.as_f64().is_some_and(|x| x <= 0.0) => {
+            "a learning rate must be positive"
         }
-        "lr" | "inner_lr" | "outer_lr" | "ft_lr" => {
-            if num.is_some_and(|x| x <= 0.0) {
-                return Err("a learning rate must be positive".into());
-            }
+        "weight_decay" if below(0.0) => "must not be negative",
+        "warmup_ratio" if outside(0.0..=1.0, false) => "must be between 0 and 1",
+        "dropout" if outside(0.0..=1.0, true) => "must be in [0, 1)",
+        "sources" if value.as_array().is_some_and(|a| a.is_empty()) => {
+            "needs at least one source language"
         }
-        "weight_decay" => {
-            if num.is_some_and(|x| x < 0.0) {
-                return Err("must not be negative".into());
-            }
-        }
-        "warmup_ratio" => {
-            if num.is_some_and(|x| !(0.0..=1.0).contains(&x)) {
-                return Err("must be between 0 and 1".into());
-            }
-        }
-        "dropout" => {
-            if num.is_some_and(|x| !(0.0..1.0).contains(&x)) {
-                return Err("must be in [0, 1)".into());
-            }
-        }
-        "sources" => {
-            if value.as_array().is_some_and(|a| a.is_empty()) {
-                return Err("needs at least one source language".into());
-            }
-        }
-        "model" => {
-            if value.as_str().is_some_and(str::is_empty) {
-                return Err("must name a model folder".into());
-            }
-        }
-        _ => {}
-    }
-    Ok(())
+        "model" if value.as_str().is_some_and(str::is_empty) => "must name a model folder",
+        _ => return Ok(()),
+    };
+    Err(problem.to_string())
 }
 
 fn leaf_paths(prefix: &str, v: &Value, out: &mut Vec<String>) {
@@ -306,7 +301,9 @@ pub fn set_path(json: &mut Value, path: &str, value: Value) {
             obj.insert(p.to_string(), value);
             return;
         }
-        cur = obj.entry(p.to_string()).or_insert_with(|| Value::Object(Default::default()));
+        cur = obj
+            .entry(p.to_string())
+            .or_insert_with(|| Value::Object(Default::default()));
     }
 }
 
@@ -317,9 +314,17 @@ pub fn get_path<'a>(json: &'a Value, path: &str) -> Option<&'a Value> {
 
 /// Flattens nested tables into dotted leaf keys (`finetune = { lr = 1 }` and
 /// `"finetune.lr" = 1` are the same key). The span is the leaf key's.
-fn flatten<'a>(prefix: &str, entries: &'a [Entry], out: &mut Vec<(String, Range<usize>, &'a Node)>) {
+fn flatten<'a>(
+    prefix: &str,
+    entries: &'a [Entry],
+    out: &mut Vec<(String, Range<usize>, &'a Node)>,
+) {
     for e in entries {
-        let key = if prefix.is_empty() { e.key.clone() } else { format!("{prefix}.{}", e.key) };
+        let key = if prefix.is_empty() {
+            e.key.clone()
+        } else {
+            format!("{prefix}.{}", e.key)
+        };
         match &e.value.kind {
             NodeKind::Table(t) => flatten(&key, t, out),
             _ => out.push((key, e.key_span.clone(), &e.value)),
@@ -332,7 +337,9 @@ fn flatten<'a>(prefix: &str, entries: &'a [Entry], out: &mut Vec<(String, Range<
 pub fn values_equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| values_equal(a, b)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| values_equal(a, b))
+        }
         _ => a == b,
     }
 }
@@ -365,13 +372,19 @@ impl Sweep {
         let mut seeds = vec![0];
         let mut targets: Vec<String> = DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect();
         let (mut base_finetune, mut base_prime) = (Vec::new(), Vec::new());
-        let (mut grid, mut zips, mut excludes, mut settings) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut grid, mut zips, mut excludes, mut settings) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut report = None;
         for e in top {
             match e.key.as_str() {
                 "name" => {
                     let n = p.string(e)?;
-                    if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || n.starts_with('.') {
+                    if n.is_empty()
+                        || !n
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                        || n.starts_with('.')
+                    {
                         return Err(p.src.error(&e.value.span, format!(
                             "name: '{n}' is used as a folder name (results/<name>/): use letters, digits, '-', '_' or '.'"
                         )));
@@ -391,7 +404,10 @@ impl Sweep {
             }
         }
         let Some(name) = name else {
-            return Err(p.src.error(&(0..0), "missing `name = \"...\"` (results go to results/<name>/)"));
+            return Err(p.src.error(
+                &(0..0),
+                "missing `name = \"...\"` (results go to results/<name>/)",
+            ));
         };
         if settings.is_empty() {
             settings.push(Setting {
@@ -408,10 +424,13 @@ impl Sweep {
         for rule in &excludes {
             for (k, v) in &rule.conditions {
                 if k == "setting" && !settings.iter().any(|s| Some(s.name.as_str()) == v.as_str()) {
-                    return Err(p.src.error(&rule.span, format!(
-                        "exclude: setting {v} is not a setting of this sweep{}",
-                        p.setting_suggestion(v.as_str().unwrap_or(""), &settings)
-                    )));
+                    return Err(p.src.error(
+                        &rule.span,
+                        format!(
+                            "exclude: setting {v} is not a setting of this sweep{}",
+                            p.setting_suggestion(v.as_str().unwrap_or(""), &settings)
+                        ),
+                    ));
                 }
             }
         }
@@ -456,43 +475,83 @@ impl Parser<'_> {
             Some(s) => format!("did you mean {s}?"),
             None => format!("valid keys here: {}", valid.join(", ")),
         };
-        self.err(&e.key_span, format!("unknown key {key} at the {place}: {hint}"))
+        self.err(
+            &e.key_span,
+            format!("unknown key {key} at the {place}: {hint}"),
+        )
     }
 
     fn string(&self, e: &Entry) -> Result<String, SweepError> {
-        e.value
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| self.err(&e.value.span, format!("{}: expected a string, found a {}", e.key, e.value.type_name())))
+        e.value.as_str().map(str::to_string).ok_or_else(|| {
+            self.err(
+                &e.value.span,
+                format!(
+                    "{}: expected a string, found a {}",
+                    e.key,
+                    e.value.type_name()
+                ),
+            )
+        })
     }
 
     fn strings(&self, e: &Entry) -> Result<Vec<String>, SweepError> {
         let arr = e.value.as_array().ok_or_else(|| {
-            self.err(&e.value.span, format!("{}: expected an array of strings, found a {}", e.key, e.value.type_name()))
+            self.err(
+                &e.value.span,
+                format!(
+                    "{}: expected an array of strings, found a {}",
+                    e.key,
+                    e.value.type_name()
+                ),
+            )
         })?;
         if arr.is_empty() {
-            return Err(self.err(&e.value.span, format!("{}: the list is empty, so the sweep would expand to no runs", e.key)));
+            return Err(self.err(
+                &e.value.span,
+                format!(
+                    "{}: the list is empty, so the sweep would expand to no runs",
+                    e.key
+                ),
+            ));
         }
         arr.iter()
             .map(|n| {
-                n.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| self.err(&n.span, format!("{}: expected a string, found a {}", e.key, n.type_name())))
+                n.as_str().map(str::to_string).ok_or_else(|| {
+                    self.err(
+                        &n.span,
+                        format!("{}: expected a string, found a {}", e.key, n.type_name()),
+                    )
+                })
             })
             .collect()
     }
 
     fn seeds(&self, e: &Entry) -> Result<Vec<u64>, SweepError> {
         let arr = e.value.as_array().ok_or_else(|| {
-            self.err(&e.value.span, format!("seeds: expected an array of integers, found a {}", e.value.type_name()))
+            self.err(
+                &e.value.span,
+                format!(
+                    "seeds: expected an array of integers, found a {}",
+                    e.value.type_name()
+                ),
+            )
         })?;
         if arr.is_empty() {
-            return Err(self.err(&e.value.span, "seeds: the list is empty, so the sweep would expand to no runs"));
+            return Err(self.err(
+                &e.value.span,
+                "seeds: the list is empty, so the sweep would expand to no runs",
+            ));
         }
         arr.iter()
             .map(|n| match n.kind {
                 NodeKind::Int(i) if i >= 0 => Ok(i as u64),
-                _ => Err(self.err(&n.span, format!("seeds: expected a non-negative integer, found {}", n.to_json()))),
+                _ => Err(self.err(
+                    &n.span,
+                    format!(
+                        "seeds: expected a non-negative integer, found {}",
+                        n.to_json()
+                    ),
+                )),
             })
             .collect()
     }
@@ -504,7 +563,12 @@ impl Parser<'_> {
     }
 
     fn base(&self, e: &Entry) -> Result<(Vec<Assign>, Vec<Assign>), SweepError> {
-        let t = e.value.as_table().ok_or_else(|| self.err(&e.value.span, "base: expected a table ([base.finetune], [base.prime])"))?;
+        let t = e.value.as_table().ok_or_else(|| {
+            self.err(
+                &e.value.span,
+                "base: expected a table ([base.finetune], [base.prime])",
+            )
+        })?;
         let (mut ft, mut pr) = (Vec::new(), Vec::new());
         for s in t {
             let section = s.key.as_str();
@@ -512,14 +576,21 @@ impl Parser<'_> {
                 return Err(self.unknown(s, section, &["finetune", "prime"], "[base] table"));
             }
             let entries = s.value.as_table().ok_or_else(|| {
-                self.err(&s.value.span, format!("base.{section}: expected a table of {section} settings"))
+                self.err(
+                    &s.value.span,
+                    format!("base.{section}: expected a table of {section} settings"),
+                )
             })?;
             let mut flat = Vec::new();
             flatten(section, entries, &mut flat);
             for (key, span, node) in flat {
                 let value = self.checked(&key, &span, node)?;
                 let a = Assign { key, value, span };
-                if section == "finetune" { ft.push(a) } else { pr.push(a) }
+                if section == "finetune" {
+                    ft.push(a)
+                } else {
+                    pr.push(a)
+                }
             }
         }
         Ok((ft, pr))
@@ -527,29 +598,47 @@ impl Parser<'_> {
 
     /// A table of `key = [values]` axes (the global `[grid]` or a setting's `grid`).
     fn axes(&self, place: &str, e: &Entry) -> Result<Vec<Axis>, SweepError> {
-        let t = e.value.as_table().ok_or_else(|| self.err(&e.value.span, format!("{place}: expected a table of key = [values]")))?;
+        let t = e.value.as_table().ok_or_else(|| {
+            self.err(
+                &e.value.span,
+                format!("{place}: expected a table of key = [values]"),
+            )
+        })?;
         let mut flat = Vec::new();
         flatten("", t, &mut flat);
         let mut axes: Vec<Axis> = Vec::new();
         for (key, span, node) in flat {
-            self.keys.check_key(&key).map_err(|m| self.err(&span, format!("{place}: {m}")))?;
+            self.keys
+                .check_key(&key)
+                .map_err(|m| self.err(&span, format!("{place}: {m}")))?;
             let arr = node.as_array().ok_or_else(|| {
                 self.err(&node.span, format!("{place}: {key}: expected a list of values to sweep over, found a {} (write [{}])", node.type_name(), node.to_json()))
             })?;
             if arr.is_empty() {
-                return Err(self.err(&node.span, format!("{place}: {key}: the list is empty, so the sweep would expand to no runs")));
+                return Err(self.err(
+                    &node.span,
+                    format!(
+                        "{place}: {key}: the list is empty, so the sweep would expand to no runs"
+                    ),
+                ));
             }
             if axes.iter().any(|a| a.key == key) {
                 return Err(self.err(&span, format!("{place}: {key} is given twice")));
             }
-            let values = arr.iter().map(|v| self.checked(&key, &v.span, v)).collect::<Result<_, _>>()?;
+            let values = arr
+                .iter()
+                .map(|v| self.checked(&key, &v.span, v))
+                .collect::<Result<_, _>>()?;
             axes.push(Axis { key, values, span });
         }
         Ok(axes)
     }
 
     fn zips(&self, e: &Entry) -> Result<Vec<Zip>, SweepError> {
-        let tables = e.value.as_array().ok_or_else(|| self.err(&e.value.span, "zip: write each group as a [[zip]] table"))?;
+        let tables = e
+            .value
+            .as_array()
+            .ok_or_else(|| self.err(&e.value.span, "zip: write each group as a [[zip]] table"))?;
         let mut zips = Vec::new();
         for t in tables {
             let entry = Entry {
@@ -570,7 +659,9 @@ impl Parser<'_> {
             }
             zips.push(Zip {
                 keys: axes.iter().map(|a| a.key.clone()).collect(),
-                rows: (0..len).map(|i| axes.iter().map(|a| a.values[i].clone()).collect()).collect(),
+                rows: (0..len)
+                    .map(|i| axes.iter().map(|a| a.values[i].clone()).collect())
+                    .collect(),
                 span: t.span.clone(),
             });
         }
@@ -578,31 +669,55 @@ impl Parser<'_> {
     }
 
     fn excludes_raw(&self, e: &Entry) -> Result<Vec<Rule>, SweepError> {
-        let tables = e.value.as_array().ok_or_else(|| self.err(&e.value.span, "exclude: write each rule as an [[exclude]] table"))?;
+        let tables = e.value.as_array().ok_or_else(|| {
+            self.err(
+                &e.value.span,
+                "exclude: write each rule as an [[exclude]] table",
+            )
+        })?;
         let mut rules = Vec::new();
         for t in tables {
-            let entries = t.as_table().ok_or_else(|| self.err(&t.span, "[[exclude]]: expected a table"))?;
+            let entries = t
+                .as_table()
+                .ok_or_else(|| self.err(&t.span, "[[exclude]]: expected a table"))?;
             let mut flat = Vec::new();
             flatten("", entries, &mut flat);
             if flat.is_empty() {
-                return Err(self.err(&t.span, "[[exclude]]: an empty rule would exclude everything"));
+                return Err(self.err(
+                    &t.span,
+                    "[[exclude]]: an empty rule would exclude everything",
+                ));
             }
             let mut conditions = Vec::new();
             for (key, span, node) in flat {
                 let value = match key.as_str() {
-                    "setting" | "target" => Value::String(node.as_str().map(str::to_string).ok_or_else(|| {
-                        self.err(&node.span, format!("[[exclude]]: {key}: expected a string"))
-                    })?),
+                    "setting" | "target" => {
+                        Value::String(node.as_str().map(str::to_string).ok_or_else(|| {
+                            self.err(&node.span, format!("[[exclude]]: {key}: expected a string"))
+                        })?)
+                    }
                     "seed" => match node.kind {
                         NodeKind::Int(i) if i >= 0 => Value::from(i),
-                        _ => return Err(self.err(&node.span, "[[exclude]]: seed: expected a non-negative integer")),
+                        _ => {
+                            return Err(self.err(
+                                &node.span,
+                                "[[exclude]]: seed: expected a non-negative integer",
+                            ));
+                        }
                     },
                     _ => self.checked(&key, &span, node).map_err(|err| match err {
-                        SweepError::Invalid { file, line, column, message } => SweepError::Invalid {
+                        SweepError::Invalid {
                             file,
                             line,
                             column,
-                            message: format!("[[exclude]]: {message} (rules may also use setting, target, seed)"),
+                            message,
+                        } => SweepError::Invalid {
+                            file,
+                            line,
+                            column,
+                            message: format!(
+                                "[[exclude]]: {message} (rules may also use setting, target, seed)"
+                            ),
                         },
                         other => other,
                     })?,
@@ -618,11 +733,19 @@ impl Parser<'_> {
     }
 
     fn settings(&self, e: &Entry) -> Result<Vec<Setting>, SweepError> {
-        let t = e.value.as_table().ok_or_else(|| self.err(&e.value.span, "settings: write each as [settings.\"name\"]"))?;
+        let t = e.value.as_table().ok_or_else(|| {
+            self.err(&e.value.span, "settings: write each as [settings.\"name\"]")
+        })?;
         let mut out = Vec::new();
         for s in t {
             let body = s.value.as_table().ok_or_else(|| {
-                self.err(&s.value.span, format!("settings.\"{}\": expected a table (priming = ..., overrides)", s.key))
+                self.err(
+                    &s.value.span,
+                    format!(
+                        "settings.\"{}\": expected a table (priming = ..., overrides)",
+                        s.key
+                    ),
+                )
             })?;
             let mut setting = Setting {
                 name: s.key.clone(),
@@ -649,7 +772,9 @@ impl Parser<'_> {
                             }
                         }
                     }
-                    "grid" => setting.grid = self.axes(&format!("settings.\"{}\".grid", s.key), item)?,
+                    "grid" => {
+                        setting.grid = self.axes(&format!("settings.\"{}\".grid", s.key), item)?
+                    }
                     "seeds" => setting.seeds = Some(self.seeds(item)?),
                     "targets" => setting.targets = Some(self.strings(item)?),
                     _ => rest.push(item.clone()),
@@ -664,9 +789,14 @@ impl Parser<'_> {
                     let hint = nearest(&key, valid.iter().copied())
                         .map(|k| format!("did you mean {k}?"))
                         .unwrap_or_else(|| "a setting holds priming, grid, seeds, targets and finetune.*/prime.* overrides".into());
-                    return Err(self.err(&span, format!("settings.\"{}\": unknown key {key}: {hint}", s.key)));
+                    return Err(self.err(
+                        &span,
+                        format!("settings.\"{}\": unknown key {key}: {hint}", s.key),
+                    ));
                 }
-                let value = self.checked(&key, &span, node).map_err(|err| prefix_err(err, &format!("settings.\"{}\": ", s.key)))?;
+                let value = self
+                    .checked(&key, &span, node)
+                    .map_err(|err| prefix_err(err, &format!("settings.\"{}\": ", s.key)))?;
                 setting.overrides.push(Assign { key, value, span });
             }
             if setting.priming == Priming::None {
@@ -693,13 +823,20 @@ impl Parser<'_> {
             Some(n) => format!(": did you mean \"{n}\"?"),
             None => format!(
                 " (settings: {})",
-                settings.iter().map(|s| format!("\"{}\"", s.name)).collect::<Vec<_>>().join(", ")
+                settings
+                    .iter()
+                    .map(|s| format!("\"{}\"", s.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
 
     fn report(&self, e: &Entry, settings: &[Setting]) -> Result<ReportSpec, SweepError> {
-        let t = e.value.as_table().ok_or_else(|| self.err(&e.value.span, "report: expected a table"))?;
+        let t = e
+            .value
+            .as_table()
+            .ok_or_else(|| self.err(&e.value.span, "report: expected a table"))?;
         let fields: Vec<String> = match serde_json::to_value(ReportSpec::default()) {
             Ok(Value::Object(m)) => m.keys().cloned().collect(),
             _ => Vec::new(),
@@ -714,13 +851,20 @@ impl Parser<'_> {
             serde_json::from_value::<ReportSpec>(Value::Object(one))
                 .map_err(|err| self.err(&item.value.span, format!("report.{}: {err}", item.key)))?;
         }
-        let spec: ReportSpec = serde_json::from_value(e.value.to_json()).map_err(|err| self.err(&e.value.span, format!("report: {err}")))?;
+        let spec: ReportSpec = serde_json::from_value(e.value.to_json())
+            .map_err(|err| self.err(&e.value.span, format!("report: {err}")))?;
         // Every string naming a setting must name one of this sweep's settings.
-        let naming: &[&str] = &["table1_rows", "table1_groups", "figure3", "figure4", "compare"];
+        let naming: &[&str] = &[
+            "table1_rows",
+            "table1_groups",
+            "figure3",
+            "figure4",
+            "compare",
+        ];
         for item in t {
             let mut names = Vec::new();
             if naming.contains(&item.key.as_str()) {
-                collect_setting_names(&item.key, &item.value, &mut names);
+                collect_setting_names(&item.value, &mut names);
             } else if item.key == "paper_rows" {
                 for row in item.value.as_table().unwrap_or(&[]) {
                     names.push((row.key.clone(), row.key_span.clone()));
@@ -728,11 +872,14 @@ impl Parser<'_> {
             }
             for (name, span) in names {
                 if !settings.iter().any(|s| s.name == name) {
-                    return Err(self.err(&span, format!(
-                        "report.{}: \"{name}\" is not a setting of this sweep{}",
-                        item.key,
-                        self.setting_suggestion(&name, settings)
-                    )));
+                    return Err(self.err(
+                        &span,
+                        format!(
+                            "report.{}: \"{name}\" is not a setting of this sweep{}",
+                            item.key,
+                            self.setting_suggestion(&name, settings)
+                        ),
+                    ));
                 }
             }
         }
@@ -741,14 +888,14 @@ impl Parser<'_> {
 }
 
 /// The strings of a report field that name settings (figure3's `label` is free text).
-fn collect_setting_names(field: &str, node: &Node, out: &mut Vec<(String, Range<usize>)>) {
+fn collect_setting_names(node: &Node, out: &mut Vec<(String, Range<usize>)>) {
     match &node.kind {
         NodeKind::Str(s) => out.push((s.clone(), node.span.clone())),
-        NodeKind::Array(a) => a.iter().for_each(|n| collect_setting_names(field, n, out)),
+        NodeKind::Array(a) => a.iter().for_each(|n| collect_setting_names(n, out)),
         NodeKind::Table(t) => {
             for e in t {
                 if e.key != "label" {
-                    collect_setting_names(field, &e.value, out);
+                    collect_setting_names(&e.value, out);
                 }
             }
         }
@@ -758,7 +905,12 @@ fn collect_setting_names(field: &str, node: &Node, out: &mut Vec<(String, Range<
 
 fn prefix_err(err: SweepError, prefix: &str) -> SweepError {
     match err {
-        SweepError::Invalid { file, line, column, message } => SweepError::Invalid {
+        SweepError::Invalid {
+            file,
+            line,
+            column,
+            message,
+        } => SweepError::Invalid {
             file,
             line,
             column,
@@ -795,7 +947,10 @@ mod tests {
 
     #[test]
     fn nested_and_dotted_keys_are_the_same_key() {
-        let s = parse(&format!("{HEAD}[grid]\n\"finetune.lr\" = [0.1]\nprime.inner_steps = [1, 5]\n")).unwrap();
+        let s = parse(&format!(
+            "{HEAD}[grid]\n\"finetune.lr\" = [0.1]\nprime.inner_steps = [1, 5]\n"
+        ))
+        .unwrap();
         let keys: Vec<_> = s.grid.iter().map(|a| a.key.as_str()).collect();
         assert_eq!(keys, vec!["finetune.lr", "prime.inner_steps"]);
     }
@@ -810,26 +965,57 @@ mod tests {
         assert!(e.starts_with("sweeps/t.toml:4:"), "{e}");
         assert!(e.contains("did you mean finetune.epochs?"), "{e}");
 
-        let e = err(&format!("{HEAD}[grid]\n\"finetune.lerning_rate\" = [0.1]\n"));
-        assert!(e.starts_with("sweeps/t.toml:5:1:") && e.contains("did you mean finetune.lr?"), "{e}");
+        let e = err(&format!(
+            "{HEAD}[grid]\n\"finetune.lerning_rate\" = [0.1]\n"
+        ));
+        assert!(
+            e.starts_with("sweeps/t.toml:5:1:") && e.contains("did you mean finetune.lr?"),
+            "{e}"
+        );
 
         let e = err("name = \"t\"\nseed = [1]\n");
-        assert!(e.starts_with("sweeps/t.toml:2:1:") && e.contains("did you mean seeds?"), "{e}");
+        assert!(
+            e.starts_with("sweeps/t.toml:2:1:") && e.contains("did you mean seeds?"),
+            "{e}"
+        );
 
-        let e = err(&format!("{HEAD}[settings.\"a\"]\npriming = \"meta\"\nprime.inner_stpes = 1\n"));
-        assert!(e.starts_with("sweeps/t.toml:6:") && e.contains("did you mean prime.inner_steps?"), "{e}");
+        let e = err(&format!(
+            "{HEAD}[settings.\"a\"]\npriming = \"meta\"\nprime.inner_stpes = 1\n"
+        ));
+        assert!(
+            e.starts_with("sweeps/t.toml:6:") && e.contains("did you mean prime.inner_steps?"),
+            "{e}"
+        );
     }
 
     #[test]
     fn type_and_range_errors_name_line_and_key() {
         let e = err(&format!("{HEAD}epochs = \"three\"\n"));
-        assert!(e.starts_with("sweeps/t.toml:4:") && e.contains("finetune.epochs") && e.contains("invalid type"), "{e}");
+        assert!(
+            e.starts_with("sweeps/t.toml:4:")
+                && e.contains("finetune.epochs")
+                && e.contains("invalid type"),
+            "{e}"
+        );
 
-        let e = err(&format!("{HEAD}[grid]\n\"finetune.method\" = [\"adapter\", \"adaptr\"]\n"));
-        assert!(e.starts_with("sweeps/t.toml:5:") && e.contains("finetune.method") && e.contains("unknown variant"), "{e}");
+        let e = err(&format!(
+            "{HEAD}[grid]\n\"finetune.method\" = [\"adapter\", \"adaptr\"]\n"
+        ));
+        assert!(
+            e.starts_with("sweeps/t.toml:5:")
+                && e.contains("finetune.method")
+                && e.contains("unknown variant"),
+            "{e}"
+        );
 
-        let e = err(&format!("{HEAD}\n\n[grid]\n\"finetune.lr\" = [1e-3, -1.0]\n"));
-        assert!(e.starts_with("sweeps/t.toml:7:") && e.contains("finetune.lr: a learning rate must be positive"), "{e}");
+        let e = err(&format!(
+            "{HEAD}\n\n[grid]\n\"finetune.lr\" = [1e-3, -1.0]\n"
+        ));
+        assert!(
+            e.starts_with("sweeps/t.toml:7:")
+                && e.contains("finetune.lr: a learning rate must be positive"),
+            "{e}"
+        );
 
         let e = err(&format!("{HEAD}[grid]\n\"finetune.lr\" = 0.1\n"));
         assert!(e.contains("expected a list of values"), "{e}");
@@ -851,14 +1037,22 @@ mod tests {
         let e = err(&format!(
             "{HEAD}[[zip]]\n\"prime.inner_loop\" = [\"pe\", \"full\"]\n\"prime.inner_lr\" = [0.03]\n"
         ));
-        assert!(e.starts_with("sweeps/t.toml:6:") && e.contains("equal lengths"), "{e}");
+        assert!(
+            e.starts_with("sweeps/t.toml:6:") && e.contains("equal lengths"),
+            "{e}"
+        );
     }
 
     #[test]
     fn settings_check_priming_and_prime_keys() {
         let e = err(&format!("{HEAD}[settings.\"x\"]\npriming = \"maml\"\n"));
-        assert!(e.starts_with("sweeps/t.toml:5:") && e.contains("\"meta\""), "{e}");
-        let e = err(&format!("{HEAD}[settings.\"x\"]\n\"prime.inner_steps\" = 1\n"));
+        assert!(
+            e.starts_with("sweeps/t.toml:5:") && e.contains("\"meta\""),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{HEAD}[settings.\"x\"]\n\"prime.inner_steps\" = 1\n"
+        ));
         assert!(e.contains("does not prime"), "{e}");
         let s = parse(&format!(
             "{HEAD}[settings.\"b\"]\npriming = \"ft\"\n[settings.\"a\"]\n\"finetune.method\" = \"full\"\ngrid = {{ \"finetune.lr\" = [1e-5, 2e-5] }}\n"
@@ -872,12 +1066,21 @@ mod tests {
 
     #[test]
     fn report_names_must_be_settings() {
-        let ok = format!("{HEAD}[settings.\"1/Full FT\"]\n[report]\ntable1_rows = [\"1/Full FT\"]\n");
+        let ok =
+            format!("{HEAD}[settings.\"1/Full FT\"]\n[report]\ntable1_rows = [\"1/Full FT\"]\n");
         assert_eq!(parse(&ok).unwrap().report.table1_rows, vec!["1/Full FT"]);
-        let e = err(&format!("{HEAD}[settings.\"1/Full FT\"]\n[report]\ntable1_rows = [\"1/Full F\"]\n"));
-        assert!(e.starts_with("sweeps/t.toml:6:") && e.contains("did you mean \"1/Full FT\""), "{e}");
+        let e = err(&format!(
+            "{HEAD}[settings.\"1/Full FT\"]\n[report]\ntable1_rows = [\"1/Full F\"]\n"
+        ));
+        assert!(
+            e.starts_with("sweeps/t.toml:6:") && e.contains("did you mean \"1/Full FT\""),
+            "{e}"
+        );
         let e = err(&format!("{HEAD}[report]\ntable_rows = []\n"));
-        assert!(e.starts_with("sweeps/t.toml:5:") && e.contains("did you mean table1_rows?"), "{e}");
+        assert!(
+            e.starts_with("sweeps/t.toml:5:") && e.contains("did you mean table1_rows?"),
+            "{e}"
+        );
         let e = err(&format!(
             "{HEAD}[settings.\"a\"]\n[report]\nfigure3 = [{{ label = \"free text\", setting = \"b\" }}]\n"
         ));
@@ -888,8 +1091,13 @@ mod tests {
     fn exclude_rules_are_checked() {
         let e = err(&format!("{HEAD}[[exclude]]\nsetting = \"nope\"\n"));
         assert!(e.contains("not a setting"), "{e}");
-        let e = err(&format!("{HEAD}[[exclude]]\n\"finetune.methd\" = \"full\"\n"));
-        assert!(e.starts_with("sweeps/t.toml:5:") && e.contains("did you mean finetune.method?"), "{e}");
+        let e = err(&format!(
+            "{HEAD}[[exclude]]\n\"finetune.methd\" = \"full\"\n"
+        ));
+        assert!(
+            e.starts_with("sweeps/t.toml:5:") && e.contains("did you mean finetune.method?"),
+            "{e}"
+        );
     }
 
     #[test]

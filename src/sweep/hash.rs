@@ -64,13 +64,19 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
         let a = json!({"b": 1, "a": {"y": [1, 2.5, "x"], "x": null}});
-        assert_eq!(canonical_json(&a), r#"{"a":{"x":null,"y":[1,2.5,"x"]},"b":1}"#);
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"x":null,"y":[1,2.5,"x"]},"b":1}"#
+        );
     }
 
     #[test]
     fn content_id_is_pinned() {
         // sha256 of the canonical bytes {"a":1,"b":[0.03,"x"]}; pinned so that ids stay
         // stable across releases (a changed id would orphan every stored run).
-        assert_eq!(content_id(&json!({"b": [0.03, "x"], "a": 1})), "abf713084853cefc");
+        assert_eq!(
+            content_id(&json!({"b": [0.03, "x"], "a": 1})),
+            "abf713084853cefc"
+        );
     }
 }

@@ -46,8 +46,13 @@ impl std::fmt::Display for RunKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum RunSpec {
-    Prime { config: PrimeConfig },
-    Finetune { config: FinetuneConfig, priming: Option<String> },
+    Prime {
+        config: PrimeConfig,
+    },
+    Finetune {
+        config: FinetuneConfig,
+        priming: Option<String>,
+    },
 }
 
 impl RunSpec {
@@ -108,12 +113,23 @@ impl PlannedRun {
     /// A short human label: `finetune-1a2b3c4d hi adapter seed 0 (3/AT)`.
     pub fn label(&self) -> String {
         let what = match &self.spec {
-            RunSpec::Prime { config } => {
-                format!("{} {:?}/{:?} S={}", config.sources.join("+"), config.method, config.inner_loop, config.inner_steps).to_lowercase()
-            }
+            RunSpec::Prime { config } => format!(
+                "{} {:?}/{:?} S={}",
+                config.sources.join("+"),
+                config.method,
+                config.inner_loop,
+                config.inner_steps
+            )
+            .to_lowercase(),
             RunSpec::Finetune { config, .. } => format!("{} {}", config.lang, config.method),
         };
-        format!("{}-{} {what} seed {} ({})", self.kind(), &self.id[..8], self.spec.seed(), self.settings.join(", "))
+        format!(
+            "{}-{} {what} seed {} ({})",
+            self.kind(),
+            &self.id[..8],
+            self.spec.seed(),
+            self.settings.join(", ")
+        )
     }
 }
 
@@ -158,7 +174,10 @@ impl Plan {
         for setting in &sweep.settings {
             let axes = setting_axes(sweep, setting);
             let seeds = setting.seeds.clone().unwrap_or_else(|| sweep.seeds.clone());
-            let langs = setting.targets.clone().unwrap_or_else(|| sweep.targets.clone());
+            let langs = setting
+                .targets
+                .clone()
+                .unwrap_or_else(|| sweep.targets.clone());
             for l in &langs {
                 if !targets.contains(l) {
                     targets.push(l.clone());
@@ -169,7 +188,9 @@ impl Plan {
                     for lang in &langs {
                         let resolved = resolve(sweep, setting, &combo, seed, lang)?;
                         if sweep.excludes.iter().any(|r| {
-                            r.conditions.iter().all(|(k, v)| rule_matches(k, v, setting, seed, lang, &resolved))
+                            r.conditions
+                                .iter()
+                                .all(|(k, v)| rule_matches(k, v, setting, seed, lang, &resolved))
                         }) {
                             excluded += 1;
                             continue;
@@ -207,7 +228,10 @@ impl Plan {
                             finetunes.len() - 1
                         });
                         add_setting(&mut finetunes[fi].settings, &setting.name);
-                        if !entries.iter().any(|e| e.setting == setting.name && e.run == fi) {
+                        if !entries
+                            .iter()
+                            .any(|e| e.setting == setting.name && e.run == fi)
+                        {
                             entries.push(PlanEntry {
                                 setting: setting.name.clone(),
                                 run: fi,
@@ -249,7 +273,9 @@ impl Plan {
 
     /// Indices of the runs that depend on run `i`.
     pub fn dependents(&self, i: usize) -> Vec<usize> {
-        (0..self.runs.len()).filter(|&j| self.runs[j].deps.contains(&i)).collect()
+        (0..self.runs.len())
+            .filter(|&j| self.runs[j].deps.contains(&i))
+            .collect()
     }
 
     pub fn count(&self, kind: RunKind) -> usize {
@@ -287,7 +313,12 @@ fn setting_axes(sweep: &Sweep, setting: &Setting) -> Vec<AxisAlts> {
             }
             None => (&axis.key, &axis.values),
         };
-        axes.push(values.iter().map(|v| vec![(key.clone(), v.clone())]).collect());
+        axes.push(
+            values
+                .iter()
+                .map(|v| vec![(key.clone(), v.clone())])
+                .collect(),
+        );
     }
     for zip in &sweep.zips {
         // Rows must agree with the values the setting fixes; if none does, the setting's
@@ -296,10 +327,13 @@ fn setting_axes(sweep: &Sweep, setting: &Setting) -> Vec<AxisAlts> {
             .rows
             .iter()
             .filter(|row| {
-                zip.keys.iter().zip(row.iter()).all(|(k, v)| match fixed(k) {
-                    Some(a) => values_equal(&a.value, v),
-                    None => true,
-                })
+                zip.keys
+                    .iter()
+                    .zip(row.iter())
+                    .all(|(k, v)| match fixed(k) {
+                        Some(a) => values_equal(&a.value, v),
+                        None => true,
+                    })
             })
             .collect();
         if rows.is_empty() {
@@ -324,14 +358,22 @@ fn setting_axes(sweep: &Sweep, setting: &Setting) -> Vec<AxisAlts> {
     }
     for o in &setting.grid {
         if !used_own.contains(&o.key.as_str()) {
-            axes.push(o.values.iter().map(|v| vec![(o.key.clone(), v.clone())]).collect());
+            axes.push(
+                o.values
+                    .iter()
+                    .map(|v| vec![(o.key.clone(), v.clone())])
+                    .collect(),
+            );
         }
     }
     axes
 }
 
 fn assignments_equal(a: &[(String, Value)], b: &[(String, Value)]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0 && values_equal(&x.1, &y.1))
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.0 == y.0 && values_equal(&x.1, &y.1))
 }
 
 /// Every combination of one alternative per axis (the first axis varies slowest).
@@ -359,7 +401,13 @@ struct Resolved {
     prime_json: Option<Value>,
 }
 
-fn resolve(sweep: &Sweep, setting: &Setting, combo: &[(String, Value)], seed: u64, lang: &str) -> Result<Resolved, SweepError> {
+fn resolve(
+    sweep: &Sweep,
+    setting: &Setting,
+    combo: &[(String, Value)],
+    seed: u64,
+    lang: &str,
+) -> Result<Resolved, SweepError> {
     let mut ft = serde_json::to_value(FinetuneConfig::default()).expect("serialisable");
     let mut pr = serde_json::to_value(PrimeConfig::default()).expect("serialisable");
     let mut prime_set: Vec<&str> = Vec::new();
@@ -381,10 +429,10 @@ fn resolve(sweep: &Sweep, setting: &Setting, combo: &[(String, Value)], seed: u6
     // A primed checkpoint derives from the model that is fine-tuned, and sources live beside
     // the targets, unless the sweep says otherwise.
     for path in ["model", "data.root"] {
-        if !prime_set.contains(&path) {
-            if let Some(v) = get_path(&ft, path).cloned() {
-                set_path(&mut pr, path, v);
-            }
+        if !prime_set.contains(&path)
+            && let Some(v) = get_path(&ft, path).cloned()
+        {
+            set_path(&mut pr, path, v);
         }
     }
     set_path(&mut ft, "lang", Value::from(lang));
@@ -394,13 +442,25 @@ fn resolve(sweep: &Sweep, setting: &Setting, combo: &[(String, Value)], seed: u6
     set_path(&mut pr, "seed", Value::from(seed));
     set_path(&mut pr, "device", Value::from("cpu"));
     let invalid = |what: &str, e: serde_json::Error| {
-        sweep.source.error(&setting.span, format!("setting \"{}\": the resolved {what} configuration is invalid: {e}", setting.name))
+        sweep.source.error(
+            &setting.span,
+            format!(
+                "setting \"{}\": the resolved {what} configuration is invalid: {e}",
+                setting.name
+            ),
+        )
     };
-    let finetune: FinetuneConfig = serde_json::from_value(ft.clone()).map_err(|e| invalid("fine-tuning", e))?;
+    let finetune: FinetuneConfig =
+        serde_json::from_value(ft.clone()).map_err(|e| invalid("fine-tuning", e))?;
     let (prime, prime_json) = match setting.priming.method() {
         Some(method) => {
-            set_path(&mut pr, "method", serde_json::to_value(method).expect("serialisable"));
-            let config: PrimeConfig = serde_json::from_value(pr.clone()).map_err(|e| invalid("priming", e))?;
+            set_path(
+                &mut pr,
+                "method",
+                serde_json::to_value(method).expect("serialisable"),
+            );
+            let config: PrimeConfig =
+                serde_json::from_value(pr.clone()).map_err(|e| invalid("priming", e))?;
             (Some(config), Some(pr))
         }
         None => (None, None),
@@ -415,7 +475,14 @@ fn resolve(sweep: &Sweep, setting: &Setting, combo: &[(String, Value)], seed: u6
 
 /// Whether one exclude condition holds for a resolved combination. Conditions on prime.*
 /// keys never hold for settings without priming.
-fn rule_matches(key: &str, value: &Value, setting: &Setting, seed: u64, lang: &str, r: &Resolved) -> bool {
+fn rule_matches(
+    key: &str,
+    value: &Value,
+    setting: &Setting,
+    seed: u64,
+    lang: &str,
+    r: &Resolved,
+) -> bool {
     match key {
         "setting" => value.as_str() == Some(setting.name.as_str()),
         "target" => value.as_str() == Some(lang),
@@ -504,7 +571,10 @@ priming = "ft"
         // seeds, 5/FT one config × 2 seeds.
         assert_eq!(p.count(RunKind::Prime), 8);
         assert_eq!(p.count(RunKind::Finetune), 66);
-        assert!(p.runs[..8].iter().all(|r| r.kind() == RunKind::Prime), "priming first");
+        assert!(
+            p.runs[..8].iter().all(|r| r.kind() == RunKind::Prime),
+            "priming first"
+        );
         for r in &p.runs[8..] {
             for &d in &r.deps {
                 assert_eq!(p.runs[d].kind(), RunKind::Prime);
@@ -522,8 +592,16 @@ priming = "ft"
     #[test]
     fn resolved_values_follow_base_axes_and_settings() {
         let p = plan(PAPERISH);
-        let full: Vec<_> = p.entries.iter().filter(|e| e.setting == "1/Full").map(|e| ft(&p.runs[e.run])).collect();
-        assert!(full.iter().all(|c| c.method == FinetuneMethod::Full && c.lr == Some(5e-5) && c.epochs == 2));
+        let full: Vec<_> = p
+            .entries
+            .iter()
+            .filter(|e| e.setting == "1/Full")
+            .map(|e| ft(&p.runs[e.run]))
+            .collect();
+        assert!(
+            full.iter()
+                .all(|c| c.method == FinetuneMethod::Full && c.lr == Some(5e-5) && c.epochs == 2)
+        );
         assert!(full.iter().all(|c| c.init.is_none() && c.device == "cpu"));
         let seeds: Vec<u64> = full.iter().map(|c| c.seed).collect();
         assert_eq!(seeds, vec![1, 1, 1, 2, 2, 2]);
@@ -532,7 +610,11 @@ priming = "ft"
         for r in p.runs.iter().filter(|r| r.kind() == RunKind::Prime) {
             let c = pr(r);
             assert_eq!(c.steps, 10);
-            assert_eq!(c.model, PathBuf::from("m"), "prime.model follows finetune.model");
+            assert_eq!(
+                c.model,
+                PathBuf::from("m"),
+                "prime.model follows finetune.model"
+            );
             match c.inner_loop {
                 InnerLoop::Pe => assert_eq!(c.inner_lr, Some(0.03)),
                 InnerLoop::Full => {
@@ -575,8 +657,15 @@ grid = { "finetune.lr" = [7e-4], "finetune.batch_size" = [8, 32] }
         let a: Vec<_> = p.entries.iter().filter(|e| e.setting == "a").collect();
         let b: Vec<_> = p.entries.iter().filter(|e| e.setting == "b").collect();
         assert_eq!(a.len(), 2 * 2 * 2);
-        assert_eq!(b.len(), 2 * 2, "lr replaced by one value, × batch 2 × epochs 2, af excluded");
-        assert!(b.iter().all(|e| e.lang == "hi" && ft(&p.runs[e.run]).lr == Some(7e-4)));
+        assert_eq!(
+            b.len(),
+            2 * 2,
+            "lr replaced by one value, × batch 2 × epochs 2, af excluded"
+        );
+        assert!(
+            b.iter()
+                .all(|e| e.lang == "hi" && ft(&p.runs[e.run]).lr == Some(7e-4))
+        );
         let batches: Vec<usize> = b.iter().map(|e| ft(&p.runs[e.run]).batch_size).collect();
         assert_eq!(batches, vec![8, 32, 8, 32]);
     }
@@ -608,7 +697,10 @@ model = "m"
         )
         .unwrap();
         let e = Plan::expand(&sweep).unwrap_err().to_string();
-        assert!(e.contains("expands to no runs") && e.contains("excluded"), "{e}");
+        assert!(
+            e.contains("expands to no runs") && e.contains("excluded"),
+            "{e}"
+        );
     }
 
     fn ft_spec(f: impl FnOnce(&mut FinetuneConfig)) -> RunSpec {
@@ -618,7 +710,10 @@ model = "m"
             ..FinetuneConfig::default()
         };
         f(&mut config);
-        RunSpec::Finetune { config, priming: None }
+        RunSpec::Finetune {
+            config,
+            priming: None,
+        }
     }
 
     #[test]
@@ -632,7 +727,11 @@ model = "m"
         assert_ne!(ft_spec(|c| c.lr = Some(1e-3)).id(), base);
         assert_ne!(ft_spec(|c| c.data.train_limit = Some(10)).id(), base);
         assert_ne!(ft_spec(|c| c.seed = 1).id(), base);
-        assert_ne!(ft_spec(|c| c.model = PathBuf::from("./models/tiny")).id(), base, "paths are hashed as written");
+        assert_ne!(
+            ft_spec(|c| c.model = PathBuf::from("./models/tiny")).id(),
+            base,
+            "paths are hashed as written"
+        );
         let primed = RunSpec::Finetune {
             config: match ft_spec(|_| {}) {
                 RunSpec::Finetune { config, .. } => config,

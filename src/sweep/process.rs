@@ -55,7 +55,13 @@ impl ProcessExecutor {
 }
 
 impl Executor for ProcessExecutor {
-    fn execute(&self, task: usize, attempt: u32, slot: &Slot, events: &dyn Fn(ExecEvent)) -> Result<(), String> {
+    fn execute(
+        &self,
+        task: usize,
+        attempt: u32,
+        slot: &Slot,
+        events: &dyn Fn(ExecEvent),
+    ) -> Result<(), String> {
         let dir = &self.run_dirs[task];
         let log_path = dir.join("log.txt");
         let mut log = std::fs::OpenOptions::new()
@@ -70,7 +76,9 @@ impl Executor for ProcessExecutor {
             slot.label(),
             super::store::now_s()
         );
-        let stderr = log.try_clone().map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let stderr = log
+            .try_clone()
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
         let mut cmd = Command::new(&self.exe);
         cmd.arg("exec")
             .arg("--run-dir")
@@ -102,13 +110,17 @@ impl Executor for ProcessExecutor {
                 libc::setpgid(0, 0);
                 // Die with the thread that spawned us (it lives until we exit); if the parent
                 // is already gone, exit now rather than run orphaned.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                    || libc::getppid() != parent
+                {
                     libc::_exit(1);
                 }
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", self.exe.display()))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.exe.display()))?;
         let pid = child.id();
         self.running.lock().expect("lock").insert(task, pid);
         if self.cancelled.load(Ordering::SeqCst) {
@@ -155,24 +167,36 @@ fn last_error_line(log: &Path, start: u64) -> Option<String> {
     let mut f = std::fs::File::open(log).ok()?;
     let len = f.metadata().ok()?.len();
     // Only the tail matters; long logs are not read whole.
-    f.seek(SeekFrom::Start(start.max(len.saturating_sub(64 * 1024)))).ok()?;
+    f.seek(SeekFrom::Start(start.max(len.saturating_sub(64 * 1024))))
+        .ok()?;
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes).ok()?;
     let text = String::from_utf8_lossy(&bytes);
     text.lines()
         .rev()
         .find_map(|l| l.strip_prefix("error: ").map(str::to_string))
-        .or_else(|| text.lines().rev().find(|l| l.contains("panicked at")).map(str::to_string))
+        .or_else(|| {
+            text.lines()
+                .rev()
+                .find(|l| l.contains("panicked at"))
+                .map(str::to_string)
+        })
 }
 
 /// What `primer exec` runs, read from a run directory.
 #[derive(Debug, Clone)]
 pub enum ExecJob {
     /// Prime with `config`, writing the checkpoint folder `out_dir`.
-    Prime { config: PrimeConfig, out_dir: PathBuf },
+    Prime {
+        config: PrimeConfig,
+        out_dir: PathBuf,
+    },
     /// Fine-tune with `config` (its `init` filled with the priming checkpoint), writing
     /// `metrics.json` into `out_dir`.
-    Finetune { config: FinetuneConfig, out_dir: PathBuf },
+    Finetune {
+        config: FinetuneConfig,
+        out_dir: PathBuf,
+    },
 }
 
 /// Reads `DIR/spec.json` and prepares the job: device set, the priming checkpoint filled in
@@ -189,7 +213,10 @@ pub fn load_exec_job(run_dir: &Path, device: &str) -> Result<ExecJob, SweepError
                 out_dir: run_dir.join("checkpoint"),
             }
         }
-        RunSpec::Finetune { mut config, priming } => {
+        RunSpec::Finetune {
+            mut config,
+            priming,
+        } => {
             config.device = device.to_string();
             if let Some(id) = priming {
                 let store = Store::new(run_dir.parent().unwrap_or(Path::new(".")));
@@ -260,9 +287,15 @@ mod tests {
             config: PrimeConfig::default(),
         };
         let run_dir = dir.path().join(spec.dir_name());
-        let mut edited = PrimeConfig::default();
-        edited.steps = 7;
-        crate::fsutil::write_json_atomic(&run_dir.join("spec.json"), &RunSpec::Prime { config: edited }).unwrap();
+        let edited = PrimeConfig {
+            steps: 7,
+            ..PrimeConfig::default()
+        };
+        crate::fsutil::write_json_atomic(
+            &run_dir.join("spec.json"),
+            &RunSpec::Prime { config: edited },
+        )
+        .unwrap();
         let err = load_exec_job(&run_dir, "cpu").unwrap_err().to_string();
         assert!(err.contains("was edited"), "{err}");
     }
@@ -280,6 +313,9 @@ mod tests {
             .write_all(b"info\nerror: new problem\nmore\n")
             .unwrap();
         assert_eq!(last_error_line(&log, start).as_deref(), Some("new problem"));
-        assert_eq!(last_error_line(&log, std::fs::metadata(&log).unwrap().len()), None);
+        assert_eq!(
+            last_error_line(&log, std::fs::metadata(&log).unwrap().len()),
+            None
+        );
     }
 }

@@ -40,7 +40,9 @@ pub fn parse_devices(spec: &str) -> Result<Vec<DeviceSpec>, SweepError> {
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let d = DeviceSpec::parse(part)?;
         if devices.contains(&d) {
-            return Err(SweepError::Usage(format!("--devices: {d} is listed twice (use --per-device to run several runs on one device)")));
+            return Err(SweepError::Usage(format!(
+                "--devices: {d} is listed twice (use --per-device to run several runs on one device)"
+            )));
         }
         if let DeviceSpec::Cuda(_) = d {
             d.open()?;
@@ -48,7 +50,9 @@ pub fn parse_devices(spec: &str) -> Result<Vec<DeviceSpec>, SweepError> {
         devices.push(d);
     }
     if devices.is_empty() {
-        return Err(SweepError::Usage("--devices: no device given (use cpu, cuda:0,cuda:1 or all)".into()));
+        return Err(SweepError::Usage(
+            "--devices: no device given (use cpu, cuda:0,cuda:1 or all)".into(),
+        ));
     }
     Ok(devices)
 }
@@ -57,7 +61,10 @@ pub fn parse_devices(spec: &str) -> Result<Vec<DeviceSpec>, SweepError> {
 /// i-th entry of the orchestrator's own CUDA_VISIBLE_DEVICES when set, else `i`.
 pub fn visible_device(i: usize) -> String {
     match std::env::var("CUDA_VISIBLE_DEVICES") {
-        Ok(v) if !v.trim().is_empty() => v.split(',').nth(i).map_or_else(|| i.to_string(), |s| s.trim().to_string()),
+        Ok(v) if !v.trim().is_empty() => v
+            .split(',')
+            .nth(i)
+            .map_or_else(|| i.to_string(), |s| s.trim().to_string()),
         _ => i.to_string(),
     }
 }
@@ -74,15 +81,23 @@ pub fn missing_inputs(plan: &Plan) -> Vec<String> {
     for run in &plan.runs {
         let (model, root, langs) = match &run.spec {
             RunSpec::Prime { config } => (&config.model, &config.data.root, config.sources.clone()),
-            RunSpec::Finetune { config, .. } => (&config.model, &config.data.root, vec![config.lang.clone()]),
+            RunSpec::Finetune { config, .. } => {
+                (&config.model, &config.data.root, vec![config.lang.clone()])
+            }
         };
         if !model.join("config.json").is_file() {
-            note(format!("model folder {} (no config.json there)", model.display()));
+            note(format!(
+                "model folder {} (no config.json there)",
+                model.display()
+            ));
         }
         for lang in langs {
             let dir = root.join(&lang);
             if !dir.is_dir() {
-                note(format!("data directory {} (language {lang})", dir.display()));
+                note(format!(
+                    "data directory {} (language {lang})",
+                    dir.display()
+                ));
             }
         }
     }
@@ -112,7 +127,11 @@ pub fn observe(plan: &Plan, store: &Store) -> Vec<ObservedRun> {
         if states[i].state == Observed::Done {
             continue;
         }
-        if let Some(&d) = r.deps.iter().find(|&&d| states[d].state == Observed::Failed) {
+        if let Some(&d) = r
+            .deps
+            .iter()
+            .find(|&&d| states[d].state == Observed::Failed)
+        {
             states[i].blocked_by = Some(plan.runs[d].dir_name());
         }
     }
@@ -133,7 +152,11 @@ pub struct ObservedRun {
 impl ObservedRun {
     /// `done`, `running`, `failed`, `stale`, `pending` or `blocked`.
     pub fn label(&self) -> &'static str {
-        if self.blocked_by.is_some() { "blocked" } else { self.state.as_str() }
+        if self.blocked_by.is_some() {
+            "blocked"
+        } else {
+            self.state.as_str()
+        }
     }
 }
 
@@ -226,9 +249,17 @@ pub fn run_sweep(sweep: &Sweep, opts: &RunOptions<'_>) -> Result<RunSummary, Swe
         });
     }
     let store = Store::new(&plan.store);
-    let cpu_slots = if opts.devices.contains(&DeviceSpec::Cpu) { opts.per_device } else { 0 };
+    let cpu_slots = if opts.devices.contains(&DeviceSpec::Cpu) {
+        opts.per_device
+    } else {
+        0
+    };
     let prepared = prepare(&plan, &store, &format!("sweep '{}'", sweep.name))?;
-    let run_dirs: Vec<PathBuf> = prepared.tasks.iter().map(|&r| store.run_dir(&plan.runs[r])).collect();
+    let run_dirs: Vec<PathBuf> = prepared
+        .tasks
+        .iter()
+        .map(|&r| store.run_dir(&plan.runs[r]))
+        .collect();
     let executor = ProcessExecutor::new(opts.exe.clone(), run_dirs, cpu_slots);
     execute_prepared(&plan, &store, prepared, opts, &executor)
 }
@@ -253,14 +284,20 @@ pub fn prepare(plan: &Plan, store: &Store, what: &str) -> Result<Prepared, Sweep
         let status = Store::read_status(&dir);
         if done[i] {
             // A child can finish after its orchestrator died: the result is what counts.
-            if status.as_ref().is_some_and(|s| s.state != RunState::Done && s.state != RunState::Collected) {
+            if status
+                .as_ref()
+                .is_some_and(|s| s.state != RunState::Done && s.state != RunState::Collected)
+            {
                 Store::update_status(&dir, |s| {
                     s.state = RunState::Done;
                     s.finished_at.get_or_insert(now_s());
                     s.error = None;
                 })?;
             }
-        } else if status.as_ref().is_some_and(|s| s.state == RunState::Running) {
+        } else if status
+            .as_ref()
+            .is_some_and(|s| s.state == RunState::Running)
+        {
             // We hold the lock, so whoever recorded "running" is gone.
             Store::update_status(&dir, |s| {
                 s.state = RunState::Pending;
@@ -328,14 +365,22 @@ pub fn execute_prepared(
             },
         })
         .collect();
-    let labels: Vec<String> = prepared.tasks.iter().map(|&r| plan.runs[r].label()).collect();
+    let labels: Vec<String> = prepared
+        .tasks
+        .iter()
+        .map(|&r| plan.runs[r].label())
+        .collect();
     let mut observer = StoreObserver {
         plan,
         store,
         runs: &prepared.tasks,
         labels: &labels,
         slots: &slots,
-        display: Display::new(tasks.len(), slots.iter().map(Slot::label).collect(), opts.plain),
+        display: Display::new(
+            tasks.len(),
+            slots.iter().map(Slot::label).collect(),
+            opts.plain,
+        ),
         error: None,
     };
     observer.display.println(&format!(
@@ -347,7 +392,14 @@ pub fn execute_prepared(
         slots.len(),
         store.root.display()
     ));
-    let outcome: Outcome = schedule(&tasks, &slots, opts.retries, executor, &mut observer, opts.interrupt);
+    let outcome: Outcome = schedule(
+        &tasks,
+        &slots,
+        opts.retries,
+        executor,
+        &mut observer,
+        opts.interrupt,
+    );
     observer.display.finish();
     if let Some(e) = observer.error.take() {
         return Err(e);
@@ -360,14 +412,24 @@ pub fn execute_prepared(
         failed: outcome
             .failed
             .iter()
-            .map(|(t, e)| (run_of(*t).label(), e.clone(), store.run_dir(run_of(*t)).join("log.txt")))
+            .map(|(t, e)| {
+                (
+                    run_of(*t).label(),
+                    e.clone(),
+                    store.run_dir(run_of(*t)).join("log.txt"),
+                )
+            })
             .collect(),
         blocked: outcome
             .blocked
             .iter()
             .map(|(t, _)| {
                 let r = run_of(*t);
-                let failed_dep = r.deps.first().map(|&d| plan.runs[d].dir_name()).unwrap_or_default();
+                let failed_dep = r
+                    .deps
+                    .first()
+                    .map(|&d| plan.runs[d].dir_name())
+                    .unwrap_or_default();
                 (r.label(), format!("its priming run {failed_dep} failed"))
             })
             .collect(),
@@ -450,7 +512,11 @@ impl Observer for StoreObserver<'_> {
     fn failed(&mut self, task: usize, slot: &Slot, error: &str, will_retry: bool) {
         let msg = error.to_string();
         self.update(task, |s| {
-            s.state = if will_retry { RunState::Pending } else { RunState::Failed };
+            s.state = if will_retry {
+                RunState::Pending
+            } else {
+                RunState::Failed
+            };
             s.error = Some(msg);
             s.finished_at = Some(now_s());
         });
@@ -461,7 +527,11 @@ impl Observer for StoreObserver<'_> {
 
     fn blocked(&mut self, task: usize, _reason: &str) {
         let run = &self.plan.runs[self.runs[task]];
-        let dep = run.deps.first().map(|&d| self.plan.runs[d].dir_name()).unwrap_or_default();
+        let dep = run
+            .deps
+            .first()
+            .map(|&d| self.plan.runs[d].dir_name())
+            .unwrap_or_default();
         let reason = format!("not runnable: its priming run {dep} failed");
         let r = reason.clone();
         self.update(task, |s| {
@@ -539,7 +609,9 @@ pub fn report_input_for(sweep: &Sweep) -> Result<ReportInput, SweepError> {
         .iter()
         .filter_map(|e| {
             let run = &plan.runs[e.run];
-            let RunSpec::Finetune { config, .. } = &run.spec else { return None };
+            let RunSpec::Finetune { config, .. } = &run.spec else {
+                return None;
+            };
             let prime = run.deps.first().and_then(|&d| match &plan.runs[d].spec {
                 RunSpec::Prime { config } => Some(config),
                 RunSpec::Finetune { .. } => None,

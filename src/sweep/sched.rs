@@ -45,7 +45,11 @@ impl Slot {
 
 /// Builds `per_device` slots for each device, interleaved so that consecutive runs spread
 /// over devices. `visible` maps a CUDA ordinal to its CUDA_VISIBLE_DEVICES value.
-pub fn make_slots(devices: &[DeviceSpec], per_device: usize, visible: impl Fn(usize) -> String) -> Vec<Slot> {
+pub fn make_slots(
+    devices: &[DeviceSpec],
+    per_device: usize,
+    visible: impl Fn(usize) -> String,
+) -> Vec<Slot> {
     let mut slots = Vec::new();
     for ordinal in 0..per_device.max(1) {
         for d in devices {
@@ -74,7 +78,13 @@ pub enum ExecEvent {
 pub trait Executor: Sync {
     /// Executes `task` (attempt number `attempt`, from 1) on `slot`, blocking until it ends.
     /// The error is a short message for the user.
-    fn execute(&self, task: usize, attempt: u32, slot: &Slot, events: &dyn Fn(ExecEvent)) -> Result<(), String>;
+    fn execute(
+        &self,
+        task: usize,
+        attempt: u32,
+        slot: &Slot,
+        events: &dyn Fn(ExecEvent),
+    ) -> Result<(), String>;
 
     /// Stops every running execution promptly; their `execute` calls then return.
     fn cancel_all(&self);
@@ -115,7 +125,10 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn all_succeeded(&self) -> bool {
-        self.failed.is_empty() && self.blocked.is_empty() && self.not_run.is_empty() && !self.interrupted
+        self.failed.is_empty()
+            && self.blocked.is_empty()
+            && self.not_run.is_empty()
+            && !self.interrupted
     }
 }
 
@@ -164,7 +177,8 @@ pub fn schedule(
                         continue;
                     }
                     let ready = order.iter().copied().find(|&i| {
-                        state[i] == State::Waiting && tasks[i].deps.iter().all(|&d| state[d] == State::Succeeded)
+                        state[i] == State::Waiting
+                            && tasks[i].deps.iter().all(|&d| state[d] == State::Succeeded)
                     });
                     let Some(t) = ready else { break };
                     state[t] = State::Running;
@@ -215,7 +229,9 @@ pub fn schedule(
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => observer.tick(),
-                Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!("the scheduler holds a sender"),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    unreachable!("the scheduler holds a sender")
+                }
             }
             if !interrupted && interrupt.load(Ordering::SeqCst) {
                 interrupted = true;
@@ -229,7 +245,13 @@ pub fn schedule(
 }
 
 /// Marks every waiting task that (transitively) depends on `failed` as blocked.
-fn block_dependents(tasks: &[Task], failed: usize, state: &mut [State], outcome: &mut Outcome, observer: &mut dyn Observer) {
+fn block_dependents(
+    tasks: &[Task],
+    failed: usize,
+    state: &mut [State],
+    outcome: &mut Outcome,
+    observer: &mut dyn Observer,
+) {
     let mut stack = vec![failed];
     while let Some(f) = stack.pop() {
         for (i, t) in tasks.iter().enumerate() {
@@ -272,7 +294,13 @@ mod tests {
     }
 
     impl Executor for Fake {
-        fn execute(&self, task: usize, _attempt: u32, slot: &Slot, events: &dyn Fn(ExecEvent)) -> Result<(), String> {
+        fn execute(
+            &self,
+            task: usize,
+            _attempt: u32,
+            slot: &Slot,
+            events: &dyn Fn(ExecEvent),
+        ) -> Result<(), String> {
             let dev = slot.device.to_string();
             {
                 let mut r = self.running.lock().unwrap();
@@ -284,20 +312,28 @@ mod tests {
             }
             let now = self.total_running.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_total.fetch_max(now, Ordering::SeqCst);
-            self.log.lock().unwrap().push((task, "start", slot.label(), Instant::now()));
+            self.log
+                .lock()
+                .unwrap()
+                .push((task, "start", slot.label(), Instant::now()));
             events(ExecEvent::Progress(ProgressEvent::new("train", 1, 2)));
-            if let Some((t, flag)) = self.trip_interrupt {
-                if t == task {
-                    flag.store(true, Ordering::SeqCst);
-                }
+            if let Some((t, flag)) = self.trip_interrupt
+                && t == task
+            {
+                flag.store(true, Ordering::SeqCst);
             }
             let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_millis(self.sleep_ms) && !self.cancelled.load(Ordering::SeqCst) {
+            while t0.elapsed() < Duration::from_millis(self.sleep_ms)
+                && !self.cancelled.load(Ordering::SeqCst)
+            {
                 std::thread::sleep(Duration::from_millis(2));
             }
             self.total_running.fetch_sub(1, Ordering::SeqCst);
             *self.running.lock().unwrap().get_mut(&dev).unwrap() -= 1;
-            self.log.lock().unwrap().push((task, "end", slot.label(), Instant::now()));
+            self.log
+                .lock()
+                .unwrap()
+                .push((task, "end", slot.label(), Instant::now()));
             if self.cancelled.load(Ordering::SeqCst) {
                 return Err("killed".into());
             }
@@ -346,15 +382,30 @@ mod tests {
     /// 2 priming tasks (0, 1), each with 3 fine-tuning dependents (2..5, 5..8), plus two
     /// independent fine-tuning tasks (8, 9).
     fn dag() -> Vec<Task> {
-        let mut t = vec![Task { deps: vec![], priority: 0 }, Task { deps: vec![], priority: 0 }];
+        let mut t = vec![
+            Task {
+                deps: vec![],
+                priority: 0,
+            },
+            Task {
+                deps: vec![],
+                priority: 0,
+            },
+        ];
         for i in 0..6 {
             t.push(Task {
                 deps: vec![i / 3],
                 priority: 1,
             });
         }
-        t.push(Task { deps: vec![], priority: 1 });
-        t.push(Task { deps: vec![], priority: 1 });
+        t.push(Task {
+            deps: vec![],
+            priority: 1,
+        });
+        t.push(Task {
+            deps: vec![],
+            priority: 1,
+        });
         t
     }
 
@@ -376,10 +427,14 @@ mod tests {
         assert_eq!(out.succeeded.len(), 10);
         assert_eq!(rec.events, 10, "progress events reach the observer");
         let log = fake.log.lock().unwrap();
-        let time = |task: usize, what: &str| log.iter().find(|e| e.0 == task && e.1 == what).unwrap().3;
+        let time =
+            |task: usize, what: &str| log.iter().find(|e| e.0 == task && e.1 == what).unwrap().3;
         for (i, t) in dag().iter().enumerate() {
             for &d in &t.deps {
-                assert!(time(d, "end") <= time(i, "start"), "task {i} started before its dependency {d} ended");
+                assert!(
+                    time(d, "end") <= time(i, "start"),
+                    "task {i} started before its dependency {d} ended"
+                );
             }
         }
         // The two priming runs are started first, ahead of the independent tasks 8 and 9.
@@ -398,7 +453,12 @@ mod tests {
         assert_eq!(slots.len(), 4);
         assert_eq!(slots[1].visible_devices.as_deref(), Some("5"));
         assert_eq!(slots[1].child_device(), "cuda:0");
-        let tasks: Vec<Task> = (0..12).map(|_| Task { deps: vec![], priority: 1 }).collect();
+        let tasks: Vec<Task> = (0..12)
+            .map(|_| Task {
+                deps: vec![],
+                priority: 1,
+            })
+            .collect();
         let out = schedule(&tasks, &slots, 0, &fake, &mut NoObserver, &NEVER);
         assert!(out.all_succeeded());
         let max = fake.max_per_device.lock().unwrap().clone();
@@ -416,7 +476,11 @@ mod tests {
         let mut rec = Rec::default();
         let out = schedule(&dag(), &cpu_slots(1), 2, &fake, &mut rec, &NEVER);
         assert!(out.all_succeeded(), "{out:?}");
-        assert!(rec.started.contains(&(0, 3)), "third attempt of task 0: {:?}", rec.started);
+        assert!(
+            rec.started.contains(&(0, 3)),
+            "third attempt of task 0: {:?}",
+            rec.started
+        );
         assert_eq!(rec.failed, vec![(0, true), (0, true), (8, true)]);
 
         let fake = Fake {
@@ -425,7 +489,11 @@ mod tests {
         };
         let out = schedule(&dag(), &cpu_slots(1), 1, &fake, &mut NoObserver, &NEVER);
         assert_eq!(out.failed.len(), 1);
-        assert!(out.failed[0].1.contains("call 2"), "last error kept: {:?}", out.failed);
+        assert!(
+            out.failed[0].1.contains("call 2"),
+            "last error kept: {:?}",
+            out.failed
+        );
     }
 
     #[test]
@@ -461,7 +529,10 @@ mod tests {
         let mut rec = Rec::default();
         let t0 = Instant::now();
         let out = schedule(&dag(), &cpu_slots(2), 3, &fake, &mut rec, &FLAG);
-        assert!(t0.elapsed() < Duration::from_millis(1500), "cancelled promptly");
+        assert!(
+            t0.elapsed() < Duration::from_millis(1500),
+            "cancelled promptly"
+        );
         assert!(out.interrupted && !out.all_succeeded());
         let mut inter = rec.interrupted.clone();
         inter.sort();

@@ -131,15 +131,25 @@ impl Node {
             NodeKind::Str(s) => Value::String(s.clone()),
             NodeKind::Int(i) => Value::from(*i),
             // Non-finite floats were rejected while converting.
-            NodeKind::Float(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+            NodeKind::Float(f) => {
+                serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number)
+            }
             NodeKind::Bool(b) => Value::Bool(*b),
             NodeKind::Array(a) => Value::Array(a.iter().map(Node::to_json).collect()),
-            NodeKind::Table(t) => Value::Object(t.iter().map(|e| (e.key.clone(), e.value.to_json())).collect()),
+            NodeKind::Table(t) => Value::Object(
+                t.iter()
+                    .map(|e| (e.key.clone(), e.value.to_json()))
+                    .collect(),
+            ),
         }
     }
 }
 
-fn convert_table(src: &Source, table: &DeTable<'_>, span: Range<usize>) -> Result<Node, SweepError> {
+fn convert_table(
+    src: &Source,
+    table: &DeTable<'_>,
+    span: Range<usize>,
+) -> Result<Node, SweepError> {
     let mut entries = Vec::with_capacity(table.len());
     for (k, v) in table.iter() {
         entries.push(Entry {
@@ -156,7 +166,11 @@ fn convert_table(src: &Source, table: &DeTable<'_>, span: Range<usize>) -> Resul
     })
 }
 
-fn convert_value(src: &Source, value: &DeValue<'_>, span: Range<usize>) -> Result<Node, SweepError> {
+fn convert_value(
+    src: &Source,
+    value: &DeValue<'_>,
+    span: Range<usize>,
+) -> Result<Node, SweepError> {
     let kind = match value {
         DeValue::String(s) => NodeKind::Str(s.to_string()),
         DeValue::Integer(i) => NodeKind::Int(
@@ -174,7 +188,9 @@ fn convert_value(src: &Source, value: &DeValue<'_>, span: Range<usize>) -> Resul
             NodeKind::Float(x)
         }
         DeValue::Boolean(b) => NodeKind::Bool(*b),
-        DeValue::Datetime(_) => return Err(src.error(&span, "dates and times are not valid in a sweep file")),
+        DeValue::Datetime(_) => {
+            return Err(src.error(&span, "dates and times are not valid in a sweep file"));
+        }
         DeValue::Array(a) => NodeKind::Array(
             a.iter()
                 .map(|v| convert_value(src, v.get_ref(), v.span()))
@@ -215,7 +231,10 @@ mod tests {
 
     #[test]
     fn spans_give_lines_and_declaration_order() {
-        let src = Source::from_text(Path::new("x.toml"), "b = 1\n\n[t]\nz = \"s\"\na = [1.5, 2]\n");
+        let src = Source::from_text(
+            Path::new("x.toml"),
+            "b = 1\n\n[t]\nz = \"s\"\na = [1.5, 2]\n",
+        );
         let root = src.parse().unwrap();
         let t = root.as_table().unwrap();
         assert_eq!(t[0].key, "b");

@@ -118,7 +118,9 @@ impl Store {
 
     /// The primed checkpoint folder of a priming run with id `id`.
     pub fn checkpoint_dir(&self, prime_id: &str) -> PathBuf {
-        self.root.join(format!("prime-{prime_id}")).join("checkpoint")
+        self.root
+            .join(format!("prime-{prime_id}"))
+            .join("checkpoint")
     }
 
     /// Creates the run directory and writes `spec.json` (once; it never changes).
@@ -143,7 +145,10 @@ impl Store {
     }
 
     /// Reads, modifies and writes `status.json` (creating it when absent).
-    pub fn update_status(dir: &Path, f: impl FnOnce(&mut RunStatus)) -> Result<RunStatus, SweepError> {
+    pub fn update_status(
+        dir: &Path,
+        f: impl FnOnce(&mut RunStatus),
+    ) -> Result<RunStatus, SweepError> {
         let mut s = Self::read_status(dir).unwrap_or_default();
         f(&mut s);
         Self::write_status(dir, &s)?;
@@ -207,11 +212,20 @@ impl Store {
     /// Whether some live process holds the store's lock (without taking it).
     pub fn is_locked(&self) -> bool {
         let path = self.root.join(LOCK_FILE);
-        let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(&path) else {
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        else {
             return false;
         };
         // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) };
+        let rc = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
         if rc == 0 {
             // We got it: nobody holds it. Closing the file releases it again.
             false
@@ -253,7 +267,12 @@ impl StoreLock {
             .map_err(SweepError::io(&path))?;
         // SAFETY: flock on a file descriptor we own (Rust opens it close-on-exec, so child
         // processes do not inherit the lock).
-        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) };
+        let rc = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
         if rc != 0 {
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
@@ -262,7 +281,11 @@ impl StoreLock {
                 let holder = holder.trim();
                 return Err(SweepError::Locked {
                     store: root.to_path_buf(),
-                    holder: if holder.is_empty() { "unknown process".into() } else { holder.to_string() },
+                    holder: if holder.is_empty() {
+                        "unknown process".into()
+                    } else {
+                        holder.to_string()
+                    },
                 });
             }
             return Err(SweepError::Io { path, source: err });
@@ -300,29 +323,58 @@ mod tests {
         assert_eq!(back.state, RunState::Failed);
         assert_eq!(back.attempts, 2);
         assert_eq!(back.created_at, s.created_at);
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("status.json")], "no temporary files left");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("status.json")],
+            "no temporary files left"
+        );
     }
 
     #[test]
     fn running_without_a_live_orchestrator_is_stale() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        assert_eq!(Store::observe(RunKind::Finetune, d, false), Observed::Pending);
+        assert_eq!(
+            Store::observe(RunKind::Finetune, d, false),
+            Observed::Pending
+        );
         Store::update_status(d, |s| {
             s.state = RunState::Running;
             s.pid = Some(std::process::id());
         })
         .unwrap();
-        assert_eq!(Store::observe(RunKind::Finetune, d, true), Observed::Running);
-        assert_eq!(Store::observe(RunKind::Finetune, d, false), Observed::Stale, "lock free → stale");
+        assert_eq!(
+            Store::observe(RunKind::Finetune, d, true),
+            Observed::Running
+        );
+        assert_eq!(
+            Store::observe(RunKind::Finetune, d, false),
+            Observed::Stale,
+            "lock free → stale"
+        );
         // A pid that cannot exist (above the kernel's pid_max).
         Store::update_status(d, |s| s.pid = Some(i32::MAX as u32)).unwrap();
-        assert_eq!(Store::observe(RunKind::Finetune, d, true), Observed::Stale, "dead pid → stale");
+        assert_eq!(
+            Store::observe(RunKind::Finetune, d, true),
+            Observed::Stale,
+            "dead pid → stale"
+        );
         std::fs::create_dir(d.join("checkpoint")).unwrap();
-        assert_eq!(Store::observe(RunKind::Prime, d, true), Observed::Done, "the result decides");
+        assert_eq!(
+            Store::observe(RunKind::Prime, d, true),
+            Observed::Done,
+            "the result decides"
+        );
         std::fs::write(d.join("metrics.json"), "{truncated").unwrap();
-        assert_eq!(Store::observe(RunKind::Finetune, d, true), Observed::Stale, "unparsable metrics are not done");
+        assert_eq!(
+            Store::observe(RunKind::Finetune, d, true),
+            Observed::Stale,
+            "unparsable metrics are not done"
+        );
     }
 
     #[test]
@@ -335,7 +387,12 @@ mod tests {
         // flock locks belong to open file descriptions, so a second open in the same process
         // conflicts just like another process would.
         let err = store.lock("sweep b").unwrap_err().to_string();
-        assert!(err.contains("in use") && err.contains("sweep a") && err.contains(&std::process::id().to_string()), "{err}");
+        assert!(
+            err.contains("in use")
+                && err.contains("sweep a")
+                && err.contains(&std::process::id().to_string()),
+            "{err}"
+        );
         drop(lock);
         assert!(!store.is_locked());
         store.lock("sweep b").unwrap();
@@ -367,6 +424,8 @@ mod tests {
             libc::kill(pid, libc::SIGKILL);
             libc::waitpid(pid, std::ptr::null_mut(), 0);
         }
-        store.lock("x").expect("released by the kernel when the holder died");
+        store
+            .lock("x")
+            .expect("released by the kernel when the holder died");
     }
 }

@@ -145,12 +145,15 @@ fn prepare_splits(config: &FinetuneConfig, dir: &Path) -> Result<Splits> {
 }
 
 /// Encoder outputs of every training sentence, computed once on frozen θp: `[len_i, H]` each.
-struct EncoderCache {
+/// Valid only while θp is frozen and encoder dropout is off (head and adapter tuning).
+pub struct EncoderCache {
     per_sentence: Vec<Tensor>,
 }
 
 impl EncoderCache {
-    fn build(tagger: &Tagger, sentences: &[EncodedSentence], batcher: &Batcher, device: &Device) -> Result<Self> {
+    /// Encodes every sentence once; `tagger`'s encoder must not be trainable (it then runs on
+    /// detached weights and records no graph).
+    pub fn build(tagger: &Tagger, sentences: &[EncodedSentence], batcher: &Batcher, device: &Device) -> Result<Self> {
         let mut per_sentence: Vec<Option<Tensor>> = vec![None; sentences.len()];
         for batch in batcher.eval_batches(sentences, device)? {
             // θp is not trainable here, so the encoder runs on detached weights: no graph.
@@ -169,7 +172,7 @@ impl EncoderCache {
     }
 
     /// The padded `[B, T, H]` encoder output of a batch.
-    fn hidden_for(&self, batch: &Batch) -> Result<Tensor> {
+    pub fn hidden_for(&self, batch: &Batch) -> Result<Tensor> {
         let t = batch.input_ids.dim(1)?;
         let rows = batch
             .indices
@@ -184,7 +187,8 @@ impl EncoderCache {
     }
 }
 
-fn inputs_of(batch: &Batch) -> EncoderInputs<'_> {
+/// The encoder inputs of a batch.
+pub fn inputs_of(batch: &Batch) -> EncoderInputs<'_> {
     EncoderInputs {
         input_ids: &batch.input_ids,
         attention_mask: &batch.attention_mask,

@@ -126,10 +126,13 @@ pub struct AdamW {
 impl AdamW {
     /// An optimiser over `params`; which of them decay follows `cfg.decay_bias_and_norm`.
     pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self, OptimError> {
-        if !(cfg.lr >= 0.0 && cfg.eps > 0.0 && cfg.weight_decay >= 0.0)
-            || !(0.0..1.0).contains(&cfg.beta1)
-            || !(0.0..1.0).contains(&cfg.beta2)
-        {
+        // Written positively so that NaN settings are rejected too.
+        let valid = cfg.lr >= 0.0
+            && cfg.eps > 0.0
+            && cfg.weight_decay >= 0.0
+            && (0.0..1.0).contains(&cfg.beta1)
+            && (0.0..1.0).contains(&cfg.beta2);
+        if !valid {
             return Err(OptimError::Invalid(format!("{cfg:?}")));
         }
         let mut states = Vec::with_capacity(params.len());
@@ -190,7 +193,10 @@ impl AdamW {
 
     /// Names of the parameters and whether each one decays.
     pub fn param_decay(&self) -> Vec<(&str, bool)> {
-        self.params.iter().map(|p| (p.name.as_str(), p.decay)).collect()
+        self.params
+            .iter()
+            .map(|p| (p.name.as_str(), p.decay))
+            .collect()
     }
 
     /// One AdamW step with the gradients in `grads`.
@@ -224,7 +230,11 @@ impl AdamW {
                 Moments::Tensor { m, v } => {
                     let g = g.detach();
                     let w = p.var.as_detached_tensor();
-                    let w = if hp.decay > 0.0 { (w * (1.0 - hp.decay))? } else { w };
+                    let w = if hp.decay > 0.0 {
+                        (w * (1.0 - hp.decay))?
+                    } else {
+                        w
+                    };
                     *m = ((&*m * hp.beta1)? + (&g * (1.0 - hp.beta1))?)?;
                     *v = ((&*v * hp.beta2)? + (g.sqr()? * (1.0 - hp.beta2))?)?;
                     let denom = ((v.sqrt()? / hp.bc2_sqrt)? + hp.eps)?;
@@ -260,7 +270,13 @@ impl InplaceOp2 for FusedAdamW<'_> {
         "primer-adamw"
     }
 
-    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<()> {
         let g = match gl.contiguous_offsets() {
             Some((a, b)) => &gs.as_slice::<f32>()?[a..b],
             None => candle_core::bail!("adamw: gradient must be contiguous"),
@@ -338,7 +354,11 @@ mod tests {
             decay_bias_and_norm: false,
             ..Default::default()
         };
-        let mut opt = AdamW::new(vec![("w".into(), w.clone()), ("layer.bias".into(), b.clone())], cfg).unwrap();
+        let mut opt = AdamW::new(
+            vec![("w".into(), w.clone()), ("layer.bias".into(), b.clone())],
+            cfg,
+        )
+        .unwrap();
         if device_tensor_path {
             for p in &mut opt.params {
                 p.moments = Moments::Tensor {
@@ -348,14 +368,24 @@ mod tests {
             }
         }
         for _ in 0..3 {
-            let loss = ((w.as_tensor() * &c).unwrap().sum_all().unwrap() + (b.as_tensor() * 3.0).unwrap().sum_all().unwrap()).unwrap();
+            let loss = ((w.as_tensor() * &c).unwrap().sum_all().unwrap()
+                + (b.as_tensor() * 3.0).unwrap().sum_all().unwrap())
+            .unwrap();
             let grads = loss.backward().unwrap();
             opt.step(&grads).unwrap();
         }
         let got = w.to_vec1::<f32>().unwrap();
-        for (i, (&p0, &g)) in [1.0f64, -2.0, 0.5].iter().zip(&[0.1f64, -0.4, 2.0]).enumerate() {
+        for (i, (&p0, &g)) in [1.0f64, -2.0, 0.5]
+            .iter()
+            .zip(&[0.1f64, -0.4, 2.0])
+            .enumerate()
+        {
             let want = reference(p0, &[g; 3], 0.01, 0.1);
-            assert!((got[i] as f64 - want).abs() < 1e-6, "w[{i}]: {} vs {want}", got[i]);
+            assert!(
+                (got[i] as f64 - want).abs() < 1e-6,
+                "w[{i}]: {} vs {want}",
+                got[i]
+            );
         }
         // The bias is excluded from decay.
         let want_b = reference(0.3, &[3.0; 3], 0.01, 0.0);
@@ -383,8 +413,17 @@ mod tests {
             weight_decay: 0.0,
             ..Default::default()
         };
-        let mut opt = AdamW::new(vec![("a".into(), a.clone()), ("u".into(), unused.clone())], cfg).unwrap();
-        let grads = (a.as_tensor() * 1e-3).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut opt = AdamW::new(
+            vec![("a".into(), a.clone()), ("u".into(), unused.clone())],
+            cfg,
+        )
+        .unwrap();
+        let grads = (a.as_tensor() * 1e-3)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         opt.step(&grads).unwrap();
         assert!((a.to_vec1::<f32>().unwrap()[0] - 0.9).abs() < 1e-4);
         assert_eq!(unused.to_vec1::<f32>().unwrap()[0], 5.0);
@@ -407,9 +446,15 @@ mod tests {
         assert_eq!(LinearSchedule::from_ratio(10, 0.15).warmup_steps, 2);
         let d = Device::Cpu;
         let a = Var::from_slice(&[1.0f32], 1, &d).unwrap();
-        let mut opt = AdamW::new(vec![("a".into(), a.clone())], AdamWConfig { lr: 1.0, ..Default::default() })
-            .unwrap()
-            .with_schedule(s);
+        let mut opt = AdamW::new(
+            vec![("a".into(), a.clone())],
+            AdamWConfig {
+                lr: 1.0,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .with_schedule(s);
         assert_eq!(opt.current_lr(), 0.0);
         let grads = a.as_tensor().sum_all().unwrap().backward().unwrap();
         opt.step(&grads).unwrap();
@@ -420,7 +465,9 @@ mod tests {
 
     #[test]
     fn no_decay_names() {
-        assert!(is_bias_or_norm("enc.encoder.layer.0.output.LayerNorm.weight"));
+        assert!(is_bias_or_norm(
+            "enc.encoder.layer.0.output.LayerNorm.weight"
+        ));
         assert!(is_bias_or_norm("head.en.bias"));
         assert!(!is_bias_or_norm("adapter.down.weight"));
     }

@@ -37,7 +37,8 @@ impl GoldenDump {
     pub fn load(dir: &Path) -> Self {
         let meta_path = dir.join("meta.json");
         let meta: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&meta_path).unwrap_or_else(|e| panic!("{}: {e}", meta_path.display())),
+            &std::fs::read_to_string(&meta_path)
+                .unwrap_or_else(|e| panic!("{}: {e}", meta_path.display())),
         )
         .unwrap_or_else(|e| panic!("{}: {e}", meta_path.display()));
         let tensors = candle_core::safetensors::load(dir.join("dump.safetensors"), &Device::Cpu)
@@ -82,7 +83,11 @@ impl GoldenDump {
     /// New Vars from the tensors under `prefix` (e.g. "init.adapter.").
     pub fn param_set(&self, prefix: &str) -> ParamSet {
         let pairs = self.with_prefix(prefix);
-        assert!(!pairs.is_empty(), "{}: no tensors under '{prefix}'", self.dir.display());
+        assert!(
+            !pairs.is_empty(),
+            "{}: no tensors under '{prefix}'",
+            self.dir.display()
+        );
         ParamSet::from_tensors(pairs).unwrap()
     }
 
@@ -101,7 +106,12 @@ impl GoldenDump {
         self.meta
             .pointer(pointer)
             .and_then(|v| v.as_f64())
-            .unwrap_or_else(|| panic!("{}: meta.json has no number at {pointer}", self.dir.display()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: meta.json has no number at {pointer}",
+                    self.dir.display()
+                )
+            })
     }
 
     /// Number of heads/tasks the dump carries.
@@ -134,7 +144,9 @@ impl GoldenBatch {
 /// golden material is absent.
 pub fn all_dumps(test: &str) -> Option<Vec<PathBuf>> {
     let Some(root) = golden_dir() else {
-        eprintln!("SKIP {test}: golden dumps not found (set PRIMER_GOLDEN_DIR or provide ../shared/golden)");
+        eprintln!(
+            "SKIP {test}: golden dumps not found (set PRIMER_GOLDEN_DIR or provide ../shared/golden)"
+        );
         return None;
     };
     let mut v: Vec<PathBuf> = std::fs::read_dir(&root)
@@ -147,7 +159,12 @@ pub fn all_dumps(test: &str) -> Option<Vec<PathBuf>> {
 }
 
 fn to_f64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// Max |a| of a tensor.
@@ -156,9 +173,19 @@ pub fn max_abs(t: &Tensor) -> f64 {
 }
 
 /// Checks `|got − want| ≤ rel·max|want| + abs` element-wise; Err describes the worst element.
-pub fn check_rel(name: &str, got: &Tensor, want: &Tensor, rel: f64, abs: f64) -> Result<(), String> {
+pub fn check_rel(
+    name: &str,
+    got: &Tensor,
+    want: &Tensor,
+    rel: f64,
+    abs: f64,
+) -> Result<(), String> {
     if got.dims() != want.dims() {
-        return Err(format!("{name}: shape {:?} vs expected {:?}", got.dims(), want.dims()));
+        return Err(format!(
+            "{name}: shape {:?} vs expected {:?}",
+            got.dims(),
+            want.dims()
+        ));
     }
     let g = to_f64(got);
     let w = to_f64(want);
@@ -169,7 +196,9 @@ pub fn check_rel(name: &str, got: &Tensor, want: &Tensor, rel: f64, abs: f64) ->
         .zip(&w)
         .map(|(a, b)| (a - b).abs())
         .enumerate()
-        .fold((0, 0.0f64), |acc, (i, d)| if d > acc.1 || d.is_nan() { (i, d) } else { acc });
+        .fold((0, 0.0f64), |acc, (i, d)| {
+            if d > acc.1 || d.is_nan() { (i, d) } else { acc }
+        });
     if d > tol || d.is_nan() {
         return Err(format!(
             "{name}: max |diff| {d:.3e} at {i} (got {}, want {}) > tol {tol:.3e} (max|want| {scale:.3e})",
@@ -195,6 +224,11 @@ impl Failures {
     }
 
     pub fn assert_none(&self, what: &str) {
-        assert!(self.0.is_empty(), "{what}: {} failure(s):\n{}", self.0.len(), self.0.join("\n"));
+        assert!(
+            self.0.is_empty(),
+            "{what}: {} failure(s):\n{}",
+            self.0.len(),
+            self.0.join("\n")
+        );
     }
 }

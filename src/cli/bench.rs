@@ -1,0 +1,273 @@
+//! `primer bench`: training-step speed side by side with the PyTorch reference
+//! (`../shared/reference/torch_ref.py`), printed as ratios primer / PyTorch.
+//!
+//! Both sides time the same work on a MiniLM-sized random BERT (H384, L6, 12 heads, vocab 30522),
+//! batch 16 × seq 64, the same thread count, in one invocation: the reference first, then
+//! primer. Speed targets live here, never in timed tests.
+
+use anyhow::Context;
+use candle_core::Device;
+use primer::config::FinetuneMethod;
+use primer::data::{Batch, Batcher, EncodedSentence, IGNORE_INDEX};
+use primer::model::init::random_encoder;
+use primer::model::{masked_cross_entropy, BertConfig, ParamGroup, Tagger};
+use primer::rng::SeededRng;
+use primer::train::optim::{AdamW, AdamWConfig};
+use primer::train::{inputs_of, EncoderCache};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Python with torch + transformers + safetensors (default: $TORCH_PYTHON, else /tmp/torchref/bin/python, else python3).
+    #[arg(long)]
+    torch_python: Option<PathBuf>,
+    /// The reference script (default: ../shared/reference/torch_ref.py).
+    #[arg(long)]
+    torch_ref: Option<PathBuf>,
+    /// Timed steps per measurement (after 2 warm-up steps).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Threads for both sides.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Batches in the whole adapter-tuning run (3 epochs over them).
+    #[arg(long, default_value_t = 20)]
+    run_batches: usize,
+    /// Skip the PyTorch side (primer's numbers only).
+    #[arg(long)]
+    no_torch: bool,
+}
+
+const BATCH: usize = 16;
+const SEQ: usize = 64;
+const EPOCHS: usize = 3;
+
+fn minilm_config() -> BertConfig {
+    let mut c = BertConfig::new(30522, 384, 6, 12, 1536);
+    c.hidden_dropout_prob = 0.0;
+    c.attention_probs_dropout_prob = 0.0;
+    c
+}
+
+/// Synthetic NER sentences like the reference's: random lengths in [SEQ/2, SEQ], [CLS] ... [SEP],
+/// mostly-`O` labels with ~15% ignored positions.
+fn synthetic_sentences(n: usize, vocab: u32, rng: &mut SeededRng) -> Vec<EncodedSentence> {
+    (0..n)
+        .map(|_| {
+            let len = SEQ / 2 + rng.below(SEQ / 2 + 1);
+            let mut ids = vec![101u32];
+            let mut labels = vec![IGNORE_INDEX];
+            for _ in 1..len - 1 {
+                ids.push(103 + rng.below((vocab - 103) as usize) as u32);
+                labels.push(if rng.uniform() < 0.15 {
+                    IGNORE_INDEX
+                } else if rng.uniform() < 0.55 {
+                    0
+                } else {
+                    1 + rng.below(6) as i64
+                });
+            }
+            ids.push(102);
+            labels.push(IGNORE_INDEX);
+            let word_ids = (0..len as i64).map(|t| if t == 0 || t == len as i64 - 1 { -1 } else { t - 1 }).collect();
+            EncodedSentence {
+                input_ids: ids,
+                word_ids,
+                labels,
+                n_words: len - 2,
+                truncated_words: 0,
+            }
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite times"));
+    v[v.len() / 2]
+}
+
+struct Bench {
+    device: Device,
+    tagger: Tagger,
+    batches: Vec<Batch>,
+    sentences: Vec<EncodedSentence>,
+}
+
+impl Bench {
+    fn new(run_batches: usize) -> anyhow::Result<Self> {
+        let device = Device::Cpu;
+        let cfg = minilm_config();
+        let enc = random_encoder(&cfg, 0, &device)?.to_params()?;
+        let mut tagger = Tagger::new(cfg.clone(), enc, device.clone());
+        tagger.ensure_adapter(64, &mut SeededRng::derive(1, "init.adapter"))?;
+        tagger.add_head("x", 7, &mut SeededRng::derive(1, "init.head"))?;
+        let mut rng = SeededRng::derive(2, "bench.data");
+        let sentences = synthetic_sentences(run_batches.max(8) * BATCH, cfg.vocab_size as u32, &mut rng);
+        let batcher = Batcher::new(BATCH, 0);
+        let batches = batcher.sequential_batches(&sentences, &device)?;
+        Ok(Self {
+            device,
+            tagger,
+            batches,
+            sentences,
+        })
+    }
+
+    /// Median milliseconds of one optimiser step of `method` (encoder run every step).
+    fn step_ms(&mut self, method: FinetuneMethod, steps: usize) -> anyhow::Result<f64> {
+        let groups = self.tagger.groups_for(method, "x");
+        self.tagger.set_trainable(&groups)?;
+        let mut opt = AdamW::new(
+            self.tagger.trainable_vars(),
+            AdamWConfig {
+                lr: 5e-5,
+                ..AdamWConfig::default()
+            },
+        )?;
+        let mut times = Vec::new();
+        for k in 0..steps + 2 {
+            let batch = &self.batches[k % self.batches.len()];
+            let t0 = Instant::now();
+            let logits = self.tagger.logits(&inputs_of(batch), "x", None)?;
+            let loss = masked_cross_entropy(&logits, &batch.labels)?;
+            let grads = loss.backward()?;
+            opt.step(&grads)?;
+            if k >= 2 {
+                times.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Ok(median(times))
+    }
+
+    /// Milliseconds of a whole adapter-tuning run over `n` batches × EPOCHS with the encoder cache.
+    fn adapter_run_ms(&mut self, n: usize) -> anyhow::Result<f64> {
+        self.tagger.set_trainable(&[ParamGroup::Adapter, ParamGroup::Head("x".into())])?;
+        let sentences = &self.sentences[..n * BATCH];
+        let t0 = Instant::now();
+        let cache = EncoderCache::build(&self.tagger, sentences, &Batcher::new(64, 0), &self.device)?;
+        let mut opt = AdamW::new(
+            self.tagger.trainable_vars(),
+            AdamWConfig {
+                lr: 5e-3,
+                ..AdamWConfig::default()
+            },
+        )?;
+        for _ in 0..EPOCHS {
+            for batch in &self.batches[..n] {
+                let logits = self.tagger.logits_from_hidden(&cache.hidden_for(batch)?, "x")?;
+                let loss = masked_cross_entropy(&logits, &batch.labels)?;
+                let grads = loss.backward()?;
+                opt.step(&grads)?;
+            }
+        }
+        Ok(t0.elapsed().as_secs_f64() * 1e3)
+    }
+}
+
+/// Runs the reference and returns median ms per (mode, variant, support).
+fn torch_medians(args: &BenchArgs) -> anyhow::Result<BTreeMap<String, f64>> {
+    let python = args
+        .torch_python
+        .clone()
+        .or_else(|| std::env::var_os("TORCH_PYTHON").map(PathBuf::from))
+        .unwrap_or_else(|| {
+            let p = PathBuf::from("/tmp/torchref/bin/python");
+            if p.exists() { p } else { PathBuf::from("python3") }
+        });
+    let script = args
+        .torch_ref
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("../shared/reference/torch_ref.py"));
+    anyhow::ensure!(
+        script.exists(),
+        "the PyTorch reference {} is missing (pass --torch-ref, or --no-torch for primer's numbers alone)",
+        script.display()
+    );
+    let mut out = BTreeMap::new();
+    let runs: [&[&str]; 3] = [
+        &["--mode", "full,adapter"],
+        &["--mode", "meta-pe", "--variant", "naive,cached"],
+        &["--mode", "meta-pe,meta-full", "--support", "distinct", "--variant", "cached"],
+    ];
+    for extra in runs {
+        eprintln!("running the PyTorch reference: {} {}", script.display(), extra.join(" "));
+        let output = Command::new(&python)
+            .arg(&script)
+            .args(["--minilm", "--threads", &args.threads.to_string(), "--steps", &args.steps.to_string()])
+            .args(extra)
+            .output()
+            .with_context(|| format!("cannot run {} (set --torch-python or TORCH_PYTHON)", python.display()))?;
+        anyhow::ensure!(
+            output.status.success(),
+            "the PyTorch reference failed (install torch, transformers, safetensors into a venv and set TORCH_PYTHON):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            let (Some(mode), Some(ms)) = (v["mode"].as_str(), v["median_ms"].as_f64()) else { continue };
+            let variant = v["variant"].as_str().unwrap_or("");
+            let support = v["support"].as_str().unwrap_or("");
+            let key = [mode, variant, support].iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join("/");
+            out.insert(key, ms);
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    // SAFETY: set before any thread pool starts (first thing this command does).
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string()) };
+    let torch = if args.no_torch {
+        None
+    } else {
+        match torch_medians(&args) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("PyTorch side skipped: {e:#}");
+                None
+            }
+        }
+    };
+
+    eprintln!("timing primer (MiniLM size, batch {BATCH}, seq {SEQ}, {} threads)", args.threads);
+    let mut bench = Bench::new(args.run_batches)?;
+    let full = bench.step_ms(FinetuneMethod::Full, args.steps)?;
+    let adapter = bench.step_ms(FinetuneMethod::Adapter, args.steps)?;
+    let run_ms = bench.adapter_run_ms(args.run_batches)?;
+    let run_steps = args.run_batches * EPOCHS;
+
+    let mut rows: Vec<(String, f64, Option<f64>)> = vec![
+        ("full-FT step".into(), full, torch.as_ref().and_then(|t| t.get("full").copied())),
+        ("adapter step".into(), adapter, torch.as_ref().and_then(|t| t.get("adapter").copied())),
+        (
+            format!("adapter-tuning run ({} batches × {EPOCHS} epochs; PyTorch = straightforward loop)", args.run_batches),
+            run_ms,
+            torch.as_ref().and_then(|t| t.get("adapter")).map(|ms| ms * run_steps as f64),
+        ),
+    ];
+    for (label, key) in [
+        ("meta-PE outer step vs PyTorch naive", "meta-pe/naive/same"),
+        ("meta-PE outer step vs PyTorch cached", "meta-pe/cached/same"),
+        ("meta-PE distinct support vs PyTorch cached", "meta-pe/cached/distinct"),
+        ("meta-full outer step (distinct support)", "meta-full/distinct"),
+    ] {
+        if let Some(ms) = torch.as_ref().and_then(|t| t.get(key)) {
+            rows.push((format!("{label} [PyTorch only: {key}]"), f64::NAN, Some(*ms)));
+        }
+    }
+    println!("{:<78} {:>11} {:>11} {:>8}", "measurement (median ms)", "primer", "PyTorch", "ratio");
+    for (label, ours, theirs) in rows {
+        let ours_s = if ours.is_nan() { "-".to_string() } else { format!("{ours:.1}") };
+        let (theirs_s, ratio) = match theirs {
+            Some(t) if !ours.is_nan() => (format!("{t:.1}"), format!("{:.2}", ours / t)),
+            Some(t) => (format!("{t:.1}"), "-".into()),
+            None => ("-".into(), "-".into()),
+        };
+        println!("{label:<78} {ours_s:>11} {theirs_s:>11} {ratio:>8}");
+    }
+    println!("ratio = primer / PyTorch (below 1 means primer is faster)");
+    Ok(ExitCode::SUCCESS)
+}

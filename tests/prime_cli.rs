@@ -1,0 +1,189 @@
+//! End-to-end tests of `primer prime` on the committed WikiAnn slices with a tiny random BERT.
+
+use primer::model::RandomBertSpec;
+use primer::prime::PrimingInfo;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn crate_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A tiny random BERT and the data root, or None (with a SKIP line) when inputs are missing.
+fn setup(tmp: &Path) -> Option<(PathBuf, PathBuf)> {
+    let tok = crate_dir().join("data/tokenizer/bert-base-multilingual-cased");
+    let data = crate_dir().join("data/wikiann");
+    if !tok.exists() || !data.join("en").exists() || !data.join("es").exists() {
+        println!(
+            "SKIP: tokenizer or WikiAnn slices (en, es) not found under {}",
+            crate_dir().display()
+        );
+        return None;
+    }
+    let spec = RandomBertSpec {
+        hidden: 32,
+        layers: 1,
+        heads: 2,
+        intermediate: 64,
+        max_position: 64,
+        seed: 2,
+    };
+    let model = primer::model::write_random_bert(&tmp.join("tiny"), &tok, &spec).unwrap();
+    Some((model, data))
+}
+
+fn primer() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_primer"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn small_run_args(model: &Path, data: &Path) -> Vec<String> {
+    [
+        "prime",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--sources",
+        "en,es",
+        "--train-limit",
+        "40",
+        "--support-batch-size",
+        "4",
+        "--query-batch-size",
+        "4",
+        "--max-len",
+        "32",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn maml_loop_from_flags_writes_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((model, data)) = setup(tmp.path()) else {
+        return;
+    };
+    let out = tmp.path().join("primed");
+    let o = primer()
+        .args(small_run_args(&model, &data))
+        .args([
+            "--method",
+            "maml",
+            "--inner-steps",
+            "1",
+            "--support",
+            "distinct",
+            "--steps",
+            "2",
+            "--seed",
+            "4",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("maml priming on en,es: 2 steps"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("primed checkpoint written"), "{stdout}");
+    let info: PrimingInfo = primer::fsutil::read_json(&out.join("priming.json")).unwrap();
+    assert_eq!(info.method, "maml");
+    assert_eq!(
+        (info.config.inner_steps, info.config.seed, info.steps),
+        (1, 4, 2)
+    );
+    assert!(out.join("adapter.safetensors").exists() && out.join("model.safetensors").exists());
+}
+
+#[test]
+fn config_file_with_flag_overrides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((model, data)) = setup(tmp.path()) else {
+        return;
+    };
+    let cfg = tmp.path().join("prime.json");
+    let doc = serde_json::json!({
+        "model": model,
+        "data": {"root": data, "train_limit": 40, "max_len": 32},
+        "sources": ["en", "es"],
+        "method": "ft",
+        "steps": 5,
+        "support_batch_size": 4,
+        "query_batch_size": 4,
+        "ft_lr": 1e-3
+    });
+    std::fs::write(&cfg, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    let out = tmp.path().join("ft");
+    let o = primer()
+        .args([
+            "prime",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--steps",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let info: PrimingInfo = primer::fsutil::read_json(&out.join("priming.json")).unwrap();
+    assert_eq!(
+        (info.method.as_str(), info.steps, info.config.ft_lr),
+        ("ft", 1, 1e-3)
+    );
+}
+
+#[test]
+fn bad_inputs_fail_with_one_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((model, data)) = setup(tmp.path()) else {
+        return;
+    };
+    let out = tmp.path().join("never");
+    let mut args = small_run_args(&model, &data);
+    let i = args.iter().position(|a| a == "en,es").unwrap();
+    args[i] = "en,zz".into();
+    let o = primer()
+        .args(&args)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("error:") && stderr.contains("zz"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+
+    let bad_cfg = tmp.path().join("bad.json");
+    std::fs::write(&bad_cfg, r#"{"sources": ["en"], "inner_stepz": 3}"#).unwrap();
+    let o = primer()
+        .args([
+            "prime",
+            "--config",
+            bad_cfg.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("bad.json") && stderr.contains("inner_stepz"),
+        "{stderr}"
+    );
+}

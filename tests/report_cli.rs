@@ -1,0 +1,148 @@
+//! `primer report` end to end: a sweep file whose store holds hand-written `metrics.json` files
+//! (no training), reported through the binary.
+
+use primer::config::FinetuneMethod;
+use primer::metric::Scores;
+use primer::train::FinetuneMetrics;
+use std::path::Path;
+use std::process::Command;
+
+fn metrics(lang: &str, seed: u64, method: FinetuneMethod, correct: u32) -> FinetuneMetrics {
+    let n = 100u32;
+    let f1 = f64::from(correct) / f64::from(n);
+    let scores = Scores {
+        precision: f1,
+        recall: f1,
+        f1,
+        per_type: Default::default(),
+    };
+    FinetuneMetrics {
+        lang: lang.into(),
+        method,
+        seed,
+        dev: scores.clone(),
+        test: scores,
+        best_epoch: 1,
+        epochs: Vec::new(),
+        trained_params: 10,
+        total_params: 1000,
+        trained_percent: 1.0,
+        steps: 5,
+        wall_time_s: 0.5,
+        truncated_words_dev: 0,
+        truncated_words_test: 0,
+        test_sentence_counts: (0..n)
+            .map(|i| if i < correct { [1, 1, 1] } else { [0, 1, 1] })
+            .collect(),
+        loss_curve: vec![1.0, 0.8, 0.6],
+    }
+}
+
+fn write_sweep(dir: &Path) -> std::path::PathBuf {
+    let sweep = dir.join("cli.toml");
+    let text = format!(
+        r#"name = "clitest"
+store = "{store}"
+seeds = [0, 1]
+targets = ["hi", "af"]
+
+[base.finetune]
+model = "m"
+
+[settings."1/Full FT"]
+"finetune.method" = "full"
+
+[settings."3/AT"]
+"finetune.method" = "adapter"
+
+[report]
+compare = [{{ a = "1/Full FT", b = "3/AT" }}]
+bootstrap_samples = 200
+
+[report.paper_rows]
+"1/Full FT" = "1/Full FT"
+"3/AT" = "3/AT"
+"#,
+        store = dir.join("store").display()
+    );
+    std::fs::write(&sweep, text).unwrap();
+    sweep
+}
+
+#[test]
+fn report_command_prints_table_and_writes_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sweep = write_sweep(tmp.path());
+    let input = primer::sweep::report_input(&sweep).unwrap();
+    assert_eq!(input.runs.len(), 8);
+    // Every run but 3/AT af seed 1 finished: 1/Full FT gets 90 % of sentences right, 3/AT 80 %.
+    let skipped = |r: &primer::report::RunRecord| {
+        r.meta.setting == "3/AT" && r.meta.lang == "af" && r.meta.seed == 1
+    };
+    assert_eq!(input.runs.iter().filter(|r| skipped(r)).count(), 1);
+    for r in input.runs.iter().filter(|r| !skipped(r)) {
+        let correct = if r.meta.setting == "1/Full FT" {
+            90
+        } else {
+            80
+        };
+        let m = metrics(&r.meta.lang, r.meta.seed, r.meta.ft_method, correct);
+        primer::fsutil::write_json_atomic(&r.meta.run_dir.join("metrics.json"), &m).unwrap();
+    }
+    let out = tmp.path().join("report");
+    let res = Command::new(env!("CARGO_BIN_EXE_primer"))
+        .current_dir(tmp.path())
+        .args([
+            "report",
+            sweep.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("7 of 8 fine-tuning runs done"), "{stdout}");
+    assert!(stdout.contains("## Table 1"), "{stdout}");
+    let full = stdout
+        .lines()
+        .find(|l| l.starts_with("| 1/Full FT"))
+        .unwrap();
+    assert!(full.contains("**90.00 ± 0.00**"), "{full}");
+    let at = stdout.lines().find(|l| l.starts_with("| 3/AT")).unwrap();
+    assert!(
+        at.contains("80.00 (n=1)"),
+        "the unfinished run leaves one seed: {at}"
+    );
+    assert!(stdout.contains("paper (Gheini et al. 2022)") && stdout.contains("86.73"));
+    assert!(stdout.contains("figure 3 not drawn"), "{stdout}");
+    for f in [
+        "scores.parquet",
+        "scores.csv",
+        "table1.md",
+        "table1.csv",
+        "comparison.md",
+        "comparison.csv",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let cmp = std::fs::read_to_string(out.join("comparison.md")).unwrap();
+    assert!(
+        cmp.contains("Paired bootstrap") && cmp.contains("+10.00"),
+        "{cmp}"
+    );
+}
+
+#[test]
+fn report_command_names_a_missing_sweep_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let res = Command::new(env!("CARGO_BIN_EXE_primer"))
+        .current_dir(tmp.path())
+        .args(["report", "nope.toml"])
+        .output()
+        .unwrap();
+    assert!(!res.status.success());
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(stderr.contains("nope.toml"), "{stderr}");
+}
