@@ -573,9 +573,22 @@ fn a_sweep_without_runs_still_reports() {
     let dir = dir.join("norun");
     let mut input = synthetic(&dir);
     input.runs.clear();
-    let summary = write_report(&input, &ReportOptions { curves: true, bootstrap_seed: 0 }).unwrap();
+    let summary = write_report(
+        &input,
+        &ReportOptions {
+            curves: true,
+            bootstrap_seed: 0,
+        },
+    )
+    .unwrap();
     assert_eq!((summary.runs_done, summary.runs_total), (0, 0));
-    assert!(summary.table1.rows.iter().all(|r| r.cells.iter().all(Option::is_none)));
+    assert!(
+        summary
+            .table1
+            .rows
+            .iter()
+            .all(|r| r.cells.iter().all(Option::is_none))
+    );
     let file = std::fs::File::open(dir.join("scores.parquet")).unwrap();
     assert_eq!(ParquetReader::new(file).finish().unwrap().height(), 0);
 }

@@ -177,6 +177,31 @@ fn sweep_runs_shares_priming_and_resumes_after_sigkill() {
         );
     }
 
+    // The report input: one record per fine-tuning run with its metrics, and the priming runs.
+    let abs = primer::sweep::Sweep::from_text(
+        &t.join("a.toml"),
+        &sweep_text(&model, store1.to_str().unwrap()),
+    )
+    .unwrap();
+    let input = primer::sweep::report_input_for(&abs).unwrap();
+    assert_eq!(input.settings, vec!["pe", "full"]);
+    assert_eq!(input.languages, vec!["af", "hi"]);
+    assert_eq!(input.runs.len(), 8);
+    assert!(input.runs.iter().all(|r| r.metrics.is_some()));
+    let pe: Vec<_> = input
+        .runs
+        .iter()
+        .filter(|r| r.meta.setting == "pe")
+        .collect();
+    assert_eq!(pe.len(), 4);
+    assert!(pe.iter().all(|r| {
+        r.meta.inner_loop == Some(primer::config::InnerLoop::Pe)
+            && r.meta.inner_steps == Some(2)
+            && r.meta.inner_lr == Some(0.03)
+    }));
+    assert_eq!(input.priming_runs.len(), 2);
+    assert!(input.priming_runs.iter().all(|p| p.done));
+
     // A rerun finds everything done and executes nothing.
     let out = primer(t, &["run", "a.toml", "--plain", "--no-report"]);
     assert!(

@@ -307,6 +307,8 @@ pub fn inner_loop(
         Some(p) => p,
         None => &head_frozen,
     };
+    // With dropout on, each cached support encoding carries one mask for all S steps (what
+    // encoding once means); the adapter and head see the same inputs at every step.
     let cache: Option<Vec<Tensor>> = if cfg.inner.encoder {
         None
     } else {

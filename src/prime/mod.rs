@@ -1,5 +1,17 @@
 //! Priming: Algorithm 1 (first-order MAML with a parameter-efficient inner loop) and its
-//! ablations.
+//! ablations, as settings of one code path.
+//!
+//! * [`meta`] — [`meta_step`], one outer step over [`TaskBatches`]: per task an [`inner_loop`]
+//!   of plain SGD on fast copies of the groups [`InnerParams`] names ([`InnerParams::PE`]: θa,
+//!   θh — support batches encoded once on detached θp; [`InnerParams::FULL`]: θp too, the
+//!   MAML-loop ablation), the query loss at the adapted weights, first-order gradients summed
+//!   over tasks onto θp and θa, one [`OuterOptimizer`] update, head := adapted head;
+//! * [`ft`] — [`ft_step`], FT priming (multi-task fine-tuning of θp ∪ θa ∪ θh);
+//! * [`sampler`] — disjoint support/query draws per task and step, the same sentence budget
+//!   for FT priming;
+//! * [`outer`] — torch-semantics AdamW over named gradient sums;
+//! * [`run`] — [`prime`] / [`run_priming`]: a whole run and the primed checkpoint folder;
+//! * [`bench`] — timing of outer steps on synthetic batches (`make bench`).
 
 pub mod bench;
 pub mod error;

@@ -182,6 +182,8 @@ impl Store {
                 }
             }
             Some((RunState::Failed, _)) => Observed::Failed,
+            // Its checkpoint was collected after every dependent finished.
+            Some((RunState::Collected, _)) => Observed::Done,
             _ => Observed::Pending,
         }
     }
@@ -363,6 +365,13 @@ mod tests {
             Observed::Stale,
             "dead pid → stale"
         );
+        Store::update_status(d, |s| s.state = RunState::Collected).unwrap();
+        assert_eq!(Store::observe(RunKind::Prime, d, false), Observed::Done);
+        assert!(
+            !Store::is_done(RunKind::Prime, d),
+            "but it would have to run again"
+        );
+        Store::update_status(d, |s| s.state = RunState::Running).unwrap();
         std::fs::create_dir(d.join("checkpoint")).unwrap();
         assert_eq!(
             Store::observe(RunKind::Prime, d, true),
