@@ -2,14 +2,25 @@
 
 use anyhow::Context;
 use primer::progress::JsonLinesProgress;
+use primer::slurm::backend::{
+    SlurmRunState, SlurmRunView, cancel_sweep, on_preempted, slurm_status, submit_sweep, summarize,
+    uses_slurm, wait_sweep,
+};
+use primer::slurm::signal::{current_job_id, install_preemption_handler};
+use primer::slurm::{Slurm, SlurmArgs};
 use primer::sweep::plan::{Plan, RunKind};
 use primer::sweep::process::{ExecJob, load_exec_job};
-use primer::sweep::run::{count_states, missing_inputs, observe, parse_devices, plan_rows};
+use primer::sweep::run::{
+    count_states, gc_checkpoints, missing_inputs, observe, parse_devices, plan_rows,
+};
+use primer::sweep::store::RunState;
 use primer::sweep::{
-    RunOptions, RunSummary, Store, Sweep, install_interrupt_handler, report_input_for, run_sweep,
+    RunOptions, RunSummary, Store, Sweep, SweepError, install_interrupt_handler, report_input_for,
+    run_sweep,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::time::Duration;
 
 /// The demo sweep, embedded so that `primer demo` works from any checkout.
 const DEMO_SWEEP: &str = include_str!("../../sweeps/demo.toml");
@@ -24,19 +35,42 @@ pub struct PlanArgs {
     pub json: bool,
 }
 
+/// Where `primer run` executes the runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// Child processes on this machine's device slots (--devices, --per-device).
+    Local,
+    /// One Slurm array task per run, submitted with sbatch (--partition, --gpus-per-task, ...).
+    Slurm,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The sweep file (TOML; see sweeps/README.md).
     pub sweep: PathBuf,
+    /// Where the runs execute: on this machine, or as Slurm job arrays.
+    #[arg(long, value_enum, default_value_t = Backend::Local)]
+    pub backend: Backend,
     /// Devices to run on: `cpu`, a list such as `cuda:0,cuda:1`, or `all` (every GPU).
+    /// Local backend only.
     #[arg(long, default_value = "cpu")]
     pub devices: String,
-    /// Concurrent runs per device.
+    /// Concurrent runs per device. Local backend only.
     #[arg(long, default_value_t = 1)]
     pub per_device: usize,
-    /// Retries of a failed run before it is reported as failed.
+    /// Retries of a failed run before it is reported as failed. Local backend only (under
+    /// Slurm, rerun `primer run --backend slurm` to resubmit failed runs).
     #[arg(long, default_value_t = 1)]
     pub retries: u32,
+    #[command(flatten)]
+    pub slurm: SlurmArgs,
+    /// Slurm backend: stay until every submitted run has ended, print the failures and write
+    /// the report (without it, `primer run` returns once the jobs are submitted).
+    #[arg(long)]
+    pub wait: bool,
+    /// Slurm backend with --wait: seconds between two looks at the queue.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub poll_interval: f64,
     /// At the end, remove primed checkpoints that no pending run of this sweep needs
     /// (their curves.json is kept).
     #[arg(long)]
@@ -206,6 +240,9 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let sweep = Sweep::load(&a.sweep)?;
     let plan = Plan::expand(&sweep)?;
     let store = Store::new(&plan.store);
+    if uses_slurm(&plan, &store) {
+        return slurm_status_report(&sweep, &plan, &store);
+    }
     let obs = observe(&plan, &store);
     println!(
         "sweep '{}': {} runs in {}",
@@ -241,19 +278,86 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!(
-        "`primer cancel {}`: only the Slurm backend has jobs to cancel; a local `primer run` is stopped with Ctrl-C (its runs are marked pending and resume with `primer run`)",
-        a.sweep.display()
+    let sweep = Sweep::load(&a.sweep)?;
+    let plan = Plan::expand(&sweep)?;
+    let store = Store::new(&plan.store);
+    if !uses_slurm(&plan, &store) {
+        anyhow::bail!(
+            "`primer cancel {}`: no run of this sweep was submitted to Slurm, so there are no jobs to cancel; a local `primer run` is stopped with Ctrl-C (its runs are marked pending and resume with `primer run`)",
+            a.sweep.display()
+        );
+    }
+    let cancelled = cancel_sweep(&plan, &store, &Slurm::from_env())?;
+    let list: Vec<String> = cancelled.iter().map(ToString::to_string).collect();
+    println!(
+        "cancelled {} queued or running Slurm task(s) of sweep '{}'{}",
+        cancelled.len(),
+        sweep.name,
+        if list.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", list.join(" "))
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Why a run returned early, if it was a preemption signal.
+fn interrupted(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<primer::prime::PrimeError>(),
+        Some(primer::prime::PrimeError::Interrupted { .. })
+    ) || matches!(
+        e.downcast_ref::<primer::train::FinetuneError>(),
+        Some(primer::train::FinetuneError::Interrupted { .. })
     )
 }
 
 pub fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
     super::init_logging();
+    // Inside a Slurm task the preemption warning (SIGUSR2, forwarded by the batch script)
+    // makes the training loops stop between steps; elsewhere USR2 keeps its default action.
+    let job_id = current_job_id();
+    if job_id.is_some() {
+        install_preemption_handler()?;
+    }
+    let result = execute_job(&a);
+    match result {
+        Err(e) if interrupted(&e) => {
+            tracing::warn!("{e:#}");
+            let requeued = on_preempted(&a.run_dir, &Slurm::from_env(), job_id.as_deref())?;
+            println!(
+                "{}",
+                if requeued {
+                    "interrupted by the preemption signal: Slurm requeues this task, which restarts the run from scratch"
+                } else {
+                    "interrupted by the preemption signal: rerun the sweep to run it again"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            // Under Slurm nobody else records why the run failed: `primer status` shows this
+            // next to Slurm's state and exit code.
+            if job_id.is_some() {
+                let _ = Store::update_status(&a.run_dir, |s| {
+                    s.state = RunState::Failed;
+                    s.error = Some(format!("{e:#}"));
+                    s.finished_at = Some(primer::sweep::store::now_s());
+                });
+            }
+            Err(e)
+        }
+        Ok(()) => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn execute_job(a: &ExecArgs) -> anyhow::Result<()> {
     let job = load_exec_job(&a.run_dir, &a.device)?;
     match job {
         ExecJob::Prime { config, out_dir } => {
             tracing::info!("priming into {}", out_dir.display());
-            primer::prime::run_priming(&config, &out_dir, &JsonLinesProgress)?;
+            primer::prime::prime(&config, &out_dir, &JsonLinesProgress)?;
         }
         ExecJob::Finetune { config, out_dir } => {
             tracing::info!(
@@ -271,12 +375,20 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     super::init_logging();
     let sweep = Sweep::load(&a.sweep)?;
+    check_backend_args(&a)?;
+    if a.backend == Backend::Slurm {
+        return run_slurm(&a, &sweep);
+    }
+    {
+        let plan = Plan::expand(&sweep)?;
+        refuse_if_slurm_in_flight(&plan, &Store::new(&plan.store))?;
+    }
     let devices = parse_devices(&a.devices)?;
     let resume = format!(
         "primer run {} --devices {} --per-device {}",
@@ -326,18 +438,249 @@ fn execute(
         return Ok(ExitCode::from(130));
     }
     if report {
-        // The single call site of the report stage after a sweep.
-        let input = report_input_for(sweep)?;
-        let written =
-            primer::report::write_report(&input, &primer::report::ReportOptions::default())
-                .context("the runs finished but writing the report failed")?;
-        println!("{}", written.text);
+        write_sweep_report(sweep)?;
     }
     Ok(if summary.all_done() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Writes the sweep's report (results/<name>/) and prints it: the single call site of the
+/// report stage after a sweep, for both backends.
+fn write_sweep_report(sweep: &Sweep) -> anyhow::Result<()> {
+    let input = report_input_for(sweep)?;
+    let written = primer::report::write_report(&input, &primer::report::ReportOptions::default())
+        .context("the runs finished but writing the report failed")?;
+    println!("{}", written.text);
+    Ok(())
+}
+
+/// Refuses options that the chosen backend would silently ignore.
+fn check_backend_args(a: &RunArgs) -> anyhow::Result<()> {
+    match a.backend {
+        Backend::Local => {
+            let mut given = Vec::new();
+            if a.slurm != SlurmArgs::default() {
+                given.push("Slurm resource options (--partition, --gpus-per-task, ...)");
+            }
+            if a.wait {
+                given.push("--wait");
+            }
+            anyhow::ensure!(
+                given.is_empty(),
+                "{} only apply to `--backend slurm` (a local run always waits for its runs)",
+                given.join(" and ")
+            );
+        }
+        Backend::Slurm => {
+            let mut given = Vec::new();
+            if a.devices != "cpu" {
+                given.push("--devices (request GPUs with --gpus-per-task)");
+            }
+            if a.per_device != 1 {
+                given.push("--per-device (limit concurrency with --array-throttle)");
+            }
+            if a.retries != 1 {
+                given
+                    .push("--retries (rerun `primer run --backend slurm` to resubmit failed runs)");
+            }
+            if a.gc_checkpoints && !a.wait {
+                given.push("--gc-checkpoints without --wait (the runs have not finished yet)");
+            }
+            anyhow::ensure!(
+                given.is_empty(),
+                "with --backend slurm these local options do not apply: {}",
+                given.join("; ")
+            );
+            anyhow::ensure!(
+                a.poll_interval.is_finite() && a.poll_interval > 0.0,
+                "--poll-interval must be a positive number of seconds, got {}",
+                a.poll_interval
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A local run on a store whose runs are queued or running in Slurm would execute them twice.
+fn refuse_if_slurm_in_flight(plan: &Plan, store: &Store) -> anyhow::Result<()> {
+    if !uses_slurm(plan, store) {
+        return Ok(());
+    }
+    match slurm_status(plan, store, &Slurm::from_env()) {
+        Ok(views) => {
+            let live = views
+                .iter()
+                .filter(|v| matches!(v.state, SlurmRunState::Queued | SlurmRunState::Running))
+                .count();
+            anyhow::ensure!(
+                live == 0,
+                "{live} run(s) of sweep '{}' are queued or running in Slurm: wait for them (`primer status`) or cancel them (`primer cancel`) before running locally",
+                plan.sweep_name
+            );
+        }
+        // The store may have moved off the cluster: Slurm cannot be asked, runs go ahead.
+        Err(e) => tracing::warn!(
+            "some runs were submitted to Slurm, but Slurm cannot be asked about them ({e}); running locally"
+        ),
+    }
+    Ok(())
+}
+
+/// `primer run --backend slurm [--wait]`.
+fn run_slurm(a: &RunArgs, sweep: &Sweep) -> anyhow::Result<ExitCode> {
+    let plan = Plan::expand(sweep)?;
+    let missing = missing_inputs(&plan);
+    if !missing.is_empty() {
+        return Err(SweepError::MissingInputs {
+            file: sweep.source.path.clone(),
+            cwd: std::env::current_dir().unwrap_or_default(),
+            missing,
+        }
+        .into());
+    }
+    // Command line over the sweep file's [slurm] table; checked against the cluster before
+    // anything is written (tools installed, partition known, request satisfiable, store
+    // writable).
+    let opts = sweep.slurm.merge(&a.slurm.to_options());
+    let slurm = Slurm::from_env();
+    let store = Store::new(&plan.store);
+    let root = std::path::absolute(&store.root)
+        .with_context(|| format!("cannot resolve the store path {}", store.root.display()))?;
+    slurm.validate(&opts, &root)?;
+    let exe = std::env::current_exe().context("cannot locate the primer binary for Slurm tasks")?;
+    let submitted = {
+        // No local orchestrator may work on the store while runs are handed to Slurm.
+        let _lock = store.lock(&format!("primer run --backend slurm {}", a.sweep.display()))?;
+        submit_sweep(&plan, &store, &slurm, &opts, &exe)?
+    };
+    println!(
+        "sweep '{}': {} runs, store {}: {} submitted to Slurm now, {} already done, {} still queued or running from an earlier submission",
+        sweep.name,
+        plan.runs.len(),
+        root.display(),
+        submitted.submitted.len(),
+        submitted.done.len(),
+        submitted.in_flight.len()
+    );
+    for arr in &submitted.arrays {
+        let ids: Vec<String> = arr.chunks.iter().map(|c| c.job_id.to_string()).collect();
+        println!(
+            "  job array {} ({} task(s)); script {}",
+            ids.join(", "),
+            arr.tasks.len(),
+            arr.chunks
+                .first()
+                .map_or_else(String::new, |c| c.script.display().to_string())
+        );
+    }
+    if !a.wait {
+        println!(
+            "follow with `primer status {0}`, cancel with `primer cancel {0}`; rerun this command to resubmit failed runs",
+            a.sweep.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut last = String::new();
+    let views = wait_sweep(
+        &plan,
+        &store,
+        &slurm,
+        Duration::from_secs_f64(a.poll_interval),
+        |v| {
+            let line = counts_line(v);
+            if line != last {
+                println!("slurm: {line}");
+                last = line;
+            }
+        },
+    )?;
+    let failed = print_failures(&plan, &views);
+    let all_done = views.iter().all(|v| v.state == SlurmRunState::Done);
+    if all_done && a.gc_checkpoints {
+        let _lock = store.lock(&format!("primer run --backend slurm {}", a.sweep.display()))?;
+        for c in gc_checkpoints(&plan, &store)? {
+            println!("removed checkpoint {}", c.display());
+        }
+    }
+    if failed > 0 {
+        println!(
+            "rerun to resubmit the failed runs:\n  primer run {} --backend slurm --wait",
+            a.sweep.display()
+        );
+    }
+    if !a.no_report {
+        write_sweep_report(sweep)?;
+    }
+    Ok(if all_done {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `3 done, 1 running, 2 queued`: the counts of [`summarize`] in a fixed order.
+fn counts_line(views: &[SlurmRunView]) -> String {
+    let counts = summarize(views);
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|(state, n)| format!("{n} {}", state.as_str()))
+        .collect();
+    parts.join(", ")
+}
+
+/// Prints every failed run with Slurm's detail and its log; returns how many failed.
+fn print_failures(plan: &Plan, views: &[SlurmRunView]) -> usize {
+    let mut n = 0;
+    for v in views.iter().filter(|v| v.state == SlurmRunState::Failed) {
+        n += 1;
+        let run = &plan.runs[v.run];
+        let failed_dep = run
+            .deps
+            .iter()
+            .find(|&&d| views[d].state == SlurmRunState::Failed)
+            .map(|&d| format!(" (its priming run {} failed)", plan.runs[d].dir_name()))
+            .unwrap_or_default();
+        println!(
+            "failed  {}: {}{failed_dep}\n        log: {}",
+            run.label(),
+            v.detail,
+            v.dir.join("log.txt").display()
+        );
+    }
+    n
+}
+
+/// `primer status` of a sweep submitted to Slurm: the store's results combined with Slurm's
+/// view of each recorded task.
+fn slurm_status_report(sweep: &Sweep, plan: &Plan, store: &Store) -> anyhow::Result<ExitCode> {
+    let views = slurm_status(plan, store, &Slurm::from_env())?;
+    println!(
+        "sweep '{}': {} runs in {} (Slurm backend)",
+        sweep.name,
+        plan.runs.len(),
+        store.root.display()
+    );
+    for (state, n) in summarize(&views) {
+        println!("  {:<14} {n}", state.as_str());
+    }
+    print_failures(plan, &views);
+    for v in &views {
+        if matches!(v.state, SlurmRunState::Running | SlurmRunState::Queued) {
+            println!(
+                "{:<7} {}: {}",
+                v.state.as_str(),
+                plan.runs[v.run].label(),
+                v.detail
+            );
+        }
+    }
+    if store.is_locked() {
+        println!("a `primer run` is active on this store");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_summary(s: &RunSummary, resume: &str) {

@@ -36,6 +36,13 @@ pub enum PrimeError {
         path: PathBuf,
         message: String,
     },
+    /// Stopped between outer steps because a preemption signal arrived (see
+    /// [`crate::slurm::signal`]). Nothing is written — no partial checkpoint — so a resubmitted
+    /// or requeued run restarts from scratch.
+    #[error(
+        "interrupted by a preemption signal after {step} outer steps; nothing was written, the run restarts from scratch when resubmitted"
+    )]
+    Interrupted { step: usize },
     #[error("cannot copy {from} to {to}: {source}")]
     Copy {
         from: PathBuf,

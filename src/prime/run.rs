@@ -236,7 +236,11 @@ pub fn prime(
         config.steps,
         sizes.sentences_per_task()
     );
-    for _ in 0..config.steps {
+    for step in 0..config.steps {
+        // Preemption (Slurm's warning signal): stop before the next step rather than be killed.
+        if crate::slurm::signal::preemption_requested() {
+            return Err(PrimeError::Interrupted { step });
+        }
         let record = if is_ft {
             let batches = sampler.ft_step(&sources)?;
             ft_step(&mut state, &batches, &mut opt)?

@@ -8,6 +8,7 @@ use super::error::SweepError;
 use super::source::{Entry, Node, NodeKind, Source, nearest};
 use crate::config::{FinetuneConfig, PrimeConfig};
 use crate::report::ReportSpec;
+use crate::slurm::SlurmOptions;
 use serde_json::Value;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -99,10 +100,14 @@ pub struct Sweep {
     /// In declaration order. A sweep without `[settings]` has one setting, "default", without priming.
     pub settings: Vec<Setting>,
     pub report: ReportSpec,
+    /// The `[slurm]` table: defaults of `primer run --backend slurm` (its command-line
+    /// options override them); all defaults when absent.
+    pub slurm: SlurmOptions,
 }
 
-const TOP_KEYS: [&str; 10] = [
+const TOP_KEYS: [&str; 11] = [
     "name", "store", "seeds", "targets", "base", "grid", "zip", "exclude", "settings", "report",
+    "slurm",
 ];
 const SETTING_KEYS: [&str; 4] = ["priming", "grid", "seeds", "targets"];
 
@@ -375,6 +380,7 @@ impl Sweep {
         let (mut grid, mut zips, mut excludes, mut settings) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut report = None;
+        let mut slurm = SlurmOptions::default();
         for e in top {
             match e.key.as_str() {
                 "name" => {
@@ -400,6 +406,7 @@ impl Sweep {
                 "exclude" => excludes = p.excludes_raw(e)?,
                 "settings" => settings = p.settings(e)?,
                 "report" => report = Some(e),
+                "slurm" => slurm = p.slurm(e)?,
                 other => return Err(p.unknown(e, other, &TOP_KEYS, "top level")),
             }
         }
@@ -450,6 +457,7 @@ impl Sweep {
             excludes,
             settings,
             report,
+            slurm,
             source,
         })
     }
@@ -887,6 +895,39 @@ impl Parser<'_> {
     }
 }
 
+impl Parser<'_> {
+    /// The `[slurm]` table: every key checked (unknown keys get the nearest valid one), every
+    /// value type- and syntax-checked, errors at the offending key's line.
+    fn slurm(&self, e: &Entry) -> Result<SlurmOptions, SweepError> {
+        let t = e
+            .value
+            .as_table()
+            .ok_or_else(|| self.err(&e.value.span, "slurm: expected a table"))?;
+        let fields: Vec<String> = match serde_json::to_value(SlurmOptions::default()) {
+            Ok(Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let field_refs: Vec<&str> = fields.iter().map(String::as_str).collect();
+        for item in t {
+            if !fields.contains(&item.key) {
+                return Err(self.unknown(item, &item.key, &field_refs, "[slurm] table"));
+            }
+            let mut one = serde_json::Map::new();
+            one.insert(item.key.clone(), item.value.to_json());
+            let parsed = serde_json::from_value::<SlurmOptions>(Value::Object(one))
+                .map_err(|err| self.err(&item.value.span, format!("slurm.{}: {err}", item.key)))?;
+            parsed
+                .validate()
+                .map_err(|err| self.err(&item.value.span, format!("slurm.{}: {err}", item.key)))?;
+        }
+        let opts: SlurmOptions = serde_json::from_value(e.value.to_json())
+            .map_err(|err| self.err(&e.value.span, format!("slurm: {err}")))?;
+        opts.validate()
+            .map_err(|err| self.err(&e.value.span, format!("slurm: {err}")))?;
+        Ok(opts)
+    }
+}
+
 /// The strings of a report field that name settings (figure3's `label` is free text).
 fn collect_setting_names(node: &Node, out: &mut Vec<(String, Range<usize>)>) {
     match &node.kind {
@@ -1103,5 +1144,38 @@ mod tests {
     #[test]
     fn missing_name_is_reported() {
         assert!(err("[base.finetune]\nmodel = \"m\"\n").contains("missing `name"));
+    }
+
+    #[test]
+    fn slurm_table_is_parsed_and_checked_per_key() {
+        assert_eq!(parse(HEAD).unwrap().slurm, SlurmOptions::default());
+        let s = parse(&format!(
+            "{HEAD}[slurm]\npartition = \"gpu\"\ngpus_per_task = 1\ntime = \"4:00:00\"\nsbatch_args = [\"--account=nlp\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(s.slurm.partition.as_deref(), Some("gpu"));
+        assert_eq!(s.slurm.gpus_per_task, Some(1));
+        assert_eq!(s.slurm.sbatch_args, vec!["--account=nlp"]);
+        assert_eq!(s.slurm.signal, crate::slurm::options::DEFAULT_SIGNAL);
+
+        let e = err(&format!("{HEAD}[slurm]\npartiton = \"gpu\"\n"));
+        assert!(
+            e.starts_with("sweeps/t.toml:5:1:") && e.contains("did you mean partition?"),
+            "{e}"
+        );
+        let e = err(&format!("{HEAD}[slurm]\ncpus_per_task = \"four\"\n"));
+        assert!(
+            e.starts_with("sweeps/t.toml:5:") && e.contains("slurm.cpus_per_task"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{HEAD}[slurm]\npartition = \"gpu\"\ntime = \"2h\"\n"
+        ));
+        assert!(
+            e.starts_with("sweeps/t.toml:6:") && e.contains("'2h' is not a Slurm time"),
+            "{e}"
+        );
+        let e = err(&format!("{HEAD}slurm = 3\n"));
+        assert!(e.contains("slurm: expected a table"), "{e}");
     }
 }

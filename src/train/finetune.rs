@@ -67,6 +67,13 @@ pub enum FinetuneError {
         epoch: usize,
         lr: f64,
     },
+    /// Stopped between optimiser steps because a preemption signal arrived (see
+    /// [`crate::slurm::signal`]). Nothing is written — no partial `metrics.json`, no optimiser
+    /// state — so a resubmitted or requeued run restarts from scratch.
+    #[error(
+        "interrupted by a preemption signal after {step} optimiser steps (epoch {epoch}); nothing was written, the run restarts from scratch when resubmitted"
+    )]
+    Interrupted { step: usize, epoch: usize },
 }
 
 type Result<T> = std::result::Result<T, FinetuneError>;
@@ -294,6 +301,10 @@ pub fn run_finetune(config: &FinetuneConfig, out_dir: &Path, progress: &dyn Prog
         let batches = splits.batcher.train_batches(&splits.train, &mut shuffle, &device)?;
         let mut epoch_loss = 0.0f64;
         for batch in &batches {
+            // Preemption (Slurm's warning signal): stop before the next step rather than be killed mid-write.
+            if crate::slurm::signal::preemption_requested() {
+                return Err(FinetuneError::Interrupted { step, epoch });
+            }
             let logits = match &cache {
                 Some(c) => tagger.logits_from_hidden(&c.hidden_for(batch)?, lang)?,
                 None => tagger.logits(&inputs_of(batch), lang, Some(&mut dropout))?,
