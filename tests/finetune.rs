@@ -101,6 +101,8 @@ fn metrics_file_is_complete_and_parameter_shares_follow_the_method() {
         assert_eq!(m.loss_curve.len(), m.steps);
         assert_eq!(m.test_sentence_counts.len(), 20);
         assert!((1..=2).contains(&m.best_epoch));
+        assert_eq!(m.dev, m.epochs[m.best_epoch - 1].dev, "dev scores are those of the selected epoch");
+        assert!(m.epochs.iter().all(|e| e.dev.f1 <= m.dev.f1), "the selected epoch has the best dev F1");
         assert!(m.loss_curve.iter().all(|l| l.is_finite()));
         // Sentence counts are the sufficient statistics of the reported test scores.
         let [c, p, g] = m.test_sentence_counts.iter().fold([0u32; 3], |acc, s| {

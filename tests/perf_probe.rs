@@ -34,7 +34,11 @@ fn time(name: &str, reps: usize, flops: Option<f64>, f: &mut dyn FnMut()) {
             fl / cpu * 1e-9,
             fl / wall * 1e-9
         ),
-        None => eprintln!("{name:<40} wall {:7.2} ms  cpu {:7.2} ms", wall * 1e3, cpu * 1e3),
+        None => eprintln!(
+            "{name:<40} wall {:7.2} ms  cpu {:7.2} ms",
+            wall * 1e3,
+            cpu * 1e3
+        ),
     }
 }
 
@@ -69,9 +73,78 @@ fn probe_gemm_layouts() {
     time("bmm p . v [192,64,64]x[64,32]", 10, fl, &mut || {
         p.matmul(&kk).unwrap();
     });
-    let big = Some(0.0);
-    let _ = big;
     time("alloc+zero 1024x1536 tensor", 10, None, &mut || {
         Tensor::zeros((m, n), candle_core::DType::F32, &dev).unwrap();
+    });
+}
+
+/// Fused attention against the composite (head transposes + batched matmuls), forward and
+/// forward + backward, at the benchmark's size (batch 16 × seq 64, H384, 12 heads).
+#[test]
+#[ignore]
+fn probe_attention() {
+    use primer::model::attention::{attention, attention_composite};
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(1);
+    let (b, t, h, nh) = (16usize, 64usize, 384usize, 12usize);
+    let mk = |rng: &mut SeededRng| {
+        candle_core::Var::from_tensor(&rng.normal_tensor(&[b, t, h], 1.0, &dev).unwrap()).unwrap()
+    };
+    let (q, k, v) = (mk(&mut rng), mk(&mut rng), mk(&mut rng));
+    let bias = Tensor::zeros((b, t), candle_core::DType::F32, &dev).unwrap();
+    let fl = Some(4.0 * (b * nh * t * t * (h / nh)) as f64);
+    time("attention fused fwd", 10, fl, &mut || {
+        attention(&q, &k, &v, &bias, nh, None).unwrap();
+    });
+    time("attention composite fwd", 10, fl, &mut || {
+        attention_composite(&q, &k, &v, &bias, nh, None).unwrap();
+    });
+    let fl3 = fl.map(|f| 3.0 * f);
+    time("attention fused fwd+bwd", 5, fl3, &mut || {
+        attention(&q, &k, &v, &bias, nh, None)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+    });
+    time("attention composite fwd+bwd", 5, fl3, &mut || {
+        attention_composite(&q, &k, &v, &bias, nh, None)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+    });
+}
+
+/// The element-wise ops of one encoder layer at the benchmark's size.
+#[test]
+#[ignore]
+fn probe_elementwise() {
+    use primer::model::ops;
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(2);
+    let inter = rng.normal_tensor(&[1024, 1536], 1.0, &dev).unwrap();
+    let hid = rng.normal_tensor(&[16, 64, 384], 1.0, &dev).unwrap();
+    let g = rng.normal_tensor(&[384], 1.0, &dev).unwrap();
+    let s = rng.normal_tensor(&[16, 12, 64, 64], 3.0, &dev).unwrap();
+    time("gelu 1024x1536", 10, None, &mut || {
+        ops::gelu(&inter).unwrap();
+    });
+    let iv = candle_core::Var::from_tensor(&inter).unwrap();
+    time("gelu fwd+bwd 1024x1536", 10, None, &mut || {
+        ops::gelu(&iv)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+    });
+    time("layer_norm 1024x384", 10, None, &mut || {
+        ops::layer_norm(&hid, &g, &g, 1e-12).unwrap();
+    });
+    time("softmax 16x12x64x64", 10, None, &mut || {
+        ops::softmax_last_dim(&s).unwrap();
     });
 }

@@ -302,7 +302,7 @@ pub fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Why a run returned early, if it was a preemption signal.
+/// Whether a run stopped early because the preemption signal arrived.
 fn interrupted(e: &anyhow::Error) -> bool {
     matches!(
         e.downcast_ref::<primer::prime::PrimeError>(),
@@ -325,15 +325,15 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
     match result {
         Err(e) if interrupted(&e) => {
             tracing::warn!("{e:#}");
-            let requeued = on_preempted(&a.run_dir, &Slurm::from_env(), job_id.as_deref())?;
-            println!(
-                "{}",
-                if requeued {
-                    "interrupted by the preemption signal: Slurm requeues this task, which restarts the run from scratch"
-                } else {
-                    "interrupted by the preemption signal: rerun the sweep to run it again"
-                }
-            );
+            if job_id.is_some() {
+                // Printed first: the requeue makes Slurm terminate this task within moments.
+                println!(
+                    "interrupted by the preemption signal: requeueing this Slurm task, which will restart the run from scratch"
+                );
+            }
+            if !on_preempted(&a.run_dir, &Slurm::from_env(), job_id.as_deref())? {
+                println!("interrupted by the preemption signal: rerun the sweep to run it again");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -545,7 +545,9 @@ fn run_slurm(a: &RunArgs, sweep: &Sweep) -> anyhow::Result<ExitCode> {
     // anything is written (tools installed, partition known, request satisfiable, store
     // writable).
     let opts = sweep.slurm.merge(&a.slurm.to_options());
-    let slurm = Slurm::from_env();
+    // Tasks inherit sbatch's environment; their output goes to log.txt, a file, so no terminal
+    // colour codes (as for the local backend's children).
+    let slurm = Slurm::from_env().with_env("NO_COLOR", "1");
     let store = Store::new(&plan.store);
     let root = std::path::absolute(&store.root)
         .with_context(|| format!("cannot resolve the store path {}", store.root.display()))?;

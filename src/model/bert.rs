@@ -1,9 +1,10 @@
 //! The BERT encoder f (θp): parameter names and shapes, the Hugging Face checkpoint loader and
 //! saver, and the forward pass as a function over named weights.
 
+use super::attention::attention;
 use super::config::BertConfig;
 use super::error::{ModelError, Result};
-use super::ops::{dropout, gelu, layer_norm, linear, scaled_linear, softmax_last_dim};
+use super::ops::{dropout, gelu, layer_norm, linear, scaled_linear};
 use super::params::{ParamSet, Weights, read_safetensors, save_named, take_checked};
 use crate::rng::SeededRng;
 use candle_core::{DType, Device, Tensor};
@@ -135,11 +136,10 @@ pub fn save_encoder(dir: &Path, cfg: &BertConfig, weights: &dyn Weights) -> Resu
     Ok(())
 }
 
-/// The additive attention bias `[B, 1, 1, T]`: 0 on tokens, −1e9 on padding.
+/// The additive attention bias of every key `[B, T]`: 0 on tokens, −1e9 on padding.
 fn attention_bias(mask: &Tensor) -> Result<Tensor> {
-    let (b, t) = mask.dims2()?;
     let m = mask.to_dtype(DType::F32)?;
-    Ok(((m - 1.0)? * 1e9)?.reshape((b, 1, 1, t))?)
+    Ok(((m - 1.0)? * 1e9)?)
 }
 
 /// BERT forward: last hidden states `[B, T, H]`.
@@ -207,33 +207,33 @@ pub fn encode(
     for l in 0..cfg.num_hidden_layers {
         let p = |n: &str| format!("encoder.layer.{l}.{n}");
         let get = |n: &str| w.weight(&p(n));
-        // [B, T, H] -> [B, nh, T, dh]
-        let heads = |y: Tensor| -> Result<Tensor> {
-            Ok(y.reshape((b, t, nh, dh))?.transpose(1, 2)?.contiguous()?)
-        };
         // Scaling q (B·T·H values) instead of the scores (B·nh·T·T) is cheaper and the same.
-        let q = heads(scaled_linear(
+        let q = scaled_linear(
             &x,
             get("attention.self.query.weight")?,
             Some(get("attention.self.query.bias")?),
             scale,
-        )?)?;
-        let k = heads(linear(
+        )?;
+        let k = linear(
             &x,
             get("attention.self.key.weight")?,
             Some(get("attention.self.key.bias")?),
-        )?)?;
-        let v = heads(linear(
+        )?;
+        let v = linear(
             &x,
             get("attention.self.value.weight")?,
             Some(get("attention.self.value.bias")?),
-        )?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
-        let mut probs = softmax_last_dim(&scores)?;
-        if let Some(r) = dropout_rng.as_deref_mut() {
-            probs = dropout(&probs, p_attn, r)?;
-        }
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
+        )?;
+        // The probabilities' dropout mask, drawn where `dropout` would draw it.
+        let drop_mask = match dropout_rng.as_deref_mut() {
+            Some(r) if p_attn > 0.0 => Some(
+                r.dropout_mask(&[b, nh, t, t], p_attn as f32, x.device())?
+                    .to_dtype(x.dtype())?,
+            ),
+            _ => None,
+        };
+        // One fused op on [B, T, H] (heads read in place) on the CPU.
+        let ctx = attention(&q, &k, &v, &bias, nh, drop_mask.as_ref())?;
         let mut a = linear(
             &ctx,
             get("attention.output.dense.weight")?,

@@ -33,10 +33,12 @@
 //! # let _ = grads; Ok(()) }
 //! ```
 
+pub mod attention;
 pub mod bert;
 pub mod config;
 pub mod error;
 pub mod init;
+pub mod kernels;
 pub mod ops;
 pub mod params;
 pub mod tagger;

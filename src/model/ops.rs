@@ -8,6 +8,7 @@
 //! unit tests check the fused kernels against the composite ones, values and gradients.
 
 use super::error::{ModelError, Result};
+use super::kernels;
 use crate::rng::SeededRng;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, D, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -241,10 +242,7 @@ impl CustomOp3 for LayerNormOp {
             .zip(x.par_chunks(chunk))
             .for_each(|(yc, xc)| {
                 for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                    let (mean, rstd) = row_stats(xr, self.eps);
-                    for i in 0..d {
-                        yr[i] = (xr[i] - mean) * rstd * g[i] + b[i];
-                    }
+                    kernels::layer_norm_row(xr, g, b, self.eps, yr);
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -270,13 +268,6 @@ impl CustomOp3 for LayerNormOp {
         let db = packed.narrow(0, n + d, d)?.reshape(gamma.shape())?;
         Ok((Some(dx), Some(dg), Some(db)))
     }
-}
-
-fn row_stats(xr: &[f32], eps: f32) -> (f32, f32) {
-    let d = xr.len() as f32;
-    let mean = xr.iter().sum::<f32>() / d;
-    let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
-    (mean, 1.0 / (var + eps).sqrt())
 }
 
 /// Backward of [`LayerNormOp`]: returns `[dx (flattened) | dγ | dβ]` in one buffer.
@@ -314,31 +305,15 @@ impl CustomOp3 for LayerNormBwdOp {
                 // Local [dγ | dβ] of this block of rows, summed afterwards.
                 let mut acc = vec![0f32; 2 * d];
                 let mut xhat = vec![0f32; d];
+                let (dg, db) = acc.split_at_mut(d);
                 for ((dxr, xr), dyr) in dxc.chunks_mut(d).zip(xc.chunks(d)).zip(dyc.chunks(d)) {
-                    let (mean, rstd) = row_stats(xr, self.eps);
-                    let mut sum_dxhat = 0f32;
-                    let mut sum_dxhat_xhat = 0f32;
-                    for i in 0..d {
-                        xhat[i] = (xr[i] - mean) * rstd;
-                        acc[i] += dyr[i] * xhat[i];
-                        acc[d + i] += dyr[i];
-                        let dxh = dyr[i] * g[i];
-                        sum_dxhat += dxh;
-                        sum_dxhat_xhat += dxh * xhat[i];
-                    }
-                    let m1 = sum_dxhat / d as f32;
-                    let m2 = sum_dxhat_xhat / d as f32;
-                    for i in 0..d {
-                        dxr[i] = rstd * (dyr[i] * g[i] - m1 - xhat[i] * m2);
-                    }
+                    kernels::layer_norm_bwd_row(xr, g, dyr, self.eps, dxr, dg, db, &mut xhat);
                 }
                 acc
             })
             .collect();
         for p in partials {
-            for (r, v) in rest.iter_mut().zip(p) {
-                *r += v;
-            }
+            kernels::add_assign(rest, &p);
         }
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
@@ -361,14 +336,7 @@ impl CustomOp1 for SoftmaxOp {
             .zip(x.par_chunks(chunk.max(1)))
             .for_each(|(yc, xc)| {
                 for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                    let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for (o, &v) in yr.iter_mut().zip(xr) {
-                        *o = (v - max).exp();
-                        sum += *o;
-                    }
-                    let inv = 1.0 / sum;
-                    yr.iter_mut().for_each(|o| *o *= inv);
+                    kernels::softmax_row(xr, yr);
                 }
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
@@ -410,10 +378,7 @@ impl candle_core::CustomOp2 for SoftmaxBwdOp {
             .zip(y.par_chunks(chunk.max(1)).zip(dy.par_chunks(chunk.max(1))))
             .for_each(|(dxc, (yc, dyc))| {
                 for ((dxr, yr), dyr) in dxc.chunks_mut(d).zip(yc.chunks(d)).zip(dyc.chunks(d)) {
-                    let dot: f32 = yr.iter().zip(dyr).map(|(a, b)| a * b).sum();
-                    for i in 0..d {
-                        dxr[i] = yr[i] * (dyr[i] - dot);
-                    }
+                    kernels::softmax_bwd_row(yr, dyr, dxr);
                 }
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
@@ -455,9 +420,7 @@ impl CustomOp3 for LinearOp {
         let chunk = rows_per_task(rows, out) * out;
         yv.par_chunks_mut(chunk.max(1)).for_each(|yc| {
             for yr in yc.chunks_mut(out) {
-                for (o, &bi) in yr.iter_mut().zip(b) {
-                    *o = (*o + bi) * scale;
-                }
+                kernels::bias_scale_row(yr, b, scale);
             }
         });
         let mut shape = lx.dims().to_vec();
@@ -487,8 +450,6 @@ impl CustomOp3 for LinearOp {
     }
 }
 
-const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
-
 struct GeluOp;
 
 impl CustomOp1 for GeluOp {
@@ -501,14 +462,7 @@ impl CustomOp1 for GeluOp {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(1 << 14)
             .zip(x.par_chunks(1 << 14))
-            .for_each(|(yc, xc)| {
-                for (o, &v) in yc.iter_mut().zip(xc) {
-                    *o = 0.5
-                        * v
-                        * (1.0
-                            + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
-                }
-            });
+            .for_each(|(yc, xc)| kernels::gelu(xc, yc));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -542,15 +496,7 @@ impl candle_core::CustomOp2 for GeluBwdOp {
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(1 << 14)
             .zip(x.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14)))
-            .for_each(|(dc, (xc, gc))| {
-                for ((o, &v), &g) in dc.iter_mut().zip(xc).zip(gc) {
-                    let cdf = 0.5
-                        * (1.0
-                            + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
-                    let pdf = FRAC_1_SQRT_2PI * (-0.5 * v * v).exp();
-                    *o = g * (cdf + v * pdf);
-                }
-            });
+            .for_each(|(dc, (xc, gc))| kernels::gelu_bwd(xc, gc, dc));
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -578,9 +524,7 @@ impl candle_core::CustomOp2 for BiasAddOp {
             .zip(x.par_chunks(chunk.max(1)))
             .for_each(|(yc, xc)| {
                 for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                    for i in 0..d {
-                        yr[i] = xr[i] + b[i];
-                    }
+                    kernels::add_row(xr, b, yr);
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -620,18 +564,14 @@ impl CustomOp1 for ColumnSumOp {
             .map(|xc| {
                 let mut acc = vec![0f32; d];
                 for xr in xc.chunks(d) {
-                    for i in 0..d {
-                        acc[i] += xr[i];
-                    }
+                    kernels::add_assign(&mut acc, xr);
                 }
                 acc
             })
             .collect();
         let mut out = vec![0f32; d];
         for p in partials {
-            for (o, v) in out.iter_mut().zip(p) {
-                *o += v;
-            }
+            kernels::add_assign(&mut out, &p);
         }
         Ok((CpuStorage::F32(out), Shape::from(d)))
     }

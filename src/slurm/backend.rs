@@ -319,7 +319,7 @@ fn classify(
         None => (
             SlurmRunState::Failed,
             with_error(format!(
-                "Slurm no longer knows task {} (submitted {}; finished tasks are forgotten after MinJobAge) and the run wrote no result",
+                "Slurm no longer knows task {} (submitted {}): it was cancelled before it started, or it ended longer ago than the cluster's MinJobAge; the run wrote no result",
                 rec.job_ref(),
                 rec.submitted_at
             )),
@@ -363,35 +363,37 @@ pub fn wait_sweep(
 /// What `primer exec` does when a run stopped early because
 /// [`super::signal::preemption_requested`] turned true (Slurm's warning before preemption or
 /// the time limit): records the interruption in `status.json` and, inside a Slurm task
-/// (`job_id` = `SLURM_JOB_ID`), asks Slurm to requeue it so that it runs again later. Returns
-/// whether the task was requeued; the caller then exits (status 0 is fine: Slurm ends this
-/// execution anyway).
+/// (`job_id` = [`super::signal::current_job_id`]), asks Slurm to requeue it so that it runs
+/// again later. Returns whether the task was requeued; the caller then exits (status 0 is
+/// fine: Slurm ends this execution anyway).
 pub fn on_preempted(
     run_dir: &Path,
     slurm: &Slurm,
     job_id: Option<&str>,
 ) -> Result<bool, SlurmError> {
-    let requeued = match job_id {
-        Some(id) => {
-            super::signal::requeue(slurm, id)?;
-            true
-        }
-        None => false,
+    let mark = |note: String| {
+        Store::update_status(run_dir, |s| {
+            s.state = RunState::Pending;
+            s.error = Some(note);
+            s.finished_at = Some(crate::sweep::store::now_s());
+        })
     };
-    let note = if requeued {
-        format!(
-            "interrupted by Slurm's preemption signal; task {} requeued",
-            job_id.unwrap_or("?")
-        )
-    } else {
-        "interrupted by a preemption signal; rerun the sweep to resume".to_string()
+    let Some(id) = job_id else {
+        mark("interrupted by a preemption signal; rerun the sweep to resume".into())?;
+        return Ok(false);
     };
-    Store::update_status(run_dir, |s| {
-        s.state = RunState::Pending;
-        s.error = Some(note);
-        s.finished_at = Some(crate::sweep::store::now_s());
-    })?;
-    Ok(requeued)
+    // Recorded before the requeue: requeueing a running task makes Slurm terminate it, this
+    // process included, within moments.
+    mark(format!(
+        "interrupted by Slurm's preemption signal; task {id} requeued"
+    ))?;
+    if let Err(e) = super::signal::requeue(slurm, id) {
+        mark(format!(
+            "interrupted by Slurm's preemption signal; requeueing task {id} failed ({e}): rerun the sweep to resume"
+        ))?;
+        return Err(e);
+    }
+    Ok(true)
 }
 
 /// Counts of runs per state, for a one-line summary.

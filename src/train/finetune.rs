@@ -26,7 +26,7 @@ use crate::data::{self, Batch, Batcher, EncodedSentence, LabelSet, Sentence, Wor
 use crate::device::{open_device, DeviceError};
 use crate::fsutil::{write_json_atomic, FsError};
 use crate::metric::{self, MetricError, Scores};
-use crate::model::{masked_cross_entropy, EncoderInputs, ModelError, Tagger};
+use crate::model::{masked_cross_entropy, EncoderInputs, ModelError, Tagger, TensorSet};
 use crate::progress::{ProgressEvent, ProgressSink};
 use crate::rng::SeededRng;
 use crate::train::metrics::{EpochSummary, FinetuneMetrics, SentenceCounts};
@@ -294,7 +294,9 @@ pub fn run_finetune(config: &FinetuneConfig, out_dir: &Path, progress: &dyn Prog
     let mut dropout = SeededRng::derive(config.seed, "dropout");
     let mut loss_curve = Vec::with_capacity(total_steps);
     let mut epochs = Vec::with_capacity(config.epochs);
-    let mut best: Option<(usize, Evaluation, Evaluation)> = None;
+    // Best-dev selection: the trained groups' weights of the best dev epoch are kept (None: the
+    // current weights, when the best epoch is the last) and test is scored once, with them.
+    let mut best: Option<(usize, Evaluation, Option<Vec<TensorSet>>)> = None;
     let mut step = 0usize;
 
     for epoch in 1..=config.epochs {
@@ -335,6 +337,16 @@ pub fn run_finetune(config: &FinetuneConfig, out_dir: &Path, progress: &dyn Prog
         progress.report(ProgressEvent::new("eval", epoch as u64, config.epochs as u64));
         let dev = evaluate(&tagger, lang, &splits.labels, &splits.dev, &splits.dev_gold, &eval_batcher, &device)?;
         let improved = best.as_ref().is_none_or(|(_, d, _)| dev.scores.f1 > d.scores.f1);
+        let kept = if improved && epoch < config.epochs {
+            Some(
+                groups
+                    .iter()
+                    .map(|g| tagger.group(g).and_then(|p| p.snapshot()))
+                    .collect::<std::result::Result<Vec<_>, _>>()?,
+            )
+        } else {
+            None
+        };
         epochs.push(EpochSummary {
             epoch,
             mean_train_loss: epoch_loss / batches.len().max(1) as f64,
@@ -345,13 +357,18 @@ pub fn run_finetune(config: &FinetuneConfig, out_dir: &Path, progress: &dyn Prog
                 .with_message(format!("epoch {epoch} dev F1 {:.2}", 100.0 * dev.scores.f1)),
         );
         if improved {
-            // Best-dev selection: test is scored with the weights of the best dev epoch.
-            let test = evaluate(&tagger, lang, &splits.labels, &splits.test, &splits.test_gold, &eval_batcher, &device)?;
-            best = Some((epoch, dev, test));
+            best = Some((epoch, dev, kept));
         }
     }
 
-    let (best_epoch, dev, test) = best.expect("at least one epoch ran");
+    let (best_epoch, dev, kept) = best.expect("at least one epoch ran");
+    if let Some(snapshots) = kept {
+        for (g, snapshot) in groups.iter().zip(&snapshots) {
+            tagger.group(g)?.assign_from(snapshot)?;
+        }
+    }
+    progress.report(ProgressEvent::new("test", 0, 1).with_message(format!("scoring epoch {best_epoch}")));
+    let test = evaluate(&tagger, lang, &splits.labels, &splits.test, &splits.test_gold, &eval_batcher, &device)?;
     let metrics = FinetuneMetrics {
         lang: lang.to_string(),
         method: config.method,

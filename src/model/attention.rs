@@ -1,0 +1,483 @@
+//! Multi-head scaled dot-product attention as one differentiable operation.
+//!
+//! On the CPU (f32) the whole core — `softmax(q·kᵀ + key_bias) ⊙ dropout · v` for every
+//! (sequence, head) — is a single custom op over `[B, T, H]` inputs: the per-head blocks are
+//! read in place with strided GEMMs (no head transposes, no `[B, nh, T, T]` bias broadcast, no
+//! gradient buffers for the intermediate nodes), and the backward recomputes the
+//! probabilities instead of keeping them. On other devices and dtypes the same function is
+//! composed from candle's differentiable ops.
+
+use super::error::{ModelError, Result};
+use super::kernels;
+use super::ops::softmax_last_dim;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Attention context `[B, T, H]` of `nh` heads.
+///
+/// * `q`, `k`, `v`: `[B, T, H]` projections (q already scaled by `1/sqrt(head_dim)`);
+/// * `key_bias`: `[B, T]` added to every score of key `t` (0 on tokens, −1e9 on padding);
+/// * `dropout_mask`: `[B, nh, T, T]` multiplier of the probabilities (0 or `1/(1−p)`), in
+///   training only.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_bias: &Tensor,
+    nh: usize,
+    dropout_mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, t, h) = q.dims3()?;
+    if k.dims() != [b, t, h] || v.dims() != [b, t, h] || key_bias.dims() != [b, t] {
+        return Err(ModelError::Invalid(format!(
+            "attention: q {:?}, k {:?}, v {:?}, key bias {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims(),
+            key_bias.dims()
+        )));
+    }
+    if nh == 0 || h % nh != 0 {
+        return Err(ModelError::Invalid(format!(
+            "attention: hidden size {h} is not a multiple of {nh} heads"
+        )));
+    }
+    if let Some(m) = dropout_mask
+        && m.dims() != [b, nh, t, t]
+    {
+        return Err(ModelError::Invalid(format!(
+            "attention: dropout mask {:?}, expected {:?}",
+            m.dims(),
+            [b, nh, t, t]
+        )));
+    }
+    let cpu_f32 = |x: &Tensor| x.device().is_cpu() && x.dtype() == DType::F32;
+    if [q, k, v].into_iter().all(cpu_f32) && dropout_mask.is_none_or(cpu_f32) {
+        let op = AttentionOp {
+            nh,
+            key_bias: key_bias
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            mask: match dropout_mask {
+                Some(m) => Some(m.flatten_all()?.to_vec1::<f32>()?),
+                None => None,
+            },
+        };
+        return Ok(q
+            .contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?);
+    }
+    attention_composite(q, k, v, key_bias, nh, dropout_mask)
+}
+
+/// [`attention`] from candle's differentiable ops (any device, any float dtype).
+pub fn attention_composite(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_bias: &Tensor,
+    nh: usize,
+    dropout_mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, t, h) = q.dims3()?;
+    let dh = h / nh;
+    // [B, T, H] -> [B, nh, T, dh]
+    let heads = |y: &Tensor| -> Result<Tensor> {
+        Ok(y.reshape((b, t, nh, dh))?.transpose(1, 2)?.contiguous()?)
+    };
+    let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
+    let bias = key_bias.to_dtype(q.dtype())?.reshape((b, 1, 1, t))?;
+    let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
+    let mut probs = softmax_last_dim(&scores)?;
+    if let Some(m) = dropout_mask {
+        probs = probs.mul(&m.to_dtype(probs.dtype())?)?;
+    }
+    Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?)
+}
+
+/// The fused CPU attention (see the module docs).
+struct AttentionOp {
+    nh: usize,
+    /// `[B·T]` additive key bias.
+    key_bias: Vec<f32>,
+    /// `[B·nh·T·T]` dropout multiplier, if any.
+    mask: Option<Vec<f32>>,
+}
+
+/// Shape of one problem: batch, length, hidden, heads, head size.
+#[derive(Clone, Copy)]
+struct Dims {
+    t: usize,
+    h: usize,
+    nh: usize,
+    dh: usize,
+}
+
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)` on strided f32 blocks, single-threaded (the callers
+/// parallelise over heads). Strides are (row, column) in elements.
+///
+/// # Safety
+/// Every pointer must address a block of the given shape and strides inside its allocation,
+/// and `dst` must not overlap the inputs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: *const f32,
+    rhs_rs: usize,
+    rhs_cs: usize,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+impl AttentionOp {
+    /// Probabilities `P = softmax(q·kᵀ + bias)` of sequence `bi`, head `hi` into `p` (T×T).
+    fn probs(&self, d: Dims, q: &[f32], k: &[f32], bi: usize, hi: usize, p: &mut [f32]) {
+        let off = bi * d.t * d.h + hi * d.dh;
+        // SAFETY: q/k blocks are T rows of dh values at stride H inside [B, T, H]; p is T×T.
+        unsafe {
+            gemm_strided(
+                d.t,
+                d.t,
+                d.dh,
+                p.as_mut_ptr(),
+                d.t,
+                q.as_ptr().add(off),
+                d.h,
+                1,
+                k.as_ptr().add(off),
+                1,
+                d.h,
+            );
+        }
+        let bias = &self.key_bias[bi * d.t..(bi + 1) * d.t];
+        for row in p.chunks_mut(d.t) {
+            kernels::add_assign(row, bias);
+            kernels::softmax_inplace(row);
+        }
+    }
+
+    fn mask_block(&self, d: Dims, bi: usize, hi: usize) -> Option<&[f32]> {
+        let tt = d.t * d.t;
+        let start = (bi * d.nh + hi) * tt;
+        self.mask.as_ref().map(|m| &m[start..start + tt])
+    }
+}
+
+fn dims_of(l: &Layout, nh: usize) -> candle_core::Result<(usize, Dims)> {
+    let (b, t, h) = l.shape().dims3()?;
+    Ok((
+        b,
+        Dims {
+            t,
+            h,
+            nh,
+            dh: h / nh,
+        },
+    ))
+}
+
+fn slice_of<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("attention {what}: input must be contiguous"),
+    }
+}
+
+/// A raw pointer that may cross into rayon tasks which write disjoint blocks through it.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: every task writes a disjoint set of (sequence, head) blocks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "primer-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, d) = dims_of(lq, self.nh)?;
+        let (q, k, v) = (
+            slice_of(sq, lq, "q")?,
+            slice_of(sk, lk, "k")?,
+            slice_of(sv, lv, "v")?,
+        );
+        let mut out = vec![0f32; q.len()];
+        let dst = SendPtr(out.as_mut_ptr());
+        (0..b * d.nh).into_par_iter().for_each_init(
+            || vec![0f32; d.t * d.t],
+            |p, job| {
+                let (bi, hi) = (job / d.nh, job % d.nh);
+                self.probs(d, q, k, bi, hi, p);
+                if let Some(m) = self.mask_block(d, bi, hi) {
+                    p.iter_mut().zip(m).for_each(|(a, &w)| *a *= w);
+                }
+                let off = bi * d.t * d.h + hi * d.dh;
+                let dst = dst;
+                // SAFETY: job (bi, hi) writes only its own T×dh block of `out`.
+                unsafe {
+                    gemm_strided(
+                        d.t,
+                        d.dh,
+                        d.t,
+                        dst.0.add(off),
+                        d.h,
+                        p.as_ptr(),
+                        d.t,
+                        1,
+                        v.as_ptr().add(off),
+                        d.h,
+                        1,
+                    );
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), lq.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let n = q.elem_count();
+        let packed = q.apply_op3_no_bwd(
+            k,
+            v,
+            &AttentionBwdOp {
+                fwd: AttentionOp {
+                    nh: self.nh,
+                    key_bias: self.key_bias.clone(),
+                    mask: self.mask.clone(),
+                },
+                grad: grad.contiguous()?,
+            },
+        )?;
+        let part = |i: usize| packed.narrow(0, i * n, n)?.reshape(q.shape());
+        Ok((Some(part(0)?), Some(part(1)?), Some(part(2)?)))
+    }
+}
+
+/// Backward of [`AttentionOp`]: `[dq | dk | dv]` flattened in one buffer.
+struct AttentionBwdOp {
+    fwd: AttentionOp,
+    grad: Tensor,
+}
+
+impl CustomOp3 for AttentionBwdOp {
+    fn name(&self) -> &'static str {
+        "primer-attention-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, d) = dims_of(lq, self.fwd.nh)?;
+        let (q, k, v) = (
+            slice_of(sq, lq, "q")?,
+            slice_of(sk, lk, "k")?,
+            slice_of(sv, lv, "v")?,
+        );
+        let (gs, gl) = self.grad.storage_and_layout();
+        let Storage::Cpu(gs) = &*gs else {
+            candle_core::bail!("attention backward: the gradient is not on the CPU")
+        };
+        let g = slice_of(gs, gl, "grad")?;
+        if g.len() != q.len() {
+            candle_core::bail!("attention backward: gradient {:?}", gl.dims());
+        }
+        let n = q.len();
+        let mut out = vec![0f32; 3 * n];
+        let base = SendPtr(out.as_mut_ptr());
+        let tt = d.t * d.t;
+        (0..b * d.nh).into_par_iter().for_each_init(
+            || (vec![0f32; tt], vec![0f32; tt], vec![0f32; tt]),
+            |(p, pd, dp), job| {
+                let (bi, hi) = (job / d.nh, job % d.nh);
+                let off = bi * d.t * d.h + hi * d.dh;
+                self.fwd.probs(d, q, k, bi, hi, p);
+                let mask = self.fwd.mask_block(d, bi, hi);
+                // P' = P ⊙ mask, the probabilities that multiplied v.
+                let pdrop: &[f32] = match mask {
+                    Some(m) => {
+                        for ((o, &a), &w) in pd.iter_mut().zip(p.iter()).zip(m) {
+                            *o = a * w;
+                        }
+                        pd
+                    }
+                    None => p,
+                };
+                let base = base;
+                // SAFETY: job (bi, hi) writes only its own T×dh blocks of dq, dk and dv;
+                // all reads stay inside the [B, T, H] inputs and the T×T scratch buffers.
+                unsafe {
+                    let (dq, dk, dv) = (base.0, base.0.add(n), base.0.add(2 * n));
+                    // dv = P'ᵀ · dctx
+                    gemm_strided(
+                        d.t,
+                        d.dh,
+                        d.t,
+                        dv.add(off),
+                        d.h,
+                        pdrop.as_ptr(),
+                        1,
+                        d.t,
+                        g.as_ptr().add(off),
+                        d.h,
+                        1,
+                    );
+                    // dP' = dctx · vᵀ
+                    gemm_strided(
+                        d.t,
+                        d.t,
+                        d.dh,
+                        dp.as_mut_ptr(),
+                        d.t,
+                        g.as_ptr().add(off),
+                        d.h,
+                        1,
+                        v.as_ptr().add(off),
+                        1,
+                        d.h,
+                    );
+                    if let Some(m) = mask {
+                        dp.iter_mut().zip(m).for_each(|(a, &w)| *a *= w);
+                    }
+                    // dS = P ⊙ (dP − Σ dP ⊙ P), row-wise (reusing `pd` for dS).
+                    for ((ds, pr), dpr) in pd.chunks_mut(d.t).zip(p.chunks(d.t)).zip(dp.chunks(d.t))
+                    {
+                        kernels::softmax_bwd_row(pr, dpr, ds);
+                    }
+                    // dq = dS · k, dk = dSᵀ · q
+                    gemm_strided(
+                        d.t,
+                        d.dh,
+                        d.t,
+                        dq.add(off),
+                        d.h,
+                        pd.as_ptr(),
+                        d.t,
+                        1,
+                        k.as_ptr().add(off),
+                        d.h,
+                        1,
+                    );
+                    gemm_strided(
+                        d.t,
+                        d.dh,
+                        d.t,
+                        dk.add(off),
+                        d.h,
+                        pd.as_ptr(),
+                        1,
+                        d.t,
+                        q.as_ptr().add(off),
+                        d.h,
+                        1,
+                    );
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from(3 * n)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SeededRng;
+    use candle_core::{Device, Var};
+
+    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// The fused op equals the composite in value and in all three gradients, with padding
+    /// and with a dropout mask, on a length that is not a multiple of the SIMD width.
+    #[test]
+    fn fused_attention_matches_composite() {
+        let dev = Device::Cpu;
+        let mut rng = SeededRng::new(11);
+        let (b, t, h, nh) = (2usize, 5usize, 12usize, 3usize);
+        let mk = |rng: &mut SeededRng| {
+            Var::from_tensor(&rng.normal_tensor(&[b, t, h], 1.0, &dev).unwrap()).unwrap()
+        };
+        let (q, k, v) = (mk(&mut rng), mk(&mut rng), mk(&mut rng));
+        let bias = Tensor::new(&[[0f32, 0., 0., 0., 0.], [0., 0., 0., -1e9, -1e9]], &dev).unwrap();
+        let r = rng.normal_tensor(&[b, t, h], 1.0, &dev).unwrap();
+        let drop = rng.dropout_mask(&[b, nh, t, t], 0.3, &dev).unwrap();
+        for mask in [None, Some(&drop)] {
+            let y1 = attention(&q, &k, &v, &bias, nh, mask).unwrap();
+            let y2 = attention_composite(&q, &k, &v, &bias, nh, mask).unwrap();
+            assert_eq!(y1.dims(), &[b, t, h]);
+            assert!(max_abs(&y1, &y2) < 1e-5, "{}", max_abs(&y1, &y2));
+            let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for x in [&q, &k, &v] {
+                let (a, c) = (g1.get(x).unwrap(), g2.get(x).unwrap());
+                assert!(max_abs(a, c) < 1e-4, "{}", max_abs(a, c));
+                let norm: f32 = c.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+                assert!(norm > 1e-3);
+            }
+        }
+        assert!(attention(&q, &k, &v, &bias, 5, None).is_err());
+    }
+}
