@@ -216,6 +216,27 @@ fn log_of(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("log.txt")).unwrap_or_default()
 }
 
+/// Slurm's own output files of the store's tasks (what happened before or around the runs'
+/// logs), for failure messages.
+fn slurm_outputs(store: &Path) -> String {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(store.join("slurm"))
+        .map(|rd| rd.filter_map(|e| Some(e.ok()?.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "out"));
+    files.sort();
+    files
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:\n{}",
+                p.display(),
+                std::fs::read_to_string(p).unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The line of `primer status` output about a run directory (`... finetune-<id8> ...`).
 fn status_line<'a>(status: &'a str, dir: &Path) -> &'a str {
     let id8 = &dir.file_name().unwrap().to_str().unwrap()["finetune-".len()..][..8];
@@ -427,6 +448,10 @@ fn cancelled_killed_and_preempted_runs_are_reported_and_completed_by_a_rerun() {
             .contains("queued")
             .then_some(())
     });
+    // slurmd refuses to relaunch a job in the same second its previous execution was killed
+    // ("Job credential revoked", second granularity): Slurm's own delay avoids that, and so
+    // does a short pause here.
+    std::thread::sleep(Duration::from_secs(2));
     slurm_tool(
         &conf,
         "scontrol",
@@ -442,6 +467,12 @@ fn cancelled_killed_and_preempted_runs_are_reported_and_completed_by_a_rerun() {
         let s = text(&out);
         (!s.contains("running ") && !s.contains("queued ")).then_some(s)
     });
+    // Failure messages show the preempted run's log too.
+    let status = format!(
+        "{status}\n--- log of the preempted run:\n{}\n--- Slurm's output:\n{}",
+        log_of(preempted),
+        slurm_outputs(&store)
+    );
     assert!(
         status_line(&status, cancelled).contains("failed with Slurm state CANCELLED exit 0:15"),
         "{status}"

@@ -278,7 +278,12 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
-    let sweep = Sweep::load(&a.sweep)?;
+    let sweep = Sweep::load(&a.sweep).with_context(|| {
+        format!(
+            "cannot cancel the Slurm jobs of {} (a local `primer run` is stopped with Ctrl-C)",
+            a.sweep.display()
+        )
+    })?;
     let plan = Plan::expand(&sweep)?;
     let store = Store::new(&plan.store);
     if !uses_slurm(&plan, &store) {

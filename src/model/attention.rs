@@ -222,6 +222,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole Send wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 impl CustomOp3 for AttentionOp {
     fn name(&self) -> &'static str {
         "primer-attention"
@@ -253,14 +260,13 @@ impl CustomOp3 for AttentionOp {
                     p.iter_mut().zip(m).for_each(|(a, &w)| *a *= w);
                 }
                 let off = bi * d.t * d.h + hi * d.dh;
-                let dst = dst;
                 // SAFETY: job (bi, hi) writes only its own T×dh block of `out`.
                 unsafe {
                     gemm_strided(
                         d.t,
                         d.dh,
                         d.t,
-                        dst.0.add(off),
+                        dst.get().add(off),
                         d.h,
                         p.as_ptr(),
                         d.t,
@@ -356,11 +362,10 @@ impl CustomOp3 for AttentionBwdOp {
                     }
                     None => p,
                 };
-                let base = base;
                 // SAFETY: job (bi, hi) writes only its own T×dh blocks of dq, dk and dv;
                 // all reads stay inside the [B, T, H] inputs and the T×T scratch buffers.
                 unsafe {
-                    let (dq, dk, dv) = (base.0, base.0.add(n), base.0.add(2 * n));
+                    let (dq, dk, dv) = (base.get(), base.get().add(n), base.get().add(2 * n));
                     // dv = P'ᵀ · dctx
                     gemm_strided(
                         d.t,

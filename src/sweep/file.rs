@@ -1175,7 +1175,7 @@ mod tests {
             e.starts_with("sweeps/t.toml:6:") && e.contains("'2h' is not a Slurm time"),
             "{e}"
         );
-        let e = err(&format!("{HEAD}slurm = 3\n"));
+        let e = err(&format!("slurm = 3\n{HEAD}"));
         assert!(e.contains("slurm: expected a table"), "{e}");
     }
 }

@@ -326,7 +326,7 @@ pub fn run_finetune(config: &FinetuneConfig, out_dir: &Path, progress: &dyn Prog
             step += 1;
             epoch_loss += f64::from(value);
             loss_curve.push(value);
-            if step % 10 == 0 || step == total_steps {
+            if step.is_multiple_of(10) || step == total_steps {
                 progress.report(
                     ProgressEvent::new("train", step as u64, total_steps as u64)
                         .with_loss(f64::from(value))
