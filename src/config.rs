@@ -8,7 +8,19 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Which parameters downstream fine-tuning trains (the paper's settings 1-3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum FinetuneMethod {
     /// Full FT: every parameter present — θp ∪ θh, and θa when the model carries an adapter.

@@ -7,7 +7,9 @@ use candle_core::Device;
 pub enum DeviceError {
     #[error("unknown device '{0}': use 'cpu' or 'cuda:N' (for example cuda:0)")]
     Unknown(String),
-    #[error("device '{0}' needs CUDA, but this primer was built without it: rebuild with `cargo build --release --features cuda`")]
+    #[error(
+        "device '{0}' needs CUDA, but this primer was built without it: rebuild with `cargo build --release --features cuda`"
+    )]
     NotCompiled(String),
     #[error("device '{device}' is not available: {message}")]
     Unavailable { device: String, message: String },

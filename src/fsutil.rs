@@ -52,7 +52,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
 }
 
 /// Serialises `value` as pretty JSON and writes it atomically.
-pub fn write_json_atomic<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), FsError> {
+pub fn write_json_atomic<T: serde::Serialize + ?Sized>(
+    path: &Path,
+    value: &T,
+) -> Result<(), FsError> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| FsError::Write {
         path: path.to_path_buf(),
         source: std::io::Error::other(e),
@@ -99,7 +102,10 @@ impl StagedDir {
 
     /// Where to write the directory's files before committing.
     pub fn path(&self) -> &Path {
-        self.tmp.as_ref().expect("staged dir already committed").path()
+        self.tmp
+            .as_ref()
+            .expect("staged dir already committed")
+            .path()
     }
 
     /// Moves the finished directory into place. An existing directory at the target is
@@ -108,7 +114,9 @@ impl StagedDir {
         let tmp = self.tmp.take().expect("staged dir already committed");
         let staged = tmp.keep();
         if self.target.exists() {
-            let old = self.target.with_extension(format!("old-{}", std::process::id()));
+            let old = self
+                .target
+                .with_extension(format!("old-{}", std::process::id()));
             std::fs::rename(&self.target, &old).map_err(write_err(&self.target))?;
             std::fs::rename(&staged, &self.target).map_err(write_err(&self.target))?;
             let _ = std::fs::remove_dir_all(&old);

@@ -43,7 +43,10 @@ impl ProgressEvent {
 
     /// The line a child process prints.
     pub fn to_line(&self) -> String {
-        format!("{PROGRESS_PREFIX}{}", serde_json::to_string(self).expect("serialisable"))
+        format!(
+            "{PROGRESS_PREFIX}{}",
+            serde_json::to_string(self).expect("serialisable")
+        )
     }
 
     /// Parses a line printed by [`ProgressEvent::to_line`]; None for any other line.
@@ -82,7 +85,9 @@ pub struct LogProgress;
 impl ProgressSink for LogProgress {
     fn report(&self, e: ProgressEvent) {
         match (e.loss, &e.message) {
-            (Some(l), Some(m)) => tracing::info!("{} {}/{} loss {l:.4} {m}", e.phase, e.step, e.total),
+            (Some(l), Some(m)) => {
+                tracing::info!("{} {}/{} loss {l:.4} {m}", e.phase, e.step, e.total)
+            }
             (Some(l), None) => tracing::info!("{} {}/{} loss {l:.4}", e.phase, e.step, e.total),
             (None, Some(m)) => tracing::info!("{} {}/{} {m}", e.phase, e.step, e.total),
             (None, None) => tracing::info!("{} {}/{}", e.phase, e.step, e.total),

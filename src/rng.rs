@@ -69,13 +69,23 @@ impl SeededRng {
     }
 
     /// A tensor of the given shape from N(0, std²).
-    pub fn normal_tensor(&mut self, shape: &[usize], std: f32, device: &Device) -> candle_core::Result<Tensor> {
+    pub fn normal_tensor(
+        &mut self,
+        shape: &[usize],
+        std: f32,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         let n = shape.iter().product();
         Tensor::from_vec(self.normal_vec(n, std), shape, device)
     }
 
     /// An inverted-dropout mask: each entry is 0 with probability `p`, else `1/(1-p)`.
-    pub fn dropout_mask(&mut self, shape: &[usize], p: f32, device: &Device) -> candle_core::Result<Tensor> {
+    pub fn dropout_mask(
+        &mut self,
+        shape: &[usize],
+        p: f32,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         let n: usize = shape.iter().product();
         let keep = 1.0 / (1.0 - p);
         let v: Vec<f32> = (0..n)
@@ -104,9 +114,24 @@ mod tests {
 
     #[test]
     fn same_seed_same_numbers_and_purposes_are_independent() {
-        let a: Vec<u64> = (0..4).map({ let mut r = SeededRng::derive(7, "x"); move |_| r.next_u64() }).collect();
-        let b: Vec<u64> = (0..4).map({ let mut r = SeededRng::derive(7, "x"); move |_| r.next_u64() }).collect();
-        let c: Vec<u64> = (0..4).map({ let mut r = SeededRng::derive(7, "y"); move |_| r.next_u64() }).collect();
+        let a: Vec<u64> = (0..4)
+            .map({
+                let mut r = SeededRng::derive(7, "x");
+                move |_| r.next_u64()
+            })
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .map({
+                let mut r = SeededRng::derive(7, "x");
+                move |_| r.next_u64()
+            })
+            .collect();
+        let c: Vec<u64> = (0..4)
+            .map({
+                let mut r = SeededRng::derive(7, "y");
+                move |_| r.next_u64()
+            })
+            .collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -124,7 +149,11 @@ mod tests {
     #[test]
     fn dropout_mask_keeps_expected_fraction_and_scales() {
         let mut r = SeededRng::new(3);
-        let m = r.dropout_mask(&[10_000], 0.1, &Device::Cpu).unwrap().to_vec1::<f32>().unwrap();
+        let m = r
+            .dropout_mask(&[10_000], 0.1, &Device::Cpu)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let zeros = m.iter().filter(|&&x| x == 0.0).count();
         assert!((800..1200).contains(&zeros), "{zeros}");
         assert!(m.iter().all(|&x| x == 0.0 || (x - 1.0 / 0.9).abs() < 1e-6));

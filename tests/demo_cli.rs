@@ -49,22 +49,39 @@ fn quick_demo_produces_tables_and_figures_and_resumes_as_done() {
         "figure4.png",
     ] {
         let p = results.join(f);
-        assert!(p.is_file() && std::fs::metadata(&p).unwrap().len() > 0, "missing {}\n{first}", p.display());
+        assert!(
+            p.is_file() && std::fs::metadata(&p).unwrap().len() > 0,
+            "missing {}\n{first}",
+            p.display()
+        );
     }
     let table = std::fs::read_to_string(results.join("table1.md")).unwrap();
-    for row in ["1/Full FT", "2/HT", "3/AT", "4/Meta Priming→AT", "5/FT Priming→AT", "6/MP [MAML Loop]→AT", "7/MP [1 Inner Step]→AT"] {
+    for row in [
+        "1/Full FT",
+        "2/HT",
+        "3/AT",
+        "4/Meta Priming→AT",
+        "5/FT Priming→AT",
+        "6/MP [MAML Loop]→AT",
+        "7/MP [1 Inner Step]→AT",
+    ] {
         assert!(table.contains(row), "Table 1 lacks row {row}:\n{table}");
     }
     // Every fine-tuning run of the quick demo (9 settings × 2 targets) is in the scores.
     let scores = std::fs::read_to_string(results.join("scores.csv")).unwrap();
     assert_eq!(scores.lines().count(), 1 + 9 * 2, "{scores}");
     let fig4 = std::fs::read_to_string(results.join("figure4.svg")).unwrap();
-    assert!(fig4.contains("<svg") && fig4.contains("PE"), "figure 4 is not a labelled SVG");
+    assert!(
+        fig4.contains("<svg") && fig4.contains("PE"),
+        "figure 4 is not a labelled SVG"
+    );
 
     // Resume: nothing left to do.
     let second = run_demo(tmp.path());
     assert!(
-        second.contains("0 to run") || second.contains("nothing to run") || second.contains("already done"),
+        second.contains("0 to run")
+            || second.contains("nothing to run")
+            || second.contains("already done"),
         "a second demo should execute nothing:\n{second}"
     );
 }

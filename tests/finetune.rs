@@ -3,9 +3,9 @@
 //! complete, and (with ../shared's MiniLM) adapter tuning learns.
 
 use primer::config::{FinetuneConfig, FinetuneMethod};
-use primer::model::{write_random_bert, RandomBertSpec};
+use primer::model::{RandomBertSpec, write_random_bert};
 use primer::progress::NoProgress;
-use primer::train::{run_finetune, FinetuneMetrics};
+use primer::train::{FinetuneMetrics, run_finetune};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -27,7 +27,12 @@ fn tiny_model() -> &'static Path {
             max_position: 128,
             seed: 3,
         };
-        write_random_bert(&out, &crate_dir().join("data/tokenizer/bert-base-multilingual-cased"), &spec).unwrap();
+        write_random_bert(
+            &out,
+            &crate_dir().join("data/tokenizer/bert-base-multilingual-cased"),
+            &spec,
+        )
+        .unwrap();
         (tmp, out)
     })
     .1
@@ -67,7 +72,10 @@ fn encoder_cache_changes_speed_not_results() {
     let (b, _) = run(&uncached);
     assert_eq!(a.loss_curve.len(), b.loss_curve.len());
     for (x, y) in a.loss_curve.iter().zip(&b.loss_curve) {
-        assert!((x - y).abs() <= 1e-4 * y.abs().max(1.0), "cached {x} vs uncached {y}");
+        assert!(
+            (x - y).abs() <= 1e-4 * y.abs().max(1.0),
+            "cached {x} vs uncached {y}"
+        );
     }
     assert_eq!(a.steps, b.steps);
 }
@@ -78,20 +86,31 @@ fn seeded_runs_repeat_bit_for_bit_and_seeds_differ() {
     c.dropout = Some(0.1);
     let (a, _) = run(&c);
     let (b, _) = run(&c);
-    assert_eq!(a.loss_curve, b.loss_curve, "same seed must give the same losses");
+    assert_eq!(
+        a.loss_curve, b.loss_curve,
+        "same seed must give the same losses"
+    );
     assert_eq!(a.test, b.test);
     c.seed += 1;
     let (d, _) = run(&c);
-    assert_ne!(a.loss_curve, d.loss_curve, "another seed must give other losses");
+    assert_ne!(
+        a.loss_curve, d.loss_curve,
+        "another seed must give other losses"
+    );
 }
 
 #[test]
 fn metrics_file_is_complete_and_parameter_shares_follow_the_method() {
     let mut shares = Vec::new();
-    for method in [FinetuneMethod::Head, FinetuneMethod::Adapter, FinetuneMethod::Full] {
+    for method in [
+        FinetuneMethod::Head,
+        FinetuneMethod::Adapter,
+        FinetuneMethod::Full,
+    ] {
         let c = tiny_config(method);
         let (m, out) = run(&c);
-        let on_disk: FinetuneMetrics = primer::fsutil::read_json(&out.path().join("metrics.json")).unwrap();
+        let on_disk: FinetuneMetrics =
+            primer::fsutil::read_json(&out.path().join("metrics.json")).unwrap();
         assert_eq!(on_disk.loss_curve, m.loss_curve);
         assert_eq!(on_disk.test_sentence_counts, m.test_sentence_counts);
         assert!((on_disk.test.f1 - m.test.f1).abs() < 1e-12);
@@ -101,8 +120,15 @@ fn metrics_file_is_complete_and_parameter_shares_follow_the_method() {
         assert_eq!(m.loss_curve.len(), m.steps);
         assert_eq!(m.test_sentence_counts.len(), 20);
         assert!((1..=2).contains(&m.best_epoch));
-        assert_eq!(m.dev, m.epochs[m.best_epoch - 1].dev, "dev scores are those of the selected epoch");
-        assert!(m.epochs.iter().all(|e| e.dev.f1 <= m.dev.f1), "the selected epoch has the best dev F1");
+        assert_eq!(
+            m.dev,
+            m.epochs[m.best_epoch - 1].dev,
+            "dev scores are those of the selected epoch"
+        );
+        assert!(
+            m.epochs.iter().all(|e| e.dev.f1 <= m.dev.f1),
+            "the selected epoch has the best dev F1"
+        );
         assert!(m.loss_curve.iter().all(|l| l.is_finite()));
         // Sentence counts are the sufficient statistics of the reported test scores.
         let [c, p, g] = m.test_sentence_counts.iter().fold([0u32; 3], |acc, s| {
@@ -123,9 +149,14 @@ fn unknown_language_fails_clearly_and_writes_no_metrics() {
     let mut c = tiny_config(FinetuneMethod::Head);
     c.lang = "xx".into();
     let out = tempfile::tempdir().unwrap();
-    let err = run_finetune(&c, out.path(), &NoProgress).unwrap_err().to_string();
+    let err = run_finetune(&c, out.path(), &NoProgress)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("xx"), "{err}");
-    assert!(!out.path().join("metrics.json").exists(), "no metrics for a failed run");
+    assert!(
+        !out.path().join("metrics.json").exists(),
+        "no metrics for a failed run"
+    );
 }
 
 /// With the real pretrained MiniLM (../shared), adapter tuning on the committed Afrikaans slice
@@ -136,7 +167,10 @@ fn adapter_tuning_with_minilm_learns() {
         .map(PathBuf::from)
         .unwrap_or_else(|| crate_dir().join("../shared/models/all-MiniLM-L6-v2"));
     if !minilm.join("model.safetensors").exists() {
-        eprintln!("SKIP: {} not found (set PRIMER_MINILM_DIR)", minilm.display());
+        eprintln!(
+            "SKIP: {} not found (set PRIMER_MINILM_DIR)",
+            minilm.display()
+        );
         return;
     }
     let mut c = tiny_config(FinetuneMethod::Adapter);
@@ -149,6 +183,13 @@ fn adapter_tuning_with_minilm_learns() {
     c.batch_size = 16;
     c.lr = Some(1e-2);
     let (m, _) = run(&c);
-    eprintln!("MiniLM adapter tuning on af: test F1 {:.3}, dev F1 {:.3}", m.test.f1, m.dev.f1);
-    assert!(m.test.f1 > 0.15, "test F1 {} is not clearly above the majority tagger's 0", m.test.f1);
+    eprintln!(
+        "MiniLM adapter tuning on af: test F1 {:.3}, dev F1 {:.3}",
+        m.test.f1, m.dev.f1
+    );
+    assert!(
+        m.test.f1 > 0.15,
+        "test F1 {} is not clearly above the majority tagger's 0",
+        m.test.f1
+    );
 }

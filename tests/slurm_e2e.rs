@@ -630,3 +630,112 @@ fn slurm_options_are_checked_before_anything_is_submitted() {
         text(&out)
     );
 }
+
+/// `primer exec` inside a (pretend) Slurm array task: the preemption signal stops the run
+/// between steps, nothing is written, and the task is requeued with `scontrol requeue
+/// ARRAYJOB_TASK` — unless it has already been restarted 3 times (a time limit, not a
+/// preemption), when the run fails with a hint instead. No cluster needed: `scontrol` is a
+/// stand-in that records its arguments.
+#[test]
+fn exec_requeues_a_preempted_task_at_most_three_times() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some((tokenizer, data)) = inputs() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = tiny_model(t, &tokenizer);
+    let sweep = primer::sweep::Sweep::from_text(
+        &t.join("s.toml"),
+        &sweep_text("exec", "store", &model, &data, r#"["af"]"#, 10, true),
+    )
+    .unwrap();
+    let plan = primer::sweep::Plan::expand(&sweep).unwrap();
+    let store = primer::sweep::Store::new(t.join("store"));
+    let run = plan
+        .runs
+        .iter()
+        .find(|r| r.deps.is_empty() && r.kind() == primer::sweep::RunKind::Finetune)
+        .expect("a fine-tuning run without priming");
+    let dir = store.prepare(run).unwrap();
+    let bin = t.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let calls = t.join("scontrol.log");
+    let fake = bin.join("scontrol");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"$@\" >> '{}'\n", calls.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let preempt = |restarts: &str| {
+        let log = t.join(format!("exec-{restarts}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(BIN)
+            .args([
+                "exec",
+                "--device",
+                "cpu",
+                "--run-dir",
+                dir.to_str().unwrap(),
+            ])
+            .current_dir(t)
+            .env("PATH", &bin)
+            .env("NO_COLOR", "1")
+            .env("RAYON_NUM_THREADS", "1")
+            .env("SLURM_JOB_ID", "12")
+            .env("SLURM_ARRAY_JOB_ID", "12")
+            .env("SLURM_ARRAY_TASK_ID", "2")
+            .env("SLURM_RESTART_COUNT", restarts)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        // Once the run has logged its start, its handler is installed.
+        wait_for("the run to start", Duration::from_secs(30), || {
+            std::fs::read_to_string(&log)
+                .unwrap()
+                .contains("fine-tuning af")
+                .then_some(())
+        });
+        // SAFETY: sending a signal has no memory-safety implications.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGUSR2) };
+        let status = child.wait().unwrap();
+        (status, std::fs::read_to_string(&log).unwrap())
+    };
+
+    let (status, log) = preempt("0");
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("interrupted by a preemption signal after"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        "requeue 12_2\n",
+        "the task, not the whole array 12, is requeued"
+    );
+    assert!(!dir.join("metrics.json").exists(), "nothing written");
+    let st = json(&dir.join("status.json"));
+    assert_eq!(st["state"], "pending");
+    assert!(
+        st["error"].as_str().unwrap().contains("task 12_2 requeued"),
+        "{st}"
+    );
+
+    let (status, log) = preempt("3");
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("not requeued again after 3 restarts") && log.contains("raise --time"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        "requeue 12_2\n",
+        "no second requeue"
+    );
+    let st = json(&dir.join("status.json"));
+    assert_eq!(st["state"], "failed");
+    assert!(!dir.join("metrics.json").exists());
+}

@@ -8,14 +8,14 @@
 use anyhow::Context;
 use candle_core::Device;
 use primer::config::FinetuneMethod;
+use primer::config::SupportMode;
 use primer::data::{Batch, Batcher, EncodedSentence, IGNORE_INDEX};
 use primer::model::init::random_encoder;
-use primer::model::{masked_cross_entropy, BertConfig, ParamGroup, Tagger};
-use primer::config::SupportMode;
-use primer::prime::bench::{time_meta_steps, MetaBenchSpec};
+use primer::model::{BertConfig, ParamGroup, Tagger, masked_cross_entropy};
+use primer::prime::bench::{MetaBenchSpec, time_meta_steps};
 use primer::rng::SeededRng;
 use primer::train::optim::{AdamW, AdamWConfig};
-use primer::train::{inputs_of, EncoderCache};
+use primer::train::{EncoderCache, inputs_of};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -74,7 +74,15 @@ fn synthetic_sentences(n: usize, vocab: u32, rng: &mut SeededRng) -> Vec<Encoded
             }
             ids.push(102);
             labels.push(IGNORE_INDEX);
-            let word_ids = (0..len as i64).map(|t| if t == 0 || t == len as i64 - 1 { -1 } else { t - 1 }).collect();
+            let word_ids = (0..len as i64)
+                .map(|t| {
+                    if t == 0 || t == len as i64 - 1 {
+                        -1
+                    } else {
+                        t - 1
+                    }
+                })
+                .collect();
             EncodedSentence {
                 input_ids: ids,
                 word_ids,
@@ -107,7 +115,8 @@ impl Bench {
         tagger.ensure_adapter(64, &mut SeededRng::derive(1, "init.adapter"))?;
         tagger.add_head("x", 7, &mut SeededRng::derive(1, "init.head"))?;
         let mut rng = SeededRng::derive(2, "bench.data");
-        let sentences = synthetic_sentences(run_batches.max(8) * BATCH, cfg.vocab_size as u32, &mut rng);
+        let sentences =
+            synthetic_sentences(run_batches.max(8) * BATCH, cfg.vocab_size as u32, &mut rng);
         let batcher = Batcher::new(BATCH, 0);
         let batches = batcher.sequential_batches(&sentences, &device)?;
         Ok(Self {
@@ -146,10 +155,12 @@ impl Bench {
 
     /// Milliseconds of a whole adapter-tuning run over `n` batches × EPOCHS with the encoder cache.
     fn adapter_run_ms(&mut self, n: usize) -> anyhow::Result<f64> {
-        self.tagger.set_trainable(&[ParamGroup::Adapter, ParamGroup::Head("x".into())])?;
+        self.tagger
+            .set_trainable(&[ParamGroup::Adapter, ParamGroup::Head("x".into())])?;
         let sentences = &self.sentences[..n * BATCH];
         let t0 = Instant::now();
-        let cache = EncoderCache::build(&self.tagger, sentences, &Batcher::new(64, 0), &self.device)?;
+        let cache =
+            EncoderCache::build(&self.tagger, sentences, &Batcher::new(64, 0), &self.device)?;
         let mut opt = AdamW::new(
             self.tagger.trainable_vars(),
             AdamWConfig {
@@ -159,7 +170,9 @@ impl Bench {
         )?;
         for _ in 0..EPOCHS {
             for batch in &self.batches[..n] {
-                let logits = self.tagger.logits_from_hidden(&cache.hidden_for(batch)?, "x")?;
+                let logits = self
+                    .tagger
+                    .logits_from_hidden(&cache.hidden_for(batch)?, "x")?;
                 let loss = masked_cross_entropy(&logits, &batch.labels)?;
                 let grads = loss.backward()?;
                 opt.step(&grads)?;
@@ -177,7 +190,11 @@ fn torch_medians(args: &BenchArgs) -> anyhow::Result<BTreeMap<String, f64>> {
         .or_else(|| std::env::var_os("TORCH_PYTHON").map(PathBuf::from))
         .unwrap_or_else(|| {
             let p = PathBuf::from("/tmp/torchref/bin/python");
-            if p.exists() { p } else { PathBuf::from("python3") }
+            if p.exists() {
+                p
+            } else {
+                PathBuf::from("python3")
+            }
         });
     let script = args
         .torch_ref
@@ -192,27 +209,58 @@ fn torch_medians(args: &BenchArgs) -> anyhow::Result<BTreeMap<String, f64>> {
     let runs: [&[&str]; 3] = [
         &["--mode", "full,adapter"],
         &["--mode", "meta-pe", "--variant", "naive,cached"],
-        &["--mode", "meta-pe,meta-full", "--support", "distinct", "--variant", "cached"],
+        &[
+            "--mode",
+            "meta-pe,meta-full",
+            "--support",
+            "distinct",
+            "--variant",
+            "cached",
+        ],
     ];
     for extra in runs {
-        eprintln!("running the PyTorch reference: {} {}", script.display(), extra.join(" "));
+        eprintln!(
+            "running the PyTorch reference: {} {}",
+            script.display(),
+            extra.join(" ")
+        );
         let output = Command::new(&python)
             .arg(&script)
-            .args(["--minilm", "--threads", &args.threads.to_string(), "--steps", &args.steps.to_string()])
+            .args([
+                "--minilm",
+                "--threads",
+                &args.threads.to_string(),
+                "--steps",
+                &args.steps.to_string(),
+            ])
             .args(extra)
             .output()
-            .with_context(|| format!("cannot run {} (set --torch-python or TORCH_PYTHON)", python.display()))?;
+            .with_context(|| {
+                format!(
+                    "cannot run {} (set --torch-python or TORCH_PYTHON)",
+                    python.display()
+                )
+            })?;
         anyhow::ensure!(
             output.status.success(),
             "the PyTorch reference failed (install torch, transformers, safetensors into a venv and set TORCH_PYTHON):\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
         for line in String::from_utf8_lossy(&output.stdout).lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-            let (Some(mode), Some(ms)) = (v["mode"].as_str(), v["median_ms"].as_f64()) else { continue };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let (Some(mode), Some(ms)) = (v["mode"].as_str(), v["median_ms"].as_f64()) else {
+                continue;
+            };
             let variant = v["variant"].as_str().unwrap_or("");
             let support = v["support"].as_str().unwrap_or("");
-            let key = [mode, variant, support].iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join("/");
+            let key = [mode, variant, support]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("/");
             out.insert(key, ms);
         }
     }
@@ -234,7 +282,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    eprintln!("timing primer (MiniLM size, batch {BATCH}, seq {SEQ}, {} threads)", args.threads);
+    eprintln!(
+        "timing primer (MiniLM size, batch {BATCH}, seq {SEQ}, {} threads)",
+        args.threads
+    );
     let mut bench = Bench::new(args.run_batches)?;
     let full = bench.step_ms(FinetuneMethod::Full, args.steps)?;
     let adapter = bench.step_ms(FinetuneMethod::Adapter, args.steps)?;
@@ -242,16 +293,33 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let run_steps = args.run_batches * EPOCHS;
 
     let mut rows: Vec<(String, f64, Option<f64>)> = vec![
-        ("full-FT step".into(), full, torch.as_ref().and_then(|t| t.get("full").copied())),
-        ("adapter step".into(), adapter, torch.as_ref().and_then(|t| t.get("adapter").copied())),
         (
-            format!("adapter-tuning run ({} batches × {EPOCHS} epochs; PyTorch = straightforward loop)", args.run_batches),
+            "full-FT step".into(),
+            full,
+            torch.as_ref().and_then(|t| t.get("full").copied()),
+        ),
+        (
+            "adapter step".into(),
+            adapter,
+            torch.as_ref().and_then(|t| t.get("adapter").copied()),
+        ),
+        (
+            format!(
+                "adapter-tuning run ({} batches × {EPOCHS} epochs; PyTorch = straightforward loop)",
+                args.run_batches
+            ),
             run_ms,
-            torch.as_ref().and_then(|t| t.get("adapter")).map(|ms| ms * run_steps as f64),
+            torch
+                .as_ref()
+                .and_then(|t| t.get("adapter"))
+                .map(|ms| ms * run_steps as f64),
         ),
     ];
     let meta = |spec: MetaBenchSpec| -> anyhow::Result<f64> {
-        let spec = MetaBenchSpec { steps: args.steps, ..spec };
+        let spec = MetaBenchSpec {
+            steps: args.steps,
+            ..spec
+        };
         Ok(time_meta_steps(bench.tagger.clone(), &spec)?.median_ms)
     };
     let meta_pe = meta(MetaBenchSpec::meta_pe())?;
@@ -261,16 +329,43 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     })?;
     let meta_full = meta(MetaBenchSpec::meta_full_distinct())?;
     for (label, ours, key) in [
-        ("meta-PE outer step (2 tasks, S=5, same support) vs PyTorch naive", meta_pe, "meta-pe/naive/same"),
-        ("meta-PE outer step (2 tasks, S=5, same support) vs PyTorch cached", meta_pe, "meta-pe/cached/same"),
-        ("meta-PE outer step, distinct support vs PyTorch cached", meta_pe_distinct, "meta-pe/cached/distinct"),
-        ("meta-full (MAML loop) outer step, distinct support", meta_full, "meta-full/distinct"),
+        (
+            "meta-PE outer step (2 tasks, S=5, same support) vs PyTorch naive",
+            meta_pe,
+            "meta-pe/naive/same",
+        ),
+        (
+            "meta-PE outer step (2 tasks, S=5, same support) vs PyTorch cached",
+            meta_pe,
+            "meta-pe/cached/same",
+        ),
+        (
+            "meta-PE outer step, distinct support vs PyTorch cached",
+            meta_pe_distinct,
+            "meta-pe/cached/distinct",
+        ),
+        (
+            "meta-full (MAML loop) outer step, distinct support",
+            meta_full,
+            "meta-full/distinct",
+        ),
     ] {
-        rows.push((label.to_string(), ours, torch.as_ref().and_then(|t| t.get(key)).copied()));
+        rows.push((
+            label.to_string(),
+            ours,
+            torch.as_ref().and_then(|t| t.get(key)).copied(),
+        ));
     }
-    println!("{:<78} {:>11} {:>11} {:>8}", "measurement (median ms)", "primer", "PyTorch", "ratio");
+    println!(
+        "{:<78} {:>11} {:>11} {:>8}",
+        "measurement (median ms)", "primer", "PyTorch", "ratio"
+    );
     for (label, ours, theirs) in rows {
-        let ours_s = if ours.is_nan() { "-".to_string() } else { format!("{ours:.1}") };
+        let ours_s = if ours.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{ours:.1}")
+        };
         let (theirs_s, ratio) = match theirs {
             Some(t) if !ours.is_nan() => (format!("{t:.1}"), format!("{:.2}", ours / t)),
             Some(t) => (format!("{t:.1}"), "-".into()),

@@ -147,7 +147,9 @@ impl FinetuneArgs {
             c.device = v.clone();
         }
         if c.model.as_os_str().is_empty() && c.init.is_none() {
-            anyhow::bail!("no model given: pass --model DIR (a Hugging Face BERT folder) or --init PRIMED_DIR");
+            anyhow::bail!(
+                "no model given: pass --model DIR (a Hugging Face BERT folder) or --init PRIMED_DIR"
+            );
         }
         if c.model.as_os_str().is_empty()
             && let Some(init) = &c.init
@@ -178,6 +180,9 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
         metrics.wall_time_s,
         metrics.trained_percent
     );
-    println!("metrics written to {}", args.out.join("metrics.json").display());
+    println!(
+        "metrics written to {}",
+        args.out.join("metrics.json").display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -34,7 +34,7 @@ enum Command {
     InitModel(init_model::InitModelArgs),
     /// Show the runs a sweep file expands into, their dependencies and status.
     Plan(sweep::PlanArgs),
-    /// Execute a sweep's pending runs on CPU or CUDA device slots (resumable).
+    /// Execute a sweep's pending runs on CPU or CUDA device slots, or as Slurm jobs (resumable).
     Run(sweep::RunArgs),
     /// Summarise a sweep's done / running / failed / pending runs.
     Status(sweep::StatusArgs),
@@ -89,12 +89,17 @@ pub fn init_logging() {
 
 /// Reads a whole config struct from a JSON (`.json`) or TOML (any other extension) file, with
 /// errors naming the file (and line for TOML).
-pub fn read_config_file<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyhow::Result<T> {
+pub fn read_config_file<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+) -> anyhow::Result<T> {
     use anyhow::Context;
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
     if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+        serde_json::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))
     } else {
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
     }
 }

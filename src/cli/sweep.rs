@@ -307,6 +307,17 @@ pub fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Preempted Slurm tasks are requeued at most this many times (`SLURM_RESTART_COUNT`).
+const MAX_PREEMPTION_REQUEUES: u32 = 3;
+
+/// How often Slurm has restarted the current task.
+fn restarts() -> u32 {
+    std::env::var("SLURM_RESTART_COUNT")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Whether a run stopped early because the preemption signal arrived.
 fn interrupted(e: &anyhow::Error) -> bool {
     matches!(
@@ -326,9 +337,12 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
     if job_id.is_some() {
         install_preemption_handler()?;
     }
+    // The warning also comes before the time limit: a run longer than --time would otherwise
+    // be requeued and restarted from scratch forever.
+    let give_up = job_id.is_some() && restarts() >= MAX_PREEMPTION_REQUEUES;
     let result = execute_job(&a);
     match result {
-        Err(e) if interrupted(&e) => {
+        Err(e) if interrupted(&e) && !give_up => {
             tracing::warn!("{e:#}");
             if job_id.is_some() {
                 // Printed first: the requeue makes Slurm terminate this task within moments.
@@ -342,6 +356,14 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
+            let e = if interrupted(&e) {
+                e.context(format!(
+                    "not requeued again after {} restarts of this Slurm task; if it is the time limit that stops it, raise --time (or `[slurm] time`)",
+                    restarts()
+                ))
+            } else {
+                e
+            };
             // Under Slurm nobody else records why the run failed: `primer status` shows this
             // next to Slurm's state and exit code.
             if job_id.is_some() {

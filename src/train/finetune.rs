@@ -23,10 +23,10 @@
 
 use crate::config::{FinetuneConfig, FinetuneMethod};
 use crate::data::{self, Batch, Batcher, EncodedSentence, LabelSet, Sentence, WordTokenizer};
-use crate::device::{open_device, DeviceError};
-use crate::fsutil::{write_json_atomic, FsError};
+use crate::device::{DeviceError, open_device};
+use crate::fsutil::{FsError, write_json_atomic};
 use crate::metric::{self, MetricError, Scores};
-use crate::model::{masked_cross_entropy, EncoderInputs, ModelError, Tagger, TensorSet};
+use crate::model::{EncoderInputs, ModelError, Tagger, TensorSet, masked_cross_entropy};
 use crate::progress::{ProgressEvent, ProgressSink};
 use crate::rng::SeededRng;
 use crate::train::metrics::{EpochSummary, FinetuneMetrics, SentenceCounts};
@@ -94,7 +94,10 @@ fn validate(config: &FinetuneConfig) -> Result<()> {
         return bad(format!("the learning rate must be positive, got {lr}"));
     }
     if !(0.0..1.0).contains(&config.warmup_ratio) {
-        return bad(format!("warmup_ratio must be in [0, 1), got {}", config.warmup_ratio));
+        return bad(format!(
+            "warmup_ratio must be in [0, 1), got {}",
+            config.warmup_ratio
+        ));
     }
     if let Some(p) = config.dropout
         && !(0.0..1.0).contains(&p)
@@ -160,7 +163,12 @@ pub struct EncoderCache {
 impl EncoderCache {
     /// Encodes every sentence once; `tagger`'s encoder must not be trainable (it then runs on
     /// detached weights and records no graph).
-    pub fn build(tagger: &Tagger, sentences: &[EncodedSentence], batcher: &Batcher, device: &Device) -> Result<Self> {
+    pub fn build(
+        tagger: &Tagger,
+        sentences: &[EncodedSentence],
+        batcher: &Batcher,
+        device: &Device,
+    ) -> Result<Self> {
         let mut per_sentence: Vec<Option<Tensor>> = vec![None; sentences.len()];
         for batch in batcher.eval_batches(sentences, device)? {
             // θp is not trainable here, so the encoder runs on detached weights: no graph.
@@ -243,14 +251,21 @@ fn truncated_words(encoded: &[EncodedSentence]) -> usize {
 }
 
 /// Fine-tunes per `config`, writing `metrics.json` (atomically) into `out_dir`.
-pub fn run_finetune(config: &FinetuneConfig, out_dir: &Path, progress: &dyn ProgressSink) -> Result<FinetuneMetrics> {
+pub fn run_finetune(
+    config: &FinetuneConfig,
+    out_dir: &Path,
+    progress: &dyn ProgressSink,
+) -> Result<FinetuneMetrics> {
     let started = Instant::now();
     validate(config)?;
     let device = open_device(&config.device)?;
     let dir = model_dir(config);
     let lang = config.lang.as_str();
 
-    progress.report(ProgressEvent::new("tokenize", 0, 1).with_message(format!("{lang}: reading and tokenising")));
+    progress.report(
+        ProgressEvent::new("tokenize", 0, 1)
+            .with_message(format!("{lang}: reading and tokenising")),
+    );
     let splits = prepare_splits(config, &dir)?;
 
     let mut tagger = Tagger::from_pretrained(&dir, &device)?;
@@ -258,9 +273,16 @@ pub fn run_finetune(config: &FinetuneConfig, out_dir: &Path, progress: &dyn Prog
         tagger.config = tagger.config.with_dropout(p);
     }
     if config.method == FinetuneMethod::Adapter {
-        tagger.ensure_adapter(config.adapter_dim, &mut SeededRng::derive(config.seed, "init.adapter"))?;
+        tagger.ensure_adapter(
+            config.adapter_dim,
+            &mut SeededRng::derive(config.seed, "init.adapter"),
+        )?;
     }
-    tagger.add_head(lang, splits.labels.len(), &mut SeededRng::derive(config.seed, "init.head"))?;
+    tagger.add_head(
+        lang,
+        splits.labels.len(),
+        &mut SeededRng::derive(config.seed, "init.head"),
+    )?;
     let groups = tagger.groups_for(config.method, lang);
     tagger.set_trainable(&groups)?;
 
@@ -270,7 +292,12 @@ pub fn run_finetune(config: &FinetuneConfig, out_dir: &Path, progress: &dyn Prog
     let use_cache = config.cache_encoder && config.method != FinetuneMethod::Full;
     let cache = if use_cache {
         progress.report(ProgressEvent::new("cache", 0, splits.train.len() as u64));
-        Some(EncoderCache::build(&tagger, &splits.train, &Batcher::new(64, splits.batcher.pad_id), &device)?)
+        Some(EncoderCache::build(
+            &tagger,
+            &splits.train,
+            &Batcher::new(64, splits.batcher.pad_id),
+            &device,
+        )?)
     } else {
         None
     };
@@ -300,7 +327,9 @@ pub fn run_finetune(config: &FinetuneConfig, out_dir: &Path, progress: &dyn Prog
     let mut step = 0usize;
 
     for epoch in 1..=config.epochs {
-        let batches = splits.batcher.train_batches(&splits.train, &mut shuffle, &device)?;
+        let batches = splits
+            .batcher
+            .train_batches(&splits.train, &mut shuffle, &device)?;
         let mut epoch_loss = 0.0f64;
         for batch in &batches {
             // Preemption (Slurm's warning signal): stop before the next step rather than be killed mid-write.
@@ -334,9 +363,23 @@ pub fn run_finetune(config: &FinetuneConfig, out_dir: &Path, progress: &dyn Prog
                 );
             }
         }
-        progress.report(ProgressEvent::new("eval", epoch as u64, config.epochs as u64));
-        let dev = evaluate(&tagger, lang, &splits.labels, &splits.dev, &splits.dev_gold, &eval_batcher, &device)?;
-        let improved = best.as_ref().is_none_or(|(_, d, _)| dev.scores.f1 > d.scores.f1);
+        progress.report(ProgressEvent::new(
+            "eval",
+            epoch as u64,
+            config.epochs as u64,
+        ));
+        let dev = evaluate(
+            &tagger,
+            lang,
+            &splits.labels,
+            &splits.dev,
+            &splits.dev_gold,
+            &eval_batcher,
+            &device,
+        )?;
+        let improved = best
+            .as_ref()
+            .is_none_or(|(_, d, _)| dev.scores.f1 > d.scores.f1);
         let kept = if improved && epoch < config.epochs {
             Some(
                 groups
@@ -367,8 +410,18 @@ pub fn run_finetune(config: &FinetuneConfig, out_dir: &Path, progress: &dyn Prog
             tagger.group(g)?.assign_from(snapshot)?;
         }
     }
-    progress.report(ProgressEvent::new("test", 0, 1).with_message(format!("scoring epoch {best_epoch}")));
-    let test = evaluate(&tagger, lang, &splits.labels, &splits.test, &splits.test_gold, &eval_batcher, &device)?;
+    progress.report(
+        ProgressEvent::new("test", 0, 1).with_message(format!("scoring epoch {best_epoch}")),
+    );
+    let test = evaluate(
+        &tagger,
+        lang,
+        &splits.labels,
+        &splits.test,
+        &splits.test_gold,
+        &eval_batcher,
+        &device,
+    )?;
     let metrics = FinetuneMetrics {
         lang: lang.to_string(),
         method: config.method,

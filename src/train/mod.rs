@@ -4,5 +4,5 @@ pub mod finetune;
 pub mod metrics;
 pub mod optim;
 
-pub use finetune::{inputs_of, run_finetune, EncoderCache, FinetuneError};
+pub use finetune::{EncoderCache, FinetuneError, inputs_of, run_finetune};
 pub use metrics::FinetuneMetrics;
