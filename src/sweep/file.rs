@@ -841,26 +841,7 @@ impl Parser<'_> {
     }
 
     fn report(&self, e: &Entry, settings: &[Setting]) -> Result<ReportSpec, SweepError> {
-        let t = e
-            .value
-            .as_table()
-            .ok_or_else(|| self.err(&e.value.span, "report: expected a table"))?;
-        let fields: Vec<String> = match serde_json::to_value(ReportSpec::default()) {
-            Ok(Value::Object(m)) => m.keys().cloned().collect(),
-            _ => Vec::new(),
-        };
-        let field_refs: Vec<&str> = fields.iter().map(String::as_str).collect();
-        for item in t {
-            if !fields.contains(&item.key) {
-                return Err(self.unknown(item, &item.key, &field_refs, "[report] table"));
-            }
-            let mut one = serde_json::Map::new();
-            one.insert(item.key.clone(), item.value.to_json());
-            serde_json::from_value::<ReportSpec>(Value::Object(one))
-                .map_err(|err| self.err(&item.value.span, format!("report.{}: {err}", item.key)))?;
-        }
-        let spec: ReportSpec = serde_json::from_value(e.value.to_json())
-            .map_err(|err| self.err(&e.value.span, format!("report: {err}")))?;
+        let (t, spec) = self.typed_table::<ReportSpec>(e, "report", |_| Ok(()))?;
         // Every string naming a setting must name one of this sweep's settings.
         let naming: &[&str] = &[
             "table1_rows",
@@ -899,32 +880,51 @@ impl Parser<'_> {
     /// The `[slurm]` table: every key checked (unknown keys get the nearest valid one), every
     /// value type- and syntax-checked, errors at the offending key's line.
     fn slurm(&self, e: &Entry) -> Result<SlurmOptions, SweepError> {
+        let (_, opts) = self.typed_table::<SlurmOptions>(e, "slurm", |one| {
+            one.validate().map_err(|err| err.to_string())
+        })?;
+        opts.validate()
+            .map_err(|err| self.err(&e.value.span, format!("slurm: {err}")))?;
+        Ok(opts)
+    }
+}
+
+impl Parser<'_> {
+    /// Deserialises a top-level table (`[report]`, `[slurm]`) into `T`, checking every key on
+    /// its own first: an unknown key gets the nearest valid one, and a bad value (or one that
+    /// `check` rejects) is reported at that key's line rather than at the table's.
+    fn typed_table<'e, T>(
+        &self,
+        e: &'e Entry,
+        name: &str,
+        check: impl Fn(&T) -> Result<(), String>,
+    ) -> Result<(&'e [Entry], T), SweepError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Default,
+    {
         let t = e
             .value
             .as_table()
-            .ok_or_else(|| self.err(&e.value.span, "slurm: expected a table"))?;
-        let fields: Vec<String> = match serde_json::to_value(SlurmOptions::default()) {
+            .ok_or_else(|| self.err(&e.value.span, format!("{name}: expected a table")))?;
+        let fields: Vec<String> = match serde_json::to_value(T::default()) {
             Ok(Value::Object(m)) => m.keys().cloned().collect(),
             _ => Vec::new(),
         };
         let field_refs: Vec<&str> = fields.iter().map(String::as_str).collect();
         for item in t {
             if !fields.contains(&item.key) {
-                return Err(self.unknown(item, &item.key, &field_refs, "[slurm] table"));
+                return Err(self.unknown(item, &item.key, &field_refs, &format!("[{name}] table")));
             }
             let mut one = serde_json::Map::new();
             one.insert(item.key.clone(), item.value.to_json());
-            let parsed = serde_json::from_value::<SlurmOptions>(Value::Object(one))
-                .map_err(|err| self.err(&item.value.span, format!("slurm.{}: {err}", item.key)))?;
-            parsed
-                .validate()
-                .map_err(|err| self.err(&item.value.span, format!("slurm.{}: {err}", item.key)))?;
+            serde_json::from_value::<T>(Value::Object(one))
+                .map_err(|err| err.to_string())
+                .and_then(|p| check(&p))
+                .map_err(|err| self.err(&item.value.span, format!("{name}.{}: {err}", item.key)))?;
         }
-        let opts: SlurmOptions = serde_json::from_value(e.value.to_json())
-            .map_err(|err| self.err(&e.value.span, format!("slurm: {err}")))?;
-        opts.validate()
-            .map_err(|err| self.err(&e.value.span, format!("slurm: {err}")))?;
-        Ok(opts)
+        let value: T = serde_json::from_value(e.value.to_json())
+            .map_err(|err| self.err(&e.value.span, format!("{name}: {err}")))?;
+        Ok((t, value))
     }
 }
 
