@@ -37,6 +37,10 @@ lint:
 fmt:
 	$(CARGO) fmt
 
-## Compile the CUDA path (needs the CUDA toolkit; no GPU needed to compile).
+## Compile the CUDA path (needs the CUDA toolkit; no GPU needed to compile). candle's kernel
+## build turns compute capability 90 into sm_90a, which needs CUDA >= 12; with Debian's CUDA 11.8
+## (nvidia-cuda-toolkit) the default 80 builds PTX that Hopper GPUs run through the driver's JIT.
+## With CUDA >= 12 on an H100/H200, use `make check-cuda CUDA_COMPUTE_CAP=90`.
+CUDA_COMPUTE_CAP ?= 80
 check-cuda:
-	CUDA_COMPUTE_CAP=$${CUDA_COMPUTE_CAP:-90} $(CARGO) build --release --features cuda
+	CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) $(CARGO) build --release --features cuda

@@ -15,6 +15,28 @@ pub enum DeviceError {
     Unavailable { device: String, message: String },
 }
 
+/// Makes glibc keep freed memory for reuse instead of handing it back to the kernel.
+///
+/// A CPU training step allocates and frees tensors of a few MB hundreds of times (activations,
+/// gradients, candle's zero-initialised gradient accumulators). With glibc's defaults such
+/// blocks are `mmap`ed and unmapped or trimmed on every free, so each step pays page faults
+/// and kernel zeroing for memory it just released: measured at ~15% of a MiniLM-size full
+/// fine-tuning step. Raising the mmap threshold to its maximum (32 MiB on 64-bit) and never
+/// trimming keeps those blocks in the heap; the cost is that the process's resident size stays
+/// at its high-water mark. Call once, first thing, before any thread starts. A no-op elsewhere.
+pub fn retain_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const MMAP_THRESHOLD_MAX: libc::c_int = 32 << 20;
+        // SAFETY: mallopt only changes allocator tunables; called before other threads exist.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+            libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+        }
+    }
+}
+
 /// A parsed device request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeviceSpec {

@@ -148,3 +148,127 @@ fn probe_elementwise() {
         ops::softmax_last_dim(&s).unwrap();
     });
 }
+
+/// One random `[b, t]` batch of token ids (no padding) with labels, for [`minilm_tagger`].
+struct StepBatch {
+    ids: Tensor,
+    mask: Tensor,
+    types: Tensor,
+    labels: Tensor,
+    /// Forward GEMM FLOPs of the encoder on this batch.
+    fwd_flops: f64,
+}
+
+/// A MiniLM-sized random tagger (adapter and head "x") without dropout.
+fn minilm_tagger() -> primer::model::Tagger {
+    use primer::model::init::random_encoder;
+    use primer::model::{BertConfig, Tagger};
+    let mut cfg = BertConfig::new(30522, 384, 6, 12, 1536);
+    cfg.hidden_dropout_prob = 0.0;
+    cfg.attention_probs_dropout_prob = 0.0;
+    let enc = random_encoder(&cfg, 0, &Device::Cpu)
+        .unwrap()
+        .to_params()
+        .unwrap();
+    let mut tagger = Tagger::new(cfg, enc, Device::Cpu);
+    tagger.ensure_adapter(64, &mut SeededRng::new(1)).unwrap();
+    tagger.add_head("x", 7, &mut SeededRng::new(2)).unwrap();
+    tagger
+}
+
+impl StepBatch {
+    fn new(b: usize, t: usize) -> Self {
+        let dev = Device::Cpu;
+        let mut rng = SeededRng::new(3);
+        let ids: Vec<u32> = (0..b * t).map(|_| 103 + rng.below(30000) as u32).collect();
+        let labels: Vec<i64> = (0..b * t).map(|_| rng.below(7) as i64).collect();
+        Self {
+            ids: Tensor::from_vec(ids, (b, t), &dev).unwrap(),
+            mask: Tensor::ones((b, t), candle_core::DType::U32, &dev).unwrap(),
+            types: Tensor::zeros((b, t), candle_core::DType::U32, &dev).unwrap(),
+            labels: Tensor::from_vec(labels, (b, t), &dev).unwrap(),
+            fwd_flops: 2.0 * (b * t) as f64 * 6.0 * (4.0 * 384.0 * 384.0 + 2.0 * 384.0 * 1536.0),
+        }
+    }
+
+    fn inputs(&self) -> primer::model::EncoderInputs<'_> {
+        primer::model::EncoderInputs {
+            input_ids: &self.ids,
+            attention_mask: &self.mask,
+            token_type_ids: Some(&self.types),
+        }
+    }
+}
+
+/// One full-FT training step at the benchmark's size, split into phases: graph-free encoder
+/// forward (what head/adapter tuning and the cache run), forward on Vars, backward, AdamW.
+#[test]
+#[ignore]
+fn probe_step_phases() {
+    if std::env::var_os("PROBE_DEFAULT_MALLOC").is_none() {
+        primer::device::retain_freed_memory();
+    }
+    use primer::model::{ParamGroup, masked_cross_entropy};
+    use primer::train::optim::{AdamW, AdamWConfig};
+    let mut tagger = minilm_tagger();
+    let batch = StepBatch::new(16, 64);
+    let (inputs, labels) = (batch.inputs(), &batch.labels);
+    let fwd_flops = Some(batch.fwd_flops);
+    tagger
+        .set_trainable(&[ParamGroup::Adapter, ParamGroup::Head("x".into())])
+        .unwrap();
+    time("encode, frozen θp (no graph)", 5, fwd_flops, &mut || {
+        tagger.encode(&inputs, None).unwrap();
+    });
+    time("adapter step (encode + head bwd)", 5, None, &mut || {
+        let loss =
+            masked_cross_entropy(&tagger.logits(&inputs, "x", None).unwrap(), labels).unwrap();
+        loss.backward().unwrap();
+    });
+    tagger
+        .set_trainable(&[
+            ParamGroup::Encoder,
+            ParamGroup::Adapter,
+            ParamGroup::Head("x".into()),
+        ])
+        .unwrap();
+    time("forward on Vars (graph)", 5, fwd_flops, &mut || {
+        masked_cross_entropy(&tagger.logits(&inputs, "x", None).unwrap(), labels).unwrap();
+    });
+    let loss = masked_cross_entropy(&tagger.logits(&inputs, "x", None).unwrap(), labels).unwrap();
+    time("backward", 5, fwd_flops.map(|f| 2.0 * f), &mut || {
+        loss.backward().unwrap();
+    });
+    let grads = loss.backward().unwrap();
+    let mut opt = AdamW::new(tagger.trainable_vars(), AdamWConfig::default()).unwrap();
+    time("AdamW step (all params)", 5, None, &mut || {
+        opt.step(&grads).unwrap();
+    });
+}
+
+/// The graph-free encoder forward alone, repeated (for `perf record`); batch shape and
+/// repetitions from PROBE_B, PROBE_T, PROBE_REPS.
+#[test]
+#[ignore]
+fn probe_encode_loop() {
+    primer::device::retain_freed_memory();
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
+    let (b, t) = (env("PROBE_B", 16), env("PROBE_T", 64));
+    let mut tagger = minilm_tagger();
+    tagger.set_trainable(&[]).unwrap();
+    let batch = StepBatch::new(b, t);
+    let inputs = batch.inputs();
+    time(
+        &format!("encode {b}x{t}, frozen θp (no graph)"),
+        env("PROBE_REPS", 20),
+        Some(batch.fwd_flops),
+        &mut || {
+            tagger.encode(&inputs, None).unwrap();
+        },
+    );
+}

@@ -14,7 +14,7 @@ use primer::slurm::backend::{SlurmRunState, slurm_status, submit_sweep, wait_swe
 use primer::slurm::client::Submission;
 use primer::slurm::{ArrayJob, JobRef, Slurm, SlurmOptions, SlurmRecord, SlurmState, TaskStatus};
 use primer::sweep::Store;
-use primer::sweep::plan::{Plan, PlannedRun, RunSpec};
+use primer::sweep::plan::{Plan, RunSpec};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -300,22 +300,7 @@ fn demo_plan(store: &Path) -> Plan {
         (ft("fail", Some(&p[1])), vec![1]),
         (ft("hi", None), vec![]),
     ];
-    Plan {
-        sweep_name: "itest".into(),
-        store: store.to_path_buf(),
-        runs: specs
-            .into_iter()
-            .map(|(spec, deps)| PlannedRun {
-                id: spec.id(),
-                spec,
-                deps,
-                settings: vec!["s".into()],
-            })
-            .collect(),
-        entries: vec![],
-        settings: vec!["s".into()],
-        targets: vec!["hi".into()],
-    }
+    Plan::from_runs("itest", store, "s", Vec::from(specs), vec!["hi".into()])
 }
 
 #[test]

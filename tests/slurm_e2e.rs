@@ -14,25 +14,17 @@
 #[path = "slurm/guard.rs"]
 mod guard;
 
+#[path = "support/store.rs"]
+mod store;
+
 use guard::{Cluster, wait_for};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
+use store::{crate_root, json, results, run_dirs, text};
 
 const BIN: &str = env!("CARGO_BIN_EXE_primer");
-
-fn crate_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// `primer ARGS` in `cwd`, against the test cluster when there is one.
 fn primer(cwd: &Path, conf: Option<&Path>, args: &[&str]) -> Output {
@@ -150,44 +142,6 @@ priming = "meta"
         s.push_str("\"finetune.method\" = \"full\"\n");
     }
     s
-}
-
-fn run_dirs(store: &Path, kind: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(store)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().path())
-                .filter(|p| {
-                    p.file_name()
-                        .unwrap()
-                        .to_str()
-                        .unwrap()
-                        .starts_with(&format!("{kind}-"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-    )
-    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// metrics.json of every fine-tuning run, keyed by directory name, without the wall time.
-fn results(store: &Path) -> BTreeMap<String, serde_json::Value> {
-    run_dirs(store, "finetune")
-        .into_iter()
-        .filter(|d| d.join("metrics.json").is_file())
-        .map(|d| {
-            let mut v = json(&d.join("metrics.json"));
-            v.as_object_mut().unwrap().remove("wall_time_s");
-            (d.file_name().unwrap().to_str().unwrap().to_string(), v)
-        })
-        .collect()
 }
 
 /// `ARRAYJOB_TASK` of the run's latest submission (its slurm.json).

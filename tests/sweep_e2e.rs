@@ -3,16 +3,16 @@
 //! a second store is filled by an orchestrator that is SIGKILLed halfway and then resumed, and
 //! ends up with exactly the results of the uninterrupted run, no finished run executed again.
 
+#[path = "support/store.rs"]
+mod store;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use store::{crate_root, results, run_dirs, text};
 
 const BIN: &str = env!("CARGO_BIN_EXE_primer");
-
-fn crate_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn primer(cwd: &Path, args: &[&str]) -> std::process::Output {
     Command::new(BIN)
@@ -22,14 +22,6 @@ fn primer(cwd: &Path, args: &[&str]) -> std::process::Output {
         .env("RAYON_NUM_THREADS", "1")
         .output()
         .expect("run primer")
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn sweep_text(model: &Path, store: &str) -> String {
@@ -65,39 +57,8 @@ priming = "meta"
     )
 }
 
-fn run_dirs(store: &Path, kind: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(store)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().path())
-                .filter(|p| {
-                    p.file_name()
-                        .unwrap()
-                        .to_str()
-                        .unwrap()
-                        .starts_with(&format!("{kind}-"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 fn status(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("status.json")).unwrap()).unwrap()
-}
-
-/// metrics.json of every fine-tuning run, keyed by directory name, without the wall time.
-fn results(store: &Path) -> BTreeMap<String, serde_json::Value> {
-    run_dirs(store, "finetune")
-        .into_iter()
-        .filter_map(|d| {
-            let text = std::fs::read_to_string(d.join("metrics.json")).ok()?;
-            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-            v.as_object_mut().unwrap().remove("wall_time_s");
-            Some((d.file_name().unwrap().to_str().unwrap().to_string(), v))
-        })
-        .collect()
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! `primer finetune`: one fine-tuning run, the unit of work a sweep schedules.
 
 use super::progress_bar::TerminalProgress;
+use super::run_args::{SharedRunArgs, shared_fields};
 use anyhow::Context;
-use primer::config::{FinetuneConfig, FinetuneMethod, Subsample};
+use primer::config::{FinetuneConfig, FinetuneMethod};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,33 +15,23 @@ pub struct FinetuneArgs {
     /// A JSON or TOML file holding a whole FinetuneConfig (flags below override its fields).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Hugging Face BERT folder (config.json, model.safetensors, tokenizer.json or vocab.txt).
-    #[arg(long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    shared: SharedRunArgs,
     /// A primed checkpoint folder (from `primer prime`) to start from instead of --model.
     #[arg(long)]
     init: Option<PathBuf>,
-    /// Data root holding one folder per language.
-    #[arg(long)]
-    data: Option<PathBuf>,
     /// Target language (a folder under --data).
     #[arg(long)]
     lang: Option<String>,
     /// Which parameters to train.
     #[arg(long, value_enum)]
     method: Option<FinetuneMethod>,
-    /// Use at most N training sentences.
-    #[arg(long)]
-    train_limit: Option<usize>,
     /// Use at most N dev sentences.
     #[arg(long)]
     dev_limit: Option<usize>,
     /// Use at most N test sentences.
     #[arg(long)]
     test_limit: Option<usize>,
-    /// Pick limited sentences at random (seeded) instead of the first N.
-    #[arg(long)]
-    sample: bool,
     #[arg(long)]
     epochs: Option<usize>,
     #[arg(long)]
@@ -48,29 +39,12 @@ pub struct FinetuneArgs {
     /// Peak learning rate (default per method: full 5e-5, head 1e-2, adapter 5e-3).
     #[arg(long)]
     lr: Option<f64>,
-    #[arg(long)]
-    warmup_ratio: Option<f64>,
-    #[arg(long)]
-    weight_decay: Option<f64>,
     /// Do not apply weight decay to biases and LayerNorm parameters.
     #[arg(long)]
     no_decay_bias_and_norm: bool,
-    #[arg(long)]
-    adapter_dim: Option<usize>,
     /// Run the encoder at every step even when it is frozen (no output cache).
     #[arg(long)]
     no_cache: bool,
-    /// Override the model's dropout probabilities.
-    #[arg(long)]
-    dropout: Option<f64>,
-    /// Maximum sequence length in subword tokens.
-    #[arg(long)]
-    max_len: Option<usize>,
-    #[arg(long)]
-    seed: Option<u64>,
-    /// `cpu` or `cuda:N`.
-    #[arg(long)]
-    device: Option<String>,
     /// Output folder (metrics.json goes here).
     #[arg(long)]
     out: PathBuf,
@@ -83,14 +57,9 @@ impl FinetuneArgs {
             Some(path) => super::read_config_file::<FinetuneConfig>(path)?,
             None => FinetuneConfig::default(),
         };
-        if let Some(v) = &self.model {
-            c.model = v.clone();
-        }
+        self.shared.apply(shared_fields!(c));
         if let Some(v) = &self.init {
             c.init = Some(v.clone());
-        }
-        if let Some(v) = &self.data {
-            c.data.root = v.clone();
         }
         if let Some(v) = &self.lang {
             c.lang = v.clone();
@@ -98,17 +67,11 @@ impl FinetuneArgs {
         if let Some(v) = self.method {
             c.method = v;
         }
-        if self.train_limit.is_some() {
-            c.data.train_limit = self.train_limit;
-        }
         if self.dev_limit.is_some() {
             c.data.dev_limit = self.dev_limit;
         }
         if self.test_limit.is_some() {
             c.data.test_limit = self.test_limit;
-        }
-        if self.sample {
-            c.data.subsample = Subsample::Seeded;
         }
         if let Some(v) = self.epochs {
             c.epochs = v;
@@ -119,32 +82,11 @@ impl FinetuneArgs {
         if self.lr.is_some() {
             c.lr = self.lr;
         }
-        if let Some(v) = self.warmup_ratio {
-            c.warmup_ratio = v;
-        }
-        if let Some(v) = self.weight_decay {
-            c.weight_decay = v;
-        }
         if self.no_decay_bias_and_norm {
             c.decay_bias_and_norm = false;
         }
-        if let Some(v) = self.adapter_dim {
-            c.adapter_dim = v;
-        }
         if self.no_cache {
             c.cache_encoder = false;
-        }
-        if self.dropout.is_some() {
-            c.dropout = self.dropout;
-        }
-        if let Some(v) = self.max_len {
-            c.data.max_len = v;
-        }
-        if let Some(v) = self.seed {
-            c.seed = v;
-        }
-        if let Some(v) = &self.device {
-            c.device = v.clone();
         }
         if c.model.as_os_str().is_empty() && c.init.is_none() {
             anyhow::bail!(

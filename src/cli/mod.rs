@@ -10,6 +10,7 @@ mod init_model;
 mod prime;
 pub mod progress_bar;
 mod report;
+mod run_args;
 mod score;
 mod sweep;
 
@@ -52,6 +53,7 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
+    primer::device::retain_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Finetune(a) => finetune::run(a),

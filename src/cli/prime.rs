@@ -2,8 +2,9 @@
 //! primed checkpoint folder that `primer finetune --init` starts from.
 
 use super::progress_bar::TerminalProgress;
+use super::run_args::{SharedRunArgs, shared_fields};
 use anyhow::Context;
-use primer::config::{InnerLoop, PrimeConfig, PrimingMethod, Subsample, SupportMode};
+use primer::config::{InnerLoop, PrimeConfig, PrimingMethod, SupportMode};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,12 +35,8 @@ pub struct PrimeArgs {
     /// A JSON or TOML file holding a whole PrimeConfig (flags below override its fields).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Hugging Face BERT folder (config.json, model.safetensors, tokenizer.json or vocab.txt).
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Data root holding one folder per language.
-    #[arg(long)]
-    data: Option<PathBuf>,
+    #[command(flatten)]
+    shared: SharedRunArgs,
     /// Source languages, comma-separated (each is one task with its own head).
     #[arg(long, value_delimiter = ',')]
     sources: Option<Vec<String>>,
@@ -69,29 +66,6 @@ pub struct PrimeArgs {
     support_batch_size: Option<usize>,
     #[arg(long)]
     query_batch_size: Option<usize>,
-    #[arg(long)]
-    weight_decay: Option<f64>,
-    #[arg(long)]
-    warmup_ratio: Option<f64>,
-    /// Use at most N training sentences per source language.
-    #[arg(long)]
-    train_limit: Option<usize>,
-    /// Pick limited sentences at random (seeded) instead of the first N.
-    #[arg(long)]
-    sample: bool,
-    #[arg(long)]
-    adapter_dim: Option<usize>,
-    /// Override the model's dropout probabilities.
-    #[arg(long)]
-    dropout: Option<f64>,
-    /// Maximum sequence length in subword tokens.
-    #[arg(long)]
-    max_len: Option<usize>,
-    #[arg(long)]
-    seed: Option<u64>,
-    /// `cpu` or `cuda:N`.
-    #[arg(long)]
-    device: Option<String>,
     /// Output folder of the primed checkpoint (replaced atomically when it exists).
     #[arg(long)]
     out: PathBuf,
@@ -104,12 +78,7 @@ impl PrimeArgs {
             Some(path) => super::read_config_file::<PrimeConfig>(path)?,
             None => PrimeConfig::default(),
         };
-        if let Some(v) = &self.model {
-            c.model = v.clone();
-        }
-        if let Some(v) = &self.data {
-            c.data.root = v.clone();
-        }
+        self.shared.apply(shared_fields!(c));
         if let Some(v) = &self.sources {
             c.sources = v
                 .iter()
@@ -153,33 +122,6 @@ impl PrimeArgs {
         }
         if let Some(v) = self.query_batch_size {
             c.query_batch_size = v;
-        }
-        if let Some(v) = self.weight_decay {
-            c.weight_decay = v;
-        }
-        if let Some(v) = self.warmup_ratio {
-            c.warmup_ratio = v;
-        }
-        if self.train_limit.is_some() {
-            c.data.train_limit = self.train_limit;
-        }
-        if self.sample {
-            c.data.subsample = Subsample::Seeded;
-        }
-        if let Some(v) = self.adapter_dim {
-            c.adapter_dim = v;
-        }
-        if self.dropout.is_some() {
-            c.dropout = self.dropout;
-        }
-        if let Some(v) = self.max_len {
-            c.data.max_len = v;
-        }
-        if let Some(v) = self.seed {
-            c.seed = v;
-        }
-        if let Some(v) = &self.device {
-            c.device = v.clone();
         }
         if c.model.as_os_str().is_empty() {
             anyhow::bail!(

@@ -270,19 +270,6 @@ pub fn add_assign(acc: &mut [f32], x: &[f32]) {
     }
 }
 
-/// `y = (y + b) · scale` (bias of a linear layer, in place).
-pub fn bias_scale_row(y: &mut [f32], b: &[f32], scale: f32) {
-    assert_eq!(y.len(), b.len());
-    #[cfg(target_arch = "x86_64")]
-    if use_avx2() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked above).
-        return unsafe { avx::bias_scale_row(y, b, scale) };
-    }
-    for (o, &v) in y.iter_mut().zip(b) {
-        *o = (*o + v) * scale;
-    }
-}
-
 /// `y = x + b` for one row.
 pub fn add_row(x: &[f32], b: &[f32], y: &mut [f32]) {
     assert!(x.len() == b.len() && x.len() == y.len());
@@ -649,27 +636,6 @@ mod avx {
             acc[j] += x[j];
         }
     }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn bias_scale_row(y: &mut [f32], b: &[f32], scale: f32) {
-        let n = y.len() / W * W;
-        let s = _mm256_set1_ps(scale);
-        let mut i = 0;
-        while i < n {
-            // SAFETY: i + 8 <= n <= len of both slices.
-            unsafe {
-                store(
-                    y,
-                    i,
-                    _mm256_mul_ps(_mm256_add_ps(load(y, i), load(b, i)), s),
-                )
-            };
-            i += W;
-        }
-        for j in n..y.len() {
-            y[j] = (y[j] + b[j]) * scale;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -739,9 +705,8 @@ mod tests {
             }
             let mut acc = dy.clone();
             add_assign(&mut acc, &x);
-            bias_scale_row(&mut acc, &dy, 0.5);
             for i in 0..len {
-                assert!((acc[i] - (dy[i] + x[i] + dy[i]) * 0.5).abs() < 1e-6);
+                assert!((acc[i] - (dy[i] + x[i])).abs() < 1e-6);
             }
         }
     }

@@ -410,7 +410,7 @@ mod tests {
     use super::*;
     use crate::config::{FinetuneConfig, PrimeConfig};
     use crate::slurm::testutil::Fake;
-    use crate::sweep::plan::{PlannedRun, RunSpec};
+    use crate::sweep::plan::RunSpec;
 
     /// Two priming runs; fine-tuning runs 2 and 3 start from prime 0, run 4 from prime 1, run 5
     /// from the plain model.
@@ -437,22 +437,13 @@ mod tests {
             (ft("hi", Some(&p[1])), vec![1]),
             (ft("hi", None), vec![]),
         ];
-        Plan {
-            sweep_name: "demo".into(),
-            store: store.to_path_buf(),
-            runs: specs
-                .into_iter()
-                .map(|(spec, deps)| PlannedRun {
-                    id: spec.id(),
-                    spec,
-                    deps,
-                    settings: vec!["s".into()],
-                })
-                .collect(),
-            entries: vec![],
-            settings: vec!["s".into()],
-            targets: vec!["hi".into(), "ta".into()],
-        }
+        Plan::from_runs(
+            "demo",
+            store,
+            "s",
+            Vec::from(specs),
+            vec!["hi".into(), "ta".into()],
+        )
     }
 
     fn setup() -> (Fake, tempfile::TempDir, Plan, Store) {

@@ -12,7 +12,7 @@ use crate::config::{FinetuneConfig, PrimeConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Bumped when the meaning of a spec changes in a way its fields do not show; part of every id.
 pub const SPEC_VERSION: u32 = 1;
@@ -160,6 +160,34 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// A plan of explicit runs, each with the indices (into `runs`) of the runs it starts
+    /// from, all used by one setting and with no report entries: for tools and tests that
+    /// schedule runs without a sweep file.
+    pub fn from_runs(
+        sweep_name: &str,
+        store: &Path,
+        setting: &str,
+        runs: Vec<(RunSpec, Vec<usize>)>,
+        targets: Vec<String>,
+    ) -> Plan {
+        Plan {
+            sweep_name: sweep_name.to_string(),
+            store: store.to_path_buf(),
+            runs: runs
+                .into_iter()
+                .map(|(spec, deps)| PlannedRun {
+                    id: spec.id(),
+                    spec,
+                    deps,
+                    settings: vec![setting.to_string()],
+                })
+                .collect(),
+            entries: vec![],
+            settings: vec![setting.to_string()],
+            targets,
+        }
+    }
+
     /// Expands `sweep`. Fails when the expansion is empty or a combination does not resolve.
     pub fn expand(sweep: &Sweep) -> Result<Plan, SweepError> {
         let mut primes: Vec<PlannedRun> = Vec::new();
