@@ -114,6 +114,45 @@ struct Dims {
     dh: usize,
 }
 
+/// The three products of one (sequence, head) block that attention needs. A "head block" is
+/// T rows of `dh` values at row stride H inside a `[B, T, H]` tensor (a pointer to its first
+/// value); a "square" is a dense T×T matrix.
+///
+/// # Safety (all three)
+/// Every pointer must address a whole block of its kind inside its allocation, and `dst`
+/// must overlap neither input.
+impl Dims {
+    /// `dst (square) = A · Bᵀ` of two head blocks (scores q·kᵀ, and dctx·vᵀ).
+    unsafe fn square_of_blocks(self, dst: *mut f32, a: *const f32, b: *const f32) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            gemm_strided(
+                self.t, self.t, self.dh, dst, self.t, a, self.h, 1, b, 1, self.h,
+            )
+        }
+    }
+
+    /// `dst (head block) = P · B` of a square and a head block (probs·v, and dS·k).
+    unsafe fn block_of_square(self, dst: *mut f32, p: *const f32, b: *const f32) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            gemm_strided(
+                self.t, self.dh, self.t, dst, self.h, p, self.t, 1, b, self.h, 1,
+            )
+        }
+    }
+
+    /// `dst (head block) = Pᵀ · B` of a square and a head block (P'ᵀ·dctx, and dSᵀ·q).
+    unsafe fn block_of_square_t(self, dst: *mut f32, p: *const f32, b: *const f32) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            gemm_strided(
+                self.t, self.dh, self.t, dst, self.h, p, 1, self.t, b, self.h, 1,
+            )
+        }
+    }
+}
+
 /// `dst (m×n) = lhs (m×k) · rhs (k×n)` on strided f32 blocks, single-threaded (the callers
 /// parallelise over heads). Strides are (row, column) in elements.
 ///
@@ -164,22 +203,9 @@ impl AttentionOp {
     /// Probabilities `P = softmax(q·kᵀ + bias)` of sequence `bi`, head `hi` into `p` (T×T).
     fn probs(&self, d: Dims, q: &[f32], k: &[f32], bi: usize, hi: usize, p: &mut [f32]) {
         let off = bi * d.t * d.h + hi * d.dh;
-        // SAFETY: q/k blocks are T rows of dh values at stride H inside [B, T, H]; p is T×T.
-        unsafe {
-            gemm_strided(
-                d.t,
-                d.t,
-                d.dh,
-                p.as_mut_ptr(),
-                d.t,
-                q.as_ptr().add(off),
-                d.h,
-                1,
-                k.as_ptr().add(off),
-                1,
-                d.h,
-            );
-        }
+        assert_eq!(p.len(), d.t * d.t);
+        // SAFETY: `off` is the (bi, hi) head block of the [B, T, H] q and k; p is T×T.
+        unsafe { d.square_of_blocks(p.as_mut_ptr(), q.as_ptr().add(off), k.as_ptr().add(off)) };
         let bias = &self.key_bias[bi * d.t..(bi + 1) * d.t];
         for row in p.chunks_mut(d.t) {
             kernels::add_assign(row, bias);
@@ -260,22 +286,8 @@ impl CustomOp3 for AttentionOp {
                     p.iter_mut().zip(m).for_each(|(a, &w)| *a *= w);
                 }
                 let off = bi * d.t * d.h + hi * d.dh;
-                // SAFETY: job (bi, hi) writes only its own T×dh block of `out`.
-                unsafe {
-                    gemm_strided(
-                        d.t,
-                        d.dh,
-                        d.t,
-                        dst.get().add(off),
-                        d.h,
-                        p.as_ptr(),
-                        d.t,
-                        1,
-                        v.as_ptr().add(off),
-                        d.h,
-                        1,
-                    );
-                }
+                // SAFETY: job (bi, hi) writes only its own head block of `out`.
+                unsafe { d.block_of_square(dst.get().add(off), p.as_ptr(), v.as_ptr().add(off)) };
             },
         );
         Ok((CpuStorage::F32(out), lq.shape().clone()))
@@ -367,33 +379,9 @@ impl CustomOp3 for AttentionBwdOp {
                 unsafe {
                     let (dq, dk, dv) = (base.get(), base.get().add(n), base.get().add(2 * n));
                     // dv = P'ᵀ · dctx
-                    gemm_strided(
-                        d.t,
-                        d.dh,
-                        d.t,
-                        dv.add(off),
-                        d.h,
-                        pdrop.as_ptr(),
-                        1,
-                        d.t,
-                        g.as_ptr().add(off),
-                        d.h,
-                        1,
-                    );
+                    d.block_of_square_t(dv.add(off), pdrop.as_ptr(), g.as_ptr().add(off));
                     // dP' = dctx · vᵀ
-                    gemm_strided(
-                        d.t,
-                        d.t,
-                        d.dh,
-                        dp.as_mut_ptr(),
-                        d.t,
-                        g.as_ptr().add(off),
-                        d.h,
-                        1,
-                        v.as_ptr().add(off),
-                        1,
-                        d.h,
-                    );
+                    d.square_of_blocks(dp.as_mut_ptr(), g.as_ptr().add(off), v.as_ptr().add(off));
                     if let Some(m) = mask {
                         dp.iter_mut().zip(m).for_each(|(a, &w)| *a *= w);
                     }
@@ -403,32 +391,8 @@ impl CustomOp3 for AttentionBwdOp {
                         kernels::softmax_bwd_row(pr, dpr, ds);
                     }
                     // dq = dS · k, dk = dSᵀ · q
-                    gemm_strided(
-                        d.t,
-                        d.dh,
-                        d.t,
-                        dq.add(off),
-                        d.h,
-                        pd.as_ptr(),
-                        d.t,
-                        1,
-                        k.as_ptr().add(off),
-                        d.h,
-                        1,
-                    );
-                    gemm_strided(
-                        d.t,
-                        d.dh,
-                        d.t,
-                        dk.add(off),
-                        d.h,
-                        pd.as_ptr(),
-                        1,
-                        d.t,
-                        q.as_ptr().add(off),
-                        d.h,
-                        1,
-                    );
+                    d.block_of_square(dq.add(off), pd.as_ptr(), k.as_ptr().add(off));
+                    d.block_of_square_t(dk.add(off), pd.as_ptr(), q.as_ptr().add(off));
                 }
             },
         );
@@ -439,21 +403,9 @@ impl CustomOp3 for AttentionBwdOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ops::max_abs;
     use crate::rng::SeededRng;
     use candle_core::{Device, Var};
-
-    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     /// The fused op equals the composite in value and in all three gradients, with padding
     /// and with a dropout mask, on a length that is not a multiple of the SIMD width.

@@ -207,6 +207,50 @@ fn rows_per_task(rows: usize, d: usize) -> usize {
     target.min(rows.div_ceil(threads)).max(1)
 }
 
+/// Element-wise kernels run on blocks of this many values (the last block may be shorter).
+const ELEMENTWISE_BLOCK: usize = 1 << 14;
+
+/// `y` with `f(x_row, y_row)` applied to every row of length `d` of `x`, rows in parallel
+/// blocks of [`rows_per_task`]: the loop of every row-wise kernel here.
+fn map_rows(x: &[f32], d: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    if d == 0 || x.is_empty() {
+        return y;
+    }
+    let chunk = rows_per_task(x.len().div_ceil(d), d) * d;
+    y.par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk))
+        .for_each(|(yc, xc)| {
+            for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                f(xr, yr);
+            }
+        });
+    y
+}
+
+/// [`map_rows`] over two inputs of the same length: `f(a_row, b_row, y_row)`.
+fn map_rows2(
+    a: &[f32],
+    b: &[f32],
+    d: usize,
+    f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    assert_eq!(a.len(), b.len(), "map_rows2: inputs of different lengths");
+    let mut y = vec![0f32; a.len()];
+    if d == 0 || a.is_empty() {
+        return y;
+    }
+    let chunk = rows_per_task(a.len().div_ceil(d), d) * d;
+    y.par_chunks_mut(chunk)
+        .zip(a.par_chunks(chunk).zip(b.par_chunks(chunk)))
+        .for_each(|(yc, (ac, bc))| {
+            for ((yr, ar), br) in yc.chunks_mut(d).zip(ac.chunks(d)).zip(bc.chunks(d)) {
+                f(ar, br, yr);
+            }
+        });
+    y
+}
+
 struct LayerNormOp {
     eps: f32,
 }
@@ -235,16 +279,9 @@ impl CustomOp3 for LayerNormOp {
                 l1.dims()
             );
         }
-        let mut y = vec![0f32; x.len()];
-        let rows = x.len() / d;
-        let chunk = rows_per_task(rows, d) * d;
-        y.par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk))
-            .for_each(|(yc, xc)| {
-                for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                    kernels::layer_norm_row(xr, g, b, self.eps, yr);
-                }
-            });
+        let y = map_rows(x, d, |xr, yr| {
+            kernels::layer_norm_row(xr, g, b, self.eps, yr)
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -330,15 +367,7 @@ impl CustomOp1 for SoftmaxOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s, l, "softmax")?;
         let d = *l.dims().last().unwrap_or(&1);
-        let mut y = vec![0f32; x.len()];
-        let chunk = rows_per_task(x.len() / d.max(1), d) * d;
-        y.par_chunks_mut(chunk.max(1))
-            .zip(x.par_chunks(chunk.max(1)))
-            .for_each(|(yc, xc)| {
-                for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                    kernels::softmax_row(xr, yr);
-                }
-            });
+        let y = map_rows(x, d, kernels::softmax_row);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -372,15 +401,7 @@ impl candle_core::CustomOp2 for SoftmaxBwdOp {
         let y = cpu_slice(s1, l1, "softmax_bwd y")?;
         let dy = cpu_slice(s2, l2, "softmax_bwd grad")?;
         let d = *l1.dims().last().unwrap_or(&1);
-        let mut dx = vec![0f32; y.len()];
-        let chunk = rows_per_task(y.len() / d.max(1), d) * d;
-        dx.par_chunks_mut(chunk.max(1))
-            .zip(y.par_chunks(chunk.max(1)).zip(dy.par_chunks(chunk.max(1))))
-            .for_each(|(dxc, (yc, dyc))| {
-                for ((dxr, yr), dyr) in dxc.chunks_mut(d).zip(yc.chunks(d)).zip(dyc.chunks(d)) {
-                    kernels::softmax_bwd_row(yr, dyr, dxr);
-                }
-            });
+        let dx = map_rows2(y, dy, d, kernels::softmax_bwd_row);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -510,10 +531,7 @@ impl CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s, l, "gelu")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(1 << 14)
-            .zip(x.par_chunks(1 << 14))
-            .for_each(|(yc, xc)| kernels::gelu(xc, yc));
+        let y = map_rows(x, ELEMENTWISE_BLOCK, kernels::gelu);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -544,10 +562,7 @@ impl candle_core::CustomOp2 for GeluBwdOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s1, l1, "gelu_bwd x")?;
         let dy = cpu_slice(s2, l2, "gelu_bwd grad")?;
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(1 << 14)
-            .zip(x.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14)))
-            .for_each(|(dc, (xc, gc))| kernels::gelu_bwd(xc, gc, dc));
+        let dx = map_rows2(x, dy, ELEMENTWISE_BLOCK, kernels::gelu_bwd);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -568,16 +583,7 @@ impl candle_core::CustomOp2 for BiasAddOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s1, l1, "bias_add x")?;
         let b = cpu_slice(s2, l2, "bias_add b")?;
-        let d = b.len();
-        let mut y = vec![0f32; x.len()];
-        let chunk = rows_per_task(x.len() / d.max(1), d) * d;
-        y.par_chunks_mut(chunk.max(1))
-            .zip(x.par_chunks(chunk.max(1)))
-            .for_each(|(yc, xc)| {
-                for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                    kernels::add_row(xr, b, yr);
-                }
-            });
+        let y = map_rows(x, b.len(), |xr, yr| kernels::add_row(xr, b, yr));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -628,23 +634,26 @@ impl CustomOp1 for ColumnSumOp {
     }
 }
 
+/// The largest absolute difference of two tensors of one shape (for the tests of the fused
+/// ops against their composites).
+#[cfg(test)]
+pub(crate) fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
-
-    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     #[test]
     fn fused_layer_norm_matches_composite_in_value_and_gradient() {
