@@ -7,7 +7,7 @@
 mod store;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use store::{crate_root, results, run_dirs, text};
@@ -61,25 +61,26 @@ fn status(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("status.json")).unwrap()).unwrap()
 }
 
-#[test]
-fn sweep_runs_shares_priming_and_resumes_after_sigkill() {
+/// A temporary folder holding a tiny random model (`<tmp>/model`), or None (after printing
+/// SKIP) when the checkout lacks the committed data or tokenizer.
+fn tiny_model() -> Option<(tempfile::TempDir, PathBuf)> {
     let root = crate_root();
     let tokenizer = root.join("data/tokenizer/bert-base-multilingual-cased");
     for needed in [
         root.join("data/wikiann/af"),
+        root.join("data/wikiann/hi"),
         root.join("data/wikiann/en"),
         tokenizer.clone(),
     ] {
         if !needed.exists() {
             eprintln!("SKIP: {} not found", needed.display());
-            return;
+            return None;
         }
     }
     let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let model = t.join("model");
+    let model = tmp.path().join("model");
     let out = primer(
-        t,
+        tmp.path(),
         &[
             "init-model",
             "--out",
@@ -99,6 +100,15 @@ fn sweep_runs_shares_priming_and_resumes_after_sigkill() {
         ],
     );
     assert!(out.status.success(), "init-model failed: {}", text(&out));
+    Some((tmp, model))
+}
+
+#[test]
+fn sweep_runs_shares_priming_and_resumes_after_sigkill() {
+    let Some((tmp, model)) = tiny_model() else {
+        return;
+    };
+    let t = tmp.path();
 
     // 1. Uninterrupted: 2 priming + 8 fine-tuning runs; priming executes exactly twice.
     std::fs::write(t.join("a.toml"), sweep_text(&model, "store1")).unwrap();
@@ -341,6 +351,49 @@ fn sweep_runs_shares_priming_and_resumes_after_sigkill() {
 }
 
 /// Whether /proc says the process is a zombie (exited, not yet reaped by its parent).
+/// A rebuild replaces the binary while a sweep runs: the runs the orchestrator starts
+/// afterwards still execute the binary it was started from, not whatever is at its path.
+#[test]
+fn runs_started_after_the_binary_is_replaced_run_the_original() {
+    let Some((tmp, model)) = tiny_model() else {
+        return;
+    };
+    let t = tmp.path();
+    let exe = t.join("bin/primer");
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    std::fs::copy(BIN, &exe).unwrap();
+    std::fs::write(t.join("a.toml"), sweep_text(&model, "store")).unwrap();
+    let child = Command::new(&exe)
+        .args(["run", "a.toml", "--plain", "--no-report", "--retries", "0"])
+        .current_dir(t)
+        .env("RAYON_NUM_THREADS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // spawn() returns once the orchestrator has exec'd the copy; it has not planned yet, let
+    // alone started a run. Replace the file the way a rebuild does (unlink, new file).
+    std::fs::remove_file(&exe).unwrap();
+    std::fs::write(
+        &exe,
+        "#!/bin/sh\necho 'not the primer this sweep was started with' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let store = t.join("store");
+    assert_eq!(run_dirs(&store, "prime").len(), 2);
+    assert_eq!(results(&store).len(), 8, "{}", text(&out));
+    for d in run_dirs(&store, "finetune")
+        .into_iter()
+        .chain(run_dirs(&store, "prime"))
+    {
+        let log = std::fs::read_to_string(d.join("log.txt")).unwrap();
+        assert!(!log.contains("not the primer"), "{}: {log}", d.display());
+    }
+}
+
 fn zombie(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {

@@ -22,6 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Runs tasks as `primer exec` child processes.
 pub struct ProcessExecutor {
     exe: PathBuf,
+    /// `exe` is the running binary itself (children then run its very inode, see
+    /// [`child_command`]).
+    exe_is_self: bool,
     /// Task index → run directory.
     run_dirs: Vec<PathBuf>,
     /// Threads per CPU child (RAYON_NUM_THREADS), unless the user set it.
@@ -36,8 +39,10 @@ impl ProcessExecutor {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let cpu_threads = (cpu_slots > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none())
             .then(|| (cores / cpu_slots).max(1));
+        let exe_is_self = std::env::current_exe().is_ok_and(|me| me == exe);
         Self {
             exe,
+            exe_is_self,
             run_dirs,
             cpu_threads,
             running: Mutex::new(HashMap::new()),
@@ -51,6 +56,27 @@ impl ProcessExecutor {
         unsafe {
             libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
         }
+    }
+}
+
+/// A command that runs the primer binary `exe` — on Linux the very file this process was
+/// started from, even after `exe` has been rebuilt, replaced or deleted.
+///
+/// A sweep runs for hours while users rebuild primer; spawning children by path would run
+/// whatever sits at the path at that moment (a binary half-written by cargo, a different
+/// version, or nothing). `/proc/self/exe` names the inode of the running executable, so every
+/// child runs the same code as the orchestrator; argv[0] stays the readable path.
+///
+/// `exe_is_self`: `exe` is this process's own executable (decided when the process started:
+/// later, a deleted executable's path reads as "… (deleted)").
+pub fn child_command(exe: &Path, exe_is_self: bool) -> Command {
+    let own = Path::new("/proc/self/exe");
+    if cfg!(target_os = "linux") && exe_is_self && own.exists() {
+        let mut cmd = Command::new(own);
+        cmd.arg0(exe);
+        cmd
+    } else {
+        Command::new(exe)
     }
 }
 
@@ -79,7 +105,7 @@ impl Executor for ProcessExecutor {
         let stderr = log
             .try_clone()
             .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        let mut cmd = Command::new(&self.exe);
+        let mut cmd = child_command(&self.exe, self.exe_is_self);
         cmd.arg("exec")
             .arg("--run-dir")
             .arg(dir)
