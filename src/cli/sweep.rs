@@ -773,10 +773,11 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     )
 }
 
-/// The quick demo: the same settings on two target languages, under its own name.
+/// The quick demo: the same settings on two target languages with two fine-tuning epochs,
+/// under its own name.
 fn quick_variant(text: &str) -> anyhow::Result<String> {
     let mut out = String::new();
-    let (mut named, mut targeted) = (false, false);
+    let (mut named, mut targeted, mut shortened) = (false, false, false);
     for line in text.lines() {
         if line.starts_with("name = ") {
             out.push_str("name = \"demo-quick\"\n");
@@ -784,14 +785,17 @@ fn quick_variant(text: &str) -> anyhow::Result<String> {
         } else if line.starts_with("targets = ") {
             out.push_str("targets = [\"hi\", \"af\"]\n");
             targeted = true;
+        } else if line.starts_with("epochs = ") {
+            out.push_str("epochs = 2\n");
+            shortened = true;
         } else {
             out.push_str(line);
             out.push('\n');
         }
     }
     anyhow::ensure!(
-        named && targeted,
-        "the embedded demo sweep must have top-level `name = ` and `targets = ` lines"
+        named && targeted && shortened,
+        "the embedded demo sweep must have `name = `, `targets = ` and (fine-tuning) `epochs = ` lines"
     );
     Ok(out)
 }
@@ -827,6 +831,7 @@ fn ensure_demo_model() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use primer::sweep::plan::RunSpec;
 
     #[test]
     fn embedded_demo_and_its_quick_variant_are_valid() {
@@ -837,6 +842,20 @@ mod tests {
         assert_eq!(quick.name, "demo-quick");
         assert_eq!(quick.targets, vec!["hi", "af"]);
         assert_eq!(quick.settings.len(), demo.settings.len());
-        Plan::expand(&quick).unwrap();
+        let epochs = |sweep: &Sweep| -> Vec<usize> {
+            let mut e: Vec<usize> = Plan::expand(sweep)
+                .unwrap()
+                .runs
+                .iter()
+                .filter_map(|r| match &r.spec {
+                    RunSpec::Finetune { config, .. } => Some(config.epochs),
+                    RunSpec::Prime { .. } => None,
+                })
+                .collect();
+            e.dedup();
+            e
+        };
+        assert_eq!(epochs(&demo), vec![8]);
+        assert_eq!(epochs(&quick), vec![2]);
     }
 }
