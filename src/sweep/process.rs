@@ -21,10 +21,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Runs tasks as `primer exec` child processes.
 pub struct ProcessExecutor {
+    /// The primer binary as the user knows it (argv[0] of the children, error messages).
     exe: PathBuf,
-    /// `exe` is the running binary itself (children then run its very inode, see
-    /// [`child_command`]).
-    exe_is_self: bool,
+    /// What the children execute: [`own_program`] of `exe`.
+    program: PathBuf,
     /// Task index → run directory.
     run_dirs: Vec<PathBuf>,
     /// Threads per CPU child (RAYON_NUM_THREADS), unless the user set it.
@@ -39,10 +39,9 @@ impl ProcessExecutor {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let cpu_threads = (cpu_slots > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none())
             .then(|| (cores / cpu_slots).max(1));
-        let exe_is_self = std::env::current_exe().is_ok_and(|me| me == exe);
         Self {
+            program: own_program(&exe),
             exe,
-            exe_is_self,
             run_dirs,
             cpu_threads,
             running: Mutex::new(HashMap::new()),
@@ -59,24 +58,26 @@ impl ProcessExecutor {
     }
 }
 
-/// A command that runs the primer binary `exe` — on Linux the very file this process was
-/// started from, even after `exe` has been rebuilt, replaced or deleted.
+/// The program that runs the primer binary `exe`: on Linux, when `exe` is this process's own
+/// executable, `/proc/self/exe` — the very file this process was started from, even after
+/// `exe` has been rebuilt, replaced or deleted; otherwise `exe` itself.
 ///
 /// A sweep runs for hours while users rebuild primer; spawning children by path would run
 /// whatever sits at the path at that moment (a binary half-written by cargo, a different
 /// version, or nothing). `/proc/self/exe` names the inode of the running executable, so every
-/// child runs the same code as the orchestrator; argv[0] stays the readable path.
-///
-/// `exe_is_self`: `exe` is this process's own executable (decided when the process started:
-/// later, a deleted executable's path reads as "… (deleted)").
-pub fn child_command(exe: &Path, exe_is_self: bool) -> Command {
+/// child runs the same code as the orchestrator.
+fn own_program(exe: &Path) -> PathBuf {
     let own = Path::new("/proc/self/exe");
-    if cfg!(target_os = "linux") && exe_is_self && own.exists() {
-        let mut cmd = Command::new(own);
-        cmd.arg0(exe);
-        cmd
+    // Once the executable is unlinked, the kernel reads the link as "<path> (deleted)": `exe`,
+    // taken from the same link a moment earlier, may still be the plain path.
+    let is_self = std::env::current_exe().is_ok_and(|me| {
+        me == exe
+            || me.as_os_str().to_str() == exe.to_str().map(|e| format!("{e} (deleted)")).as_deref()
+    });
+    if cfg!(target_os = "linux") && is_self && own.exists() {
+        own.to_path_buf()
     } else {
-        Command::new(exe)
+        exe.to_path_buf()
     }
 }
 
@@ -105,8 +106,9 @@ impl Executor for ProcessExecutor {
         let stderr = log
             .try_clone()
             .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        let mut cmd = child_command(&self.exe, self.exe_is_self);
-        cmd.arg("exec")
+        let mut cmd = Command::new(&self.program);
+        cmd.arg0(&self.exe)
+            .arg("exec")
             .arg("--run-dir")
             .arg(dir)
             .arg("--device")
