@@ -480,11 +480,24 @@ fn linear_rows(
     k: usize,
     out: usize,
 ) -> Vec<f32> {
-    let mut y = Vec::with_capacity(rows * out);
     let scaled_bias: Vec<f32> = b.iter().map(|&v| v * scale).collect();
-    for _ in 0..rows {
-        y.extend_from_slice(&scaled_bias);
+    let mut y = Vec::with_capacity(rows * out);
+    if out > 0 {
+        // The fill is a full pass over the output: in parallel blocks of rows, like the
+        // row-wise kernels, writing the uninitialised capacity once.
+        let chunk = rows_per_task(rows, out) * out;
+        y.spare_capacity_mut()[..rows * out]
+            .par_chunks_mut(chunk)
+            .for_each(|yc| {
+                for row in yc.chunks_mut(out) {
+                    for (dst, &v) in row.iter_mut().zip(&scaled_bias) {
+                        dst.write(v);
+                    }
+                }
+            });
     }
+    // SAFETY: every one of the rows·out values was written above.
+    unsafe { y.set_len(rows * out) };
     if rows == 0 || out == 0 || k == 0 {
         return y;
     }
