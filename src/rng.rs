@@ -86,12 +86,16 @@ impl SeededRng {
         p: f32,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let keep = 1.0 / (1.0 - p);
-        let v: Vec<f32> = (0..n)
-            .map(|_| if self.uniform() < p { 0.0 } else { keep })
-            .collect();
+        let v = self.dropout_mask_vec(shape.iter().product(), p);
         Tensor::from_vec(v, shape, device)
+    }
+
+    /// The values of [`SeededRng::dropout_mask`] (same draws) as a plain vector of `n`.
+    pub fn dropout_mask_vec(&mut self, n: usize, p: f32) -> Vec<f32> {
+        let keep = 1.0 / (1.0 - p);
+        (0..n)
+            .map(|_| if self.uniform() < p { 0.0 } else { keep })
+            .collect()
     }
 
     /// `k` distinct indices from `0..n`, in increasing order.

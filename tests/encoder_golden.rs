@@ -159,7 +159,7 @@ fn bench_minilm_full_step() {
             let t0 = std::time::Instant::now();
             let loss = t.loss(&inputs, &labels, "x", None).unwrap();
             let t1 = t0.elapsed().as_secs_f64();
-            let grads = loss.backward().unwrap();
+            let grads = primer::model::backward(&loss).unwrap();
             let t2 = t0.elapsed().as_secs_f64();
             opt.step(&grads).unwrap();
             let t3 = t0.elapsed().as_secs_f64();
@@ -229,20 +229,17 @@ fn bench_ops() {
         .unwrap();
     });
     time("linear fused fwd+bwd", &|| {
-        ops::linear(&x, &w, Some(&b))
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
+        primer::model::backward(&ops::linear(&x, &w, Some(&b)).unwrap().sum_all().unwrap())
             .unwrap();
     });
     time("linear composite fwd+bwd", &|| {
-        ops::linear_composite(&x, &w, Some(&b))
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        primer::model::backward(
+            &ops::linear_composite(&x, &w, Some(&b))
+                .unwrap()
+                .sum_all()
+                .unwrap(),
+        )
+        .unwrap();
     });
     let h = rng.normal_tensor(&[1024, 1536], 1.0, &dev).unwrap();
     time("gelu 1024x1536", &|| {

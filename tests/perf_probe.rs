@@ -101,20 +101,22 @@ fn probe_attention() {
     });
     let fl3 = fl.map(|f| 3.0 * f);
     time("attention fused fwd+bwd", 5, fl3, &mut || {
-        attention(&q, &k, &v, &bias, nh, None)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        primer::model::backward(
+            &attention(&q, &k, &v, &bias, nh, None)
+                .unwrap()
+                .sum_all()
+                .unwrap(),
+        )
+        .unwrap();
     });
     time("attention composite fwd+bwd", 5, fl3, &mut || {
-        attention_composite(&q, &k, &v, &bias, nh, None)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        primer::model::backward(
+            &attention_composite(&q, &k, &v, &bias, nh, None)
+                .unwrap()
+                .sum_all()
+                .unwrap(),
+        )
+        .unwrap();
     });
 }
 
@@ -134,12 +136,7 @@ fn probe_elementwise() {
     });
     let iv = candle_core::Var::from_tensor(&inter).unwrap();
     time("gelu fwd+bwd 1024x1536", 10, None, &mut || {
-        ops::gelu(&iv)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        primer::model::backward(&ops::gelu(&iv).unwrap().sum_all().unwrap()).unwrap();
     });
     time("layer_norm 1024x384", 10, None, &mut || {
         ops::layer_norm(&hid, &g, &g, 1e-12).unwrap();
@@ -223,7 +220,7 @@ fn probe_step_phases() {
     time("adapter step (encode + head bwd)", 5, None, &mut || {
         let loss =
             masked_cross_entropy(&tagger.logits(&inputs, "x", None).unwrap(), labels).unwrap();
-        loss.backward().unwrap();
+        primer::model::backward(&loss).unwrap();
     });
     tagger
         .set_trainable(&[
@@ -237,9 +234,9 @@ fn probe_step_phases() {
     });
     let loss = masked_cross_entropy(&tagger.logits(&inputs, "x", None).unwrap(), labels).unwrap();
     time("backward", 5, fwd_flops.map(|f| 2.0 * f), &mut || {
-        loss.backward().unwrap();
+        primer::model::backward(&loss).unwrap();
     });
-    let grads = loss.backward().unwrap();
+    let grads = primer::model::backward(&loss).unwrap();
     let mut opt = AdamW::new(tagger.trainable_vars(), AdamWConfig::default()).unwrap();
     time("AdamW step (all params)", 5, None, &mut || {
         opt.step(&grads).unwrap();

@@ -150,7 +150,7 @@ impl Bench {
             let t0 = Instant::now();
             let logits = self.tagger.logits(&inputs_of(batch), "x", None)?;
             let loss = masked_cross_entropy(&logits, &batch.labels)?;
-            let grads = loss.backward()?;
+            let grads = primer::model::backward(&loss)?;
             opt.step(&grads)?;
             if k >= 2 {
                 times.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -182,7 +182,7 @@ impl Bench {
                     .tagger
                     .logits_from_hidden(&cache.hidden_for(batch)?, "x")?;
                 let loss = masked_cross_entropy(&logits, &batch.labels)?;
-                let grads = loss.backward()?;
+                let grads = primer::model::backward(&loss)?;
                 opt.step(&grads)?;
             }
         }

@@ -107,11 +107,23 @@ struct AttentionOp {
 
 /// Shape of one problem: batch, length, hidden, heads, head size.
 #[derive(Clone, Copy)]
-struct Dims {
-    t: usize,
-    h: usize,
-    nh: usize,
-    dh: usize,
+pub(crate) struct Dims {
+    pub t: usize,
+    pub h: usize,
+    pub nh: usize,
+    pub dh: usize,
+}
+
+impl Dims {
+    /// The shape of `nh` heads over hidden size `h` (a multiple of `nh`) at length `t`.
+    pub fn new(t: usize, h: usize, nh: usize) -> Self {
+        Dims {
+            t,
+            h,
+            nh,
+            dh: h / nh,
+        }
+    }
 }
 
 /// The three products of one (sequence, head) block that attention needs. A "head block" is
@@ -200,8 +212,31 @@ unsafe fn gemm_strided(
 }
 
 impl AttentionOp {
+    fn core(&self, b: usize, d: Dims) -> AttentionCore<'_> {
+        AttentionCore {
+            b,
+            d,
+            key_bias: &self.key_bias,
+            mask: self.mask.as_deref(),
+        }
+    }
+}
+
+/// The fused attention over plain slices: the kernels behind [`attention`]'s custom op, also
+/// run by the fused encoder layer ([`super::layer`]).
+pub(crate) struct AttentionCore<'a> {
+    pub b: usize,
+    pub d: Dims,
+    /// `[B·T]` additive key bias.
+    pub key_bias: &'a [f32],
+    /// `[B·nh·T·T]` dropout multiplier of the probabilities, if any.
+    pub mask: Option<&'a [f32]>,
+}
+
+impl AttentionCore<'_> {
     /// Probabilities `P = softmax(q·kᵀ + bias)` of sequence `bi`, head `hi` into `p` (T×T).
-    fn probs(&self, d: Dims, q: &[f32], k: &[f32], bi: usize, hi: usize, p: &mut [f32]) {
+    fn probs(&self, q: &[f32], k: &[f32], bi: usize, hi: usize, p: &mut [f32]) {
+        let d = self.d;
         let off = bi * d.t * d.h + hi * d.dh;
         assert_eq!(p.len(), d.t * d.t);
         // SAFETY: `off` is the (bi, hi) head block of the [B, T, H] q and k; p is T×T.
@@ -213,10 +248,109 @@ impl AttentionOp {
         }
     }
 
-    fn mask_block(&self, d: Dims, bi: usize, hi: usize) -> Option<&[f32]> {
+    fn mask_block(&self, bi: usize, hi: usize) -> Option<&[f32]> {
+        let tt = self.d.t * self.d.t;
+        let start = (bi * self.d.nh + hi) * tt;
+        self.mask.map(|m| &m[start..start + tt])
+    }
+
+    fn check(&self, inputs: &[&[f32]], outputs: &[&[f32]]) {
+        let d = self.d;
+        let n = self.b * d.t * d.h;
+        assert!(
+            inputs.iter().chain(outputs).all(|x| x.len() == n)
+                && self.key_bias.len() == self.b * d.t
+                && self
+                    .mask
+                    .is_none_or(|m| m.len() == self.b * d.nh * d.t * d.t),
+            "attention core: buffers do not match [B={}, T={}, H={}]",
+            self.b,
+            d.t,
+            d.h
+        );
+    }
+
+    /// `out = (P ⊙ mask) · v` for every (sequence, head), `[B, T, H]` buffers.
+    pub fn forward(&self, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
+        self.check(&[q, k, v], &[out]);
+        let d = self.d;
+        let dst = SendPtr(out.as_mut_ptr());
+        (0..self.b * d.nh).into_par_iter().for_each_init(
+            || vec![0f32; d.t * d.t],
+            |p, job| {
+                let (bi, hi) = (job / d.nh, job % d.nh);
+                self.probs(q, k, bi, hi, p);
+                if let Some(m) = self.mask_block(bi, hi) {
+                    p.iter_mut().zip(m).for_each(|(a, &w)| *a *= w);
+                }
+                let off = bi * d.t * d.h + hi * d.dh;
+                // SAFETY: job (bi, hi) writes only its own head block of `out` (checked to
+                // be [B, T, H] above).
+                unsafe { d.block_of_square(dst.get().add(off), p.as_ptr(), v.as_ptr().add(off)) };
+            },
+        );
+    }
+
+    /// Gradients of q, k and v given the gradient `g` of the output (all `[B, T, H]`); the
+    /// probabilities are recomputed rather than kept from the forward.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        g: &[f32],
+        dq: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+    ) {
+        self.check(&[q, k, v, g], &[dq, dk, dv]);
+        let d = self.d;
+        let (dq, dk, dv) = (
+            SendPtr(dq.as_mut_ptr()),
+            SendPtr(dk.as_mut_ptr()),
+            SendPtr(dv.as_mut_ptr()),
+        );
         let tt = d.t * d.t;
-        let start = (bi * d.nh + hi) * tt;
-        self.mask.as_ref().map(|m| &m[start..start + tt])
+        (0..self.b * d.nh).into_par_iter().for_each_init(
+            || (vec![0f32; tt], vec![0f32; tt], vec![0f32; tt]),
+            |(p, pd, dp), job| {
+                let (bi, hi) = (job / d.nh, job % d.nh);
+                let off = bi * d.t * d.h + hi * d.dh;
+                self.probs(q, k, bi, hi, p);
+                let mask = self.mask_block(bi, hi);
+                // P' = P ⊙ mask, the probabilities that multiplied v.
+                let pdrop: &[f32] = match mask {
+                    Some(m) => {
+                        for ((o, &a), &w) in pd.iter_mut().zip(p.iter()).zip(m) {
+                            *o = a * w;
+                        }
+                        pd
+                    }
+                    None => p,
+                };
+                // SAFETY: job (bi, hi) writes only its own T×dh blocks of dq, dk and dv;
+                // all reads stay inside the [B, T, H] inputs (checked above) and the T×T
+                // scratch buffers.
+                unsafe {
+                    // dv = P'ᵀ · dctx
+                    d.block_of_square_t(dv.get().add(off), pdrop.as_ptr(), g.as_ptr().add(off));
+                    // dP' = dctx · vᵀ
+                    d.square_of_blocks(dp.as_mut_ptr(), g.as_ptr().add(off), v.as_ptr().add(off));
+                    if let Some(m) = mask {
+                        dp.iter_mut().zip(m).for_each(|(a, &w)| *a *= w);
+                    }
+                    // dS = P ⊙ (dP − Σ dP ⊙ P), row-wise (reusing `pd` for dS).
+                    for ((ds, pr), dpr) in pd.chunks_mut(d.t).zip(p.chunks(d.t)).zip(dp.chunks(d.t))
+                    {
+                        kernels::softmax_bwd_row(pr, dpr, ds);
+                    }
+                    // dq = dS · k, dk = dSᵀ · q
+                    d.block_of_square(dq.get().add(off), pd.as_ptr(), k.as_ptr().add(off));
+                    d.block_of_square_t(dk.get().add(off), pd.as_ptr(), q.as_ptr().add(off));
+                }
+            },
+        );
     }
 }
 
@@ -276,20 +410,7 @@ impl CustomOp3 for AttentionOp {
             slice_of(sv, lv, "v")?,
         );
         let mut out = vec![0f32; q.len()];
-        let dst = SendPtr(out.as_mut_ptr());
-        (0..b * d.nh).into_par_iter().for_each_init(
-            || vec![0f32; d.t * d.t],
-            |p, job| {
-                let (bi, hi) = (job / d.nh, job % d.nh);
-                self.probs(d, q, k, bi, hi, p);
-                if let Some(m) = self.mask_block(d, bi, hi) {
-                    p.iter_mut().zip(m).for_each(|(a, &w)| *a *= w);
-                }
-                let off = bi * d.t * d.h + hi * d.dh;
-                // SAFETY: job (bi, hi) writes only its own head block of `out`.
-                unsafe { d.block_of_square(dst.get().add(off), p.as_ptr(), v.as_ptr().add(off)) };
-            },
-        );
+        self.core(b, d).forward(q, k, v, &mut out);
         Ok((CpuStorage::F32(out), lq.shape().clone()))
     }
 
@@ -355,47 +476,9 @@ impl CustomOp3 for AttentionBwdOp {
         }
         let n = q.len();
         let mut out = vec![0f32; 3 * n];
-        let base = SendPtr(out.as_mut_ptr());
-        let tt = d.t * d.t;
-        (0..b * d.nh).into_par_iter().for_each_init(
-            || (vec![0f32; tt], vec![0f32; tt], vec![0f32; tt]),
-            |(p, pd, dp), job| {
-                let (bi, hi) = (job / d.nh, job % d.nh);
-                let off = bi * d.t * d.h + hi * d.dh;
-                self.fwd.probs(d, q, k, bi, hi, p);
-                let mask = self.fwd.mask_block(d, bi, hi);
-                // P' = P ⊙ mask, the probabilities that multiplied v.
-                let pdrop: &[f32] = match mask {
-                    Some(m) => {
-                        for ((o, &a), &w) in pd.iter_mut().zip(p.iter()).zip(m) {
-                            *o = a * w;
-                        }
-                        pd
-                    }
-                    None => p,
-                };
-                // SAFETY: job (bi, hi) writes only its own T×dh blocks of dq, dk and dv;
-                // all reads stay inside the [B, T, H] inputs and the T×T scratch buffers.
-                unsafe {
-                    let (dq, dk, dv) = (base.get(), base.get().add(n), base.get().add(2 * n));
-                    // dv = P'ᵀ · dctx
-                    d.block_of_square_t(dv.add(off), pdrop.as_ptr(), g.as_ptr().add(off));
-                    // dP' = dctx · vᵀ
-                    d.square_of_blocks(dp.as_mut_ptr(), g.as_ptr().add(off), v.as_ptr().add(off));
-                    if let Some(m) = mask {
-                        dp.iter_mut().zip(m).for_each(|(a, &w)| *a *= w);
-                    }
-                    // dS = P ⊙ (dP − Σ dP ⊙ P), row-wise (reusing `pd` for dS).
-                    for ((ds, pr), dpr) in pd.chunks_mut(d.t).zip(p.chunks(d.t)).zip(dp.chunks(d.t))
-                    {
-                        kernels::softmax_bwd_row(pr, dpr, ds);
-                    }
-                    // dq = dS · k, dk = dSᵀ · q
-                    d.block_of_square(dq.add(off), pd.as_ptr(), k.as_ptr().add(off));
-                    d.block_of_square_t(dk.add(off), pd.as_ptr(), q.as_ptr().add(off));
-                }
-            },
-        );
+        let (dq, rest) = out.split_at_mut(n);
+        let (dk, dv) = rest.split_at_mut(n);
+        self.fwd.core(b, d).backward(q, k, v, g, dq, dk, dv);
         Ok((CpuStorage::F32(out), Shape::from(3 * n)))
     }
 }
@@ -426,8 +509,8 @@ mod tests {
             let y2 = attention_composite(&q, &k, &v, &bias, nh, mask).unwrap();
             assert_eq!(y1.dims(), &[b, t, h]);
             assert!(max_abs(&y1, &y2) < 1e-5, "{}", max_abs(&y1, &y2));
-            let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g1 = crate::model::backward(&(y1 * &r).unwrap().sum_all().unwrap()).unwrap();
+            let g2 = crate::model::backward(&(y2 * &r).unwrap().sum_all().unwrap()).unwrap();
             for x in [&q, &k, &v] {
                 let (a, c) = (g1.get(x).unwrap(), g2.get(x).unwrap());
                 assert!(max_abs(a, c) < 1e-4, "{}", max_abs(a, c));

@@ -3,13 +3,21 @@
 
 use super::attention::attention;
 use super::config::BertConfig;
+use super::embeddings::{
+    EMBEDDING_PARAM_NAMES, EmbeddingInputs, embed, fused_embeddings_supported,
+};
 use super::error::{ModelError, Result};
+use super::layer::{
+    LAYER_PARAM_NAMES, LayerDropout, LayerSpec, encoder_layer, fused_layer_supported,
+    layer_param_shape,
+};
 use super::ops::{dropout, gelu, layer_norm, linear, scaled_linear};
 use super::params::{ParamSet, Weights, read_safetensors, save_named, take_checked};
 use crate::rng::SeededRng;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Name of the weights file of a Hugging Face model folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -51,26 +59,8 @@ pub fn encoder_param_shapes(cfg: &BertConfig) -> Vec<(String, Vec<usize>)> {
         ("embeddings.LayerNorm.bias".into(), vec![h]),
     ];
     for l in 0..cfg.num_hidden_layers {
-        let p = format!("encoder.layer.{l}.");
-        for (n, s) in [
-            ("attention.self.query.weight", vec![h, h]),
-            ("attention.self.query.bias", vec![h]),
-            ("attention.self.key.weight", vec![h, h]),
-            ("attention.self.key.bias", vec![h]),
-            ("attention.self.value.weight", vec![h, h]),
-            ("attention.self.value.bias", vec![h]),
-            ("attention.output.dense.weight", vec![h, h]),
-            ("attention.output.dense.bias", vec![h]),
-            ("attention.output.LayerNorm.weight", vec![h]),
-            ("attention.output.LayerNorm.bias", vec![h]),
-            ("intermediate.dense.weight", vec![i, h]),
-            ("intermediate.dense.bias", vec![i]),
-            ("output.dense.weight", vec![h, i]),
-            ("output.dense.bias", vec![h]),
-            ("output.LayerNorm.weight", vec![h]),
-            ("output.LayerNorm.bias", vec![h]),
-        ] {
-            v.push((format!("{p}{n}"), s));
+        for (j, n) in LAYER_PARAM_NAMES.iter().enumerate() {
+            v.push((format!("encoder.layer.{l}.{n}"), layer_param_shape(j, h, i)));
         }
     }
     v
@@ -170,20 +160,96 @@ pub fn encode(
     }
     let h = cfg.hidden_size;
     let nh = cfg.num_attention_heads;
-    let dh = cfg.head_dim();
     let eps = cfg.layer_norm_eps;
     let p_hidden = cfg.hidden_dropout_prob;
     let p_attn = cfg.attention_probs_dropout_prob;
 
+    let emb_params = EMBEDDING_PARAM_NAMES
+        .iter()
+        .map(|n| w.weight(n))
+        .collect::<Result<Vec<&Tensor>>>()?;
+    let mut x = if fused_embeddings_supported(&emb_params) {
+        let ids_of = |x: &Tensor| -> Result<Vec<u32>> {
+            Ok(x.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?)
+        };
+        let fused_inputs = EmbeddingInputs {
+            batch: b,
+            len: t,
+            ids: ids_of(inputs.input_ids)?,
+            token_types: inputs.token_type_ids.map(ids_of).transpose()?,
+        };
+        let drop = match dropout_rng.as_deref_mut() {
+            Some(r) if p_hidden > 0.0 => Some(r.dropout_mask_vec(b * t * h, p_hidden as f32)),
+            _ => None,
+        };
+        embed(fused_inputs, &emb_params, eps as f32, drop)?
+    } else {
+        embeddings_composite(
+            inputs,
+            &emb_params,
+            eps,
+            p_hidden,
+            dropout_rng.as_deref_mut(),
+        )?
+    };
+    let bias = attention_bias(inputs.attention_mask)?.to_dtype(x.dtype())?;
+    let spec = LayerSpec {
+        heads: nh,
+        eps: eps as f32,
+    };
+    // The key bias as the fused layers read it, made on first use and shared by all layers.
+    let mut fused_bias: Option<Arc<Vec<f32>>> = None;
+    for l in 0..cfg.num_hidden_layers {
+        let params = LAYER_PARAM_NAMES
+            .iter()
+            .map(|n| w.weight(&format!("encoder.layer.{l}.{n}")))
+            .collect::<Result<Vec<&Tensor>>>()?;
+        if fused_layer_supported(&x, &params) {
+            let key_bias = match &fused_bias {
+                Some(kb) => kb.clone(),
+                None => fused_bias
+                    .insert(Arc::new(bias.flatten_all()?.to_vec1::<f32>()?))
+                    .clone(),
+            };
+            let drop = match dropout_rng.as_deref_mut() {
+                Some(r) => draw_layer_dropout(r, [b, t, h, nh], p_attn, p_hidden),
+                None => LayerDropout::default(),
+            };
+            x = encoder_layer(&x, &params, key_bias, spec, drop)?;
+        } else {
+            x = encoder_layer_composite(
+                &x,
+                &params,
+                &bias,
+                spec,
+                (p_attn, p_hidden),
+                dropout_rng.as_deref_mut(),
+            )?;
+        }
+    }
+    Ok(x)
+}
+
+/// The embedding layer from differentiable candle ops (any device and dtype); `params` in
+/// [`EMBEDDING_PARAM_NAMES`] order. The fused CPU op ([`embed`]) computes the same function.
+fn embeddings_composite(
+    inputs: &EncoderInputs<'_>,
+    params: &[&Tensor],
+    eps: f64,
+    p_hidden: f64,
+    dropout_rng: Option<&mut SeededRng>,
+) -> Result<Tensor> {
+    let (b, t) = inputs.input_ids.dims2()?;
+    let [words, pos, types, gamma, beta] = params else {
+        return Err(ModelError::Invalid(format!(
+            "embeddings: {} parameters, expected 5",
+            params.len()
+        )));
+    };
+    let h = words.dim(1)?;
     let ids = inputs.input_ids.flatten_all()?;
-    let words = w
-        .weight("embeddings.word_embeddings.weight")?
-        .index_select(&ids, 0)?
-        .reshape((b, t, h))?;
-    let pos = w
-        .weight("embeddings.position_embeddings.weight")?
-        .narrow(0, 0, t)?;
-    let types = w.weight("embeddings.token_type_embeddings.weight")?;
+    let words = words.index_select(&ids, 0)?.reshape((b, t, h))?;
+    let pos = pos.narrow(0, 0, t)?;
     let emb = match inputs.token_type_ids {
         Some(tt) => {
             let tt = tt.flatten_all()?;
@@ -191,84 +257,73 @@ pub fn encode(
         }
         None => words.broadcast_add(&types.narrow(0, 0, 1)?)?,
     };
-    let emb = emb.broadcast_add(&pos)?;
-    let mut x = layer_norm(
-        &emb,
-        w.weight("embeddings.LayerNorm.weight")?,
-        w.weight("embeddings.LayerNorm.bias")?,
-        eps,
-    )?;
-    if let Some(r) = dropout_rng.as_deref_mut() {
-        x = dropout(&x, p_hidden, r)?;
-    }
-    let bias = attention_bias(inputs.attention_mask)?.to_dtype(x.dtype())?;
-    let scale = 1.0 / (dh as f64).sqrt();
+    let x = layer_norm(&emb.broadcast_add(&pos)?, gamma, beta, eps)?;
+    Ok(match dropout_rng {
+        Some(r) => dropout(&x, p_hidden, r)?,
+        None => x,
+    })
+}
 
-    for l in 0..cfg.num_hidden_layers {
-        let p = |n: &str| format!("encoder.layer.{l}.{n}");
-        let get = |n: &str| w.weight(&p(n));
-        // Scaling q (B·T·H values) instead of the scores (B·nh·T·T) is cheaper and the same.
-        let q = scaled_linear(
-            &x,
-            get("attention.self.query.weight")?,
-            Some(get("attention.self.query.bias")?),
-            scale,
-        )?;
-        let k = linear(
-            &x,
-            get("attention.self.key.weight")?,
-            Some(get("attention.self.key.bias")?),
-        )?;
-        let v = linear(
-            &x,
-            get("attention.self.value.weight")?,
-            Some(get("attention.self.value.bias")?),
-        )?;
-        // The probabilities' dropout mask, drawn where `dropout` would draw it.
-        let drop_mask = match dropout_rng.as_deref_mut() {
-            Some(r) if p_attn > 0.0 => Some(
-                r.dropout_mask(&[b, nh, t, t], p_attn as f32, x.device())?
-                    .to_dtype(x.dtype())?,
-            ),
-            _ => None,
-        };
-        // One fused op on [B, T, H] (heads read in place) on the CPU.
-        let ctx = attention(&q, &k, &v, &bias, nh, drop_mask.as_ref())?;
-        let mut a = linear(
-            &ctx,
-            get("attention.output.dense.weight")?,
-            Some(get("attention.output.dense.bias")?),
-        )?;
-        if let Some(r) = dropout_rng.as_deref_mut() {
-            a = dropout(&a, p_hidden, r)?;
-        }
-        x = layer_norm(
-            &(a + &x)?,
-            get("attention.output.LayerNorm.weight")?,
-            get("attention.output.LayerNorm.bias")?,
-            eps,
-        )?;
-        let inter = gelu(&linear(
-            &x,
-            get("intermediate.dense.weight")?,
-            Some(get("intermediate.dense.bias")?),
-        )?)?;
-        let mut o = linear(
-            &inter,
-            get("output.dense.weight")?,
-            Some(get("output.dense.bias")?),
-        )?;
-        if let Some(r) = dropout_rng.as_deref_mut() {
-            o = dropout(&o, p_hidden, r)?;
-        }
-        x = layer_norm(
-            &(o + &x)?,
-            get("output.LayerNorm.weight")?,
-            get("output.LayerNorm.bias")?,
-            eps,
-        )?;
+/// The dropout masks of one training layer, drawn in [`encoder_layer_composite`]'s order.
+fn draw_layer_dropout(
+    r: &mut SeededRng,
+    [b, t, h, nh]: [usize; 4],
+    p_attn: f64,
+    p_hidden: f64,
+) -> LayerDropout {
+    let mut draw = |n: usize, p: f64| (p > 0.0).then(|| r.dropout_mask_vec(n, p as f32));
+    let attention = draw(b * nh * t * t, p_attn);
+    let attention_output = draw(b * t * h, p_hidden);
+    let output = draw(b * t * h, p_hidden);
+    LayerDropout {
+        attention,
+        attention_output,
+        output,
     }
-    Ok(x)
+}
+
+/// One encoder layer from differentiable candle ops (any device and dtype, and weights that
+/// are computed tensors); `params` in [`LAYER_PARAM_NAMES`] order, `bias` the `[B, T]` key
+/// bias, dropout `(attention, hidden)` rates applied when `dropout_rng` is given. The fused
+/// CPU layer ([`encoder_layer`]) computes the same function.
+fn encoder_layer_composite(
+    x: &Tensor,
+    params: &[&Tensor],
+    bias: &Tensor,
+    spec: LayerSpec,
+    (p_attn, p_hidden): (f64, f64),
+    mut dropout_rng: Option<&mut SeededRng>,
+) -> Result<Tensor> {
+    use super::layer::*;
+    let (b, t, _) = x.dims3()?;
+    let nh = spec.heads;
+    let eps = spec.eps as f64;
+    let scale = 1.0 / ((x.dim(2)? / nh) as f64).sqrt();
+    // Scaling q (B·T·H values) instead of the scores (B·nh·T·T) is cheaper and the same.
+    let q = scaled_linear(x, params[Q_W], Some(params[Q_B]), scale)?;
+    let k = linear(x, params[K_W], Some(params[K_B]))?;
+    let v = linear(x, params[V_W], Some(params[V_B]))?;
+    // The probabilities' dropout mask, drawn where `dropout` would draw it.
+    let drop_mask = match dropout_rng.as_deref_mut() {
+        Some(r) if p_attn > 0.0 => Some(
+            r.dropout_mask(&[b, nh, t, t], p_attn as f32, x.device())?
+                .to_dtype(x.dtype())?,
+        ),
+        _ => None,
+    };
+    // One fused op on [B, T, H] (heads read in place) on the CPU.
+    let ctx = attention(&q, &k, &v, bias, nh, drop_mask.as_ref())?;
+    let mut a = linear(&ctx, params[ATT_OUT_W], Some(params[ATT_OUT_B]))?;
+    if let Some(r) = dropout_rng.as_deref_mut() {
+        a = dropout(&a, p_hidden, r)?;
+    }
+    let x = layer_norm(&(a + x)?, params[LN1_G], params[LN1_B], eps)?;
+    let inter = gelu(&linear(&x, params[INTER_W], Some(params[INTER_B]))?)?;
+    let mut o = linear(&inter, params[OUT_W], Some(params[OUT_B]))?;
+    if let Some(r) = dropout_rng {
+        o = dropout(&o, p_hidden, r)?;
+    }
+    layer_norm(&(o + &x)?, params[LN2_G], params[LN2_B], eps)
 }
 
 #[cfg(test)]
@@ -385,6 +440,171 @@ mod tests {
                 && err.contains("[12, 8]"),
             "{err}"
         );
+    }
+
+    /// Variables holding the named weights plus seeded noise: non-trivial layer-norm
+    /// parameters and biases, so that every gradient path shows.
+    fn perturbed_vars(
+        weights: &crate::model::TensorSet,
+        names: &[impl AsRef<str>],
+    ) -> Vec<candle_core::Var> {
+        let mut noise = SeededRng::new(5);
+        names
+            .iter()
+            .map(|n| {
+                let w = weights.get(n.as_ref()).unwrap();
+                let w = (w + noise.normal_tensor(w.dims(), 0.3, w.device()).unwrap()).unwrap();
+                candle_core::Var::from_tensor(&w).unwrap()
+            })
+            .collect()
+    }
+
+    /// The fused CPU layer computes the composite layer's function: same output, same
+    /// gradient for the input and for every one of the sixteen parameters, with a padded
+    /// sequence, with and without dropout (same masks from the same seed), and for a
+    /// constant input (the parameters still get their gradients).
+    #[test]
+    fn fused_layer_matches_composite_in_value_and_every_gradient() {
+        use crate::model::backward;
+        use crate::model::ops::max_abs;
+        let dev = Device::Cpu;
+        let (b, t, h, nh, inter) = (2usize, 5usize, 12usize, 3usize, 20usize);
+        let cfg = BertConfig::new(30, h, 1, nh, inter);
+        let weights = random_encoder(&cfg, 4, &dev).unwrap();
+        let names = LAYER_PARAM_NAMES.map(|n| format!("encoder.layer.0.{n}"));
+        let vars = perturbed_vars(&weights, &names);
+        let params: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+        let mut rng = SeededRng::new(6);
+        let x0 = rng.normal_tensor(&[b, t, h], 1.0, &dev).unwrap();
+        let r = rng.normal_tensor(&[b, t, h], 1.0, &dev).unwrap();
+        let bias = Tensor::new(&[[0f32, 0., 0., 0., 0.], [0., 0., 0., -1e9, -1e9]], &dev).unwrap();
+        let key_bias = Arc::new(bias.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let spec = LayerSpec {
+            heads: nh,
+            eps: 1e-12,
+        };
+        let x_var = candle_core::Var::from_tensor(&x0).unwrap();
+        for (p, x) in [
+            (0.0, x_var.as_tensor()),
+            (0.3, x_var.as_tensor()),
+            (0.3, &x0),
+        ] {
+            assert!(fused_layer_supported(x, &params));
+            let drop = |seed| {
+                let mut r = SeededRng::new(seed);
+                draw_layer_dropout(&mut r, [b, t, h, nh], p, p)
+            };
+            let y1 = encoder_layer(x, &params, key_bias.clone(), spec, drop(8)).unwrap();
+            let mut r2 = SeededRng::new(8);
+            let y2 =
+                encoder_layer_composite(x, &params, &bias, spec, (p, p), Some(&mut r2)).unwrap();
+            assert!(max_abs(&y1, &y2) < 1e-5, "p={p}: {}", max_abs(&y1, &y2));
+            let g1 = backward(&(&y1 * &r).unwrap().sum_all().unwrap()).unwrap();
+            let g2 = backward(&(&y2 * &r).unwrap().sum_all().unwrap()).unwrap();
+            let mut checked: Vec<&Tensor> = params.clone();
+            if x.is_variable() {
+                checked.push(x);
+            } else {
+                assert!(g1.get(x).is_none());
+            }
+            for (i, w) in checked.into_iter().enumerate() {
+                let name = LAYER_PARAM_NAMES.get(i).copied().unwrap_or("x");
+                let (a, c) = (g1.get(w).unwrap(), g2.get(w).unwrap());
+                let scale = c
+                    .abs()
+                    .unwrap()
+                    .max_keepdim(0)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap();
+                let scale: f32 = scale.max(0).unwrap().to_scalar().unwrap();
+                // The key bias shifts every score of a query row equally: softmax cancels
+                // it, so its gradient is zero (up to rounding) on both paths.
+                if i != crate::model::layer::K_B {
+                    assert!(scale > 1e-4, "p={p}: {name} has no gradient");
+                }
+                assert!(
+                    max_abs(a, c) < 1e-4 * scale.max(1.0),
+                    "p={p}: {name} gradient differs by {} (scale {scale})",
+                    max_abs(a, c)
+                );
+            }
+        }
+    }
+
+    /// The fused embedding op equals the composite embeddings in value and in all five
+    /// parameters' gradients, with and without token types and dropout.
+    #[test]
+    fn fused_embeddings_match_composite() {
+        use crate::model::backward;
+        use crate::model::ops::max_abs;
+        let dev = Device::Cpu;
+        let mut cfg = tiny();
+        cfg.type_vocab_size = 2;
+        let weights = random_encoder(&cfg, 4, &dev).unwrap();
+        let vars = perturbed_vars(&weights, &EMBEDDING_PARAM_NAMES);
+        let params: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+        assert!(fused_embeddings_supported(&params));
+        let ids = Tensor::new(&[[1u32, 5, 7, 5, 0], [1, 9, 2, 0, 0]], &dev).unwrap();
+        let types = Tensor::new(&[[0u32, 0, 1, 1, 1], [0, 0, 0, 1, 1]], &dev).unwrap();
+        let mask = Tensor::ones((2, 5), DType::U32, &dev).unwrap();
+        let r = SeededRng::new(6)
+            .normal_tensor(&[2, 5, 8], 1.0, &dev)
+            .unwrap();
+        for (p, tt) in [(0.0, None), (0.3, Some(&types)), (0.0, Some(&types))] {
+            let inputs = EncoderInputs {
+                input_ids: &ids,
+                attention_mask: &mask,
+                token_type_ids: tt,
+            };
+            let fused_inputs = EmbeddingInputs {
+                batch: 2,
+                len: 5,
+                ids: ids.flatten_all().unwrap().to_vec1().unwrap(),
+                token_types: tt.map(|t| t.flatten_all().unwrap().to_vec1().unwrap()),
+            };
+            let drop = (p > 0.0).then(|| SeededRng::new(8).dropout_mask_vec(80, p as f32));
+            let y1 = embed(fused_inputs, &params, 1e-12, drop).unwrap();
+            let mut r2 = SeededRng::new(8);
+            let y2 = embeddings_composite(&inputs, &params, 1e-12, p, Some(&mut r2)).unwrap();
+            assert!(max_abs(&y1, &y2) < 1e-5, "p={p}: {}", max_abs(&y1, &y2));
+            let g1 = backward(&(&y1 * &r).unwrap().sum_all().unwrap()).unwrap();
+            let g2 = backward(&(&y2 * &r).unwrap().sum_all().unwrap()).unwrap();
+            for (i, w) in params.iter().enumerate() {
+                let (a, c) = (g1.get(w).unwrap(), g2.get(w).unwrap());
+                let d = max_abs(a, c);
+                assert!(
+                    d < 1e-4,
+                    "p={p}: {} differs by {d}",
+                    EMBEDDING_PARAM_NAMES[i]
+                );
+            }
+        }
+        let bad = EmbeddingInputs {
+            batch: 1,
+            len: 1,
+            ids: vec![30],
+            token_types: None,
+        };
+        let err = embed(bad, &params, 1e-12, None).unwrap_err().to_string();
+        assert!(
+            err.contains("token id 30") && err.contains("0..30"),
+            "{err}"
+        );
+    }
+
+    /// A parameter computed from a variable (not a variable itself) takes the composite
+    /// path, where its gradient flows back through the computation.
+    #[test]
+    fn computed_parameters_take_the_composite_layer() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 2, 4), DType::F32, &dev).unwrap();
+        let v = candle_core::Var::zeros((4, 4), DType::F32, &dev).unwrap();
+        let computed = (v.as_tensor() * 2.0).unwrap();
+        let mut params = vec![v.as_tensor(); 16];
+        assert!(fused_layer_supported(&x, &params));
+        params[3] = &computed;
+        assert!(!fused_layer_supported(&x, &params));
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! trainable [`ParamSet`] Vars, on fast-weight copies ([`ParamSet::detached_copy`], e.g.
 //! priming's inner loop) and on detached [`TensorSet`]s (graph-free inference, caching).
 //! Layer norm and softmax are custom ops with hand-written backward kernels ([`ops`]):
-//! candle's fused versions have no backward.
+//! candle's fused versions have no backward. On the CPU a whole encoder layer is one op
+//! ([`layer`]) whose parameter gradients arrive through [`backward`] — take gradients with
+//! it, not with `Tensor::backward`.
 //!
 //! ```no_run
 //! use primer::model::{EncoderInputs, ParamGroup, Tagger};
@@ -29,16 +31,19 @@
 //! let inputs = EncoderInputs { input_ids: &ids, attention_mask: &mask, token_type_ids: None };
 //! let mut drop = SeededRng::derive(0, "dropout");
 //! let loss = tagger.loss(&inputs, &labels, "sw", Some(&mut drop))?;
-//! let grads = loss.backward()?; // only θa and θh receive gradients
+//! let grads = primer::model::backward(&loss)?; // only θa and θh receive gradients
 //! # let _ = grads; Ok(()) }
 //! ```
 
 pub mod attention;
 pub mod bert;
 pub mod config;
+pub mod embeddings;
 pub mod error;
+pub mod grad;
 pub mod init;
 pub mod kernels;
+pub mod layer;
 pub mod ops;
 pub mod params;
 pub mod tagger;
@@ -46,6 +51,7 @@ pub mod tagger;
 pub use bert::{EncoderInputs, encode, encoder_param_shapes, load_encoder, save_encoder};
 pub use config::BertConfig;
 pub use error::ModelError;
+pub use grad::backward;
 pub use init::{RandomBertSpec, write_random_bert};
 pub use ops::{IGNORE_INDEX, masked_cross_entropy};
 pub use params::{ParamSet, TensorSet, Weights};

@@ -192,7 +192,12 @@ pub fn masked_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> 
 
 // ------------------------------------------------------------------------------ CPU kernels
 
-fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+/// The f32 values of a contiguous CPU tensor (`what` names it in errors).
+pub(crate) fn cpu_slice<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
@@ -200,19 +205,31 @@ fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Resu
     }
 }
 
+/// [`cpu_slice`] of a storage that must be on the CPU.
+pub(crate) fn storage_slice<'a>(
+    s: &'a candle_core::Storage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::Storage::Cpu(s) = s else {
+        candle_core::bail!("{what}: not on the CPU")
+    };
+    cpu_slice(s, l, what)
+}
+
 /// Rows per rayon task: big enough to amortise scheduling, small enough to balance.
-fn rows_per_task(rows: usize, d: usize) -> usize {
+pub(crate) fn rows_per_task(rows: usize, d: usize) -> usize {
     let target = (16 * 1024 / d.max(1)).max(1);
     let threads = rayon::current_num_threads().max(1);
     target.min(rows.div_ceil(threads)).max(1)
 }
 
 /// Element-wise kernels run on blocks of this many values (the last block may be shorter).
-const ELEMENTWISE_BLOCK: usize = 1 << 14;
+pub(crate) const ELEMENTWISE_BLOCK: usize = 1 << 14;
 
 /// `y` with `f(x_row, y_row)` applied to every row of length `d` of `x`, rows in parallel
 /// blocks of [`rows_per_task`]: the loop of every row-wise kernel here.
-fn map_rows(x: &[f32], d: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+pub(crate) fn map_rows(x: &[f32], d: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     if d == 0 || x.is_empty() {
         return y;
@@ -229,7 +246,7 @@ fn map_rows(x: &[f32], d: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f
 }
 
 /// [`map_rows`] over two inputs of the same length: `f(a_row, b_row, y_row)`.
-fn map_rows2(
+pub(crate) fn map_rows2(
     a: &[f32],
     b: &[f32],
     d: usize,
@@ -331,29 +348,47 @@ impl CustomOp3 for LayerNormBwdOp {
         let dy = cpu_slice(s3, l3, "layer_norm_bwd grad")?;
         let d = g.len();
         let n = x.len();
-        let rows = n / d;
         let mut out = vec![0f32; n + 2 * d];
-        let (dx, rest) = out.split_at_mut(n);
-        let chunk = rows_per_task(rows, d) * d;
-        let partials: Vec<Vec<f32>> = dx
-            .par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
-            .map(|(dxc, (xc, dyc))| {
-                // Local [dγ | dβ] of this block of rows, summed afterwards.
-                let mut acc = vec![0f32; 2 * d];
-                let mut xhat = vec![0f32; d];
-                let (dg, db) = acc.split_at_mut(d);
-                for ((dxr, xr), dyr) in dxc.chunks_mut(d).zip(xc.chunks(d)).zip(dyc.chunks(d)) {
-                    kernels::layer_norm_bwd_row(xr, g, dyr, self.eps, dxr, dg, db, &mut xhat);
-                }
-                acc
-            })
-            .collect();
-        for p in partials {
-            kernels::add_assign(rest, &p);
-        }
+        let (dx, dgdb) = out.split_at_mut(n);
+        layer_norm_backward(x, g, dy, self.eps, dx, dgdb);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// Backward of layer norm over rows of length `g.len()`: writes `dx` and `[dγ | dβ]`
+/// (`dgdb`, overwritten).
+pub(crate) fn layer_norm_backward(
+    x: &[f32],
+    g: &[f32],
+    dy: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    dgdb: &mut [f32],
+) {
+    let d = g.len();
+    assert!(
+        d > 0 && x.len() == dy.len() && x.len() == dx.len() && dgdb.len() == 2 * d,
+        "layer_norm_backward: buffers do not match rows of {d}"
+    );
+    let chunk = rows_per_task(x.len() / d, d) * d;
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
+        .map(|(dxc, (xc, dyc))| {
+            // Local [dγ | dβ] of this block of rows, summed afterwards.
+            let mut acc = vec![0f32; 2 * d];
+            let mut xhat = vec![0f32; d];
+            let (dg, db) = acc.split_at_mut(d);
+            for ((dxr, xr), dyr) in dxc.chunks_mut(d).zip(xc.chunks(d)).zip(dyc.chunks(d)) {
+                kernels::layer_norm_bwd_row(xr, g, dyr, eps, dxr, dg, db, &mut xhat);
+            }
+            acc
+        })
+        .collect();
+    dgdb.fill(0.0);
+    for p in partials {
+        kernels::add_assign(dgdb, &p);
     }
 }
 
@@ -471,7 +506,7 @@ impl CustomOp3 for LinearOp {
 /// The output is pre-filled with `scale · b` and the GEMM accumulates `scale · x · wᵀ` onto
 /// it, so the bias costs no extra pass over the output (a separate bias pass was ~4% of an
 /// encoder forward) and no zero-initialisation is needed.
-fn linear_rows(
+pub(crate) fn linear_rows(
     x: &[f32],
     w: &[f32],
     b: &[f32],
@@ -498,28 +533,98 @@ fn linear_rows(
     }
     // SAFETY: every one of the rows·out values was written above.
     unsafe { y.set_len(rows * out) };
-    if rows == 0 || out == 0 || k == 0 {
-        return y;
+    // wᵀ is the k×out transpose view of the out×k row-major weight.
+    gemm(
+        &mut y,
+        true,
+        MatRef::new(x, rows, k),
+        MatRef::new(w, out, k).t(),
+        scale,
+    );
+    y
+}
+
+/// A read-only view of an f32 matrix for [`gemm`]: row-major, or the transpose of one.
+#[derive(Clone, Copy)]
+pub(crate) struct MatRef<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// The row-major `rows × cols` matrix `data`.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(
+            data.len(),
+            rows * cols,
+            "MatRef: {rows}×{cols} over {} values",
+            data.len()
+        );
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose (no copy).
+    pub fn t(self) -> Self {
+        MatRef {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+}
+
+/// `dst = scale · a · b`, or `dst += scale · a · b` when `accumulate`; `dst` is row-major
+/// `a.rows × b.cols`. Multi-threaded over rayon's pool.
+pub(crate) fn gemm(dst: &mut [f32], accumulate: bool, a: MatRef<'_>, b: MatRef<'_>, scale: f32) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(
+        b.rows == k && dst.len() == m * n,
+        "gemm: {}×{} · {}×{} into {} values",
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols,
+        dst.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
     }
     let threads = rayon::current_num_threads();
-    // SAFETY: `y` is rows×out (row stride out), `x` rows×k (row stride k), and wᵀ is read as a
-    // k×out matrix from the out×k row-major `w` (row stride 1, column stride k); all in bounds
-    // and `y` does not overlap the inputs.
+    // SAFETY: both views were built over whole row-major matrices (MatRef::new), so every
+    // (row, col) they address is in bounds; `dst` is m×n with row stride n and, being a
+    // unique borrow, overlaps neither input. Without `accumulate` the GEMM does not read dst.
     unsafe {
         gemm::gemm(
-            rows,
-            out,
+            m,
+            n,
             k,
-            y.as_mut_ptr(),
+            dst.as_mut_ptr(),
             1,
-            out as isize,
-            true,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
             1.0,
             scale,
             false,
@@ -532,7 +637,6 @@ fn linear_rows(
             },
         );
     }
-    y
 }
 
 struct GeluOp;
@@ -628,23 +732,32 @@ impl CustomOp1 for ColumnSumOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s, l, "column_sum")?;
         let d = *l.dims().last().unwrap_or(&1);
-        let chunk = rows_per_task(x.len() / d.max(1), d) * d;
-        let partials: Vec<Vec<f32>> = x
-            .par_chunks(chunk.max(1))
-            .map(|xc| {
-                let mut acc = vec![0f32; d];
-                for xr in xc.chunks(d) {
-                    kernels::add_assign(&mut acc, xr);
-                }
-                acc
-            })
-            .collect();
-        let mut out = vec![0f32; d];
-        for p in partials {
-            kernels::add_assign(&mut out, &p);
-        }
+        let out = column_sum(x, d);
         Ok((CpuStorage::F32(out), Shape::from(d)))
     }
+}
+
+/// Column sums of a row-major matrix with rows of length `d`: `[d]`.
+pub(crate) fn column_sum(x: &[f32], d: usize) -> Vec<f32> {
+    let mut out = vec![0f32; d];
+    if d == 0 || x.is_empty() {
+        return out;
+    }
+    let chunk = rows_per_task(x.len() / d, d) * d;
+    let partials: Vec<Vec<f32>> = x
+        .par_chunks(chunk)
+        .map(|xc| {
+            let mut acc = vec![0f32; d];
+            for xr in xc.chunks(d) {
+                kernels::add_assign(&mut acc, xr);
+            }
+            acc
+        })
+        .collect();
+    for p in partials {
+        kernels::add_assign(&mut out, &p);
+    }
+    out
 }
 
 /// The largest absolute difference of two tensors of one shape (for the tests of the fused
@@ -679,8 +792,8 @@ mod tests {
         let y1 = layer_norm(&x, &g, &b, 1e-5).unwrap();
         let y2 = layer_norm_composite(&x, &g, &b, 1e-5).unwrap();
         assert!(max_abs(&y1, &y2) < 1e-5);
-        let g1 = (y1 * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (y2 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g1 = crate::model::backward(&(y1 * &w).unwrap().sum_all().unwrap()).unwrap();
+        let g2 = crate::model::backward(&(y2 * &w).unwrap().sum_all().unwrap()).unwrap();
         for v in [&x, &g, &b] {
             let a = g1.get(v).expect("fused grad");
             let c = g2.get(v).expect("composite grad");
@@ -714,8 +827,8 @@ mod tests {
             .to_vec1::<f32>()
             .unwrap();
         assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-5));
-        let g1 = (y1 * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (y2 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g1 = crate::model::backward(&(y1 * &w).unwrap().sum_all().unwrap()).unwrap();
+        let g2 = crate::model::backward(&(y2 * &w).unwrap().sum_all().unwrap()).unwrap();
         assert!(max_abs(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-5);
     }
 
@@ -754,8 +867,8 @@ mod tests {
         let y1 = gelu(&add_bias(&x, &b).unwrap()).unwrap();
         let y2 = x.broadcast_add(&b).unwrap().gelu_erf().unwrap();
         assert!(max_abs(&y1, &y2) < 1e-6);
-        let g1 = (y1 * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (y2 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g1 = crate::model::backward(&(y1 * &w).unwrap().sum_all().unwrap()).unwrap();
+        let g2 = crate::model::backward(&(y2 * &w).unwrap().sum_all().unwrap()).unwrap();
         for v in [&x, &b] {
             let (a, c) = (g1.get(v).unwrap(), g2.get(v).unwrap());
             assert_eq!(a.dims(), c.dims());
@@ -775,8 +888,8 @@ mod tests {
         let y2 = (linear_composite(&x, &w, Some(&b)).unwrap() * 0.5).unwrap();
         assert_eq!(y1.dims(), &[2, 5, 4]);
         assert!(max_abs(&y1, &y2) < 1e-5);
-        let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g1 = crate::model::backward(&(y1 * &r).unwrap().sum_all().unwrap()).unwrap();
+        let g2 = crate::model::backward(&(y2 * &r).unwrap().sum_all().unwrap()).unwrap();
         for v in [&x, &w, &b] {
             let (a, c) = (g1.get(v).unwrap(), g2.get(v).unwrap());
             assert_eq!(a.dims(), c.dims());

@@ -37,7 +37,7 @@ pub fn ft_step(
         )?;
         let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         check_finite(value, step, lang, || "training loss".to_string())?;
-        let grads = loss.backward()?;
+        let grads = crate::model::backward(&loss)?;
         sum.add(
             &ParamGroup::Encoder.prefix(),
             &tagger.encoder,

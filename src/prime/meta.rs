@@ -350,7 +350,7 @@ pub fn inner_loop(
             format!("inner loss (inner step {})", s + 1)
         })?;
         losses.push(value);
-        let grads = loss.backward()?;
+        let grads = crate::model::backward(&loss)?;
         for p in &fast {
             sgd_step(p, &grads, cfg.inner_lr, step, &task.lang, s + 1)?;
         }
@@ -451,7 +451,7 @@ pub fn meta_step(
         )?;
         let query_loss = scalar(&loss)?;
         check_finite(query_loss, step, &task.lang, || "query loss".to_string())?;
-        let grads = loss.backward()?;
+        let grads = crate::model::backward(&loss)?;
         sum.add(&enc_prefix, enc_q, &grads, step, &task.lang)?;
         sum.add(&ad_prefix, ad_q, &grads, step, &task.lang)?;
         drop(grads);

@@ -47,7 +47,7 @@ impl OuterOptimizer for AdamWOuter {
         let Some(first) = self.vars.values().next() else {
             return Ok(lr);
         };
-        let mut store = Tensor::zeros((), DType::F32, first.device())?.backward()?;
+        let mut store = crate::model::backward(&Tensor::zeros((), DType::F32, first.device())?)?;
         let mut unknown = Vec::new();
         for (name, g) in grads.iter() {
             match self.vars.get(name) {

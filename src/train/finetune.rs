@@ -350,7 +350,7 @@ pub fn run_finetune(
                     lr,
                 });
             }
-            let grads = loss.backward()?;
+            let grads = crate::model::backward(&loss)?;
             optimizer.step(&grads)?;
             step += 1;
             epoch_loss += f64::from(value);

@@ -22,7 +22,7 @@
 //! # fn demo(vars: Vec<(String, candle_core::Var)>, loss: candle_core::Tensor) -> Result<(), Box<dyn std::error::Error>> {
 //! let cfg = AdamWConfig { lr: 5e-5, weight_decay: 0.01, ..AdamWConfig::default() };
 //! let mut opt = AdamW::new(vars, cfg)?.with_schedule(LinearSchedule::from_ratio(1000, 0.1));
-//! let grads = loss.backward()?;
+//! let grads = primer::model::backward(&loss)?;
 //! opt.step(&grads)?;
 //! # Ok(()) }
 //! ```
@@ -371,7 +371,7 @@ mod tests {
             let loss = ((w.as_tensor() * &c).unwrap().sum_all().unwrap()
                 + (b.as_tensor() * 3.0).unwrap().sum_all().unwrap())
             .unwrap();
-            let grads = loss.backward().unwrap();
+            let grads = crate::model::backward(&loss).unwrap();
             opt.step(&grads).unwrap();
         }
         let got = w.to_vec1::<f32>().unwrap();
@@ -418,12 +418,8 @@ mod tests {
             cfg,
         )
         .unwrap();
-        let grads = (a.as_tensor() * 1e-3)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads =
+            crate::model::backward(&(a.as_tensor() * 1e-3).unwrap().sum_all().unwrap()).unwrap();
         opt.step(&grads).unwrap();
         assert!((a.to_vec1::<f32>().unwrap()[0] - 0.9).abs() < 1e-4);
         assert_eq!(unused.to_vec1::<f32>().unwrap()[0], 5.0);
@@ -456,7 +452,7 @@ mod tests {
         .unwrap()
         .with_schedule(s);
         assert_eq!(opt.current_lr(), 0.0);
-        let grads = a.as_tensor().sum_all().unwrap().backward().unwrap();
+        let grads = crate::model::backward(&a.as_tensor().sum_all().unwrap()).unwrap();
         opt.step(&grads).unwrap();
         // Warm-up step 0 has lr 0: nothing moves.
         assert_eq!(a.to_vec1::<f32>().unwrap()[0], 1.0);

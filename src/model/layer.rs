@@ -1,0 +1,505 @@
+//! One BERT encoder layer as a single differentiable operation (CPU, f32).
+//!
+//! Built from candle ops — even fused ones — a layer is ~14 graph nodes, and candle's backward
+//! gives every gradient that reaches a node a fresh zero-filled buffer plus an add into yet
+//! another buffer (`GradStore::or_insert`): ~35 of them per layer, ~1 GB of memory traffic per
+//! MiniLM training step that does no arithmetic. Here the forward keeps the activations the
+//! backward needs, and the backward writes each gradient once into its own buffer; where two
+//! contributions meet (the residual stream, the three projections of the input) the GEMMs
+//! accumulate in place. The input's gradient goes back to candle; the sixteen parameter
+//! gradients are delivered through [`super::grad`], since a custom op can return gradients
+//! only for its (at most three) graph inputs.
+//!
+//! The math is exactly the composite layer's (`bert::encoder_layer_composite`, used on other
+//! devices, dtypes, and for parameters that are computed tensors): the unit tests in
+//! `bert.rs` compare the two in value and in every gradient, with padding and dropout.
+
+use super::attention::{AttentionCore, Dims};
+use super::error::{ModelError, Result};
+use super::grad::deliver;
+use super::kernels;
+use super::ops::{
+    ELEMENTWISE_BLOCK, MatRef, column_sum, cpu_slice, gemm, layer_norm_backward, linear_rows,
+    map_rows, map_rows2, storage_slice,
+};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+
+/// The parameters of one encoder layer, named inside `encoder.layer.{l}.`, in checkpoint
+/// order (the indices below refer to this order).
+pub const LAYER_PARAM_NAMES: [&str; 16] = [
+    "attention.self.query.weight",
+    "attention.self.query.bias",
+    "attention.self.key.weight",
+    "attention.self.key.bias",
+    "attention.self.value.weight",
+    "attention.self.value.bias",
+    "attention.output.dense.weight",
+    "attention.output.dense.bias",
+    "attention.output.LayerNorm.weight",
+    "attention.output.LayerNorm.bias",
+    "intermediate.dense.weight",
+    "intermediate.dense.bias",
+    "output.dense.weight",
+    "output.dense.bias",
+    "output.LayerNorm.weight",
+    "output.LayerNorm.bias",
+];
+
+pub(crate) const Q_W: usize = 0;
+pub(crate) const Q_B: usize = 1;
+pub(crate) const K_W: usize = 2;
+pub(crate) const K_B: usize = 3;
+pub(crate) const V_W: usize = 4;
+pub(crate) const V_B: usize = 5;
+pub(crate) const ATT_OUT_W: usize = 6;
+pub(crate) const ATT_OUT_B: usize = 7;
+pub(crate) const LN1_G: usize = 8;
+pub(crate) const LN1_B: usize = 9;
+pub(crate) const INTER_W: usize = 10;
+pub(crate) const INTER_B: usize = 11;
+pub(crate) const OUT_W: usize = 12;
+pub(crate) const OUT_B: usize = 13;
+pub(crate) const LN2_G: usize = 14;
+pub(crate) const LN2_B: usize = 15;
+
+/// Shape of parameter `i` ([`LAYER_PARAM_NAMES`]) for hidden size `h` and intermediate size
+/// `inter`.
+pub fn layer_param_shape(i: usize, h: usize, inter: usize) -> Vec<usize> {
+    match i {
+        Q_W | K_W | V_W | ATT_OUT_W => vec![h, h],
+        INTER_W => vec![inter, h],
+        OUT_W => vec![h, inter],
+        INTER_B => vec![inter],
+        _ => vec![h],
+    }
+}
+
+/// The dropout multipliers (0 or `1/(1−p)`) of one layer in training, drawn in the order the
+/// composite layer draws them: attention probabilities `[B·nh·T·T]`, attention output and
+/// feed-forward output `[B·T·H]` each. `None` where that dropout is off.
+#[derive(Debug, Default)]
+pub(crate) struct LayerDropout {
+    pub attention: Option<Vec<f32>>,
+    pub attention_output: Option<Vec<f32>>,
+    pub output: Option<Vec<f32>>,
+}
+
+/// Static settings of a layer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerSpec {
+    pub heads: usize,
+    pub eps: f32,
+}
+
+/// Whether [`encoder_layer`] can run on these tensors: all on the CPU in f32, and every
+/// parameter a variable or a constant. (A parameter computed from variables needs the
+/// composite layer: gradients delivered to it would not flow further back.)
+pub(crate) fn fused_layer_supported(x: &Tensor, params: &[&Tensor]) -> bool {
+    x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && params.len() == LAYER_PARAM_NAMES.len()
+        && fused_params_supported(params)
+}
+
+/// Whether fused CPU ops may read these parameters: all on the CPU in f32, each a variable
+/// or a constant.
+pub(crate) fn fused_params_supported(params: &[&Tensor]) -> bool {
+    params.iter().all(|p| {
+        p.device().is_cpu() && p.dtype() == DType::F32 && (p.is_variable() || !p.track_op())
+    })
+}
+
+/// One encoder layer on `x` `[B, T, H]`: self-attention (key bias `[B·T]`, 0 or −1e9), output
+/// projection, dropout, residual, layer norm, GELU feed-forward, dropout, residual, layer
+/// norm. Check [`fused_layer_supported`] first.
+pub(crate) fn encoder_layer(
+    x: &Tensor,
+    params: &[&Tensor],
+    key_bias: Arc<Vec<f32>>,
+    spec: LayerSpec,
+    dropout: LayerDropout,
+) -> Result<Tensor> {
+    let (b, t, h) = x.dims3()?;
+    if params.len() != LAYER_PARAM_NAMES.len() {
+        return Err(ModelError::Invalid(format!(
+            "encoder layer: {} parameters, expected {}",
+            params.len(),
+            LAYER_PARAM_NAMES.len()
+        )));
+    }
+    let inter = params[INTER_W].dim(0)?;
+    for (i, p) in params.iter().enumerate() {
+        let want = layer_param_shape(i, h, inter);
+        if p.dims() != want.as_slice() {
+            return Err(ModelError::Invalid(format!(
+                "encoder layer: {} has shape {:?}, expected {want:?} for hidden size {h}",
+                LAYER_PARAM_NAMES[i],
+                p.dims()
+            )));
+        }
+    }
+    if spec.heads == 0 || h % spec.heads != 0 {
+        return Err(ModelError::Invalid(format!(
+            "encoder layer: hidden size {h} is not a multiple of {} heads",
+            spec.heads
+        )));
+    }
+    let (n, tt) = (b * t * h, b * spec.heads * t * t);
+    let lengths_ok = key_bias.len() == b * t
+        && dropout.attention.as_ref().is_none_or(|m| m.len() == tt)
+        && [&dropout.attention_output, &dropout.output]
+            .iter()
+            .all(|m| m.as_ref().is_none_or(|m| m.len() == n));
+    if !lengths_ok {
+        return Err(ModelError::Invalid(format!(
+            "encoder layer: key bias or dropout masks do not match the input {:?}",
+            x.dims()
+        )));
+    }
+    let keep_activations = x.track_op() || params.iter().any(|p| p.is_variable());
+    let op = EncoderLayerOp {
+        params: params.iter().map(|&p| p.clone()).collect(),
+        key_bias,
+        spec,
+        dims: Dims::new(t, h, spec.heads),
+        batch: b,
+        inter,
+        dropout,
+        keep_activations,
+        saved: Mutex::new(None),
+    };
+    // The query weight is the op's second graph input so that candle records the op (and
+    // calls its backward) whenever the parameters are variables, even if `x` is constant.
+    Ok(x.contiguous()?.apply_op2(params[Q_W], op)?)
+}
+
+struct EncoderLayerOp {
+    params: Vec<Tensor>,
+    key_bias: Arc<Vec<f32>>,
+    spec: LayerSpec,
+    dims: Dims,
+    batch: usize,
+    inter: usize,
+    dropout: LayerDropout,
+    /// Whether a backward can follow (some input is tracked): keep the activations.
+    keep_activations: bool,
+    saved: Mutex<Option<Activations>>,
+}
+
+/// What the backward needs from the forward, all row-major over the B·T rows.
+struct Activations {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    ctx: Vec<f32>,
+    /// Input of the first layer norm (attention output after dropout, plus `x`).
+    s1: Vec<f32>,
+    h1: Vec<f32>,
+    /// Intermediate projection before and after GELU.
+    u: Vec<f32>,
+    f: Vec<f32>,
+    /// Input of the second layer norm.
+    s2: Vec<f32>,
+}
+
+type Guard<'a> = (candle_core::StorageRef<'a>, &'a Layout);
+
+/// `s = s ⊙ mask + x` (the dropout and residual after a projection), in parallel blocks.
+fn dropout_residual(s: &mut [f32], mask: Option<&[f32]>, x: &[f32]) {
+    assert_eq!(s.len(), x.len());
+    let blk = ELEMENTWISE_BLOCK;
+    match mask {
+        Some(m) => s
+            .par_chunks_mut(blk)
+            .zip(x.par_chunks(blk).zip(m.par_chunks(blk)))
+            .for_each(|(sc, (xc, mc))| {
+                for ((a, &xv), &mv) in sc.iter_mut().zip(xc).zip(mc) {
+                    *a = *a * mv + xv;
+                }
+            }),
+        None => s
+            .par_chunks_mut(blk)
+            .zip(x.par_chunks(blk))
+            .for_each(|(sc, xc)| kernels::add_assign(sc, xc)),
+    }
+}
+
+/// `g ⊙ mask`, or `g` itself without dropout.
+pub(crate) fn masked<'a>(g: &'a [f32], mask: Option<&[f32]>) -> Cow<'a, [f32]> {
+    match mask {
+        Some(m) => Cow::Owned(map_rows2(g, m, ELEMENTWISE_BLOCK, |a, b, y| {
+            for ((o, &x), &w) in y.iter_mut().zip(a).zip(b) {
+                *o = x * w;
+            }
+        })),
+        None => Cow::Borrowed(g),
+    }
+}
+
+impl EncoderLayerOp {
+    fn rows(&self) -> usize {
+        self.batch * self.dims.t
+    }
+
+    fn attention(&self) -> AttentionCore<'_> {
+        AttentionCore {
+            b: self.batch,
+            d: self.dims,
+            key_bias: &self.key_bias,
+            mask: self.dropout.attention.as_deref(),
+        }
+    }
+
+    /// The forward over plain slices; `p[i]` is parameter `i`.
+    fn forward(&self, x: &[f32], p: &[&[f32]]) -> (Vec<f32>, Option<Activations>) {
+        let (rows, h, inter) = (self.rows(), self.dims.h, self.inter);
+        let scale = 1.0 / (self.dims.dh as f32).sqrt();
+        let eps = self.spec.eps;
+        // Scaling q (B·T·H values) instead of the scores (B·nh·T·T) is cheaper and the same.
+        let q = linear_rows(x, p[Q_W], p[Q_B], scale, rows, h, h);
+        let k = linear_rows(x, p[K_W], p[K_B], 1.0, rows, h, h);
+        let v = linear_rows(x, p[V_W], p[V_B], 1.0, rows, h, h);
+        let mut ctx = vec![0f32; rows * h];
+        self.attention().forward(&q, &k, &v, &mut ctx);
+        let mut s1 = linear_rows(&ctx, p[ATT_OUT_W], p[ATT_OUT_B], 1.0, rows, h, h);
+        dropout_residual(&mut s1, self.dropout.attention_output.as_deref(), x);
+        let h1 = map_rows(&s1, h, |r, y| {
+            kernels::layer_norm_row(r, p[LN1_G], p[LN1_B], eps, y)
+        });
+        let u = linear_rows(&h1, p[INTER_W], p[INTER_B], 1.0, rows, h, inter);
+        let f = map_rows(&u, ELEMENTWISE_BLOCK, kernels::gelu);
+        let mut s2 = linear_rows(&f, p[OUT_W], p[OUT_B], 1.0, rows, inter, h);
+        dropout_residual(&mut s2, self.dropout.output.as_deref(), &h1);
+        let y = map_rows(&s2, h, |r, y| {
+            kernels::layer_norm_row(r, p[LN2_G], p[LN2_B], eps, y)
+        });
+        let saved = self.keep_activations.then_some(Activations {
+            q,
+            k,
+            v,
+            ctx,
+            s1,
+            h1,
+            u,
+            f,
+            s2,
+        });
+        (y, saved)
+    }
+
+    /// Hands the gradient of parameter `i` to [`super::grad`].
+    fn deliver(&self, i: usize, grad: Vec<f32>) -> candle_core::Result<()> {
+        let p = &self.params[i];
+        deliver(p, Tensor::from_vec(grad, p.shape(), &Device::Cpu)?);
+        Ok(())
+    }
+
+    /// The gradients of a linear layer `y = scale·(x·wᵀ + b)` with respect to `w` (`out × k`)
+    /// and `b`, given `dy` (`rows × out`), for the parameters that are variables.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_param_grads(
+        &self,
+        dy: &[f32],
+        x: &[f32],
+        rows: usize,
+        k: usize,
+        out: usize,
+        scale: f32,
+        (w, b): (usize, usize),
+    ) -> candle_core::Result<()> {
+        if self.params[w].is_variable() {
+            let mut dw = vec![0f32; out * k];
+            gemm(
+                &mut dw,
+                false,
+                MatRef::new(dy, rows, out).t(),
+                MatRef::new(x, rows, k),
+                scale,
+            );
+            self.deliver(w, dw)?;
+        }
+        if self.params[b].is_variable() {
+            let mut db = column_sum(dy, out);
+            if scale != 1.0 {
+                db.iter_mut().for_each(|v| *v *= scale);
+            }
+            self.deliver(b, db)?;
+        }
+        Ok(())
+    }
+
+    /// Hands `[dγ | dβ]` of a layer norm to [`super::grad`].
+    fn deliver_norm(&self, dgdb: Vec<f32>, (g, b): (usize, usize)) -> candle_core::Result<()> {
+        let d = dgdb.len() / 2;
+        if self.params[g].is_variable() {
+            self.deliver(g, dgdb[..d].to_vec())?;
+        }
+        if self.params[b].is_variable() {
+            self.deliver(b, dgdb[d..].to_vec())?;
+        }
+        Ok(())
+    }
+
+    /// The backward over plain slices: delivers the parameter gradients, returns `dx` when
+    /// `want_dx`.
+    fn backward(
+        &self,
+        a: &Activations,
+        x: &[f32],
+        p: &[&[f32]],
+        dy: &[f32],
+        want_dx: bool,
+    ) -> candle_core::Result<Option<Vec<f32>>> {
+        let (rows, h, inter) = (self.rows(), self.dims.h, self.inter);
+        let scale = 1.0 / (self.dims.dh as f32).sqrt();
+        let eps = self.spec.eps;
+        let nh = rows * h;
+
+        // Second layer norm.
+        let mut ds2 = vec![0f32; nh];
+        let mut dgdb = vec![0f32; 2 * h];
+        layer_norm_backward(&a.s2, p[LN2_G], dy, eps, &mut ds2, &mut dgdb);
+        self.deliver_norm(dgdb, (LN2_G, LN2_B))?;
+        // Feed-forward output projection (after its dropout), then GELU.
+        let du = {
+            let d_out = masked(&ds2, self.dropout.output.as_deref());
+            self.linear_param_grads(&d_out, &a.f, rows, inter, h, 1.0, (OUT_W, OUT_B))?;
+            let mut df = vec![0f32; rows * inter];
+            gemm(
+                &mut df,
+                false,
+                MatRef::new(&d_out, rows, h),
+                MatRef::new(p[OUT_W], h, inter),
+                1.0,
+            );
+            map_rows2(&a.u, &df, ELEMENTWISE_BLOCK, kernels::gelu_bwd)
+        };
+        // Intermediate projection; its input gradient joins the residual's.
+        self.linear_param_grads(&du, &a.h1, rows, h, inter, 1.0, (INTER_W, INTER_B))?;
+        let mut dh1 = ds2;
+        gemm(
+            &mut dh1,
+            true,
+            MatRef::new(&du, rows, inter),
+            MatRef::new(p[INTER_W], inter, h),
+            1.0,
+        );
+        drop(du);
+        // First layer norm.
+        let mut ds1 = vec![0f32; nh];
+        let mut dgdb = vec![0f32; 2 * h];
+        layer_norm_backward(&a.s1, p[LN1_G], &dh1, eps, &mut ds1, &mut dgdb);
+        drop(dh1);
+        self.deliver_norm(dgdb, (LN1_G, LN1_B))?;
+        // Attention output projection (after its dropout).
+        let mut dctx = vec![0f32; nh];
+        {
+            let d_att = masked(&ds1, self.dropout.attention_output.as_deref());
+            self.linear_param_grads(&d_att, &a.ctx, rows, h, h, 1.0, (ATT_OUT_W, ATT_OUT_B))?;
+            gemm(
+                &mut dctx,
+                false,
+                MatRef::new(&d_att, rows, h),
+                MatRef::new(p[ATT_OUT_W], h, h),
+                1.0,
+            );
+        }
+        // Attention core, then the three projections of x.
+        let (mut dq, mut dk, mut dv) = (vec![0f32; nh], vec![0f32; nh], vec![0f32; nh]);
+        self.attention()
+            .backward(&a.q, &a.k, &a.v, &dctx, &mut dq, &mut dk, &mut dv);
+        drop(dctx);
+        let projections = [
+            (&dq, scale, Q_W, Q_B),
+            (&dk, 1.0, K_W, K_B),
+            (&dv, 1.0, V_W, V_B),
+        ];
+        for &(g, s, w, b) in &projections {
+            self.linear_param_grads(g, x, rows, h, h, s, (w, b))?;
+        }
+        if !want_dx {
+            return Ok(None);
+        }
+        // dx: the residual's ds1 plus the three projections' input gradients.
+        let mut dx = ds1;
+        for (g, s, w, _) in projections {
+            gemm(
+                &mut dx,
+                true,
+                MatRef::new(g, rows, h),
+                MatRef::new(p[w], h, h),
+                s,
+            );
+        }
+        Ok(Some(dx))
+    }
+}
+
+impl CustomOp2 for EncoderLayerOp {
+    fn name(&self) -> &'static str {
+        "primer-encoder-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sq: &CpuStorage,
+        lq: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(sx, lx, "input")?;
+        let q_w = cpu_slice(sq, lq, LAYER_PARAM_NAMES[Q_W])?;
+        // The query weight's storage is already locked by candle (it is the op's second
+        // input): read it from there, and lock only the other fifteen.
+        let guards: Vec<Option<Guard<'_>>> = (0..self.params.len())
+            .map(|i| (i != Q_W).then(|| self.params[i].storage_and_layout()))
+            .collect();
+        let mut p: Vec<&[f32]> = Vec::with_capacity(guards.len());
+        for (i, g) in guards.iter().enumerate() {
+            p.push(match g {
+                Some((s, l)) => storage_slice(s, l, LAYER_PARAM_NAMES[i])?,
+                None => q_w,
+            });
+        }
+        let (y, saved) = self.forward(x, &p);
+        if saved.is_some() {
+            *self.saved.lock().expect("no panic while holding the lock") = saved;
+        }
+        Ok((CpuStorage::F32(y), lx.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _q_w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let saved = self.saved.lock().expect("no panic while holding the lock");
+        let Some(a) = saved.as_ref() else {
+            candle_core::bail!("fused encoder layer: backward without kept activations")
+        };
+        let grad = grad.contiguous()?;
+        let (gs, gl) = grad.storage_and_layout();
+        let dy = storage_slice(&gs, gl, "output gradient")?;
+        let (xs, xl) = x.storage_and_layout();
+        let xv = storage_slice(&xs, xl, "input")?;
+        let guards: Vec<Guard<'_>> = self.params.iter().map(|t| t.storage_and_layout()).collect();
+        let mut p: Vec<&[f32]> = Vec::with_capacity(guards.len());
+        for (i, (s, l)) in guards.iter().enumerate() {
+            p.push(storage_slice(s, l, LAYER_PARAM_NAMES[i])?);
+        }
+        if dy.len() != xv.len() {
+            candle_core::bail!("fused encoder layer: output gradient {:?}", gl.dims());
+        }
+        let dx = self.backward(a, xv, &p, dy, x.track_op())?;
+        let dx = match dx {
+            Some(v) => Some(Tensor::from_vec(v, x.shape(), &Device::Cpu)?),
+            None => None,
+        };
+        Ok((dx, None))
+    }
+}
