@@ -4,7 +4,8 @@
 use super::attention::attention;
 use super::config::BertConfig;
 use super::embeddings::{
-    EMBEDDING_PARAM_NAMES, EmbeddingInputs, embed, fused_embeddings_supported,
+    EMBEDDING_PARAM_NAMES, EmbeddingInputs, embed, embedding_param_shape,
+    fused_embeddings_supported,
 };
 use super::error::{ModelError, Result};
 use super::layer::{
@@ -42,22 +43,20 @@ pub struct EncoderInputs<'a> {
 pub fn encoder_param_shapes(cfg: &BertConfig) -> Vec<(String, Vec<usize>)> {
     let h = cfg.hidden_size;
     let i = cfg.intermediate_size;
-    let mut v: Vec<(String, Vec<usize>)> = vec![
-        (
-            "embeddings.word_embeddings.weight".into(),
-            vec![cfg.vocab_size, h],
-        ),
-        (
-            "embeddings.position_embeddings.weight".into(),
-            vec![cfg.max_position_embeddings, h],
-        ),
-        (
-            "embeddings.token_type_embeddings.weight".into(),
-            vec![cfg.type_vocab_size, h],
-        ),
-        ("embeddings.LayerNorm.weight".into(), vec![h]),
-        ("embeddings.LayerNorm.bias".into(), vec![h]),
-    ];
+    let mut v: Vec<(String, Vec<usize>)> = EMBEDDING_PARAM_NAMES
+        .iter()
+        .enumerate()
+        .map(|(j, n)| {
+            let shape = embedding_param_shape(
+                j,
+                cfg.vocab_size,
+                cfg.max_position_embeddings,
+                cfg.type_vocab_size,
+                h,
+            );
+            (n.to_string(), shape)
+        })
+        .collect();
     for l in 0..cfg.num_hidden_layers {
         for (j, n) in LAYER_PARAM_NAMES.iter().enumerate() {
             v.push((format!("encoder.layer.{l}.{n}"), layer_param_shape(j, h, i)));

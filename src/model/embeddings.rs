@@ -9,11 +9,11 @@
 //! why parameter gradients travel outside candle's graph.
 
 use super::error::{ModelError, Result};
-use super::grad::deliver;
+use super::grad::deliver_values;
 use super::kernels;
-use super::layer::{fused_params_supported, masked};
+use super::layer::{deliver_norm, fused_params_supported, lock_params, masked, param_values};
 use super::ops::{cpu_slice, layer_norm_backward, rows_per_task, storage_slice};
-use candle_core::{CpuStorage, CustomOp2, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -31,6 +31,23 @@ const POSITIONS: usize = 1;
 const TYPES: usize = 2;
 const LN_G: usize = 3;
 const LN_B: usize = 4;
+
+/// Shape of embedding parameter `i` ([`EMBEDDING_PARAM_NAMES`]) for the given table sizes
+/// and hidden size `h`.
+pub fn embedding_param_shape(
+    i: usize,
+    vocab: usize,
+    positions: usize,
+    types: usize,
+    h: usize,
+) -> Vec<usize> {
+    match i {
+        WORDS => vec![vocab, h],
+        POSITIONS => vec![positions, h],
+        TYPES => vec![types, h],
+        _ => vec![h],
+    }
+}
 
 /// Whether [`embed`] can run on these parameters ([`EMBEDDING_PARAM_NAMES`] order).
 pub(crate) fn fused_embeddings_supported(params: &[&Tensor]) -> bool {
@@ -64,12 +81,7 @@ pub(crate) fn embed(
     let (vocab, h) = params[WORDS].dims2()?;
     let (positions, types) = (params[POSITIONS].dim(0)?, params[TYPES].dim(0)?);
     for (i, p) in params.iter().enumerate() {
-        let want = match i {
-            WORDS => vec![vocab, h],
-            POSITIONS => vec![positions, h],
-            TYPES => vec![types, h],
-            _ => vec![h],
-        };
+        let want = embedding_param_shape(i, vocab, positions, types, h);
         if p.dims() != want.as_slice() {
             return Err(ModelError::Invalid(format!(
                 "embeddings: {} has shape {:?}, expected {want:?}",
@@ -143,13 +155,9 @@ impl EmbeddingOp {
             .map_or(0, |t| t[r] as usize)
     }
 
-    /// Adds row `r`'s gradient `de` into the three embedding tables' gradients.
-    fn scatter(
-        &self,
-        de: &[f32],
-        table: usize,
-        mut row_of: impl FnMut(usize) -> usize,
-    ) -> Vec<f32> {
+    /// The gradient of embedding table `table`: output row `r`'s gradient (of `de`) added
+    /// into the table row `row_of(r)` it was looked up from.
+    fn scatter(&self, de: &[f32], table: usize, row_of: &dyn Fn(usize) -> usize) -> Vec<f32> {
         let h = self.hidden;
         let mut g = vec![0f32; self.params[table].elem_count()];
         for (r, dr) in de.chunks(h).enumerate() {
@@ -174,13 +182,13 @@ impl CustomOp2 for EmbeddingOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let words = cpu_slice(sw, lw, EMBEDDING_PARAM_NAMES[WORDS])?;
         let gamma = cpu_slice(sg, lg, EMBEDDING_PARAM_NAMES[LN_G])?;
-        // The other three are not locked by candle (only the op's two inputs are).
-        let (ps, pl) = self.params[POSITIONS].storage_and_layout();
-        let (ts, tl) = self.params[TYPES].storage_and_layout();
-        let (bs, bl) = self.params[LN_B].storage_and_layout();
-        let pos = storage_slice(&ps, pl, EMBEDDING_PARAM_NAMES[POSITIONS])?;
-        let types = storage_slice(&ts, tl, EMBEDDING_PARAM_NAMES[TYPES])?;
-        let beta = storage_slice(&bs, bl, EMBEDDING_PARAM_NAMES[LN_B])?;
+        let guards = lock_params(&self.params, &[WORDS, LN_G]);
+        let p = param_values(
+            &guards,
+            &EMBEDDING_PARAM_NAMES,
+            &[(WORDS, words), (LN_G, gamma)],
+        )?;
+        let (pos, types, beta) = (p[POSITIONS], p[TYPES], p[LN_B]);
         let h = self.hidden;
         let rows = self.inputs.ids.len();
         let t = self.inputs.len;
@@ -237,26 +245,16 @@ impl CustomOp2 for EmbeddingOp {
         let mut dgdb = vec![0f32; 2 * h];
         layer_norm_backward(e, g, &dln, self.eps, &mut de, &mut dgdb);
         let t = self.inputs.len;
-        let give = |i: usize, v: Vec<f32>| -> candle_core::Result<()> {
-            let p = &self.params[i];
-            if p.is_variable() {
-                deliver(p, Tensor::from_vec(v, p.shape(), &Device::Cpu)?);
+        deliver_norm(&self.params[LN_G], &self.params[LN_B], dgdb)?;
+        let tables: [(usize, &dyn Fn(usize) -> usize); 3] = [
+            (WORDS, &|r| self.inputs.ids[r] as usize),
+            (POSITIONS, &|r| r % t),
+            (TYPES, &|r| self.token_type(r)),
+        ];
+        for (table, row_of) in tables {
+            if self.params[table].is_variable() {
+                deliver_values(&self.params[table], self.scatter(&de, table, row_of))?;
             }
-            Ok(())
-        };
-        give(LN_G, dgdb[..h].to_vec())?;
-        give(LN_B, dgdb[h..].to_vec())?;
-        if self.params[WORDS].is_variable() {
-            give(
-                WORDS,
-                self.scatter(&de, WORDS, |r| self.inputs.ids[r] as usize),
-            )?;
-        }
-        if self.params[POSITIONS].is_variable() {
-            give(POSITIONS, self.scatter(&de, POSITIONS, |r| r % t))?;
-        }
-        if self.params[TYPES].is_variable() {
-            give(TYPES, self.scatter(&de, TYPES, |r| self.token_type(r)))?;
         }
         Ok((None, None))
     }

@@ -18,8 +18,8 @@
 //! ```
 
 use super::error::Result;
-use candle_core::Tensor;
 use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor};
 use std::cell::RefCell;
 
 thread_local! {
@@ -42,36 +42,26 @@ pub(crate) fn deliver(param: &Tensor, grad: Tensor) {
     });
 }
 
-/// Pops this pass's frame even when candle's backward fails.
-struct Frame;
-
-impl Frame {
-    fn open() -> Self {
-        DELIVERED.with(|d| d.borrow_mut().push(Vec::new()));
-        Frame
+/// [`deliver`]s the CPU values `grad` (in `param`'s shape) when `param` is a variable; a
+/// constant's gradient is dropped.
+pub(crate) fn deliver_values(param: &Tensor, grad: Vec<f32>) -> candle_core::Result<()> {
+    if param.is_variable() {
+        deliver(param, Tensor::from_vec(grad, param.shape(), &Device::Cpu)?);
     }
-
-    fn take(self) -> Vec<(Tensor, Tensor)> {
-        let frame = DELIVERED.with(|d| d.borrow_mut().pop()).unwrap_or_default();
-        std::mem::forget(self);
-        frame
-    }
-}
-
-impl Drop for Frame {
-    fn drop(&mut self) {
-        DELIVERED.with(|d| d.borrow_mut().pop());
-    }
+    Ok(())
 }
 
 /// The gradients of `loss` with respect to every variable it depends on: candle's
 /// `Tensor::backward` plus what fused operations delivered (summed where a variable got
 /// several contributions).
 pub fn backward(loss: &Tensor) -> Result<GradStore> {
-    let frame = Frame::open();
+    DELIVERED.with(|d| d.borrow_mut().push(Vec::new()));
     #[allow(clippy::disallowed_methods)]
-    let mut grads = loss.backward()?;
-    for (param, grad) in frame.take() {
+    let candle_grads = loss.backward();
+    // Popped before `?`, so a failed pass leaves no frame behind.
+    let delivered = DELIVERED.with(|d| d.borrow_mut().pop()).unwrap_or_default();
+    let mut grads = candle_grads?;
+    for (param, grad) in delivered {
         let sum = match grads.remove(&param) {
             Some(prev) => (prev + grad)?,
             None => grad,
@@ -85,7 +75,7 @@ pub fn backward(loss: &Tensor) -> Result<GradStore> {
 mod tests {
     use super::*;
     use crate::model::embeddings::{EMBEDDING_PARAM_NAMES, EmbeddingInputs, embed};
-    use candle_core::{DType, Device, Var};
+    use candle_core::{DType, Var};
 
     /// A variable that gets a delivered gradient (the fused embedding op) and a gradient
     /// through candle's graph in the same pass receives their sum; a second pass starts

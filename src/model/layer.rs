@@ -16,7 +16,7 @@
 
 use super::attention::{AttentionCore, Dims};
 use super::error::{ModelError, Result};
-use super::grad::deliver;
+use super::grad::deliver_values;
 use super::kernels;
 use super::ops::{
     ELEMENTWISE_BLOCK, MatRef, column_sum, cpu_slice, gemm, layer_norm_backward, linear_rows,
@@ -207,6 +207,45 @@ struct Activations {
 
 type Guard<'a> = (candle_core::StorageRef<'a>, &'a Layout);
 
+/// Read locks on the storage of every parameter but those in `given` (the op's graph inputs,
+/// which candle has already locked: locking them again could deadlock).
+pub(crate) fn lock_params<'a>(params: &'a [Tensor], given: &[usize]) -> Vec<Option<Guard<'a>>> {
+    (0..params.len())
+        .map(|i| (!given.contains(&i)).then(|| params[i].storage_and_layout()))
+        .collect()
+}
+
+/// The values of every parameter: from its lock in `guards`, or from `given` (index, values)
+/// for those [`lock_params`] left out. `names` name them in errors.
+pub(crate) fn param_values<'g>(
+    guards: &'g [Option<Guard<'_>>],
+    names: &[&str],
+    given: &[(usize, &'g [f32])],
+) -> candle_core::Result<Vec<&'g [f32]>> {
+    let mut out = Vec::with_capacity(guards.len());
+    for (i, g) in guards.iter().enumerate() {
+        out.push(match g {
+            Some((s, l)) => storage_slice(s, l, names[i])?,
+            None => match given.iter().find(|(j, _)| *j == i) {
+                Some(&(_, v)) => v,
+                None => candle_core::bail!("{}: neither locked nor given", names[i]),
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// Delivers `[dγ | dβ]` of a layer norm as the gradients of `gamma` and `beta`.
+pub(crate) fn deliver_norm(
+    gamma: &Tensor,
+    beta: &Tensor,
+    dgdb: Vec<f32>,
+) -> candle_core::Result<()> {
+    let d = dgdb.len() / 2;
+    deliver_values(gamma, dgdb[..d].to_vec())?;
+    deliver_values(beta, dgdb[d..].to_vec())
+}
+
 /// `s = s ⊙ mask + x` (the dropout and residual after a projection), in parallel blocks.
 fn dropout_residual(s: &mut [f32], mask: Option<&[f32]>, x: &[f32]) {
     assert_eq!(s.len(), x.len());
@@ -290,13 +329,6 @@ impl EncoderLayerOp {
         (y, saved)
     }
 
-    /// Hands the gradient of parameter `i` to [`super::grad`].
-    fn deliver(&self, i: usize, grad: Vec<f32>) -> candle_core::Result<()> {
-        let p = &self.params[i];
-        deliver(p, Tensor::from_vec(grad, p.shape(), &Device::Cpu)?);
-        Ok(())
-    }
-
     /// The gradients of a linear layer `y = scale·(x·wᵀ + b)` with respect to `w` (`out × k`)
     /// and `b`, given `dy` (`rows × out`), for the parameters that are variables.
     #[allow(clippy::too_many_arguments)]
@@ -319,26 +351,14 @@ impl EncoderLayerOp {
                 MatRef::new(x, rows, k),
                 scale,
             );
-            self.deliver(w, dw)?;
+            deliver_values(&self.params[w], dw)?;
         }
         if self.params[b].is_variable() {
             let mut db = column_sum(dy, out);
             if scale != 1.0 {
                 db.iter_mut().for_each(|v| *v *= scale);
             }
-            self.deliver(b, db)?;
-        }
-        Ok(())
-    }
-
-    /// Hands `[dγ | dβ]` of a layer norm to [`super::grad`].
-    fn deliver_norm(&self, dgdb: Vec<f32>, (g, b): (usize, usize)) -> candle_core::Result<()> {
-        let d = dgdb.len() / 2;
-        if self.params[g].is_variable() {
-            self.deliver(g, dgdb[..d].to_vec())?;
-        }
-        if self.params[b].is_variable() {
-            self.deliver(b, dgdb[d..].to_vec())?;
+            deliver_values(&self.params[b], db)?;
         }
         Ok(())
     }
@@ -362,7 +382,7 @@ impl EncoderLayerOp {
         let mut ds2 = vec![0f32; nh];
         let mut dgdb = vec![0f32; 2 * h];
         layer_norm_backward(&a.s2, p[LN2_G], dy, eps, &mut ds2, &mut dgdb);
-        self.deliver_norm(dgdb, (LN2_G, LN2_B))?;
+        deliver_norm(&self.params[LN2_G], &self.params[LN2_B], dgdb)?;
         // Feed-forward output projection (after its dropout), then GELU.
         let du = {
             let d_out = masked(&ds2, self.dropout.output.as_deref());
@@ -393,7 +413,7 @@ impl EncoderLayerOp {
         let mut dgdb = vec![0f32; 2 * h];
         layer_norm_backward(&a.s1, p[LN1_G], &dh1, eps, &mut ds1, &mut dgdb);
         drop(dh1);
-        self.deliver_norm(dgdb, (LN1_G, LN1_B))?;
+        deliver_norm(&self.params[LN1_G], &self.params[LN1_B], dgdb)?;
         // Attention output projection (after its dropout).
         let mut dctx = vec![0f32; nh];
         {
@@ -452,18 +472,8 @@ impl CustomOp2 for EncoderLayerOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = cpu_slice(sx, lx, "input")?;
         let q_w = cpu_slice(sq, lq, LAYER_PARAM_NAMES[Q_W])?;
-        // The query weight's storage is already locked by candle (it is the op's second
-        // input): read it from there, and lock only the other fifteen.
-        let guards: Vec<Option<Guard<'_>>> = (0..self.params.len())
-            .map(|i| (i != Q_W).then(|| self.params[i].storage_and_layout()))
-            .collect();
-        let mut p: Vec<&[f32]> = Vec::with_capacity(guards.len());
-        for (i, g) in guards.iter().enumerate() {
-            p.push(match g {
-                Some((s, l)) => storage_slice(s, l, LAYER_PARAM_NAMES[i])?,
-                None => q_w,
-            });
-        }
+        let guards = lock_params(&self.params, &[Q_W]);
+        let p = param_values(&guards, &LAYER_PARAM_NAMES, &[(Q_W, q_w)])?;
         let (y, saved) = self.forward(x, &p);
         if saved.is_some() {
             *self.saved.lock().expect("no panic while holding the lock") = saved;
@@ -487,11 +497,8 @@ impl CustomOp2 for EncoderLayerOp {
         let dy = storage_slice(&gs, gl, "output gradient")?;
         let (xs, xl) = x.storage_and_layout();
         let xv = storage_slice(&xs, xl, "input")?;
-        let guards: Vec<Guard<'_>> = self.params.iter().map(|t| t.storage_and_layout()).collect();
-        let mut p: Vec<&[f32]> = Vec::with_capacity(guards.len());
-        for (i, (s, l)) in guards.iter().enumerate() {
-            p.push(storage_slice(s, l, LAYER_PARAM_NAMES[i])?);
-        }
+        let guards = lock_params(&self.params, &[]);
+        let p = param_values(&guards, &LAYER_PARAM_NAMES, &[])?;
         if dy.len() != xv.len() {
             candle_core::bail!("fused encoder layer: output gradient {:?}", gl.dims());
         }
