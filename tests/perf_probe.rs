@@ -269,3 +269,82 @@ fn probe_encode_loop() {
         },
     );
 }
+
+/// The encoder cache's batching: sentences per forward or a token budget, alternated over
+/// rounds so that drift on a shared machine hits every setting alike. Lengths uniform in
+/// [PROBE_MIN_LEN, 64].
+#[test]
+#[ignore]
+fn probe_cache_batching() {
+    use primer::data::{Batcher, EncodedSentence, IGNORE_INDEX};
+    use primer::train::EncoderCache;
+    primer::device::retain_freed_memory();
+    let min_len: usize = std::env::var("PROBE_MIN_LEN")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let mut tagger = minilm_tagger();
+    tagger
+        .set_trainable(&[primer::model::ParamGroup::Adapter])
+        .unwrap();
+    let mut rng = SeededRng::new(4);
+    let sentences: Vec<EncodedSentence> = (0..192)
+        .map(|_| {
+            let len = min_len + rng.below(64 - min_len + 1);
+            EncodedSentence {
+                input_ids: (0..len).map(|_| 103 + rng.below(30000) as u32).collect(),
+                word_ids: (0..len as i64).collect(),
+                labels: (0..len)
+                    .map(|t| if t % 3 == 0 { IGNORE_INDEX } else { 0 })
+                    .collect(),
+                n_words: len,
+                truncated_words: 0,
+            }
+        })
+        .collect();
+    let settings: Vec<(String, Batcher)> = vec![
+        ("64 sentences".into(), Batcher::new(64, 0)),
+        (
+            "256 tokens".into(),
+            Batcher::new(64, 0).with_eval_tokens(256),
+        ),
+        (
+            "384 tokens".into(),
+            Batcher::new(64, 0).with_eval_tokens(384),
+        ),
+        ("16 sentences".into(), Batcher::new(16, 0)),
+        (
+            "512 tokens".into(),
+            Batcher::new(64, 0).with_eval_tokens(512),
+        ),
+        (
+            "768 tokens".into(),
+            Batcher::new(64, 0).with_eval_tokens(768),
+        ),
+        (
+            "1024 tokens".into(),
+            Batcher::new(64, 0).with_eval_tokens(1024),
+        ),
+    ];
+    let mut cpu = vec![Vec::new(); settings.len()];
+    let mut wall = vec![Vec::new(); settings.len()];
+    for _round in 0..4 {
+        for (k, (_, batcher)) in settings.iter().enumerate() {
+            let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
+            EncoderCache::labelled_rows(&tagger, &sentences, batcher, &Device::Cpu).unwrap();
+            wall[k].push(t0.elapsed().as_secs_f64() * 1e3);
+            cpu[k].push((cpu_seconds() - c0) * 1e3);
+        }
+    }
+    for (k, (name, _)) in settings.iter().enumerate() {
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            v[v.len() / 2]
+        };
+        eprintln!(
+            "cache, {name:<14} wall {:8.1} ms  cpu {:8.1} ms",
+            med(&mut wall[k]),
+            med(&mut cpu[k])
+        );
+    }
+}

@@ -389,25 +389,32 @@ impl GroupWeights<'_> {
     }
 }
 
+/// A tiny random tagger for unit tests (vocabulary 40, H16, 2 layers, 32 positions): the given
+/// dropout, an adapter of dimension 8 and a 7-label head per language; nothing trainable.
+#[cfg(test)]
+pub(crate) fn tiny_test_tagger(dropout: f64, langs: &[&str]) -> Tagger {
+    let mut cfg = BertConfig::new(40, 16, 2, 2, 32).with_dropout(dropout);
+    cfg.max_position_embeddings = 32;
+    let enc = crate::model::init::random_encoder(&cfg, 4, &Device::Cpu)
+        .unwrap()
+        .to_params()
+        .unwrap();
+    let mut t = Tagger::new(cfg, enc, Device::Cpu);
+    let mut rng = SeededRng::new(1);
+    t.ensure_adapter(8, &mut rng).unwrap();
+    for lang in langs {
+        t.add_head(lang, DEFAULT_NUM_LABELS, &mut rng).unwrap();
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::init::random_encoder;
     use candle_core::DType;
 
     fn tiny_tagger() -> Tagger {
-        let mut cfg = BertConfig::new(40, 16, 2, 2, 32).with_dropout(0.1);
-        cfg.max_position_embeddings = 32;
-        let enc = random_encoder(&cfg, 4, &Device::Cpu)
-            .unwrap()
-            .to_params()
-            .unwrap();
-        let mut t = Tagger::new(cfg, enc, Device::Cpu);
-        let mut rng = SeededRng::new(1);
-        t.ensure_adapter(8, &mut rng).unwrap();
-        t.add_head("en", DEFAULT_NUM_LABELS, &mut rng).unwrap();
-        t.add_head("sw", DEFAULT_NUM_LABELS, &mut rng).unwrap();
-        t
+        tiny_test_tagger(0.1, &["en", "sw"])
     }
 
     fn batch(d: &Device) -> (Tensor, Tensor, Tensor, Tensor) {

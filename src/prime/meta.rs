@@ -14,6 +14,7 @@ use crate::model::{
     masked_cross_entropy,
 };
 use crate::rng::SeededRng;
+use crate::train::CachedRows;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use std::collections::BTreeMap;
@@ -309,17 +310,19 @@ pub fn inner_loop(
     };
     // With dropout on, each cached support encoding carries one mask for all S steps (what
     // encoding once means); the adapter and head see the same inputs at every step.
-    let cache: Option<Vec<Tensor>> = if cfg.inner.encoder {
+    // Only the labelled rows are kept: the adapter and head act on each token alone.
+    let cache: Option<Vec<CachedRows>> = if cfg.inner.encoder {
         None
     } else {
         let mut c = Vec::with_capacity(task.support.len());
         for b in &task.support {
-            c.push(encode(
+            let hidden = encode(
                 &tagger.config,
                 &enc_frozen,
                 &b.inputs(),
                 dropout.as_deref_mut(),
-            )?);
+            )?;
+            c.push(CachedRows::labelled(&hidden, &b.labels)?);
         }
         Some(c)
     };
@@ -332,19 +335,24 @@ pub fn inner_loop(
     for s in 0..cfg.inner_steps {
         let j = s % task.support.len();
         let batch = &task.support[j];
-        let hidden = match &cache {
-            Some(c) => c[j].clone(),
-            None => encode(
-                &tagger.config,
-                enc_w,
-                &batch.inputs(),
-                dropout.as_deref_mut(),
+        let loss = match &cache {
+            Some(c) => masked_cross_entropy(
+                &logits_from_hidden(&c[j].hidden, Some(ad_w), head_w)?,
+                &c[j].labels,
             )?,
+            None => {
+                let hidden = encode(
+                    &tagger.config,
+                    enc_w,
+                    &batch.inputs(),
+                    dropout.as_deref_mut(),
+                )?;
+                masked_cross_entropy(
+                    &logits_from_hidden(&hidden, Some(ad_w), head_w)?,
+                    &batch.labels,
+                )?
+            }
         };
-        let loss = masked_cross_entropy(
-            &logits_from_hidden(&hidden, Some(ad_w), head_w)?,
-            &batch.labels,
-        )?;
         let value = scalar(&loss)?;
         check_finite(value, step, &task.lang, || {
             format!("inner loss (inner step {})", s + 1)

@@ -1,11 +1,13 @@
 //! The fine-tuning loop: the paper's settings 1/Full FT (θp ∪ θa ∪ θh), 2/Head tuning (θh) and
 //! 3/Adapter tuning (θa ∪ θh), from a pretrained folder or a primed checkpoint.
 //!
-//! Because θp is frozen in head and adapter tuning, the encoder output of every training sentence
-//! is fixed: with [`FinetuneConfig::cache_encoder`] (the default) those runs encode each sentence
-//! once (graph-free, encoder dropout off) and every epoch trains only adapter + head on the cached
-//! outputs. The batches are the same as without the cache, so with dropout off the cache changes
-//! the speed and nothing else (a test checks this).
+//! Because θp is frozen in head and adapter tuning, the encoder output of every sentence is
+//! fixed: with [`FinetuneConfig::cache_encoder`] (the default) those runs encode the training and
+//! dev sentences once (graph-free, encoder dropout off; see [`crate::train::cache`]), every epoch
+//! trains adapter + head on the cached outputs of the labelled tokens alone, and every dev
+//! evaluation runs adapter + head on the cached first subwords. The batches are the same as
+//! without the cache, so with dropout off the cache changes the speed and nothing else (a test
+//! checks this).
 //!
 //! ```no_run
 //! use primer::config::{FinetuneConfig, FinetuneMethod};
@@ -29,9 +31,10 @@ use crate::metric::{self, MetricError, Scores};
 use crate::model::{EncoderInputs, ModelError, Tagger, TensorSet, masked_cross_entropy};
 use crate::progress::{ProgressEvent, ProgressSink};
 use crate::rng::SeededRng;
+use crate::train::cache::EncoderCache;
 use crate::train::metrics::{EpochSummary, FinetuneMetrics, SentenceCounts};
 use crate::train::optim::{AdamW, AdamWConfig, LinearSchedule, OptimError};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -154,54 +157,6 @@ fn prepare_splits(config: &FinetuneConfig, dir: &Path) -> Result<Splits> {
     })
 }
 
-/// Encoder outputs of every training sentence, computed once on frozen θp: `[len_i, H]` each.
-/// Valid only while θp is frozen and encoder dropout is off (head and adapter tuning).
-pub struct EncoderCache {
-    per_sentence: Vec<Tensor>,
-}
-
-impl EncoderCache {
-    /// Encodes every sentence once; `tagger`'s encoder must not be trainable (it then runs on
-    /// detached weights and records no graph).
-    pub fn build(
-        tagger: &Tagger,
-        sentences: &[EncodedSentence],
-        batcher: &Batcher,
-        device: &Device,
-    ) -> Result<Self> {
-        let mut per_sentence: Vec<Option<Tensor>> = vec![None; sentences.len()];
-        for batch in batcher.eval_batches(sentences, device)? {
-            // θp is not trainable here, so the encoder runs on detached weights: no graph.
-            let hidden = tagger.encode(&inputs_of(&batch), None)?;
-            for (row, &idx) in batch.indices.iter().enumerate() {
-                let len = sentences[idx].input_ids.len();
-                per_sentence[idx] = Some(hidden.get(row)?.narrow(0, 0, len)?.contiguous()?);
-            }
-        }
-        Ok(Self {
-            per_sentence: per_sentence
-                .into_iter()
-                .map(|t| t.expect("every sentence is in exactly one batch"))
-                .collect(),
-        })
-    }
-
-    /// The padded `[B, T, H]` encoder output of a batch.
-    pub fn hidden_for(&self, batch: &Batch) -> Result<Tensor> {
-        let t = batch.input_ids.dim(1)?;
-        let rows = batch
-            .indices
-            .iter()
-            .map(|&i| {
-                let h = &self.per_sentence[i];
-                let len = h.dim(0)?;
-                h.pad_with_zeros(0, 0, t - len)
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Tensor::stack(&rows, 0)?)
-    }
-}
-
 /// The encoder inputs of a batch.
 pub fn inputs_of(batch: &Batch) -> EncoderInputs<'_> {
     EncoderInputs {
@@ -217,7 +172,19 @@ struct Evaluation {
     sentence_counts: Vec<SentenceCounts>,
 }
 
+/// Where a split's predictions come from.
+enum Predictor<'a> {
+    /// The whole tagger, encoder included.
+    Tagger,
+    /// Adapter and head on the split's cached first-subword encoder outputs.
+    Cached(&'a EncoderCache),
+}
+
+/// Sentences whose cached rows go through adapter and head at once when scoring.
+const CACHED_SCORING_CHUNK: usize = 256;
+
 /// Predicts every sentence of a split on graph-free weights and scores it like seqeval.
+#[allow(clippy::too_many_arguments)]
 fn evaluate(
     tagger: &Tagger,
     lang: &str,
@@ -226,15 +193,44 @@ fn evaluate(
     gold: &[Sentence],
     batcher: &Batcher,
     device: &Device,
+    predictor: Predictor<'_>,
 ) -> Result<Evaluation> {
     let mut frozen = tagger.clone();
     frozen.set_trainable(&[])?;
     let mut predicted: Vec<Vec<String>> = vec![Vec::new(); encoded.len()];
-    for batch in batcher.eval_batches(encoded, device)? {
-        let logits = frozen.logits(&inputs_of(&batch), lang, None)?;
-        let ids = logits.argmax(2)?.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-        for (row, &idx) in batch.indices.iter().enumerate() {
-            predicted[idx] = encoded[idx].word_predictions(&ids[row], labels);
+    match predictor {
+        Predictor::Tagger => {
+            for batch in batcher.eval_batches(encoded, device)? {
+                let logits = frozen.logits(&inputs_of(&batch), lang, None)?;
+                let ids = logits.argmax(2)?.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+                for (row, &idx) in batch.indices.iter().enumerate() {
+                    predicted[idx] = encoded[idx].word_predictions(&ids[row], labels);
+                }
+            }
+        }
+        Predictor::Cached(cache) => {
+            let outside = labels.outside_id().unwrap_or(0) as u32;
+            let all: Vec<usize> = (0..encoded.len()).collect();
+            for chunk in all.chunks(CACHED_SCORING_CHUNK) {
+                let Some(rows) = cache.word_rows(chunk)? else {
+                    for &i in chunk {
+                        predicted[i] = encoded[i].word_predictions(&[], labels);
+                    }
+                    continue;
+                };
+                let logits = frozen.logits_from_hidden(&rows, lang)?;
+                let ids = logits.argmax(1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+                let mut next = ids.iter();
+                for &i in chunk {
+                    // Back to token positions, so that words map to tags exactly as above.
+                    let s = &encoded[i];
+                    let mut tokens = vec![outside; s.len()];
+                    for t in s.first_subwords().into_iter().flatten() {
+                        tokens[t] = *next.next().expect("one cached row per first subword");
+                    }
+                    predicted[i] = s.word_predictions(&tokens, labels);
+                }
+            }
         }
     }
     let gold_tags: Vec<&[String]> = gold.iter().map(|s| s.tags.as_slice()).collect();
@@ -289,15 +285,23 @@ pub fn run_finetune(
     let trained_params = tagger.trainable_params();
     let total_params = tagger.total_params(&[lang]);
 
+    // θp is frozen in head and adapter tuning: encode train and dev once (see `cache`).
     let use_cache = config.cache_encoder && config.method != FinetuneMethod::Full;
-    let cache = if use_cache {
-        progress.report(ProgressEvent::new("cache", 0, splits.train.len() as u64));
-        Some(EncoderCache::build(
-            &tagger,
-            &splits.train,
-            &Batcher::new(64, splits.batcher.pad_id),
-            &device,
-        )?)
+    // Every graph-free encoder pass (cache, scoring) uses token-budget batches.
+    let inference_batcher = Batcher::for_inference(&device, splits.batcher.pad_id);
+    let caches = if use_cache {
+        progress.report(
+            ProgressEvent::new("cache", 0, 2).with_message(format!("{lang}: encoding train once")),
+        );
+        let train =
+            EncoderCache::labelled_rows(&tagger, &splits.train, &inference_batcher, &device)?;
+        progress.report(
+            ProgressEvent::new("cache", 1, 2).with_message(format!("{lang}: encoding dev once")),
+        );
+        let dev =
+            EncoderCache::first_subword_rows(&tagger, &splits.dev, &inference_batcher, &device)?;
+        progress.report(ProgressEvent::new("cache", 2, 2));
+        Some((train, dev))
     } else {
         None
     };
@@ -316,7 +320,6 @@ pub fn run_finetune(
     )?
     .with_schedule(LinearSchedule::from_ratio(total_steps, config.warmup_ratio));
 
-    let eval_batcher = Batcher::new(64, splits.batcher.pad_id);
     let mut shuffle = SeededRng::derive(config.seed, "shuffle");
     let mut dropout = SeededRng::derive(config.seed, "dropout");
     let mut loss_curve = Vec::with_capacity(total_steps);
@@ -336,11 +339,17 @@ pub fn run_finetune(
             if crate::slurm::signal::preemption_requested() {
                 return Err(FinetuneError::Interrupted { step, epoch });
             }
-            let logits = match &cache {
-                Some(c) => tagger.logits_from_hidden(&c.hidden_for(batch)?, lang)?,
-                None => tagger.logits(&inputs_of(batch), lang, Some(&mut dropout))?,
+            let loss = match &caches {
+                Some((train, _)) => {
+                    let rows = train.rows_of(&batch.indices)?;
+                    let logits = tagger.logits_from_hidden(&rows.hidden, lang)?;
+                    masked_cross_entropy(&logits, &rows.labels)?
+                }
+                None => {
+                    let logits = tagger.logits(&inputs_of(batch), lang, Some(&mut dropout))?;
+                    masked_cross_entropy(&logits, &batch.labels)?
+                }
             };
-            let loss = masked_cross_entropy(&logits, &batch.labels)?;
             let value = loss.to_scalar::<f32>()?;
             if !value.is_finite() {
                 return Err(FinetuneError::NonFinite {
@@ -374,8 +383,12 @@ pub fn run_finetune(
             &splits.labels,
             &splits.dev,
             &splits.dev_gold,
-            &eval_batcher,
+            &inference_batcher,
             &device,
+            match &caches {
+                Some((_, dev)) => Predictor::Cached(dev),
+                None => Predictor::Tagger,
+            },
         )?;
         let improved = best
             .as_ref()
@@ -413,14 +426,28 @@ pub fn run_finetune(
     progress.report(
         ProgressEvent::new("test", 0, 1).with_message(format!("scoring epoch {best_epoch}")),
     );
+    // Test is scored once, so caching it saves nothing; it is scored the way dev was (through
+    // cached first-subword rows when caching) so that both splits' numbers come from one path.
+    let test_cache = match caches {
+        Some(_) => Some(EncoderCache::first_subword_rows(
+            &tagger,
+            &splits.test,
+            &inference_batcher,
+            &device,
+        )?),
+        None => None,
+    };
     let test = evaluate(
         &tagger,
         lang,
         &splits.labels,
         &splits.test,
         &splits.test_gold,
-        &eval_batcher,
+        &inference_batcher,
         &device,
+        test_cache
+            .as_ref()
+            .map_or(Predictor::Tagger, Predictor::Cached),
     )?;
     let metrics = FinetuneMetrics {
         lang: lang.to_string(),
@@ -442,4 +469,77 @@ pub fn run_finetune(
     };
     write_json_atomic(&out_dir.join(METRICS_FILE), &metrics)?;
     Ok(metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ParamGroup, RandomBertSpec, write_random_bert};
+
+    /// Scoring through the cached first-subword rows predicts every word exactly as the whole
+    /// tagger does. An untrained head predicts many entities, so the comparison is not one of
+    /// all-`O` outputs; truncation to 16 tokens leaves words without a token.
+    #[test]
+    fn cached_scoring_predicts_what_the_tagger_predicts() {
+        let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let tmp = tempfile::tempdir().unwrap();
+        let model = tmp.path().join("bert");
+        let spec = RandomBertSpec {
+            hidden: 32,
+            layers: 1,
+            heads: 2,
+            intermediate: 64,
+            max_position: 64,
+            seed: 5,
+        };
+        write_random_bert(
+            &model,
+            &crate_dir.join("data/tokenizer/bert-base-multilingual-cased"),
+            &spec,
+        )
+        .unwrap();
+        let mut config = FinetuneConfig {
+            model: model.clone(),
+            lang: "af".into(),
+            ..FinetuneConfig::default()
+        };
+        config.data.root = crate_dir.join("data/wikiann");
+        config.data.train_limit = Some(1);
+        config.data.dev_limit = Some(60);
+        config.data.max_len = 16;
+        let splits = prepare_splits(&config, &model).unwrap();
+        assert!(truncated_words(&splits.dev) > 0, "some words must be cut");
+        let device = Device::Cpu;
+        let mut tagger = Tagger::from_pretrained(&model, &device).unwrap();
+        let mut rng = SeededRng::new(9);
+        tagger.ensure_adapter(8, &mut rng).unwrap();
+        tagger
+            .add_head("af", splits.labels.len(), &mut rng)
+            .unwrap();
+        tagger
+            .set_trainable(&[ParamGroup::Adapter, ParamGroup::Head("af".into())])
+            .unwrap();
+        let batcher = Batcher::new(7, splits.batcher.pad_id);
+        let cache =
+            EncoderCache::first_subword_rows(&tagger, &splits.dev, &batcher, &device).unwrap();
+        let score = |predictor| {
+            evaluate(
+                &tagger,
+                "af",
+                &splits.labels,
+                &splits.dev,
+                &splits.dev_gold,
+                &batcher,
+                &device,
+                predictor,
+            )
+            .unwrap()
+        };
+        let whole = score(Predictor::Tagger);
+        let cached = score(Predictor::Cached(&cache));
+        let predicted: u32 = whole.sentence_counts.iter().map(|c| c[1]).sum();
+        assert!(predicted > 20, "only {predicted} predicted entities");
+        assert_eq!(whole.sentence_counts, cached.sentence_counts);
+        assert_eq!(whole.scores, cached.scores);
+    }
 }
