@@ -130,7 +130,8 @@ pub struct FinetuneConfig {
     pub decay_bias_and_norm: bool,
     /// Bottleneck dimension of the adapter created when the model has none.
     pub adapter_dim: usize,
-    /// Cache encoder outputs when θp is frozen (head/adapter tuning; encoder dropout is off then).
+    /// Cache encoder outputs of train and dev when θp is frozen (head/adapter tuning; encoder
+    /// dropout is off then; see `primer::train::cache`).
     pub cache_encoder: bool,
     /// Override the dropout probabilities of config.json (None: keep them).
     pub dropout: Option<f64>,
