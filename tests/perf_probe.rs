@@ -348,3 +348,43 @@ fn probe_cache_batching() {
         );
     }
 }
+
+/// One adapter-tuning step on cached rows (~600 labelled rows of H384), split into its phases.
+#[test]
+#[ignore]
+fn probe_cached_step() {
+    use primer::model::{ParamGroup, masked_cross_entropy};
+    use primer::train::optim::{AdamW, AdamWConfig};
+    let mut tagger = minilm_tagger();
+    tagger
+        .set_trainable(&[ParamGroup::Adapter, ParamGroup::Head("x".into())])
+        .unwrap();
+    let mut rng = SeededRng::new(3);
+    let rows = 620;
+    let hidden = rng.normal_tensor(&[rows, 384], 1.0, &Device::Cpu).unwrap();
+    let labels: Vec<i64> = (0..rows).map(|i| (i % 7) as i64).collect();
+    let labels = Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
+    let mut opt = AdamW::new(tagger.trainable_vars(), AdamWConfig::default()).unwrap();
+    let reps = 50;
+    time("logits (adapter + head)", reps, None, &mut || {
+        tagger.logits_from_hidden(&hidden, "x").unwrap();
+    });
+    let logits = tagger.logits_from_hidden(&hidden, "x").unwrap();
+    time("cross-entropy", reps, None, &mut || {
+        masked_cross_entropy(&logits, &labels).unwrap();
+    });
+    time("forward + backward", reps, None, &mut || {
+        let l = tagger.logits_from_hidden(&hidden, "x").unwrap();
+        primer::model::backward(&masked_cross_entropy(&l, &labels).unwrap()).unwrap();
+    });
+    time(
+        "whole step (forward, backward, AdamW)",
+        reps,
+        None,
+        &mut || {
+            let l = tagger.logits_from_hidden(&hidden, "x").unwrap();
+            let g = primer::model::backward(&masked_cross_entropy(&l, &labels).unwrap()).unwrap();
+            opt.step(&g).unwrap();
+        },
+    );
+}
