@@ -83,9 +83,10 @@ impl Batcher {
 
     /// The batcher for graph-free encoder passes (scoring, the encoder cache) on `device`:
     /// length-sorted batches of a token budget. On the CPU, 512 padded tokens per forward:
-    /// measured on 2 cores (`probe_cache_batching` in tests/perf_probe.rs), 384-768 tokens
-    /// encode ~25% faster than 64 sentences of up to 64 tokens, whose activations no longer
-    /// stay in cache. Other devices take 8192 (more work per kernel launch).
+    /// measured on 2 cores (`probe_cache_batching` in tests/perf_probe.rs), it takes 18-28%
+    /// less time than batches of 64 sentences of up to 64 tokens (presumably their activations
+    /// no longer fit the CPU caches). Other devices take 8192 (more work per kernel launch;
+    /// not measured).
     pub fn for_inference(device: &Device, pad_id: u32) -> Self {
         let tokens = if device.is_cpu() { 512 } else { 8192 };
         Self::new(64, pad_id).with_eval_tokens(tokens)
