@@ -87,17 +87,43 @@ impl EncodedSentence {
     /// and ids outside the label set, become `O`.
     pub fn word_predictions(&self, token_predictions: &[u32], labels: &LabelSet) -> Vec<String> {
         let outside = labels.outside_id().unwrap_or(0) as u32;
-        self.word_prediction_ids(token_predictions, outside)
-            .into_iter()
-            .map(|id| {
-                if (id as usize) < labels.len() {
-                    labels.tag(id as usize).to_string()
-                } else {
-                    "O".to_string()
-                }
-            })
-            .collect()
+        tags_of(self.word_prediction_ids(token_predictions, outside), labels)
     }
+
+    /// Per-word predicted tags from the predictions at this sentence's first subwords alone,
+    /// in word order, one per word that has a token (what an encoder cache of first-subword
+    /// rows yields); the same tags as [`Self::word_predictions`] on the full token row.
+    /// `None` when the count does not match the words that have a token.
+    pub fn word_predictions_from_first_subwords(
+        &self,
+        first_subword_predictions: &[u32],
+        labels: &LabelSet,
+    ) -> Option<Vec<String>> {
+        let outside = labels.outside_id().unwrap_or(0) as u32;
+        let mut next = first_subword_predictions.iter();
+        let ids = self
+            .first_subwords()
+            .into_iter()
+            .map(|t| match t {
+                Some(_) => next.next().copied(),
+                None => Some(outside),
+            })
+            .collect::<Option<Vec<u32>>>()?;
+        next.next().is_none().then(|| tags_of(ids, labels))
+    }
+}
+
+/// Tags of label ids; ids outside the label set become `O`.
+fn tags_of(ids: Vec<u32>, labels: &LabelSet) -> Vec<String> {
+    ids.into_iter()
+        .map(|id| {
+            if (id as usize) < labels.len() {
+                labels.tag(id as usize).to_string()
+            } else {
+                "O".to_string()
+            }
+        })
+        .collect()
 }
 
 /// A tokenised split.
@@ -500,6 +526,21 @@ mod tests {
         );
         assert_eq!(e.word_prediction_ids(&preds, 0), [5, 1, 0, 0]);
         assert_eq!(e.first_subwords(), [Some(1), Some(3), None, None]);
+        // The same tags from the predictions at the first subwords alone (an encoder cache's
+        // rows); any other count is refused.
+        assert_eq!(
+            e.word_predictions_from_first_subwords(&[5, 1], &labels)
+                .unwrap(),
+            ["B-LOC", "B-PER", "O", "O"]
+        );
+        assert!(
+            e.word_predictions_from_first_subwords(&[5], &labels)
+                .is_none()
+        );
+        assert!(
+            e.word_predictions_from_first_subwords(&[5, 1, 2], &labels)
+                .is_none()
+        );
     }
 
     #[test]

@@ -335,24 +335,19 @@ pub fn inner_loop(
     for s in 0..cfg.inner_steps {
         let j = s % task.support.len();
         let batch = &task.support[j];
-        let loss = match &cache {
-            Some(c) => masked_cross_entropy(
-                &logits_from_hidden(&c[j].hidden, Some(ad_w), head_w)?,
-                &c[j].labels,
-            )?,
-            None => {
-                let hidden = encode(
+        let (hidden, labels) = match &cache {
+            Some(c) => (c[j].hidden.clone(), &c[j].labels),
+            None => (
+                encode(
                     &tagger.config,
                     enc_w,
                     &batch.inputs(),
                     dropout.as_deref_mut(),
-                )?;
-                masked_cross_entropy(
-                    &logits_from_hidden(&hidden, Some(ad_w), head_w)?,
-                    &batch.labels,
-                )?
-            }
+                )?,
+                &batch.labels,
+            ),
         };
+        let loss = masked_cross_entropy(&logits_from_hidden(&hidden, Some(ad_w), head_w)?, labels)?;
         let value = scalar(&loss)?;
         check_finite(value, step, &task.lang, || {
             format!("inner loss (inner step {})", s + 1)

@@ -265,15 +265,20 @@ mod tests {
         t
     }
 
-    /// Sentences of different lengths, one without any labelled token.
-    fn sentences() -> Vec<EncodedSentence> {
-        let s = |ids: &[u32], word_ids: &[i64], labels: &[i64]| EncodedSentence {
+    /// A sentence whose last `truncated` words lost their tokens.
+    fn encoded(ids: &[u32], word_ids: &[i64], labels: &[i64], truncated: usize) -> EncodedSentence {
+        EncodedSentence {
             input_ids: ids.to_vec(),
             word_ids: word_ids.to_vec(),
             labels: labels.to_vec(),
-            n_words: (word_ids.iter().copied().max().unwrap_or(-1) + 1) as usize,
-            truncated_words: 0,
-        };
+            n_words: (word_ids.iter().copied().max().unwrap_or(-1) + 1) as usize + truncated,
+            truncated_words: truncated,
+        }
+    }
+
+    /// Sentences of different lengths, one without any labelled token.
+    fn sentences() -> Vec<EncodedSentence> {
+        let s = |ids: &[u32], word_ids: &[i64], labels: &[i64]| encoded(ids, word_ids, labels, 0);
         vec![
             s(&[1, 5, 7, 11, 2], &[-1, 0, 0, 1, -1], &[I, 3, I, 0, I]),
             s(&[1, 9, 2], &[-1, 0, -1], &[I, 6, I]),
@@ -286,21 +291,11 @@ mod tests {
         ]
     }
 
-    fn sentence(word_ids: &[i64], labels: &[i64]) -> EncodedSentence {
-        EncodedSentence {
-            input_ids: vec![5; word_ids.len()],
-            word_ids: word_ids.to_vec(),
-            labels: labels.to_vec(),
-            n_words: word_ids.iter().copied().max().map_or(0, |m| m as usize + 1) + 1,
-            truncated_words: 1,
-        }
-    }
-
     #[test]
     fn kept_rows_are_labelled_tokens_or_first_subwords_in_order() {
         let i = IGNORE_INDEX;
         // [CLS] w0 w0' w1 w2 w2' [SEP]; w3 was truncated away.
-        let s = sentence(&[-1, 0, 0, 1, 2, 2, -1], &[i, 3, i, 0, i, i, i]);
+        let s = encoded(&[5; 7], &[-1, 0, 0, 1, 2, 2, -1], &[i, 3, i, 0, i, i, i], 1);
         assert_eq!(KeptRows::Labelled.positions(&s), vec![1, 3]);
         assert_eq!(KeptRows::FirstSubwords.positions(&s), vec![1, 3, 4]);
     }

@@ -174,8 +174,11 @@ struct Evaluation {
 
 /// Where a split's predictions come from.
 enum Predictor<'a> {
-    /// The whole tagger, encoder included.
-    Tagger,
+    /// The whole tagger, encoder included, on batches of `batcher` on `device`.
+    Tagger {
+        batcher: &'a Batcher,
+        device: &'a Device,
+    },
     /// Adapter and head on the split's cached first-subword encoder outputs.
     Cached(&'a EncoderCache),
 }
@@ -184,22 +187,19 @@ enum Predictor<'a> {
 const CACHED_SCORING_CHUNK: usize = 256;
 
 /// Predicts every sentence of a split on graph-free weights and scores it like seqeval.
-#[allow(clippy::too_many_arguments)]
 fn evaluate(
     tagger: &Tagger,
     lang: &str,
     labels: &LabelSet,
     encoded: &[EncodedSentence],
     gold: &[Sentence],
-    batcher: &Batcher,
-    device: &Device,
     predictor: Predictor<'_>,
 ) -> Result<Evaluation> {
     let mut frozen = tagger.clone();
     frozen.set_trainable(&[])?;
     let mut predicted: Vec<Vec<String>> = vec![Vec::new(); encoded.len()];
     match predictor {
-        Predictor::Tagger => {
+        Predictor::Tagger { batcher, device } => {
             for batch in batcher.eval_batches(encoded, device)? {
                 let logits = frozen.logits(&inputs_of(&batch), lang, None)?;
                 let ids = logits.argmax(2)?.to_dtype(DType::U32)?.to_vec2::<u32>()?;
@@ -209,26 +209,27 @@ fn evaluate(
             }
         }
         Predictor::Cached(cache) => {
-            let outside = labels.outside_id().unwrap_or(0) as u32;
             let all: Vec<usize> = (0..encoded.len()).collect();
             for chunk in all.chunks(CACHED_SCORING_CHUNK) {
-                let Some(rows) = cache.word_rows(chunk)? else {
-                    for &i in chunk {
-                        predicted[i] = encoded[i].word_predictions(&[], labels);
-                    }
-                    continue;
+                let ids = match cache.word_rows(chunk)? {
+                    Some(rows) => frozen
+                        .logits_from_hidden(&rows, lang)?
+                        .argmax(1)?
+                        .to_dtype(DType::U32)?
+                        .to_vec1::<u32>()?,
+                    None => Vec::new(),
                 };
-                let logits = frozen.logits_from_hidden(&rows, lang)?;
-                let ids = logits.argmax(1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-                let mut next = ids.iter();
+                let mut rest = ids.as_slice();
                 for &i in chunk {
-                    // Back to token positions, so that words map to tags exactly as above.
-                    let s = &encoded[i];
-                    let mut tokens = vec![outside; s.len()];
-                    for t in s.first_subwords().into_iter().flatten() {
-                        tokens[t] = *next.next().expect("one cached row per first subword");
-                    }
-                    predicted[i] = s.word_predictions(&tokens, labels);
+                    let (mine, after) = rest.split_at(cache.rows_of_sentence(i));
+                    rest = after;
+                    predicted[i] = encoded[i]
+                        .word_predictions_from_first_subwords(mine, labels)
+                        .ok_or_else(|| {
+                            FinetuneError::Invalid(format!(
+                                "the scoring cache does not match sentence {i}"
+                            ))
+                        })?;
                 }
             }
         }
@@ -339,17 +340,17 @@ pub fn run_finetune(
             if crate::slurm::signal::preemption_requested() {
                 return Err(FinetuneError::Interrupted { step, epoch });
             }
-            let loss = match &caches {
+            let (logits, labels) = match &caches {
                 Some((train, _)) => {
                     let rows = train.rows_of(&batch.indices)?;
-                    let logits = tagger.logits_from_hidden(&rows.hidden, lang)?;
-                    masked_cross_entropy(&logits, &rows.labels)?
+                    (tagger.logits_from_hidden(&rows.hidden, lang)?, rows.labels)
                 }
-                None => {
-                    let logits = tagger.logits(&inputs_of(batch), lang, Some(&mut dropout))?;
-                    masked_cross_entropy(&logits, &batch.labels)?
-                }
+                None => (
+                    tagger.logits(&inputs_of(batch), lang, Some(&mut dropout))?,
+                    batch.labels.clone(),
+                ),
             };
+            let loss = masked_cross_entropy(&logits, &labels)?;
             let value = loss.to_scalar::<f32>()?;
             if !value.is_finite() {
                 return Err(FinetuneError::NonFinite {
@@ -383,11 +384,12 @@ pub fn run_finetune(
             &splits.labels,
             &splits.dev,
             &splits.dev_gold,
-            &inference_batcher,
-            &device,
             match &caches {
                 Some((_, dev)) => Predictor::Cached(dev),
-                None => Predictor::Tagger,
+                None => Predictor::Tagger {
+                    batcher: &inference_batcher,
+                    device: &device,
+                },
             },
         )?;
         let improved = best
@@ -443,11 +445,13 @@ pub fn run_finetune(
         &splits.labels,
         &splits.test,
         &splits.test_gold,
-        &inference_batcher,
-        &device,
-        test_cache
-            .as_ref()
-            .map_or(Predictor::Tagger, Predictor::Cached),
+        match &test_cache {
+            Some(test) => Predictor::Cached(test),
+            None => Predictor::Tagger {
+                batcher: &inference_batcher,
+                device: &device,
+            },
+        },
     )?;
     let metrics = FinetuneMetrics {
         lang: lang.to_string(),
@@ -529,13 +533,14 @@ mod tests {
                 &splits.labels,
                 &splits.dev,
                 &splits.dev_gold,
-                &batcher,
-                &device,
                 predictor,
             )
             .unwrap()
         };
-        let whole = score(Predictor::Tagger);
+        let whole = score(Predictor::Tagger {
+            batcher: &batcher,
+            device: &device,
+        });
         let cached = score(Predictor::Cached(&cache));
         let predicted: u32 = whole.sentence_counts.iter().map(|c| c[1]).sum();
         assert!(predicted > 20, "only {predicted} predicted entities");
