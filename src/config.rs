@@ -86,7 +86,7 @@ pub struct DataConfig {
     pub test_limit: Option<usize>,
     /// How limits pick sentences.
     pub subsample: Subsample,
-    /// Maximum sequence length in subword tokens, [CLS] and [SEP] included.
+    /// Maximum sequence length in subword tokens, `[CLS]` and `[SEP]` included.
     pub max_len: usize,
     /// Reject I- tags that do not continue a chunk of the same type (strict IOB2 input).
     pub strict_iob2: bool,

@@ -7,8 +7,8 @@ use candle_core::{Device, Tensor};
 use common::{Failures, check_rel, golden_dir, shared_dir};
 use primer::model::{EncoderInputs, encode, load_encoder};
 
-#[test]
-fn minilm_last_hidden_states_match_pytorch() {
+/// Encodes every golden sentence and compares; `path` names the implementation in messages.
+fn check_minilm_hidden_states(path: &str) {
     let (Some(shared), Some(golden)) = (shared_dir(), golden_dir()) else {
         eprintln!(
             "SKIP encoder_golden: ../shared (or PRIMER_SHARED_DIR / PRIMER_GOLDEN_DIR) not found"
@@ -52,13 +52,26 @@ fn minilm_last_hidden_states_match_pytorch() {
         f.check(check_rel(&format!("s{k}"), &got, want, 0.0, 1e-4));
         checked += 1;
     }
-    f.assert_none("MiniLM hidden states");
+    f.assert_none(&format!("MiniLM hidden states ({path})"));
     assert!(
         checked > 0,
         "no minilm.s<k>.last_hidden_state tensors in {}",
         dump.display()
     );
-    eprintln!("encoder_golden: {checked} sentences ok");
+    eprintln!("encoder_golden ({path}): {checked} sentences ok");
+}
+
+#[test]
+fn minilm_last_hidden_states_match_pytorch() {
+    assert!(primer::model::dispatch::cpu_kernels_on());
+    check_minilm_hidden_states("CPU kernels");
+}
+
+/// The same forward on the device-generic composite ops, the code CUDA runs.
+#[test]
+fn minilm_last_hidden_states_match_pytorch_on_the_device_generic_path() {
+    let _composite = primer::model::dispatch::composite_only();
+    check_minilm_hidden_states("device-generic ops");
 }
 
 #[test]

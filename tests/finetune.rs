@@ -92,6 +92,29 @@ fn encoder_cache_changes_speed_not_results() {
     }
 }
 
+/// A whole run on the device-generic ops (the composites CUDA runs) follows the CPU kernels'
+/// run: the same loss at every step up to float summation order, dropout included.
+#[test]
+fn device_generic_ops_train_like_the_cpu_kernels() {
+    for method in [FinetuneMethod::Full, FinetuneMethod::Adapter] {
+        let mut c = tiny_config(method);
+        c.dropout = Some(0.1);
+        let (a, _) = run(&c);
+        let (b, _) = {
+            let _composite = primer::model::dispatch::composite_only();
+            run(&c)
+        };
+        assert_eq!(a.steps, b.steps);
+        assert_eq!(a.loss_curve.len(), b.loss_curve.len());
+        for (i, (x, y)) in a.loss_curve.iter().zip(&b.loss_curve).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * y.abs().max(1.0),
+                "{method:?} step {i}: CPU kernels {x} vs device-generic ops {y}"
+            );
+        }
+    }
+}
+
 #[test]
 fn seeded_runs_repeat_bit_for_bit_and_seeds_differ() {
     let mut c = tiny_config(FinetuneMethod::Full);

@@ -270,13 +270,35 @@ fn probe_encode_loop() {
     );
 }
 
+/// `n` sentences of random tokens, lengths uniform in [min_len, 64], one word per token,
+/// token `t` labelled `label(t)`.
+fn random_sentences(
+    n: usize,
+    min_len: usize,
+    label: impl Fn(usize) -> i64,
+) -> Vec<primer::data::EncodedSentence> {
+    let mut rng = SeededRng::new(4);
+    (0..n)
+        .map(|_| {
+            let len = min_len + rng.below(64 - min_len + 1);
+            primer::data::EncodedSentence {
+                input_ids: (0..len).map(|_| 103 + rng.below(30000) as u32).collect(),
+                word_ids: (0..len as i64).collect(),
+                labels: (0..len).map(&label).collect(),
+                n_words: len,
+                truncated_words: 0,
+            }
+        })
+        .collect()
+}
+
 /// The encoder cache's batching: sentences per forward or a token budget, alternated over
 /// rounds so that drift on a shared machine hits every setting alike. Lengths uniform in
 /// [PROBE_MIN_LEN, 64].
 #[test]
 #[ignore]
 fn probe_cache_batching() {
-    use primer::data::{Batcher, EncodedSentence, IGNORE_INDEX};
+    use primer::data::{Batcher, IGNORE_INDEX};
     use primer::train::EncoderCache;
     primer::device::retain_freed_memory();
     let min_len: usize = std::env::var("PROBE_MIN_LEN")
@@ -287,21 +309,7 @@ fn probe_cache_batching() {
     tagger
         .set_trainable(&[primer::model::ParamGroup::Adapter])
         .unwrap();
-    let mut rng = SeededRng::new(4);
-    let sentences: Vec<EncodedSentence> = (0..192)
-        .map(|_| {
-            let len = min_len + rng.below(64 - min_len + 1);
-            EncodedSentence {
-                input_ids: (0..len).map(|_| 103 + rng.below(30000) as u32).collect(),
-                word_ids: (0..len as i64).collect(),
-                labels: (0..len)
-                    .map(|t| if t % 3 == 0 { IGNORE_INDEX } else { 0 })
-                    .collect(),
-                n_words: len,
-                truncated_words: 0,
-            }
-        })
-        .collect();
+    let sentences = random_sentences(192, min_len, |t| if t % 3 == 0 { IGNORE_INDEX } else { 0 });
     let settings: Vec<(String, Batcher)> = vec![
         ("64 sentences".into(), Batcher::new(64, 0)),
         (
@@ -387,4 +395,80 @@ fn probe_cached_step() {
             opt.step(&g).unwrap();
         },
     );
+}
+
+/// The encoder cache's pass with the last layer computed at the kept rows only
+/// (`encode_rows`) against the whole last layer and a row selection, alternated over rounds;
+/// 192 sentences of 8-64 tokens, every PROBE_KEEP-th token kept (default 2: half the rows).
+#[test]
+#[ignore]
+fn probe_encode_rows() {
+    use primer::data::{Batcher, IGNORE_INDEX};
+    use primer::train::inputs_of;
+    primer::device::retain_freed_memory();
+    let keep_every: usize = std::env::var("PROBE_KEEP")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let mut tagger = minilm_tagger();
+    tagger
+        .set_trainable(&[primer::model::ParamGroup::Adapter])
+        .unwrap();
+    let sentences = random_sentences(192, 8, |_| IGNORE_INDEX);
+    let batches = Batcher::for_inference(&Device::Cpu, 0)
+        .eval_batches(&sentences, &Device::Cpu)
+        .unwrap();
+    let rows: Vec<Vec<u32>> = batches
+        .iter()
+        .map(|b| {
+            let t = b.input_ids.dim(1).unwrap();
+            b.indices
+                .iter()
+                .enumerate()
+                .flat_map(|(row, &i)| {
+                    (0..sentences[i].len())
+                        .filter(|p| p % keep_every == 1 % keep_every)
+                        .map(move |p| (row * t + p) as u32)
+                })
+                .collect()
+        })
+        .collect();
+    let mut times = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
+    for _round in 0..4 {
+        for (k, slot) in times.iter_mut().enumerate() {
+            let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
+            for (b, r) in batches.iter().zip(&rows) {
+                let inputs = inputs_of(b);
+                if k == 0 {
+                    let h = tagger.encode(&inputs, None).unwrap();
+                    let (bb, t, hh) = h.dims3().unwrap();
+                    let idx = Tensor::new(r.as_slice(), &Device::Cpu).unwrap();
+                    h.reshape((bb * t, hh))
+                        .unwrap()
+                        .index_select(&idx, 0)
+                        .unwrap();
+                } else {
+                    tagger.encode_rows(&inputs, r).unwrap();
+                }
+            }
+            slot.0.push(t0.elapsed().as_secs_f64() * 1e3);
+            slot.1.push((cpu_seconds() - c0) * 1e3);
+        }
+    }
+    for (k, (wall, cpu)) in times.iter_mut().enumerate() {
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            v[v.len() / 2]
+        };
+        eprintln!(
+            "{:<44} wall {:8.1} ms  cpu {:8.1} ms",
+            if k == 0 {
+                "whole last layer + row selection"
+            } else {
+                "last layer at the kept rows (encode_rows)"
+            },
+            med(wall),
+            med(cpu)
+        );
+    }
 }

@@ -55,6 +55,16 @@ enum Command {
 pub fn main() -> ExitCode {
     primer::device::retain_freed_memory();
     let cli = Cli::parse();
+    // Read once here so that a typo is an error, not a silent choice; sweep and Slurm child
+    // processes inherit the variable.
+    match primer::model::dispatch::cpu_kernels_from_env() {
+        Ok(Some(on)) => primer::model::dispatch::set_cpu_kernels(on),
+        Ok(None) => {}
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.command {
         Command::Finetune(a) => finetune::run(a),
         Command::Prime(a) => prime::run(a),

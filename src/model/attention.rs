@@ -51,8 +51,8 @@ pub fn attention(
             [b, nh, t, t]
         )));
     }
-    let cpu_f32 = |x: &Tensor| x.device().is_cpu() && x.dtype() == DType::F32;
-    if [q, k, v].into_iter().all(cpu_f32) && dropout_mask.is_none_or(cpu_f32) {
+    let kernel_ok = super::dispatch::kernel_ok;
+    if [q, k, v].into_iter().all(kernel_ok) && dropout_mask.is_none_or(kernel_ok) {
         let op = AttentionOp {
             nh,
             key_bias: key_bias
@@ -287,6 +287,93 @@ impl AttentionCore<'_> {
                 // SAFETY: job (bi, hi) writes only its own head block of `out` (checked to
                 // be [B, T, H] above).
                 unsafe { d.block_of_square(dst.get().add(off), p.as_ptr(), v.as_ptr().add(off)) };
+            },
+        );
+    }
+
+    /// The attention output at some query rows only, without dropout: `q` and `out` are
+    /// `[n, H]`, `k` and `v` `[B, T, H]`, and each `(bi, r0, r1)` of `groups` says that rows
+    /// `r0..r1` of `q` and `out` are queries of sequence `bi` (groups cover `0..n` in order).
+    /// Row for row the same products as [`Self::forward`], on an `m × T` block of scores
+    /// instead of `T × T`.
+    pub fn forward_rows(
+        &self,
+        q: &[f32],
+        groups: &[(usize, usize, usize)],
+        k: &[f32],
+        v: &[f32],
+        out: &mut [f32],
+    ) {
+        let d = self.d;
+        let n = groups.last().map_or(0, |g| g.2);
+        assert!(
+            self.mask.is_none()
+                && q.len() == n * d.h
+                && out.len() == q.len()
+                && self.key_bias.len() == self.b * d.t
+                && [k, v].iter().all(|x| x.len() == self.b * d.t * d.h)
+                && groups.iter().zip(0..).all(|(&(bi, r0, r1), i)| {
+                    bi < self.b
+                        && r0 <= r1
+                        && r1 - r0 <= d.t
+                        && r0 == if i == 0 { 0 } else { groups[i - 1].2 }
+                }),
+            "attention rows: buffers or groups do not match [B={}, T={}, H={}]",
+            self.b,
+            d.t,
+            d.h
+        );
+        let dst = SendPtr(out.as_mut_ptr());
+        (0..groups.len() * d.nh).into_par_iter().for_each_init(
+            || vec![0f32; d.t * d.t],
+            |p, job| {
+                let ((bi, r0, r1), hi) = (groups[job / d.nh], job % d.nh);
+                let m = r1 - r0;
+                if m == 0 {
+                    return;
+                }
+                let p = &mut p[..m * d.t];
+                let q_off = r0 * d.h + hi * d.dh;
+                let kv_off = bi * d.t * d.h + hi * d.dh;
+                // SAFETY: the m query rows at q_off and the T key / value rows at kv_off lie
+                // inside q and k, v (checked above); p is m×T; job (group, head) writes only
+                // its own m×dh block of `out`.
+                unsafe {
+                    gemm_strided(
+                        m,
+                        d.t,
+                        d.dh,
+                        p.as_mut_ptr(),
+                        d.t,
+                        q.as_ptr().add(q_off),
+                        d.h,
+                        1,
+                        k.as_ptr().add(kv_off),
+                        1,
+                        d.h,
+                    );
+                }
+                let bias = &self.key_bias[bi * d.t..(bi + 1) * d.t];
+                for row in p.chunks_mut(d.t) {
+                    kernels::add_assign(row, bias);
+                    kernels::softmax_inplace(row);
+                }
+                // SAFETY: as above.
+                unsafe {
+                    gemm_strided(
+                        m,
+                        d.dh,
+                        d.t,
+                        dst.get().add(q_off),
+                        d.h,
+                        p.as_ptr(),
+                        d.t,
+                        1,
+                        v.as_ptr().add(kv_off),
+                        d.h,
+                        1,
+                    );
+                }
             },
         );
     }

@@ -9,8 +9,8 @@ use super::embeddings::{
 };
 use super::error::{ModelError, Result};
 use super::layer::{
-    LAYER_PARAM_NAMES, LayerDropout, LayerSpec, encoder_layer, fused_layer_supported,
-    layer_param_shape,
+    LAYER_PARAM_NAMES, LayerDropout, LayerSpec, encoder_layer, encoder_layer_rows,
+    fused_layer_supported, layer_param_shape, sequence_groups,
 };
 use super::ops::{dropout, gelu, layer_norm, linear, scaled_linear};
 use super::params::{ParamSet, Weights, read_safetensors, save_named, take_checked};
@@ -141,9 +141,40 @@ pub fn encode(
     cfg: &BertConfig,
     w: &dyn Weights,
     inputs: &EncoderInputs<'_>,
+    dropout_rng: Option<&mut SeededRng>,
+) -> Result<Tensor> {
+    encode_impl(cfg, w, inputs, dropout_rng, None)
+}
+
+/// The last hidden states at some token rows only, in evaluation mode: `[rows.len(), H]`,
+/// equal to [`encode`]'s output `[B, T, H]` viewed as `[B·T, H]` at the flat positions
+/// `rows` (`b·T + t`; sequences in ascending order, as a batch's kept rows are listed).
+///
+/// Graph-free on the CPU, the last layer computes only those rows past its key and value
+/// projections ([`super::layer`]): what the encoder cache of head and adapter tuning keeps is
+/// each sentence's labelled tokens or first subwords, often half the tokens. Elsewhere (other
+/// devices, a graph) the whole output is computed and the rows selected.
+pub fn encode_rows(
+    cfg: &BertConfig,
+    w: &dyn Weights,
+    inputs: &EncoderInputs<'_>,
+    rows: &[u32],
+) -> Result<Tensor> {
+    encode_impl(cfg, w, inputs, None, Some(rows))
+}
+
+fn encode_impl(
+    cfg: &BertConfig,
+    w: &dyn Weights,
+    inputs: &EncoderInputs<'_>,
     mut dropout_rng: Option<&mut SeededRng>,
+    rows: Option<&[u32]>,
 ) -> Result<Tensor> {
     let (b, t) = inputs.input_ids.dims2()?;
+    if let Some(rows) = rows {
+        // The same errors whichever path runs (the fused rows layer needs these too).
+        sequence_groups(rows, b, t)?;
+    }
     if inputs.attention_mask.dims() != [b, t] {
         return Err(ModelError::Invalid(format!(
             "attention_mask has shape {:?}, input_ids {:?}",
@@ -210,6 +241,16 @@ pub fn encode(
                     .insert(Arc::new(bias.flatten_all()?.to_vec1::<f32>()?))
                     .clone(),
             };
+            let last = l + 1 == cfg.num_hidden_layers;
+            let graph_free =
+                !x.track_op() && params.iter().all(|p| !p.is_variable() && !p.track_op());
+            if let Some(rows) = rows
+                && last
+                && graph_free
+                && dropout_rng.is_none()
+            {
+                return encoder_layer_rows(&x, &params, key_bias, spec, rows);
+            }
             let drop = match dropout_rng.as_deref_mut() {
                 Some(r) => draw_layer_dropout(r, [b, t, h, nh], p_attn, p_hidden),
                 None => LayerDropout::default(),
@@ -226,7 +267,13 @@ pub fn encode(
             )?;
         }
     }
-    Ok(x)
+    match rows {
+        None => Ok(x),
+        Some(rows) => {
+            let index = Tensor::new(rows, x.device())?;
+            Ok(x.reshape((b * t, h))?.index_select(&index, 0)?)
+        }
+    }
 }
 
 /// The embedding layer from differentiable candle ops (any device and dtype); `params` in
@@ -529,6 +576,73 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The last layer at some rows only equals the whole layer at those rows — directly and
+    /// through `encode_rows`, with the CPU kernels and on the device-generic path — for rows
+    /// in several sequences (one without any, one with all, padding included, positions out
+    /// of order within a sequence); rows out of range or with descending sequences are errors.
+    #[test]
+    fn rows_of_the_last_layer_equal_the_whole_output_at_those_rows() {
+        use crate::model::ops::max_abs;
+        let dev = Device::Cpu;
+        let (b, t, h, nh, inter) = (3usize, 7usize, 12usize, 3usize, 20usize);
+        let cfg = BertConfig::new(30, h, 2, nh, inter);
+        let weights = random_encoder(&cfg, 5, &dev).unwrap();
+        let mut rng = SeededRng::new(9);
+        let ids: Vec<u32> = (0..b * t).map(|_| rng.below(30) as u32).collect();
+        let ids = Tensor::from_vec(ids, (b, t), &dev).unwrap();
+        let lens = [7usize, 4, 5];
+        let mask: Vec<u32> = (0..b * t).map(|i| (i % t < lens[i / t]) as u32).collect();
+        let mask = Tensor::from_vec(mask, (b, t), &dev).unwrap();
+        let inputs = EncoderInputs {
+            input_ids: &ids,
+            attention_mask: &mask,
+            token_type_ids: None,
+        };
+        // Sequence 0: three rows out of order; sequence 1: none; sequence 2: all seven.
+        let rows: Vec<u32> = [5u32, 1, 3].into_iter().chain(14..21).collect();
+        let whole = encode(&cfg, &weights, &inputs, None).unwrap();
+        let want = whole
+            .reshape((b * t, h))
+            .unwrap()
+            .index_select(&Tensor::new(rows.as_slice(), &dev).unwrap(), 0)
+            .unwrap();
+
+        // The layer itself, on the output of the first layer.
+        let names = LAYER_PARAM_NAMES.map(|n| format!("encoder.layer.1.{n}"));
+        let params: Vec<&Tensor> = names.iter().map(|n| weights.weight(n).unwrap()).collect();
+        let x = rng.normal_tensor(&[b, t, h], 1.0, &dev).unwrap();
+        let bias = attention_bias(&mask).unwrap();
+        let key_bias = Arc::new(bias.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let spec = LayerSpec {
+            heads: nh,
+            eps: cfg.layer_norm_eps as f32,
+        };
+        let layer_whole =
+            encoder_layer(&x, &params, key_bias.clone(), spec, LayerDropout::default())
+                .unwrap()
+                .reshape((b * t, h))
+                .unwrap()
+                .index_select(&Tensor::new(rows.as_slice(), &dev).unwrap(), 0)
+                .unwrap();
+        let layer_rows = encoder_layer_rows(&x, &params, key_bias, spec, &rows).unwrap();
+        assert!(max_abs(&layer_rows, &layer_whole) < 1e-5);
+
+        for composite in [false, true] {
+            let _composite = composite.then(crate::model::dispatch::composite_only);
+            let got = encode_rows(&cfg, &weights, &inputs, &rows).unwrap();
+            assert_eq!(got.dims(), [rows.len(), h]);
+            assert!(
+                max_abs(&got, &want) < 1e-5,
+                "composite={composite}: {}",
+                max_abs(&got, &want)
+            );
+            assert!(encode_rows(&cfg, &weights, &inputs, &[3, 21]).is_err());
+            assert!(encode_rows(&cfg, &weights, &inputs, &[15, 2]).is_err());
+        }
+        let none = encode_rows(&cfg, &weights, &inputs, &[]).unwrap();
+        assert_eq!(none.dims(), [0, h]);
     }
 
     /// The fused embedding op equals the composite embeddings in value and in all five

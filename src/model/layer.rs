@@ -22,7 +22,7 @@ use super::ops::{
     ELEMENTWISE_BLOCK, MatRef, column_sum, cpu_slice, gemm, layer_norm_backward, linear_rows,
     map_rows, map_rows2, storage_slice,
 };
-use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
@@ -94,22 +94,21 @@ pub(crate) struct LayerSpec {
     pub eps: f32,
 }
 
-/// Whether [`encoder_layer`] can run on these tensors: all on the CPU in f32, and every
-/// parameter a variable or a constant. (A parameter computed from variables needs the
-/// composite layer: gradients delivered to it would not flow further back.)
+/// Whether [`encoder_layer`] can run on these tensors: kernels on ([`super::dispatch`]), all
+/// on the CPU in f32, and every parameter a variable or a constant. (A parameter computed from
+/// variables needs the composite layer: gradients delivered to it would not flow further back.)
 pub(crate) fn fused_layer_supported(x: &Tensor, params: &[&Tensor]) -> bool {
-    x.device().is_cpu()
-        && x.dtype() == DType::F32
+    super::dispatch::kernel_ok(x)
         && params.len() == LAYER_PARAM_NAMES.len()
         && fused_params_supported(params)
 }
 
-/// Whether fused CPU ops may read these parameters: all on the CPU in f32, each a variable
-/// or a constant.
+/// Whether fused CPU ops may read these parameters: kernels on ([`super::dispatch`]), all on
+/// the CPU in f32, each a variable or a constant.
 pub(crate) fn fused_params_supported(params: &[&Tensor]) -> bool {
-    params.iter().all(|p| {
-        p.device().is_cpu() && p.dtype() == DType::F32 && (p.is_variable() || !p.track_op())
-    })
+    params
+        .iter()
+        .all(|p| super::dispatch::kernel_ok(p) && (p.is_variable() || !p.track_op()))
 }
 
 /// One encoder layer on `x` `[B, T, H]`: self-attention (key bias `[B·T]`, 0 or −1e9), output
@@ -122,6 +121,118 @@ pub(crate) fn encoder_layer(
     spec: LayerSpec,
     dropout: LayerDropout,
 ) -> Result<Tensor> {
+    let (b, t, h, inter) = check_layer_shapes(x, params, spec)?;
+    let (n, tt) = (b * t * h, b * spec.heads * t * t);
+    let lengths_ok = key_bias.len() == b * t
+        && dropout.attention.as_ref().is_none_or(|m| m.len() == tt)
+        && [&dropout.attention_output, &dropout.output]
+            .iter()
+            .all(|m| m.as_ref().is_none_or(|m| m.len() == n));
+    if !lengths_ok {
+        return Err(ModelError::Invalid(format!(
+            "encoder layer: key bias or dropout masks do not match the input {:?}",
+            x.dims()
+        )));
+    }
+    let keep_activations = x.track_op() || params.iter().any(|p| p.is_variable());
+    let op = EncoderLayerOp::new(
+        params,
+        key_bias,
+        spec,
+        (b, t, h, inter),
+        dropout,
+        keep_activations,
+    );
+    // The query weight is the op's second graph input so that candle records the op (and
+    // calls its backward) whenever the parameters are variables, even if `x` is constant.
+    Ok(x.contiguous()?.apply_op2(params[Q_W], op)?)
+}
+
+/// The layer's output at the flat rows `rows` (`b·T + t`) of `x` `[B, T, H]` only, as
+/// `[rows.len(), H]`, for inference: no dropout, no graph (`x` and every parameter constant).
+///
+/// Keys and values need every row, but the queries, the attention output, the feed-forward
+/// block and both layer norms act on each row alone, so only the kept rows are computed past
+/// the key and value projections — what the encoder cache keeps of the last layer is often
+/// half its tokens (first subwords, labelled tokens). `rows` must list the sequences in
+/// ascending order (any order of positions within one).
+pub(crate) fn encoder_layer_rows(
+    x: &Tensor,
+    params: &[&Tensor],
+    key_bias: Arc<Vec<f32>>,
+    spec: LayerSpec,
+    rows: &[u32],
+) -> Result<Tensor> {
+    let (b, t, h, inter) = check_layer_shapes(x, params, spec)?;
+    if x.track_op() || params.iter().any(|p| p.is_variable() || p.track_op()) {
+        return Err(ModelError::Invalid(
+            "encoder layer rows: inference only (the input and parameters must be constants)"
+                .into(),
+        ));
+    }
+    if key_bias.len() != b * t {
+        return Err(ModelError::Invalid(format!(
+            "encoder layer rows: key bias of {} values for the input {:?}",
+            key_bias.len(),
+            x.dims()
+        )));
+    }
+    let groups = sequence_groups(rows, b, t)?;
+    let op = EncoderLayerOp::new(
+        params,
+        key_bias,
+        spec,
+        (b, t, h, inter),
+        LayerDropout::default(),
+        false,
+    );
+    let x = x.contiguous()?;
+    let y = {
+        let (xs, xl) = x.storage_and_layout();
+        let xv = storage_slice(&xs, xl, "input")?;
+        let guards = lock_params(&op.params, &[]);
+        let p = param_values(&guards, &LAYER_PARAM_NAMES, &[])?;
+        op.forward_rows(xv, &p, rows, &groups)
+    };
+    Ok(Tensor::from_vec(y, (rows.len(), h), &Device::Cpu)?)
+}
+
+/// `(sequence, first row, end row)` of each run of `rows` (flat `b·T + t` positions) in one
+/// sequence; an error unless the sequences ascend and every position is inside `[B, T]`.
+pub(crate) fn sequence_groups(
+    rows: &[u32],
+    b: usize,
+    t: usize,
+) -> Result<Vec<(usize, usize, usize)>> {
+    let mut groups: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, &r) in rows.iter().enumerate() {
+        let (seq, r) = (r as usize / t.max(1), r as usize);
+        if r >= b * t {
+            return Err(ModelError::Invalid(format!(
+                "encoder layer rows: row {r} is outside [{b}, {t}]"
+            )));
+        }
+        match groups.last_mut() {
+            Some(g) if g.0 == seq => g.2 = i + 1,
+            Some(g) if g.0 > seq => {
+                return Err(ModelError::Invalid(format!(
+                    "encoder layer rows: sequence {seq} after sequence {} (rows must list the sequences in ascending order)",
+                    g.0
+                )));
+            }
+            _ => groups.push((seq, i, i + 1)),
+        }
+    }
+    Ok(groups)
+}
+
+/// The shapes every fused layer checks: `x` `[B, T, H]`, the sixteen parameters' shapes, and
+/// heads dividing H. Returns `(B, T, H, intermediate size)`.
+fn check_layer_shapes(
+    x: &Tensor,
+    params: &[&Tensor],
+    spec: LayerSpec,
+) -> Result<(usize, usize, usize, usize)> {
     let (b, t, h) = x.dims3()?;
     if params.len() != LAYER_PARAM_NAMES.len() {
         return Err(ModelError::Invalid(format!(
@@ -147,33 +258,7 @@ pub(crate) fn encoder_layer(
             spec.heads
         )));
     }
-    let (n, tt) = (b * t * h, b * spec.heads * t * t);
-    let lengths_ok = key_bias.len() == b * t
-        && dropout.attention.as_ref().is_none_or(|m| m.len() == tt)
-        && [&dropout.attention_output, &dropout.output]
-            .iter()
-            .all(|m| m.as_ref().is_none_or(|m| m.len() == n));
-    if !lengths_ok {
-        return Err(ModelError::Invalid(format!(
-            "encoder layer: key bias or dropout masks do not match the input {:?}",
-            x.dims()
-        )));
-    }
-    let keep_activations = x.track_op() || params.iter().any(|p| p.is_variable());
-    let op = EncoderLayerOp {
-        params: params.iter().map(|&p| p.clone()).collect(),
-        key_bias,
-        spec,
-        dims: Dims::new(t, h, spec.heads),
-        batch: b,
-        inter,
-        dropout,
-        keep_activations,
-        saved: Mutex::new(None),
-    };
-    // The query weight is the op's second graph input so that candle records the op (and
-    // calls its backward) whenever the parameters are variables, even if `x` is constant.
-    Ok(x.contiguous()?.apply_op2(params[Q_W], op)?)
+    Ok((b, t, h, inter))
 }
 
 struct EncoderLayerOp {
@@ -194,6 +279,12 @@ struct Activations {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
+    post: AfterAttention,
+}
+
+/// The intermediate values of [`EncoderLayerOp::after_attention`], row by row.
+struct AfterAttention {
+    /// The attention core's output.
     ctx: Vec<f32>,
     /// Input of the first layer norm (attention output after dropout, plus `x`).
     s1: Vec<f32>,
@@ -279,6 +370,28 @@ pub(crate) fn masked<'a>(g: &'a [f32], mask: Option<&[f32]>) -> Cow<'a, [f32]> {
 }
 
 impl EncoderLayerOp {
+    /// The op over `(B, T, H, intermediate size)` as [`check_layer_shapes`] returns them.
+    fn new(
+        params: &[&Tensor],
+        key_bias: Arc<Vec<f32>>,
+        spec: LayerSpec,
+        (b, t, h, inter): (usize, usize, usize, usize),
+        dropout: LayerDropout,
+        keep_activations: bool,
+    ) -> Self {
+        EncoderLayerOp {
+            params: params.iter().map(|&p| p.clone()).collect(),
+            key_bias,
+            spec,
+            dims: Dims::new(t, h, spec.heads),
+            batch: b,
+            inter,
+            dropout,
+            keep_activations,
+            saved: Mutex::new(None),
+        }
+    }
+
     fn rows(&self) -> usize {
         self.batch * self.dims.t
     }
@@ -294,15 +407,33 @@ impl EncoderLayerOp {
 
     /// The forward over plain slices; `p[i]` is parameter `i`.
     fn forward(&self, x: &[f32], p: &[&[f32]]) -> (Vec<f32>, Option<Activations>) {
-        let (rows, h, inter) = (self.rows(), self.dims.h, self.inter);
+        let (rows, h) = (self.rows(), self.dims.h);
         let scale = 1.0 / (self.dims.dh as f32).sqrt();
-        let eps = self.spec.eps;
         // Scaling q (B·T·H values) instead of the scores (B·nh·T·T) is cheaper and the same.
         let q = linear_rows(x, p[Q_W], p[Q_B], scale, rows, h, h);
         let k = linear_rows(x, p[K_W], p[K_B], 1.0, rows, h, h);
         let v = linear_rows(x, p[V_W], p[V_B], 1.0, rows, h, h);
         let mut ctx = vec![0f32; rows * h];
         self.attention().forward(&q, &k, &v, &mut ctx);
+        let (y, post) = self.after_attention(ctx, x, p);
+        let saved = self
+            .keep_activations
+            .then_some(Activations { q, k, v, post });
+        (y, saved)
+    }
+
+    /// Everything after the attention core, row by row: output projection, dropout, residual
+    /// `x`, layer norm, GELU feed-forward, dropout, residual, layer norm. `ctx` and `x` are
+    /// `[rows, H]` for any number of rows (dropout masks, when given, cover all B·T rows).
+    /// Returns the layer output and the intermediates.
+    fn after_attention(
+        &self,
+        ctx: Vec<f32>,
+        x: &[f32],
+        p: &[&[f32]],
+    ) -> (Vec<f32>, AfterAttention) {
+        let (h, inter, eps) = (self.dims.h, self.inter, self.spec.eps);
+        let rows = x.len() / h;
         let mut s1 = linear_rows(&ctx, p[ATT_OUT_W], p[ATT_OUT_B], 1.0, rows, h, h);
         dropout_residual(&mut s1, self.dropout.attention_output.as_deref(), x);
         let h1 = map_rows(&s1, h, |r, y| {
@@ -315,18 +446,41 @@ impl EncoderLayerOp {
         let y = map_rows(&s2, h, |r, y| {
             kernels::layer_norm_row(r, p[LN2_G], p[LN2_B], eps, y)
         });
-        let saved = self.keep_activations.then_some(Activations {
-            q,
-            k,
-            v,
-            ctx,
-            s1,
-            h1,
-            u,
-            f,
-            s2,
-        });
-        (y, saved)
+        (
+            y,
+            AfterAttention {
+                ctx,
+                s1,
+                h1,
+                u,
+                f,
+                s2,
+            },
+        )
+    }
+
+    /// [`Self::forward`] at the flat rows `rows` only (see [`encoder_layer_rows`]); `groups`
+    /// are their runs per sequence ([`sequence_groups`]). No dropout, nothing kept.
+    fn forward_rows(
+        &self,
+        x: &[f32],
+        p: &[&[f32]],
+        rows: &[u32],
+        groups: &[(usize, usize, usize)],
+    ) -> Vec<f32> {
+        let (all, h) = (self.rows(), self.dims.h);
+        let scale = 1.0 / (self.dims.dh as f32).sqrt();
+        let k = linear_rows(x, p[K_W], p[K_B], 1.0, all, h, h);
+        let v = linear_rows(x, p[V_W], p[V_B], 1.0, all, h, h);
+        let mut kept = Vec::with_capacity(rows.len() * h);
+        for &r in rows {
+            let r = r as usize;
+            kept.extend_from_slice(&x[r * h..(r + 1) * h]);
+        }
+        let q = linear_rows(&kept, p[Q_W], p[Q_B], scale, rows.len(), h, h);
+        let mut ctx = vec![0f32; rows.len() * h];
+        self.attention().forward_rows(&q, groups, &k, &v, &mut ctx);
+        self.after_attention(ctx, &kept, p).0
     }
 
     /// The gradients of a linear layer `y = scale·(x·wᵀ + b)` with respect to `w` (`out × k`)
@@ -381,12 +535,12 @@ impl EncoderLayerOp {
         // Second layer norm.
         let mut ds2 = vec![0f32; nh];
         let mut dgdb = vec![0f32; 2 * h];
-        layer_norm_backward(&a.s2, p[LN2_G], dy, eps, &mut ds2, &mut dgdb);
+        layer_norm_backward(&a.post.s2, p[LN2_G], dy, eps, &mut ds2, &mut dgdb);
         deliver_norm(&self.params[LN2_G], &self.params[LN2_B], dgdb)?;
         // Feed-forward output projection (after its dropout), then GELU.
         let du = {
             let d_out = masked(&ds2, self.dropout.output.as_deref());
-            self.linear_param_grads(&d_out, &a.f, rows, inter, h, 1.0, (OUT_W, OUT_B))?;
+            self.linear_param_grads(&d_out, &a.post.f, rows, inter, h, 1.0, (OUT_W, OUT_B))?;
             let mut df = vec![0f32; rows * inter];
             gemm(
                 &mut df,
@@ -395,10 +549,10 @@ impl EncoderLayerOp {
                 MatRef::new(p[OUT_W], h, inter),
                 1.0,
             );
-            map_rows2(&a.u, &df, ELEMENTWISE_BLOCK, kernels::gelu_bwd)
+            map_rows2(&a.post.u, &df, ELEMENTWISE_BLOCK, kernels::gelu_bwd)
         };
         // Intermediate projection; its input gradient joins the residual's.
-        self.linear_param_grads(&du, &a.h1, rows, h, inter, 1.0, (INTER_W, INTER_B))?;
+        self.linear_param_grads(&du, &a.post.h1, rows, h, inter, 1.0, (INTER_W, INTER_B))?;
         let mut dh1 = ds2;
         gemm(
             &mut dh1,
@@ -411,14 +565,14 @@ impl EncoderLayerOp {
         // First layer norm.
         let mut ds1 = vec![0f32; nh];
         let mut dgdb = vec![0f32; 2 * h];
-        layer_norm_backward(&a.s1, p[LN1_G], &dh1, eps, &mut ds1, &mut dgdb);
+        layer_norm_backward(&a.post.s1, p[LN1_G], &dh1, eps, &mut ds1, &mut dgdb);
         drop(dh1);
         deliver_norm(&self.params[LN1_G], &self.params[LN1_B], dgdb)?;
         // Attention output projection (after its dropout).
         let mut dctx = vec![0f32; nh];
         {
             let d_att = masked(&ds1, self.dropout.attention_output.as_deref());
-            self.linear_param_grads(&d_att, &a.ctx, rows, h, h, 1.0, (ATT_OUT_W, ATT_OUT_B))?;
+            self.linear_param_grads(&d_att, &a.post.ctx, rows, h, h, 1.0, (ATT_OUT_W, ATT_OUT_B))?;
             gemm(
                 &mut dctx,
                 false,

@@ -38,6 +38,7 @@
 pub mod attention;
 pub mod bert;
 pub mod config;
+pub mod dispatch;
 pub mod embeddings;
 pub mod error;
 pub mod grad;

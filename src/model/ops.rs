@@ -7,6 +7,7 @@
 //! composite fallback built from differentiable candle ops on other devices and dtypes. The
 //! unit tests check the fused kernels against the composite ones, values and gradients.
 
+use super::dispatch::kernel_ok;
 use super::error::{ModelError, Result};
 use super::kernels;
 use crate::rng::SeededRng;
@@ -24,9 +25,9 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 /// reshape/transpose/broadcast nodes (each with its own gradient buffer) of the composite.
 pub fn scaled_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, scale: f64) -> Result<Tensor> {
     if let Some(b) = b
-        && fused_ok(x)
-        && fused_ok(w)
-        && fused_ok(b)
+        && kernel_ok(x)
+        && kernel_ok(w)
+        && kernel_ok(b)
         && w.rank() == 2
         && x.rank() >= 1
     {
@@ -65,14 +66,10 @@ pub fn linear_composite(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Te
     Ok(y.reshape(shape)?)
 }
 
-fn fused_ok(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
-}
-
 /// Layer normalisation over the last dimension: `(x − mean) / sqrt(var + eps) · γ + β`, with
 /// the biased variance (as torch). Differentiable in `x`, `γ` and `β`.
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused_ok(x) && fused_ok(gamma) && fused_ok(beta) {
+    if kernel_ok(x) && kernel_ok(gamma) && kernel_ok(beta) {
         Ok(x.contiguous()?.apply_op3(
             &gamma.contiguous()?,
             &beta.contiguous()?,
@@ -94,7 +91,7 @@ pub fn layer_norm_composite(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64)
 
 /// Softmax over the last dimension, differentiable.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if fused_ok(x) {
+    if kernel_ok(x) {
         Ok(x.contiguous()?.apply_op1(SoftmaxOp)?)
     } else {
         softmax_composite(x)
@@ -113,7 +110,7 @@ pub fn softmax_composite(x: &Tensor) -> Result<Tensor> {
 /// BERT's exact GELU, `x · Φ(x)`. On the CPU a fused op with an exact backward kernel;
 /// elsewhere candle's `gelu_erf` (whose backward is composed of ~8 elementwise ops).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    if fused_ok(x) {
+    if kernel_ok(x) {
         Ok(x.contiguous()?.apply_op1(GeluOp)?)
     } else {
         Ok(x.gelu_erf()?)
@@ -123,7 +120,7 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// `x + b` with `b` broadcast over the last dimension. On the CPU a fused op whose backward
 /// passes the gradient through and sums it over rows for `b` in one pass.
 pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if fused_ok(x) && fused_ok(b) && x.dims().last() == Some(&b.elem_count()) {
+    if kernel_ok(x) && kernel_ok(b) && x.dims().last() == Some(&b.elem_count()) {
         Ok(x.contiguous()?.apply_op2(&b.contiguous()?, BiasAddOp)?)
     } else {
         Ok(x.broadcast_add(b)?)

@@ -340,6 +340,13 @@ impl Tagger {
         encode(&self.config, enc.as_weights(), inputs, dropout)
     }
 
+    /// The encoder output at the flat token rows `rows` only (evaluation mode; see
+    /// [`super::bert::encode_rows`]): `[rows.len(), H]`.
+    pub fn encode_rows(&self, inputs: &EncoderInputs<'_>, rows: &[u32]) -> Result<Tensor> {
+        let enc = self.weights_of(&ParamGroup::Encoder)?;
+        super::bert::encode_rows(&self.config, enc.as_weights(), inputs, rows)
+    }
+
     /// Logits from (possibly cached) encoder outputs through θa (if present) and θh of `lang`.
     pub fn logits_from_hidden(&self, hidden: &Tensor, lang: &str) -> Result<Tensor> {
         let head = self.weights_of(&ParamGroup::Head(lang.to_string()))?;
@@ -433,7 +440,8 @@ mod tests {
     }
 
     /// Every trainable tensor gets a non-zero gradient, every frozen one none: fails if an op
-    /// without a backward (e.g. candle's fused LayerNorm) cuts the graph.
+    /// without a backward (e.g. candle's fused LayerNorm) cuts the graph. Checked with the CPU
+    /// kernels and on the device-generic path that CUDA runs.
     #[test]
     fn trainable_tensors_and_only_they_receive_gradients() {
         let (ids, mask, tt, labels) = batch(&Device::Cpu);
@@ -442,11 +450,16 @@ mod tests {
             attention_mask: &mask,
             token_type_ids: Some(&tt),
         };
-        for method in [
-            FinetuneMethod::Full,
-            FinetuneMethod::Head,
-            FinetuneMethod::Adapter,
-        ] {
+        for (composite, method) in [false, true].into_iter().flat_map(|c| {
+            [
+                FinetuneMethod::Full,
+                FinetuneMethod::Head,
+                FinetuneMethod::Adapter,
+            ]
+            .map(|m| (c, m))
+        }) {
+            let _composite = composite.then(crate::model::dispatch::composite_only);
+            let label = format!("{method}{}", if composite { " (composite)" } else { "" });
             let mut t = tiny_tagger();
             let groups = t.groups_for(method, "en");
             t.set_trainable(&groups).unwrap();
@@ -461,7 +474,7 @@ mod tests {
             for (n, v) in &trained {
                 let g = grads
                     .get(v.as_tensor())
-                    .unwrap_or_else(|| panic!("{method}: {n} has no gradient"));
+                    .unwrap_or_else(|| panic!("{label}: {n} has no gradient"));
                 let s = g
                     .abs()
                     .unwrap()
@@ -469,7 +482,7 @@ mod tests {
                     .unwrap()
                     .to_scalar::<f32>()
                     .unwrap();
-                assert!(s > 0.0, "{method}: {n} has an all-zero gradient");
+                assert!(s > 0.0, "{label}: {n} has an all-zero gradient");
             }
             let all = [
                 t.encoder.named_vars_with_prefix("enc."),
@@ -487,7 +500,7 @@ mod tests {
                 .inspect(|(n, v)| {
                     assert!(
                         grads.get(v.as_tensor()).is_none(),
-                        "{method}: frozen {n} got a gradient"
+                        "{label}: frozen {n} got a gradient"
                     )
                 })
                 .count();

@@ -11,7 +11,7 @@
 //!   for FT priming;
 //! * [`outer`] — torch-semantics AdamW over named gradient sums;
 //! * [`run`] — [`prime`] / [`run_priming`]: a whole run and the primed checkpoint folder;
-//! * [`bench`] — timing of outer steps on synthetic batches (`make bench`).
+//! * [`bench`](mod@bench) — timing of outer steps on synthetic batches (`make bench`).
 
 pub mod bench;
 pub mod error;

@@ -6,7 +6,8 @@
 //! mean over the labelled tokens, so a training step needs the encoder output at exactly those
 //! tokens; scoring needs it at each word's first subword. [`EncoderCache`] encodes every
 //! sentence once (graph-free, encoder dropout off) and keeps only those rows, packed into one
-//! `[rows, H]` tensor: a step then runs the adapter and head on the batch's labelled rows alone
+//! `[rows, H]` tensor (on the CPU the last layer computes only those rows past its key and
+//! value projections: [`Tagger::encode_rows`]): a step then runs the adapter and head on the batch's labelled rows alone
 //! — no padding, no special tokens, no continuation subwords — and computes the same loss and
 //! gradients as the padded batch would (up to the order of float sums).
 //!
@@ -152,8 +153,7 @@ impl EncoderCache {
             .eval_batches(sentences, device)
             .map_err(|e| ModelError::Invalid(format!("encoder cache: {e}")))?;
         for batch in batches {
-            let hidden = tagger.encode(&inputs_of(&batch), None)?;
-            let (b, t, h) = hidden.dims3()?;
+            let t = batch.input_ids.dim(1)?;
             let mut flat_positions = Vec::new();
             for (row, &idx) in batch.indices.iter().enumerate() {
                 let s = &sentences[idx];
@@ -163,9 +163,9 @@ impl EncoderCache {
                 labels.extend(positions.iter().map(|&p| s.labels[p]));
                 flat_positions.extend(positions.iter().map(|&p| (row * t + p) as u32));
             }
+            // The last layer computes only these rows; a batch without any is not encoded.
             if !flat_positions.is_empty() {
-                let index = Tensor::new(flat_positions.as_slice(), device)?;
-                parts.push(hidden.reshape((b * t, h))?.index_select(&index, 0)?);
+                parts.push(tagger.encode_rows(&inputs_of(&batch), &flat_positions)?);
             }
         }
         let h = tagger.config.hidden_size;

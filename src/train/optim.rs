@@ -139,7 +139,8 @@ impl AdamW {
         for (name, var) in params {
             let decay = cfg.decay_bias_and_norm || !is_bias_or_norm(&name);
             let t = var.as_tensor();
-            let moments = if t.device().is_cpu() && t.dtype() == DType::F32 {
+            // The kernel choice is made here, once per parameter (see `model::dispatch`).
+            let moments = if crate::model::dispatch::kernel_ok(t) {
                 let n = t.elem_count();
                 Moments::Cpu {
                     m: vec![0.0; n],

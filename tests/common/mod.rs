@@ -208,6 +208,37 @@ pub fn check_rel(
     Ok(())
 }
 
+/// A tensor after the first AdamW step from the dump's start, against the dump's `final.*`.
+///
+/// golden/README.md: the first step is about `lr·g/(|g|+eps)`, so where `g` is ~0 rounding
+/// can move a value by up to ±lr — every value must agree to 2·lr. Where the gradient is
+/// clearly non-zero (≥ 1e-3 of the tensor's largest and > 1e-6) the step is ~lr·sign(g) and
+/// must agree to 2% of lr, so that a wrong learning rate, schedule or moment update shows.
+pub fn check_first_adamw_step(
+    name: &str,
+    got: &Tensor,
+    want: &Tensor,
+    grad: &Tensor,
+    lr: f64,
+) -> Result<(), String> {
+    check_rel(name, got, want, 0.0, 2.0 * lr + 1e-7)?;
+    let g = to_f64(grad);
+    let gmax = g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let (a, b) = (to_f64(got), to_f64(want));
+    let bad = (0..g.len()).find(|&i| {
+        g[i].abs() >= 1e-3 * gmax
+            && g[i].abs() > 1e-6
+            && (a[i] - b[i]).abs() > 0.02 * lr + 1e-6 * b[i].abs()
+    });
+    match bad {
+        Some(i) => Err(format!(
+            "{name}[{i}]: {} vs {} after the step (grad {}): more than 2% of lr {lr:e} apart",
+            a[i], b[i], g[i]
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Collects failures so a test reports every mismatching tensor at once.
 #[derive(Default)]
 pub struct Failures(pub Vec<String>);
