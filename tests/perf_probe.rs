@@ -472,3 +472,29 @@ fn probe_encode_rows() {
         );
     }
 }
+
+/// One inner SGD step over every MiniLM parameter (22.7M values): the CPU kernel against the
+/// composite candle ops (a sum for the finiteness check, `g·lr`, `p − …`, `Var::set`).
+#[test]
+#[ignore]
+fn probe_sgd_update() {
+    use primer::train::optim::sgd_update;
+    primer::device::retain_freed_memory();
+    let tagger = minilm_tagger();
+    let fast = tagger.encoder.detached_copy().unwrap();
+    let mut rng = SeededRng::new(5);
+    let grads: Vec<Tensor> = fast
+        .iter()
+        .map(|(_, v)| rng.normal_tensor(v.dims(), 1e-3, &Device::Cpu).unwrap())
+        .collect();
+    let mut step = || {
+        for ((_, v), g) in fast.iter().zip(&grads) {
+            assert!(sgd_update(v, g, 1e-4).unwrap());
+        }
+    };
+    for _round in 0..3 {
+        time("sgd, CPU kernel", 5, None, &mut step);
+        let _composite = primer::model::dispatch::composite_only();
+        time("sgd, composite ops", 5, None, &mut step);
+    }
+}

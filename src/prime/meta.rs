@@ -234,11 +234,15 @@ fn sgd_step(
         let Some(g) = grads.get(var.as_tensor()) else {
             continue;
         };
-        check_finite(tensor_sum(g)?, step, task, || {
-            format!("inner-step {inner} gradient of '{name}'")
-        })?;
-        let updated = (var.as_detached_tensor() - (g * lr)?)?;
-        var.set(&updated)?;
+        // One check-and-update pass on the CPU; the finiteness check reads the whole gradient.
+        if !crate::train::optim::sgd_update(var, g, lr)? {
+            // The sum is what the error reports (NaN or ±inf, as some entry is).
+            let sum = tensor_sum(g)?;
+            let value = if sum.is_finite() { f64::NAN } else { sum };
+            check_finite(value, step, task, || {
+                format!("inner-step {inner} gradient of '{name}'")
+            })?;
+        }
     }
     Ok(())
 }
@@ -746,6 +750,42 @@ pub(crate) mod tests {
         };
         let out = inner_loop(&tagger, &same, &cfg(InnerParams::PE, 3, 0.0), None, 0).unwrap();
         assert_eq!(out.losses[0], out.losses[2]);
+    }
+
+    /// An inner step whose gradient has a NaN or infinite entry is an error naming the tensor
+    /// and leaves the fast weights as they were; a finite one takes `p − lr·g`.
+    #[test]
+    fn sgd_steps_refuse_non_finite_gradients() {
+        let tagger = tiny_tagger(8);
+        let fast = tagger.heads["a"].detached_copy().unwrap();
+        let loss = fast
+            .iter()
+            .map(|(_, v)| v.as_tensor().sum_all().unwrap())
+            .reduce(|a, b| (a + b).unwrap())
+            .unwrap();
+        let mut grads = crate::model::backward(&loss).unwrap();
+        let before = values(&fast);
+        sgd_step(&fast, &grads, 0.5, 3, "a", 1).unwrap();
+        // d(sum)/dp = 1 everywhere.
+        for (b, a) in before.iter().zip(values(&fast)) {
+            for (x, y) in b.iter().zip(&a) {
+                assert!((y - (x - 0.5)).abs() < 1e-6);
+            }
+        }
+        let after_ok = values(&fast);
+        let (name, var) = fast.iter().next().unwrap();
+        let mut bad: Vec<f32> = vec![1.0; var.elem_count()];
+        bad[0] = f32::INFINITY;
+        let bad = Tensor::from_vec(bad, var.as_tensor().shape(), &Device::Cpu).unwrap();
+        grads.insert(var.as_tensor(), bad);
+        let err = sgd_step(&fast, &grads, 0.5, 3, "a", 2).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, PrimeError::NonFinite { step: 3, .. })
+                && msg.contains(&format!("inner-step 2 gradient of '{name}'")),
+            "{msg}"
+        );
+        assert_eq!(values(&fast)[0], after_ok[0], "the bad tensor is unchanged");
     }
 
     #[test]

@@ -260,6 +260,29 @@ struct StepParams {
     bc2_sqrt: f64,
 }
 
+/// The parameter (written in place) and gradient values of an optimiser kernel: both
+/// contiguous f32 of the same size.
+fn param_and_grad<'a>(
+    what: &str,
+    dst: &'a mut CpuStorage,
+    dst_l: &Layout,
+    gs: &'a CpuStorage,
+    gl: &Layout,
+) -> candle_core::Result<(&'a mut [f32], &'a [f32])> {
+    let g = match gl.contiguous_offsets() {
+        Some((a, b)) => &gs.as_slice::<f32>()?[a..b],
+        None => candle_core::bail!("{what}: gradient must be contiguous"),
+    };
+    let p = match (dst, dst_l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => &mut v[a..b],
+        _ => candle_core::bail!("{what}: parameter must be contiguous f32"),
+    };
+    if p.len() != g.len() {
+        candle_core::bail!("{what}: parameter and gradient sizes differ");
+    }
+    Ok((p, g))
+}
+
 /// The whole AdamW update of one CPU parameter in one pass (in place on the parameter).
 struct FusedAdamW<'a> {
     hp: StepParams,
@@ -278,22 +301,11 @@ impl InplaceOp2 for FusedAdamW<'_> {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> candle_core::Result<()> {
-        let g = match gl.contiguous_offsets() {
-            Some((a, b)) => &gs.as_slice::<f32>()?[a..b],
-            None => candle_core::bail!("adamw: gradient must be contiguous"),
-        };
-        let (a, b) = match dst_l.contiguous_offsets() {
-            Some(o) => o,
-            None => candle_core::bail!("adamw: parameter must be contiguous"),
-        };
-        let p = match dst {
-            CpuStorage::F32(v) => &mut v[a..b],
-            _ => candle_core::bail!("adamw: parameter must be f32"),
-        };
+        let (p, g) = param_and_grad("adamw", dst, dst_l, gs, gl)?;
         let mut st = self.state.borrow_mut();
         let (m, v) = &mut *st;
-        if p.len() != g.len() || m.len() != p.len() {
-            candle_core::bail!("adamw: parameter/gradient/state sizes differ");
+        if m.len() != p.len() {
+            candle_core::bail!("adamw: parameter and state sizes differ");
         }
         let hp = self.hp;
         let keep = (1.0 - hp.decay) as f32;
@@ -322,10 +334,113 @@ impl InplaceOp2 for FusedAdamW<'_> {
     }
 }
 
+/// Plain SGD `p ← p − lr·g` on one Var (no momentum, no weight decay: priming's inner loop),
+/// unless some gradient value is NaN or infinite: then `var` is left as it was and the result
+/// is `false`.
+///
+/// On the CPU (f32, kernels on) one read of `g` for the check and one in-place pass over `p`;
+/// elsewhere composed from candle ops (a sum for the check, then `p − lr·g` into `var`).
+pub fn sgd_update(var: &Var, grad: &Tensor, lr: f64) -> Result<bool, OptimError> {
+    let p = var.as_tensor();
+    if p.dims() != grad.dims() {
+        return Err(OptimError::Invalid(format!(
+            "sgd: gradient {:?} for a parameter {:?}",
+            grad.dims(),
+            p.dims()
+        )));
+    }
+    if crate::model::dispatch::kernel_ok(p) && crate::model::dispatch::kernel_ok(grad) {
+        let op = FusedSgd {
+            lr: lr as f32,
+            finite: std::cell::Cell::new(false),
+        };
+        p.inplace_op2(&grad.contiguous()?, &op)?;
+        return Ok(op.finite.get());
+    }
+    let sum = grad.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if !sum.is_finite() {
+        return Ok(false);
+    }
+    var.set(&(var.as_detached_tensor() - (grad.detach() * lr)?)?)?;
+    Ok(true)
+}
+
+/// [`sgd_update`]'s CPU kernel: checks `g`, then updates `p` in place.
+struct FusedSgd {
+    lr: f32,
+    finite: std::cell::Cell<bool>,
+}
+
+impl InplaceOp2 for FusedSgd {
+    fn name(&self) -> &'static str {
+        "primer-sgd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<()> {
+        let (p, g) = param_and_grad("sgd", dst, dst_l, gs, gl)?;
+        const CHUNK: usize = 1 << 14;
+        let finite = g.par_chunks(CHUNK).all(|c| c.iter().all(|v| v.is_finite()));
+        self.finite.set(finite);
+        if finite {
+            let lr = self.lr;
+            p.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .for_each(|(pc, gc)| {
+                    for (x, &d) in pc.iter_mut().zip(gc) {
+                        *x -= lr * d;
+                    }
+                });
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The kernel and the composite give `p − lr·g`; a NaN or infinite gradient leaves the
+    /// parameter as it was on both paths.
+    #[test]
+    fn sgd_update_on_both_paths() {
+        let dev = Device::Cpu;
+        let n = 40_000; // several kernel chunks
+        let p0: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let g: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+        for composite in [false, true] {
+            let _composite = composite.then(crate::model::dispatch::composite_only);
+            let var = Var::from_tensor(&Tensor::new(p0.as_slice(), &dev).unwrap()).unwrap();
+            let grad = Tensor::new(g.as_slice(), &dev).unwrap();
+            assert!(sgd_update(&var, &grad, 0.03).unwrap());
+            let got: Vec<f32> = var.as_tensor().to_vec1().unwrap();
+            for i in 0..n {
+                assert!(
+                    (got[i] - (p0[i] - 0.03 * g[i])).abs() < 1e-6,
+                    "composite={composite} at {i}"
+                );
+            }
+            for bad in [f32::NAN, f32::INFINITY] {
+                let mut gb = g.clone();
+                gb[n - 3] = bad;
+                let before: Vec<f32> = var.as_tensor().to_vec1().unwrap();
+                let gb = Tensor::new(gb.as_slice(), &dev).unwrap();
+                assert!(
+                    !sgd_update(&var, &gb, 0.03).unwrap(),
+                    "composite={composite}"
+                );
+                assert_eq!(var.as_tensor().to_vec1::<f32>().unwrap(), before);
+            }
+            let wrong = Tensor::new(&[1f32, 2.], &dev).unwrap();
+            assert!(sgd_update(&var, &wrong, 0.03).is_err());
+        }
+    }
 
     /// A plain scalar AdamW in f64, written from the torch documentation.
     fn reference(p0: f64, grads: &[f64], lr: f64, wd: f64) -> f64 {
