@@ -128,30 +128,23 @@ impl Dims {
 
 /// The three products of one (sequence, head) block that attention needs. A "head block" is
 /// T rows of `dh` values at row stride H inside a `[B, T, H]` tensor (a pointer to its first
-/// value); a "square" is a dense T×T matrix.
+/// value); a "square" is a dense T×T matrix. The first two also take `m` ≤ T query rows: an
+/// m-row head block and an m×T "square" (the kept rows of [`AttentionCore::forward_rows`]).
 ///
 /// # Safety (all three)
 /// Every pointer must address a whole block of its kind inside its allocation, and `dst`
 /// must overlap neither input.
 impl Dims {
-    /// `dst (square) = A · Bᵀ` of two head blocks (scores q·kᵀ, and dctx·vᵀ).
-    unsafe fn square_of_blocks(self, dst: *mut f32, a: *const f32, b: *const f32) {
+    /// `dst (m×T) = A · Bᵀ` of an m-row and a T-row head block (scores q·kᵀ, and dctx·vᵀ).
+    unsafe fn square_of_blocks(self, m: usize, dst: *mut f32, a: *const f32, b: *const f32) {
         // SAFETY: forwarded from the caller.
-        unsafe {
-            gemm_strided(
-                self.t, self.t, self.dh, dst, self.t, a, self.h, 1, b, 1, self.h,
-            )
-        }
+        unsafe { gemm_strided(m, self.t, self.dh, dst, self.t, a, self.h, 1, b, 1, self.h) }
     }
 
-    /// `dst (head block) = P · B` of a square and a head block (probs·v, and dS·k).
-    unsafe fn block_of_square(self, dst: *mut f32, p: *const f32, b: *const f32) {
+    /// `dst (m-row head block) = P · B` of an m×T square and a head block (probs·v, and dS·k).
+    unsafe fn block_of_square(self, m: usize, dst: *mut f32, p: *const f32, b: *const f32) {
         // SAFETY: forwarded from the caller.
-        unsafe {
-            gemm_strided(
-                self.t, self.dh, self.t, dst, self.h, p, self.t, 1, b, self.h, 1,
-            )
-        }
+        unsafe { gemm_strided(m, self.dh, self.t, dst, self.h, p, self.t, 1, b, self.h, 1) }
     }
 
     /// `dst (head block) = Pᵀ · B` of a square and a head block (P'ᵀ·dctx, and dSᵀ·q).
@@ -238,9 +231,25 @@ impl AttentionCore<'_> {
     fn probs(&self, q: &[f32], k: &[f32], bi: usize, hi: usize, p: &mut [f32]) {
         let d = self.d;
         let off = bi * d.t * d.h + hi * d.dh;
-        assert_eq!(p.len(), d.t * d.t);
-        // SAFETY: `off` is the (bi, hi) head block of the [B, T, H] q and k; p is T×T.
-        unsafe { d.square_of_blocks(p.as_mut_ptr(), q.as_ptr().add(off), k.as_ptr().add(off)) };
+        self.probs_of_rows(&q[off..], d.t, k, bi, hi, p);
+    }
+
+    /// [`Self::probs`] for `m` query rows: `q` starts at the first row's head-`hi` values
+    /// (rows at stride H), `p` is m×T; the keys are sequence `bi`'s.
+    fn probs_of_rows(&self, q: &[f32], m: usize, k: &[f32], bi: usize, hi: usize, p: &mut [f32]) {
+        let d = self.d;
+        let k_off = bi * d.t * d.h + hi * d.dh;
+        assert!(
+            m > 0
+                && m <= d.t
+                && p.len() == m * d.t
+                && q.len() >= (m - 1) * d.h + d.dh
+                && k.len() >= k_off + (d.t - 1) * d.h + d.dh,
+            "attention probabilities: blocks out of range"
+        );
+        // SAFETY: the m query rows and the T key rows lie inside q and k (checked above);
+        // p is m×T.
+        unsafe { d.square_of_blocks(m, p.as_mut_ptr(), q.as_ptr(), k.as_ptr().add(k_off)) };
         let bias = &self.key_bias[bi * d.t..(bi + 1) * d.t];
         for row in p.chunks_mut(d.t) {
             kernels::add_assign(row, bias);
@@ -286,7 +295,9 @@ impl AttentionCore<'_> {
                 let off = bi * d.t * d.h + hi * d.dh;
                 // SAFETY: job (bi, hi) writes only its own head block of `out` (checked to
                 // be [B, T, H] above).
-                unsafe { d.block_of_square(dst.get().add(off), p.as_ptr(), v.as_ptr().add(off)) };
+                unsafe {
+                    d.block_of_square(d.t, dst.get().add(off), p.as_ptr(), v.as_ptr().add(off))
+                };
             },
         );
     }
@@ -334,46 +345,13 @@ impl AttentionCore<'_> {
                 }
                 let p = &mut p[..m * d.t];
                 let q_off = r0 * d.h + hi * d.dh;
-                let kv_off = bi * d.t * d.h + hi * d.dh;
-                // SAFETY: the m query rows at q_off and the T key / value rows at kv_off lie
-                // inside q and k, v (checked above); p is m×T; job (group, head) writes only
-                // its own m×dh block of `out`.
+                self.probs_of_rows(&q[q_off..], m, k, bi, hi, p);
+                let v_off = bi * d.t * d.h + hi * d.dh;
+                // SAFETY: the T value rows at v_off lie inside v (checked above); p is m×T;
+                // job (group, head) writes only its own m×dh block of `out`.
                 unsafe {
-                    gemm_strided(
-                        m,
-                        d.t,
-                        d.dh,
-                        p.as_mut_ptr(),
-                        d.t,
-                        q.as_ptr().add(q_off),
-                        d.h,
-                        1,
-                        k.as_ptr().add(kv_off),
-                        1,
-                        d.h,
-                    );
-                }
-                let bias = &self.key_bias[bi * d.t..(bi + 1) * d.t];
-                for row in p.chunks_mut(d.t) {
-                    kernels::add_assign(row, bias);
-                    kernels::softmax_inplace(row);
-                }
-                // SAFETY: as above.
-                unsafe {
-                    gemm_strided(
-                        m,
-                        d.dh,
-                        d.t,
-                        dst.get().add(q_off),
-                        d.h,
-                        p.as_ptr(),
-                        d.t,
-                        1,
-                        v.as_ptr().add(kv_off),
-                        d.h,
-                        1,
-                    );
-                }
+                    d.block_of_square(m, dst.get().add(q_off), p.as_ptr(), v.as_ptr().add(v_off))
+                };
             },
         );
     }
@@ -423,7 +401,12 @@ impl AttentionCore<'_> {
                     // dv = P'ᵀ · dctx
                     d.block_of_square_t(dv.get().add(off), pdrop.as_ptr(), g.as_ptr().add(off));
                     // dP' = dctx · vᵀ
-                    d.square_of_blocks(dp.as_mut_ptr(), g.as_ptr().add(off), v.as_ptr().add(off));
+                    d.square_of_blocks(
+                        d.t,
+                        dp.as_mut_ptr(),
+                        g.as_ptr().add(off),
+                        v.as_ptr().add(off),
+                    );
                     if let Some(m) = mask {
                         dp.iter_mut().zip(m).for_each(|(a, &w)| *a *= w);
                     }
@@ -433,7 +416,7 @@ impl AttentionCore<'_> {
                         kernels::softmax_bwd_row(pr, dpr, ds);
                     }
                     // dq = dS · k, dk = dSᵀ · q
-                    d.block_of_square(dq.get().add(off), pd.as_ptr(), k.as_ptr().add(off));
+                    d.block_of_square(d.t, dq.get().add(off), pd.as_ptr(), k.as_ptr().add(off));
                     d.block_of_square_t(dk.get().add(off), pd.as_ptr(), q.as_ptr().add(off));
                 }
             },
