@@ -363,6 +363,7 @@ fn probe_cache_batching() {
 fn probe_cached_step() {
     use primer::model::{ParamGroup, masked_cross_entropy};
     use primer::train::optim::{AdamW, AdamWConfig};
+    primer::device::retain_freed_memory();
     let mut tagger = minilm_tagger();
     tagger
         .set_trainable(&[ParamGroup::Adapter, ParamGroup::Head("x".into())])
@@ -373,7 +374,10 @@ fn probe_cached_step() {
     let labels: Vec<i64> = (0..rows).map(|i| (i % 7) as i64).collect();
     let labels = Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
     let mut opt = AdamW::new(tagger.trainable_vars(), AdamWConfig::default()).unwrap();
-    let reps = 50;
+    let reps = std::env::var("PROBE_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
     time("logits (adapter + head)", reps, None, &mut || {
         tagger.logits_from_hidden(&hidden, "x").unwrap();
     });

@@ -159,6 +159,28 @@ impl Bench {
         Ok(median(times))
     }
 
+    /// Matrix-product FLOPs of the encoder cache's pass over the run's first `n` batches of
+    /// sentences, batched as the cache batches them (see [`BertConfig::encoder_forward_flops`]).
+    fn cache_flops(&self, n: usize) -> f64 {
+        let sentences = &self.sentences[..n * BATCH];
+        let lengths: Vec<usize> = sentences.iter().map(EncodedSentence::len).collect();
+        Batcher::for_inference(&self.device, 0)
+            .eval_order(&lengths)
+            .iter()
+            .map(|ix| {
+                let seq = ix.iter().map(|&i| lengths[i]).max().unwrap_or(0);
+                let kept = ix
+                    .iter()
+                    .flat_map(|&i| &sentences[i].labels)
+                    .filter(|&&l| l != IGNORE_INDEX)
+                    .count();
+                self.tagger
+                    .config
+                    .encoder_forward_flops(ix.len(), seq, kept)
+            })
+            .sum()
+    }
+
     /// A whole adapter-tuning run over `n` batches × `epochs` with the encoder cache.
     fn adapter_run(&mut self, n: usize, epochs: usize) -> anyhow::Result<AdapterRunTimes> {
         self.tagger
@@ -203,6 +225,61 @@ struct AdapterRunTimes {
     cache_ms: f64,
     /// Every optimiser step of every epoch on the batch's cached labelled rows.
     train_ms: f64,
+}
+
+/// This machine's fp32 FMA peak in GFLOP/s at `threads` threads: each thread runs twelve
+/// independent chains of 8-wide fused multiply-adds, so only the FMA units limit it. The
+/// ceiling any GEMM-bound pass works under. `None` without AVX2 + FMA.
+fn fma_peak_gflops(threads: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+            return None;
+        }
+        const ITERS: usize = 20_000_000;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .ok()?;
+        let once = || {
+            let t0 = Instant::now();
+            // SAFETY: AVX2 and FMA were detected above.
+            std::hint::black_box(pool.broadcast(|_| unsafe { fma_chains(ITERS) }));
+            t0.elapsed().as_secs_f64()
+        };
+        once(); // lets the clock ramp up
+        let best = (0..3).map(|_| once()).fold(f64::INFINITY, f64::min);
+        Some((threads * ITERS * FMA_CHAINS * 16) as f64 / best / 1e9)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = threads;
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+const FMA_CHAINS: usize = 12;
+
+/// `iters` rounds of one FMA on each of [`FMA_CHAINS`] accumulators (16 FLOPs each).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn fma_chains(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+    let mut acc = [_mm256_set1_ps(1.0); FMA_CHAINS];
+    for _ in 0..iters {
+        for r in &mut acc {
+            *r = _mm256_fmadd_ps(*r, a, b);
+        }
+    }
+    let sum = acc
+        .iter()
+        .fold(_mm256_setzero_ps(), |s, &r| _mm256_add_ps(s, r));
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` holds the 8 floats the store writes.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+    lanes.iter().sum()
 }
 
 /// Runs the reference and returns median ms per (mode, variant, support).
@@ -407,5 +484,123 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         println!("{label:<78} {ours_s:>11} {theirs_s:>11} {ratio:>8}");
     }
     println!("ratio = primer / PyTorch (below 1 means primer is faster)");
+    print_run_ceiling(&RunWork {
+        torch_step_flops: bench
+            .tagger
+            .config
+            .encoder_forward_flops(BATCH, SEQ, BATCH * SEQ),
+        run_steps,
+        cache_flops: bench.cache_flops(args.run_batches),
+        cache_ms: run.cache_ms,
+        torch_step_ms: torch.as_ref().and_then(|t| t.get("adapter")).copied(),
+        fma_peak_gflops: fma_peak_gflops(args.threads),
+        threads: args.threads,
+    });
     Ok(ExitCode::SUCCESS)
+}
+
+/// The encoder work of the whole adapter-tuning run on both sides, and the times it took.
+struct RunWork {
+    /// One PyTorch adapter step's encoder forward (batch × seq, padded, every row).
+    torch_step_flops: f64,
+    run_steps: usize,
+    /// primer's one cache pass (length-sorted batches, last layer at the labelled rows).
+    cache_flops: f64,
+    cache_ms: f64,
+    torch_step_ms: Option<f64>,
+    fma_peak_gflops: Option<f64>,
+    threads: usize,
+}
+
+impl RunWork {
+    /// Speed-up ceilings of the run over PyTorch's loop if training on cached outputs were
+    /// free: at PyTorch's own FLOP rate (the work ratio), and with the cache pass at the FMA
+    /// peak (nothing computes faster on this machine).
+    fn ceilings(&self) -> (f64, Option<f64>) {
+        let torch_run_flops = self.torch_step_flops * self.run_steps as f64;
+        let at_equal_rate = torch_run_flops / self.cache_flops;
+        let at_peak = match (self.torch_step_ms, self.fma_peak_gflops) {
+            (Some(step), Some(peak)) => {
+                let cache_ms_at_peak = self.cache_flops / (peak * 1e6);
+                Some(step * self.run_steps as f64 / cache_ms_at_peak)
+            }
+            _ => None,
+        };
+        (at_equal_rate, at_peak)
+    }
+}
+
+/// How close the adapter-tuning run is to what skipping encoder work can buy on this machine.
+fn print_run_ceiling(w: &RunWork) {
+    let gflops = |flops: f64, ms: f64| flops / (ms * 1e6);
+    println!();
+    println!(
+        "adapter-tuning run, encoder work in matrix products: PyTorch {:.1} GFLOP per step \
+         ({BATCH} × {SEQ} padded), {:.0} over its {} steps; primer's cache {:.0} GFLOP once \
+         (length-sorted batches, last layer at the labelled rows)",
+        w.torch_step_flops / 1e9,
+        w.torch_step_flops * w.run_steps as f64 / 1e9,
+        w.run_steps,
+        w.cache_flops / 1e9
+    );
+    let mut rates = Vec::new();
+    if let Some(step) = w.torch_step_ms {
+        rates.push(format!(
+            "PyTorch adapter step {:.0} GFLOP/s",
+            gflops(w.torch_step_flops, step)
+        ));
+    }
+    rates.push(format!(
+        "primer's encoder cache {:.0} GFLOP/s",
+        gflops(w.cache_flops, w.cache_ms)
+    ));
+    if let Some(peak) = w.fma_peak_gflops {
+        rates.push(format!(
+            "this machine's fp32 FMA peak at {} threads {peak:.0} GFLOP/s",
+            w.threads
+        ));
+    }
+    println!("rates: {}", rates.join(" · "));
+    let (at_equal_rate, at_peak) = w.ceilings();
+    let at_peak = at_peak.map_or(String::new(), |c| {
+        format!(", {c:.1}× with the cache pass at the FMA peak")
+    });
+    println!(
+        "the run's speed-up ceiling if cached training steps were free: {at_equal_rate:.1}× at \
+         PyTorch's FLOP rate{at_peak}"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ceilings_follow_from_work_and_rates() {
+        let w = RunWork {
+            torch_step_flops: 20e9,
+            run_steps: 60,
+            cache_flops: 300e9,
+            cache_ms: 2000.0,
+            torch_step_ms: Some(150.0),
+            fma_peak_gflops: Some(200.0),
+            threads: 2,
+        };
+        let (equal, peak) = w.ceilings();
+        // 60 × 20 GFLOP against 300 GFLOP; 9 s of PyTorch against 300 GFLOP at 200 GFLOP/s.
+        assert!((equal - 4.0).abs() < 1e-12);
+        assert!((peak.unwrap() - 6.0).abs() < 1e-12);
+        let w = RunWork {
+            fma_peak_gflops: None,
+            ..w
+        };
+        assert_eq!(w.ceilings().1, None);
+    }
+
+    #[test]
+    fn fma_peak_is_positive_where_measured() {
+        if let Some(p) = fma_peak_gflops(1) {
+            assert!(p.is_finite() && p > 1.0, "{p}");
+        }
+    }
 }

@@ -91,6 +91,37 @@ impl BertConfig {
         }
     }
 
+    /// Floating-point operations in the matrix products of one encoder forward over a padded
+    /// `[batch, seq]` input whose last layer computes `last_layer_rows` query rows (`batch·seq`
+    /// for the whole output; fewer where only some rows are kept, as the encoder cache does).
+    ///
+    /// A multiply-add counts 2. Element-wise work (layer norms, softmax, GELU, embeddings) is
+    /// left out: a few per cent of the time at BERT sizes. The attention products are counted
+    /// over the padded `seq × seq` blocks. Used to put benchmark times in GFLOP/s and to bound
+    /// what skipping work can gain.
+    ///
+    /// ```
+    /// use primer::model::BertConfig;
+    /// let cfg = BertConfig::new(30522, 384, 6, 12, 1536);
+    /// let whole = cfg.encoder_forward_flops(16, 64, 16 * 64);
+    /// assert!(cfg.encoder_forward_flops(16, 64, 0) < whole);
+    /// assert!((whole / 1e9 - 22.3).abs() < 0.1); // MiniLM, batch 16 × seq 64
+    /// ```
+    pub fn encoder_forward_flops(&self, batch: usize, seq: usize, last_layer_rows: usize) -> f64 {
+        let (h, i) = (self.hidden_size as f64, self.intermediate_size as f64);
+        let (n, t) = ((batch * seq) as f64, seq as f64);
+        // Per query row: the Q and output projections, the feed-forward pair, and the
+        // scores and weighting against `t` keys. Per token: the K and V projections.
+        let per_query_row = 2.0 * (2.0 * h * h + 2.0 * h * i + 2.0 * t * h);
+        let per_key_row = 2.0 * 2.0 * h * h;
+        let layers = self.num_hidden_layers as f64;
+        if layers == 0.0 {
+            return 0.0;
+        }
+        let m = last_layer_rows as f64;
+        layers * n * per_key_row + ((layers - 1.0) * n + m) * per_query_row
+    }
+
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
@@ -213,5 +244,21 @@ mod tests {
         let c = BertConfig::new(100, 16, 2, 4, 32).with_dropout(0.0);
         let back: BertConfig = serde_json::from_value(c.to_json()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn encoder_flops_count_each_product_once() {
+        // H 4, I 8, 2 layers, one sequence of 3 tokens, counted by hand per product:
+        // Q, K, V, O 3·4·4 each; FFN 3·4·8 twice; scores and weighting 3·3·4 each; ×2 per MAC.
+        let cfg = BertConfig::new(10, 4, 2, 2, 8);
+        let layer = 2.0 * (4.0 * 48.0 + 2.0 * 96.0 + 2.0 * 36.0);
+        assert_eq!(cfg.encoder_forward_flops(1, 3, 3), 2.0 * layer);
+        // One kept row in the last layer: K and V still over the 3 tokens, the rest over 1.
+        let last = 2.0 * (2.0 * 48.0 + 2.0 * 16.0 + 2.0 * 32.0 + 2.0 * 12.0);
+        assert_eq!(cfg.encoder_forward_flops(1, 3, 1), layer + last);
+        assert_eq!(
+            cfg.encoder_forward_flops(2, 3, 6),
+            2.0 * cfg.encoder_forward_flops(1, 3, 3)
+        );
     }
 }
