@@ -159,28 +159,6 @@ impl Bench {
         Ok(median(times))
     }
 
-    /// Matrix-product FLOPs of the encoder cache's pass over the run's first `n` batches of
-    /// sentences, batched as the cache batches them (see [`BertConfig::encoder_forward_flops`]).
-    fn cache_flops(&self, n: usize) -> f64 {
-        let sentences = &self.sentences[..n * BATCH];
-        let lengths: Vec<usize> = sentences.iter().map(EncodedSentence::len).collect();
-        Batcher::for_inference(&self.device, 0)
-            .eval_order(&lengths)
-            .iter()
-            .map(|ix| {
-                let seq = ix.iter().map(|&i| lengths[i]).max().unwrap_or(0);
-                let kept = ix
-                    .iter()
-                    .flat_map(|&i| &sentences[i].labels)
-                    .filter(|&&l| l != IGNORE_INDEX)
-                    .count();
-                self.tagger
-                    .config
-                    .encoder_forward_flops(ix.len(), seq, kept)
-            })
-            .sum()
-    }
-
     /// A whole adapter-tuning run over `n` batches × `epochs` with the encoder cache.
     fn adapter_run(&mut self, n: usize, epochs: usize) -> anyhow::Result<AdapterRunTimes> {
         self.tagger
@@ -194,6 +172,7 @@ impl Bench {
             &self.device,
         )?;
         let cache_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let cache_flops = cache.encoder_flops();
         let t1 = Instant::now();
         let mut opt = AdamW::new(
             self.tagger.trainable_vars(),
@@ -213,6 +192,7 @@ impl Bench {
         }
         Ok(AdapterRunTimes {
             cache_ms,
+            cache_flops,
             train_ms: t1.elapsed().as_secs_f64() * 1e3,
         })
     }
@@ -223,6 +203,8 @@ struct AdapterRunTimes {
     /// Encoding every training sentence once (graph-free, length-sorted batches of 512 tokens) and
     /// keeping its labelled tokens' rows.
     cache_ms: f64,
+    /// The matrix-product FLOPs of that pass ([`EncoderCache::encoder_flops`]).
+    cache_flops: f64,
     /// Every optimiser step of every epoch on the batch's cached labelled rows.
     train_ms: f64,
 }
@@ -490,7 +472,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .config
             .encoder_forward_flops(BATCH, SEQ, BATCH * SEQ),
         run_steps,
-        cache_flops: bench.cache_flops(args.run_batches),
+        cache_flops: run.cache_flops,
         cache_ms: run.cache_ms,
         torch_step_ms: torch.as_ref().and_then(|t| t.get("adapter")).copied(),
         fma_peak_gflops: fma_peak_gflops(args.threads),

@@ -111,6 +111,9 @@ pub struct EncoderCache {
     /// Per row: the label of its token.
     labels: Vec<i64>,
     kept: KeptRows,
+    /// Matrix-product FLOPs of the encoding pass that built it
+    /// ([`crate::model::BertConfig::encoder_forward_flops`] of each batch encoded).
+    encoder_flops: f64,
 }
 
 impl EncoderCache {
@@ -150,6 +153,7 @@ impl EncoderCache {
         let mut labels = Vec::new();
         let mut parts = Vec::new();
         let mut rows = 0usize;
+        let mut encoder_flops = 0.0;
         let batches = batcher
             .eval_batches(sentences, device)
             .map_err(|e| ModelError::Invalid(format!("encoder cache: {e}")))?;
@@ -167,6 +171,11 @@ impl EncoderCache {
             // The last layer computes only these rows; a batch without any is not encoded.
             if !flat_positions.is_empty() {
                 parts.push(tagger.encode_rows(&inputs_of(&batch), &flat_positions)?);
+                encoder_flops += tagger.config.encoder_forward_flops(
+                    batch.indices.len(),
+                    t,
+                    flat_positions.len(),
+                );
             }
         }
         let h = tagger.config.hidden_size;
@@ -180,7 +189,14 @@ impl EncoderCache {
             spans,
             labels,
             kept,
+            encoder_flops,
         })
+    }
+
+    /// Matrix-product FLOPs of the encoding pass that built this cache (batches without a
+    /// kept row were not encoded and count nothing): puts the pass's time in GFLOP/s.
+    pub fn encoder_flops(&self) -> f64 {
+        self.encoder_flops
     }
 
     /// Number of kept rows over all sentences.
@@ -350,6 +366,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The pass's FLOPs are those of the batches it encoded, at their kept rows; a batch
+    /// without any kept row counts nothing.
+    #[test]
+    fn encoder_flops_count_the_batches_encoded() {
+        let tagger = tiny_tagger();
+        let sents = sentences();
+        let cache = EncoderCache::labelled_rows(&tagger, &sents, &Batcher::new(1, 0), &Device::Cpu)
+            .unwrap();
+        // One sentence per batch; labelled tokens 2, 1, none, 4.
+        let cfg = &tagger.config;
+        let want: f64 = [(0, 2), (1, 1), (3, 4)]
+            .iter()
+            .map(|&(i, kept)| cfg.encoder_forward_flops(1, sents[i].len(), kept))
+            .sum();
+        assert_eq!(cache.encoder_flops(), want);
     }
 
     /// Scoring rows are each word's first subword, sentence after sentence, equal to the

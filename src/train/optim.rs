@@ -260,6 +260,9 @@ struct StepParams {
     bc2_sqrt: f64,
 }
 
+/// Values per parallel task in the optimiser kernels (AdamW and SGD split alike).
+const KERNEL_CHUNK: usize = 1 << 14;
+
 /// The parameter (written in place) and gradient values of an optimiser kernel: both
 /// contiguous f32 of the same size.
 fn param_and_grad<'a>(
@@ -315,10 +318,12 @@ impl InplaceOp2 for FusedAdamW<'_> {
         let inv_bc2 = (1.0 / hp.bc2_sqrt) as f32;
         let eps = hp.eps as f32;
         let _ = hp.lr;
-        const CHUNK: usize = 1 << 14;
-        p.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+        p.par_chunks_mut(KERNEL_CHUNK)
+            .zip(g.par_chunks(KERNEL_CHUNK))
+            .zip(
+                m.par_chunks_mut(KERNEL_CHUNK)
+                    .zip(v.par_chunks_mut(KERNEL_CHUNK)),
+            )
             .for_each(|((pc, gc), (mc, vc))| {
                 for i in 0..pc.len() {
                     let gi = gc[i];
@@ -384,13 +389,14 @@ impl InplaceOp2 for FusedSgd {
         gl: &Layout,
     ) -> candle_core::Result<()> {
         let (p, g) = param_and_grad("sgd", dst, dst_l, gs, gl)?;
-        const CHUNK: usize = 1 << 14;
-        let finite = g.par_chunks(CHUNK).all(|c| c.iter().all(|v| v.is_finite()));
+        let finite = g
+            .par_chunks(KERNEL_CHUNK)
+            .all(|c| c.iter().all(|v| v.is_finite()));
         self.finite.set(finite);
         if finite {
             let lr = self.lr;
-            p.par_chunks_mut(CHUNK)
-                .zip(g.par_chunks(CHUNK))
+            p.par_chunks_mut(KERNEL_CHUNK)
+                .zip(g.par_chunks(KERNEL_CHUNK))
                 .for_each(|(pc, gc)| {
                     for (x, &d) in pc.iter_mut().zip(gc) {
                         *x -= lr * d;
