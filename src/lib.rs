@@ -14,6 +14,7 @@
 //!   adapter), with an encoder-output cache for the parameter-efficient ones;
 //! * [`prime`]    — priming: first-order MAML (Algorithm 1) and its ablations;
 //! * [`metric`]   — entity-level micro F1, identical to seqeval;
+//! * [`parallel`] — graph-free batches spread over the CPU threads, one batch per thread;
 //! * [`sweep`]    — TOML sweeps → a DAG of runs → a resumable scheduler over device slots;
 //! * [`report`]   — polars tables and plotters figures (Table 1, Figures 3 and 4).
 pub mod config;
@@ -22,6 +23,7 @@ pub mod device;
 pub mod fsutil;
 pub mod metric;
 pub mod model;
+pub mod parallel;
 pub mod prime;
 pub mod progress;
 pub mod report;

@@ -502,3 +502,52 @@ fn probe_sgd_update() {
         time("sgd, composite ops", 5, None, &mut step);
     }
 }
+
+/// The encoder cache's pass op-parallel (batch after batch, every op split over the pool)
+/// against data-parallel (one batch per thread, as `EncoderCache` runs it), alternated.
+#[test]
+#[ignore]
+fn probe_cache_data_parallel() {
+    use primer::data::{Batcher, IGNORE_INDEX};
+    use primer::train::{EncoderCache, inputs_of};
+    primer::device::retain_freed_memory();
+    let mut tagger = minilm_tagger();
+    tagger
+        .set_trainable(&[primer::model::ParamGroup::Adapter])
+        .unwrap();
+    let sentences = random_sentences(320, 32, |t| if t % 7 == 0 { IGNORE_INDEX } else { 0 });
+    let batcher = Batcher::for_inference(&Device::Cpu, 0);
+    let flops = EncoderCache::labelled_rows(&tagger, &sentences, &batcher, &Device::Cpu)
+        .unwrap()
+        .encoder_flops();
+    let batches = batcher.eval_batches(&sentences, &Device::Cpu).unwrap();
+    let rows: Vec<Vec<u32>> = batches
+        .iter()
+        .map(|b| {
+            let t = b.input_ids.dim(1).unwrap();
+            let mut r = Vec::new();
+            for (row, &idx) in b.indices.iter().enumerate() {
+                let s = &sentences[idx];
+                r.extend(
+                    (0..s.len())
+                        .filter(|&p| s.labels[p] != IGNORE_INDEX)
+                        .map(|p| (row * t + p) as u32),
+                );
+            }
+            r
+        })
+        .collect();
+    for _round in 0..3 {
+        // PROBE_DATA_PARALLEL_ONLY=1 times only the data-parallel pass (for `perf record`).
+        if std::env::var_os("PROBE_DATA_PARALLEL_ONLY").is_none() {
+            time("cache pass, op-parallel", 1, Some(flops), &mut || {
+                for (b, r) in batches.iter().zip(&rows) {
+                    tagger.encode_rows(&inputs_of(b), r).unwrap();
+                }
+            });
+        }
+        time("cache pass, data-parallel", 1, Some(flops), &mut || {
+            EncoderCache::labelled_rows(&tagger, &sentences, &batcher, &Device::Cpu).unwrap();
+        });
+    }
+}

@@ -200,8 +200,8 @@ impl Bench {
 
 /// Where a whole adapter-tuning run spends its time.
 struct AdapterRunTimes {
-    /// Encoding every training sentence once (graph-free, length-sorted batches of 512 tokens) and
-    /// keeping its labelled tokens' rows.
+    /// Encoding every training sentence once (graph-free, length-sorted batches of 512 tokens,
+    /// one batch per thread) and keeping its labelled tokens' rows.
     cache_ms: f64,
     /// The matrix-product FLOPs of that pass ([`EncoderCache::encoder_flops`]).
     cache_flops: f64,

@@ -26,7 +26,7 @@
 //! ```
 
 use super::finetune::inputs_of;
-use crate::data::{Batcher, EncodedSentence, IGNORE_INDEX};
+use crate::data::{Batch, Batcher, EncodedSentence, IGNORE_INDEX};
 use crate::model::{ModelError, ParamGroup, Tagger};
 use candle_core::{DType, Device, Tensor};
 
@@ -151,13 +151,15 @@ impl EncoderCache {
         }
         let mut spans = vec![(0, 0); sentences.len()];
         let mut labels = Vec::new();
-        let mut parts = Vec::new();
         let mut rows = 0usize;
         let mut encoder_flops = 0.0;
         let batches = batcher
             .eval_batches(sentences, device)
             .map_err(|e| ModelError::Invalid(format!("encoder cache: {e}")))?;
-        for batch in batches {
+        // The bookkeeping in encoding order; then the batches with a kept row are encoded
+        // (a batch without any is not), on the CPU one batch per thread.
+        let mut jobs = Vec::with_capacity(batches.len());
+        for batch in &batches {
             let t = batch.input_ids.dim(1)?;
             let mut flat_positions = Vec::new();
             for (row, &idx) in batch.indices.iter().enumerate() {
@@ -168,16 +170,24 @@ impl EncoderCache {
                 labels.extend(positions.iter().map(|&p| s.labels[p]));
                 flat_positions.extend(positions.iter().map(|&p| (row * t + p) as u32));
             }
-            // The last layer computes only these rows; a batch without any is not encoded.
             if !flat_positions.is_empty() {
-                parts.push(tagger.encode_rows(&inputs_of(&batch), &flat_positions)?);
                 encoder_flops += tagger.config.encoder_forward_flops(
                     batch.indices.len(),
                     t,
                     flat_positions.len(),
                 );
+                jobs.push((batch, flat_positions));
             }
         }
+        // The last layer computes only the kept rows.
+        let encode = |(batch, flat_positions): &(&Batch, Vec<u32>)| {
+            tagger.encode_rows(&inputs_of(batch), flat_positions)
+        };
+        let parts = if device.is_cpu() {
+            crate::parallel::map_batches(&jobs, encode)?
+        } else {
+            jobs.iter().map(encode).collect::<Result<Vec<_>, _>>()?
+        };
         let h = tagger.config.hidden_size;
         let hidden = if parts.is_empty() {
             Tensor::zeros((0, h), DType::F32, device)?

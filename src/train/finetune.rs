@@ -200,9 +200,18 @@ fn evaluate(
     let mut predicted: Vec<Vec<String>> = vec![Vec::new(); encoded.len()];
     match predictor {
         Predictor::Tagger { batcher, device } => {
-            for batch in batcher.eval_batches(encoded, device)? {
-                let logits = frozen.logits(&inputs_of(&batch), lang, None)?;
-                let ids = logits.argmax(2)?.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+            let batches = batcher.eval_batches(encoded, device)?;
+            let predict = |batch: &Batch| -> Result<Vec<Vec<u32>>> {
+                let logits = frozen.logits(&inputs_of(batch), lang, None)?;
+                Ok(logits.argmax(2)?.to_dtype(DType::U32)?.to_vec2::<u32>()?)
+            };
+            // On the CPU one batch per thread (see [`crate::parallel`]).
+            let ids = if device.is_cpu() {
+                crate::parallel::map_batches(&batches, predict)?
+            } else {
+                batches.iter().map(predict).collect::<Result<Vec<_>>>()?
+            };
+            for (batch, ids) in batches.iter().zip(ids) {
                 for (row, &idx) in batch.indices.iter().enumerate() {
                     predicted[idx] = encoded[idx].word_predictions(&ids[row], labels);
                 }
