@@ -183,11 +183,7 @@ impl EncoderCache {
         let encode = |(batch, flat_positions): &(&Batch, Vec<u32>)| {
             tagger.encode_rows(&inputs_of(batch), flat_positions)
         };
-        let parts = if device.is_cpu() {
-            crate::parallel::map_batches(&jobs, encode)?
-        } else {
-            jobs.iter().map(encode).collect::<Result<Vec<_>, _>>()?
-        };
+        let parts = crate::parallel::map_batches(device, &jobs, encode)?;
         let h = tagger.config.hidden_size;
         let hidden = if parts.is_empty() {
             Tensor::zeros((0, h), DType::F32, device)?

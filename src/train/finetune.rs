@@ -206,11 +206,7 @@ fn evaluate(
                 Ok(logits.argmax(2)?.to_dtype(DType::U32)?.to_vec2::<u32>()?)
             };
             // On the CPU one batch per thread (see [`crate::parallel`]).
-            let ids = if device.is_cpu() {
-                crate::parallel::map_batches(&batches, predict)?
-            } else {
-                batches.iter().map(predict).collect::<Result<Vec<_>>>()?
-            };
+            let ids = crate::parallel::map_batches(device, &batches, predict)?;
             for (batch, ids) in batches.iter().zip(ids) {
                 for (row, &idx) in batch.indices.iter().enumerate() {
                     predicted[idx] = encoded[idx].word_predictions(&ids[row], labels);
