@@ -437,6 +437,7 @@ fn probe_encode_rows() {
                 .collect()
         })
         .collect();
+    let encoder = tagger.frozen_encoder().unwrap();
     let mut times = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
     for _round in 0..4 {
         for (k, slot) in times.iter_mut().enumerate() {
@@ -444,7 +445,7 @@ fn probe_encode_rows() {
             for (b, r) in batches.iter().zip(&rows) {
                 let inputs = inputs_of(b);
                 if k == 0 {
-                    let h = tagger.encode(&inputs, None).unwrap();
+                    let h = encoder.encode(&inputs).unwrap();
                     let (bb, t, hh) = h.dims3().unwrap();
                     let idx = Tensor::new(r.as_slice(), &Device::Cpu).unwrap();
                     h.reshape((bb * t, hh))
@@ -452,7 +453,7 @@ fn probe_encode_rows() {
                         .index_select(&idx, 0)
                         .unwrap();
                 } else {
-                    tagger.encode_rows(&inputs, r).unwrap();
+                    encoder.encode_rows(&inputs, r).unwrap();
                 }
             }
             slot.0.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -537,17 +538,51 @@ fn probe_cache_data_parallel() {
             r
         })
         .collect();
+    let encoder = tagger.frozen_encoder().unwrap();
     for _round in 0..3 {
         // PROBE_DATA_PARALLEL_ONLY=1 times only the data-parallel pass (for `perf record`).
         if std::env::var_os("PROBE_DATA_PARALLEL_ONLY").is_none() {
             time("cache pass, op-parallel", 1, Some(flops), &mut || {
                 for (b, r) in batches.iter().zip(&rows) {
-                    tagger.encode_rows(&inputs_of(b), r).unwrap();
+                    encoder.encode_rows(&inputs_of(b), r).unwrap();
                 }
             });
+            // The same data-parallel pass reading the checkpoint layout of the weights.
+            let detached = tagger
+                .group(&primer::model::ParamGroup::Encoder)
+                .unwrap()
+                .detached_tensors();
+            time(
+                "cache pass, untransposed weights",
+                1,
+                Some(flops),
+                &mut || {
+                    let jobs: Vec<_> = batches.iter().zip(&rows).collect();
+                    primer::parallel::map_batches(&Device::Cpu, &jobs, |(b, r)| {
+                        primer::model::bert::encode_rows(
+                            &tagger.config,
+                            &detached,
+                            &inputs_of(b),
+                            r,
+                        )
+                    })
+                    .unwrap();
+                },
+            );
         }
         time("cache pass, data-parallel", 1, Some(flops), &mut || {
             EncoderCache::labelled_rows(&tagger, &sentences, &batcher, &Device::Cpu).unwrap();
         });
     }
+}
+
+/// Making a frozen encoder (every layer's linear weights transposed) for MiniLM.
+#[test]
+#[ignore]
+fn probe_frozen_encoder() {
+    primer::device::retain_freed_memory();
+    let tagger = minilm_tagger();
+    time("frozen encoder (transposes)", 10, None, &mut || {
+        tagger.frozen_encoder().unwrap();
+    });
 }

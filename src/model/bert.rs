@@ -9,11 +9,12 @@ use super::embeddings::{
 };
 use super::error::{ModelError, Result};
 use super::layer::{
-    LAYER_PARAM_NAMES, LayerDropout, LayerSpec, encoder_layer, encoder_layer_rows,
-    fused_layer_supported, layer_param_shape, sequence_groups,
+    LAYER_PARAM_NAMES, LayerDropout, LayerSpec, TransposedLinears, encoder_layer,
+    encoder_layer_rows, fused_layer_supported, fused_params_supported, layer_param_shape,
+    sequence_groups,
 };
 use super::ops::{dropout, gelu, layer_norm, linear, scaled_linear};
-use super::params::{ParamSet, Weights, read_safetensors, save_named, take_checked};
+use super::params::{ParamSet, TensorSet, Weights, read_safetensors, save_named, take_checked};
 use crate::rng::SeededRng;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -143,7 +144,7 @@ pub fn encode(
     inputs: &EncoderInputs<'_>,
     dropout_rng: Option<&mut SeededRng>,
 ) -> Result<Tensor> {
-    encode_impl(cfg, w, inputs, dropout_rng, None)
+    encode_impl(cfg, w, inputs, dropout_rng, None, None)
 }
 
 /// The last hidden states at some token rows only, in evaluation mode: `[rows.len(), H]`,
@@ -160,7 +161,68 @@ pub fn encode_rows(
     inputs: &EncoderInputs<'_>,
     rows: &[u32],
 ) -> Result<Tensor> {
-    encode_impl(cfg, w, inputs, None, Some(rows))
+    encode_impl(cfg, w, inputs, None, Some(rows), None)
+}
+
+/// The encoder's weights held fixed for one inference pass — scoring a split, building the
+/// encoder cache — with every layer's linear weights also transposed once for the pass
+/// (on the CPU, where the fused layers read them: [`super::ops::LinearWeight::InByOut`];
+/// the cache pass of 320 sentences took 10-13% less time). [`Tagger::frozen_encoder`] makes
+/// one.
+///
+/// It shares the weights' storage but owns the transposes, which would go stale if the
+/// weights were trained afterwards: make one per pass, after training, and drop it with the
+/// pass. The transposes cost one more copy of the layers' linear weights (MiniLM 42 MB,
+/// mBERT 340 MB) while it lives.
+///
+/// [`Tagger::frozen_encoder`]: super::Tagger::frozen_encoder
+pub struct FrozenEncoder<'a> {
+    config: &'a BertConfig,
+    weights: TensorSet,
+    /// One per layer, or `None` off the fused CPU path.
+    transposed: Option<Vec<Arc<TransposedLinears>>>,
+}
+
+impl<'a> FrozenEncoder<'a> {
+    /// Fixes `weights` (graph-free, e.g. [`ParamSet::detached_tensors`]) for a pass.
+    pub fn new(config: &'a BertConfig, weights: TensorSet) -> Result<Self> {
+        let mut transposed = Some(Vec::with_capacity(config.num_hidden_layers));
+        for l in 0..config.num_hidden_layers {
+            let params = LAYER_PARAM_NAMES
+                .iter()
+                .map(|n| weights.weight(&format!("encoder.layer.{l}.{n}")))
+                .collect::<Result<Vec<&Tensor>>>()?;
+            if params.iter().any(|p| p.is_variable() || p.track_op()) {
+                return Err(ModelError::Invalid(
+                    "frozen encoder: the weights must be graph-free tensors".into(),
+                ));
+            }
+            if !fused_params_supported(&params) {
+                transposed = None;
+                break;
+            }
+            if let Some(t) = transposed.as_mut() {
+                t.push(Arc::new(TransposedLinears::new(&params)?));
+            }
+        }
+        Ok(Self {
+            config,
+            weights,
+            transposed,
+        })
+    }
+
+    /// [`encode`] in evaluation mode: the last hidden states `[B, T, H]`.
+    pub fn encode(&self, inputs: &EncoderInputs<'_>) -> Result<Tensor> {
+        let t = self.transposed.as_deref();
+        encode_impl(self.config, &self.weights, inputs, None, None, t)
+    }
+
+    /// [`encode_rows`]: the last hidden states at the flat token rows `rows` only.
+    pub fn encode_rows(&self, inputs: &EncoderInputs<'_>, rows: &[u32]) -> Result<Tensor> {
+        let t = self.transposed.as_deref();
+        encode_impl(self.config, &self.weights, inputs, None, Some(rows), t)
+    }
 }
 
 fn encode_impl(
@@ -169,6 +231,7 @@ fn encode_impl(
     inputs: &EncoderInputs<'_>,
     mut dropout_rng: Option<&mut SeededRng>,
     rows: Option<&[u32]>,
+    transposed: Option<&[Arc<TransposedLinears>]>,
 ) -> Result<Tensor> {
     let (b, t) = inputs.input_ids.dims2()?;
     if let Some(rows) = rows {
@@ -244,18 +307,23 @@ fn encode_impl(
             let last = l + 1 == cfg.num_hidden_layers;
             let graph_free =
                 !x.track_op() && params.iter().all(|p| !p.is_variable() && !p.track_op());
+            // Transposes are read only where nothing is tracked: no backward can follow.
+            let layer_t = match transposed {
+                Some(ts) if graph_free => ts.get(l).cloned(),
+                _ => None,
+            };
             if let Some(rows) = rows
                 && last
                 && graph_free
                 && dropout_rng.is_none()
             {
-                return encoder_layer_rows(&x, &params, key_bias, spec, rows);
+                return encoder_layer_rows(&x, &params, key_bias, spec, rows, layer_t);
             }
             let drop = match dropout_rng.as_deref_mut() {
                 Some(r) => draw_layer_dropout(r, [b, t, h, nh], p_attn, p_hidden),
                 None => LayerDropout::default(),
             };
-            x = encoder_layer(&x, &params, key_bias, spec, drop)?;
+            x = encoder_layer(&x, &params, key_bias, spec, drop, layer_t)?;
         } else {
             x = encoder_layer_composite(
                 &x,
@@ -540,7 +608,7 @@ mod tests {
                 let mut r = SeededRng::new(seed);
                 draw_layer_dropout(&mut r, [b, t, h, nh], p, p)
             };
-            let y1 = encoder_layer(x, &params, key_bias.clone(), spec, drop(8)).unwrap();
+            let y1 = encoder_layer(x, &params, key_bias.clone(), spec, drop(8), None).unwrap();
             let mut r2 = SeededRng::new(8);
             let y2 =
                 encoder_layer_composite(x, &params, &bias, spec, (p, p), Some(&mut r2)).unwrap();
@@ -619,14 +687,21 @@ mod tests {
             heads: nh,
             eps: cfg.layer_norm_eps as f32,
         };
-        let layer_whole =
-            encoder_layer(&x, &params, key_bias.clone(), spec, LayerDropout::default())
-                .unwrap()
-                .reshape((b * t, h))
-                .unwrap()
-                .index_select(&Tensor::new(rows.as_slice(), &dev).unwrap(), 0)
-                .unwrap();
-        let layer_rows = encoder_layer_rows(&x, &params, key_bias, spec, &rows).unwrap();
+        let layer_whole = encoder_layer(
+            &x,
+            &params,
+            key_bias.clone(),
+            spec,
+            LayerDropout::default(),
+            None,
+        )
+        .unwrap()
+        .reshape((b * t, h))
+        .unwrap()
+        .index_select(&Tensor::new(rows.as_slice(), &dev).unwrap(), 0)
+        .unwrap();
+        let layer_rows =
+            encoder_layer_rows(&x, &params, key_bias.clone(), spec, &rows, None).unwrap();
         assert!(max_abs(&layer_rows, &layer_whole) < 1e-5);
 
         for composite in [false, true] {
@@ -640,7 +715,36 @@ mod tests {
             );
             assert!(encode_rows(&cfg, &weights, &inputs, &[3, 21]).is_err());
             assert!(encode_rows(&cfg, &weights, &inputs, &[15, 2]).is_err());
+
+            // A frozen encoder (transposed linear weights on the CPU kernels only) computes
+            // the same.
+            let frozen = FrozenEncoder::new(&cfg, weights.clone()).unwrap();
+            assert_eq!(frozen.transposed.is_some(), !composite);
+            let got = frozen.encode_rows(&inputs, &rows).unwrap();
+            assert!(max_abs(&got, &want) < 1e-5, "{}", max_abs(&got, &want));
+            let got_whole = frozen.encode(&inputs).unwrap();
+            assert!(max_abs(&got_whole, &whole) < 1e-5);
+            assert!(frozen.encode_rows(&inputs, &[15, 2]).is_err());
         }
+        // Transposes serve inference only: never a tracked layer, never trainable weights.
+        let x_var = candle_core::Var::from_tensor(&x).unwrap();
+        let frozen_t = Arc::new(TransposedLinears::new(&params).unwrap());
+        let tracked = encoder_layer(
+            x_var.as_tensor(),
+            &params,
+            key_bias.clone(),
+            spec,
+            LayerDropout::default(),
+            Some(frozen_t),
+        );
+        assert!(tracked.is_err());
+        let vars = weights.to_params().unwrap();
+        let var_set = TensorSet::from_pairs(
+            vars.iter()
+                .map(|(n, v)| (n.to_string(), v.as_tensor().clone())),
+        )
+        .unwrap();
+        assert!(FrozenEncoder::new(&cfg, var_set).is_err());
         let none = encode_rows(&cfg, &weights, &inputs, &[]).unwrap();
         assert_eq!(none.dims(), [0, h]);
     }

@@ -277,6 +277,29 @@ pub fn add_row(x: &[f32], b: &[f32], y: &mut [f32]) {
     add_assign(y, b);
 }
 
+/// Columns `c0..c0 + n` of the `rows × cols` row-major `w`, transposed: `out` is `n × rows`
+/// row-major (row `j` is column `c0 + j` of `w`). Eight-by-eight register blocks on AVX2.
+pub fn transpose_columns(w: &[f32], rows: usize, cols: usize, c0: usize, out: &mut [f32]) {
+    let n = out.len() / rows.max(1);
+    assert!(
+        w.len() == rows * cols && out.len() == n * rows && c0 + n <= cols,
+        "transpose: columns {c0}..{} of a {rows}×{cols} matrix into {} values",
+        c0 + n,
+        out.len()
+    );
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if n == 8 && use_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked above); shapes checked above.
+        done = unsafe { avx::transpose_8_columns(w, rows, cols, c0, out) };
+    }
+    for r in done..rows {
+        for j in 0..n {
+            out[j * rows + r] = w[r * cols + c0 + j];
+        }
+    }
+}
+
 // ------------------------------------------------------------------------- AVX2 + FMA
 
 #[cfg(target_arch = "x86_64")]
@@ -623,6 +646,60 @@ mod avx {
         }
     }
 
+    /// [`super::transpose_columns`] of eight columns for the rows `0..k` in whole blocks of
+    /// eight; returns `k` (the caller does the rest). Caller checks the shapes.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn transpose_8_columns(
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        c0: usize,
+        out: &mut [f32],
+    ) -> usize {
+        let k = rows / W * W;
+        let mut r0 = 0;
+        while r0 < k {
+            // SAFETY: rows r0..r0+8 < rows, columns c0..c0+8 <= cols (checked by the
+            // caller), so every load lies inside w; every store writes 8 values of one
+            // output row, r0 + 8 <= rows.
+            unsafe {
+                let ld = |i: usize| _mm256_loadu_ps(w.as_ptr().add((r0 + i) * cols + c0));
+                let (a0, a1) = (ld(0), ld(1));
+                let (a2, a3) = (ld(2), ld(3));
+                let (a4, a5) = (ld(4), ld(5));
+                let (a6, a7) = (ld(6), ld(7));
+                let t0 = _mm256_unpacklo_ps(a0, a1);
+                let t1 = _mm256_unpackhi_ps(a0, a1);
+                let t2 = _mm256_unpacklo_ps(a2, a3);
+                let t3 = _mm256_unpackhi_ps(a2, a3);
+                let t4 = _mm256_unpacklo_ps(a4, a5);
+                let t5 = _mm256_unpackhi_ps(a4, a5);
+                let t6 = _mm256_unpacklo_ps(a6, a7);
+                let t7 = _mm256_unpackhi_ps(a6, a7);
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let mut st =
+                    |j: usize, v: __m256| _mm256_storeu_ps(out.as_mut_ptr().add(j * rows + r0), v);
+                st(0, _mm256_permute2f128_ps::<0x20>(u0, u4));
+                st(1, _mm256_permute2f128_ps::<0x20>(u1, u5));
+                st(2, _mm256_permute2f128_ps::<0x20>(u2, u6));
+                st(3, _mm256_permute2f128_ps::<0x20>(u3, u7));
+                st(4, _mm256_permute2f128_ps::<0x31>(u0, u4));
+                st(5, _mm256_permute2f128_ps::<0x31>(u1, u5));
+                st(6, _mm256_permute2f128_ps::<0x31>(u2, u6));
+                st(7, _mm256_permute2f128_ps::<0x31>(u3, u7));
+            }
+            r0 += W;
+        }
+        k
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn add_assign(acc: &mut [f32], x: &[f32]) {
         let n = acc.len() / W * W;
@@ -641,6 +718,27 @@ mod avx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transpose_columns_copies_every_value_in_whole_and_partial_blocks() {
+        for (rows, cols) in [(1, 8), (8, 8), (13, 20), (40, 17), (3, 3)] {
+            let w: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            for c0 in 0..cols {
+                for n in [1usize, 3, 8] {
+                    if c0 + n > cols {
+                        continue;
+                    }
+                    let mut out = vec![-1f32; n * rows];
+                    transpose_columns(&w, rows, cols, c0, &mut out);
+                    for j in 0..n {
+                        for r in 0..rows {
+                            assert_eq!(out[j * rows + r], w[r * cols + c0 + j], "{rows}x{cols}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     fn grid() -> Vec<f32> {
         (-4000..=4000).map(|i| i as f32 * 0.0025).collect()

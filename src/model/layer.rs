@@ -19,8 +19,8 @@ use super::error::{ModelError, Result};
 use super::grad::deliver_values;
 use super::kernels;
 use super::ops::{
-    ELEMENTWISE_BLOCK, MatRef, column_sum, cpu_slice, gemm, layer_norm_backward, linear_rows,
-    map_rows, map_rows2, storage_slice,
+    ELEMENTWISE_BLOCK, LinearWeight, MatRef, column_sum, cpu_slice, gemm, layer_norm_backward,
+    linear_rows, map_rows, map_rows2, storage_slice, transposed,
 };
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -94,6 +94,45 @@ pub(crate) struct LayerSpec {
     pub eps: f32,
 }
 
+/// The linear parameters of a layer (indices into [`LAYER_PARAM_NAMES`]).
+const LINEAR_WEIGHTS: [usize; 6] = [Q_W, K_W, V_W, ATT_OUT_W, INTER_W, OUT_W];
+
+/// A layer's six linear weights transposed to `in × out` ([`LinearWeight::InByOut`]), made
+/// once for an inference pass over fixed weights and read by every batch of it. Only valid
+/// with the very parameter values they were made from: the fused layer accepts them only
+/// when nothing is tracked (no backward can follow), and [`super::bert::FrozenEncoder`]
+/// makes them together with the weights it reads.
+pub(crate) struct TransposedLinears {
+    weights: [Vec<f32>; 6],
+}
+
+impl TransposedLinears {
+    /// From a layer's parameters in [`LAYER_PARAM_NAMES`] order (CPU, f32; check
+    /// [`fused_params_supported`] first).
+    pub(crate) fn new(params: &[&Tensor]) -> Result<Self> {
+        if params.len() != LAYER_PARAM_NAMES.len() {
+            return Err(ModelError::Invalid(format!(
+                "transposed linears: {} parameters, expected {}",
+                params.len(),
+                LAYER_PARAM_NAMES.len()
+            )));
+        }
+        let mut weights: [Vec<f32>; 6] = Default::default();
+        for (slot, &i) in weights.iter_mut().zip(&LINEAR_WEIGHTS) {
+            let w = params[i].contiguous()?;
+            let (out, k) = w.dims2()?;
+            let (s, l) = w.storage_and_layout();
+            *slot = transposed(storage_slice(&s, l, LAYER_PARAM_NAMES[i])?, out, k);
+        }
+        Ok(Self { weights })
+    }
+
+    fn get(&self, param: usize) -> Option<&[f32]> {
+        let slot = LINEAR_WEIGHTS.iter().position(|&i| i == param)?;
+        Some(&self.weights[slot])
+    }
+}
+
 /// Whether [`encoder_layer`] can run on these tensors: kernels on ([`super::dispatch`]), all
 /// on the CPU in f32, and every parameter a variable or a constant. (A parameter computed from
 /// variables needs the composite layer: gradients delivered to it would not flow further back.)
@@ -120,6 +159,7 @@ pub(crate) fn encoder_layer(
     key_bias: Arc<Vec<f32>>,
     spec: LayerSpec,
     dropout: LayerDropout,
+    transposed: Option<Arc<TransposedLinears>>,
 ) -> Result<Tensor> {
     let (b, t, h, inter) = check_layer_shapes(x, params, spec)?;
     let (n, tt) = (b * t * h, b * spec.heads * t * t);
@@ -135,7 +175,12 @@ pub(crate) fn encoder_layer(
         )));
     }
     let keep_activations = x.track_op() || params.iter().any(|p| p.is_variable());
-    let op = EncoderLayerOp::new(
+    if keep_activations && transposed.is_some() {
+        return Err(ModelError::Invalid(
+            "encoder layer: transposed weights are for inference only (nothing tracked)".into(),
+        ));
+    }
+    let mut op = EncoderLayerOp::new(
         params,
         key_bias,
         spec,
@@ -143,6 +188,7 @@ pub(crate) fn encoder_layer(
         dropout,
         keep_activations,
     );
+    op.transposed = transposed;
     // The query weight is the op's second graph input so that candle records the op (and
     // calls its backward) whenever the parameters are variables, even if `x` is constant.
     Ok(x.contiguous()?.apply_op2(params[Q_W], op)?)
@@ -162,6 +208,7 @@ pub(crate) fn encoder_layer_rows(
     key_bias: Arc<Vec<f32>>,
     spec: LayerSpec,
     rows: &[u32],
+    transposed: Option<Arc<TransposedLinears>>,
 ) -> Result<Tensor> {
     let (b, t, h, inter) = check_layer_shapes(x, params, spec)?;
     if x.track_op() || params.iter().any(|p| p.is_variable() || p.track_op()) {
@@ -178,7 +225,7 @@ pub(crate) fn encoder_layer_rows(
         )));
     }
     let groups = sequence_groups(rows, b, t)?;
-    let op = EncoderLayerOp::new(
+    let mut op = EncoderLayerOp::new(
         params,
         key_bias,
         spec,
@@ -186,6 +233,7 @@ pub(crate) fn encoder_layer_rows(
         LayerDropout::default(),
         false,
     );
+    op.transposed = transposed;
     let x = x.contiguous()?;
     let y = {
         let (xs, xl) = x.storage_and_layout();
@@ -272,6 +320,8 @@ struct EncoderLayerOp {
     /// Whether a backward can follow (some input is tracked): keep the activations.
     keep_activations: bool,
     saved: Mutex<Option<Activations>>,
+    /// The linear weights pre-transposed for an inference pass, if any.
+    transposed: Option<Arc<TransposedLinears>>,
 }
 
 /// What the backward needs from the forward, all row-major over the B·T rows.
@@ -389,6 +439,16 @@ impl EncoderLayerOp {
             dropout,
             keep_activations,
             saved: Mutex::new(None),
+            transposed: None,
+        }
+    }
+
+    /// Linear parameter `i` ([`LAYER_PARAM_NAMES`]) as the forward's GEMMs read it: its
+    /// transpose when the op has them, else the checkpoint layout `p[i]`.
+    fn linear<'a>(&'a self, p: &[&'a [f32]], i: usize) -> LinearWeight<'a> {
+        match self.transposed.as_deref().and_then(|t| t.get(i)) {
+            Some(wt) => LinearWeight::InByOut(wt),
+            None => LinearWeight::OutByIn(p[i]),
         }
     }
 
@@ -410,9 +470,9 @@ impl EncoderLayerOp {
         let (rows, h) = (self.rows(), self.dims.h);
         let scale = 1.0 / (self.dims.dh as f32).sqrt();
         // Scaling q (B·T·H values) instead of the scores (B·nh·T·T) is cheaper and the same.
-        let q = linear_rows(x, p[Q_W], p[Q_B], scale, rows, h, h);
-        let k = linear_rows(x, p[K_W], p[K_B], 1.0, rows, h, h);
-        let v = linear_rows(x, p[V_W], p[V_B], 1.0, rows, h, h);
+        let q = linear_rows(x, self.linear(p, Q_W), p[Q_B], scale, rows, h, h);
+        let k = linear_rows(x, self.linear(p, K_W), p[K_B], 1.0, rows, h, h);
+        let v = linear_rows(x, self.linear(p, V_W), p[V_B], 1.0, rows, h, h);
         let mut ctx = vec![0f32; rows * h];
         self.attention().forward(&q, &k, &v, &mut ctx);
         let (y, post) = self.after_attention(ctx, x, p);
@@ -434,14 +494,30 @@ impl EncoderLayerOp {
     ) -> (Vec<f32>, AfterAttention) {
         let (h, inter, eps) = (self.dims.h, self.inter, self.spec.eps);
         let rows = x.len() / h;
-        let mut s1 = linear_rows(&ctx, p[ATT_OUT_W], p[ATT_OUT_B], 1.0, rows, h, h);
+        let mut s1 = linear_rows(
+            &ctx,
+            self.linear(p, ATT_OUT_W),
+            p[ATT_OUT_B],
+            1.0,
+            rows,
+            h,
+            h,
+        );
         dropout_residual(&mut s1, self.dropout.attention_output.as_deref(), x);
         let h1 = map_rows(&s1, h, |r, y| {
             kernels::layer_norm_row(r, p[LN1_G], p[LN1_B], eps, y)
         });
-        let u = linear_rows(&h1, p[INTER_W], p[INTER_B], 1.0, rows, h, inter);
+        let u = linear_rows(
+            &h1,
+            self.linear(p, INTER_W),
+            p[INTER_B],
+            1.0,
+            rows,
+            h,
+            inter,
+        );
         let f = map_rows(&u, ELEMENTWISE_BLOCK, kernels::gelu);
-        let mut s2 = linear_rows(&f, p[OUT_W], p[OUT_B], 1.0, rows, inter, h);
+        let mut s2 = linear_rows(&f, self.linear(p, OUT_W), p[OUT_B], 1.0, rows, inter, h);
         dropout_residual(&mut s2, self.dropout.output.as_deref(), &h1);
         let y = map_rows(&s2, h, |r, y| {
             kernels::layer_norm_row(r, p[LN2_G], p[LN2_B], eps, y)
@@ -470,14 +546,14 @@ impl EncoderLayerOp {
     ) -> Vec<f32> {
         let (all, h) = (self.rows(), self.dims.h);
         let scale = 1.0 / (self.dims.dh as f32).sqrt();
-        let k = linear_rows(x, p[K_W], p[K_B], 1.0, all, h, h);
-        let v = linear_rows(x, p[V_W], p[V_B], 1.0, all, h, h);
+        let k = linear_rows(x, self.linear(p, K_W), p[K_B], 1.0, all, h, h);
+        let v = linear_rows(x, self.linear(p, V_W), p[V_B], 1.0, all, h, h);
         let mut kept = Vec::with_capacity(rows.len() * h);
         for &r in rows {
             let r = r as usize;
             kept.extend_from_slice(&x[r * h..(r + 1) * h]);
         }
-        let q = linear_rows(&kept, p[Q_W], p[Q_B], scale, rows.len(), h, h);
+        let q = linear_rows(&kept, self.linear(p, Q_W), p[Q_B], scale, rows.len(), h, h);
         let mut ctx = vec![0f32; rows.len() * h];
         self.attention().forward_rows(&q, groups, &k, &v, &mut ctx);
         self.after_attention(ctx, &kept, p).0

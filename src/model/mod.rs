@@ -49,7 +49,9 @@ pub mod ops;
 pub mod params;
 pub mod tagger;
 
-pub use bert::{EncoderInputs, encode, encoder_param_shapes, load_encoder, save_encoder};
+pub use bert::{
+    EncoderInputs, FrozenEncoder, encode, encoder_param_shapes, load_encoder, save_encoder,
+};
 pub use config::BertConfig;
 pub use error::ModelError;
 pub use grad::backward;

@@ -1,7 +1,7 @@
 //! The tagger: encoder f (θp) → optional bottleneck adapter g (θa) → one linear head h per
 //! language (θh), with explicit parameter groups.
 
-use super::bert::{EncoderInputs, encode, load_encoder, save_encoder};
+use super::bert::{EncoderInputs, FrozenEncoder, encode, load_encoder, save_encoder};
 use super::config::BertConfig;
 use super::error::{ModelError, Result};
 use super::ops::{linear, masked_cross_entropy};
@@ -340,11 +340,12 @@ impl Tagger {
         encode(&self.config, enc.as_weights(), inputs, dropout)
     }
 
-    /// The encoder output at the flat token rows `rows` only (evaluation mode; see
-    /// [`super::bert::encode_rows`]): `[rows.len(), H]`.
-    pub fn encode_rows(&self, inputs: &EncoderInputs<'_>, rows: &[u32]) -> Result<Tensor> {
-        let enc = self.weights_of(&ParamGroup::Encoder)?;
-        super::bert::encode_rows(&self.config, enc.as_weights(), inputs, rows)
+    /// The encoder's current weights fixed for one inference pass (evaluation mode,
+    /// graph-free, faster on the CPU than [`Self::encode`]): see [`FrozenEncoder`], and make
+    /// a new one after the weights change.
+    pub fn frozen_encoder(&self) -> Result<FrozenEncoder<'_>> {
+        let enc = self.group(&ParamGroup::Encoder)?;
+        FrozenEncoder::new(&self.config, enc.detached_tensors())
     }
 
     /// Logits from (possibly cached) encoder outputs through θa (if present) and θh of `lang`.

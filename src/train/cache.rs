@@ -7,7 +7,7 @@
 //! tokens; scoring needs it at each word's first subword. [`EncoderCache`] encodes every
 //! sentence once (graph-free, encoder dropout off) and keeps only those rows, packed into one
 //! `[rows, H]` tensor (on the CPU the last layer computes only those rows past its key and
-//! value projections: [`Tagger::encode_rows`]). A step then runs the adapter and head on the
+//! value projections: [`crate::model::FrozenEncoder::encode_rows`]). A step then runs the adapter and head on the
 //! batch's labelled rows alone — no padding, no special tokens, no continuation subwords — and
 //! computes the same loss and gradients as the padded batch would (up to the order of float
 //! sums).
@@ -180,8 +180,9 @@ impl EncoderCache {
             }
         }
         // The last layer computes only the kept rows.
+        let encoder = tagger.frozen_encoder()?;
         let encode = |(batch, flat_positions): &(&Batch, Vec<u32>)| {
-            tagger.encode_rows(&inputs_of(batch), flat_positions)
+            encoder.encode_rows(&inputs_of(batch), flat_positions)
         };
         let parts = crate::parallel::map_batches(device, &jobs, encode)?;
         let h = tagger.config.hidden_size;

@@ -201,8 +201,10 @@ fn evaluate(
     match predictor {
         Predictor::Tagger { batcher, device } => {
             let batches = batcher.eval_batches(encoded, device)?;
+            let encoder = frozen.frozen_encoder()?;
             let predict = |batch: &Batch| -> Result<Vec<Vec<u32>>> {
-                let logits = frozen.logits(&inputs_of(batch), lang, None)?;
+                let hidden = encoder.encode(&inputs_of(batch))?;
+                let logits = frozen.logits_from_hidden(&hidden, lang)?;
                 Ok(logits.argmax(2)?.to_dtype(DType::U32)?.to_vec2::<u32>()?)
             };
             // On the CPU one batch per thread (see [`crate::parallel`]).
