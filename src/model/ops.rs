@@ -925,7 +925,7 @@ mod tests {
     #[test]
     fn transposed_weights_give_the_same_linear_rows() {
         let mut rng = SeededRng::new(11);
-        // Sizes that are not multiples of the transpose tile or the GEMM panels.
+        // Sizes that are not multiples of the transpose strips or the GEMM panels.
         for (rows, k, out) in [(1, 1, 1), (5, 3, 70), (37, 45, 33), (64, 96, 40)] {
             let x = rng.normal_vec(rows * k, 1.0);
             let w = rng.normal_vec(out * k, 1.0);

@@ -7,10 +7,10 @@
 //! tokens; scoring needs it at each word's first subword. [`EncoderCache`] encodes every
 //! sentence once (graph-free, encoder dropout off) and keeps only those rows, packed into one
 //! `[rows, H]` tensor (on the CPU the last layer computes only those rows past its key and
-//! value projections: [`crate::model::FrozenEncoder::encode_rows`]). A step then runs the adapter and head on the
-//! batch's labelled rows alone — no padding, no special tokens, no continuation subwords — and
-//! computes the same loss and gradients as the padded batch would (up to the order of float
-//! sums).
+//! value projections: [`crate::model::FrozenEncoder::encode_rows`]). A step then runs the
+//! adapter and head on the batch's labelled rows alone — no padding, no special tokens, no
+//! continuation subwords — and computes the same loss and gradients as the padded batch would
+//! (up to the order of float sums).
 //!
 //! ```no_run
 //! # use primer::model::Tagger;
