@@ -67,8 +67,66 @@ pub enum Subsample {
     /// The first N sentences of the file.
     #[default]
     First,
-    /// N sentences drawn without replacement with the run's data seed (order preserved).
+    /// N sentences drawn without replacement (file order preserved): training sentences with
+    /// [`DataConfig::train_seed`], dev and test sentences with [`DataConfig::eval_seed`].
     Seeded,
+}
+
+/// Which seed draws the training subset when `subsample = "seeded"`: `"run"` (the run's own
+/// seed, so seeds of a sweep also vary the training data) or a fixed integer (every seed trains
+/// on the same sentences and differs only in initialisation, dropout and batch order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TrainSeed {
+    #[default]
+    Run,
+    Fixed(u64),
+}
+
+impl TrainSeed {
+    /// The seed of the training draw of a run seeded `run_seed`.
+    pub fn resolve(self, run_seed: u64) -> u64 {
+        match self {
+            TrainSeed::Run => run_seed,
+            TrainSeed::Fixed(s) => s,
+        }
+    }
+}
+
+impl Serialize for TrainSeed {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TrainSeed::Run => s.serialize_str("run"),
+            TrainSeed::Fixed(n) => s.serialize_u64(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TrainSeed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = TrainSeed;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"run\" or a non-negative integer seed")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TrainSeed, E> {
+                if v == "run" {
+                    Ok(TrainSeed::Run)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<TrainSeed, E> {
+                Ok(TrainSeed::Fixed(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<TrainSeed, E> {
+                u64::try_from(v)
+                    .map(TrainSeed::Fixed)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// Where a language's WikiAnn data lives and how much of it to use.
@@ -86,6 +144,12 @@ pub struct DataConfig {
     pub test_limit: Option<usize>,
     /// How limits pick sentences.
     pub subsample: Subsample,
+    /// Seed of the dev and test draws under `subsample = "seeded"`. It is not the run's seed,
+    /// so every seed and setting of a sweep is scored on the same sentences (a sweep checks
+    /// that its fine-tuning runs agree on every language; see `primer::sweep::plan`).
+    pub eval_seed: u64,
+    /// Seed of the training draw under `subsample = "seeded"`.
+    pub train_seed: TrainSeed,
     /// Maximum sequence length in subword tokens, `[CLS]` and `[SEP]` included.
     pub max_len: usize,
     /// Reject I- tags that do not continue a chunk of the same type (strict IOB2 input).
@@ -100,9 +164,37 @@ impl Default for DataConfig {
             dev_limit: None,
             test_limit: None,
             subsample: Subsample::First,
+            eval_seed: 0,
+            train_seed: TrainSeed::Run,
             max_len: 128,
             strict_iob2: false,
         }
+    }
+}
+
+impl DataConfig {
+    /// The keys that decide which dev and test sentences a run is scored on, as
+    /// `(key, value)` pairs: two runs on one language with equal lists score the same
+    /// sentences. The eval seed counts only where it draws something.
+    pub fn evaluation_keys(&self) -> Vec<(&'static str, String)> {
+        let limit = |l: Option<usize>| l.map_or("all".to_string(), |n| n.to_string());
+        let mut keys = vec![
+            ("data.root", self.root.display().to_string()),
+            ("data.dev_limit", limit(self.dev_limit)),
+            ("data.test_limit", limit(self.test_limit)),
+        ];
+        let limited = self.dev_limit.is_some() || self.test_limit.is_some();
+        if limited {
+            let how = match self.subsample {
+                Subsample::First => "first",
+                Subsample::Seeded => "seeded",
+            };
+            keys.push(("data.subsample", how.to_string()));
+            if self.subsample == Subsample::Seeded {
+                keys.push(("data.eval_seed", self.eval_seed.to_string()));
+            }
+        }
+        keys
     }
 }
 

@@ -70,6 +70,13 @@ fn quick_demo_produces_tables_and_figures_and_resumes_as_done() {
     // Every fine-tuning run of the quick demo (9 settings × 2 targets) is in the scores.
     let scores = std::fs::read_to_string(results.join("scores.csv")).unwrap();
     assert_eq!(scores.lines().count(), 1 + 9 * 2, "{scores}");
+    // One seed of a random tiny model: the comparisons must not read a win into noise.
+    let cmp = std::fs::read_to_string(results.join("comparison.md")).unwrap();
+    assert!(cmp.contains("inconclusive (1 seed)"), "{cmp}");
+    assert!(
+        !cmp.contains("| better ") && !cmp.contains("| worse "),
+        "a verdict from one seed:\n{cmp}"
+    );
     let fig4 = std::fs::read_to_string(results.join("figure4.svg")).unwrap();
     assert!(
         fig4.contains("<svg") && fig4.contains("PE"),

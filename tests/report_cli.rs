@@ -31,6 +31,7 @@ fn metrics(lang: &str, seed: u64, method: FinetuneMethod, correct: u32) -> Finet
         wall_time_s: 0.5,
         truncated_words_dev: 0,
         truncated_words_test: 0,
+        eval_sets: Default::default(),
         test_sentence_counts: (0..n)
             .map(|i| if i < correct { [1, 1, 1] } else { [0, 1, 1] })
             .collect(),
@@ -129,7 +130,9 @@ fn report_command_prints_table_and_writes_files() {
     }
     let cmp = std::fs::read_to_string(out.join("comparison.md")).unwrap();
     assert!(
-        cmp.contains("Paired bootstrap") && cmp.contains("+10.00"),
+        cmp.contains("Is a better than b?")
+            && cmp.contains("+10.00")
+            && cmp.contains("inconclusive (2 seeds)"),
         "{cmp}"
     );
 }

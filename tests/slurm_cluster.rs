@@ -268,6 +268,7 @@ fn metrics_template(path: &Path) {
         wall_time_s: 0.0,
         truncated_words_dev: 0,
         truncated_words_test: 0,
+        eval_sets: Default::default(),
         test_sentence_counts: vec![],
         loss_curve: vec![],
     };

@@ -51,6 +51,8 @@ priming = "meta"
 priming = "meta"
 "prime.inner_loop" = "full"
 "prime.inner_steps" = 2
+[report]
+select = {{ by = "dev_f1", over = ["finetune.method"] }}
 "#,
         model = model.display(),
         data = data.display(),

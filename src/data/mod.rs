@@ -26,7 +26,7 @@ pub mod tokenize;
 pub use batch::{Batch, Batcher, IGNORE_INDEX};
 pub use labels::{LabelSet, WIKIANN_TAGS};
 pub use reader::{
-    LanguageData, Layout, Sentence, Split, SplitSources, detect_layout, load_language,
+    LanguageData, Layout, Sentence, Split, SplitSources, detect_layout, fingerprint, load_language,
     read_parquet, read_rahimi, read_split, read_xtreme, split_files, subsample, write_xtreme,
 };
 pub use tokenize::{EncodedSentence, EncodedSplit, WordTokenizer};

@@ -539,6 +539,25 @@ impl LanguageData {
     }
 }
 
+/// A short content id of a list of sentences (SHA-256 over words and tags, 16 hex digits):
+/// equal ids mean the same sentences in the same order. Runs record the ids of the dev and
+/// test sentences they were scored on, so a report can check that compared runs saw the same.
+pub fn fingerprint(sentences: &[Sentence]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for s in sentences {
+        for (w, t) in s.words.iter().zip(&s.tags) {
+            // Unit and record separators cannot occur in a token or tag read from a file.
+            h.update(w.as_bytes());
+            h.update([0x1f]);
+            h.update(t.as_bytes());
+            h.update([0x1e]);
+        }
+        h.update([0x1d]);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
 /// Applies a sentence limit: the first `limit`, or `limit` drawn without replacement by a stream
 /// derived from `seed` and `purpose` (file order preserved).
 pub fn subsample<T: Clone>(
@@ -564,8 +583,14 @@ pub fn subsample<T: Clone>(
 
 /// Loads `<cfg.root>/<lang>`: detects the layout, reads and checks the three splits (tags of
 /// IOB2 form; strict transitions when `cfg.strict_iob2`), builds the label set and applies the
-/// limits (`cfg.subsample`; seeded draws use `seed` with purpose `data.<lang>.<split>`).
-pub fn load_language(cfg: &DataConfig, lang: &str, seed: u64) -> Result<LanguageData, DataError> {
+/// limits (`cfg.subsample`; seeded draws use the purpose `data.<lang>.<split>` with, for the
+/// training split, `cfg.train_seed` resolved against `run_seed`, and for dev and test
+/// `cfg.eval_seed`, so that runs of different seeds are scored on the same sentences).
+pub fn load_language(
+    cfg: &DataConfig,
+    lang: &str,
+    run_seed: u64,
+) -> Result<LanguageData, DataError> {
     let dir = cfg.root.join(lang);
     let layout = detect_layout(&dir, lang)?;
     let mut files = Vec::new();
@@ -589,6 +614,10 @@ pub fn load_language(cfg: &DataConfig, lang: &str, seed: u64) -> Result<Language
     let (dev_p, dev) = parts.next().expect("three splits");
     let (test_p, test) = parts.next().expect("three splits");
     let cut = |s: &[Sentence], limit, split: Split| {
+        let seed = match split {
+            Split::Train => cfg.train_seed.resolve(run_seed),
+            Split::Dev | Split::Test => cfg.eval_seed,
+        };
         subsample(
             s,
             limit,
@@ -615,6 +644,7 @@ pub fn load_language(cfg: &DataConfig, lang: &str, seed: u64) -> Result<Language
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TrainSeed;
 
     fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -719,6 +749,74 @@ mod tests {
         for s in &a.train {
             assert!(rest.any(|t| t == s), "sample out of file order");
         }
+    }
+
+    #[test]
+    fn seeded_dev_and_test_ignore_the_run_seed_and_train_follows_train_seed() {
+        let mut c = cfg(&committed());
+        c.subsample = Subsample::Seeded;
+        c.train_limit = Some(10);
+        c.dev_limit = Some(5);
+        c.test_limit = Some(20);
+        let one = load_language(&c, "es", 1).unwrap();
+        let two = load_language(&c, "es", 2).unwrap();
+        // Scored on the same sentences whatever the run seed…
+        assert_eq!(one.dev, two.dev);
+        assert_eq!(one.test, two.test);
+        // …trained on the run seed's draw by default…
+        assert_ne!(one.train, two.train);
+        // …and on one draw for every seed with a fixed train seed.
+        c.train_seed = TrainSeed::Fixed(7);
+        let fixed_one = load_language(&c, "es", 1).unwrap();
+        let fixed_two = load_language(&c, "es", 2).unwrap();
+        assert_eq!(fixed_one.train, fixed_two.train);
+        assert_eq!(fixed_one.train, load_language(&c, "es", 7).unwrap().train);
+        // Another eval seed draws other evaluation sentences.
+        c.eval_seed = 3;
+        let other_eval = load_language(&c, "es", 1).unwrap();
+        assert_ne!(other_eval.test, one.test);
+        assert_eq!(other_eval.train, fixed_one.train);
+    }
+
+    #[test]
+    fn fingerprint_tells_sentences_and_their_order_apart() {
+        let s = |w: &str, t: &str| Sentence {
+            words: vec![w.to_string()],
+            tags: vec![t.to_string()],
+        };
+        let a = vec![s("Paris", "B-LOC"), s("is", "O")];
+        assert_eq!(fingerprint(&a), fingerprint(&a.clone()));
+        assert_eq!(fingerprint(&a).len(), 16);
+        let reversed: Vec<Sentence> = a.iter().rev().cloned().collect();
+        assert_ne!(fingerprint(&a), fingerprint(&reversed));
+        assert_ne!(
+            fingerprint(&a),
+            fingerprint(&[s("Paris", "B-PER"), s("is", "O")])
+        );
+        // Word boundaries count: "ab" + "c" is not "a" + "bc".
+        let split = |x: &str, y: &str| Sentence {
+            words: vec![x.to_string(), y.to_string()],
+            tags: vec!["O".to_string(), "O".to_string()],
+        };
+        assert_ne!(
+            fingerprint(&[split("ab", "c")]),
+            fingerprint(&[split("a", "bc")])
+        );
+    }
+
+    #[test]
+    fn train_seed_reads_run_or_an_integer_and_nothing_else() {
+        let parse = |s: &str| serde_json::from_str::<TrainSeed>(s).map_err(|e| e.to_string());
+        assert_eq!(parse("\"run\""), Ok(TrainSeed::Run));
+        assert_eq!(parse("5"), Ok(TrainSeed::Fixed(5)));
+        assert!(
+            parse("\"seed\"")
+                .unwrap_err()
+                .contains("\"run\" or a non-negative")
+        );
+        assert!(parse("-1").is_err());
+        assert_eq!(serde_json::to_string(&TrainSeed::Fixed(4)).unwrap(), "4");
+        assert_eq!(serde_json::to_string(&TrainSeed::Run).unwrap(), "\"run\"");
     }
 
     fn err_of(files: &[(&str, &str)], strict: bool) -> String {

@@ -1,14 +1,16 @@
 //! `comparison.md` / `comparison.csv`: our Table 1 rows next to the paper's published ones
-//! (and Figure 4's matrix), plus paired bootstrap intervals for the `[report] compare` pairs.
+//! (and Figure 4's matrix), the seed-aware comparisons of pairs of settings (declared in
+//! `[report] compare`, or [`default_pairs`]) with their verdicts, and the test sets scored.
 
-use crate::report::bootstrap::{self, DeltaEstimate, SeedPairs};
+use crate::report::bootstrap::{self, DeltaEstimate, SeedPairs, Verdict};
 use crate::report::gather::{polars_err, write_csv};
 use crate::report::markdown::{self, Align};
 use crate::report::paper::{PAPER_LABEL, PaperNumbers};
+use crate::report::spec::ComparePair;
 use crate::report::table::{CellStat, MISSING, check_settings, format_percent};
 use crate::report::{ReportError, ReportInput};
 use crate::rng::SeededRng;
-use crate::train::metrics::SentenceCounts;
+use crate::train::FinetuneMetrics;
 use polars::prelude::*;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -46,26 +48,61 @@ pub struct Figure4Compare {
     pub paper: f64,
 }
 
-/// The paired bootstrap of one language for one pair.
+/// One language of a compared pair, or their average (`lang` = "Avg").
 #[derive(Debug, Clone, PartialEq)]
 pub struct LangDelta {
     pub lang: String,
-    pub estimate: DeltaEstimate,
-    /// Seeds for which both settings finished.
-    pub seeds: usize,
-    pub sentences: usize,
+    /// F1(a) − F1(b) ×100 of every seed both settings finished, by seed (the average row: the
+    /// mean over languages of each seed they all have).
+    pub per_seed: Vec<(u64, f64)>,
+    /// The seed-aware bootstrap (seeds, then sentences); its `delta` is the mean of
+    /// `per_seed`. None with fewer than two seeds: there is no seed spread to estimate.
+    pub seed_aware: Option<DeltaEstimate>,
+    /// What the seed-aware interval supports.
+    pub verdict: Verdict,
+    /// The sentence-only bootstrap: how precisely these runs were scored, nothing more.
+    pub scoring_noise: DeltaEstimate,
+    /// Test sentences per run (the average row: None).
+    pub sentences: Option<usize>,
 }
 
-/// A `[report] compare` pair: a − b per language and on the average.
+impl LangDelta {
+    /// Seeds behind the row.
+    pub fn seeds(&self) -> usize {
+        self.per_seed.len()
+    }
+
+    /// The mean over seeds of F1(a) − F1(b).
+    pub fn delta(&self) -> f64 {
+        self.scoring_noise.delta
+    }
+}
+
+/// A compared pair: a − b per language and on the average.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairComparison {
     pub a: String,
     pub b: String,
+    /// Why the pair is compared: "[report] compare", or the default rule that chose it.
+    pub why: String,
     pub per_lang: Vec<LangDelta>,
-    /// Over the languages of `per_lang`: each replicate averages the languages' replicates.
-    pub average: Option<DeltaEstimate>,
-    /// Why a language was left out.
+    /// Over the languages of `per_lang`, on the seeds every one of them has (None with fewer
+    /// than two languages).
+    pub average: Option<LangDelta>,
+    /// Why a language was left out, or the average covers fewer seeds.
     pub notes: Vec<String>,
+}
+
+/// The test sentences the finished runs of one language were scored on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvaluationSet {
+    pub lang: String,
+    /// How the sweep draws them (`data.*` keys), as the runs were planned.
+    pub drawn_by: Vec<String>,
+    /// (sentences, fingerprint) of every distinct test set among the finished runs; more than
+    /// one means runs were scored on different sentences (runs from before the sweep checked
+    /// it). Fingerprints are empty for runs written before primer recorded them.
+    pub test_sets: Vec<(usize, String)>,
 }
 
 /// Everything in `comparison.md`.
@@ -75,6 +112,7 @@ pub struct Comparison {
     pub paper_rows: Vec<PaperCompareRow>,
     pub figure4: Vec<Figure4Compare>,
     pub pairs: Vec<PairComparison>,
+    pub evaluation_sets: Vec<EvaluationSet>,
 }
 
 fn mean(v: &[f64]) -> Option<f64> {
@@ -179,135 +217,318 @@ pub fn figure4_rows(
     out
 }
 
-/// Per seed: the test sentence counts of a setting's finished runs in one language.
-fn counts_by_seed<'a>(
+/// Per seed: the finished run of a setting in one language.
+fn runs_by_seed<'a>(
     input: &'a ReportInput,
     setting: &str,
     lang: &str,
-) -> BTreeMap<u64, &'a [SentenceCounts]> {
+) -> BTreeMap<u64, &'a FinetuneMetrics> {
     input
         .runs
         .iter()
         .filter(|r| r.meta.setting == setting && r.meta.lang == lang)
-        .filter_map(|r| {
-            r.metrics
-                .as_ref()
-                .map(|m| (r.meta.seed, m.test_sentence_counts.as_slice()))
-        })
+        .filter_map(|r| r.metrics.as_ref().map(|m| (r.meta.seed, m)))
         .collect()
 }
 
-/// One language of a pair: its estimate and replicates, or (language, why it was left out).
-type LangJob = Result<(LangDelta, Vec<f64>), (String, String)>;
+/// The pairs compared: `[report] compare` when it names any, else the defaults of
+/// [`default_pairs`]; each with why it is compared.
+pub fn compared_pairs(input: &ReportInput) -> Result<Vec<(ComparePair, String)>, ReportError> {
+    let declared = &input.spec.compare;
+    check_settings(input, "compare", declared.iter().flat_map(|p| [&p.a, &p.b]))?;
+    if declared.is_empty() {
+        Ok(default_pairs(input))
+    } else {
+        Ok(declared
+            .iter()
+            .map(|p| (p.clone(), "[report] compare".to_string()))
+            .collect())
+    }
+}
 
-/// The paired bootstrap of every `[report] compare` pair (languages in parallel; each has its
-/// own seeded stream, so results do not depend on scheduling).
-pub fn bootstrap_pairs(
+/// The comparisons a reader of Table 1 and Figure 4 asks for, when the sweep names none:
+/// every primed setting against the unprimed one with the same fine-tuning method; the
+/// paper's row 4 (meta priming with the PE inner loop) against rows 5-7 (its ablations, via
+/// `[report] paper_rows`); and in each column of Figure 4, the inner loop that matches the
+/// downstream method against the one that does not (the paper's claim).
+pub fn default_pairs(input: &ReportInput) -> Vec<(ComparePair, String)> {
+    let mut out: Vec<(ComparePair, String)> = Vec::new();
+    let mut add = |a: &str, b: &str, why: String| {
+        let known = |s: &str| input.settings.iter().any(|x| x == s);
+        let seen = out
+            .iter()
+            .any(|(p, _)| (p.a == a && p.b == b) || (p.a == b && p.b == a));
+        if a != b && known(a) && known(b) && !seen {
+            let pair = ComparePair {
+                a: a.to_string(),
+                b: b.to_string(),
+            };
+            out.push((pair, why));
+        }
+    };
+    // A setting's priming and method, from its first run (they are fixed per setting).
+    let meta_of = |setting: &str| input.runs.iter().find(|r| r.meta.setting == setting);
+    for setting in &input.settings {
+        let Some(primed) = meta_of(setting).filter(|r| r.meta.priming.is_some()) else {
+            continue;
+        };
+        let method = primed.meta.ft_method;
+        let unprimed = input.settings.iter().find(|s| {
+            meta_of(s).is_some_and(|r| r.meta.priming.is_none() && r.meta.ft_method == method)
+        });
+        if let Some(b) = unprimed {
+            add(
+                setting,
+                b,
+                format!("primed vs unprimed, {method} fine-tuning"),
+            );
+        }
+    }
+    let row = |n: &str| {
+        input
+            .spec
+            .paper_rows
+            .iter()
+            .find(|(_, label)| label.starts_with(&format!("{n}/")))
+            .map(|(setting, _)| setting.clone())
+    };
+    if let Some(four) = row("4") {
+        for n in ["5", "6", "7"] {
+            if let Some(other) = row(n) {
+                add(&four, &other, format!("Table 1: row 4 vs row {n}"));
+            }
+        }
+    }
+    if let Some(m) = &input.spec.figure4 {
+        add(
+            &m[0][0],
+            &m[1][0],
+            "Figure 4: PE inner loop vs MAML loop before PE fine-tuning".to_string(),
+        );
+        add(
+            &m[1][1],
+            &m[0][1],
+            "Figure 4: MAML loop vs PE inner loop before full fine-tuning".to_string(),
+        );
+    }
+    out
+}
+
+/// One language's seed pairs of a compared pair.
+struct LangPairs<'a> {
+    lang: String,
+    seeds: Vec<u64>,
+    pairs: SeedPairs<'a>,
+}
+
+/// The seeds of one language that both settings finished, checked to be comparable sentence
+/// by sentence; Err((language, why it is left out)).
+fn lang_pairs<'a>(
+    input: &'a ReportInput,
+    pair: &ComparePair,
+    lang: &str,
+) -> Result<LangPairs<'a>, (String, String)> {
+    let skip = |why: String| Err((lang.to_string(), why));
+    let a = runs_by_seed(input, &pair.a, lang);
+    let b = runs_by_seed(input, &pair.b, lang);
+    let mut out = LangPairs {
+        lang: lang.to_string(),
+        seeds: Vec::new(),
+        pairs: Vec::new(),
+    };
+    for (seed, ma) in &a {
+        let Some(mb) = b.get(seed) else { continue };
+        let (ca, cb) = (&ma.test_sentence_counts, &mb.test_sentence_counts);
+        if ca.is_empty() || cb.is_empty() {
+            return skip(format!(
+                "seed {seed} has no per-sentence test counts (metrics.json without \
+                 test_sentence_counts); re-run it to compare"
+            ));
+        }
+        let (fa, fb) = (
+            &ma.eval_sets.test_fingerprint,
+            &mb.eval_sets.test_fingerprint,
+        );
+        if ca.len() != cb.len() || (!fa.is_empty() && !fb.is_empty() && fa != fb) {
+            return skip(format!(
+                "seed {seed} scored different test sentences ({} vs {} sentences); \
+                 check the sweep's data keys",
+                ca.len(),
+                cb.len()
+            ));
+        }
+        out.seeds.push(*seed);
+        out.pairs.push((ca, cb));
+    }
+    if out.pairs.is_empty() {
+        return skip("no seed with both settings finished".to_string());
+    }
+    if out
+        .pairs
+        .iter()
+        .any(|(x, _)| x.len() != out.pairs[0].0.len())
+    {
+        return skip("seeds scored test sets of different sizes".to_string());
+    }
+    Ok(out)
+}
+
+/// Both intervals and the verdict of one language, or of several languages averaged (then
+/// every entry of `langs` lists the same seeds).
+fn delta_row(
+    lang: &str,
+    langs: &[&LangPairs<'_>],
+    samples: usize,
+    rng: &mut SeededRng,
+) -> LangDelta {
+    let seeds = &langs[0].seeds;
+    let k = langs.len() as f64;
+    let per_lang: Vec<Vec<f64>> = langs
+        .iter()
+        .map(|l| bootstrap::per_seed_deltas(&l.pairs))
+        .collect();
+    let per_seed: Vec<(u64, f64)> = seeds
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (*s, per_lang.iter().map(|d| d[i]).sum::<f64>() / k))
+        .collect();
+    // Scoring noise: each language's sentence-only replicates, averaged replicate by replicate.
+    let mut observed = 0.0;
+    let mut noise_reps = vec![0.0; samples];
+    for l in langs {
+        let (o, reps) = bootstrap::paired_deltas(&l.pairs, samples, rng);
+        observed += o / k;
+        noise_reps
+            .iter_mut()
+            .zip(reps)
+            .for_each(|(t, r)| *t += r / k);
+    }
+    let scoring_noise = bootstrap::summarize(observed, &noise_reps);
+    let seed_aware = (seeds.len() >= 2).then(|| {
+        let all: Vec<SeedPairs<'_>> = langs.iter().map(|l| l.pairs.clone()).collect();
+        let (o, reps) = bootstrap::hierarchical_deltas(&all, samples, rng);
+        bootstrap::summarize(o, &reps)
+    });
+    LangDelta {
+        lang: lang.to_string(),
+        verdict: Verdict::of(
+            seeds.len(),
+            seed_aware.as_ref().map(|e| (e.ci_low, e.ci_high)),
+        ),
+        per_seed,
+        seed_aware,
+        scoring_noise,
+        sentences: (langs.len() == 1).then(|| langs[0].pairs[0].0.len()),
+    }
+}
+
+/// The seed-aware comparison of every compared pair ([`compared_pairs`]); languages run in
+/// parallel, each with its own seeded stream, so results do not depend on scheduling.
+pub fn compare_pairs(
     input: &ReportInput,
     languages: &[String],
     samples: usize,
     seed: u64,
 ) -> Result<Vec<PairComparison>, ReportError> {
-    let pairs = &input.spec.compare;
-    check_settings(input, "compare", pairs.iter().flat_map(|p| [&p.a, &p.b]))?;
     let mut out = Vec::new();
-    for pair in pairs {
-        let jobs: Vec<LangJob> = languages
-            .par_iter()
-            .map(|lang| {
-                let a = counts_by_seed(input, &pair.a, lang);
-                let b = counts_by_seed(input, &pair.b, lang);
-                let mut seed_pairs: SeedPairs = Vec::new();
-                for (s, ca) in &a {
-                    let Some(cb) = b.get(s) else { continue };
-                    if ca.is_empty() || cb.is_empty() {
-                        return Err((
-                            lang.clone(),
-                            format!(
-                                "seed {s} has no per-sentence test counts (metrics.json without \
-                                 test_sentence_counts); re-run it to bootstrap"
-                            ),
-                        ));
-                    }
-                    if ca.len() != cb.len() {
-                        return Err((
-                            lang.clone(),
-                            format!(
-                                "seed {s} scored different test sets ({} vs {} sentences); \
-                                 check the sweep's test_limit",
-                                ca.len(),
-                                cb.len()
-                            ),
-                        ));
-                    }
-                    seed_pairs.push((ca, cb));
-                }
-                if seed_pairs.is_empty() {
-                    return Err((
-                        lang.clone(),
-                        "no seed with both settings finished".to_string(),
-                    ));
-                }
-                if seed_pairs
-                    .iter()
-                    .any(|(x, _)| x.len() != seed_pairs[0].0.len())
-                {
-                    return Err((
-                        lang.clone(),
-                        "seeds scored test sets of different sizes".to_string(),
-                    ));
-                }
-                let mut rng =
-                    SeededRng::derive(seed, &format!("bootstrap/{}/{}/{lang}", pair.a, pair.b));
-                let (obs, reps) = bootstrap::paired_deltas(&seed_pairs, samples, &mut rng);
-                Ok((
-                    LangDelta {
-                        lang: lang.clone(),
-                        estimate: bootstrap::summarize(obs, &reps),
-                        seeds: seed_pairs.len(),
-                        sentences: seed_pairs[0].0.len(),
-                    },
-                    reps,
-                ))
-            })
+    for (pair, why) in compared_pairs(input)? {
+        let stream = |what: &str| {
+            SeededRng::derive(seed, &format!("bootstrap/{}/{}/{what}", pair.a, pair.b))
+        };
+        let jobs: Vec<Result<LangPairs<'_>, (String, String)>> = languages
+            .iter()
+            .map(|lang| lang_pairs(input, &pair, lang))
             .collect();
-        let mut per_lang = Vec::new();
-        let mut reps_all = Vec::new();
+        let mut found = Vec::new();
         // Languages left out for the same reason share one note.
         let mut left_out: Vec<(String, Vec<String>)> = Vec::new();
         for job in jobs {
             match job {
-                Ok((d, reps)) => {
-                    per_lang.push(d);
-                    reps_all.push(reps);
-                }
+                Ok(l) => found.push(l),
                 Err((lang, why)) => match left_out.iter_mut().find(|(w, _)| *w == why) {
                     Some((_, langs)) => langs.push(lang),
                     None => left_out.push((why, vec![lang])),
                 },
             }
         }
-        let notes = left_out
+        let mut notes: Vec<String> = left_out
             .into_iter()
             .map(|(why, langs)| format!("{}: {why}", langs.join(", ")))
             .collect();
-        let average = (!per_lang.is_empty()).then(|| {
-            let k = per_lang.len() as f64;
-            let obs = per_lang.iter().map(|d| d.estimate.delta).sum::<f64>() / k;
-            let reps: Vec<f64> = (0..samples)
-                .map(|i| reps_all.iter().map(|r| r[i]).sum::<f64>() / k)
-                .collect();
-            bootstrap::summarize(obs, &reps)
+        let per_lang: Vec<LangDelta> = found
+            .par_iter()
+            .map(|l| delta_row(&l.lang, &[l], samples, &mut stream(&l.lang)))
+            .collect();
+        // The average runs on the seeds every language has, drawn together: a seed's priming
+        // run serves every language.
+        let common: Vec<u64> = found.first().map_or_else(Vec::new, |first| {
+            first
+                .seeds
+                .iter()
+                .copied()
+                .filter(|s| found.iter().all(|l| l.seeds.contains(s)))
+                .collect()
         });
+        let average = (found.len() >= 2 && !common.is_empty()).then(|| {
+            let restricted: Vec<LangPairs<'_>> = found
+                .iter()
+                .map(|l| LangPairs {
+                    lang: l.lang.clone(),
+                    seeds: common.clone(),
+                    pairs: common
+                        .iter()
+                        .map(|s| l.pairs[l.seeds.iter().position(|x| x == s).expect("common")])
+                        .collect(),
+                })
+                .collect();
+            let refs: Vec<&LangPairs<'_>> = restricted.iter().collect();
+            delta_row("Avg", &refs, samples, &mut stream("avg"))
+        });
+        if found.len() >= 2 && found.iter().any(|l| l.seeds.len() > common.len()) {
+            notes.push(format!(
+                "the average uses the {} seed(s) every language finished",
+                common.len()
+            ));
+        }
         out.push(PairComparison {
             a: pair.a.clone(),
             b: pair.b.clone(),
+            why,
             per_lang,
             average,
             notes,
         });
     }
     Ok(out)
+}
+
+/// The test sets of each language's finished runs, and how the sweep draws them.
+pub fn evaluation_sets(input: &ReportInput, languages: &[String]) -> Vec<EvaluationSet> {
+    languages
+        .iter()
+        .map(|lang| {
+            let runs: Vec<&crate::report::RunRecord> =
+                input.runs.iter().filter(|r| &r.meta.lang == lang).collect();
+            let mut test_sets: Vec<(usize, String)> = Vec::new();
+            for m in runs.iter().filter_map(|r| r.metrics.as_ref()) {
+                let set = (
+                    m.test_sentence_counts.len(),
+                    m.eval_sets.test_fingerprint.clone(),
+                );
+                if !test_sets.contains(&set) {
+                    test_sets.push(set);
+                }
+            }
+            EvaluationSet {
+                lang: lang.clone(),
+                drawn_by: runs
+                    .first()
+                    .map(|r| r.meta.evaluation.clone())
+                    .unwrap_or_default(),
+                test_sets,
+            }
+        })
+        .collect()
 }
 
 fn f2(v: Option<f64>) -> String {
@@ -325,7 +546,9 @@ fn diff(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 impl Comparison {
     /// The comparison as markdown.
     pub fn to_markdown(&self, samples: usize) -> String {
-        let mut out = String::from("# Comparison with the paper\n\n");
+        let mut out = String::from("# Comparisons\n\n");
+        out += &self.pairs_markdown(samples);
+        out += "## Ours and the paper\n\n";
         out += &format!(
             "Test entity-level micro F1 ×100. \"{PAPER_LABEL}\" is the paper's published Table 1; \
              Δ = ours − paper. Our cells are means over seeds; Avg covers the languages where both \
@@ -373,7 +596,7 @@ impl Comparison {
             out += "\n";
         }
         if !self.figure4.is_empty() {
-            out += "## Figure 4 (average over languages)\n\n";
+            out += "### Figure 4 (average over languages)\n\n";
             let headers: Vec<String> = [
                 "Inner loop",
                 "Fine-tuning",
@@ -422,75 +645,163 @@ impl Comparison {
                 self.languages.join(" ")
             );
         }
-        if !self.pairs.is_empty() {
-            out += &format!(
-                "## Paired bootstrap (a − b)\n\nResampling test sentences with replacement \
-                 ({samples} resamples), micro F1 recomputed from summed entity counts, runs paired \
-                 by seed and averaged; 95% percentile interval. P(Δ≤0): fraction of resamples \
-                 where a is not better.\n\n"
-            );
-            let headers: Vec<String> = [
-                "a",
-                "b",
-                "Lang",
-                "Δ F1",
-                "95% CI",
-                "P(Δ≤0)",
-                "Seeds",
-                "Sentences",
-            ]
+        out += &self.evaluation_markdown();
+        out
+    }
+
+    /// The seed-aware comparisons: a summary of every pair's average, then one table per pair.
+    fn pairs_markdown(&self, samples: usize) -> String {
+        if self.pairs.is_empty() {
+            return String::new();
+        }
+        let mut out = format!(
+            "## Is a better than b? (test F1 ×100, a − b)\n\n\
+             Each seed is one unit: its priming run and the fine-tuning runs that start from it. \
+             **95% CI, seeds + sentences** is a hierarchical bootstrap ({samples} resamples): it \
+             resamples seeds, then the test sentences, with the seed level's spread scaled to \
+             Student's t for the few seeds a sweep has (`primer::report::bootstrap`). The \
+             verdict rests on it: *better* / *worse* when it excludes 0, *no detectable \
+             difference* when it does not, *inconclusive* with fewer than {} seeds. **Scoring \
+             noise only** resamples test sentences with every run kept: it says how precisely \
+             these runs were scored, not whether the setting is better.\n\n",
+            bootstrap::MIN_SEEDS_FOR_VERDICT
+        );
+        let ci = |e: &Option<DeltaEstimate>| {
+            e.as_ref().map_or(MISSING.to_string(), |e| {
+                format!("[{:+.2}, {:+.2}]", e.ci_low, e.ci_high)
+            })
+        };
+        let headers: Vec<String> = ["a", "b", "Why", "Over", "Seeds", "Δ", "95% CI", "Verdict"]
             .iter()
             .map(|s| s.to_string())
             .collect();
-            let mut rows = Vec::new();
-            for p in &self.pairs {
-                let est = |e: &DeltaEstimate| {
-                    [
-                        format!("{:+.2}", e.delta),
-                        format!("[{:+.2}, {:+.2}]", e.ci_low, e.ci_high),
-                        format!("{:.3}", e.frac_not_better),
-                    ]
+        let rows: Vec<Vec<String>> = self
+            .pairs
+            .iter()
+            .map(|p| {
+                let mut row = vec![p.a.clone(), p.b.clone(), p.why.clone()];
+                // The average over the languages, or the one language there is.
+                let (over, summary) = match (&p.average, p.per_lang.as_slice()) {
+                    (Some(avg), langs) => (format!("avg of {} langs", langs.len()), Some(avg)),
+                    (None, [one]) => (format!("{} only", one.lang), Some(one)),
+                    _ => (MISSING.to_string(), None),
                 };
-                for d in &p.per_lang {
-                    let mut row = vec![p.a.clone(), p.b.clone(), d.lang.clone()];
-                    row.extend(est(&d.estimate));
-                    row.extend([d.seeds.to_string(), d.sentences.to_string()]);
-                    rows.push(row);
+                row.push(over);
+                match summary {
+                    Some(d) => row.extend([
+                        d.seeds().to_string(),
+                        format!("{:+.2}", d.delta()),
+                        ci(&d.seed_aware),
+                        d.verdict.to_string(),
+                    ]),
+                    None => {
+                        row.extend(["0".into(), MISSING.into(), MISSING.into(), MISSING.into()])
+                    }
                 }
-                if let Some(avg) = &p.average {
-                    let mut row = vec![p.a.clone(), p.b.clone(), "Avg".to_string()];
-                    row.extend(est(avg));
-                    row.extend([String::new(), String::new()]);
-                    rows.push(row);
-                }
-                if p.per_lang.is_empty() {
-                    rows.push(vec![
-                        p.a.clone(),
-                        p.b.clone(),
-                        MISSING.into(),
-                        MISSING.into(),
-                        MISSING.into(),
-                        MISSING.into(),
-                        "0".into(),
-                        MISSING.into(),
-                    ]);
-                }
+                row
+            })
+            .collect();
+        let mut aligns = vec![Align::Left; 4];
+        aligns.extend([Align::Right, Align::Right, Align::Right, Align::Left]);
+        out += &markdown::table(&headers, &aligns, &rows);
+        let headers: Vec<String> = [
+            "Lang",
+            "Seeds",
+            "Δ per seed",
+            "Mean Δ",
+            "95% CI, seeds + sentences",
+            "Verdict",
+            "95% CI, scoring noise only",
+            "Sentences",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for p in &self.pairs {
+            out += &format!("\n### {} − {} ({})\n\n", p.a, p.b, p.why);
+            let rows: Vec<Vec<String>> = p
+                .per_lang
+                .iter()
+                .chain(&p.average)
+                .map(|d| {
+                    vec![
+                        d.lang.clone(),
+                        d.seeds().to_string(),
+                        d.per_seed
+                            .iter()
+                            .map(|(s, v)| format!("{s}: {v:+.2}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        format!("{:+.2}", d.delta()),
+                        ci(&d.seed_aware),
+                        d.verdict.to_string(),
+                        ci(&Some(d.scoring_noise.clone())),
+                        d.sentences.map_or(String::new(), |n| n.to_string()),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                out += "No language has a seed that both settings finished.\n";
+            } else {
+                let mut aligns = vec![Align::Left, Align::Right, Align::Left];
+                aligns.extend([Align::Right, Align::Right, Align::Left, Align::Right]);
+                aligns.push(Align::Right);
+                out += &markdown::table(&headers, &aligns, &rows);
             }
-            let mut aligns = vec![Align::Left, Align::Left, Align::Left];
-            aligns.extend([Align::Right; 5]);
-            out += &markdown::table(&headers, &aligns, &rows);
-            for p in &self.pairs {
-                for n in &p.notes {
-                    out += &format!("\n- {} vs {}: {n}", p.a, p.b);
-                }
+            for n in &p.notes {
+                out += &format!("\n- {n}");
             }
-            out += "\n";
+            if !p.notes.is_empty() {
+                out += "\n";
+            }
+        }
+        out + "\n"
+    }
+
+    /// Which test sentences each language's runs were scored on.
+    fn evaluation_markdown(&self) -> String {
+        if self.evaluation_sets.is_empty() {
+            return String::new();
+        }
+        let mut out = "## Test sets\n\nEvery run of a language is scored on the same test \
+                       sentences, drawn once per sweep (not per seed); the fingerprint is a hash \
+                       of their words and tags, recorded by each run.\n\n"
+            .to_string();
+        for e in &self.evaluation_sets {
+            let how = if e.drawn_by.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", e.drawn_by.join(", "))
+            };
+            let sets: Vec<String> = e
+                .test_sets
+                .iter()
+                .map(|(n, f)| {
+                    if f.is_empty() {
+                        format!("{n} sentences (no fingerprint recorded)")
+                    } else {
+                        format!("{n} sentences, fingerprint {f}")
+                    }
+                })
+                .collect();
+            out += &match sets.len() {
+                0 => format!("- {}: no finished run{how}\n", e.lang),
+                1 => format!("- {}: {}{how}\n", e.lang, sets[0]),
+                k => format!(
+                    "- {}: **runs were scored on {k} different test sets** ({}){how}; compare \
+                     only runs of one\n",
+                    e.lang,
+                    sets.join("; ")
+                ),
+            };
         }
         out
     }
 
     /// Long table: `section` (paper: F1 per language and avg; trained_percent: % of parameters
-    /// trained; figure4; bootstrap), then the columns that section uses.
+    /// trained; figure4; comparison: a − b per language and avg, with `per_seed_delta` as
+    /// `seed:delta` pairs, the seed-aware `ci_low`/`ci_high` and `verdict`, and the
+    /// `scoring_noise_ci_*`), then the columns that section uses.
     pub fn to_frame(&self) -> Result<DataFrame, ReportError> {
         #[derive(Default)]
         struct Cols {
@@ -503,10 +814,14 @@ impl Comparison {
             ours: Vec<Option<f64>>,
             paper: Vec<Option<f64>>,
             diff: Vec<Option<f64>>,
+            why: Vec<Option<String>>,
             delta: Vec<Option<f64>>,
+            per_seed: Vec<Option<String>>,
             ci_low: Vec<Option<f64>>,
             ci_high: Vec<Option<f64>>,
-            frac_not_better: Vec<Option<f64>>,
+            verdict: Vec<Option<String>>,
+            noise_ci_low: Vec<Option<f64>>,
+            noise_ci_high: Vec<Option<f64>>,
             seeds: Vec<Option<u64>>,
             sentences: Vec<Option<u64>>,
             samples: Vec<Option<u64>>,
@@ -521,7 +836,7 @@ impl Comparison {
             lang: Option<&str>,
             ours: Option<f64>,
             paper: Option<f64>,
-            est: Option<(&DeltaEstimate, Option<usize>, Option<usize>)>,
+            est: Option<(&str, &LangDelta)>,
         ) {
             c.section.push(section.to_string());
             c.setting.push(setting.map(String::from));
@@ -532,13 +847,26 @@ impl Comparison {
             c.ours.push(ours);
             c.paper.push(paper);
             c.diff.push(diff(ours, paper));
-            c.delta.push(est.map(|e| e.0.delta));
-            c.ci_low.push(est.map(|e| e.0.ci_low));
-            c.ci_high.push(est.map(|e| e.0.ci_high));
-            c.frac_not_better.push(est.map(|e| e.0.frac_not_better));
-            c.seeds.push(est.and_then(|e| e.1).map(|v| v as u64));
-            c.sentences.push(est.and_then(|e| e.2).map(|v| v as u64));
-            c.samples.push(est.map(|e| e.0.samples as u64));
+            let d = est.map(|e| e.1);
+            c.why.push(est.map(|e| e.0.to_string()));
+            c.delta.push(d.map(|d| d.delta()));
+            c.per_seed.push(d.map(|d| {
+                d.per_seed
+                    .iter()
+                    .map(|(s, v)| format!("{s}:{v:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }));
+            let seed_aware = d.and_then(|d| d.seed_aware.as_ref());
+            c.ci_low.push(seed_aware.map(|e| e.ci_low));
+            c.ci_high.push(seed_aware.map(|e| e.ci_high));
+            c.verdict.push(d.map(|d| d.verdict.to_string()));
+            c.noise_ci_low.push(d.map(|d| d.scoring_noise.ci_low));
+            c.noise_ci_high.push(d.map(|d| d.scoring_noise.ci_high));
+            c.seeds.push(d.map(|d| d.seeds() as u64));
+            c.sentences
+                .push(d.and_then(|d| d.sentences).map(|v| v as u64));
+            c.samples.push(d.map(|d| d.scoring_noise.samples as u64));
         }
         let mut c = Cols::default();
         for r in &self.paper_rows {
@@ -593,31 +921,17 @@ impl Comparison {
             );
         }
         for p in &self.pairs {
-            for d in &p.per_lang {
-                let e = (&d.estimate, Some(d.seeds), Some(d.sentences));
+            for d in p.per_lang.iter().chain(&p.average) {
                 push(
                     &mut c,
-                    "bootstrap",
+                    "comparison",
                     None,
                     None,
                     Some((&p.a, &p.b)),
-                    Some(&d.lang),
+                    Some(&d.lang.to_lowercase()),
                     None,
                     None,
-                    Some(e),
-                );
-            }
-            if let Some(avg) = &p.average {
-                push(
-                    &mut c,
-                    "bootstrap",
-                    None,
-                    None,
-                    Some((&p.a, &p.b)),
-                    Some("avg"),
-                    None,
-                    None,
-                    Some((avg, None, None)),
+                    Some((&p.why, d)),
                 );
             }
         }
@@ -637,10 +951,14 @@ impl Comparison {
                 f("ours", c.ours),
                 f("paper", c.paper),
                 f("diff", c.diff),
+                s("why", c.why),
                 f("delta", c.delta),
+                s("per_seed_delta", c.per_seed),
                 f("ci_low", c.ci_low),
                 f("ci_high", c.ci_high),
-                f("frac_not_better", c.frac_not_better),
+                s("verdict", c.verdict),
+                f("scoring_noise_ci_low", c.noise_ci_low),
+                f("scoring_noise_ci_high", c.noise_ci_high),
                 u("seeds", c.seeds),
                 u("sentences", c.sentences),
                 u("samples", c.samples),

@@ -4,7 +4,7 @@
 use crate::report::ReportInput;
 use crate::report::paper::PaperNumbers;
 use crate::report::plot::{BarChart, HeatCell, Heatmap2x2};
-use crate::report::table::CellStat;
+use crate::report::table::{CellStat, seed_average_spread, seed_values};
 use std::collections::BTreeMap;
 
 type Stats = BTreeMap<(String, String), CellStat>;
@@ -99,13 +99,27 @@ pub fn figure4(
                 .join(", ")
         ));
     }
+    let per_seed = seed_values(input);
     let cell = |i: usize, j: usize| {
         let setting = &matrix[i][j];
         let present: Vec<f64> = languages
             .iter()
             .filter_map(|l| stats.get(&(setting.clone(), l.clone())).map(|c| c.mean))
             .collect();
+        let present_langs: Vec<&str> = languages
+            .iter()
+            .filter(|l| stats.contains_key(&(setting.clone(), (*l).clone())))
+            .map(String::as_str)
+            .collect();
         let mut notes = vec![setting.clone()];
+        // The seed spread of the cell, as Table 1's average column gives it.
+        match seed_average_spread(&per_seed, setting, &present_langs) {
+            Some(CellStat {
+                sd: Some(sd), n, ..
+            }) => notes.push(format!("± {sd:.2} sd, {n} seeds")),
+            Some(CellStat { n: 1, .. }) => notes.push("1 seed: no spread".to_string()),
+            _ => {}
+        }
         let value =
             (!present.is_empty()).then(|| present.iter().sum::<f64>() / present.len() as f64);
         if value.is_none() {

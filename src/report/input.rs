@@ -25,6 +25,13 @@ pub struct RunMeta {
     pub seed: u64,
     /// The run's store directory.
     pub run_dir: PathBuf,
+    /// How its dev and test sentences are drawn (`DataConfig::evaluation_keys`, `key = value`).
+    #[serde(default)]
+    pub evaluation: Vec<String>,
+    /// The swept keys of its configuration and their values (JSON), as the sweep's axes set
+    /// them (for `[report] select`).
+    #[serde(default)]
+    pub axes: Vec<(String, String)>,
 }
 
 /// One fine-tuning run and, when it is done, its metrics. Runs not done have `metrics: None`

@@ -6,8 +6,11 @@
 //!
 //! * `scores.parquet`, `scores.csv` — one row per fine-tuning run ([`gather`]);
 //! * `table1.md`, `table1.csv` — Table 1 ([`table`]);
-//! * `comparison.md`, `comparison.csv` — ours vs the paper and paired bootstraps ([`compare`]);
+//! * `comparison.md`, `comparison.csv` — seed-aware comparisons of settings with verdicts,
+//!   the test sets scored, and ours vs the paper ([`compare`]);
 //! * `figure3.svg/.png`, `figure4.svg/.png` ([`figures`]);
+//! * `selection.md`, `selection.csv` — with `[report] select`, the configuration each cell
+//!   uses ([`select`]);
 //! * `curves/*.svg/.png` on request ([`curves`]).
 
 pub mod bootstrap;
@@ -19,6 +22,7 @@ pub mod input;
 pub mod markdown;
 pub mod paper;
 pub mod plot;
+pub mod select;
 pub mod spec;
 pub mod table;
 #[cfg(test)]
@@ -111,10 +115,26 @@ pub fn write_report(
     let mut files = Vec::new();
     let mut skipped = Vec::new();
 
-    let scores = gather::scores_frame(&input.runs)?;
-    gather::write_parquet(&scores, &dir.join("scores.parquet"))?;
-    gather::write_csv(&scores, &dir.join("scores.csv"))?;
+    // Every run goes into scores.*; the tables and figures use the selected ones.
+    let all_runs = input;
+    let (selected, selection) = select::apply(all_runs);
+    let input = &selected;
+    let mut all_scores = gather::scores_frame(&all_runs.runs)?;
+    let chosen: Vec<bool> = all_runs
+        .runs
+        .iter()
+        .map(|r| input.runs.iter().any(|s| s.meta.run_id == r.meta.run_id))
+        .collect();
+    all_scores
+        .with_column(polars::prelude::Column::new("selected".into(), chosen))
+        .map_err(gather::polars_err("adding the selected column"))?;
+    gather::write_parquet(&all_scores, &dir.join("scores.parquet"))?;
+    gather::write_csv(&all_scores, &dir.join("scores.csv"))?;
     files.extend([dir.join("scores.parquet"), dir.join("scores.csv")]);
+    if let Some(record) = &selection {
+        files.extend(record.write(dir)?);
+    }
+    let scores = gather::scores_frame(&input.runs)?;
 
     let table1 = table::build_table1(input, &scores)?;
     files.extend(table1.write(dir)?);
@@ -127,14 +147,13 @@ pub fn write_report(
         .bootstrap_samples
         .unwrap_or(compare::DEFAULT_BOOTSTRAP_SAMPLES);
     let pairs = if samples == 0 {
-        if !input.spec.compare.is_empty() {
-            skipped.push("paired bootstrap skipped: [report] bootstrap_samples = 0".to_string());
-        }
+        skipped.push("comparisons skipped: [report] bootstrap_samples = 0".to_string());
         Vec::new()
     } else {
-        compare::bootstrap_pairs(input, &languages, samples, opts.bootstrap_seed)?
+        compare::compare_pairs(input, &languages, samples, opts.bootstrap_seed)?
     };
     let comparison = compare::Comparison {
+        evaluation_sets: compare::evaluation_sets(input, &languages),
         paper_rows: compare::paper_rows(input, &languages, &stats, &paper)?,
         figure4: compare::figure4_rows(input, &languages, &stats, &paper),
         pairs,
@@ -156,8 +175,8 @@ pub fn write_report(
         skipped.extend(notes);
     }
 
-    let runs_total = input.runs.len();
-    let runs_done = input.runs.iter().filter(|r| r.metrics.is_some()).count();
+    let runs_total = all_runs.runs.len();
+    let runs_done = all_runs.runs.iter().filter(|r| r.metrics.is_some()).count();
     let mut text = format!(
         "Report of sweep {}: {runs_done} of {runs_total} fine-tuning runs done.\n\n## Table 1\n\n{}\n",
         input.sweep_name,

@@ -23,6 +23,28 @@ pub struct ReportSpec {
     pub compare: Vec<ComparePair>,
     /// Bootstrap resamples.
     pub bootstrap_samples: Option<usize>,
+    /// Hyperparameter selection on dev: which of a setting's configurations each cell uses
+    /// when the sweep varies keys within a setting (required then; see [`Selection`]).
+    pub select: Option<Selection>,
+}
+
+/// `[report] select = { by = "dev_f1", over = ["finetune.lr"] }`: for each setting × language
+/// × seed, the tables keep the configuration (of the values of `over`) with the best dev score
+/// and report its test score, as papers tune on dev. The choices are listed in `selection.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    pub by: SelectBy,
+    /// Swept keys (`finetune.lr`, `prime.inner_lr`, ...) whose values are chosen.
+    pub over: Vec<String>,
+}
+
+/// The dev score a selection maximises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectBy {
+    /// Entity F1 on dev at the run's best epoch (what `metrics.json` reports as `dev.f1`).
+    DevF1,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -144,7 +144,7 @@ pub fn cell_stats(scores: &DataFrame) -> Result<BTreeMap<(String, String), CellS
 }
 
 /// Per setting and seed: the test F1 ×100 of each finished language.
-fn seed_values(input: &ReportInput) -> BTreeMap<(String, u64), BTreeMap<String, f64>> {
+pub(crate) fn seed_values(input: &ReportInput) -> BTreeMap<(String, u64), BTreeMap<String, f64>> {
     let mut out: BTreeMap<(String, u64), BTreeMap<String, f64>> = BTreeMap::new();
     for r in &input.runs {
         if let Some(m) = &r.metrics {
@@ -154,6 +154,24 @@ fn seed_values(input: &ReportInput) -> BTreeMap<(String, u64), BTreeMap<String, 
         }
     }
     out
+}
+
+/// The spread over seeds of a setting's average over `languages`: each seed that finished
+/// every one of them yields one average (None: no such seed).
+pub(crate) fn seed_average_spread(
+    per_seed: &BTreeMap<(String, u64), BTreeMap<String, f64>>,
+    setting: &str,
+    languages: &[&str],
+) -> Option<CellStat> {
+    let seed_avgs: Vec<f64> = per_seed
+        .iter()
+        .filter(|((s, _), _)| s == setting)
+        .filter_map(|(_, by_lang)| {
+            let v: Option<Vec<f64>> = languages.iter().map(|l| by_lang.get(*l).copied()).collect();
+            v.map(|v| v.iter().sum::<f64>() / v.len() as f64)
+        })
+        .collect();
+    CellStat::from_values(&seed_avgs)
 }
 
 fn rounded(x: f64) -> i64 {
@@ -210,18 +228,7 @@ pub fn build_table1(input: &ReportInput, scores: &DataFrame) -> Result<Table1, R
             None
         } else {
             let mean = cells.iter().flatten().map(|c| c.mean).sum::<f64>() / present.len() as f64;
-            // The spread of the average comes from seeds that finished every language present:
-            // each such seed yields one average.
-            let seed_avgs: Vec<f64> = per_seed
-                .iter()
-                .filter(|((s, _), _)| s == setting)
-                .filter_map(|(_, by_lang)| {
-                    let v: Option<Vec<f64>> =
-                        present.iter().map(|l| by_lang.get(*l).copied()).collect();
-                    v.map(|v| v.iter().sum::<f64>() / v.len() as f64)
-                })
-                .collect();
-            let spread = CellStat::from_values(&seed_avgs);
+            let spread = seed_average_spread(&per_seed, setting, &present);
             Some(CellStat {
                 mean,
                 sd: spread.as_ref().and_then(|s| s.sd),

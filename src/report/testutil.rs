@@ -43,6 +43,7 @@ pub fn metrics(lang: &str, seed: u64, f1: f64) -> FinetuneMetrics {
         wall_time_s: 1.5,
         truncated_words_dev: 0,
         truncated_words_test: 0,
+        eval_sets: Default::default(),
         test_sentence_counts: vec![[1, 1, 1]; 20],
         loss_curve: vec![1.0, 0.5, 0.25],
     }
@@ -64,6 +65,8 @@ pub fn run(setting: &str, lang: &str, seed: u64, f1: Option<f64>) -> RunRecord {
             lang: lang.to_string(),
             seed,
             run_dir: PathBuf::from("store/x"),
+            evaluation: Vec::new(),
+            axes: Vec::new(),
         },
         metrics: f1.map(|f| metrics(lang, seed, f)),
     }

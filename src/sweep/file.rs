@@ -859,6 +859,9 @@ impl Parser<'_> {
                     names.push((row.key.clone(), row.key_span.clone()));
                 }
             }
+            if item.key == "select" {
+                self.check_selected_keys(item)?;
+            }
             for (name, span) in names {
                 if !settings.iter().any(|s| s.name == name) {
                     return Err(self.err(
@@ -873,6 +876,27 @@ impl Parser<'_> {
             }
         }
         Ok(spec)
+    }
+}
+
+impl Parser<'_> {
+    /// `[report] select`'s `over` keys must be settable keys (each error at the key's place).
+    fn check_selected_keys(&self, select: &Entry) -> Result<(), SweepError> {
+        let over = select
+            .value
+            .as_table()
+            .and_then(|t| t.iter().find(|e| e.key == "over"));
+        let Some(NodeKind::Array(keys)) = over.map(|e| &e.value.kind) else {
+            return Ok(());
+        };
+        for k in keys {
+            if let NodeKind::Str(key) = &k.kind {
+                self.keys
+                    .check_key(key)
+                    .map_err(|m| self.err(&k.span, format!("report.select.over: {m}")))?;
+            }
+        }
+        Ok(())
     }
 }
 

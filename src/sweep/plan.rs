@@ -198,6 +198,7 @@ impl Plan {
         let mut entries: Vec<PlanEntry> = Vec::new();
         let mut excluded = 0usize;
         let mut targets: Vec<String> = sweep.targets.clone();
+        let mut evaluation_sets: HashMap<String, (String, EvaluationKeys)> = HashMap::new();
 
         for setting in &sweep.settings {
             let axes = setting_axes(sweep, setting);
@@ -223,6 +224,13 @@ impl Plan {
                             excluded += 1;
                             continue;
                         }
+                        check_evaluation_sets(
+                            sweep,
+                            setting,
+                            lang,
+                            &resolved.finetune,
+                            &mut evaluation_sets,
+                        )?;
                         let prime_id = match resolved.prime {
                             Some(config) => {
                                 let spec = RunSpec::Prime { config };
@@ -272,6 +280,7 @@ impl Plan {
                 }
             }
         }
+        check_one_configuration_per_cell(sweep, &entries)?;
         if entries.is_empty() {
             let reason = if excluded > 0 {
                 format!("all {excluded} combinations are excluded by [[exclude]] rules")
@@ -419,6 +428,131 @@ fn cartesian(axes: &[AxisAlts]) -> Vec<Vec<(String, Value)>> {
         combos = next;
     }
     combos
+}
+
+/// `DataConfig::evaluation_keys` of a fine-tuning run.
+type EvaluationKeys = Vec<(&'static str, String)>;
+
+/// Every fine-tuning run of a sweep on one language must be scored on the same dev and test
+/// sentences, or seeds and settings could not be compared sentence by sentence: the first run
+/// of each language (`seen`, with its setting) fixes them and any other is an error at the
+/// setting that differs.
+fn check_evaluation_sets(
+    sweep: &Sweep,
+    setting: &Setting,
+    lang: &str,
+    finetune: &FinetuneConfig,
+    seen: &mut HashMap<String, (String, EvaluationKeys)>,
+) -> Result<(), SweepError> {
+    let keys = finetune.data.evaluation_keys();
+    let (first_setting, first) = seen
+        .entry(lang.to_string())
+        .or_insert_with(|| (setting.name.clone(), keys.clone()));
+    if *first == keys {
+        return Ok(());
+    }
+    let mut differences: Vec<String> = keys
+        .iter()
+        .filter(|k| !first.contains(k))
+        .map(|(key, value)| {
+            let other = first
+                .iter()
+                .find(|f| f.0 == *key)
+                .map_or("unset", |f| f.1.as_str());
+            format!("{key} = {value} here, {other} there")
+        })
+        .collect();
+    differences.extend(
+        first
+            .iter()
+            .filter(|f| !keys.iter().any(|k| k.0 == f.0))
+            .map(|(key, value)| format!("{key} unset here, {value} there")),
+    );
+    let there = if *first_setting == setting.name {
+        "other runs of the same setting".to_string()
+    } else {
+        format!("setting \"{first_setting}\"")
+    };
+    Err(sweep.source.error(
+        &setting.span,
+        format!(
+            "setting \"{}\": its runs on '{lang}' would be scored on other dev/test sentences \
+             than {there} ({}); every fine-tuning run of a sweep on one language must be scored \
+             on the same sentences so that seeds and settings compare: set data.root, \
+             data.dev_limit, data.test_limit, data.subsample and data.eval_seed once in \
+             [base.finetune], not per setting or axis",
+            setting.name,
+            differences.join(", ")
+        ),
+    ))
+}
+
+/// Table 1 and the comparisons have one value per setting × language × seed. A setting whose
+/// axes give it several configurations there must say how one is chosen (`[report] select`,
+/// on dev) for every key that varies; otherwise cells would silently average over
+/// configurations. The error names the first setting that varies an unselected key.
+fn check_one_configuration_per_cell(
+    sweep: &Sweep,
+    entries: &[PlanEntry],
+) -> Result<(), SweepError> {
+    let selected: &[String] = sweep
+        .report
+        .select
+        .as_ref()
+        .map_or(&[], |s| s.over.as_slice());
+    let mut cells: HashMap<(&str, &str, u64), Vec<&PlanEntry>> = HashMap::new();
+    for e in entries {
+        cells
+            .entry((e.setting.as_str(), e.lang.as_str(), e.seed))
+            .or_default()
+            .push(e);
+    }
+    for setting in &sweep.settings {
+        let Some(members) = cells
+            .iter()
+            .find(|((s, _, _), m)| *s == setting.name && m.len() > 1)
+            .map(|(_, m)| m)
+        else {
+            continue;
+        };
+        let mut varying: Vec<(String, Vec<String>)> = Vec::new();
+        for e in members {
+            for (key, value) in &e.axes {
+                let shown = value.to_string();
+                match varying.iter_mut().find(|(k, _)| k == key) {
+                    Some((_, values)) if !values.contains(&shown) => values.push(shown),
+                    Some(_) => {}
+                    None => varying.push((key.clone(), vec![shown])),
+                }
+            }
+        }
+        let unselected: Vec<String> = varying
+            .iter()
+            .filter(|(k, values)| values.len() > 1 && !selected.contains(k))
+            .map(|(k, values)| format!("{k} over [{}]", values.join(", ")))
+            .collect();
+        if unselected.is_empty() {
+            continue;
+        }
+        let keys: Vec<String> = varying
+            .iter()
+            .filter(|(_, v)| v.len() > 1)
+            .map(|(k, _)| format!("\"{k}\""))
+            .collect();
+        return Err(sweep.source.error(
+            &setting.span,
+            format!(
+                "setting \"{}\" varies {} for each language and seed, but a table cell holds \
+                 one run per setting, language and seed: choose on dev with `select = {{ by = \
+                 \"dev_f1\", over = [{}] }}` in [report], or fix the key (a value in the \
+                 setting, or a named setting per value)",
+                setting.name,
+                unselected.join(" and "),
+                keys.join(", ")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The configurations of one combination, and their JSON (for exclude rules).
@@ -581,6 +715,8 @@ priming = "ft"
 [settings."1/Full"]
 "finetune.method" = "full"
 "finetune.lr" = 5e-5
+[report]
+select = { by = "dev_f1", over = ["finetune.lr", "prime.inner_steps", "prime.inner_loop", "prime.inner_lr"] }
 "#;
 
     #[test]
@@ -680,6 +816,8 @@ target = "af"
 [settings.a]
 [settings.b]
 grid = { "finetune.lr" = [7e-4], "finetune.batch_size" = [8, 32] }
+[report]
+select = { by = "dev_f1", over = ["finetune.lr", "finetune.epochs", "finetune.batch_size"] }
 "#,
         );
         let a: Vec<_> = p.entries.iter().filter(|e| e.setting == "a").collect();
@@ -731,6 +869,108 @@ model = "m"
         );
     }
 
+    const SEEDED_EVAL: &str = r#"
+name = "t"
+seeds = [1, 2, 3]
+targets = ["hi", "af"]
+[base.finetune]
+model = "m"
+data = { root = "data/wikiann", train_limit = 20, dev_limit = 10, test_limit = 30, subsample = "seeded" }
+[grid]
+"finetune.lr" = [1e-3, 3e-3]
+[settings."AT"]
+"finetune.method" = "adapter"
+[settings."Full"]
+"finetune.method" = "full"
+[settings."MP"]
+priming = "meta"
+[report]
+select = { by = "dev_f1", over = ["finetune.lr"] }
+"#;
+
+    #[test]
+    fn every_run_of_a_language_is_scored_on_the_same_sentences() {
+        let p = plan(SEEDED_EVAL);
+        for lang in ["hi", "af"] {
+            let runs: Vec<&FinetuneConfig> = p
+                .runs
+                .iter()
+                .filter(|r| r.kind() == RunKind::Finetune)
+                .map(ft)
+                .filter(|c| c.lang == lang)
+                .collect();
+            // 3 settings × 2 lrs × 3 seeds.
+            assert_eq!(runs.len(), 18);
+            let first = crate::data::load_language(&runs[0].data, lang, runs[0].seed).unwrap();
+            let mut train_draws = std::collections::BTreeSet::new();
+            for c in &runs {
+                assert_eq!(c.data.evaluation_keys(), runs[0].data.evaluation_keys());
+                let d = crate::data::load_language(&c.data, lang, c.seed).unwrap();
+                assert_eq!(d.dev, first.dev, "{lang} seed {}", c.seed);
+                assert_eq!(d.test, first.test, "{lang} seed {}", c.seed);
+                train_draws.insert(format!("{:?}", d.train));
+            }
+            // Training subsets still follow the seed (train_seed = "run").
+            assert_eq!(train_draws.len(), 3, "{lang}");
+        }
+    }
+
+    #[test]
+    fn a_setting_scored_on_other_sentences_is_an_error_at_its_line() {
+        let text = SEEDED_EVAL.replace(
+            "priming = \"meta\"\n",
+            "priming = \"meta\"\n\"finetune.data.test_limit\" = 100\n",
+        );
+        let sweep = Sweep::from_text(Path::new("t.toml"), &text).unwrap();
+        let e = Plan::expand(&sweep).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:14:"), "{e}");
+        assert!(
+            e.contains("setting \"MP\"")
+                && e.contains("than setting \"AT\"")
+                && e.contains("data.test_limit = 100 here, 30 there")
+                && e.contains("[base.finetune]"),
+            "{e}"
+        );
+        // A different eval seed under seeded subsampling is another set of sentences too.
+        let text = SEEDED_EVAL.replace(
+            "[settings.\"MP\"]",
+            "\"finetune.data.eval_seed\" = 4\n[settings.\"MP\"]",
+        );
+        let sweep = Sweep::from_text(Path::new("t.toml"), &text).unwrap();
+        let e = Plan::expand(&sweep).unwrap_err().to_string();
+        assert!(
+            e.contains("setting \"Full\"") && e.contains("data.eval_seed = 4 here, 0 there"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_key_varied_within_a_setting_must_be_selected_on_dev() {
+        let text = SEEDED_EVAL.replace("over = [\"finetune.lr\"]", "over = []");
+        let sweep = Sweep::from_text(Path::new("t.toml"), &text).unwrap();
+        let e = Plan::expand(&sweep).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:10:"), "{e}");
+        assert!(
+            e.contains("setting \"AT\" varies finetune.lr over [0.001, 0.003]")
+                && e.contains("over = [\"finetune.lr\"]"),
+            "{e}"
+        );
+        // A key that takes one value per setting is no variation.
+        let text = SEEDED_EVAL
+            .replace("over = [\"finetune.lr\"]", "over = []")
+            .replace("[1e-3, 3e-3]", "[1e-3]");
+        Plan::expand(&Sweep::from_text(Path::new("t.toml"), &text).unwrap()).unwrap();
+        // Selected keys must be keys.
+        let text = SEEDED_EVAL.replace("over = [\"finetune.lr\"]", "over = [\"finetune.lrr\"]");
+        let e = Sweep::from_text(Path::new("t.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("report.select.over: unknown key finetune.lrr: did you mean finetune.lr?"),
+            "{e}"
+        );
+    }
+
     fn ft_spec(f: impl FnOnce(&mut FinetuneConfig)) -> RunSpec {
         let mut config = FinetuneConfig {
             model: PathBuf::from("models/tiny"),
@@ -749,7 +989,7 @@ model = "m"
         // Pinned: a change here means every stored run gets a new id (and is recomputed).
         // It changes whenever FinetuneConfig gains a field, which is intended: the field's
         // value is part of what a run computed.
-        assert_eq!(ft_spec(|_| {}).id(), "3f2ae06e21a5a32e");
+        assert_eq!(ft_spec(|_| {}).id(), "d61794981eac8a02");
         assert_eq!(ft_spec(|_| {}).id(), ft_spec(|_| {}).id());
         let base = ft_spec(|_| {}).id();
         assert_ne!(ft_spec(|c| c.lr = Some(1e-3)).id(), base);

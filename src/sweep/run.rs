@@ -635,6 +635,17 @@ pub fn report_input_for(sweep: &Sweep) -> Result<ReportInput, SweepError> {
                     lang: config.lang.clone(),
                     seed: config.seed,
                     run_dir: dir.clone(),
+                    evaluation: config
+                        .data
+                        .evaluation_keys()
+                        .into_iter()
+                        .map(|(k, v)| format!("{k} = {v}"))
+                        .collect(),
+                    axes: e
+                        .axes
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.to_string()))
+                        .collect(),
                 },
                 metrics: Store::read_metrics(&dir),
             })

@@ -32,7 +32,7 @@ use crate::model::{EncoderInputs, ModelError, Tagger, TensorSet, masked_cross_en
 use crate::progress::{ProgressEvent, ProgressSink};
 use crate::rng::SeededRng;
 use crate::train::cache::EncoderCache;
-use crate::train::metrics::{EpochSummary, FinetuneMetrics, SentenceCounts};
+use crate::train::metrics::{EpochSummary, EvalSets, FinetuneMetrics, SentenceCounts};
 use crate::train::optim::{AdamW, AdamWConfig, LinearSchedule, OptimError};
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
@@ -475,6 +475,12 @@ pub fn run_finetune(
         wall_time_s: started.elapsed().as_secs_f64(),
         truncated_words_dev: truncated_words(&splits.dev),
         truncated_words_test: truncated_words(&splits.test),
+        eval_sets: EvalSets {
+            dev_sentences: splits.dev_gold.len(),
+            dev_fingerprint: data::fingerprint(&splits.dev_gold),
+            test_sentences: splits.test_gold.len(),
+            test_fingerprint: data::fingerprint(&splits.test_gold),
+        },
         test_sentence_counts: test.sentence_counts,
         loss_curve,
     };

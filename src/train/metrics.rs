@@ -16,6 +16,15 @@ pub struct EpochSummary {
 /// statistics of micro F1, so reports can bootstrap over sentences without the predictions.
 pub type SentenceCounts = [u32; 3];
 
+/// Which dev and test sentences a run was scored on (see `primer::data::fingerprint`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalSets {
+    pub dev_sentences: usize,
+    pub dev_fingerprint: String,
+    pub test_sentences: usize,
+    pub test_fingerprint: String,
+}
+
 /// Everything a fine-tuning run measured. Written as `metrics.json`; a run is done only when
 /// this file exists.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +48,10 @@ pub struct FinetuneMetrics {
     /// Words beyond the maximum sequence length (scored as predicted `O`).
     pub truncated_words_dev: usize,
     pub truncated_words_test: usize,
+    /// The dev and test sentences scored (empty fingerprints in files written before primer
+    /// recorded them).
+    #[serde(default)]
+    pub eval_sets: EvalSets,
     /// One entry per test sentence, for paired bootstrap confidence intervals.
     pub test_sentence_counts: Vec<SentenceCounts>,
     /// Training loss at every optimiser step.
