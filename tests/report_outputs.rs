@@ -614,6 +614,36 @@ fn verdicts_with_five_seeds_and_the_default_pairs() {
 }
 
 #[test]
+fn runs_scored_on_other_sentences_are_not_compared() {
+    let (_keep, dir) = out_dir();
+    let dir = dir.join("fingerprints");
+    let mut input = synthetic(&dir);
+    for r in &mut input.runs {
+        if let Some(m) = r.metrics.as_mut() {
+            let odd = r.meta.setting == "3/AT" && r.meta.lang == "hi" && r.meta.seed == 2;
+            m.eval_sets.test_fingerprint = if odd { "bbbb" } else { "aaaa" }.to_string();
+        }
+    }
+    let summary = write_report(&input, &ReportOptions::default()).unwrap();
+    let p = &summary.comparison.pairs[0];
+    assert_eq!((p.a.as_str(), p.b.as_str()), ("4/Meta Priming→AT", "3/AT"));
+    assert!(p.per_lang.iter().all(|d| d.lang != "hi"), "{p:?}");
+    assert!(
+        p.notes.iter().any(|n| n.starts_with(
+            "hi: seed 2 scored different test sentences (test-set fingerprints aaaa vs bbbb)"
+        )),
+        "{:?}",
+        p.notes
+    );
+    let md = std::fs::read_to_string(dir.join("comparison.md")).unwrap();
+    assert!(
+        md.contains("- hi: **runs were scored on 2 different test sets** (200 sentences, fingerprint aaaa; 200 sentences, fingerprint bbbb)")
+            && md.contains("- af: 200 sentences, fingerprint aaaa"),
+        "{md}"
+    );
+}
+
+#[test]
 fn nothing_done_skips_figures_and_shows_dashes() {
     let (_keep, dir) = out_dir();
     let dir = dir.join("empty");

@@ -349,12 +349,17 @@ fn lang_pairs<'a>(
             &ma.eval_sets.test_fingerprint,
             &mb.eval_sets.test_fingerprint,
         );
-        if ca.len() != cb.len() || (!fa.is_empty() && !fb.is_empty() && fa != fb) {
+        let differ = if ca.len() != cb.len() {
+            Some(format!("{} vs {} sentences", ca.len(), cb.len()))
+        } else if !fa.is_empty() && !fb.is_empty() && fa != fb {
+            Some(format!("test-set fingerprints {fa} vs {fb}"))
+        } else {
+            None
+        };
+        if let Some(how) = differ {
             return skip(format!(
-                "seed {seed} scored different test sentences ({} vs {} sentences); \
-                 check the sweep's data keys",
-                ca.len(),
-                cb.len()
+                "seed {seed} scored different test sentences ({how}); rerun the runs of an \
+                 older primer, which drew test sentences per seed"
             ));
         }
         out.seeds.push(*seed);
