@@ -198,6 +198,41 @@ pub enum SupportMode {
     Distinct,
 }
 
+/// How the meta-learning inner loop draws dropout masks ([`PrimeConfig::inner_dropout`]); the
+/// same meaning for the PE and the full (MAML) inner loop. The query pass of the outer step
+/// always runs with the model's dropout.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum InnerDropout {
+    /// A fresh mask at every inner SGD step: what a PyTorch inner loop in train mode does (the
+    /// default). The PE loop then encodes the support batch anew (graph-free) at every step.
+    #[default]
+    PerStep,
+    /// One mask per support batch, reused by all S steps that read it (the PE loop encodes
+    /// each support batch once; the full loop replays the batch's masks at each step).
+    Shared,
+    /// No dropout in the inner loop.
+    Off,
+}
+
+impl InnerDropout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InnerDropout::PerStep => "per-step",
+            InnerDropout::Shared => "shared",
+            InnerDropout::Off => "off",
+        }
+    }
+}
+
+impl std::fmt::Display for InnerDropout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Settings of one priming run (`primer prime`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -228,7 +263,12 @@ pub struct PrimeConfig {
     /// Learning rate of FT priming (the multi-task fine-tuning baseline).
     pub ft_lr: f64,
     pub adapter_dim: usize,
+    /// Override the dropout probabilities of config.json (None: keep them).
     pub dropout: Option<f64>,
+    /// Dropout masks of the meta inner loop (FT priming has none, so it ignores this); see
+    /// [`InnerDropout`]. `priming.json` records the mode that ran (`off` when the model's
+    /// dropout is 0).
+    pub inner_dropout: InnerDropout,
     pub seed: u64,
     pub device: String,
 }
@@ -254,6 +294,7 @@ impl Default for PrimeConfig {
             ft_lr: 5e-5,
             adapter_dim: 64,
             dropout: None,
+            inner_dropout: InnerDropout::PerStep,
             seed: 0,
             device: "cpu".to_string(),
         }
@@ -268,5 +309,34 @@ impl PrimeConfig {
             InnerLoop::Pe => 0.03,
             InnerLoop::Full => 1e-4,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The noise keys default to the paper-faithful choices, read exactly the spellings their
+    /// `as_str` (and the command line) use, and reject anything else at deserialisation.
+    #[test]
+    fn noise_keys_default_faithfully_and_reject_unknown_values() {
+        let prime: PrimeConfig = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(prime.inner_dropout, InnerDropout::PerStep);
+        for mode in [
+            InnerDropout::PerStep,
+            InnerDropout::Shared,
+            InnerDropout::Off,
+        ] {
+            let c: PrimeConfig =
+                serde_json::from_value(json!({ "inner_dropout": mode.as_str() })).unwrap();
+            assert_eq!(c.inner_dropout, mode);
+            let flag = <InnerDropout as clap::ValueEnum>::from_str(mode.as_str(), false);
+            assert_eq!(flag, Ok(mode));
+        }
+        for bad in ["per_step", "PerStep", "on"] {
+            let r = serde_json::from_value::<PrimeConfig>(json!({ "inner_dropout": bad }));
+            assert!(r.is_err(), "inner_dropout = {bad} was accepted");
+        }
     }
 }

@@ -5,7 +5,7 @@
 use super::error::{PrimeError, Result};
 use super::meta::{Batch, InnerParams, MetaStepConfig, PrimingState, TaskBatches, meta_step};
 use super::outer::AdamWOuter;
-use crate::config::SupportMode;
+use crate::config::{InnerDropout, SupportMode};
 use crate::model::{DEFAULT_NUM_LABELS, Tagger};
 use crate::rng::SeededRng;
 use crate::train::optim::AdamWConfig;
@@ -214,6 +214,8 @@ pub fn time_meta_steps(mut tagger: Tagger, spec: &MetaBenchSpec) -> Result<Bench
         inner_steps: spec.inner_steps,
         inner_lr: spec.inner_lr,
         record_adapted_encoder: false,
+        // Without dropout (no stream below) every mode runs the same.
+        inner_dropout: InnerDropout::PerStep,
     };
     let mut state = PrimingState::new(tagger, None);
     let mut times = Vec::with_capacity(spec.steps);
