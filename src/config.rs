@@ -106,6 +106,34 @@ impl Default for DataConfig {
     }
 }
 
+/// What fine-tuning does with the adapter of the folder it starts from (a primed checkpoint's
+/// θa*; [`FinetuneConfig::primed_adapter`]).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrimedAdapter {
+    /// Keep it: Full FT trains it with everything else (θp* ∪ θa* ∪ θh), adapter tuning
+    /// continues from it, head tuning reads it frozen. What the paper's priming → fine-tuning
+    /// pipeline does, and the default.
+    #[default]
+    Train,
+    /// Discard it: the run starts from θp* alone, exactly as it would from a pretrained folder
+    /// holding those weights. Full FT then has 1/Full FT's shape (θp ∪ θh, no adapter), head
+    /// tuning reads no adapter, and adapter tuning starts from a fresh adapter (seeded as in an
+    /// unprimed run), which isolates what priming did to θp from what it did to θa.
+    Drop,
+}
+
+impl PrimedAdapter {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrimedAdapter::Train => "train",
+            PrimedAdapter::Drop => "drop",
+        }
+    }
+}
+
 /// Settings of one downstream fine-tuning run (`primer finetune`): the unit of work that a
 /// sweep schedules. One serialisable struct so that a run is fully described by it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,9 +158,16 @@ pub struct FinetuneConfig {
     pub decay_bias_and_norm: bool,
     /// Bottleneck dimension of the adapter created when the model has none.
     pub adapter_dim: usize,
-    /// Cache encoder outputs of train and dev when θp is frozen (head/adapter tuning; encoder
-    /// dropout is off then; see `primer::train::cache`).
+    /// Cache encoder outputs of train and dev when θp is frozen (head/adapter tuning; see
+    /// `primer::train::cache`). The cache is encoded once without dropout, so with it the
+    /// encoder runs dropout-free during head/adapter tuning (a constant encoder output per
+    /// sentence); `false` runs the encoder at every training step with its dropout, as a
+    /// PyTorch training loop in train mode does. Full FT always runs the encoder with dropout.
+    /// `metrics.json` records the encoder dropout in effect (`training_noise`).
     pub cache_encoder: bool,
+    /// What happens to the adapter the starting folder carries (a primed checkpoint's θa*,
+    /// `init`); see [`PrimedAdapter`]. Without one, both values run the same.
+    pub primed_adapter: PrimedAdapter,
     /// Override the dropout probabilities of config.json (None: keep them).
     pub dropout: Option<f64>,
     pub seed: u64,
@@ -156,6 +191,7 @@ impl Default for FinetuneConfig {
             decay_bias_and_norm: true,
             adapter_dim: 64,
             cache_encoder: true,
+            primed_adapter: PrimedAdapter::Train,
             dropout: None,
             seed: 0,
             device: "cpu".to_string(),
@@ -323,6 +359,8 @@ mod tests {
     fn noise_keys_default_faithfully_and_reject_unknown_values() {
         let prime: PrimeConfig = serde_json::from_value(json!({})).unwrap();
         assert_eq!(prime.inner_dropout, InnerDropout::PerStep);
+        let finetune: FinetuneConfig = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(finetune.primed_adapter, PrimedAdapter::Train);
         for mode in [
             InnerDropout::PerStep,
             InnerDropout::Shared,
@@ -334,9 +372,18 @@ mod tests {
             let flag = <InnerDropout as clap::ValueEnum>::from_str(mode.as_str(), false);
             assert_eq!(flag, Ok(mode));
         }
+        for choice in [PrimedAdapter::Train, PrimedAdapter::Drop] {
+            let c: FinetuneConfig =
+                serde_json::from_value(json!({ "primed_adapter": choice.as_str() })).unwrap();
+            assert_eq!(c.primed_adapter, choice);
+            let flag = <PrimedAdapter as clap::ValueEnum>::from_str(choice.as_str(), false);
+            assert_eq!(flag, Ok(choice));
+        }
         for bad in ["per_step", "PerStep", "on"] {
             let r = serde_json::from_value::<PrimeConfig>(json!({ "inner_dropout": bad }));
             assert!(r.is_err(), "inner_dropout = {bad} was accepted");
         }
+        let r = serde_json::from_value::<FinetuneConfig>(json!({ "primed_adapter": "keep" }));
+        assert!(r.is_err());
     }
 }

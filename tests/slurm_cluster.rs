@@ -270,6 +270,7 @@ fn metrics_template(path: &Path) {
         truncated_words_test: 0,
         test_sentence_counts: vec![],
         loss_curve: vec![],
+        training_noise: None,
     };
     std::fs::write(path, serde_json::to_vec(&m).unwrap()).unwrap();
 }

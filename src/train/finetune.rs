@@ -7,7 +7,10 @@
 //! trains adapter + head on the cached outputs of the labelled tokens alone, and every dev
 //! evaluation runs adapter + head on the cached first subwords. The batches are the same as
 //! without the cache, so with dropout off the cache changes the speed and nothing else (a test
-//! checks this).
+//! checks this). With dropout on, the cache means the encoder runs without dropout in those
+//! runs (`cache_encoder = false` runs it with dropout at every step, as a PyTorch loop in
+//! train mode does); Full FT always runs it with dropout. `metrics.json` records the encoder
+//! dropout in effect and what became of a primed adapter ([`TrainingNoise`]).
 //!
 //! ```no_run
 //! use primer::config::{FinetuneConfig, FinetuneMethod};
@@ -23,7 +26,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::config::{FinetuneConfig, FinetuneMethod};
+use crate::config::{FinetuneConfig, FinetuneMethod, PrimedAdapter};
 use crate::data::{self, Batch, Batcher, EncodedSentence, LabelSet, Sentence, WordTokenizer};
 use crate::device::{DeviceError, open_device};
 use crate::fsutil::{FsError, write_json_atomic};
@@ -32,7 +35,9 @@ use crate::model::{EncoderInputs, ModelError, Tagger, TensorSet, masked_cross_en
 use crate::progress::{ProgressEvent, ProgressSink};
 use crate::rng::SeededRng;
 use crate::train::cache::EncoderCache;
-use crate::train::metrics::{EpochSummary, FinetuneMetrics, SentenceCounts};
+use crate::train::metrics::{
+    EpochSummary, FinetuneMetrics, PrimedAdapterUse, SentenceCounts, TrainingNoise,
+};
 use crate::train::optim::{AdamW, AdamWConfig, LinearSchedule, OptimError};
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
@@ -120,6 +125,48 @@ fn validate(config: &FinetuneConfig) -> Result<()> {
 /// The folder the run starts from: the primed checkpoint when given, else the pretrained model.
 fn model_dir(config: &FinetuneConfig) -> PathBuf {
     config.init.clone().unwrap_or_else(|| config.model.clone())
+}
+
+/// The tagger a run trains, and what became of the starting folder's adapter: the folder's
+/// weights with the run's dropout, its adapter kept or discarded as `primed_adapter` says, a
+/// new adapter for adapter tuning when none is left, a new head for the target language, and
+/// the method's groups trainable.
+fn build_tagger(
+    config: &FinetuneConfig,
+    dir: &Path,
+    num_labels: usize,
+    device: &Device,
+) -> Result<(Tagger, PrimedAdapterUse)> {
+    let mut tagger = Tagger::from_pretrained(dir, device)?;
+    if let Some(p) = config.dropout {
+        tagger.config = tagger.config.with_dropout(p);
+    }
+    let primed_adapter = match (tagger.adapter.is_some(), config.primed_adapter) {
+        (false, _) => PrimedAdapterUse::Absent,
+        (true, PrimedAdapter::Drop) => {
+            tagger.adapter = None;
+            PrimedAdapterUse::Dropped
+        }
+        (true, PrimedAdapter::Train) if config.method == FinetuneMethod::Head => {
+            PrimedAdapterUse::Frozen
+        }
+        (true, PrimedAdapter::Train) => PrimedAdapterUse::Trained,
+    };
+    if config.method == FinetuneMethod::Adapter {
+        tagger.ensure_adapter(
+            config.adapter_dim,
+            &mut SeededRng::derive(config.seed, "init.adapter"),
+        )?;
+    }
+    let lang = config.lang.as_str();
+    tagger.add_head(
+        lang,
+        num_labels,
+        &mut SeededRng::derive(config.seed, "init.head"),
+    )?;
+    let groups = tagger.groups_for(config.method, lang);
+    tagger.set_trainable(&groups)?;
+    Ok((tagger, primed_adapter))
 }
 
 /// The tokenised splits of one language.
@@ -272,29 +319,21 @@ pub fn run_finetune(
     );
     let splits = prepare_splits(config, &dir)?;
 
-    let mut tagger = Tagger::from_pretrained(&dir, &device)?;
-    if let Some(p) = config.dropout {
-        tagger.config = tagger.config.with_dropout(p);
-    }
-    if config.method == FinetuneMethod::Adapter {
-        tagger.ensure_adapter(
-            config.adapter_dim,
-            &mut SeededRng::derive(config.seed, "init.adapter"),
-        )?;
-    }
-    tagger.add_head(
-        lang,
-        splits.labels.len(),
-        &mut SeededRng::derive(config.seed, "init.head"),
-    )?;
+    let (tagger, primed_adapter) = build_tagger(config, &dir, splits.labels.len(), &device)?;
     let groups = tagger.groups_for(config.method, lang);
-    tagger.set_trainable(&groups)?;
 
     let trained_params = tagger.trainable_params();
     let total_params = tagger.total_params(&[lang]);
 
     // θp is frozen in head and adapter tuning: encode train and dev once (see `cache`).
     let use_cache = config.cache_encoder && config.method != FinetuneMethod::Full;
+    // The cache is encoded without dropout; otherwise every step runs the encoder with it.
+    let encoder_dropout = |p: f64| if use_cache { 0.0 } else { p };
+    let training_noise = TrainingNoise {
+        encoder_hidden_dropout: encoder_dropout(tagger.config.hidden_dropout_prob),
+        encoder_attention_dropout: encoder_dropout(tagger.config.attention_probs_dropout_prob),
+        primed_adapter,
+    };
     // Every graph-free encoder pass (cache, scoring) uses token-budget batches.
     let inference_batcher = Batcher::for_inference(&device, splits.batcher.pad_id);
     let caches = if use_cache {
@@ -477,6 +516,7 @@ pub fn run_finetune(
         truncated_words_test: truncated_words(&splits.test),
         test_sentence_counts: test.sentence_counts,
         loss_curve,
+        training_noise: Some(training_noise),
     };
     write_json_atomic(&out_dir.join(METRICS_FILE), &metrics)?;
     Ok(metrics)
@@ -486,6 +526,152 @@ pub fn run_finetune(
 mod tests {
     use super::*;
     use crate::model::{ParamGroup, RandomBertSpec, write_random_bert};
+
+    /// A tiny random BERT folder `<tmp>/bert` and a primed checkpoint `<tmp>/primed` of the
+    /// same θp plus an adapter of dimension 8; returns both and a config that fine-tunes "af"
+    /// on four sentences for one epoch.
+    fn model_and_primed_checkpoint(tmp: &Path) -> (PathBuf, PathBuf, FinetuneConfig) {
+        let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let tokenizer = crate_dir.join("data/tokenizer/bert-base-multilingual-cased");
+        let spec = RandomBertSpec {
+            hidden: 16,
+            layers: 1,
+            heads: 2,
+            intermediate: 32,
+            max_position: 32,
+            seed: 4,
+        };
+        let model = tmp.join("bert");
+        let primed = tmp.join("primed");
+        write_random_bert(&model, &tokenizer, &spec).unwrap();
+        write_random_bert(&primed, &tokenizer, &spec).unwrap();
+        let mut tagger = Tagger::from_pretrained(&primed, &Device::Cpu).unwrap();
+        tagger.ensure_adapter(8, &mut SeededRng::new(77)).unwrap();
+        tagger.save_primed(&primed).unwrap();
+        let mut config = FinetuneConfig {
+            model: model.clone(),
+            lang: "af".into(),
+            epochs: 1,
+            batch_size: 4,
+            adapter_dim: 8,
+            dropout: Some(0.1),
+            ..FinetuneConfig::default()
+        };
+        config.data.root = crate_dir.join("data/wikiann");
+        config.data.train_limit = Some(4);
+        config.data.dev_limit = Some(4);
+        config.data.test_limit = Some(4);
+        config.data.max_len = 16;
+        (model, primed, config)
+    }
+
+    fn adapter_values(tagger: &Tagger) -> Vec<Vec<f32>> {
+        let adapter = tagger.adapter.as_ref().expect("an adapter");
+        adapter
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect()
+    }
+
+    /// `drop` gives Full FT from a primed checkpoint 1/Full FT's shape (no adapter), `train`
+    /// keeps and trains the primed adapter; metrics.json says which.
+    #[test]
+    fn primed_adapter_drop_gives_full_ft_the_shape_of_unprimed_full_ft() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, primed, base) = model_and_primed_checkpoint(tmp.path());
+        let run = |init: Option<&Path>, primed_adapter| {
+            let config = FinetuneConfig {
+                init: init.map(Path::to_path_buf),
+                method: FinetuneMethod::Full,
+                primed_adapter,
+                ..base.clone()
+            };
+            let out = tempfile::tempdir().unwrap();
+            run_finetune(&config, out.path(), &crate::progress::NoProgress).unwrap()
+        };
+        let unprimed = run(None, PrimedAdapter::Train);
+        let dropped = run(Some(&primed), PrimedAdapter::Drop);
+        let trained = run(Some(&primed), PrimedAdapter::Train);
+        let adapter_params = 2 * 16 * 8 + 8 + 16;
+        assert_eq!(dropped.trained_params, unprimed.trained_params);
+        assert_eq!(
+            trained.trained_params,
+            unprimed.trained_params + adapter_params
+        );
+        let use_of = |m: &FinetuneMetrics| m.training_noise.as_ref().unwrap().primed_adapter;
+        assert_eq!(use_of(&unprimed), PrimedAdapterUse::Absent);
+        assert_eq!(use_of(&dropped), PrimedAdapterUse::Dropped);
+        assert_eq!(use_of(&trained), PrimedAdapterUse::Trained);
+    }
+
+    /// Adapter tuning with `drop` starts from the adapter an unprimed run creates, with
+    /// `train` from the primed one; head tuning reads the primed adapter frozen or none.
+    #[test]
+    fn primed_adapter_decides_which_adapter_tuning_starts_from() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (model, primed, base) = model_and_primed_checkpoint(tmp.path());
+        let dev = Device::Cpu;
+        let build = |dir: &Path, method, primed_adapter| {
+            let config = FinetuneConfig {
+                method,
+                primed_adapter,
+                ..base.clone()
+            };
+            build_tagger(&config, dir, 7, &dev).unwrap()
+        };
+        let primed_values = adapter_values(&Tagger::from_pretrained(&primed, &dev).unwrap());
+        let (fresh, use_fresh) = build(&model, FinetuneMethod::Adapter, PrimedAdapter::Train);
+        assert_eq!(use_fresh, PrimedAdapterUse::Absent);
+        let (kept, use_kept) = build(&primed, FinetuneMethod::Adapter, PrimedAdapter::Train);
+        assert_eq!(use_kept, PrimedAdapterUse::Trained);
+        assert_eq!(adapter_values(&kept), primed_values);
+        let (dropped, use_dropped) = build(&primed, FinetuneMethod::Adapter, PrimedAdapter::Drop);
+        assert_eq!(use_dropped, PrimedAdapterUse::Dropped);
+        assert_eq!(adapter_values(&dropped), adapter_values(&fresh));
+        assert_ne!(adapter_values(&dropped), primed_values);
+
+        let (head, use_head) = build(&primed, FinetuneMethod::Head, PrimedAdapter::Train);
+        assert_eq!(use_head, PrimedAdapterUse::Frozen);
+        assert_eq!(adapter_values(&head), primed_values);
+        assert!(!head.is_trainable(&ParamGroup::Adapter));
+        let (head, use_head) = build(&primed, FinetuneMethod::Head, PrimedAdapter::Drop);
+        assert_eq!(use_head, PrimedAdapterUse::Dropped);
+        assert!(head.adapter.is_none());
+    }
+
+    /// metrics.json records the encoder dropout the training steps ran with: none through
+    /// the encoder cache, the model's otherwise.
+    #[test]
+    fn training_noise_records_the_encoder_dropout_in_effect() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, _, base) = model_and_primed_checkpoint(tmp.path());
+        for (method, cache_encoder, want) in [
+            (FinetuneMethod::Adapter, true, 0.0),
+            (FinetuneMethod::Adapter, false, 0.1),
+            (FinetuneMethod::Head, true, 0.0),
+            (FinetuneMethod::Full, true, 0.1),
+        ] {
+            let config = FinetuneConfig {
+                method,
+                cache_encoder,
+                ..base.clone()
+            };
+            let out = tempfile::tempdir().unwrap();
+            let m = run_finetune(&config, out.path(), &crate::progress::NoProgress).unwrap();
+            let on_disk: FinetuneMetrics =
+                crate::fsutil::read_json(&out.path().join(METRICS_FILE)).unwrap();
+            let noise = on_disk.training_noise.unwrap();
+            assert_eq!(
+                (
+                    noise.encoder_hidden_dropout,
+                    noise.encoder_attention_dropout
+                ),
+                (want, want),
+                "{method:?}, cache_encoder {cache_encoder}"
+            );
+            assert_eq!(m.training_noise, Some(noise));
+        }
+    }
 
     /// Scoring through the cached first-subword rows predicts every word exactly as the whole
     /// tagger does. An untrained head predicts many entities, so the comparison is not one of
