@@ -527,9 +527,8 @@ mod tests {
     use super::*;
     use crate::model::{ParamGroup, RandomBertSpec, write_random_bert};
 
-    /// A tiny random BERT folder `<tmp>/bert` and a primed checkpoint `<tmp>/primed` of the
-    /// same θp plus an adapter of dimension 8; returns both and a config that fine-tunes "af"
-    /// on four sentences for one epoch.
+    /// A tiny random BERT folder `<tmp>/bert`, a primed checkpoint `<tmp>/primed` of the same
+    /// θp plus an adapter of dimension 8, and a config for target "af".
     fn model_and_primed_checkpoint(tmp: &Path) -> (PathBuf, PathBuf, FinetuneConfig) {
         let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
         let tokenizer = crate_dir.join("data/tokenizer/bert-base-multilingual-cased");
@@ -548,20 +547,12 @@ mod tests {
         let mut tagger = Tagger::from_pretrained(&primed, &Device::Cpu).unwrap();
         tagger.ensure_adapter(8, &mut SeededRng::new(77)).unwrap();
         tagger.save_primed(&primed).unwrap();
-        let mut config = FinetuneConfig {
+        let config = FinetuneConfig {
             model: model.clone(),
             lang: "af".into(),
-            epochs: 1,
-            batch_size: 4,
             adapter_dim: 8,
-            dropout: Some(0.1),
             ..FinetuneConfig::default()
         };
-        config.data.root = crate_dir.join("data/wikiann");
-        config.data.train_limit = Some(4);
-        config.data.dev_limit = Some(4);
-        config.data.test_limit = Some(4);
-        config.data.max_len = 16;
         (model, primed, config)
     }
 
@@ -573,104 +564,75 @@ mod tests {
             .collect()
     }
 
-    /// `drop` gives Full FT from a primed checkpoint 1/Full FT's shape (no adapter), `train`
-    /// keeps and trains the primed adapter; metrics.json says which.
+    /// The tagger a run builds from `dir` (a 7-label head for "af").
+    fn built(
+        base: &FinetuneConfig,
+        dir: &Path,
+        method: FinetuneMethod,
+        primed_adapter: PrimedAdapter,
+    ) -> (Tagger, PrimedAdapterUse) {
+        let config = FinetuneConfig {
+            method,
+            primed_adapter,
+            ..base.clone()
+        };
+        build_tagger(&config, dir, 7, &Device::Cpu).unwrap()
+    }
+
+    /// `drop` gives Full FT from a primed checkpoint 1/Full FT's shape (no adapter, the same
+    /// trained parameters); `train` keeps and trains the primed adapter.
     #[test]
     fn primed_adapter_drop_gives_full_ft_the_shape_of_unprimed_full_ft() {
         let tmp = tempfile::tempdir().unwrap();
-        let (_, primed, base) = model_and_primed_checkpoint(tmp.path());
-        let run = |init: Option<&Path>, primed_adapter| {
-            let config = FinetuneConfig {
-                init: init.map(Path::to_path_buf),
-                method: FinetuneMethod::Full,
-                primed_adapter,
-                ..base.clone()
-            };
-            let out = tempfile::tempdir().unwrap();
-            run_finetune(&config, out.path(), &crate::progress::NoProgress).unwrap()
-        };
-        let unprimed = run(None, PrimedAdapter::Train);
-        let dropped = run(Some(&primed), PrimedAdapter::Drop);
-        let trained = run(Some(&primed), PrimedAdapter::Train);
-        let adapter_params = 2 * 16 * 8 + 8 + 16;
-        assert_eq!(dropped.trained_params, unprimed.trained_params);
+        let (model, primed, base) = model_and_primed_checkpoint(tmp.path());
+        let full = FinetuneMethod::Full;
+        let (unprimed, use_unprimed) = built(&base, &model, full, PrimedAdapter::Train);
+        let (dropped, use_dropped) = built(&base, &primed, full, PrimedAdapter::Drop);
+        let (trained, use_trained) = built(&base, &primed, full, PrimedAdapter::Train);
+        assert_eq!(use_unprimed, PrimedAdapterUse::Absent);
+        assert_eq!(use_dropped, PrimedAdapterUse::Dropped);
+        assert_eq!(use_trained, PrimedAdapterUse::Trained);
+        assert!(unprimed.adapter.is_none() && dropped.adapter.is_none());
+        assert_eq!(dropped.trainable_params(), unprimed.trainable_params());
         assert_eq!(
-            trained.trained_params,
-            unprimed.trained_params + adapter_params
+            dropped.total_params(&["af"]),
+            unprimed.total_params(&["af"])
         );
-        let use_of = |m: &FinetuneMetrics| m.training_noise.as_ref().unwrap().primed_adapter;
-        assert_eq!(use_of(&unprimed), PrimedAdapterUse::Absent);
-        assert_eq!(use_of(&dropped), PrimedAdapterUse::Dropped);
-        assert_eq!(use_of(&trained), PrimedAdapterUse::Trained);
+        let adapter_params = 2 * 16 * 8 + 8 + 16;
+        assert!(trained.is_trainable(&ParamGroup::Adapter));
+        assert_eq!(
+            trained.trainable_params(),
+            unprimed.trainable_params() + adapter_params
+        );
     }
 
     /// Adapter tuning with `drop` starts from the adapter an unprimed run creates, with
-    /// `train` from the primed one; head tuning reads the primed adapter frozen or none.
+    /// `train` from the primed one; head tuning reads the primed adapter frozen, or none.
     #[test]
     fn primed_adapter_decides_which_adapter_tuning_starts_from() {
         let tmp = tempfile::tempdir().unwrap();
         let (model, primed, base) = model_and_primed_checkpoint(tmp.path());
-        let dev = Device::Cpu;
-        let build = |dir: &Path, method, primed_adapter| {
-            let config = FinetuneConfig {
-                method,
-                primed_adapter,
-                ..base.clone()
-            };
-            build_tagger(&config, dir, 7, &dev).unwrap()
-        };
-        let primed_values = adapter_values(&Tagger::from_pretrained(&primed, &dev).unwrap());
-        let (fresh, use_fresh) = build(&model, FinetuneMethod::Adapter, PrimedAdapter::Train);
+        let primed_values =
+            adapter_values(&Tagger::from_pretrained(&primed, &Device::Cpu).unwrap());
+        let adapter = FinetuneMethod::Adapter;
+        let (fresh, use_fresh) = built(&base, &model, adapter, PrimedAdapter::Train);
         assert_eq!(use_fresh, PrimedAdapterUse::Absent);
-        let (kept, use_kept) = build(&primed, FinetuneMethod::Adapter, PrimedAdapter::Train);
+        let (kept, use_kept) = built(&base, &primed, adapter, PrimedAdapter::Train);
         assert_eq!(use_kept, PrimedAdapterUse::Trained);
         assert_eq!(adapter_values(&kept), primed_values);
-        let (dropped, use_dropped) = build(&primed, FinetuneMethod::Adapter, PrimedAdapter::Drop);
+        let (dropped, use_dropped) = built(&base, &primed, adapter, PrimedAdapter::Drop);
         assert_eq!(use_dropped, PrimedAdapterUse::Dropped);
         assert_eq!(adapter_values(&dropped), adapter_values(&fresh));
         assert_ne!(adapter_values(&dropped), primed_values);
 
-        let (head, use_head) = build(&primed, FinetuneMethod::Head, PrimedAdapter::Train);
-        assert_eq!(use_head, PrimedAdapterUse::Frozen);
-        assert_eq!(adapter_values(&head), primed_values);
-        assert!(!head.is_trainable(&ParamGroup::Adapter));
-        let (head, use_head) = build(&primed, FinetuneMethod::Head, PrimedAdapter::Drop);
-        assert_eq!(use_head, PrimedAdapterUse::Dropped);
-        assert!(head.adapter.is_none());
-    }
-
-    /// metrics.json records the encoder dropout the training steps ran with: none through
-    /// the encoder cache, the model's otherwise.
-    #[test]
-    fn training_noise_records_the_encoder_dropout_in_effect() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (_, _, base) = model_and_primed_checkpoint(tmp.path());
-        for (method, cache_encoder, want) in [
-            (FinetuneMethod::Adapter, true, 0.0),
-            (FinetuneMethod::Adapter, false, 0.1),
-            (FinetuneMethod::Head, true, 0.0),
-            (FinetuneMethod::Full, true, 0.1),
-        ] {
-            let config = FinetuneConfig {
-                method,
-                cache_encoder,
-                ..base.clone()
-            };
-            let out = tempfile::tempdir().unwrap();
-            let m = run_finetune(&config, out.path(), &crate::progress::NoProgress).unwrap();
-            let on_disk: FinetuneMetrics =
-                crate::fsutil::read_json(&out.path().join(METRICS_FILE)).unwrap();
-            let noise = on_disk.training_noise.unwrap();
-            assert_eq!(
-                (
-                    noise.encoder_hidden_dropout,
-                    noise.encoder_attention_dropout
-                ),
-                (want, want),
-                "{method:?}, cache_encoder {cache_encoder}"
-            );
-            assert_eq!(m.training_noise, Some(noise));
-        }
+        let head = FinetuneMethod::Head;
+        let (frozen, use_frozen) = built(&base, &primed, head, PrimedAdapter::Train);
+        assert_eq!(use_frozen, PrimedAdapterUse::Frozen);
+        assert_eq!(adapter_values(&frozen), primed_values);
+        assert!(!frozen.is_trainable(&ParamGroup::Adapter));
+        let (without, use_without) = built(&base, &primed, head, PrimedAdapter::Drop);
+        assert_eq!(use_without, PrimedAdapterUse::Dropped);
+        assert!(without.adapter.is_none());
     }
 
     /// Scoring through the cached first-subword rows predicts every word exactly as the whole
