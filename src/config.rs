@@ -198,6 +198,34 @@ impl DataConfig {
     }
 }
 
+/// What fine-tuning does with the adapter of the folder it starts from (a primed checkpoint's
+/// θa*; [`FinetuneConfig::primed_adapter`]).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrimedAdapter {
+    /// Keep it: Full FT trains it with everything else (θp* ∪ θa* ∪ θh), adapter tuning
+    /// continues from it, head tuning reads it frozen. What the paper's priming → fine-tuning
+    /// pipeline does, and the default.
+    #[default]
+    Train,
+    /// Discard it: the run starts from θp* alone, exactly as it would from a pretrained folder
+    /// holding those weights. Full FT then has 1/Full FT's shape (θp ∪ θh, no adapter), head
+    /// tuning reads no adapter, and adapter tuning starts from a fresh adapter (seeded as in an
+    /// unprimed run), which isolates what priming did to θp from what it did to θa.
+    Drop,
+}
+
+impl PrimedAdapter {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrimedAdapter::Train => "train",
+            PrimedAdapter::Drop => "drop",
+        }
+    }
+}
+
 /// Settings of one downstream fine-tuning run (`primer finetune`): the unit of work that a
 /// sweep schedules. One serialisable struct so that a run is fully described by it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -222,9 +250,16 @@ pub struct FinetuneConfig {
     pub decay_bias_and_norm: bool,
     /// Bottleneck dimension of the adapter created when the model has none.
     pub adapter_dim: usize,
-    /// Cache encoder outputs of train and dev when θp is frozen (head/adapter tuning; encoder
-    /// dropout is off then; see `primer::train::cache`).
+    /// Cache encoder outputs of train and dev when θp is frozen (head/adapter tuning; see
+    /// `primer::train::cache`). The cache is encoded once without dropout, so with it the
+    /// encoder runs dropout-free during head/adapter tuning (a constant encoder output per
+    /// sentence); `false` runs the encoder at every training step with its dropout, as a
+    /// PyTorch training loop in train mode does. Full FT always runs the encoder with dropout.
+    /// `metrics.json` records the encoder dropout in effect (`training_noise`).
     pub cache_encoder: bool,
+    /// What happens to the adapter the starting folder carries (a primed checkpoint's θa*,
+    /// `init`); see [`PrimedAdapter`]. Without one, both values run the same.
+    pub primed_adapter: PrimedAdapter,
     /// Override the dropout probabilities of config.json (None: keep them).
     pub dropout: Option<f64>,
     pub seed: u64,
@@ -248,6 +283,7 @@ impl Default for FinetuneConfig {
             decay_bias_and_norm: true,
             adapter_dim: 64,
             cache_encoder: true,
+            primed_adapter: PrimedAdapter::Train,
             dropout: None,
             seed: 0,
             device: "cpu".to_string(),
@@ -290,6 +326,41 @@ pub enum SupportMode {
     Distinct,
 }
 
+/// How the meta-learning inner loop draws dropout masks ([`PrimeConfig::inner_dropout`]); the
+/// same meaning for the PE and the full (MAML) inner loop. The query pass of the outer step
+/// always runs with the model's dropout.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum InnerDropout {
+    /// A fresh mask at every inner SGD step: what a PyTorch inner loop in train mode does (the
+    /// default). The PE loop then encodes the support batch anew (graph-free) at every step.
+    #[default]
+    PerStep,
+    /// One mask per support batch, reused by all S steps that read it (the PE loop encodes
+    /// each support batch once; the full loop replays the batch's masks at each step).
+    Shared,
+    /// No dropout in the inner loop.
+    Off,
+}
+
+impl InnerDropout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InnerDropout::PerStep => "per-step",
+            InnerDropout::Shared => "shared",
+            InnerDropout::Off => "off",
+        }
+    }
+}
+
+impl std::fmt::Display for InnerDropout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Settings of one priming run (`primer prime`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -320,7 +391,12 @@ pub struct PrimeConfig {
     /// Learning rate of FT priming (the multi-task fine-tuning baseline).
     pub ft_lr: f64,
     pub adapter_dim: usize,
+    /// Override the dropout probabilities of config.json (None: keep them).
     pub dropout: Option<f64>,
+    /// Dropout masks of the meta inner loop (FT priming has none, so it ignores this); see
+    /// [`InnerDropout`]. `priming.json` records the mode that ran (`off` when the model's
+    /// dropout is 0).
+    pub inner_dropout: InnerDropout,
     pub seed: u64,
     pub device: String,
 }
@@ -346,6 +422,7 @@ impl Default for PrimeConfig {
             ft_lr: 5e-5,
             adapter_dim: 64,
             dropout: None,
+            inner_dropout: InnerDropout::PerStep,
             seed: 0,
             device: "cpu".to_string(),
         }
@@ -360,5 +437,45 @@ impl PrimeConfig {
             InnerLoop::Pe => 0.03,
             InnerLoop::Full => 1e-4,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The noise keys default to the paper-faithful choices, read exactly the spellings their
+    /// `as_str` (and the command line) use, and reject anything else at deserialisation.
+    #[test]
+    fn noise_keys_default_faithfully_and_reject_unknown_values() {
+        let prime: PrimeConfig = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(prime.inner_dropout, InnerDropout::PerStep);
+        let finetune: FinetuneConfig = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(finetune.primed_adapter, PrimedAdapter::Train);
+        for mode in [
+            InnerDropout::PerStep,
+            InnerDropout::Shared,
+            InnerDropout::Off,
+        ] {
+            let c: PrimeConfig =
+                serde_json::from_value(json!({ "inner_dropout": mode.as_str() })).unwrap();
+            assert_eq!(c.inner_dropout, mode);
+            let flag = <InnerDropout as clap::ValueEnum>::from_str(mode.as_str(), false);
+            assert_eq!(flag, Ok(mode));
+        }
+        for choice in [PrimedAdapter::Train, PrimedAdapter::Drop] {
+            let c: FinetuneConfig =
+                serde_json::from_value(json!({ "primed_adapter": choice.as_str() })).unwrap();
+            assert_eq!(c.primed_adapter, choice);
+            let flag = <PrimedAdapter as clap::ValueEnum>::from_str(choice.as_str(), false);
+            assert_eq!(flag, Ok(choice));
+        }
+        for bad in ["per_step", "PerStep", "on"] {
+            let r = serde_json::from_value::<PrimeConfig>(json!({ "inner_dropout": bad }));
+            assert!(r.is_err(), "inner_dropout = {bad} was accepted");
+        }
+        let r = serde_json::from_value::<FinetuneConfig>(json!({ "primed_adapter": "keep" }));
+        assert!(r.is_err());
     }
 }

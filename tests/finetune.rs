@@ -178,6 +178,73 @@ fn metrics_file_is_complete_and_parameter_shares_follow_the_method() {
     assert!((shares[2] - 100.0).abs() < 1e-9, "{shares:?}");
 }
 
+/// metrics.json records the noise choices the run ran with: encoder dropout only where the
+/// encoder runs in the training steps (never through the cache), and what became of a primed
+/// adapter; Full FT from a primed checkpoint with `drop` trains what unprimed Full FT trains.
+#[test]
+fn metrics_record_the_training_noise_in_effect() {
+    use primer::config::PrimedAdapter;
+    use primer::train::PrimedAdapterUse;
+    let tmp = tempfile::tempdir().unwrap();
+    let primed = tmp.path().join("primed");
+    for f in std::fs::read_dir(tiny_model()).unwrap() {
+        let f = f.unwrap();
+        std::fs::create_dir_all(&primed).unwrap();
+        std::fs::copy(f.path(), primed.join(f.file_name())).unwrap();
+    }
+    let mut tagger =
+        primer::model::Tagger::from_pretrained(&primed, &candle_core::Device::Cpu).unwrap();
+    tagger
+        .ensure_adapter(8, &mut primer::rng::SeededRng::new(5))
+        .unwrap();
+    tagger.save_primed(&primed).unwrap();
+
+    let config = |method, cache_encoder, init: bool, primed_adapter| {
+        let mut c = tiny_config(method);
+        c.dropout = Some(0.1);
+        c.epochs = 1;
+        c.data.train_limit = Some(8);
+        c.cache_encoder = cache_encoder;
+        c.init = init.then(|| primed.clone());
+        c.primed_adapter = primed_adapter;
+        c
+    };
+    let noise_of = |c: &FinetuneConfig| {
+        let (m, out) = run(c);
+        let on_disk: FinetuneMetrics =
+            primer::fsutil::read_json(&out.path().join("metrics.json")).unwrap();
+        assert_eq!(on_disk.training_noise, m.training_noise);
+        let noise = m.training_noise.clone().expect("recorded");
+        (noise, m.trained_params)
+    };
+    let train = PrimedAdapter::Train;
+    for (method, cache, want) in [
+        (FinetuneMethod::Adapter, true, 0.0),
+        (FinetuneMethod::Adapter, false, 0.1),
+        (FinetuneMethod::Head, true, 0.0),
+        (FinetuneMethod::Full, true, 0.1),
+    ] {
+        let (noise, _) = noise_of(&config(method, cache, false, train));
+        assert_eq!(
+            (
+                noise.encoder_hidden_dropout,
+                noise.encoder_attention_dropout
+            ),
+            (want, want),
+            "{method:?}, cache_encoder {cache}"
+        );
+        assert_eq!(noise.primed_adapter, PrimedAdapterUse::Absent);
+    }
+    let full = FinetuneMethod::Full;
+    let (_, unprimed) = noise_of(&config(full, true, false, train));
+    let (dropped, dropped_params) = noise_of(&config(full, true, true, PrimedAdapter::Drop));
+    let (trained, trained_params) = noise_of(&config(full, true, true, train));
+    assert_eq!(dropped.primed_adapter, PrimedAdapterUse::Dropped);
+    assert_eq!(dropped_params, unprimed);
+    assert_eq!(trained.primed_adapter, PrimedAdapterUse::Trained);
+    assert_eq!(trained_params, unprimed + 2 * 32 * 8 + 8 + 32);
+}
+
 #[test]
 fn unknown_language_fails_clearly_and_writes_no_metrics() {
     // A failing run must say why: an unknown language names the data root.

@@ -7,6 +7,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
+use primer::config::InnerDropout;
 use primer::model::{ParamSet, Tagger};
 use primer::prime::{
     AdamWOuter, Batch, InnerParams, MetaStepConfig, MetaStepRecord, PrimingState, TaskBatches,
@@ -180,6 +181,8 @@ fn replay(
         inner_steps: s,
         inner_lr: f64_of(meta, &["inner_lr"]) * inner_lr_scale,
         record_adapted_encoder: true,
+        // The dumps run without dropout (no stream is given below), so no mode draws a mask.
+        inner_dropout: InnerDropout::PerStep,
     };
     let betas = meta["outer_opt"]["betas"].as_array().unwrap();
     let acfg = AdamWConfig {

@@ -48,6 +48,41 @@ fn time_meta_pe_and_meta_full_distinct_on_minilm() {
     }
 }
 
+/// What the paper-faithful per-step inner dropout costs against one mask per support batch
+/// (and no inner dropout) in meta-PE outer steps on MiniLM with dropout 0.1: per-step encodes
+/// the support batch S times per task instead of once.
+#[test]
+#[ignore = "measurement: run explicitly with --ignored --nocapture"]
+fn time_meta_pe_inner_dropout_modes_on_minilm() {
+    use primer::config::{InnerDropout, SupportMode};
+    if minilm().is_none() {
+        return;
+    }
+    for support in [SupportMode::Same, SupportMode::Distinct] {
+        for mode in [
+            InnerDropout::PerStep,
+            InnerDropout::Shared,
+            InnerDropout::Off,
+        ] {
+            let spec = MetaBenchSpec {
+                dropout: Some(0.1),
+                inner_dropout: mode,
+                support,
+                steps: 5,
+                ..MetaBenchSpec::meta_pe()
+            };
+            let r = time_meta_steps(minilm().unwrap(), &spec).unwrap();
+            println!(
+                "meta-pe, support {support:?}, dropout 0.1, inner dropout {mode}: median {:.0} ms, min {:.0} ms, max {:.0} ms over {} steps",
+                r.median_ms,
+                r.min_ms,
+                r.max_ms,
+                r.times_ms.len()
+            );
+        }
+    }
+}
+
 #[test]
 fn bench_code_path_runs_on_a_tiny_model() {
     use primer::model::{BertConfig, init::random_encoder};

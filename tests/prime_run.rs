@@ -3,7 +3,7 @@
 //! the MAML loop run through the same entry point.
 
 use candle_core::Device;
-use primer::config::{InnerLoop, PrimeConfig, PrimingMethod, SupportMode};
+use primer::config::{InnerDropout, InnerLoop, PrimeConfig, PrimingMethod, SupportMode};
 use primer::model::{RandomBertSpec, Tagger};
 use primer::prime::{PrimeCurves, PrimingInfo, prime};
 use primer::progress::{NoProgress, ProgressEvent, ProgressSink};
@@ -207,6 +207,58 @@ fn ft_priming_and_the_maml_loop_run_and_record_their_method() {
     let info: PrimingInfo = primer::fsutil::read_json(&out.join("priming.json")).unwrap();
     assert_eq!((info.method.as_str(), info.inner_lr), ("maml", 1e-4));
     assert_eq!(info.sentences_per_task_step, 16);
+}
+
+/// priming.json records the inner-loop dropout that ran: the configured mode when the model
+/// has dropout, `off` when it has none, nothing for FT priming (no inner loop).
+#[test]
+fn priming_json_records_the_inner_dropout_that_ran() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (Some(model), Some(data)) = (tiny_model(tmp.path()), data_root()) else {
+        return;
+    };
+    for (k, (method, dropout, mode, want)) in [
+        (
+            PrimingMethod::Meta,
+            0.1,
+            InnerDropout::Shared,
+            Some(InnerDropout::Shared),
+        ),
+        (
+            PrimingMethod::Meta,
+            0.1,
+            InnerDropout::PerStep,
+            Some(InnerDropout::PerStep),
+        ),
+        (
+            PrimingMethod::Meta,
+            0.0,
+            InnerDropout::PerStep,
+            Some(InnerDropout::Off),
+        ),
+        (PrimingMethod::Ft, 0.1, InnerDropout::PerStep, None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut c = base_config(model.clone(), data.clone());
+        c.method = method;
+        c.dropout = Some(dropout);
+        c.inner_dropout = mode;
+        c.steps = 1;
+        c.inner_steps = 2;
+        c.tasks_per_step = Some(1);
+        c.support_batch_size = 2;
+        c.query_batch_size = 2;
+        let out = tmp.path().join(format!("run{k}"));
+        prime(&c, &out, &NoProgress).unwrap();
+        let info: PrimingInfo = primer::fsutil::read_json(&out.join("priming.json")).unwrap();
+        assert_eq!(
+            info.inner_dropout, want,
+            "{method:?}, dropout {dropout}, {mode}"
+        );
+        assert_eq!(info.config.inner_dropout, mode);
+    }
 }
 
 #[test]

@@ -36,6 +36,7 @@ fn metrics(lang: &str, seed: u64, method: FinetuneMethod, correct: u32) -> Finet
             .map(|i| if i < correct { [1, 1, 1] } else { [0, 1, 1] })
             .collect(),
         loss_curve: vec![1.0, 0.8, 0.6],
+        training_noise: None,
     }
 }
 

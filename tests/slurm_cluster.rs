@@ -271,6 +271,7 @@ fn metrics_template(path: &Path) {
         eval_sets: Default::default(),
         test_sentence_counts: vec![],
         loss_curve: vec![],
+        training_noise: None,
     };
     std::fs::write(path, serde_json::to_vec(&m).unwrap()).unwrap();
 }

@@ -3,7 +3,7 @@
 use super::progress_bar::TerminalProgress;
 use super::run_args::{SharedRunArgs, shared_fields};
 use anyhow::Context;
-use primer::config::{FinetuneConfig, FinetuneMethod};
+use primer::config::{FinetuneConfig, FinetuneMethod, PrimedAdapter};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -20,6 +20,9 @@ pub struct FinetuneArgs {
     /// A primed checkpoint folder (from `primer prime`) to start from instead of --model.
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Keep and train the adapter of --init's checkpoint, or drop it (default train).
+    #[arg(long, value_enum)]
+    primed_adapter: Option<PrimedAdapter>,
     /// Target language (a folder under --data).
     #[arg(long)]
     lang: Option<String>,
@@ -60,6 +63,9 @@ impl FinetuneArgs {
         self.shared.apply(shared_fields!(c));
         if let Some(v) = &self.init {
             c.init = Some(v.clone());
+        }
+        if let Some(v) = self.primed_adapter {
+            c.primed_adapter = v;
         }
         if let Some(v) = &self.lang {
             c.lang = v.clone();

@@ -4,7 +4,7 @@
 use super::progress_bar::TerminalProgress;
 use super::run_args::{SharedRunArgs, shared_fields};
 use anyhow::Context;
-use primer::config::{InnerLoop, PrimeConfig, PrimingMethod, SupportMode};
+use primer::config::{InnerDropout, InnerLoop, PrimeConfig, PrimingMethod, SupportMode};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -56,6 +56,9 @@ pub struct PrimeArgs {
     ft_lr: Option<f64>,
     #[arg(long, value_enum)]
     support: Option<SupportArg>,
+    /// Dropout masks of the inner loop (default per-step).
+    #[arg(long, value_enum)]
+    inner_dropout: Option<InnerDropout>,
     /// Number of outer steps.
     #[arg(long)]
     steps: Option<usize>,
@@ -110,6 +113,9 @@ impl PrimeArgs {
                 SupportArg::Same => SupportMode::Same,
                 SupportArg::Distinct => SupportMode::Distinct,
             };
+        }
+        if let Some(v) = self.inner_dropout {
+            c.inner_dropout = v;
         }
         if let Some(v) = self.steps {
             c.steps = v;

@@ -201,6 +201,11 @@ impl BertConfig {
         }
     }
 
+    /// Whether a training pass draws any dropout mask (either probability above 0).
+    pub fn has_dropout(&self) -> bool {
+        self.hidden_dropout_prob > 0.0 || self.attention_probs_dropout_prob > 0.0
+    }
+
     /// The config.json document written next to saved weights (HF-loadable).
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("config is serialisable");
@@ -244,6 +249,23 @@ mod tests {
         let c = BertConfig::new(100, 16, 2, 4, 32).with_dropout(0.0);
         let back: BertConfig = serde_json::from_value(c.to_json()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn has_dropout_when_either_probability_is_positive() {
+        let c = BertConfig::new(100, 16, 2, 4, 32).with_dropout(0.0);
+        assert!(!c.has_dropout());
+        assert!(c.with_dropout(0.1).has_dropout());
+        let attention_only = BertConfig {
+            attention_probs_dropout_prob: 0.1,
+            ..c.clone()
+        };
+        assert!(attention_only.has_dropout());
+        let hidden_only = BertConfig {
+            hidden_dropout_prob: 0.1,
+            ..c
+        };
+        assert!(hidden_only.has_dropout());
     }
 
     #[test]

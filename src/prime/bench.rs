@@ -5,7 +5,7 @@
 use super::error::{PrimeError, Result};
 use super::meta::{Batch, InnerParams, MetaStepConfig, PrimingState, TaskBatches, meta_step};
 use super::outer::AdamWOuter;
-use crate::config::SupportMode;
+use crate::config::{InnerDropout, SupportMode};
 use crate::model::{DEFAULT_NUM_LABELS, Tagger};
 use crate::rng::SeededRng;
 use crate::train::optim::AdamWConfig;
@@ -26,6 +26,11 @@ pub struct MetaBenchSpec {
     pub inner_lr: f64,
     pub outer_lr: f64,
     pub adapter_dim: usize,
+    /// Dropout probability of the model during the steps; None runs without dropout
+    /// (evaluation mode), as the reference benchmark does.
+    pub dropout: Option<f64>,
+    /// How the inner loop draws its masks when `dropout` is given.
+    pub inner_dropout: InnerDropout,
     /// Untimed steps first.
     pub warmup: usize,
     /// Timed steps.
@@ -46,6 +51,8 @@ impl MetaBenchSpec {
             inner_lr: 0.03,
             outer_lr: 5e-5,
             adapter_dim: 64,
+            dropout: None,
+            inner_dropout: InnerDropout::PerStep,
             warmup: 1,
             steps: 3,
             seed: 0,
@@ -166,7 +173,8 @@ pub fn synthetic_tasks(
 
 /// Times `spec.steps` meta outer steps (after `spec.warmup` untimed ones) of `tagger` (whose
 /// encoder is used as loaded; an adapter and one head per task are created when missing).
-/// Batches are built before the clock starts; dropout is off, as in the reference.
+/// Batches are built before the clock starts; dropout is off unless `spec.dropout` is given
+/// (the reference runs without).
 pub fn time_meta_steps(mut tagger: Tagger, spec: &MetaBenchSpec) -> Result<BenchTiming> {
     if spec.steps == 0 {
         return Err(PrimeError::Config(
@@ -214,8 +222,13 @@ pub fn time_meta_steps(mut tagger: Tagger, spec: &MetaBenchSpec) -> Result<Bench
         inner_steps: spec.inner_steps,
         inner_lr: spec.inner_lr,
         record_adapted_encoder: false,
+        inner_dropout: spec.inner_dropout,
     };
-    let mut state = PrimingState::new(tagger, None);
+    let dropout = spec.dropout.map(|p| {
+        tagger.config = tagger.config.with_dropout(p);
+        SeededRng::derive(spec.seed, "bench.dropout")
+    });
+    let mut state = PrimingState::new(tagger, dropout);
     let mut times = Vec::with_capacity(spec.steps);
     let mut losses = Vec::new();
     for (k, tasks) in all.iter().enumerate() {

@@ -6,12 +6,16 @@
 //! the query loss is taken at (θp or its fast copy, fast θa, fast θh_l); its first-order
 //! gradients w.r.t. the encoder and adapter weights used there are summed over tasks onto θp
 //! and θa; one outer optimiser step follows; θh_l := its adapted head.
+//!
+//! Dropout: the query pass draws masks from the run's dropout stream like any training pass;
+//! the inner loop draws them as [`MetaStepConfig::inner_dropout`] says (fresh at every inner
+//! step, one per support batch, or none), identically for the PE and the full inner loop.
 
 use super::error::{PrimeError, Result};
-use crate::config::InnerLoop;
+use crate::config::{InnerDropout, InnerLoop};
 use crate::model::{
-    EncoderInputs, ParamGroup, ParamSet, Tagger, TensorSet, Weights, encode, logits_from_hidden,
-    masked_cross_entropy,
+    BertConfig, EncoderInputs, ParamGroup, ParamSet, Tagger, TensorSet, Weights, encode,
+    logits_from_hidden, masked_cross_entropy,
 };
 use crate::rng::SeededRng;
 use crate::train::CachedRows;
@@ -102,6 +106,20 @@ pub struct MetaStepConfig {
     /// Keep the adapted fast encoder in the record (MAML loop only; costs a copy of θp per
     /// task until the record is dropped, so only tests ask for it).
     pub record_adapted_encoder: bool,
+    /// How the inner loop draws dropout masks when the run has a dropout stream and the model
+    /// a dropout above 0 ([`inner_dropout_in_effect`]).
+    pub inner_dropout: InnerDropout,
+}
+
+/// The inner-loop dropout that actually runs for a configured `mode` on a model with
+/// `model`'s dropout probabilities: [`InnerDropout::Off`] when both are 0 (no mask is drawn
+/// whatever the mode), else `mode`.
+pub fn inner_dropout_in_effect(mode: InnerDropout, model: &BertConfig) -> InnerDropout {
+    if model.has_dropout() {
+        mode
+    } else {
+        InnerDropout::Off
+    }
 }
 
 /// The mutable state of a priming run: θp, θa, the per-task heads, the dropout stream and the
@@ -269,17 +287,35 @@ fn copy_if(adapt: bool, p: &ParamSet) -> Result<Option<ParamSet>> {
     })
 }
 
+/// Where each inner step reads the encoder output of its support batch from.
+enum SupportHidden {
+    /// Each support batch encoded once on the frozen encoder, graph-free, labelled rows only
+    /// (PE loop with shared masks or without dropout).
+    Cached(Vec<CachedRows>),
+    /// The step's support batch encoded on the frozen encoder at every step, graph-free, with
+    /// fresh masks (PE loop, per-step dropout).
+    FrozenEachStep,
+    /// Encoded through the fast encoder at every step (full loop). With shared masks,
+    /// `replay` holds per support batch the start of its own mask stream, cloned at each step
+    /// so the batch's masks come out again: a fixed input shape draws its masks in a fixed
+    /// order.
+    Tracked { replay: Option<Vec<SeededRng>> },
+}
+
 /// Runs one task's inner loop: S plain SGD steps on fast copies of the groups `cfg.inner`
 /// names. θp, θa and the head themselves are not modified.
 ///
-/// When the encoder is not adapted its weights are constant for the whole loop: each support
-/// batch is encoded once on detached weights (no autograd graph), and the S steps run only
-/// the adapter and the head forward and backward.
+/// When the encoder is not adapted its weights are constant for the whole loop: unless
+/// per-step dropout needs fresh masks, each support batch is encoded once on detached weights
+/// (no autograd graph), and the S steps run only the adapter and the head forward and
+/// backward; with per-step dropout the support batch is encoded graph-free at every step.
+/// Masks are drawn from `dropout` as [`MetaStepConfig::inner_dropout`] says; with `None`
+/// (evaluation mode) or a model without dropout none are drawn.
 pub fn inner_loop(
     tagger: &Tagger,
     task: &TaskBatches,
     cfg: &MetaStepConfig,
-    mut dropout: Option<&mut SeededRng>,
+    dropout: Option<&mut SeededRng>,
     step: usize,
 ) -> Result<Adapted> {
     if cfg.inner_steps == 0 {
@@ -312,23 +348,40 @@ pub fn inner_loop(
         Some(p) => p,
         None => &head_frozen,
     };
-    // With dropout on, each cached support encoding carries one mask for all S steps (what
-    // encoding once means); the adapter and head see the same inputs at every step.
-    // Only the labelled rows are kept: the adapter and head act on each token alone.
-    let cache: Option<Vec<CachedRows>> = if cfg.inner.encoder {
-        None
-    } else {
-        let mut c = Vec::with_capacity(task.support.len());
-        for b in &task.support {
-            let hidden = encode(
-                &tagger.config,
-                &enc_frozen,
-                &b.inputs(),
-                dropout.as_deref_mut(),
-            )?;
-            c.push(CachedRows::labelled(&hidden, &b.labels)?);
+    let mode = match dropout {
+        Some(_) => inner_dropout_in_effect(cfg.inner_dropout, &tagger.config),
+        None => InnerDropout::Off,
+    };
+    // Off: the stream is not even read, so the masks of later passes do not depend on S.
+    let mut dropout = dropout.filter(|_| mode != InnerDropout::Off);
+    let support = match (cfg.inner.encoder, mode) {
+        (true, InnerDropout::Shared) => SupportHidden::Tracked {
+            // One independent stream per support batch, seeded from the run's stream.
+            replay: dropout.as_deref_mut().map(|rng| {
+                task.support
+                    .iter()
+                    .map(|_| SeededRng::new(rng.next_u64()))
+                    .collect()
+            }),
+        },
+        (true, _) => SupportHidden::Tracked { replay: None },
+        (false, InnerDropout::PerStep) => SupportHidden::FrozenEachStep,
+        (false, _) => {
+            // One mask per cached support encoding for all S steps (what encoding once
+            // means), or none. Only the labelled rows are kept: the adapter and head act on
+            // each token alone.
+            let mut c = Vec::with_capacity(task.support.len());
+            for b in &task.support {
+                let hidden = encode(
+                    &tagger.config,
+                    &enc_frozen,
+                    &b.inputs(),
+                    dropout.as_deref_mut(),
+                )?;
+                c.push(CachedRows::labelled(&hidden, &b.labels)?);
+            }
+            SupportHidden::Cached(c)
         }
-        Some(c)
     };
     let fast: Vec<&ParamSet> = [&fast_enc, &fast_ad, &fast_head]
         .into_iter()
@@ -339,17 +392,30 @@ pub fn inner_loop(
     for s in 0..cfg.inner_steps {
         let j = s % task.support.len();
         let batch = &task.support[j];
-        let (hidden, labels) = match &cache {
-            Some(c) => (c[j].hidden.clone(), &c[j].labels),
-            None => (
-                encode(
+        let encoded_now;
+        let (hidden, labels) = match &support {
+            SupportHidden::Cached(c) => (c[j].hidden.clone(), &c[j].labels),
+            SupportHidden::FrozenEachStep => {
+                let hidden = encode(
                     &tagger.config,
-                    enc_w,
+                    &enc_frozen,
                     &batch.inputs(),
                     dropout.as_deref_mut(),
-                )?,
-                &batch.labels,
-            ),
+                )?;
+                encoded_now = CachedRows::labelled(&hidden, &batch.labels)?;
+                (encoded_now.hidden.clone(), &encoded_now.labels)
+            }
+            SupportHidden::Tracked { replay } => {
+                let mut replayed = replay.as_ref().map(|r| r[j].clone());
+                let rng = match replayed.as_mut() {
+                    Some(r) => Some(r),
+                    None => dropout.as_deref_mut(),
+                };
+                (
+                    encode(&tagger.config, enc_w, &batch.inputs(), rng)?,
+                    &batch.labels,
+                )
+            }
         };
         let loss = masked_cross_entropy(&logits_from_hidden(&hidden, Some(ad_w), head_w)?, labels)?;
         let value = scalar(&loss)?;
@@ -552,6 +618,7 @@ pub(crate) mod tests {
             inner_steps: s,
             inner_lr: lr,
             record_adapted_encoder: false,
+            inner_dropout: InnerDropout::PerStep,
         }
     }
 
@@ -750,6 +817,81 @@ pub(crate) mod tests {
         };
         let out = inner_loop(&tagger, &same, &cfg(InnerParams::PE, 3, 0.0), None, 0).unwrap();
         assert_eq!(out.losses[0], out.losses[2]);
+    }
+
+    /// The support losses of `s` inner steps at lr 0 on `supports` support batches of a tiny
+    /// model with dropout `p`, masks drawn as `mode` says from a stream seeded with 21; and the
+    /// stream afterwards. At lr 0 every step sees the same weights, so the losses of steps on
+    /// the same batch can differ only through their dropout masks.
+    fn losses_at_lr0(
+        inner: InnerParams,
+        mode: InnerDropout,
+        p: f64,
+        supports: usize,
+        s: usize,
+    ) -> (Vec<f64>, SeededRng) {
+        let mut tagger = tiny_tagger(10);
+        tagger.config = tagger.config.with_dropout(p);
+        let t = task("a", &mut SeededRng::new(11), supports);
+        let mut stream = SeededRng::new(21);
+        let c = MetaStepConfig {
+            inner_dropout: mode,
+            ..cfg(inner, s, 0.0)
+        };
+        let out = inner_loop(&tagger, &t, &c, Some(&mut stream), 0).unwrap();
+        (out.losses, stream)
+    }
+
+    #[test]
+    fn inner_dropout_modes_draw_what_they_say_in_both_inner_loops() {
+        let untouched = SeededRng::new(21).next_u64();
+        for inner in [InnerParams::PE, InnerParams::FULL] {
+            let (clean, mut after) = losses_at_lr0(inner, InnerDropout::PerStep, 0.0, 1, 3);
+            assert!(clean.iter().all(|l| *l == clean[0]), "{inner:?}: {clean:?}");
+            assert_eq!(
+                after.next_u64(),
+                untouched,
+                "{inner:?}: a model without dropout drew masks"
+            );
+
+            let (per_step, _) = losses_at_lr0(inner, InnerDropout::PerStep, 0.3, 1, 3);
+            assert!(
+                per_step[0] != per_step[1]
+                    && per_step[1] != per_step[2]
+                    && per_step[0] != per_step[2],
+                "{inner:?}: per-step dropout repeated a mask: {per_step:?}"
+            );
+
+            let (shared, _) = losses_at_lr0(inner, InnerDropout::Shared, 0.3, 1, 3);
+            assert!(
+                shared.iter().all(|l| *l == shared[0]) && shared[0] != clean[0],
+                "{inner:?}: shared dropout must reuse one (real) mask: {shared:?} vs {clean:?}"
+            );
+            // Two support batches, each read twice: each batch keeps its own mask.
+            let (two, _) = losses_at_lr0(inner, InnerDropout::Shared, 0.3, 2, 4);
+            assert!(
+                two[0] == two[2] && two[1] == two[3] && two[0] != two[1],
+                "{inner:?}: {two:?}"
+            );
+
+            let (off, mut after) = losses_at_lr0(inner, InnerDropout::Off, 0.3, 1, 3);
+            assert_eq!(off, clean, "{inner:?}: off must run without dropout");
+            assert_eq!(after.next_u64(), untouched, "{inner:?}: off drew masks");
+        }
+    }
+
+    #[test]
+    fn inner_dropout_in_effect_is_off_without_model_dropout() {
+        let with = BertConfig::new(10, 4, 1, 2, 8).with_dropout(0.1);
+        let without = with.with_dropout(0.0);
+        for mode in [
+            InnerDropout::PerStep,
+            InnerDropout::Shared,
+            InnerDropout::Off,
+        ] {
+            assert_eq!(inner_dropout_in_effect(mode, &with), mode);
+            assert_eq!(inner_dropout_in_effect(mode, &without), InnerDropout::Off);
+        }
     }
 
     /// An inner step whose gradient has a NaN or infinite entry is an error naming the tensor

@@ -3,11 +3,11 @@
 
 use super::error::{PrimeError, Result};
 use super::ft::ft_step;
-use super::meta::{InnerParams, MetaStepConfig, PrimingState, meta_step};
+use super::meta::{InnerParams, MetaStepConfig, PrimingState, inner_dropout_in_effect, meta_step};
 use super::outer::AdamWOuter;
 use super::sampler::{DrawSizes, Sampler, SourceTask};
 use super::{PrimeCurves, PrimeStepRecord};
-use crate::config::{InnerLoop, PrimeConfig, PrimingMethod};
+use crate::config::{InnerDropout, InnerLoop, PrimeConfig, PrimingMethod};
 use crate::data::{WordTokenizer, load_language};
 use crate::fsutil::{StagedDir, write_json_atomic};
 use crate::model::Tagger;
@@ -41,6 +41,11 @@ pub struct PrimingInfo {
     pub method: String,
     pub config: PrimeConfig,
     pub inner_lr: f64,
+    /// The inner loop's dropout as it ran: `config.inner_dropout`, or `off` when the model's
+    /// dropout (after `config.dropout`) is 0; None for FT priming, which has no inner loop
+    /// (and in files written before this was recorded).
+    #[serde(default)]
+    pub inner_dropout: Option<InnerDropout>,
     pub sources: Vec<SourceInfo>,
     /// Sentences each sampled task consumes per step (support + query).
     pub sentences_per_task_step: usize,
@@ -223,18 +228,22 @@ pub fn prime(
         inner_steps: config.inner_steps,
         inner_lr: config.effective_inner_lr(),
         record_adapted_encoder: false,
+        inner_dropout: config.inner_dropout,
     };
+    let inner_dropout =
+        (!is_ft).then(|| inner_dropout_in_effect(config.inner_dropout, &tagger.config));
     let mut state = PrimingState::new(
         tagger,
         Some(SeededRng::derive(config.seed, "prime.dropout")),
     );
     let mut curves = PrimeCurves::default();
     tracing::info!(
-        "priming ({}) on {} for {} steps: {} sentences per task and step",
+        "priming ({}) on {} for {} steps: {} sentences per task and step{}",
         method_name(config),
         config.sources.join(","),
         config.steps,
-        sizes.sentences_per_task()
+        sizes.sentences_per_task(),
+        inner_dropout.map_or(String::new(), |d| format!(", inner-loop dropout {d}"))
     );
     for step in 0..config.steps {
         // Preemption (Slurm's warning signal): stop before the next step rather than be killed.
@@ -275,6 +284,7 @@ pub fn prime(
         method: method_name(config).to_string(),
         config: config.clone(),
         inner_lr: config.effective_inner_lr(),
+        inner_dropout,
         sources: infos,
         sentences_per_task_step: sizes.sentences_per_task(),
         steps: config.steps,

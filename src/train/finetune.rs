@@ -7,7 +7,10 @@
 //! trains adapter + head on the cached outputs of the labelled tokens alone, and every dev
 //! evaluation runs adapter + head on the cached first subwords. The batches are the same as
 //! without the cache, so with dropout off the cache changes the speed and nothing else (a test
-//! checks this).
+//! checks this). With dropout on, the cache means the encoder runs without dropout in those
+//! runs (`cache_encoder = false` runs it with dropout at every step, as a PyTorch loop in
+//! train mode does); Full FT always runs it with dropout. `metrics.json` records the encoder
+//! dropout in effect and what became of a primed adapter ([`TrainingNoise`]).
 //!
 //! ```no_run
 //! use primer::config::{FinetuneConfig, FinetuneMethod};
@@ -23,7 +26,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::config::{FinetuneConfig, FinetuneMethod};
+use crate::config::{FinetuneConfig, FinetuneMethod, PrimedAdapter};
 use crate::data::{self, Batch, Batcher, EncodedSentence, LabelSet, Sentence, WordTokenizer};
 use crate::device::{DeviceError, open_device};
 use crate::fsutil::{FsError, write_json_atomic};
@@ -32,7 +35,9 @@ use crate::model::{EncoderInputs, ModelError, Tagger, TensorSet, masked_cross_en
 use crate::progress::{ProgressEvent, ProgressSink};
 use crate::rng::SeededRng;
 use crate::train::cache::EncoderCache;
-use crate::train::metrics::{EpochSummary, EvalSets, FinetuneMetrics, SentenceCounts};
+use crate::train::metrics::{
+    EpochSummary, EvalSets, FinetuneMetrics, PrimedAdapterUse, SentenceCounts, TrainingNoise,
+};
 use crate::train::optim::{AdamW, AdamWConfig, LinearSchedule, OptimError};
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
@@ -120,6 +125,48 @@ fn validate(config: &FinetuneConfig) -> Result<()> {
 /// The folder the run starts from: the primed checkpoint when given, else the pretrained model.
 fn model_dir(config: &FinetuneConfig) -> PathBuf {
     config.init.clone().unwrap_or_else(|| config.model.clone())
+}
+
+/// The tagger a run trains, and what became of the starting folder's adapter: the folder's
+/// weights with the run's dropout, its adapter kept or discarded as `primed_adapter` says, a
+/// new adapter for adapter tuning when none is left, a new head for the target language, and
+/// the method's groups trainable.
+fn build_tagger(
+    config: &FinetuneConfig,
+    dir: &Path,
+    num_labels: usize,
+    device: &Device,
+) -> Result<(Tagger, PrimedAdapterUse)> {
+    let mut tagger = Tagger::from_pretrained(dir, device)?;
+    if let Some(p) = config.dropout {
+        tagger.config = tagger.config.with_dropout(p);
+    }
+    let primed_adapter = match (tagger.adapter.is_some(), config.primed_adapter) {
+        (false, _) => PrimedAdapterUse::Absent,
+        (true, PrimedAdapter::Drop) => {
+            tagger.adapter = None;
+            PrimedAdapterUse::Dropped
+        }
+        (true, PrimedAdapter::Train) if config.method == FinetuneMethod::Head => {
+            PrimedAdapterUse::Frozen
+        }
+        (true, PrimedAdapter::Train) => PrimedAdapterUse::Trained,
+    };
+    if config.method == FinetuneMethod::Adapter {
+        tagger.ensure_adapter(
+            config.adapter_dim,
+            &mut SeededRng::derive(config.seed, "init.adapter"),
+        )?;
+    }
+    let lang = config.lang.as_str();
+    tagger.add_head(
+        lang,
+        num_labels,
+        &mut SeededRng::derive(config.seed, "init.head"),
+    )?;
+    let groups = tagger.groups_for(config.method, lang);
+    tagger.set_trainable(&groups)?;
+    Ok((tagger, primed_adapter))
 }
 
 /// The tokenised splits of one language.
@@ -272,29 +319,21 @@ pub fn run_finetune(
     );
     let splits = prepare_splits(config, &dir)?;
 
-    let mut tagger = Tagger::from_pretrained(&dir, &device)?;
-    if let Some(p) = config.dropout {
-        tagger.config = tagger.config.with_dropout(p);
-    }
-    if config.method == FinetuneMethod::Adapter {
-        tagger.ensure_adapter(
-            config.adapter_dim,
-            &mut SeededRng::derive(config.seed, "init.adapter"),
-        )?;
-    }
-    tagger.add_head(
-        lang,
-        splits.labels.len(),
-        &mut SeededRng::derive(config.seed, "init.head"),
-    )?;
+    let (tagger, primed_adapter) = build_tagger(config, &dir, splits.labels.len(), &device)?;
     let groups = tagger.groups_for(config.method, lang);
-    tagger.set_trainable(&groups)?;
 
     let trained_params = tagger.trainable_params();
     let total_params = tagger.total_params(&[lang]);
 
     // θp is frozen in head and adapter tuning: encode train and dev once (see `cache`).
     let use_cache = config.cache_encoder && config.method != FinetuneMethod::Full;
+    // The cache is encoded without dropout; otherwise every step runs the encoder with it.
+    let encoder_dropout = |p: f64| if use_cache { 0.0 } else { p };
+    let training_noise = TrainingNoise {
+        encoder_hidden_dropout: encoder_dropout(tagger.config.hidden_dropout_prob),
+        encoder_attention_dropout: encoder_dropout(tagger.config.attention_probs_dropout_prob),
+        primed_adapter,
+    };
     // Every graph-free encoder pass (cache, scoring) uses token-budget batches.
     let inference_batcher = Batcher::for_inference(&device, splits.batcher.pad_id);
     let caches = if use_cache {
@@ -483,6 +522,7 @@ pub fn run_finetune(
         },
         test_sentence_counts: test.sentence_counts,
         loss_curve,
+        training_noise: Some(training_noise),
     };
     write_json_atomic(&out_dir.join(METRICS_FILE), &metrics)?;
     Ok(metrics)
@@ -492,6 +532,114 @@ pub fn run_finetune(
 mod tests {
     use super::*;
     use crate::model::{ParamGroup, RandomBertSpec, write_random_bert};
+
+    /// A tiny random BERT folder `<tmp>/bert`, a primed checkpoint `<tmp>/primed` of the same
+    /// θp plus an adapter of dimension 8, and a config for target "af".
+    fn model_and_primed_checkpoint(tmp: &Path) -> (PathBuf, PathBuf, FinetuneConfig) {
+        let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let tokenizer = crate_dir.join("data/tokenizer/bert-base-multilingual-cased");
+        let spec = RandomBertSpec {
+            hidden: 16,
+            layers: 1,
+            heads: 2,
+            intermediate: 32,
+            max_position: 32,
+            seed: 4,
+        };
+        let model = tmp.join("bert");
+        let primed = tmp.join("primed");
+        write_random_bert(&model, &tokenizer, &spec).unwrap();
+        write_random_bert(&primed, &tokenizer, &spec).unwrap();
+        let mut tagger = Tagger::from_pretrained(&primed, &Device::Cpu).unwrap();
+        tagger.ensure_adapter(8, &mut SeededRng::new(77)).unwrap();
+        tagger.save_primed(&primed).unwrap();
+        let config = FinetuneConfig {
+            model: model.clone(),
+            lang: "af".into(),
+            adapter_dim: 8,
+            ..FinetuneConfig::default()
+        };
+        (model, primed, config)
+    }
+
+    fn adapter_values(tagger: &Tagger) -> Vec<Vec<f32>> {
+        let adapter = tagger.adapter.as_ref().expect("an adapter");
+        adapter
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect()
+    }
+
+    /// The tagger a run builds from `dir` (a 7-label head for "af").
+    fn built(
+        base: &FinetuneConfig,
+        dir: &Path,
+        method: FinetuneMethod,
+        primed_adapter: PrimedAdapter,
+    ) -> (Tagger, PrimedAdapterUse) {
+        let config = FinetuneConfig {
+            method,
+            primed_adapter,
+            ..base.clone()
+        };
+        build_tagger(&config, dir, 7, &Device::Cpu).unwrap()
+    }
+
+    /// `drop` gives Full FT from a primed checkpoint 1/Full FT's shape (no adapter, the same
+    /// trained parameters); `train` keeps and trains the primed adapter.
+    #[test]
+    fn primed_adapter_drop_gives_full_ft_the_shape_of_unprimed_full_ft() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (model, primed, base) = model_and_primed_checkpoint(tmp.path());
+        let full = FinetuneMethod::Full;
+        let (unprimed, use_unprimed) = built(&base, &model, full, PrimedAdapter::Train);
+        let (dropped, use_dropped) = built(&base, &primed, full, PrimedAdapter::Drop);
+        let (trained, use_trained) = built(&base, &primed, full, PrimedAdapter::Train);
+        assert_eq!(use_unprimed, PrimedAdapterUse::Absent);
+        assert_eq!(use_dropped, PrimedAdapterUse::Dropped);
+        assert_eq!(use_trained, PrimedAdapterUse::Trained);
+        assert!(unprimed.adapter.is_none() && dropped.adapter.is_none());
+        assert_eq!(dropped.trainable_params(), unprimed.trainable_params());
+        assert_eq!(
+            dropped.total_params(&["af"]),
+            unprimed.total_params(&["af"])
+        );
+        let adapter_params = 2 * 16 * 8 + 8 + 16;
+        assert!(trained.is_trainable(&ParamGroup::Adapter));
+        assert_eq!(
+            trained.trainable_params(),
+            unprimed.trainable_params() + adapter_params
+        );
+    }
+
+    /// Adapter tuning with `drop` starts from the adapter an unprimed run creates, with
+    /// `train` from the primed one; head tuning reads the primed adapter frozen, or none.
+    #[test]
+    fn primed_adapter_decides_which_adapter_tuning_starts_from() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (model, primed, base) = model_and_primed_checkpoint(tmp.path());
+        let primed_values =
+            adapter_values(&Tagger::from_pretrained(&primed, &Device::Cpu).unwrap());
+        let adapter = FinetuneMethod::Adapter;
+        let (fresh, use_fresh) = built(&base, &model, adapter, PrimedAdapter::Train);
+        assert_eq!(use_fresh, PrimedAdapterUse::Absent);
+        let (kept, use_kept) = built(&base, &primed, adapter, PrimedAdapter::Train);
+        assert_eq!(use_kept, PrimedAdapterUse::Trained);
+        assert_eq!(adapter_values(&kept), primed_values);
+        let (dropped, use_dropped) = built(&base, &primed, adapter, PrimedAdapter::Drop);
+        assert_eq!(use_dropped, PrimedAdapterUse::Dropped);
+        assert_eq!(adapter_values(&dropped), adapter_values(&fresh));
+        assert_ne!(adapter_values(&dropped), primed_values);
+
+        let head = FinetuneMethod::Head;
+        let (frozen, use_frozen) = built(&base, &primed, head, PrimedAdapter::Train);
+        assert_eq!(use_frozen, PrimedAdapterUse::Frozen);
+        assert_eq!(adapter_values(&frozen), primed_values);
+        assert!(!frozen.is_trainable(&ParamGroup::Adapter));
+        let (without, use_without) = built(&base, &primed, head, PrimedAdapter::Drop);
+        assert_eq!(use_without, PrimedAdapterUse::Dropped);
+        assert!(without.adapter.is_none());
+    }
 
     /// Scoring through the cached first-subword rows predicts every word exactly as the whole
     /// tagger does. An untrained head predicts many entities, so the comparison is not one of

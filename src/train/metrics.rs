@@ -25,6 +25,33 @@ pub struct EvalSets {
     pub test_fingerprint: String,
 }
 
+/// What a fine-tuning run did with the adapter of the folder it started from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrimedAdapterUse {
+    /// The folder carried none (a pretrained model).
+    Absent,
+    /// Trained with the rest (Full FT, adapter tuning).
+    Trained,
+    /// Read but not trained (head tuning).
+    Frozen,
+    /// Discarded (`primed_adapter = "drop"`); adapter tuning then trained a fresh one.
+    Dropped,
+}
+
+/// The noise and parameter choices a fine-tuning run actually ran with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingNoise {
+    /// Dropout probability on the encoder's hidden states during training steps: 0 when the
+    /// encoder cache stood in for the encoder (head/adapter tuning with `cache_encoder`), else
+    /// the model's (after the run's `dropout` override).
+    pub encoder_hidden_dropout: f64,
+    /// The same for the attention probabilities.
+    pub encoder_attention_dropout: f64,
+    /// What became of the adapter the starting folder carried (the `primed_adapter` setting).
+    pub primed_adapter: PrimedAdapterUse,
+}
+
 /// Everything a fine-tuning run measured. Written as `metrics.json`; a run is done only when
 /// this file exists.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,4 +83,40 @@ pub struct FinetuneMetrics {
     pub test_sentence_counts: Vec<SentenceCounts>,
     /// Training loss at every optimiser step.
     pub loss_curve: Vec<f32>,
+    /// None in files written before it was recorded.
+    #[serde(default)]
+    pub training_noise: Option<TrainingNoise>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A metrics.json written before `training_noise` existed still parses (as None), and a
+    /// new one round-trips.
+    #[test]
+    fn metrics_without_training_noise_still_parse() {
+        let scores =
+            serde_json::json!({"precision": 0.5, "recall": 0.5, "f1": 0.5, "per_type": {}});
+        let mut old = serde_json::json!({
+            "lang": "af", "method": "full", "seed": 1, "dev": scores, "test": scores,
+            "best_epoch": 1, "epochs": [], "trained_params": 10, "total_params": 10,
+            "trained_percent": 100.0, "steps": 3, "wall_time_s": 1.0,
+            "truncated_words_dev": 0, "truncated_words_test": 0,
+            "test_sentence_counts": [[1, 1, 1]], "loss_curve": [1.0, 0.5, 0.25]
+        });
+        let m: FinetuneMetrics = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(m.training_noise, None);
+        old["training_noise"] = serde_json::json!({
+            "encoder_hidden_dropout": 0.1,
+            "encoder_attention_dropout": 0.1,
+            "primed_adapter": "dropped"
+        });
+        let m: FinetuneMetrics = serde_json::from_value(old).unwrap();
+        let noise = m.training_noise.clone().unwrap();
+        assert_eq!(noise.primed_adapter, PrimedAdapterUse::Dropped);
+        let back: FinetuneMetrics =
+            serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
+    }
 }

@@ -7,4 +7,4 @@ pub mod optim;
 
 pub use cache::{CachedRows, EncoderCache};
 pub use finetune::{FinetuneError, inputs_of, run_finetune};
-pub use metrics::{EvalSets, FinetuneMetrics};
+pub use metrics::{EvalSets, FinetuneMetrics, PrimedAdapterUse, TrainingNoise};
