@@ -298,6 +298,35 @@ impl FinetuneConfig {
     }
 }
 
+/// Which weights a priming run writes as its checkpoint ([`PrimeConfig::select`]).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckpointSelection {
+    /// The weights after the last outer step.
+    #[default]
+    Last,
+    /// The weights at the dev evaluation point with the best mean dev F1 over the sources
+    /// (ties: the earliest); needs [`PrimeConfig::dev_every`] > 0.
+    BestDev,
+}
+
+impl CheckpointSelection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointSelection::Last => "last",
+            CheckpointSelection::BestDev => "best-dev",
+        }
+    }
+}
+
+impl std::fmt::Display for CheckpointSelection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Which priming stage runs before fine-tuning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -382,6 +411,18 @@ pub struct PrimeConfig {
     pub support: SupportMode,
     /// Number of outer steps.
     pub steps: usize,
+    /// Evaluate on the sources' dev sets every this many outer steps, and after the last one
+    /// (0: never). At each point copies of what the inner loop adapts (θa and the source's
+    /// head; θp too for the MAML loop) take its S steps on support batches drawn once from the
+    /// source's training data (FT priming: no adaptation), then score `data.dev_limit` dev
+    /// sentences: mean token loss and entity F1, into `curves.json`. Off by default because
+    /// it is not free, and a run whose curves nobody reads should not pay for it: every point
+    /// costs an inner loop and a dev pass per source — 3-12% of a 40-step MiniLM run at 4
+    /// points (README, "Seeing priming"). It draws from its own random streams, so training
+    /// is bit-identical with it on or off.
+    pub dev_every: usize,
+    /// Which weights become the checkpoint: the last ones or those of the best dev point.
+    pub select: CheckpointSelection,
     /// Tasks sampled per outer step (None: all sources).
     pub tasks_per_step: Option<usize>,
     /// Sentences per support batch.
@@ -416,6 +457,8 @@ impl Default for PrimeConfig {
             warmup_ratio: 0.0,
             support: SupportMode::Same,
             steps: 1000,
+            dev_every: 0,
+            select: CheckpointSelection::Last,
             tasks_per_step: None,
             support_batch_size: 16,
             query_batch_size: 16,

@@ -179,6 +179,7 @@ fn synthetic_seeds(results_dir: &Path, seeds: &[u64]) -> ReportInput {
                     .collect(),
             })
             .collect(),
+        dev: Vec::new(),
     };
     primer::fsutil::write_json_atomic(&ckpt.join("curves.json"), &curves).unwrap();
     let priming_runs = vec![

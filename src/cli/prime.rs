@@ -69,6 +69,15 @@ pub struct PrimeArgs {
     support_batch_size: Option<usize>,
     #[arg(long)]
     query_batch_size: Option<usize>,
+    /// Score the sources' dev sets every N outer steps and after the last (0: never).
+    #[arg(long)]
+    dev_every: Option<usize>,
+    /// Dev sentences per source scored at each dev point (default: the whole dev split).
+    #[arg(long)]
+    dev_limit: Option<usize>,
+    /// Which weights to write: the last ones or those of the best mean dev F1.
+    #[arg(long, value_enum)]
+    select: Option<primer::config::CheckpointSelection>,
     /// Output folder of the primed checkpoint (replaced atomically when it exists).
     #[arg(long)]
     out: PathBuf,
@@ -129,6 +138,15 @@ impl PrimeArgs {
         if let Some(v) = self.query_batch_size {
             c.query_batch_size = v;
         }
+        if let Some(v) = self.dev_every {
+            c.dev_every = v;
+        }
+        if self.dev_limit.is_some() {
+            c.data.dev_limit = self.dev_limit;
+        }
+        if let Some(v) = self.select {
+            c.select = v;
+        }
         if c.model.as_os_str().is_empty() {
             anyhow::bail!(
                 "no model given: pass --model DIR (a Hugging Face BERT folder) or set `model` in --config"
@@ -162,6 +180,19 @@ pub fn run(args: PrimeArgs) -> anyhow::Result<ExitCode> {
             curves.steps.len(),
             mean(0),
             mean(last)
+        );
+    }
+    if let (Some(last), Some(best)) = (
+        curves.dev.last(),
+        primer::prime::best_dev_point(&curves.dev),
+    ) {
+        println!(
+            "mean dev F1 over the sources: {:.4} after the last step, best {:.4} after step {}; \
+             written: the {} weights",
+            last.mean_f1(),
+            best.mean_f1(),
+            best.step,
+            config.select
         );
     }
     println!("primed checkpoint written to {}", args.out.display());

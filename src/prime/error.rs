@@ -15,6 +15,8 @@ pub enum PrimeError {
     Optim(#[from] crate::train::optim::OptimError),
     #[error(transparent)]
     Device(#[from] crate::device::DeviceError),
+    #[error(transparent)]
+    Metric(#[from] crate::metric::MetricError),
     /// A loss or gradient became NaN or infinite.
     #[error(
         "outer step {step}, task '{task}': {what} is not finite ({value}); lower the learning rates \

@@ -11,9 +11,12 @@
 //!   for FT priming;
 //! * [`outer`] — torch-semantics AdamW over named gradient sums;
 //! * [`run`] — [`prime`] / [`run_priming`]: a whole run and the primed checkpoint folder;
+//! * [`dev`] — dev scores of the sources every `dev_every` outer steps, simulating the
+//!   adaptation downstream fine-tuning performs, and the checkpoint `select` writes;
 //! * [`bench`](mod@bench) — timing of outer steps on synthetic batches (`make bench`).
 
 pub mod bench;
+pub mod dev;
 pub mod error;
 pub mod ft;
 pub mod meta;
@@ -21,6 +24,7 @@ pub mod outer;
 pub mod run;
 pub mod sampler;
 
+pub use dev::{DevRecord, DevTaskScores, SelectedCheckpoint, best_dev_point};
 pub use error::PrimeError;
 pub use ft::ft_step;
 pub use meta::{
@@ -60,6 +64,10 @@ pub struct PrimeStepRecord {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PrimeCurves {
     pub steps: Vec<PrimeStepRecord>,
+    /// Dev scores at the evaluation points of `dev_every`, in step order (empty when it is 0,
+    /// and in files written before dev evaluation existed).
+    #[serde(default)]
+    pub dev: Vec<DevRecord>,
 }
 
 /// Primes per `config` and writes the primed checkpoint folder `out_dir` atomically (see
@@ -71,4 +79,18 @@ pub fn run_priming(
 ) -> anyhow::Result<()> {
     prime(config, out_dir, progress)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// curves.json files written before dev evaluation existed still load, without points.
+    #[test]
+    fn curves_without_dev_records_parse() {
+        let old = r#"{"steps":[{"step":0,"lr":5e-5,"tasks":[{"lang":"en","inner_before":1.5,"inner_after":1.2,"query":1.3}]}]}"#;
+        let curves: PrimeCurves = serde_json::from_str(old).unwrap();
+        assert_eq!(curves.steps.len(), 1);
+        assert!(curves.dev.is_empty());
+    }
 }

@@ -1,6 +1,9 @@
 //! A whole priming run: load the model and the source languages, take the outer steps, write
 //! the primed checkpoint folder atomically.
 
+use super::dev::{
+    CheckpointSelector, DevProbe, DevRecord, DevSource, SelectedCheckpoint, is_dev_point,
+};
 use super::error::{PrimeError, Result};
 use super::ft::ft_step;
 use super::meta::{InnerParams, MetaStepConfig, PrimingState, inner_dropout_in_effect, meta_step};
@@ -56,6 +59,11 @@ pub struct PrimingInfo {
     /// Mean query (FT: training) loss over the tasks of the first and the last step.
     pub first_query_loss: Option<f64>,
     pub last_query_loss: Option<f64>,
+    /// Which weights were written (`config.select`), with their dev scores when `dev_every`
+    /// is on. None in files written before this was recorded (always the last weights).
+    /// `final_losses` and the query losses above stay those of the last step.
+    #[serde(default)]
+    pub selected: Option<SelectedCheckpoint>,
     pub wall_time_s: f64,
     pub primer_version: String,
 }
@@ -112,6 +120,13 @@ fn validate(cfg: &PrimeConfig) -> Result<()> {
     if cfg.adapter_dim == 0 {
         return bad("adapter_dim must be at least 1".into());
     }
+    if cfg.select == crate::config::CheckpointSelection::BestDev && cfg.dev_every == 0 {
+        return bad(format!(
+            "select = \"best-dev\" picks the checkpoint by dev F1, but dev_every = 0 turns dev \
+             evaluation off; set dev_every to a number of outer steps (e.g. {})",
+            cfg.steps.div_ceil(10)
+        ));
+    }
     Ok(())
 }
 
@@ -130,10 +145,21 @@ fn progress_message(r: &PrimeStepRecord) -> String {
         .join(", ")
 }
 
+fn dev_message(point: &DevRecord) -> String {
+    let scores = point
+        .tasks
+        .iter()
+        .map(|t| format!("{} F1 {:.3} loss {:.3}", t.lang, t.dev_f1, t.dev_loss))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("dev: {scores}")
+}
+
 /// Primes per `config` and writes the primed checkpoint folder `out_dir` atomically: the HF
 /// BERT folder of θp* (config.json, model.safetensors, tokenizer files of the source model),
 /// `adapter.safetensors` (θa*), `priming.json` ([`PrimingInfo`]) and `curves.json`
-/// ([`PrimeCurves`]).
+/// ([`PrimeCurves`]). With `dev_every` > 0 the sources' dev sets are scored along the way
+/// (see [`super::dev`]), and θp*, θa* are those `select` picks.
 pub fn prime(
     config: &PrimeConfig,
     out_dir: &Path,
@@ -162,6 +188,7 @@ pub fn prime(
         })?;
     let mut sources = Vec::new();
     let mut infos = Vec::new();
+    let mut dev_sources = Vec::new();
     for lang in &config.sources {
         let data_err = |e: crate::data::DataError| PrimeError::Data {
             lang: lang.clone(),
@@ -169,6 +196,9 @@ pub fn prime(
             message: e.to_string(),
         };
         let data = load_language(&config.data, lang, config.seed).map_err(data_err)?;
+        if config.dev_every > 0 {
+            dev_sources.push(DevSource::new(&tokenizer, &data)?);
+        }
         let enc = tokenizer
             .encode_split(&data.train, &data.labels)
             .map_err(data_err)?;
@@ -236,6 +266,19 @@ pub fn prime(
         tagger,
         Some(SeededRng::derive(config.seed, "prime.dropout")),
     );
+    let dev_probe = match config.dev_every {
+        0 => None,
+        _ => Some(DevProbe::new(
+            dev_sources,
+            &sources,
+            (!is_ft).then_some((&step_cfg, sizes)),
+            config.seed,
+            tokenizer.pad_id(),
+            &device,
+        )?),
+    };
+    let mut selector = CheckpointSelector::new(config.select);
+    let mut dev_time = std::time::Duration::ZERO;
     let mut curves = PrimeCurves::default();
     tracing::info!(
         "priming ({}) on {} for {} steps: {} sentences per task and step{}",
@@ -263,9 +306,32 @@ pub fn prime(
                 .with_message(progress_message(&record)),
         );
         curves.steps.push(record);
+        let taken = step + 1;
+        if let Some(probe) = &dev_probe
+            && is_dev_point(config.dev_every, config.steps, taken)
+        {
+            let dev_started = Instant::now();
+            let point = probe.evaluate(&state.tagger, taken)?;
+            dev_time += dev_started.elapsed();
+            progress.report(
+                ProgressEvent::new("prime", taken as u64, config.steps as u64)
+                    .with_message(dev_message(&point)),
+            );
+            selector.offer(&point, &state.tagger, taken == config.steps)?;
+            curves.dev.push(point);
+        }
     }
 
+    if !curves.dev.is_empty() {
+        tracing::info!(
+            "dev evaluation: {} points took {:.1} s of {:.1} s",
+            curves.dev.len(),
+            dev_time.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+    }
     let mut tagger = state.tagger;
+    let selected = selector.finish(&tagger, config.steps)?;
     tagger.config = saved_config;
     let staged = StagedDir::new(out_dir)?;
     tagger.save_primed(staged.path())?;
@@ -292,6 +358,7 @@ pub fn prime(
         final_losses: curves.steps.last().cloned(),
         first_query_loss: curves.steps.first().map(mean_query),
         last_query_loss: curves.steps.last().map(mean_query),
+        selected: Some(selected),
         wall_time_s: started.elapsed().as_secs_f64(),
         primer_version: env!("CARGO_PKG_VERSION").to_string(),
     };

@@ -77,12 +77,35 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// Checks that every source can feed one step's disjoint draws.
+    /// Checks that every source can feed one step's disjoint draws. The draws of training
+    /// (purpose `prime`: streams `prime.tasks` and `prime.batches`).
     pub fn new(
         sources: &[SourceTask],
         sizes: DrawSizes,
         tasks_per_step: usize,
         seed: u64,
+        pad_id: u32,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::with_purpose(
+            sources,
+            sizes,
+            tasks_per_step,
+            seed,
+            "prime",
+            pad_id,
+            device,
+        )
+    }
+
+    /// [`Sampler::new`] drawing from the streams `<purpose>.tasks` and `<purpose>.batches`:
+    /// another purpose (the dev pass's support draw) never shifts the training draws.
+    pub fn with_purpose(
+        sources: &[SourceTask],
+        sizes: DrawSizes,
+        tasks_per_step: usize,
+        seed: u64,
+        purpose: &str,
         pad_id: u32,
         device: &Device,
     ) -> Result<Self> {
@@ -120,8 +143,8 @@ impl Sampler {
         Ok(Self {
             sizes,
             tasks_per_step,
-            task_rng: SeededRng::derive(seed, "prime.tasks"),
-            data_rng: SeededRng::derive(seed, "prime.batches"),
+            task_rng: SeededRng::derive(seed, &format!("{purpose}.tasks")),
+            data_rng: SeededRng::derive(seed, &format!("{purpose}.batches")),
             batcher: Batcher::new(sizes.support_batch_size.max(sizes.query_batch_size), pad_id),
             device: device.clone(),
         })
@@ -267,6 +290,20 @@ mod tests {
             langs.len() > 1,
             "task sampling never changed task: {langs:?}"
         );
+    }
+
+    /// Another purpose draws other sentences; `new` keeps the training streams' labels.
+    #[test]
+    fn purposes_draw_independently() {
+        let sources = vec![source("en", 60)];
+        let sizes = DrawSizes::new(SupportMode::Same, 1, 4, 4);
+        let query = |mut s: Sampler| ids(&s.meta_step(&sources).unwrap()[0].query);
+        let make = |purpose| {
+            Sampler::with_purpose(&sources, sizes, 1, 5, purpose, 0, &Device::Cpu).unwrap()
+        };
+        let training = Sampler::new(&sources, sizes, 1, 5, 0, &Device::Cpu).unwrap();
+        assert_eq!(query(training), query(make("prime")));
+        assert_ne!(query(make("prime")), query(make("prime.dev")));
     }
 
     #[test]
