@@ -8,6 +8,7 @@
 use anyhow::Context;
 use candle_core::Device;
 use primer::config::FinetuneMethod;
+use primer::config::InnerDropout;
 use primer::config::SupportMode;
 use primer::data::{Batch, Batcher, EncodedSentence, IGNORE_INDEX};
 use primer::model::init::random_encoder;
@@ -420,6 +421,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ..MetaBenchSpec::meta_pe()
     })?;
     let meta_full = meta(MetaBenchSpec::meta_full_distinct())?;
+    // What the faithful inner dropout costs (the reference runs without dropout, so these are
+    // primer's own rows): MiniLM's 0.1, per-step masks (the default) against one per batch.
+    let with_inner_dropout = |mode: InnerDropout| {
+        meta(MetaBenchSpec {
+            dropout: Some(0.1),
+            inner_dropout: mode,
+            ..MetaBenchSpec::meta_pe()
+        })
+    };
+    let per_step = with_inner_dropout(InnerDropout::PerStep)?;
+    let shared = with_inner_dropout(InnerDropout::Shared)?;
     for (label, ours, key) in [
         (
             "meta-PE outer step (2 tasks, S=5, same support) vs PyTorch naive",
@@ -440,6 +452,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "meta-full (MAML loop) outer step, distinct support",
             meta_full,
             "meta-full/distinct",
+        ),
+        (
+            "meta-PE, same support, dropout 0.1, inner dropout per-step (default)",
+            per_step,
+            "",
+        ),
+        (
+            "meta-PE, same support, dropout 0.1, inner dropout shared",
+            shared,
+            "",
         ),
     ] {
         rows.push((
