@@ -483,6 +483,163 @@ impl PrimeConfig {
     }
 }
 
+/// A configuration value outside its valid range: the dotted key, relative to the config
+/// (`warmup_ratio`, `data.max_len`), and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct ValueError {
+    pub key: String,
+    pub problem: String,
+}
+
+/// Collects [`ValueError`]s: every range rule of the configs is one call here, and these are
+/// the only range rules — the sweep's per-key checks, `primer plan`, `primer run` and the
+/// runs themselves (`primer finetune`, `primer prime`) all ask [`FinetuneConfig::value_errors`]
+/// / [`PrimeConfig::value_errors`], so a value gets the same verdict everywhere.
+struct Rules(Vec<ValueError>);
+
+impl Rules {
+    fn fail(&mut self, key: &str, problem: String) {
+        self.0.push(ValueError {
+            key: key.to_string(),
+            problem,
+        });
+    }
+
+    fn at_least_1(&mut self, key: &str, v: usize) {
+        if v == 0 {
+            self.fail(key, "must be at least 1".to_string());
+        }
+    }
+
+    fn positive(&mut self, key: &str, v: f64) {
+        if !(v.is_finite() && v > 0.0) {
+            self.fail(key, format!("a learning rate must be positive, got {v}"));
+        }
+    }
+
+    fn non_negative(&mut self, key: &str, v: f64) {
+        if !(v.is_finite() && v >= 0.0) {
+            self.fail(key, format!("must be a non-negative number, got {v}"));
+        }
+    }
+
+    /// In [0, 1): a fraction that cannot be all (warm-up of every step, dropping everything).
+    fn fraction(&mut self, key: &str, v: f64) {
+        if !(0.0..1.0).contains(&v) {
+            self.fail(key, format!("must be in [0, 1), got {v}"));
+        }
+    }
+
+    fn model(&mut self, key: &str, v: &std::path::Path) {
+        if v.as_os_str().is_empty() {
+            self.fail(key, "must name a model folder".to_string());
+        }
+    }
+
+    fn data(&mut self, d: &DataConfig) {
+        for (key, limit) in [
+            ("data.train_limit", d.train_limit),
+            ("data.dev_limit", d.dev_limit),
+            ("data.test_limit", d.test_limit),
+        ] {
+            if let Some(n) = limit {
+                self.at_least_1(key, n);
+            }
+        }
+        if d.max_len < 3 {
+            self.fail(
+                "data.max_len",
+                format!(
+                    "must be at least 3 ([CLS], one token, [SEP]), got {}",
+                    d.max_len
+                ),
+            );
+        }
+    }
+}
+
+impl FinetuneConfig {
+    /// Every value outside its range (presence checks — a target language, an existing model
+    /// folder — belong to the run).
+    pub fn value_errors(&self) -> Vec<ValueError> {
+        let mut r = Rules(Vec::new());
+        r.model("model", &self.model);
+        r.data(&self.data);
+        r.at_least_1("epochs", self.epochs);
+        r.at_least_1("batch_size", self.batch_size);
+        if let Some(lr) = self.lr {
+            r.positive("lr", lr);
+        }
+        r.fraction("warmup_ratio", self.warmup_ratio);
+        r.non_negative("weight_decay", self.weight_decay);
+        r.at_least_1("adapter_dim", self.adapter_dim);
+        if let Some(p) = self.dropout {
+            r.fraction("dropout", p);
+        }
+        r.0
+    }
+
+    /// The first of [`FinetuneConfig::value_errors`].
+    pub fn check_values(&self) -> Result<(), ValueError> {
+        self.value_errors().into_iter().next().map_or(Ok(()), Err)
+    }
+}
+
+impl PrimeConfig {
+    /// Every value outside its range, cross-field rules included (`select = "best-dev"` needs
+    /// `dev_every`).
+    pub fn value_errors(&self) -> Vec<ValueError> {
+        let mut r = Rules(Vec::new());
+        r.model("model", &self.model);
+        r.data(&self.data);
+        if self.sources.is_empty() {
+            r.fail("sources", "needs at least one source language".to_string());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &self.sources {
+            if !seen.insert(s) {
+                r.fail("sources", format!("'{s}' is listed twice"));
+            }
+        }
+        r.at_least_1("steps", self.steps);
+        r.at_least_1("inner_steps", self.inner_steps);
+        if let Some(lr) = self.inner_lr {
+            r.positive("inner_lr", lr);
+        }
+        // Zero is allowed: priming that leaves the weights as they were is a control.
+        r.non_negative("outer_lr", self.outer_lr);
+        r.non_negative("ft_lr", self.ft_lr);
+        r.non_negative("weight_decay", self.weight_decay);
+        r.fraction("warmup_ratio", self.warmup_ratio);
+        if let Some(n) = self.tasks_per_step {
+            r.at_least_1("tasks_per_step", n);
+        }
+        r.at_least_1("support_batch_size", self.support_batch_size);
+        r.at_least_1("query_batch_size", self.query_batch_size);
+        r.at_least_1("adapter_dim", self.adapter_dim);
+        if let Some(p) = self.dropout {
+            r.fraction("dropout", p);
+        }
+        if self.select == CheckpointSelection::BestDev && self.dev_every == 0 {
+            r.fail(
+                "select",
+                format!(
+                    "\"best-dev\" picks the checkpoint by dev F1, but dev_every = 0 turns dev \
+                     evaluation off; set dev_every to a number of outer steps (e.g. {})",
+                    self.steps.div_ceil(10)
+                ),
+            );
+        }
+        r.0
+    }
+
+    /// The first of [`PrimeConfig::value_errors`].
+    pub fn check_values(&self) -> Result<(), ValueError> {
+        self.value_errors().into_iter().next().map_or(Ok(()), Err)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

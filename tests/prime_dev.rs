@@ -272,7 +272,7 @@ fn best_dev_writes_the_weights_of_the_best_point() {
 }
 
 /// `best-dev` without dev points is refused before anything is written, naming the fix, and
-/// so is dev evaluation of a source without dev sentences.
+/// so is dev evaluation of a source without dev sentences (a limit of 0, an empty dev file).
 #[test]
 fn best_dev_needs_dev_every_and_dev_sentences() {
     let tmp = tempfile::tempdir().unwrap();
@@ -288,10 +288,30 @@ fn best_dev_needs_dev_every_and_dev_sentences() {
         "{err}"
     );
     c.dev_every = 2;
+    // A dev limit of 0 is out of range (the shared rule of every limit)…
     c.data.dev_limit = Some(0);
     let err = prime(&c, &out, &NoProgress).unwrap_err().to_string();
+    assert!(err.contains("data.dev_limit: must be at least 1"), "{err}");
+    // …and a source whose dev split is empty is refused when it is read, naming the file.
+    c.data.dev_limit = None;
+    let sparse = tmp.path().join("no-en-dev");
+    for lang in ["en", "es"] {
+        let dir = sparse.join(lang);
+        std::fs::create_dir_all(&dir).unwrap();
+        for split in ["train", "dev", "test"] {
+            let name = format!("{split}-{lang}.tsv");
+            let text = if (lang, split) == ("en", "dev") {
+                String::new()
+            } else {
+                std::fs::read_to_string(data.join(lang).join(&name)).unwrap()
+            };
+            std::fs::write(dir.join(&name), text).unwrap();
+        }
+    }
+    c.data.root = sparse;
+    let err = prime(&c, &out, &NoProgress).unwrap_err().to_string();
     assert!(
-        err.contains("'en'") && err.contains("no dev sentences") && err.contains("dev_limit"),
+        err.contains("'en'") && err.contains("dev-en.tsv") && err.contains("holds no sentences"),
         "{err}"
     );
     assert!(!out.exists());

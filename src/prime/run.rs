@@ -77,57 +77,14 @@ pub fn method_name(cfg: &PrimeConfig) -> &'static str {
     }
 }
 
-fn validate(cfg: &PrimeConfig) -> Result<()> {
+pub(crate) fn validate(cfg: &PrimeConfig) -> Result<()> {
     let bad = |m: String| Err(PrimeError::Config(m));
     if cfg.model.as_os_str().is_empty() {
         return bad("no model folder given (--model / model)".into());
     }
-    if cfg.sources.is_empty() {
-        return bad("no source languages given (--sources / sources)".into());
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for s in &cfg.sources {
-        if !seen.insert(s) {
-            return bad(format!("source language '{s}' is listed twice"));
-        }
-    }
-    if cfg.steps == 0 {
-        return bad("steps must be at least 1".into());
-    }
-    if cfg.inner_steps == 0 {
-        return bad("inner_steps must be at least 1".into());
-    }
-    let lr = cfg.effective_inner_lr();
-    if !(lr.is_finite() && lr > 0.0) {
-        return bad(format!("inner_lr must be a positive number, got {lr}"));
-    }
-    for (name, v) in [("outer_lr", cfg.outer_lr), ("ft_lr", cfg.ft_lr)] {
-        if !(v.is_finite() && v >= 0.0) {
-            return bad(format!("{name} must be a non-negative number, got {v}"));
-        }
-    }
-    if !(0.0..=1.0).contains(&cfg.warmup_ratio) {
-        return bad(format!(
-            "warmup_ratio must be in [0, 1], got {}",
-            cfg.warmup_ratio
-        ));
-    }
-    if let Some(p) = cfg.dropout
-        && !(0.0..1.0).contains(&p)
-    {
-        return bad(format!("dropout must be in [0, 1), got {p}"));
-    }
-    if cfg.adapter_dim == 0 {
-        return bad("adapter_dim must be at least 1".into());
-    }
-    if cfg.select == crate::config::CheckpointSelection::BestDev && cfg.dev_every == 0 {
-        return bad(format!(
-            "select = \"best-dev\" picks the checkpoint by dev F1, but dev_every = 0 turns dev \
-             evaluation off; set dev_every to a number of outer steps (e.g. {})",
-            cfg.steps.div_ceil(10)
-        ));
-    }
-    Ok(())
+    // The range rules live with the config, shared with sweeps and `primer plan`.
+    cfg.check_values()
+        .map_err(|e| PrimeError::Config(e.to_string()))
 }
 
 fn mean_query(r: &PrimeStepRecord) -> f64 {

@@ -160,13 +160,19 @@ impl KeySpace {
         let (section, rest) = key.split_once('.').expect("checked key has a section");
         let mut json = self.default_json(section).clone();
         set_path(&mut json, rest, value.clone());
-        let typed = if section == "prime" {
-            serde_json::from_value::<PrimeConfig>(json).map(|_| ())
+        // Types at deserialisation, ranges by the configs' own rules (the same verdict as
+        // `primer plan` and the runs give); here only the rules about this key count: others
+        // may hinge on keys set elsewhere and are checked on the resolved configurations.
+        let errors = if section == "prime" {
+            serde_json::from_value::<PrimeConfig>(json).map(|c| c.value_errors())
         } else {
-            serde_json::from_value::<FinetuneConfig>(json).map(|_| ())
-        };
-        typed.map_err(|e| format!("{key}: {e}"))?;
-        check_range(key, value).map_err(|m| format!("{key}: {m}"))
+            serde_json::from_value::<FinetuneConfig>(json).map(|c| c.value_errors())
+        }
+        .map_err(|e| format!("{key}: {e}"))?;
+        match errors.into_iter().find(|e| e.key == rest) {
+            Some(e) => Err(format!("{key}: {}", e.problem)),
+            None => Ok(()),
+        }
     }
 
     /// Checks that `key` names a settable leaf.
@@ -250,38 +256,6 @@ fn reserved_hint(key: &str) -> Option<&'static str> {
 
 /// Range checks by field name (the last segment of the key), for the values serde accepts
 /// but training cannot use.
-fn check_range(key: &str, value: &Value) -> Result<(), String> {
-    let field = key.rsplit('.').next().unwrap_or(key);
-    let below = |min: f64| value.as_f64().is_some_and(|x| x < min);
-    let outside = |r: std::ops::RangeInclusive<f64>, top_open: bool| {
-        value
-            .as_f64()
-            .is_some_and(|x| !r.contains(&x) || (top_open && x == *r.end()))
-    };
-    let problem = match field {
-        "epochs" | "batch_size" | "adapter_dim" | "inner_steps" | "steps" | "tasks_per_step"
-        | "support_batch_size" | "query_batch_size" | "train_limit" | "dev_limit"
-        | "test_limit"
-            if below(1.0) =>
-        {
-            "must be at least 1"
-        }
-        "max_len" if below(3.0) => "must be at least 3 ([CLS], one token, [SEP])",
-        "lr" | "inner_lr" | "outer_lr" | "ft_lr" if value.as_f64().is_some_and(|x| x <= 0.0) => {
-            "a learning rate must be positive"
-        }
-        "weight_decay" if below(0.0) => "must not be negative",
-        "warmup_ratio" if outside(0.0..=1.0, false) => "must be between 0 and 1",
-        "dropout" if outside(0.0..=1.0, true) => "must be in [0, 1)",
-        "sources" if value.as_array().is_some_and(|a| a.is_empty()) => {
-            "needs at least one source language"
-        }
-        "model" if value.as_str().is_some_and(str::is_empty) => "must name a model folder",
-        _ => return Ok(()),
-    };
-    Err(problem.to_string())
-}
-
 fn leaf_paths(prefix: &str, v: &Value, out: &mut Vec<String>) {
     match v {
         Value::Object(m) => {

@@ -603,7 +603,7 @@ fn resolve(
     set_path(&mut ft, "init", Value::Null);
     set_path(&mut pr, "seed", Value::from(seed));
     set_path(&mut pr, "device", Value::from("cpu"));
-    let invalid = |what: &str, e: serde_json::Error| {
+    let invalid = |what: &str, e: &dyn std::fmt::Display| {
         sweep.source.error(
             &setting.span,
             format!(
@@ -613,7 +613,10 @@ fn resolve(
         )
     };
     let finetune: FinetuneConfig =
-        serde_json::from_value(ft.clone()).map_err(|e| invalid("fine-tuning", e))?;
+        serde_json::from_value(ft.clone()).map_err(|e| invalid("fine-tuning", &e))?;
+    finetune
+        .check_values()
+        .map_err(|e| invalid("fine-tuning", &e))?;
     let (prime, prime_json) = match setting.priming.method() {
         Some(method) => {
             set_path(
@@ -622,7 +625,8 @@ fn resolve(
                 serde_json::to_value(method).expect("serialisable"),
             );
             let config: PrimeConfig =
-                serde_json::from_value(pr.clone()).map_err(|e| invalid("priming", e))?;
+                serde_json::from_value(pr.clone()).map_err(|e| invalid("priming", &e))?;
+            config.check_values().map_err(|e| invalid("priming", &e))?;
             (Some(config), Some(pr))
         }
         None => (None, None),
@@ -969,6 +973,96 @@ select = { by = "dev_f1", over = ["finetune.lr"] }
             e.contains("report.select.over: unknown key finetune.lrr: did you mean finetune.lr?"),
             "{e}"
         );
+    }
+
+    /// Every ranged field at and around its boundaries gets one verdict from the sweep file's
+    /// checks (`primer plan` / `primer run`) and from the run itself (`primer finetune` /
+    /// `primer prime` validate before anything runs): the rules live in `crate::config`.
+    #[test]
+    fn boundaries_get_the_same_verdict_from_sweeps_and_runs() {
+        // (key, TOML value, valid?)
+        let cases: &[(&str, &str, bool)] = &[
+            ("finetune.warmup_ratio", "0.0", true),
+            ("finetune.warmup_ratio", "0.99", true),
+            ("finetune.warmup_ratio", "1.0", false),
+            ("finetune.warmup_ratio", "-0.1", false),
+            ("finetune.epochs", "0", false),
+            ("finetune.epochs", "1", true),
+            ("finetune.batch_size", "0", false),
+            ("finetune.lr", "0.0", false),
+            ("finetune.lr", "1e-9", true),
+            ("finetune.weight_decay", "-0.01", false),
+            ("finetune.weight_decay", "0.0", true),
+            ("finetune.adapter_dim", "0", false),
+            ("finetune.dropout", "0.0", true),
+            ("finetune.dropout", "1.0", false),
+            ("finetune.data.max_len", "2", false),
+            ("finetune.data.max_len", "3", true),
+            ("finetune.data.train_limit", "0", false),
+            ("finetune.data.test_limit", "1", true),
+            ("prime.warmup_ratio", "1.0", false),
+            ("prime.warmup_ratio", "0.5", true),
+            ("prime.outer_lr", "0.0", true),
+            ("prime.outer_lr", "-1e-5", false),
+            ("prime.ft_lr", "-1e-5", false),
+            ("prime.inner_lr", "0.0", false),
+            ("prime.inner_lr", "0.03", true),
+            ("prime.steps", "0", false),
+            ("prime.inner_steps", "0", false),
+            ("prime.tasks_per_step", "0", false),
+            ("prime.support_batch_size", "0", false),
+            ("prime.query_batch_size", "1", true),
+            ("prime.dropout", "1.0", false),
+            ("prime.data.dev_limit", "0", false),
+            ("prime.sources", "[]", false),
+            ("prime.sources", "[\"en\", \"en\"]", false),
+            ("prime.select", "\"best-dev\"", false),
+        ];
+        for &(key, value, valid) in cases {
+            let text = format!(
+                "name = \"t\"\ntargets = [\"hi\"]\n[base.finetune]\nmodel = \".\"\n\
+                 [settings.p]\npriming = \"meta\"\n\"{key}\" = {value}\n"
+            );
+            let swept = Sweep::from_text(Path::new("t.toml"), &text).and_then(|s| Plan::expand(&s));
+            let (section, rest) = key.split_once('.').unwrap();
+            let parsed: toml::Value = toml::from_str(&format!("v = {value}")).unwrap();
+            let value_json = serde_json::to_value(&parsed["v"]).unwrap();
+            let (rules, run_verdict) = if section == "finetune" {
+                let mut json = serde_json::to_value(FinetuneConfig::default()).unwrap();
+                set_path(&mut json, rest, value_json);
+                let mut c: FinetuneConfig = serde_json::from_value(json).unwrap();
+                c.model = PathBuf::from(".");
+                c.lang = "hi".into();
+                let run = crate::train::finetune::validate(&c).map_err(|e| e.to_string());
+                (c.value_errors(), run)
+            } else {
+                let mut json = serde_json::to_value(PrimeConfig::default()).unwrap();
+                set_path(&mut json, rest, value_json);
+                let mut c: PrimeConfig = serde_json::from_value(json).unwrap();
+                c.model = PathBuf::from(".");
+                let run = crate::prime::run::validate(&c).map_err(|e| e.to_string());
+                (c.value_errors(), run)
+            };
+            assert_eq!(rules.is_empty(), valid, "{key} = {value}: {rules:?}");
+            assert_eq!(
+                swept.is_ok(),
+                valid,
+                "{key} = {value} in a sweep: {swept:?}"
+            );
+            assert_eq!(
+                run_verdict.is_ok(),
+                valid,
+                "{key} = {value} in a run: {run_verdict:?}"
+            );
+            if let (Err(sweep_err), Err(run_err)) = (&swept, &run_verdict) {
+                // The same words: the rule's problem in both messages.
+                let problem = &rules[0].problem;
+                assert!(
+                    sweep_err.to_string().contains(problem) && run_err.contains(problem),
+                    "{key} = {value}: rule {problem:?}, sweep {sweep_err}, run {run_err}"
+                );
+            }
+        }
     }
 
     fn ft_spec(f: impl FnOnce(&mut FinetuneConfig)) -> RunSpec {

@@ -86,32 +86,15 @@ pub enum FinetuneError {
 
 type Result<T> = std::result::Result<T, FinetuneError>;
 
-fn validate(config: &FinetuneConfig) -> Result<()> {
+pub(crate) fn validate(config: &FinetuneConfig) -> Result<()> {
     let bad = |m: String| Err(FinetuneError::Invalid(m));
     if config.lang.trim().is_empty() {
         return bad("no target language given (set `lang`, e.g. --lang af)".into());
     }
-    if config.epochs == 0 {
-        return bad("epochs must be at least 1".into());
-    }
-    if config.batch_size == 0 {
-        return bad("batch_size must be at least 1".into());
-    }
-    let lr = config.effective_lr();
-    if !(lr.is_finite() && lr > 0.0) {
-        return bad(format!("the learning rate must be positive, got {lr}"));
-    }
-    if !(0.0..1.0).contains(&config.warmup_ratio) {
-        return bad(format!(
-            "warmup_ratio must be in [0, 1), got {}",
-            config.warmup_ratio
-        ));
-    }
-    if let Some(p) = config.dropout
-        && !(0.0..1.0).contains(&p)
-    {
-        return bad(format!("dropout must be in [0, 1), got {p}"));
-    }
+    // The range rules live with the config, shared with sweeps and `primer plan`.
+    config
+        .check_values()
+        .map_err(|e| FinetuneError::Invalid(e.to_string()))?;
     let model_dir = model_dir(config);
     if !model_dir.is_dir() {
         return bad(format!(
