@@ -2,7 +2,9 @@
 //! CLI (`primer finetune`, `primer prime`), the sweep files (a sweep's base configuration and
 //! overrides deserialize into them) and the run store (the resolved struct is hashed into a
 //! run's identity). Every field has a documented default, so a TOML or JSON file only names
-//! what it changes; unknown fields are rejected.
+//! what it changes; unknown fields are rejected. Every range rule is here too
+//! ([`FinetuneConfig::value_errors`], [`PrimeConfig::value_errors`]): sweeps, `primer plan` and
+//! the runs all ask them, so a value gets one verdict everywhere.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
