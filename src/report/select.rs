@@ -99,7 +99,7 @@ pub fn apply(input: &ReportInput) -> (ReportInput, Option<SelectionRecord>) {
                 let v = run.meta.axes.iter().find(|(a, _)| a == k);
                 (
                     k.clone(),
-                    v.map_or_else(|| "(fixed)".to_string(), |v| v.1.clone()),
+                    v.map_or_else(|| "(set by the setting)".to_string(), |v| v.1.clone()),
                 )
             })
             .collect();

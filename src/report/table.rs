@@ -399,7 +399,10 @@ impl Table1 {
         let mut out = markdown::table(&headers, &aligns, &rows);
         out += "\nTest entity-level micro F1 ×100";
         if full_n > 1 {
-            out += &format!(", mean ± sd over {full_n} seeds ((n=k): only k finished)");
+            out += &format!(
+                ", mean ± sd over {full_n} seeds ((n=k): k seeds behind the cell, fewer planned \
+                 or finished)"
+            );
         }
         out += &format!(". **Bold**: best in its group and column. {MISSING}: no finished run.");
         if any_incomplete {
