@@ -120,10 +120,12 @@ pub fn write_report(
     let (selected, selection) = select::apply(all_runs);
     let input = &selected;
     let mut all_scores = gather::scores_frame(&all_runs.runs)?;
+    let kept: std::collections::HashSet<&str> =
+        input.runs.iter().map(|r| r.meta.run_id.as_str()).collect();
     let chosen: Vec<bool> = all_runs
         .runs
         .iter()
-        .map(|r| input.runs.iter().any(|s| s.meta.run_id == r.meta.run_id))
+        .map(|r| kept.contains(r.meta.run_id.as_str()))
         .collect();
     all_scores
         .with_column(polars::prelude::Column::new("selected".into(), chosen))

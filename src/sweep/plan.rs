@@ -508,15 +508,13 @@ fn check_one_configuration_per_cell(
             .push(e);
     }
     for setting in &sweep.settings {
-        let Some(members) = cells
-            .iter()
-            .find(|((s, _, _), m)| *s == setting.name && m.len() > 1)
-            .map(|(_, m)| m)
-        else {
-            continue;
-        };
+        // In sweep order, so that the message lists values as the file does.
+        let shared_cells = entries.iter().filter(|e| {
+            e.setting == setting.name
+                && cells[&(e.setting.as_str(), e.lang.as_str(), e.seed)].len() > 1
+        });
         let mut varying: Vec<(String, Vec<String>)> = Vec::new();
-        for e in members {
+        for e in shared_cells {
             for (key, value) in &e.axes {
                 let shown = value.to_string();
                 match varying.iter_mut().find(|(k, _)| k == key) {
