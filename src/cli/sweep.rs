@@ -11,7 +11,8 @@ use primer::slurm::{Slurm, SlurmArgs};
 use primer::sweep::plan::{Plan, RunKind};
 use primer::sweep::process::{ExecJob, load_exec_job};
 use primer::sweep::run::{
-    count_states, gc_checkpoints, missing_inputs, observe, parse_devices, plan_rows,
+    count_states, estimate_remaining, gc_checkpoints, missing_inputs, observe, parse_devices,
+    plan_rows,
 };
 use primer::sweep::store::RunState;
 use primer::sweep::{
@@ -222,6 +223,20 @@ fn print_plan(a: &PlanArgs) -> anyhow::Result<ExitCode> {
         plan.settings.len(),
         counts.join(", ")
     )?;
+    let left = estimate_remaining(&plan, &obs);
+    if left.estimated > 0 {
+        let unmeasured = match left.unmeasured {
+            0 => String::new(),
+            n => format!("; {n} more of kinds with no finished run yet"),
+        };
+        writeln!(
+            out,
+            "run time left: about {:.0} min for {} runs, from the mean duration of finished runs \
+             of each kind (divide by the slots that run at once){unmeasured}",
+            left.seconds / 60.0,
+            left.estimated
+        )?;
+    }
     let missing = missing_inputs(&plan);
     if !missing.is_empty() {
         writeln!(

@@ -678,6 +678,65 @@ pub fn report_input_for(sweep: &Sweep) -> Result<ReportInput, SweepError> {
     })
 }
 
+/// The run time left in a plan, estimated from its finished runs: each run not done counts the
+/// mean duration (`status.json`: started → finished) of the finished runs of its kind
+/// (priming by method, fine-tuning by method). A sum of run time: divide by the slots that
+/// run at once. Finish a few runs of each kind (`primer run`, then Ctrl-C) for an estimate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemainingEstimate {
+    pub seconds: f64,
+    /// Runs not done with finished runs of their kind to go by.
+    pub estimated: usize,
+    /// Runs not done with no finished run of their kind yet.
+    pub unmeasured: usize,
+}
+
+/// What a run's duration is estimated by.
+fn duration_kind(run: &PlannedRun) -> String {
+    match &run.spec {
+        RunSpec::Prime { config } => format!("prime {}", crate::prime::run::method_name(config)),
+        RunSpec::Finetune { config, .. } => format!("finetune {}", config.method),
+    }
+}
+
+/// See [`RemainingEstimate`]; `obs` is [`observe`]'s view of `plan`.
+pub fn estimate_remaining(plan: &Plan, obs: &[ObservedRun]) -> RemainingEstimate {
+    let mut measured: std::collections::HashMap<String, (f64, usize)> = Default::default();
+    for (r, o) in plan.runs.iter().zip(obs) {
+        if o.state != Observed::Done {
+            continue;
+        }
+        let Some(status) = Store::read_status(&o.dir) else {
+            continue;
+        };
+        if let (Some(start), Some(end)) = (status.started_at, status.finished_at)
+            && end >= start
+        {
+            let m = measured.entry(duration_kind(r)).or_default();
+            m.0 += (end - start) as f64;
+            m.1 += 1;
+        }
+    }
+    let mut estimate = RemainingEstimate {
+        seconds: 0.0,
+        estimated: 0,
+        unmeasured: 0,
+    };
+    for (r, o) in plan.runs.iter().zip(obs) {
+        if o.state == Observed::Done {
+            continue;
+        }
+        match measured.get(&duration_kind(r)) {
+            Some((total, n)) => {
+                estimate.seconds += total / *n as f64;
+                estimate.estimated += 1;
+            }
+            None => estimate.unmeasured += 1,
+        }
+    }
+    estimate
+}
+
 /// Counts of runs by displayed state, for `primer status` and `primer plan`.
 pub fn count_states(obs: &[ObservedRun]) -> Vec<(&'static str, usize)> {
     ["done", "running", "failed", "blocked", "stale", "pending"]
@@ -689,4 +748,63 @@ pub fn count_states(obs: &[ObservedRun]) -> Vec<(&'static str, usize)> {
 /// Labels of runs, for listings.
 pub fn run_label(run: &PlannedRun) -> String {
     run.label()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FinetuneConfig, FinetuneMethod};
+
+    fn finetune(method: FinetuneMethod, seed: u64) -> RunSpec {
+        RunSpec::Finetune {
+            config: FinetuneConfig {
+                model: PathBuf::from("m"),
+                lang: "hi".into(),
+                method,
+                seed,
+                ..FinetuneConfig::default()
+            },
+            priming: None,
+        }
+    }
+
+    #[test]
+    fn remaining_run_time_comes_from_finished_runs_of_the_same_kind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let runs = vec![
+            (finetune(FinetuneMethod::Full, 1), vec![]),
+            (finetune(FinetuneMethod::Full, 2), vec![]),
+            (finetune(FinetuneMethod::Full, 3), vec![]),
+            (finetune(FinetuneMethod::Adapter, 1), vec![]),
+        ];
+        let plan = Plan::from_runs("t", tmp.path(), "s", runs, vec!["hi".into()]);
+        let store = Store::new(tmp.path());
+        // Two full fine-tuning runs finished, in 30 and 50 s; nothing else ran.
+        for (i, secs) in [(0, 30), (1, 50)] {
+            let dir = store.run_dir(&plan.runs[i]);
+            std::fs::create_dir_all(&dir).unwrap();
+            let metrics = crate::report::testutil::metrics("hi", 1, 0.5);
+            crate::fsutil::write_json_atomic(
+                &dir.join(crate::train::finetune::METRICS_FILE),
+                &metrics,
+            )
+            .unwrap();
+            let mut status = super::super::store::RunStatus::new();
+            status.state = RunState::Done;
+            status.started_at = Some(1000);
+            status.finished_at = Some(1000 + secs);
+            Store::write_status(&dir, &status).unwrap();
+        }
+        let obs = observe(&plan, &store);
+        assert_eq!(obs.iter().filter(|o| o.state == Observed::Done).count(), 2);
+        let e = estimate_remaining(&plan, &obs);
+        assert_eq!(
+            e,
+            RemainingEstimate {
+                seconds: 40.0,
+                estimated: 1,
+                unmeasured: 1
+            }
+        );
+    }
 }
