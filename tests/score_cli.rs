@@ -143,6 +143,16 @@ fn errors_name_file_and_line_and_fail() {
         "{err}"
     );
 
+    // A tag of no scheme is refused at its line, not scored as an entity.
+    let f = write(dir.path(), "q.txt", "Jan B-PER B-PER\nSmuts O Q-PER\n");
+    let out = primer(&["score", f.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("q.txt:2:") && err.contains("\"Q-PER\"") && err.contains("IOBES"),
+        "{err}"
+    );
+
     let out = primer(&["score", dir.path().join("missing.txt").to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.txt"));

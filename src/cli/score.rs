@@ -10,6 +10,7 @@
 //! `--json` the [`primer::metric::Scores`] as fractions in [0, 1].
 
 use anyhow::{Context, bail};
+use primer::data::TagScheme;
 use primer::metric::{self, MetricError, Mode};
 use std::io::Read;
 use std::path::PathBuf;
@@ -125,6 +126,20 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
         std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {name}"))?
     };
     let conll = parse(&text, &name)?;
+    // The scheme's rules, as the data readers apply IOB2's: a tag of another scheme would be
+    // scored as some entity (seqeval's default mode guesses), not refused.
+    for (s, (gold, pred)) in conll.gold.iter().zip(&conll.pred).enumerate() {
+        for (t, tag) in gold.iter().zip(pred).flat_map(|(g, p)| [g, p]).enumerate() {
+            if !TagScheme::Iobes.accepts(tag) {
+                bail!(
+                    "{name}:{}: tag {tag:?} is not one of the {}; fix the file (gold and \
+                     predicted tags are its last two columns)",
+                    conll.lines[s][t / 2],
+                    TagScheme::Iobes.describe()
+                );
+            }
+        }
+    }
     let ev = metric::evaluate(&conll.gold, &conll.pred, args.mode).map_err(|e| match &e {
         MetricError::InvalidStrictTag {
             sentence, token, ..

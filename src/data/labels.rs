@@ -6,6 +6,37 @@ use std::collections::HashMap;
 /// The 7 WikiAnn tags in the order of the HF `wikiann` dataset's `ner_tags` ids.
 pub const WIKIANN_TAGS: [&str; 7] = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"];
 
+/// The tag schemes primer reads, the one place their rules live: IOB2 (`O`, `B-X`, `I-X`:
+/// WikiAnn's, and all the data readers take) and IOBES (IOB2 plus `E-X` and `S-X`, which
+/// `primer score` also takes, as seqeval's default mode scores them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagScheme {
+    Iob2,
+    Iobes,
+}
+
+impl TagScheme {
+    /// Whether `tag` is `O` or a prefix of the scheme, a dash and a non-empty type.
+    pub fn accepts(self, tag: &str) -> bool {
+        let prefixes: &[&str] = match self {
+            TagScheme::Iob2 => &["B-", "I-"],
+            TagScheme::Iobes => &["B-", "I-", "E-", "S-"],
+        };
+        tag == "O"
+            || prefixes
+                .iter()
+                .any(|p| tag.strip_prefix(p).is_some_and(|ty| !ty.is_empty()))
+    }
+
+    /// The scheme's tags, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            TagScheme::Iob2 => "IOB2 tags: O, B-TYPE, I-TYPE",
+            TagScheme::Iobes => "IOB2/IOBES tags: O, B-TYPE, I-TYPE, E-TYPE, S-TYPE",
+        }
+    }
+}
+
 /// An ordered set of tags; a tag's id is its position. Serialises as the list of tags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelSet {
@@ -114,6 +145,28 @@ impl<'de> Deserialize<'de> for LabelSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_schemes_accept_their_prefixes_only() {
+        for tag in ["O", "B-PER", "I-LOC", "B-MISC_X"] {
+            assert!(
+                TagScheme::Iob2.accepts(tag) && TagScheme::Iobes.accepts(tag),
+                "{tag}"
+            );
+        }
+        for tag in ["E-PER", "S-LOC"] {
+            assert!(
+                !TagScheme::Iob2.accepts(tag) && TagScheme::Iobes.accepts(tag),
+                "{tag}"
+            );
+        }
+        for tag in ["Q-PER", "B-", "PER", "o", "B_PER", ""] {
+            assert!(
+                !TagScheme::Iob2.accepts(tag) && !TagScheme::Iobes.accepts(tag),
+                "{tag}"
+            );
+        }
+    }
 
     #[test]
     fn wikiann_order_and_ids() {

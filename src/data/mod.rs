@@ -24,7 +24,7 @@ pub mod reader;
 pub mod tokenize;
 
 pub use batch::{Batch, Batcher, IGNORE_INDEX};
-pub use labels::{LabelSet, WIKIANN_TAGS};
+pub use labels::{LabelSet, TagScheme, WIKIANN_TAGS};
 pub use reader::{
     LanguageData, Layout, Sentence, Split, SplitSources, detect_layout, fingerprint, load_language,
     read_parquet, read_rahimi, read_split, read_xtreme, split_files, subsample, write_xtreme,

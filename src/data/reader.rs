@@ -10,7 +10,7 @@
 //! line ends, a UTF-8 BOM and `-DOCSTART-` lines are accepted).
 
 use super::DataError;
-use super::labels::{LabelSet, WIKIANN_TAGS};
+use super::labels::{LabelSet, TagScheme, WIKIANN_TAGS};
 use crate::config::{DataConfig, Subsample};
 use crate::rng::SeededRng;
 use serde::{Deserialize, Serialize};
@@ -454,14 +454,6 @@ pub fn read_split(root: &Path, lang: &str, split: Split) -> Result<Vec<Sentence>
 }
 
 /// Is `tag` of the IOB2 form `O`, `B-TYPE` or `I-TYPE`?
-fn is_iob_tag(tag: &str) -> bool {
-    tag == "O"
-        || tag
-            .strip_prefix("B-")
-            .or_else(|| tag.strip_prefix("I-"))
-            .is_some_and(|t| !t.is_empty())
-}
-
 /// Checks every tag of a file: known to `labels` (or of IOB2 form when `labels` is None), and,
 /// when `strict`, that each `I-X` continues a `B-X`/`I-X`.
 fn check_tags(file: &Located, labels: Option<&LabelSet>, strict: bool) -> Result<(), DataError> {
@@ -476,7 +468,7 @@ fn check_tags(file: &Located, labels: Option<&LabelSet>, strict: bool) -> Result
         for (t, tag) in sent.tags.iter().enumerate() {
             let known = match labels {
                 Some(l) => l.contains(tag),
-                None => is_iob_tag(tag),
+                None => TagScheme::Iob2.accepts(tag),
             };
             if !known {
                 return Err(DataError::UnknownTag {
@@ -484,7 +476,7 @@ fn check_tags(file: &Located, labels: Option<&LabelSet>, strict: bool) -> Result
                     tag: tag.clone(),
                     known: match labels {
                         Some(l) => l.tags().join(", "),
-                        None => "IOB2 tags: O, B-TYPE, I-TYPE".to_string(),
+                        None => TagScheme::Iob2.describe().to_string(),
                     },
                 });
             }
