@@ -139,6 +139,53 @@ fn report_command_prints_table_and_writes_files() {
 }
 
 #[test]
+fn compare_command_prints_the_seed_aware_comparison_of_any_two_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sweep = write_sweep(tmp.path());
+    let input = primer::sweep::report_input(&sweep).unwrap();
+    for r in &input.runs {
+        let correct = if r.meta.setting == "1/Full FT" {
+            90
+        } else {
+            80
+        };
+        let m = metrics(&r.meta.lang, r.meta.seed, r.meta.ft_method, correct);
+        primer::fsutil::write_json_atomic(&r.meta.run_dir.join("metrics.json"), &m).unwrap();
+    }
+    let compare = |extra: &[&str]| {
+        let mut args = vec!["compare", sweep.to_str().unwrap(), "1/Full FT", "3/AT"];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_primer"))
+            .current_dir(tmp.path())
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let out = compare(&["--lang", "hi"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("| hi ") && !stdout.contains("| af ") && stdout.contains("+10.00"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("inconclusive (2 seeds)"), "{stdout}");
+    let out = compare(&["--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["languages"].as_array().unwrap().len(), 2);
+    assert_eq!(json["average"]["verdict"], "inconclusive (2 seeds)");
+    assert!((json["average"]["delta"].as_f64().unwrap() - 10.0).abs() < 1e-9);
+    // Names that are not settings or languages of the sweep are errors that list the valid ones.
+    let out = compare(&["--lang", "xx"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"xx\"") && err.contains("hi, af"), "{err}");
+}
+
+#[test]
 fn report_command_names_a_missing_sweep_file() {
     let tmp = tempfile::tempdir().unwrap();
     let res = Command::new(env!("CARGO_BIN_EXE_primer"))

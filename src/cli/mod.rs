@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod bench;
+mod compare;
 mod finetune;
 mod init_model;
 mod prime;
@@ -46,6 +47,8 @@ enum Command {
     Exec(sweep::ExecArgs),
     /// Gather a sweep's scores into tables (Table 1) and figures (Figures 3 and 4).
     Report(report::ReportArgs),
+    /// Is setting A better than setting B? The seed-aware comparison of two settings of a sweep.
+    Compare(compare::CompareArgs),
     /// Run the embedded demo sweep on CPU and write its report under results/demo.
     Demo(sweep::DemoArgs),
     /// Time training steps side by side with the PyTorch reference (ratios primer / PyTorch).
@@ -76,6 +79,7 @@ pub fn main() -> ExitCode {
         Command::Cancel(a) => sweep::cancel(a),
         Command::Exec(a) => sweep::exec(a),
         Command::Report(a) => report::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Demo(a) => sweep::demo(a),
         Command::Bench(a) => bench::run(a),
     };

@@ -507,6 +507,51 @@ pub fn compare_pairs(
     Ok(out)
 }
 
+/// The seed-aware comparison of any two settings of a sweep (`primer compare`), on
+/// `languages` (every language of its runs when empty), with `[report] select` applied as the
+/// report applies it.
+pub fn compare_settings(
+    input: &ReportInput,
+    a: &str,
+    b: &str,
+    languages: &[String],
+    samples: usize,
+    seed: u64,
+) -> Result<PairComparison, ReportError> {
+    for name in [a, b] {
+        if !input.settings.iter().any(|s| s == name) {
+            return Err(ReportError::NotASetting {
+                name: name.to_string(),
+                known: input.settings.join(", "),
+            });
+        }
+    }
+    let all_languages = crate::report::table::table_languages(input);
+    for l in languages {
+        if !all_languages.contains(l) {
+            return Err(ReportError::NotALanguage {
+                lang: l.clone(),
+                known: all_languages.join(", "),
+            });
+        }
+    }
+    let (mut selected, _) = crate::report::select::apply(input);
+    selected.spec.compare = vec![ComparePair {
+        a: a.to_string(),
+        b: b.to_string(),
+    }];
+    let languages = if languages.is_empty() {
+        all_languages
+    } else {
+        languages.to_vec()
+    };
+    let mut pair = compare_pairs(&selected, &languages, samples, seed)?
+        .pop()
+        .expect("one pair asked, one compared");
+    pair.why = "primer compare".to_string();
+    Ok(pair)
+}
+
 /// The test sets of each language's finished runs, and how the sweep draws them.
 pub fn evaluation_sets(input: &ReportInput, languages: &[String]) -> Vec<EvaluationSet> {
     languages
@@ -655,7 +700,7 @@ impl Comparison {
     }
 
     /// The seed-aware comparisons: a summary of every pair's average, then one table per pair.
-    fn pairs_markdown(&self, samples: usize) -> String {
+    pub fn pairs_markdown(&self, samples: usize) -> String {
         if self.pairs.is_empty() {
             return String::new();
         }

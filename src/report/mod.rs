@@ -69,6 +69,10 @@ pub enum ReportError {
         label: String,
         known: String,
     },
+    #[error("{name:?} is not a setting of this sweep (settings: {known})")]
+    NotASetting { name: String, known: String },
+    #[error("no run of this sweep targets {lang:?} (languages: {known})")]
+    NotALanguage { lang: String, known: String },
     #[error("{file} line {line}: {message}")]
     PaperData {
         file: String,
