@@ -130,7 +130,9 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
     );
     println!(
         "metrics written to {}",
-        args.out.join("metrics.json").display()
+        args.out
+            .join(primer::train::finetune::METRICS_FILE)
+            .display()
     );
     Ok(ExitCode::SUCCESS)
 }

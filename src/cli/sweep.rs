@@ -275,7 +275,7 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
                 r.label(),
                 o.attempts,
                 o.error.as_deref().unwrap_or("?"),
-                o.dir.join("log.txt").display()
+                o.dir.join(primer::sweep::store::layout::LOG).display()
             ),
             "blocked" => println!(
                 "blocked {}: its priming run {} failed",
@@ -691,7 +691,7 @@ fn print_failures(plan: &Plan, views: &[SlurmRunView]) -> usize {
             "failed  {}: {}{failed_dep}\n        log: {}",
             run.label(),
             v.detail,
-            v.dir.join("log.txt").display()
+            v.dir.join(primer::sweep::store::layout::LOG).display()
         );
     }
     n

@@ -201,7 +201,7 @@ pub fn write_curves(
         if !p.done {
             continue;
         }
-        let path = p.checkpoint_dir.join("curves.json");
+        let path = p.checkpoint_dir.join(crate::prime::CURVES_FILE);
         let curves: PrimeCurves = match crate::fsutil::read_json(&path) {
             Ok(c) => c,
             Err(e) => {

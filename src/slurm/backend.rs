@@ -138,8 +138,8 @@ pub fn submit_sweep(
         job.after_ok = after_ok;
         job.workdir = workdir.clone();
         // The same file the local backend's executor writes.
-        job.stdout_name = "log.txt".into();
-        job.stderr_name = "log.txt".into();
+        job.stdout_name = crate::sweep::store::layout::LOG.into();
+        job.stderr_name = crate::sweep::store::layout::LOG.into();
         job
     };
 

@@ -7,7 +7,7 @@
 use super::error::SweepError;
 use super::plan::RunSpec;
 use super::sched::{ExecEvent, Executor, Slot};
-use super::store::Store;
+use super::store::{Store, layout};
 use crate::config::{FinetuneConfig, PrimeConfig};
 use crate::device::DeviceSpec;
 use crate::progress::ProgressEvent;
@@ -90,7 +90,7 @@ impl Executor for ProcessExecutor {
         events: &dyn Fn(ExecEvent),
     ) -> Result<(), String> {
         let dir = &self.run_dirs[task];
-        let log_path = dir.join("log.txt");
+        let log_path = dir.join(layout::LOG);
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -238,7 +238,7 @@ pub fn load_exec_job(run_dir: &Path, device: &str) -> Result<ExecJob, SweepError
             config.device = device.to_string();
             ExecJob::Prime {
                 config,
-                out_dir: run_dir.join("checkpoint"),
+                out_dir: run_dir.join(layout::CHECKPOINT),
             }
         }
         RunSpec::Finetune {

@@ -9,7 +9,7 @@ use super::file::Sweep;
 use super::plan::{Plan, PlannedRun, RunKind, RunSpec};
 use super::process::ProcessExecutor;
 use super::sched::{ExecEvent, Executor, Observer, Outcome, Slot, Task, make_slots, schedule};
-use super::store::{Observed, RunState, Store, now_s};
+use super::store::{Observed, RunState, Store, layout, now_s};
 use crate::device::DeviceSpec;
 use crate::report::{PrimingRunRecord, ReportInput, RunMeta, RunRecord};
 use serde::Serialize;
@@ -416,7 +416,7 @@ pub fn execute_prepared(
                 (
                     run_of(*t).label(),
                     e.clone(),
-                    store.run_dir(run_of(*t)).join("log.txt"),
+                    store.run_dir(run_of(*t)).join(layout::LOG),
                 )
             })
             .collect(),
@@ -521,7 +521,7 @@ impl Observer for StoreObserver<'_> {
             s.finished_at = Some(now_s());
         });
         let i = self.slot_index(slot);
-        let log = self.dir(task).join("log.txt").display().to_string();
+        let log = self.dir(task).join(layout::LOG).display().to_string();
         self.display.finished(i, Err(error), will_retry, &log);
     }
 
@@ -563,7 +563,7 @@ pub fn gc_checkpoints(plan: &Plan, store: &Store) -> Result<Vec<PathBuf>, SweepE
             continue;
         }
         let dir = store.run_dir(r);
-        let ckpt = dir.join("checkpoint");
+        let ckpt = dir.join(layout::CHECKPOINT);
         if !ckpt.is_dir() {
             continue;
         }
@@ -574,10 +574,10 @@ pub fn gc_checkpoints(plan: &Plan, store: &Store) -> Result<Vec<PathBuf>, SweepE
         if !all_done {
             continue;
         }
-        let curves = ckpt.join("curves.json");
+        let curves = ckpt.join(layout::CURVES);
         if curves.is_file() {
             let bytes = std::fs::read(&curves).map_err(SweepError::io(&curves))?;
-            crate::fsutil::write_atomic(&dir.join("curves.json"), &bytes)?;
+            crate::fsutil::write_atomic(&dir.join(layout::CURVES), &bytes)?;
         }
         // Rename first so that an interrupted removal never leaves a partial checkpoint
         // that looks complete.
@@ -654,10 +654,10 @@ pub fn report_input_for(sweep: &Sweep) -> Result<ReportInput, SweepError> {
     let mut priming_runs = Vec::new();
     for r in plan.runs.iter().filter(|r| r.kind() == RunKind::Prime) {
         let dir = store.run_dir(r);
-        let ckpt = dir.join("checkpoint");
+        let ckpt = dir.join(layout::CHECKPOINT);
         // After garbage collection the curves live beside status.json.
         let checkpoint_dir = if ckpt.is_dir() { ckpt } else { dir };
-        let done = checkpoint_dir.join("curves.json").is_file();
+        let done = checkpoint_dir.join(layout::CURVES).is_file();
         for setting in &r.settings {
             priming_runs.push(PrimingRunRecord {
                 run_id: r.id.clone(),

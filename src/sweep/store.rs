@@ -11,6 +11,24 @@ use crate::train::FinetuneMetrics;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// The names inside a run directory, each written once here (the report and the Slurm backend
+/// read the same files).
+pub mod layout {
+    /// The resolved spec the run's id hashes.
+    pub const SPEC: &str = "spec.json";
+    /// [`super::RunStatus`].
+    pub const STATUS: &str = "status.json";
+    /// The child's stdout and stderr, one header per attempt.
+    pub const LOG: &str = "log.txt";
+    /// A priming run's result: the primed checkpoint folder.
+    pub const CHECKPOINT: &str = "checkpoint";
+    /// A fine-tuning run's result.
+    pub const METRICS: &str = crate::train::finetune::METRICS_FILE;
+    /// A primed checkpoint's loss (and dev) curves, kept beside `status.json` when the
+    /// checkpoint is collected.
+    pub const CURVES: &str = crate::prime::run::CURVES_FILE;
+}
+
 /// Lifecycle state recorded in `status.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -120,13 +138,13 @@ impl Store {
     pub fn checkpoint_dir(&self, prime_id: &str) -> PathBuf {
         self.root
             .join(format!("prime-{prime_id}"))
-            .join("checkpoint")
+            .join(layout::CHECKPOINT)
     }
 
     /// Creates the run directory and writes `spec.json` (once; it never changes).
     pub fn prepare(&self, run: &PlannedRun) -> Result<PathBuf, SweepError> {
         let dir = self.run_dir(run);
-        let spec = dir.join("spec.json");
+        let spec = dir.join(layout::SPEC);
         if !spec.exists() {
             write_json_atomic(&spec, &run.spec)?;
         }
@@ -134,13 +152,13 @@ impl Store {
     }
 
     pub fn read_status(dir: &Path) -> Option<RunStatus> {
-        read_json(&dir.join("status.json")).ok()
+        read_json(&dir.join(layout::STATUS)).ok()
     }
 
     pub fn write_status(dir: &Path, status: &RunStatus) -> Result<(), SweepError> {
         let mut s = status.clone();
         s.updated_at = now_s();
-        write_json_atomic(&dir.join("status.json"), &s)?;
+        write_json_atomic(&dir.join(layout::STATUS), &s)?;
         Ok(())
     }
 
@@ -159,12 +177,12 @@ impl Store {
     pub fn is_done(kind: RunKind, dir: &Path) -> bool {
         match kind {
             RunKind::Finetune => Self::read_metrics(dir).is_some(),
-            RunKind::Prime => dir.join("checkpoint").is_dir(),
+            RunKind::Prime => dir.join(layout::CHECKPOINT).is_dir(),
         }
     }
 
     pub fn read_metrics(dir: &Path) -> Option<FinetuneMetrics> {
-        read_json(&dir.join("metrics.json")).ok()
+        read_json(&dir.join(layout::METRICS)).ok()
     }
 
     /// The state of a run as seen from outside. `store_locked`: whether an orchestrator
@@ -192,7 +210,7 @@ impl Store {
     /// hashes to the id in the directory name, so that a hand-edited spec is not run under
     /// the wrong identity.
     pub fn read_spec(dir: &Path) -> Result<RunSpec, SweepError> {
-        let spec: RunSpec = read_json(&dir.join("spec.json"))?;
+        let spec: RunSpec = read_json(&dir.join(layout::SPEC))?;
         let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name != spec.dir_name() {
             return Err(SweepError::BadRun {
