@@ -16,6 +16,7 @@
 //! * [`metric`]   — entity-level micro F1, identical to seqeval;
 //! * [`parallel`] — graph-free batches spread over the CPU threads, one batch per thread;
 //! * [`sweep`]    — TOML sweeps → a DAG of runs → a resumable scheduler over device slots;
+//! * [`signal`]   — SIGINT/SIGTERM (stop the orchestrator) and SIGUSR2 (stop a run) as flags;
 //! * [`report`]   — polars tables and plotters figures (Table 1, Figures 3 and 4).
 pub mod config;
 pub mod data;
@@ -28,6 +29,7 @@ pub mod prime;
 pub mod progress;
 pub mod report;
 pub mod rng;
+pub mod signal;
 pub mod slurm;
 pub mod sweep;
 pub mod train;

@@ -6,7 +6,7 @@ use primer::slurm::backend::{
     SlurmRunState, SlurmRunView, cancel_sweep, on_preempted, slurm_status, submit_sweep, summarize,
     uses_slurm, wait_sweep,
 };
-use primer::slurm::signal::{current_job_id, install_preemption_handler};
+use primer::slurm::requeue::current_job_id;
 use primer::slurm::{Slurm, SlurmArgs};
 use primer::sweep::plan::{Plan, RunKind};
 use primer::sweep::process::{ExecJob, load_exec_job};
@@ -350,7 +350,7 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
     // makes the training loops stop between steps; elsewhere USR2 keeps its default action.
     let job_id = current_job_id();
     if job_id.is_some() {
-        install_preemption_handler()?;
+        primer::signal::install_stop_handler()?;
     }
     // The warning also comes before the time limit: a run longer than --time would otherwise
     // be requeued and restarted from scratch forever.

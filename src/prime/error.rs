@@ -39,7 +39,7 @@ pub enum PrimeError {
         message: String,
     },
     /// Stopped between outer steps because a preemption signal arrived (see
-    /// [`crate::slurm::signal`]). Nothing is written — no partial checkpoint — so a resubmitted
+    /// [`crate::signal`]). Nothing is written — no partial checkpoint — so a resubmitted
     /// or requeued run restarts from scratch.
     #[error(
         "interrupted by a preemption signal after {step} outer steps; nothing was written, the run restarts from scratch when resubmitted"

@@ -247,7 +247,7 @@ pub fn prime(
     );
     for step in 0..config.steps {
         // Preemption (Slurm's warning signal): stop before the next step rather than be killed.
-        if crate::slurm::signal::preemption_requested() {
+        if crate::signal::stop_requested() {
             return Err(PrimeError::Interrupted { step });
         }
         let record = if is_ft {

@@ -361,9 +361,9 @@ pub fn wait_sweep(
 }
 
 /// What `primer exec` does when a run stopped early because
-/// [`super::signal::preemption_requested`] turned true (Slurm's warning before preemption or
+/// [`crate::signal::stop_requested`] turned true (Slurm's warning before preemption or
 /// the time limit): records the interruption in `status.json` and, inside a Slurm task
-/// (`job_id` = [`super::signal::current_job_id`]), asks Slurm to requeue it so that it runs
+/// (`job_id` = [`super::requeue::current_job_id`]), asks Slurm to requeue it so that it runs
 /// again later. Returns whether the task was requeued; the caller then exits (status 0 is
 /// fine: Slurm ends this execution anyway).
 pub fn on_preempted(
@@ -387,7 +387,7 @@ pub fn on_preempted(
     mark(format!(
         "interrupted by Slurm's preemption signal; task {id} requeued"
     ))?;
-    if let Err(e) = super::signal::requeue(slurm, id) {
+    if let Err(e) = super::requeue::requeue(slurm, id) {
         mark(format!(
             "interrupted by Slurm's preemption signal; requeueing task {id} failed ({e}): rerun the sweep to resume"
         ))?;

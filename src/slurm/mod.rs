@@ -13,7 +13,8 @@
 //! * [`Slurm`] — the client: up-front validation, `sbatch --parsable` submission with a
 //!   `slurm.json` record per run, state queries (`squeue`, `scontrol`; no `sacct`), `scancel`;
 //! * [`parse`] — parsers of `squeue` / `scontrol` / `sinfo` output and the Slurm state model;
-//! * [`signal`] — SIGUSR2 (preemption warning) handling for the run process;
+//! * [`requeue`] — requeueing the current task after the preemption warning (the SIGUSR2
+//!   handler itself is `crate::signal`);
 //! * [`backend`] — adapters between the sweep's plan/store and this module.
 
 pub mod backend;
@@ -21,8 +22,8 @@ pub mod client;
 pub mod options;
 pub mod parse;
 pub mod record;
+pub mod requeue;
 pub mod script;
-pub mod signal;
 #[cfg(test)]
 mod testutil;
 

@@ -25,25 +25,5 @@ pub use plan::{Plan, PlannedRun, RunKind, RunSpec};
 pub use run::{RunOptions, RunSummary, report_input, report_input_for, run_sweep};
 pub use store::Store;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_signal: libc::c_int) {
-    // A second Ctrl-C while stopping exits at once (children die with us: PDEATHSIG).
-    if INTERRUPTED.swap(true, Ordering::SeqCst) {
-        // SAFETY: _exit is async-signal-safe.
-        unsafe { libc::_exit(130) };
-    }
-}
-
-/// Installs SIGINT/SIGTERM handlers that set the returned flag (for [`RunOptions::interrupt`]).
-pub fn install_interrupt_handler() -> &'static AtomicBool {
-    let handler = on_interrupt as extern "C" fn(libc::c_int);
-    // SAFETY: the handler only touches an atomic and calls _exit.
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
-    }
-    &INTERRUPTED
-}
+/// The orchestrator's SIGINT/SIGTERM handlers live with the other signals.
+pub use crate::signal::install_interrupt_handler;

@@ -76,7 +76,7 @@ pub enum FinetuneError {
         lr: f64,
     },
     /// Stopped between optimiser steps because a preemption signal arrived (see
-    /// [`crate::slurm::signal`]). Nothing is written — no partial `metrics.json`, no optimiser
+    /// [`crate::signal`]). Nothing is written — no partial `metrics.json`, no optimiser
     /// state — so a resubmitted or requeued run restarts from scratch.
     #[error(
         "interrupted by a preemption signal after {step} optimiser steps (epoch {epoch}); nothing was written, the run restarts from scratch when resubmitted"
@@ -366,7 +366,7 @@ pub fn run_finetune(
         let mut epoch_loss = 0.0f64;
         for batch in &batches {
             // Preemption (Slurm's warning signal): stop before the next step rather than be killed mid-write.
-            if crate::slurm::signal::preemption_requested() {
+            if crate::signal::stop_requested() {
                 return Err(FinetuneError::Interrupted { step, epoch });
             }
             let (logits, labels) = match &caches {

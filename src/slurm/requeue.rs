@@ -1,49 +1,9 @@
-//! Preemption warning for the run process. Slurm sends `--signal=B:USR2@90` to the batch
-//! shell 90 s before killing a task; the wrapper script forwards it to `primer exec`. A run
-//! installs [`install_preemption_handler`] at start, its training loop polls
-//! [`preemption_requested`] between steps, and on `true` it saves what it can, marks itself
-//! interrupted and either exits or calls [`requeue_self`] so Slurm runs it again later.
-//!
-//! The handler only stores into an atomic flag: that is all a signal handler may safely do.
+//! Requeueing the current Slurm task. Slurm sends `--signal=B:USR2@90` to the batch shell 90 s
+//! before killing a task; the wrapper script forwards it to `primer exec`, whose training
+//! loops stop between steps (`crate::signal`); the run marks itself interrupted and calls
+//! [`requeue_self`] so that Slurm runs it again later.
 
 use super::{Slurm, SlurmError};
-use std::sync::atomic::{AtomicBool, Ordering};
-
-static PREEMPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_sig: libc::c_int) {
-    PREEMPTED.store(true, Ordering::SeqCst);
-}
-
-/// Installs the SIGUSR2 handler (idempotent). Blocking system calls interrupted by the signal
-/// are restarted (`SA_RESTART`), so file I/O in progress is not disturbed.
-pub fn install_preemption_handler() -> Result<(), SlurmError> {
-    install_handler(libc::SIGUSR2)
-}
-
-fn install_handler(sig: libc::c_int) -> Result<(), SlurmError> {
-    // SAFETY: `sigaction` with a zeroed struct, an empty mask and a handler that only performs
-    // an atomic store (async-signal-safe).
-    let rc = unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        action.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(sig, &action, std::ptr::null_mut())
-    };
-    if rc != 0 {
-        return Err(SlurmError::Other(format!(
-            "cannot install the preemption signal handler: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
-}
-
-/// True once the preemption signal has arrived (stays true).
-pub fn preemption_requested() -> bool {
-    PREEMPTED.load(Ordering::SeqCst)
-}
 
 /// The current Slurm task as `scontrol` and `scancel` name it, None outside Slurm: inside an
 /// array task `ARRAYJOBID_TASKID` (`SLURM_ARRAY_JOB_ID`, `SLURM_ARRAY_TASK_ID`), else
@@ -114,17 +74,5 @@ mod tests {
         );
         assert_eq!(task_id_of(Some(""), None, None), None);
         assert_eq!(task_id_of(None, None, None), None);
-    }
-
-    #[test]
-    fn usr2_sets_the_flag() {
-        assert!(!preemption_requested());
-        install_preemption_handler().unwrap();
-        install_preemption_handler().unwrap();
-        // SAFETY: raising a signal whose handler was just installed.
-        unsafe {
-            libc::raise(libc::SIGUSR2);
-        }
-        assert!(preemption_requested());
     }
 }
