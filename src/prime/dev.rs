@@ -365,7 +365,7 @@ impl CheckpointSelector {
 
 #[cfg(test)]
 mod tests {
-    use super::super::meta::tests::tiny_tagger;
+    use super::super::meta::tests::{tiny_tagger, values};
     use super::*;
 
     fn record(step: usize, f1: [f64; 2]) -> DevRecord {
@@ -381,18 +381,6 @@ mod tests {
                 })
                 .collect(),
         }
-    }
-
-    fn values(p: &ParamSet) -> Vec<Vec<f32>> {
-        p.iter()
-            .map(|(_, v)| {
-                v.as_tensor()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-            })
-            .collect()
     }
 
     /// Moves every weight of θp and θa by `by`, as an outer step would.

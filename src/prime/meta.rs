@@ -600,7 +600,8 @@ pub(crate) mod tests {
         }
     }
 
-    fn values(p: &ParamSet) -> Vec<Vec<f32>> {
+    /// Every tensor of `p` as plain values.
+    pub(crate) fn values(p: &ParamSet) -> Vec<Vec<f32>> {
         p.iter()
             .map(|(_, v)| {
                 v.as_tensor()
