@@ -139,8 +139,8 @@ pub fn dropout(x: &Tensor, p: f64, rng: &mut SeededRng) -> Result<Tensor> {
     Ok(x.mul(&mask)?)
 }
 
-/// Label id marking a position without a loss (sub-word continuations, specials, padding).
-pub const IGNORE_INDEX: i64 = -100;
+/// Label id marking a position without a loss: defined once, with the batches that carry it.
+pub use crate::data::IGNORE_INDEX;
 
 /// Token-level cross-entropy, mean over the positions whose label is not
 /// [`IGNORE_INDEX`] (torch's `cross_entropy(ignore_index=-100)`).
