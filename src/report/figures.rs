@@ -53,9 +53,23 @@ pub fn figure3(
                 .join(", ")
         ));
     }
-    let series = spec
+    // Seeds behind each series (its best-covered cell): the title says how many there are, and
+    // series that differ say their own.
+    let seeds: Vec<usize> = spec
         .iter()
         .map(|s| {
+            languages
+                .iter()
+                .filter_map(|l| stats.get(&(s.setting.clone(), l.clone())).map(|c| c.n))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let all_same = seeds.iter().all(|&n| n == seeds[0]);
+    let series = spec
+        .iter()
+        .zip(&seeds)
+        .map(|(s, &n)| {
             let bars = languages
                 .iter()
                 .map(|l| {
@@ -64,11 +78,21 @@ pub fn figure3(
                         .map(|c| (c.mean, c.sd))
                 })
                 .collect();
-            (s.label.clone(), bars)
+            let label = if all_same {
+                s.label.clone()
+            } else {
+                format!("{} ({n} seed{})", s.label, if n == 1 { "" } else { "s" })
+            };
+            (label, bars)
         })
         .collect();
+    let spread = match (all_same, seeds[0]) {
+        (true, 1) => " (1 seed: no error bars)".to_string(),
+        (true, n) => format!(" (mean ± sd over {n} seeds)"),
+        (false, _) => " (mean ± sd over seeds)".to_string(),
+    };
     Ok(BarChart {
-        title: "Figure 3: test F1 per target language".to_string(),
+        title: format!("Figure 3: test F1 per target language{spread}"),
         x_desc: "Target language".to_string(),
         y_desc: "Test F1 (×100)".to_string(),
         groups: languages.to_vec(),
@@ -235,6 +259,12 @@ mod tests {
         // Value labels: PE on hi = mean(82, 84) = 83.0; Full = 85.0 everywhere.
         assert!(svg.contains(&svg_text("83.0")) && svg.contains(&svg_text("85.0")));
         assert!(svg.contains("font-family=\"DejaVu Sans\""));
+        // PE and Full have 2 seeds, "None" 1: the series say their own counts.
+        assert!(
+            svg.contains("(mean ± sd over seeds)") && svg.contains("No priming (1 seed)"),
+            "seed counts missing"
+        );
+        assert!(svg.contains("Meta priming, PE inner loop (2 seeds)"));
     }
 
     #[test]
