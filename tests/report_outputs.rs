@@ -616,6 +616,28 @@ fn verdicts_with_five_seeds_and_the_default_pairs() {
 }
 
 #[test]
+fn compare_settings_agrees_with_the_report_for_the_same_pair() {
+    let (_keep, dir) = out_dir();
+    let dir = dir.join("agree");
+    let input = synthetic_seeds(&dir, &[1, 2, 3]);
+    let summary = write_report(&input, &ReportOptions::default()).unwrap();
+    for declared in &summary.comparison.pairs {
+        let mut alone = primer::report::compare::compare_settings(
+            &input,
+            &declared.a,
+            &declared.b,
+            &[],
+            input.spec.bootstrap_samples.unwrap(),
+            ReportOptions::default().bootstrap_seed,
+        )
+        .unwrap();
+        assert_eq!(alone.why, "primer compare");
+        alone.why = declared.why.clone();
+        assert_eq!(&alone, declared);
+    }
+}
+
+#[test]
 fn runs_scored_on_other_sentences_are_not_compared() {
     let (_keep, dir) = out_dir();
     let dir = dir.join("fingerprints");

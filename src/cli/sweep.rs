@@ -223,19 +223,8 @@ fn print_plan(a: &PlanArgs) -> anyhow::Result<ExitCode> {
         plan.settings.len(),
         counts.join(", ")
     )?;
-    let left = estimate_remaining(&plan, &obs);
-    if left.estimated > 0 {
-        let unmeasured = match left.unmeasured {
-            0 => String::new(),
-            n => format!("; {n} more of kinds with no finished run yet"),
-        };
-        writeln!(
-            out,
-            "run time left: about {:.0} min for {} runs, from the mean duration of finished runs \
-             of each kind (divide by the slots that run at once){unmeasured}",
-            left.seconds / 60.0,
-            left.estimated
-        )?;
+    if let Some(line) = run_time_left(&plan, &obs) {
+        writeln!(out, "{line}")?;
     }
     let missing = missing_inputs(&plan);
     if !missing.is_empty() {
@@ -249,6 +238,24 @@ fn print_plan(a: &PlanArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `primer plan`'s and `primer status`'s line on the run time left, once some runs of the
+/// kinds still to run have finished.
+fn run_time_left(plan: &Plan, obs: &[primer::sweep::run::ObservedRun]) -> Option<String> {
+    let left = estimate_remaining(plan, obs);
+    (left.estimated > 0).then(|| {
+        let unmeasured = match left.unmeasured {
+            0 => String::new(),
+            n => format!("; {n} more of kinds with no finished run yet"),
+        };
+        format!(
+            "run time left: about {:.0} min for {} runs, from the mean duration of finished runs \
+             of each kind (divide by the slots that run at once){unmeasured}",
+            left.seconds / 60.0,
+            left.estimated
+        )
+    })
 }
 
 pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -285,6 +292,9 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
             "running" => println!("running {}", r.label()),
             _ => {}
         }
+    }
+    if let Some(line) = run_time_left(&plan, &obs) {
+        println!("{line}");
     }
     if store.is_locked() {
         println!("a `primer run` is active on this store");
