@@ -11,7 +11,8 @@
 //! * `figure3.svg/.png`, `figure4.svg/.png` ([`figures`]);
 //! * `selection.md`, `selection.csv` — with `[report] select`, the configuration each cell
 //!   uses ([`select`]);
-//! * `curves/*.svg/.png` on request ([`curves`]).
+//! * `curves/*.svg/.png` on request ([`curves`]);
+//! * `summary.md` — runs done, run time per kind and in total, the files written ([`summary`]).
 
 pub mod bootstrap;
 pub mod compare;
@@ -24,6 +25,7 @@ pub mod paper;
 pub mod plot;
 pub mod select;
 pub mod spec;
+pub mod summary;
 pub mod table;
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -181,6 +183,8 @@ pub fn write_report(
         skipped.extend(notes);
     }
 
+    let summary = summary::summarize(all_runs, dir, &files, &skipped);
+    files.push(summary.write(dir)?);
     let runs_total = all_runs.runs.len();
     let runs_done = all_runs.runs.iter().filter(|r| r.metrics.is_some()).count();
     let mut text = format!(
