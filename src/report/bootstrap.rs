@@ -158,6 +158,12 @@ pub fn hierarchical_deltas(
         langs.iter().all(|l| l.len() == k),
         "every language needs the same seeds"
     );
+    assert!(
+        langs.iter().all(|pairs| pairs
+            .iter()
+            .all(|(a, b)| a.len() == pairs[0].0.len() && b.len() == pairs[0].0.len())),
+        "paired runs must score the same test sentences"
+    );
     let stretch = seed_scale(k) - 1.0;
     let per_seed: Vec<Vec<f64>> = langs.iter().map(per_seed_deltas).collect();
     let means: Vec<f64> = per_seed
@@ -173,10 +179,6 @@ pub fn hierarchical_deltas(
         let mut total = 0.0;
         for (l, pairs) in langs.iter().enumerate() {
             let n = pairs[0].0.len();
-            assert!(
-                pairs.iter().all(|(a, b)| a.len() == n && b.len() == n),
-                "paired runs must score the same test sentences"
-            );
             sums.iter_mut().for_each(|s| *s = [0; 6]);
             for _ in 0..n {
                 let i = rng.below(n.max(1));

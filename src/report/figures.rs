@@ -126,15 +126,13 @@ pub fn figure4(
     let per_seed = seed_values(input);
     let cell = |i: usize, j: usize| {
         let setting = &matrix[i][j];
-        let present: Vec<f64> = languages
+        let (present_langs, present): (Vec<&str>, Vec<f64>) = languages
             .iter()
-            .filter_map(|l| stats.get(&(setting.clone(), l.clone())).map(|c| c.mean))
-            .collect();
-        let present_langs: Vec<&str> = languages
-            .iter()
-            .filter(|l| stats.contains_key(&(setting.clone(), (*l).clone())))
-            .map(String::as_str)
-            .collect();
+            .filter_map(|l| {
+                let c = stats.get(&(setting.clone(), l.clone()))?;
+                Some((l.as_str(), c.mean))
+            })
+            .unzip();
         let mut notes = vec![setting.clone()];
         // The seed spread of the cell, as Table 1's average column gives it.
         match seed_average_spread(&per_seed, setting, &present_langs) {

@@ -118,7 +118,8 @@ pub fn observe(plan: &Plan, store: &Store) -> Vec<ObservedRun> {
                 state: Store::observe(r.kind(), &dir, locked),
                 blocked_by: None,
                 error: status.as_ref().and_then(|s| s.error.clone()),
-                attempts: status.map_or(0, |s| s.attempts),
+                attempts: status.as_ref().map_or(0, |s| s.attempts),
+                duration_s: status.and_then(|s| s.finished_at?.checked_sub(s.started_at?)),
                 dir,
             }
         })
@@ -147,6 +148,8 @@ pub struct ObservedRun {
     pub error: Option<String>,
     pub attempts: u32,
     pub dir: PathBuf,
+    /// Seconds from the last attempt's start to its end, when status.json records both.
+    pub duration_s: Option<u64>,
 }
 
 impl ObservedRun {
@@ -679,7 +682,7 @@ pub fn report_input_for(sweep: &Sweep) -> Result<ReportInput, SweepError> {
 }
 
 /// The run time left in a plan, estimated from its finished runs: each run not done counts the
-/// mean duration (`status.json`: started → finished) of the finished runs of its kind
+/// mean duration ([`ObservedRun::duration_s`]) of the finished runs of its kind
 /// (priming by method, fine-tuning by method). A sum of run time: divide by the slots that
 /// run at once. Finish a few runs of each kind (`primer run`, then Ctrl-C) for an estimate.
 #[derive(Debug, Clone, PartialEq)]
@@ -703,17 +706,11 @@ fn duration_kind(run: &PlannedRun) -> String {
 pub fn estimate_remaining(plan: &Plan, obs: &[ObservedRun]) -> RemainingEstimate {
     let mut measured: std::collections::HashMap<String, (f64, usize)> = Default::default();
     for (r, o) in plan.runs.iter().zip(obs) {
-        if o.state != Observed::Done {
-            continue;
-        }
-        let Some(status) = Store::read_status(&o.dir) else {
-            continue;
-        };
-        if let (Some(start), Some(end)) = (status.started_at, status.finished_at)
-            && end >= start
+        if o.state == Observed::Done
+            && let Some(secs) = o.duration_s
         {
             let m = measured.entry(duration_kind(r)).or_default();
-            m.0 += (end - start) as f64;
+            m.0 += secs as f64;
             m.1 += 1;
         }
     }
