@@ -15,9 +15,13 @@
 //! * [`prime`]    — priming: first-order MAML (Algorithm 1) and its ablations;
 //! * [`metric`]   — entity-level micro F1, identical to seqeval;
 //! * [`parallel`] — graph-free batches spread over the CPU threads, one batch per thread;
-//! * [`sweep`]    — TOML sweeps → a DAG of runs → a resumable scheduler over device slots;
+//! * [`sweep`]    — TOML sweeps → a DAG of runs → a backend → the run store → the report;
+//! * [`backend`]  — where runs execute: local device slots (scheduler + child processes) or
+//!   Slurm job arrays, behind one trait;
+//! * [`slurm`]    — a Slurm client (sbatch, squeue, scontrol, scancel) knowing nothing of sweeps;
 //! * [`signal`]   — SIGINT/SIGTERM (stop the orchestrator) and SIGUSR2 (stop a run) as flags;
 //! * [`report`]   — polars tables and plotters figures (Table 1, Figures 3 and 4).
+pub mod backend;
 pub mod config;
 pub mod data;
 pub mod device;

@@ -9,8 +9,8 @@
 mod guard;
 
 use guard::{Cluster, wait_for};
+use primer::backend::slurm::{SlurmRunState, slurm_status, submit_sweep, wait_sweep};
 use primer::config::{FinetuneConfig, PrimeConfig};
-use primer::slurm::backend::{SlurmRunState, slurm_status, submit_sweep, wait_sweep};
 use primer::slurm::client::Submission;
 use primer::slurm::{ArrayJob, JobRef, Slurm, SlurmOptions, SlurmRecord, SlurmState, TaskStatus};
 use primer::sweep::Store;
@@ -320,7 +320,7 @@ fn sweep_adapters_on_a_real_cluster() {
     let opts = SlurmOptions::default();
     let poll = Duration::from_millis(300);
     let deadline = Instant::now() + Duration::from_secs(120);
-    let guard = |_: &[primer::slurm::backend::SlurmRunView]| {
+    let guard = |_: &[primer::backend::slurm::SlurmRunView]| {
         assert!(Instant::now() < deadline, "sweep did not finish in time");
     };
 

@@ -1,24 +1,16 @@
 //! `primer plan | run | status | cancel | exec | demo`: sweeps from the command line.
 
 use anyhow::Context;
-use primer::progress::JsonLinesProgress;
-use primer::slurm::backend::{
-    SlurmRunState, SlurmRunView, cancel_sweep, on_preempted, slurm_status, submit_sweep, summarize,
-    uses_slurm, wait_sweep,
+use primer::backend::{
+    BackendKind, BackendSettings, LocalOptions, Queued, RunSummary, RunView, ViewState, count_views,
 };
-use primer::slurm::requeue::current_job_id;
-use primer::slurm::{Slurm, SlurmArgs};
+use primer::slurm::SlurmArgs;
+use primer::sweep::orchestrate::{
+    self, Overview, RunEvent, RunOutcome, RunRequest, StatusView, SweepStatus,
+};
 use primer::sweep::plan::{Plan, RunKind};
-use primer::sweep::process::{ExecJob, load_exec_job};
-use primer::sweep::run::{
-    count_states, estimate_remaining, gc_checkpoints, missing_inputs, observe, parse_devices,
-    plan_rows,
-};
-use primer::sweep::store::RunState;
-use primer::sweep::{
-    RunOptions, RunSummary, Store, Sweep, SweepError, install_interrupt_handler, report_input_for,
-    run_sweep,
-};
+use primer::sweep::run::{ObservedRun, RemainingEstimate, count_states, plan_rows};
+use primer::sweep::{RunSpec, Sweep};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
@@ -140,21 +132,25 @@ fn print_plan(a: &PlanArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let sweep = Sweep::load(&a.sweep)?;
-    let plan = Plan::expand(&sweep)?;
-    let store = Store::new(&plan.store);
+    let Overview {
+        plan,
+        store,
+        observed: obs,
+        time_left,
+        missing,
+    } = orchestrate::overview(&sweep)?;
     if a.json {
-        for row in plan_rows(&plan, &store) {
+        for row in plan_rows(&plan, &obs) {
             writeln!(out, "{}", serde_json::to_string(&row)?)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let obs = observe(&plan, &store);
     writeln!(
         out,
         "sweep '{}' ({}), store {}",
         sweep.name,
         a.sweep.display(),
-        store.root.display()
+        store.display()
     )?;
     writeln!(
         out,
@@ -168,18 +164,14 @@ fn print_plan(a: &PlanArgs) -> anyhow::Result<ExitCode> {
             .map(|&d| format!("prime-{}", short(&plan.runs[d].id)))
             .collect();
         let method = match &r.spec {
-            primer::sweep::RunSpec::Prime { config } => {
-                format!("{:?}", config.method).to_lowercase()
-            }
-            primer::sweep::RunSpec::Finetune { config, .. } => config.method.to_string(),
+            RunSpec::Prime { config } => format!("{:?}", config.method).to_lowercase(),
+            RunSpec::Finetune { config, .. } => config.method.to_string(),
         };
         let detail = match &r.spec {
-            primer::sweep::RunSpec::Prime { config }
-                if config.method == primer::config::PrimingMethod::Ft =>
-            {
+            RunSpec::Prime { config } if config.method == primer::config::PrimingMethod::Ft => {
                 format!("lr {} steps {}", config.ft_lr, config.steps)
             }
-            primer::sweep::RunSpec::Prime { config } => format!(
+            RunSpec::Prime { config } => format!(
                 "inner {:?} S={} inner_lr {} outer_lr {} steps {}",
                 config.inner_loop,
                 config.inner_steps,
@@ -188,7 +180,7 @@ fn print_plan(a: &PlanArgs) -> anyhow::Result<ExitCode> {
                 config.steps
             )
             .to_lowercase(),
-            primer::sweep::RunSpec::Finetune { config, .. } => {
+            RunSpec::Finetune { config, .. } => {
                 format!("lr {} epochs {}", config.effective_lr(), config.epochs)
             }
         };
@@ -223,10 +215,9 @@ fn print_plan(a: &PlanArgs) -> anyhow::Result<ExitCode> {
         plan.settings.len(),
         counts.join(", ")
     )?;
-    if let Some(line) = run_time_left(&plan, &obs) {
+    if let Some(line) = run_time_left(&time_left) {
         writeln!(out, "{line}")?;
     }
-    let missing = missing_inputs(&plan);
     if !missing.is_empty() {
         writeln!(
             out,
@@ -242,8 +233,7 @@ fn print_plan(a: &PlanArgs) -> anyhow::Result<ExitCode> {
 
 /// `primer plan`'s and `primer status`'s line on the run time left, once some runs of the
 /// kinds still to run have finished.
-fn run_time_left(plan: &Plan, obs: &[primer::sweep::run::ObservedRun]) -> Option<String> {
-    let left = estimate_remaining(plan, obs);
+fn run_time_left(left: &RemainingEstimate) -> Option<String> {
     (left.estimated > 0).then(|| {
         let unmeasured = match left.unmeasured {
             0 => String::new(),
@@ -260,22 +250,63 @@ fn run_time_left(plan: &Plan, obs: &[primer::sweep::run::ObservedRun]) -> Option
 
 pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let sweep = Sweep::load(&a.sweep)?;
-    let plan = Plan::expand(&sweep)?;
-    let store = Store::new(&plan.store);
-    if uses_slurm(&plan, &store) {
-        return slurm_status_report(&sweep, &plan, &store);
+    let status = orchestrate::status(&sweep)?;
+    let SweepStatus {
+        plan,
+        store,
+        locked,
+        view,
+    } = &status;
+    match view {
+        StatusView::Store {
+            observed,
+            time_left,
+        } => print_store_status(&sweep, plan, store, observed, time_left),
+        StatusView::Backend { backend, views } => {
+            println!(
+                "sweep '{}': {} runs in {} ({backend} backend)",
+                sweep.name,
+                plan.runs.len(),
+                store.display()
+            );
+            for (state, n) in count_views(views) {
+                println!("  {:<14} {n}", state.as_str());
+            }
+            print_failures(plan, views);
+            for v in views.iter().filter(|v| v.state.is_live()) {
+                println!(
+                    "{:<7} {}: {}",
+                    v.state.as_str(),
+                    plan.runs[v.run].label(),
+                    v.detail
+                );
+            }
+        }
     }
-    let obs = observe(&plan, &store);
+    if *locked {
+        println!("a `primer run` is active on this store");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `primer status` of a sweep run on this machine: the store's view.
+fn print_store_status(
+    sweep: &Sweep,
+    plan: &Plan,
+    store: &Path,
+    obs: &[ObservedRun],
+    time_left: &RemainingEstimate,
+) {
     println!(
         "sweep '{}': {} runs in {}",
         sweep.name,
         plan.runs.len(),
-        store.root.display()
+        store.display()
     );
-    for (label, n) in count_states(&obs) {
+    for (label, n) in count_states(obs) {
         println!("  {label:<8} {n}");
     }
-    for (r, o) in plan.runs.iter().zip(&obs) {
+    for (r, o) in plan.runs.iter().zip(obs) {
         match o.label() {
             "failed" => println!(
                 "failed  {} after {} attempt(s): {}\n        log: {}",
@@ -293,13 +324,9 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
             _ => {}
         }
     }
-    if let Some(line) = run_time_left(&plan, &obs) {
+    if let Some(line) = run_time_left(time_left) {
         println!("{line}");
     }
-    if store.is_locked() {
-        println!("a `primer run` is active on this store");
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 pub fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
@@ -309,209 +336,97 @@ pub fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
             a.sweep.display()
         )
     })?;
-    let plan = Plan::expand(&sweep)?;
-    let store = Store::new(&plan.store);
-    if !uses_slurm(&plan, &store) {
-        anyhow::bail!(
-            "`primer cancel {}`: no run of this sweep was submitted to Slurm, so there are no jobs to cancel; a local `primer run` is stopped with Ctrl-C (its runs are marked pending and resume with `primer run`)",
-            a.sweep.display()
-        );
-    }
-    let cancelled = cancel_sweep(&plan, &store, &Slurm::from_env())?;
-    let list: Vec<String> = cancelled.iter().map(ToString::to_string).collect();
+    let cancelled = orchestrate::cancel(&sweep)
+        .with_context(|| format!("`primer cancel {}`", a.sweep.display()))?;
     println!(
-        "cancelled {} queued or running Slurm task(s) of sweep '{}'{}",
-        cancelled.len(),
+        "cancelled {} queued or running {} task(s) of sweep '{}'{}",
+        cancelled.tasks.len(),
+        cancelled.backend,
         sweep.name,
-        if list.is_empty() {
+        if cancelled.tasks.is_empty() {
             String::new()
         } else {
-            format!(": {}", list.join(" "))
+            format!(": {}", cancelled.tasks.join(" "))
         }
     );
     Ok(ExitCode::SUCCESS)
 }
 
-/// Preempted Slurm tasks are requeued at most this many times (`SLURM_RESTART_COUNT`).
-const MAX_PREEMPTION_REQUEUES: u32 = 3;
-
-/// How often Slurm has restarted the current task.
-fn restarts() -> u32 {
-    std::env::var("SLURM_RESTART_COUNT")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Whether a run stopped early because the preemption signal arrived.
-fn interrupted(e: &anyhow::Error) -> bool {
-    matches!(
-        e.downcast_ref::<primer::prime::PrimeError>(),
-        Some(primer::prime::PrimeError::Interrupted { .. })
-    ) || matches!(
-        e.downcast_ref::<primer::train::FinetuneError>(),
-        Some(primer::train::FinetuneError::Interrupted { .. })
-    )
-}
-
 pub fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
     super::init_logging();
-    // Inside a Slurm task the preemption warning (SIGUSR2, forwarded by the batch script)
-    // makes the training loops stop between steps; elsewhere USR2 keeps its default action.
-    let job_id = current_job_id();
-    if job_id.is_some() {
-        primer::signal::install_stop_handler()?;
-    }
-    // The warning also comes before the time limit: a run longer than --time would otherwise
-    // be requeued and restarted from scratch forever.
-    let give_up = job_id.is_some() && restarts() >= MAX_PREEMPTION_REQUEUES;
-    let result = execute_job(&a);
-    match result {
-        Err(e) if interrupted(&e) && !give_up => {
-            tracing::warn!("{e:#}");
-            if job_id.is_some() {
-                // Printed first: the requeue makes Slurm terminate this task within moments.
-                println!(
-                    "interrupted by the preemption signal: requeueing this Slurm task, which will restart the run from scratch"
-                );
-            }
-            if !on_preempted(&a.run_dir, &Slurm::from_env(), job_id.as_deref())? {
-                println!("interrupted by the preemption signal: rerun the sweep to run it again");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            let e = if interrupted(&e) {
-                e.context(format!(
-                    "not requeued again after {} restarts of this Slurm task; if it is the time limit that stops it, raise --time (or `[slurm] time`)",
-                    restarts()
-                ))
-            } else {
-                e
-            };
-            // Under Slurm nobody else records why the run failed: `primer status` shows this
-            // next to Slurm's state and exit code.
-            if job_id.is_some() {
-                let _ = Store::update_status(&a.run_dir, |s| {
-                    s.state = RunState::Failed;
-                    s.error = Some(format!("{e:#}"));
-                    s.finished_at = Some(primer::sweep::store::now_s());
-                });
-            }
-            Err(e)
-        }
-        Ok(()) => Ok(ExitCode::SUCCESS),
-    }
-}
-
-fn execute_job(a: &ExecArgs) -> anyhow::Result<()> {
-    let job = load_exec_job(&a.run_dir, &a.device)?;
-    match job {
-        ExecJob::Prime { config, out_dir } => {
-            tracing::info!("priming into {}", out_dir.display());
-            primer::prime::prime(&config, &out_dir, &JsonLinesProgress)?;
-        }
-        ExecJob::Finetune { config, out_dir } => {
-            tracing::info!(
-                "fine-tuning {} ({}) into {}",
-                config.lang,
-                config.method,
-                out_dir.display()
-            );
-            let m = primer::train::run_finetune(&config, &out_dir, &JsonLinesProgress)?;
-            tracing::info!(
-                "test F1 {:.4} (dev F1 {:.4}, epoch {})",
-                m.test.f1,
-                m.dev.f1,
-                m.best_epoch
-            );
-        }
-    }
-    Ok(())
+    primer::sweep::exec::exec_run(&a.run_dir, &a.device, &mut |line| println!("{line}"))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     super::init_logging();
     let sweep = Sweep::load(&a.sweep)?;
-    check_backend_args(&a)?;
-    if a.backend == Backend::Slurm {
-        return run_slurm(&a, &sweep);
-    }
-    {
-        let plan = Plan::expand(&sweep)?;
-        refuse_if_slurm_in_flight(&plan, &Store::new(&plan.store))?;
-    }
-    let devices = parse_devices(&a.devices)?;
-    let resume = format!(
-        "primer run {} --devices {} --per-device {}",
-        a.sweep.display(),
-        a.devices,
-        a.per_device
-    );
-    execute(
-        &sweep,
-        devices,
-        a.per_device,
-        a.retries,
-        a.gc_checkpoints,
-        a.plain,
-        !a.no_report,
-        &resume,
-    )
+    let request = run_request(&a)?;
+    let resume = match a.backend {
+        Backend::Local => format!(
+            "primer run {} --devices {} --per-device {}",
+            a.sweep.display(),
+            a.devices,
+            a.per_device
+        ),
+        Backend::Slurm => format!("primer run {} --backend slurm --wait", a.sweep.display()),
+    };
+    execute(&sweep, &request, &a.sweep, &resume)
 }
 
-/// Runs a sweep, prints the summary and writes the report.
-#[allow(clippy::too_many_arguments)]
+/// Runs a sweep and prints what happened, the report last.
 fn execute(
     sweep: &Sweep,
-    devices: Vec<primer::device::DeviceSpec>,
-    per_device: usize,
-    retries: u32,
-    gc_checkpoints: bool,
-    plain: bool,
-    report: bool,
+    request: &RunRequest,
+    sweep_file: &Path,
     resume: &str,
 ) -> anyhow::Result<ExitCode> {
-    if per_device == 0 {
-        anyhow::bail!("--per-device must be at least 1");
+    let mut last = String::new();
+    let outcome = orchestrate::run(sweep, request, &mut |event| match event {
+        RunEvent::Queued { backend, queued } => print_queued(sweep, backend, queued),
+        RunEvent::Polled { backend, views } => {
+            let line = counts_line(views);
+            if line != last {
+                println!("{}: {line}", backend.to_lowercase());
+                last = line;
+            }
+        }
+    })?;
+    match &outcome {
+        RunOutcome::Ran { summary, .. } => print_summary(summary, resume),
+        RunOutcome::Queued { waited: None, .. } => println!(
+            "follow with `primer status {0}`, cancel with `primer cancel {0}`; rerun this command to resubmit failed runs",
+            sweep_file.display()
+        ),
+        RunOutcome::Queued {
+            waited: Some(w), ..
+        } => {
+            let failed = print_failures(&w.plan, &w.views);
+            for c in &w.collected {
+                println!("removed checkpoint {}", c.display());
+            }
+            if failed > 0 {
+                println!("rerun to resubmit the failed runs:\n  {resume}");
+            }
+        }
     }
-    let opts = RunOptions {
-        devices,
-        per_device,
-        retries,
-        gc_checkpoints,
-        exe: std::env::current_exe().context("cannot locate the primer binary for child runs")?,
-        interrupt: install_interrupt_handler(),
-        plain,
-    };
-    let summary = run_sweep(sweep, &opts)?;
-    print_summary(&summary, resume);
-    if summary.interrupted {
-        return Ok(ExitCode::from(130));
+    if let RunOutcome::Ran {
+        report: Some(text), ..
     }
-    if report {
-        write_sweep_report(sweep)?;
+    | RunOutcome::Queued {
+        report: Some(text), ..
+    } = &outcome
+    {
+        println!("{text}");
     }
-    Ok(if summary.all_done() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(ExitCode::from(outcome.exit_status()))
 }
 
-/// Writes the sweep's report (results/<name>/) and prints it: the single call site of the
-/// report stage after a sweep, for both backends.
-fn write_sweep_report(sweep: &Sweep) -> anyhow::Result<()> {
-    let input = report_input_for(sweep)?;
-    let written = primer::report::write_report(&input, &primer::report::ReportOptions::default())
-        .context("the runs finished but writing the report failed")?;
-    println!("{}", written.text);
-    Ok(())
-}
-
-/// Refuses options that the chosen backend would silently ignore.
-fn check_backend_args(a: &RunArgs) -> anyhow::Result<()> {
-    match a.backend {
+/// The backend and its settings from the command line; refuses options that the chosen
+/// backend would silently ignore.
+fn run_request(a: &RunArgs) -> anyhow::Result<RunRequest> {
+    let mut settings = BackendSettings::default();
+    let wait = match a.backend {
         Backend::Local => {
             let mut given = Vec::new();
             if a.slurm != SlurmArgs::default() {
@@ -525,6 +440,13 @@ fn check_backend_args(a: &RunArgs) -> anyhow::Result<()> {
                 "{} only apply to `--backend slurm` (a local run always waits for its runs)",
                 given.join(" and ")
             );
+            settings.local = LocalOptions {
+                devices: primer::backend::local::parse_devices(&a.devices)?,
+                per_device: a.per_device,
+                retries: a.retries,
+                plain: a.plain,
+            };
+            None
         }
         Backend::Slurm => {
             let mut given = Vec::new();
@@ -551,150 +473,65 @@ fn check_backend_args(a: &RunArgs) -> anyhow::Result<()> {
                 "--poll-interval must be a positive number of seconds, got {}",
                 a.poll_interval
             );
+            settings.slurm = a.slurm.to_options();
+            a.wait.then(|| Duration::from_secs_f64(a.poll_interval))
         }
-    }
-    Ok(())
-}
-
-/// A local run on a store whose runs are queued or running in Slurm would execute them twice.
-fn refuse_if_slurm_in_flight(plan: &Plan, store: &Store) -> anyhow::Result<()> {
-    if !uses_slurm(plan, store) {
-        return Ok(());
-    }
-    match slurm_status(plan, store, &Slurm::from_env()) {
-        Ok(views) => {
-            let live = views
-                .iter()
-                .filter(|v| matches!(v.state, SlurmRunState::Queued | SlurmRunState::Running))
-                .count();
-            anyhow::ensure!(
-                live == 0,
-                "{live} run(s) of sweep '{}' are queued or running in Slurm: wait for them (`primer status`) or cancel them (`primer cancel`) before running locally",
-                plan.sweep_name
-            );
-        }
-        // The store may have moved off the cluster: Slurm cannot be asked, runs go ahead.
-        Err(e) => tracing::warn!(
-            "some runs were submitted to Slurm, but Slurm cannot be asked about them ({e}); running locally"
-        ),
-    }
-    Ok(())
-}
-
-/// `primer run --backend slurm [--wait]`.
-fn run_slurm(a: &RunArgs, sweep: &Sweep) -> anyhow::Result<ExitCode> {
-    let plan = Plan::expand(sweep)?;
-    let missing = missing_inputs(&plan);
-    if !missing.is_empty() {
-        return Err(SweepError::MissingInputs {
-            file: sweep.source.path.clone(),
-            cwd: std::env::current_dir().unwrap_or_default(),
-            missing,
-        }
-        .into());
-    }
-    // Command line over the sweep file's [slurm] table; checked against the cluster before
-    // anything is written (tools installed, partition known, request satisfiable, store
-    // writable).
-    let opts = sweep.slurm.merge(&a.slurm.to_options());
-    // Tasks inherit sbatch's environment; their output goes to log.txt, a file, so no terminal
-    // colour codes (as for the local backend's children).
-    let slurm = Slurm::from_env().with_env("NO_COLOR", "1");
-    let store = Store::new(&plan.store);
-    let root = std::path::absolute(&store.root)
-        .with_context(|| format!("cannot resolve the store path {}", store.root.display()))?;
-    slurm.validate(&opts, &root)?;
-    let exe = std::env::current_exe().context("cannot locate the primer binary for Slurm tasks")?;
-    let submitted = {
-        // No local orchestrator may work on the store while runs are handed to Slurm.
-        let _lock = store.lock(&format!("primer run --backend slurm {}", a.sweep.display()))?;
-        submit_sweep(&plan, &store, &slurm, &opts, &exe)?
     };
-    println!(
-        "sweep '{}': {} runs, store {}: {} submitted to Slurm now, {} already done, {} still queued or running from an earlier submission",
-        sweep.name,
-        plan.runs.len(),
-        root.display(),
-        submitted.submitted.len(),
-        submitted.done.len(),
-        submitted.in_flight.len()
-    );
-    for arr in &submitted.arrays {
-        let ids: Vec<String> = arr.chunks.iter().map(|c| c.job_id.to_string()).collect();
-        println!(
-            "  job array {} ({} task(s)); script {}",
-            ids.join(", "),
-            arr.tasks.len(),
-            arr.chunks
-                .first()
-                .map_or_else(String::new, |c| c.script.display().to_string())
-        );
-    }
-    if !a.wait {
-        println!(
-            "follow with `primer status {0}`, cancel with `primer cancel {0}`; rerun this command to resubmit failed runs",
-            a.sweep.display()
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut last = String::new();
-    let views = wait_sweep(
-        &plan,
-        &store,
-        &slurm,
-        Duration::from_secs_f64(a.poll_interval),
-        |v| {
-            let line = counts_line(v);
-            if line != last {
-                println!("slurm: {line}");
-                last = line;
-            }
+    Ok(RunRequest {
+        backend: match a.backend {
+            Backend::Local => BackendKind::Local,
+            Backend::Slurm => BackendKind::Slurm,
         },
-    )?;
-    let failed = print_failures(&plan, &views);
-    let all_done = views.iter().all(|v| v.state == SlurmRunState::Done);
-    if all_done && a.gc_checkpoints {
-        let _lock = store.lock(&format!("primer run --backend slurm {}", a.sweep.display()))?;
-        for c in gc_checkpoints(&plan, &store)? {
-            println!("removed checkpoint {}", c.display());
-        }
-    }
-    if failed > 0 {
-        println!(
-            "rerun to resubmit the failed runs:\n  primer run {} --backend slurm --wait",
-            a.sweep.display()
-        );
-    }
-    if !a.no_report {
-        write_sweep_report(sweep)?;
-    }
-    Ok(if all_done {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+        settings,
+        wait,
+        gc_checkpoints: a.gc_checkpoints,
+        write_report: !a.no_report,
     })
 }
 
-/// `3 done, 1 running, 2 queued`: the counts of [`summarize`] in a fixed order.
-fn counts_line(views: &[SlurmRunView]) -> String {
-    let counts = summarize(views);
-    let parts: Vec<String> = counts
+/// What a queueing backend took: printed before waiting.
+fn print_queued(sweep: &Sweep, backend: &str, q: &Queued) {
+    println!(
+        "sweep '{}': {} runs, store {}: {} submitted to {backend} now, {} already done, {} still queued or running from an earlier submission",
+        sweep.name,
+        q.total_runs,
+        q.store.display(),
+        q.submitted.len(),
+        q.already_done,
+        q.in_flight
+    );
+    for b in &q.batches {
+        println!(
+            "  {} {} ({} task(s)); script {}",
+            b.what,
+            b.ids.join(", "),
+            b.tasks,
+            b.script
+                .as_ref()
+                .map_or_else(String::new, |s| s.display().to_string())
+        );
+    }
+}
+
+/// `3 done, 1 running, 2 queued`: the counts of [`count_views`] in a fixed order.
+fn counts_line(views: &[RunView]) -> String {
+    let parts: Vec<String> = count_views(views)
         .iter()
         .map(|(state, n)| format!("{n} {}", state.as_str()))
         .collect();
     parts.join(", ")
 }
 
-/// Prints every failed run with Slurm's detail and its log; returns how many failed.
-fn print_failures(plan: &Plan, views: &[SlurmRunView]) -> usize {
+/// Prints every failed run with the backend's detail and its log; returns how many failed.
+fn print_failures(plan: &Plan, views: &[RunView]) -> usize {
     let mut n = 0;
-    for v in views.iter().filter(|v| v.state == SlurmRunState::Failed) {
+    for v in views.iter().filter(|v| v.state == ViewState::Failed) {
         n += 1;
         let run = &plan.runs[v.run];
         let failed_dep = run
             .deps
             .iter()
-            .find(|&&d| views[d].state == SlurmRunState::Failed)
+            .find(|&&d| views[d].state == ViewState::Failed)
             .map(|&d| format!(" (its priming run {} failed)", plan.runs[d].dir_name()))
             .unwrap_or_default();
         println!(
@@ -705,36 +542,6 @@ fn print_failures(plan: &Plan, views: &[SlurmRunView]) -> usize {
         );
     }
     n
-}
-
-/// `primer status` of a sweep submitted to Slurm: the store's results combined with Slurm's
-/// view of each recorded task.
-fn slurm_status_report(sweep: &Sweep, plan: &Plan, store: &Store) -> anyhow::Result<ExitCode> {
-    let views = slurm_status(plan, store, &Slurm::from_env())?;
-    println!(
-        "sweep '{}': {} runs in {} (Slurm backend)",
-        sweep.name,
-        plan.runs.len(),
-        store.root.display()
-    );
-    for (state, n) in summarize(&views) {
-        println!("  {:<14} {n}", state.as_str());
-    }
-    print_failures(plan, &views);
-    for v in &views {
-        if matches!(v.state, SlurmRunState::Running | SlurmRunState::Queued) {
-            println!(
-                "{:<7} {}: {}",
-                v.state.as_str(),
-                plan.runs[v.run].label(),
-                v.detail
-            );
-        }
-    }
-    if store.is_locked() {
-        println!("a `primer run` is active on this store");
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn print_summary(s: &RunSummary, resume: &str) {
@@ -786,16 +593,22 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let sweep = Sweep::load(&sweep_path)?;
     ensure_demo_model()?;
     let resume = format!("primer demo{}", if a.quick { " --quick" } else { "" });
-    execute(
-        &sweep,
-        vec![primer::device::DeviceSpec::Cpu],
-        a.per_device,
-        1,
-        false,
-        a.plain,
-        true,
-        &resume,
-    )
+    let request = RunRequest {
+        backend: BackendKind::Local,
+        settings: BackendSettings {
+            local: LocalOptions {
+                devices: vec![primer::device::DeviceSpec::Cpu],
+                per_device: a.per_device,
+                retries: 1,
+                plain: a.plain,
+            },
+            ..BackendSettings::default()
+        },
+        wait: None,
+        gc_checkpoints: false,
+        write_report: true,
+    };
+    execute(&sweep, &request, &sweep_path, &resume)
 }
 
 /// The quick demo: the same settings on two target languages with two fine-tuning epochs,

@@ -1,8 +1,9 @@
-//! The Slurm backend: runs a sweep's stored runs as Slurm job arrays.
+//! A Slurm client: job arrays over run directories, their states, cancellation and requeueing.
 //!
 //! Each array task executes one run directory with the same entry point as local execution
 //! (`primer exec --run-dir DIR`), so Slurm only decides *where and when* a run executes. The
-//! module is independent of the sweep internals; it takes plain inputs:
+//! module knows nothing of sweeps (`crate::backend::slurm` adapts a sweep's plan and store
+//! to it); it takes plain inputs:
 //!
 //! * [`SlurmOptions`] — partition, resources, throttle, extra `sbatch` arguments, preemption
 //!   signal; serde-able so that a sweep file can carry defaults;
@@ -14,10 +15,8 @@
 //!   `slurm.json` record per run, state queries (`squeue`, `scontrol`; no `sacct`), `scancel`;
 //! * [`parse`] — parsers of `squeue` / `scontrol` / `sinfo` output and the Slurm state model;
 //! * [`requeue`] — requeueing the current task after the preemption warning (the SIGUSR2
-//!   handler itself is `crate::signal`);
-//! * [`backend`] — adapters between the sweep's plan/store and this module.
+//!   handler itself is `crate::signal`).
 
-pub mod backend;
 pub mod client;
 pub mod options;
 pub mod parse;
@@ -25,7 +24,7 @@ pub mod record;
 pub mod requeue;
 pub mod script;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use client::{Slurm, SubmittedArray, SubmittedTask};
 pub use options::{SlurmArgs, SlurmOptions};
@@ -83,8 +82,6 @@ pub enum SlurmError {
     RunDir { path: PathBuf, message: String },
     #[error(transparent)]
     Fs(#[from] crate::fsutil::FsError),
-    #[error(transparent)]
-    Sweep(#[from] crate::sweep::SweepError),
     #[error("{0}")]
     Other(String),
 }

@@ -51,6 +51,28 @@ pub enum SweepError {
     /// Invalid command-line usage of the sweep commands.
     #[error("{0}")]
     Usage(String),
+    /// Runs of the sweep are still queued or running on the backend they were submitted to:
+    /// running them elsewhere would execute them twice.
+    #[error(
+        "{live} run(s) of sweep '{sweep}' are queued or running in {backend}: wait for them (`primer status`) or cancel them (`primer cancel`) before running {elsewhere}"
+    )]
+    InFlight {
+        live: usize,
+        sweep: String,
+        backend: &'static str,
+        elsewhere: String,
+    },
+    /// The backend failed to execute, queue, follow or cancel runs.
+    #[error(transparent)]
+    Backend(Box<crate::backend::BackendError>),
+    #[error("the runs finished but writing the report failed")]
+    Report(#[source] crate::report::ReportError),
+}
+
+impl From<crate::backend::BackendError> for SweepError {
+    fn from(e: crate::backend::BackendError) -> Self {
+        SweepError::Backend(Box::new(e))
+    }
 }
 
 impl SweepError {

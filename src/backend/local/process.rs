@@ -4,13 +4,10 @@
 //! terminal Ctrl-C reaches only the orchestrator, which stops them itself) and die with the
 //! orchestrator (PR_SET_PDEATHSIG), so none outlives a killed orchestrator.
 
-use super::error::SweepError;
-use super::plan::RunSpec;
 use super::sched::{ExecEvent, Executor, Slot};
-use super::store::{Store, layout};
-use crate::config::{FinetuneConfig, PrimeConfig};
 use crate::device::DeviceSpec;
 use crate::progress::ProgressEvent;
+use crate::sweep::store::layout;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
@@ -101,7 +98,7 @@ impl Executor for ProcessExecutor {
             log,
             "=== primer: attempt {attempt} on {} at unix time {} ===",
             slot.label(),
-            super::store::now_s()
+            crate::sweep::store::now_s()
         );
         let stderr = log
             .try_clone()
@@ -211,122 +208,9 @@ fn last_error_line(log: &Path, start: u64) -> Option<String> {
         })
 }
 
-/// What `primer exec` runs, read from a run directory.
-#[derive(Debug, Clone)]
-pub enum ExecJob {
-    /// Prime with `config`, writing the checkpoint folder `out_dir`.
-    Prime {
-        config: PrimeConfig,
-        out_dir: PathBuf,
-    },
-    /// Fine-tune with `config` (its `init` filled with the priming checkpoint), writing
-    /// `metrics.json` into `out_dir`.
-    Finetune {
-        config: FinetuneConfig,
-        out_dir: PathBuf,
-    },
-}
-
-/// Reads `DIR/spec.json` and prepares the job: device set, the priming checkpoint filled in
-/// (from the sibling `prime-<id>/checkpoint` of the same store). Relative paths stay relative
-/// to the current directory.
-pub fn load_exec_job(run_dir: &Path, device: &str) -> Result<ExecJob, SweepError> {
-    DeviceSpec::parse(device)?;
-    let spec = Store::read_spec(run_dir)?;
-    Ok(match spec {
-        RunSpec::Prime { mut config } => {
-            config.device = device.to_string();
-            ExecJob::Prime {
-                config,
-                out_dir: run_dir.join(layout::CHECKPOINT),
-            }
-        }
-        RunSpec::Finetune {
-            mut config,
-            priming,
-        } => {
-            config.device = device.to_string();
-            if let Some(id) = priming {
-                let store = Store::new(run_dir.parent().unwrap_or(Path::new(".")));
-                let ckpt = store.checkpoint_dir(&id);
-                if !ckpt.is_dir() {
-                    return Err(SweepError::BadRun {
-                        dir: run_dir.to_path_buf(),
-                        message: format!(
-                            "its priming checkpoint {} does not exist: run the sweep (`primer run`) so that the priming run executes first",
-                            ckpt.display()
-                        ),
-                    });
-                }
-                config.init = Some(ckpt);
-            }
-            ExecJob::Finetune {
-                config,
-                out_dir: run_dir.to_path_buf(),
-            }
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sweep::plan::PlannedRun;
-
-    #[test]
-    fn exec_job_fills_the_priming_checkpoint_and_device() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path());
-        let prime = RunSpec::Prime {
-            config: PrimeConfig::default(),
-        };
-        let ft = RunSpec::Finetune {
-            config: FinetuneConfig {
-                lang: "hi".into(),
-                ..FinetuneConfig::default()
-            },
-            priming: Some(prime.id()),
-        };
-        let run = PlannedRun {
-            id: ft.id(),
-            spec: ft,
-            deps: vec![],
-            settings: vec![],
-        };
-        let run_dir = store.prepare(&run).unwrap();
-        let err = load_exec_job(&run_dir, "cpu").unwrap_err().to_string();
-        assert!(err.contains("does not exist"), "{err}");
-        std::fs::create_dir_all(store.checkpoint_dir(&prime.id())).unwrap();
-        match load_exec_job(&run_dir, "cuda:0").unwrap() {
-            ExecJob::Finetune { config, out_dir } => {
-                assert_eq!(config.init, Some(store.checkpoint_dir(&prime.id())));
-                assert_eq!(config.device, "cuda:0");
-                assert_eq!(out_dir, run_dir);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(load_exec_job(&run_dir, "tpu").is_err());
-    }
-
-    #[test]
-    fn an_edited_spec_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = RunSpec::Prime {
-            config: PrimeConfig::default(),
-        };
-        let run_dir = dir.path().join(spec.dir_name());
-        let edited = PrimeConfig {
-            steps: 7,
-            ..PrimeConfig::default()
-        };
-        crate::fsutil::write_json_atomic(
-            &run_dir.join("spec.json"),
-            &RunSpec::Prime { config: edited },
-        )
-        .unwrap();
-        let err = load_exec_job(&run_dir, "cpu").unwrap_err().to_string();
-        assert!(err.contains("was edited"), "{err}");
-    }
 
     #[test]
     fn error_line_is_taken_from_this_attempt() {

@@ -1,5 +1,7 @@
-//! Adapters between the sweep (plan + run store) and the Slurm client: what `primer run
-//! --backend slurm`, `primer status` and `primer cancel` call.
+//! The Slurm backend: a sweep's runs as Slurm job arrays, through the client in
+//! `crate::slurm` (which knows nothing of sweeps). [`SlurmBackend`] implements
+//! [`Backend`] with the functions below; [`SlurmTask`] is a run executing as a Slurm task
+//! (requeued after the preemption warning, at most [`MAX_PREEMPTION_REQUEUES`] times).
 //!
 //! * [`submit_sweep`] writes each pending run's spec into the store and submits one array for
 //!   the priming runs and one array per group of fine-tuning runs sharing the same pending
@@ -12,9 +14,14 @@
 //! * [`cancel_sweep`] cancels the sweep's queued and running tasks; [`wait_sweep`] polls until
 //!   none is left.
 
-use super::client::{Submission, SubmittedArray};
-use super::record::SlurmRecord;
-use super::{ArrayJob, JobRef, Slurm, SlurmError, SlurmOptions, TaskStatus};
+use super::{
+    Backend, BackendError, BackendSettings, HostedTask, Queued, QueuedBatch, RunView, Submitted,
+    ViewState,
+};
+use crate::slurm::client::{Submission, SubmittedArray};
+use crate::slurm::record::{self, SlurmRecord};
+use crate::slurm::requeue::current_job_id;
+use crate::slurm::{ArrayJob, JobRef, Slurm, SlurmError, SlurmOptions, TaskStatus};
 use crate::sweep::plan::{Plan, RunKind};
 use crate::sweep::store::{RunState, Store};
 use std::collections::BTreeMap;
@@ -59,7 +66,7 @@ pub fn exec_command(exe: &Path, opts: &SlurmOptions) -> Vec<String> {
 pub fn uses_slurm(plan: &Plan, store: &Store) -> bool {
     plan.runs
         .iter()
-        .any(|r| store.run_dir(r).join(super::record::RECORD_FILE).is_file())
+        .any(|r| store.run_dir(r).join(record::RECORD_FILE).is_file())
 }
 
 /// What [`submit_sweep`] did.
@@ -92,7 +99,7 @@ pub fn submit_sweep(
     slurm: &Slurm,
     opts: &SlurmOptions,
     exe: &Path,
-) -> Result<SweepSubmission, SlurmError> {
+) -> Result<SweepSubmission, BackendError> {
     let store = absolute_store(store)?;
     let info = slurm.validate(opts, &store.root)?;
     let name = job_name(&plan.sweep_name);
@@ -172,7 +179,7 @@ pub fn submit_sweep(
             })?;
         }
         result.arrays.push(a);
-        Ok::<(), SlurmError>(())
+        Ok::<(), BackendError>(())
     };
     if !primes.is_empty() {
         submit(&primes, Vec::new(), &mut result, &mut task_of)?;
@@ -241,7 +248,7 @@ pub fn slurm_status(
     plan: &Plan,
     store: &Store,
     slurm: &Slurm,
-) -> Result<Vec<SlurmRunView>, SlurmError> {
+) -> Result<Vec<SlurmRunView>, BackendError> {
     let store = absolute_store(store)?;
     let mut views = Vec::with_capacity(plan.runs.len());
     let mut recorded: Vec<(usize, SlurmRecord)> = Vec::new();
@@ -328,7 +335,11 @@ fn classify(
 }
 
 /// Cancels the sweep's queued and running tasks; returns them.
-pub fn cancel_sweep(plan: &Plan, store: &Store, slurm: &Slurm) -> Result<Vec<JobRef>, SlurmError> {
+pub fn cancel_sweep(
+    plan: &Plan,
+    store: &Store,
+    slurm: &Slurm,
+) -> Result<Vec<JobRef>, BackendError> {
     let live: Vec<JobRef> = slurm_status(plan, store, slurm)?
         .into_iter()
         .filter(|v| matches!(v.state, SlurmRunState::Queued | SlurmRunState::Running))
@@ -346,7 +357,7 @@ pub fn wait_sweep(
     slurm: &Slurm,
     poll: Duration,
     mut on_poll: impl FnMut(&[SlurmRunView]),
-) -> Result<Vec<SlurmRunView>, SlurmError> {
+) -> Result<Vec<SlurmRunView>, BackendError> {
     loop {
         let views = slurm_status(plan, store, slurm)?;
         on_poll(&views);
@@ -360,38 +371,39 @@ pub fn wait_sweep(
     }
 }
 
-/// What `primer exec` does when a run stopped early because
+/// What [`SlurmTask::requeue`] does when a run stopped early because
 /// [`crate::signal::stop_requested`] turned true (Slurm's warning before preemption or
 /// the time limit): records the interruption in `status.json` and, inside a Slurm task
-/// (`job_id` = [`super::requeue::current_job_id`]), asks Slurm to requeue it so that it runs
-/// again later. Returns whether the task was requeued; the caller then exits (status 0 is
-/// fine: Slurm ends this execution anyway).
+/// (`job_id` = [`current_job_id`]), asks Slurm to requeue it so that it runs again later.
+/// Returns whether the task was requeued; the caller then exits (status 0 is fine: Slurm
+/// ends this execution anyway).
 pub fn on_preempted(
     run_dir: &Path,
     slurm: &Slurm,
     job_id: Option<&str>,
-) -> Result<bool, SlurmError> {
-    let mark = |note: String| {
-        Store::update_status(run_dir, |s| {
-            s.state = RunState::Pending;
-            s.error = Some(note);
-            s.finished_at = Some(crate::sweep::store::now_s());
-        })
-    };
+) -> Result<bool, BackendError> {
+    use crate::sweep::exec::mark_interrupted;
     let Some(id) = job_id else {
-        mark("interrupted by a preemption signal; rerun the sweep to resume".into())?;
+        mark_interrupted(
+            run_dir,
+            "interrupted by a preemption signal; rerun the sweep to resume",
+        )?;
         return Ok(false);
     };
     // Recorded before the requeue: requeueing a running task makes Slurm terminate it, this
     // process included, within moments.
-    mark(format!(
-        "interrupted by Slurm's preemption signal; task {id} requeued"
-    ))?;
-    if let Err(e) = super::requeue::requeue(slurm, id) {
-        mark(format!(
-            "interrupted by Slurm's preemption signal; requeueing task {id} failed ({e}): rerun the sweep to resume"
-        ))?;
-        return Err(e);
+    mark_interrupted(
+        run_dir,
+        &format!("interrupted by Slurm's preemption signal; task {id} requeued"),
+    )?;
+    if let Err(e) = crate::slurm::requeue::requeue(slurm, id) {
+        mark_interrupted(
+            run_dir,
+            &format!(
+                "interrupted by Slurm's preemption signal; requeueing task {id} failed ({e}): rerun the sweep to resume"
+            ),
+        )?;
+        return Err(e.into());
     }
     Ok(true)
 }
@@ -403,6 +415,154 @@ pub fn summarize(views: &[SlurmRunView]) -> BTreeMap<SlurmRunState, usize> {
         *m.entry(v.state).or_insert(0) += 1;
     }
     m
+}
+
+impl From<SlurmRunState> for ViewState {
+    fn from(s: SlurmRunState) -> Self {
+        match s {
+            SlurmRunState::Done => ViewState::Done,
+            SlurmRunState::Running => ViewState::Running,
+            SlurmRunState::Queued => ViewState::Queued,
+            SlurmRunState::Failed => ViewState::Failed,
+            SlurmRunState::NotSubmitted => ViewState::NotSubmitted,
+        }
+    }
+}
+
+impl From<SlurmRunView> for RunView {
+    fn from(v: SlurmRunView) -> Self {
+        RunView {
+            run: v.run,
+            dir: v.dir,
+            state: v.state.into(),
+            detail: v.detail,
+            job: v.job.map(|j| j.to_string()),
+        }
+    }
+}
+
+/// Runs a sweep as Slurm job arrays (see the module documentation).
+pub struct SlurmBackend {
+    slurm: Slurm,
+    opts: SlurmOptions,
+    exe: Option<PathBuf>,
+}
+
+impl SlurmBackend {
+    pub fn new(settings: &BackendSettings) -> Self {
+        Self {
+            // Tasks inherit sbatch's environment; their output goes to log.txt, a file, so
+            // no terminal colour codes (as for the local backend's children).
+            slurm: Slurm::from_env().with_env("NO_COLOR", "1"),
+            opts: settings.slurm.clone(),
+            exe: settings.exe.clone(),
+        }
+    }
+}
+
+impl Backend for SlurmBackend {
+    fn name(&self) -> &'static str {
+        "Slurm"
+    }
+
+    fn has_records(&self, plan: &Plan, store: &Store) -> bool {
+        uses_slurm(plan, store)
+    }
+
+    fn submit(&self, plan: &Plan, store: &Store) -> Result<Submitted, BackendError> {
+        // Checked against the cluster before anything is written (tools installed,
+        // partition known, request satisfiable, store writable).
+        let root = absolute_store(store)?.root;
+        self.slurm.validate(&self.opts, &root)?;
+        let exe = super::primer_exe(&self.exe, "Slurm tasks")?;
+        let done = {
+            // No local orchestrator may work on the store while runs are handed to Slurm.
+            let _lock = store.lock(&format!(
+                "primer run --backend slurm, sweep '{}'",
+                plan.sweep_name
+            ))?;
+            submit_sweep(plan, store, &self.slurm, &self.opts, &exe)?
+        };
+        Ok(Submitted::Queued(Queued {
+            total_runs: plan.runs.len(),
+            store: root,
+            submitted: done.submitted.iter().map(|(i, _)| *i).collect(),
+            already_done: done.done.len(),
+            in_flight: done.in_flight.len(),
+            batches: done
+                .arrays
+                .iter()
+                .map(|a| QueuedBatch {
+                    what: "job array",
+                    ids: a.chunks.iter().map(|c| c.job_id.to_string()).collect(),
+                    tasks: a.tasks.len(),
+                    script: a.chunks.first().map(|c| c.script.clone()),
+                })
+                .collect(),
+        }))
+    }
+
+    fn poll(&self, plan: &Plan, store: &Store) -> Result<Vec<RunView>, BackendError> {
+        Ok(slurm_status(plan, store, &self.slurm)?
+            .into_iter()
+            .map(RunView::from)
+            .collect())
+    }
+
+    fn cancel(&self, plan: &Plan, store: &Store) -> Result<Vec<String>, BackendError> {
+        Ok(cancel_sweep(plan, store, &self.slurm)?
+            .iter()
+            .map(JobRef::to_string)
+            .collect())
+    }
+
+    fn hosted_task(&self) -> Option<Box<dyn HostedTask>> {
+        let job_id = current_job_id()?;
+        Some(Box::new(SlurmTask {
+            job_id,
+            restarts: restarts(),
+            slurm: self.slurm.clone(),
+        }))
+    }
+}
+
+/// Preempted Slurm tasks are requeued at most this many times (`SLURM_RESTART_COUNT`).
+pub const MAX_PREEMPTION_REQUEUES: u32 = 3;
+
+/// How often Slurm has restarted the current task.
+fn restarts() -> u32 {
+    std::env::var("SLURM_RESTART_COUNT")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// This process as a Slurm task ([`current_job_id`]).
+pub struct SlurmTask {
+    job_id: String,
+    restarts: u32,
+    slurm: Slurm,
+}
+
+impl HostedTask for SlurmTask {
+    fn may_requeue(&self) -> bool {
+        self.restarts < MAX_PREEMPTION_REQUEUES
+    }
+
+    fn requeue(&self, run_dir: &Path, notice: &mut dyn FnMut(&str)) -> Result<(), BackendError> {
+        // Told first: the requeue makes Slurm terminate this task within moments.
+        notice(
+            "interrupted by the preemption signal: requeueing this Slurm task, which will restart the run from scratch",
+        );
+        on_preempted(run_dir, &self.slurm, Some(&self.job_id)).map(|_| ())
+    }
+
+    fn not_requeued_reason(&self) -> String {
+        format!(
+            "not requeued again after {} restarts of this Slurm task; if it is the time limit that stops it, raise --time (or `[slurm] time`)",
+            self.restarts
+        )
+    }
 }
 
 #[cfg(test)]
