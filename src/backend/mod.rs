@@ -23,12 +23,12 @@ use crate::sweep::store::Store;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// The backends primer knows (`primer run --backend <kind>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The backends primer knows (`primer run --backend <kind>`; the variants' docs are its help).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
-    /// Child processes on this machine's device slots.
+    /// Child processes on this machine's device slots (--devices, --per-device).
     Local,
-    /// One Slurm array task per run.
+    /// One Slurm array task per run, submitted with sbatch (--partition, --gpus-per-task, ...).
     Slurm,
 }
 

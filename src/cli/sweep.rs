@@ -28,22 +28,13 @@ pub struct PlanArgs {
     pub json: bool,
 }
 
-/// Where `primer run` executes the runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
-    /// Child processes on this machine's device slots (--devices, --per-device).
-    Local,
-    /// One Slurm array task per run, submitted with sbatch (--partition, --gpus-per-task, ...).
-    Slurm,
-}
-
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The sweep file (TOML; see sweeps/README.md).
     pub sweep: PathBuf,
     /// Where the runs execute: on this machine, or as Slurm job arrays.
-    #[arg(long, value_enum, default_value_t = Backend::Local)]
-    pub backend: Backend,
+    #[arg(long, value_enum, default_value_t = BackendKind::Local)]
+    pub backend: BackendKind,
     /// Devices to run on: `cpu`, a list such as `cuda:0,cuda:1`, or `all` (every GPU).
     /// Local backend only.
     #[arg(long, default_value = "cpu")]
@@ -363,13 +354,13 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let sweep = Sweep::load(&a.sweep)?;
     let request = run_request(&a)?;
     let resume = match a.backend {
-        Backend::Local => format!(
+        BackendKind::Local => format!(
             "primer run {} --devices {} --per-device {}",
             a.sweep.display(),
             a.devices,
             a.per_device
         ),
-        Backend::Slurm => format!("primer run {} --backend slurm --wait", a.sweep.display()),
+        BackendKind::Slurm => format!("primer run {} --backend slurm --wait", a.sweep.display()),
     };
     execute(&sweep, &request, &a.sweep, &resume)
 }
@@ -427,7 +418,7 @@ fn execute(
 fn run_request(a: &RunArgs) -> anyhow::Result<RunRequest> {
     let mut settings = BackendSettings::default();
     let wait = match a.backend {
-        Backend::Local => {
+        BackendKind::Local => {
             let mut given = Vec::new();
             if a.slurm != SlurmArgs::default() {
                 given.push("Slurm resource options (--partition, --gpus-per-task, ...)");
@@ -448,7 +439,7 @@ fn run_request(a: &RunArgs) -> anyhow::Result<RunRequest> {
             };
             None
         }
-        Backend::Slurm => {
+        BackendKind::Slurm => {
             let mut given = Vec::new();
             if a.devices != "cpu" {
                 given.push("--devices (request GPUs with --gpus-per-task)");
@@ -478,10 +469,7 @@ fn run_request(a: &RunArgs) -> anyhow::Result<RunRequest> {
         }
     };
     Ok(RunRequest {
-        backend: match a.backend {
-            Backend::Local => BackendKind::Local,
-            Backend::Slurm => BackendKind::Slurm,
-        },
+        backend: a.backend,
         settings,
         wait,
         gc_checkpoints: a.gc_checkpoints,

@@ -329,3 +329,81 @@ pub fn cancel(sweep: &Sweep) -> Result<Cancelled, SweepError> {
         tasks: backend.cancel(&plan, &store)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendError;
+    use std::cell::Cell;
+
+    /// A queueing backend whose one run stays queued for `queued_polls` looks, then fails.
+    struct FakeQueue {
+        queued_polls: usize,
+        polls: Cell<usize>,
+    }
+
+    impl Backend for FakeQueue {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn submit(&self, _plan: &Plan, _store: &Store) -> Result<Submitted, BackendError> {
+            Ok(Submitted::Queued(Queued::default()))
+        }
+        fn poll(&self, _plan: &Plan, _store: &Store) -> Result<Vec<RunView>, BackendError> {
+            let n = self.polls.get();
+            self.polls.set(n + 1);
+            Ok(vec![RunView {
+                run: 0,
+                dir: PathBuf::from("run"),
+                state: if n < self.queued_polls {
+                    ViewState::Queued
+                } else {
+                    ViewState::Failed
+                },
+                detail: String::new(),
+                job: Some("7_0".into()),
+            }])
+        }
+        fn cancel(&self, _plan: &Plan, _store: &Store) -> Result<Vec<String>, BackendError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn waiting_polls_a_backend_until_nothing_is_queued_or_running() {
+        let tmp = tempfile::tempdir().unwrap();
+        let plan = Plan::from_runs("t", tmp.path(), "s", Vec::new(), Vec::new());
+        let store = Store::new(tmp.path());
+        let fake = FakeQueue {
+            queued_polls: 2,
+            polls: Cell::new(0),
+        };
+        let mut seen = Vec::new();
+        let last = wait(&fake, &plan, &store, Duration::ZERO, &mut |v| {
+            seen.push(v[0].state)
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            vec![ViewState::Queued, ViewState::Queued, ViewState::Failed]
+        );
+        assert_eq!(last[0].state, ViewState::Failed);
+    }
+
+    #[test]
+    fn status_and_cancel_of_a_store_without_queued_runs_use_the_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = format!(
+            "name = \"t\"\nstore = \"{}\"\ntargets = [\"hi\"]\n[base.finetune]\nmodel = \"m\"\n",
+            tmp.path().join("store").display()
+        );
+        let sweep = Sweep::from_text(&tmp.path().join("t.toml"), &text).unwrap();
+        let st = status(&sweep).unwrap();
+        assert!(matches!(st.view, StatusView::Store { .. }), "{st:?}");
+        let e = cancel(&sweep).unwrap_err().to_string();
+        assert!(
+            e.contains("no run of this sweep was submitted") && e.contains("Ctrl-C"),
+            "{e}"
+        );
+    }
+}
