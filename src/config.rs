@@ -31,6 +31,8 @@ pub enum FinetuneMethod {
     Head,
     /// Adapter tuning: θa ∪ θh (an adapter is created when the model has none).
     Adapter,
+    /// BitFit: every bias of the encoder ∪ θh (see [`crate::model::pe::bitfit`]).
+    Bitfit,
 }
 
 impl FinetuneMethod {
@@ -39,6 +41,7 @@ impl FinetuneMethod {
             FinetuneMethod::Full => "full",
             FinetuneMethod::Head => "head",
             FinetuneMethod::Adapter => "adapter",
+            FinetuneMethod::Bitfit => "bitfit",
         }
     }
 
@@ -52,6 +55,9 @@ impl FinetuneMethod {
             FinetuneMethod::Full => 5e-5,
             FinetuneMethod::Head => 1e-2,
             FinetuneMethod::Adapter => 5e-3,
+            // Like adapter tuning, few weights on a frozen encoder; not measured yet on WikiAnn
+            // (sweeps select it on dev).
+            FinetuneMethod::Bitfit => 5e-3,
         }
     }
 }
@@ -294,6 +300,18 @@ impl Default for FinetuneConfig {
 }
 
 impl FinetuneConfig {
+    /// The parameter-efficient module this run trains (None for full FT and head tuning, which
+    /// create none).
+    pub fn pe_spec(&self) -> Option<crate::model::PeSpec> {
+        match self.method {
+            FinetuneMethod::Full | FinetuneMethod::Head => None,
+            FinetuneMethod::Adapter => Some(crate::model::PeSpec::Adapter {
+                dim: self.adapter_dim,
+            }),
+            FinetuneMethod::Bitfit => Some(crate::model::PeSpec::BitFit),
+        }
+    }
+
     /// The learning rate actually used.
     pub fn effective_lr(&self) -> f64 {
         self.lr.unwrap_or_else(|| self.method.default_lr())
@@ -475,6 +493,14 @@ impl Default for PrimeConfig {
 }
 
 impl PrimeConfig {
+    /// The parameter-efficient module priming trains beside θp (and adapts in the PE inner
+    /// loop).
+    pub fn pe_spec(&self) -> crate::model::PeSpec {
+        crate::model::PeSpec::Adapter {
+            dim: self.adapter_dim,
+        }
+    }
+
     /// The inner learning rate actually used (the paper: 0.03 for the PE loop; the full loop
     /// needs the lower 1e-4).
     pub fn effective_inner_lr(&self) -> f64 {

@@ -157,7 +157,7 @@ fn replay(
         adapter.get("down.weight").unwrap().dim(0).unwrap() as u64,
         meta["adapter"]["dim"].as_u64().unwrap()
     );
-    tagger.adapter = Some(adapter);
+    tagger.pe = Some(primer::model::pe::adapter::module(adapter, &tagger.config).unwrap());
     let mut batches = Vec::new();
     for i in 0..tasks {
         tagger.heads.insert(
@@ -198,8 +198,9 @@ fn replay(
     let mut vars = tagger.encoder.named_vars_with_prefix("enc.");
     vars.extend(
         tagger
-            .adapter
+            .pe
             .as_ref()
+            .map(|m| &m.params)
             .unwrap()
             .named_vars_with_prefix("adapter."),
     );
@@ -276,9 +277,14 @@ fn compare(dir: &Path, meta: &Value, tensors: &HashMap<String, Tensor>, r: &Repl
             // θp and θa take the outer AdamW step on the summed first-order gradient.
             let stepped = match param.split_once('.') {
                 Some(("enc", p)) => Some(t.encoder.get(p).unwrap().as_tensor()),
-                Some(("adapter", p)) => {
-                    Some(t.adapter.as_ref().unwrap().get(p).unwrap().as_tensor())
-                }
+                Some(("adapter", p)) => Some(
+                    t.pe.as_ref()
+                        .map(|m| &m.params)
+                        .unwrap()
+                        .get(p)
+                        .unwrap()
+                        .as_tensor(),
+                ),
                 _ => None,
             };
             if let Some(got) = stepped {

@@ -35,7 +35,9 @@ fn check_dump(d: &GoldenDump, method: FinetuneMethod) -> Failures {
         ));
     }
     let mut tagger = Tagger::new(cfg, enc, dev.clone());
-    tagger.adapter = Some(d.param_set("init.adapter."));
+    tagger.pe = Some(
+        primer::model::pe::adapter::module(d.param_set("init.adapter."), &tagger.config).unwrap(),
+    );
     // Heads keep the dump's index as their language name, so names line up with grad.head.<i>.
     for i in 0..d.num_heads() {
         tagger
@@ -45,7 +47,7 @@ fn check_dump(d: &GoldenDump, method: FinetuneMethod) -> Failures {
     let groups = tagger.groups_for(method, "0");
     if method == FinetuneMethod::Full {
         assert!(
-            groups.contains(&ParamGroup::Adapter),
+            groups.contains(&ParamGroup::Pe("adapter")),
             "full FT trains the adapter too"
         );
     }
@@ -106,7 +108,7 @@ fn check_dump(d: &GoldenDump, method: FinetuneMethod) -> Failures {
     for (n, v) in tagger.encoder.iter() {
         after.push((format!("enc.{n}"), v.as_detached_tensor()));
     }
-    for (n, v) in tagger.adapter.as_ref().unwrap().iter() {
+    for (n, v) in tagger.pe.as_ref().map(|m| &m.params).unwrap().iter() {
         after.push((format!("adapter.{n}"), v.as_detached_tensor()));
     }
     for (lang, h) in &tagger.heads {

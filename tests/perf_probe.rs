@@ -212,7 +212,7 @@ fn probe_step_phases() {
     let (inputs, labels) = (batch.inputs(), &batch.labels);
     let fwd_flops = Some(batch.fwd_flops);
     tagger
-        .set_trainable(&[ParamGroup::Adapter, ParamGroup::Head("x".into())])
+        .set_trainable(&[ParamGroup::Pe("adapter"), ParamGroup::Head("x".into())])
         .unwrap();
     time("encode, frozen θp (no graph)", 5, fwd_flops, &mut || {
         tagger.encode(&inputs, None).unwrap();
@@ -225,7 +225,7 @@ fn probe_step_phases() {
     tagger
         .set_trainable(&[
             ParamGroup::Encoder,
-            ParamGroup::Adapter,
+            ParamGroup::Pe("adapter"),
             ParamGroup::Head("x".into()),
         ])
         .unwrap();
@@ -307,7 +307,7 @@ fn probe_cache_batching() {
         .unwrap_or(8);
     let mut tagger = minilm_tagger();
     tagger
-        .set_trainable(&[primer::model::ParamGroup::Adapter])
+        .set_trainable(&[primer::model::ParamGroup::Pe("adapter")])
         .unwrap();
     let sentences = random_sentences(192, min_len, |t| if t % 3 == 0 { IGNORE_INDEX } else { 0 });
     let settings: Vec<(String, Batcher)> = vec![
@@ -366,7 +366,7 @@ fn probe_cached_step() {
     primer::device::retain_freed_memory();
     let mut tagger = minilm_tagger();
     tagger
-        .set_trainable(&[ParamGroup::Adapter, ParamGroup::Head("x".into())])
+        .set_trainable(&[ParamGroup::Pe("adapter"), ParamGroup::Head("x".into())])
         .unwrap();
     let mut rng = SeededRng::new(3);
     let rows = 620;
@@ -416,7 +416,7 @@ fn probe_encode_rows() {
         .unwrap_or(2);
     let mut tagger = minilm_tagger();
     tagger
-        .set_trainable(&[primer::model::ParamGroup::Adapter])
+        .set_trainable(&[primer::model::ParamGroup::Pe("adapter")])
         .unwrap();
     let sentences = random_sentences(192, 8, |_| IGNORE_INDEX);
     let batches = Batcher::for_inference(&Device::Cpu, 0)
@@ -514,7 +514,7 @@ fn probe_cache_data_parallel() {
     primer::device::retain_freed_memory();
     let mut tagger = minilm_tagger();
     tagger
-        .set_trainable(&[primer::model::ParamGroup::Adapter])
+        .set_trainable(&[primer::model::ParamGroup::Pe("adapter")])
         .unwrap();
     let sentences = random_sentences(320, 32, |t| if t % 7 == 0 { IGNORE_INDEX } else { 0 });
     let batcher = Batcher::for_inference(&Device::Cpu, 0);

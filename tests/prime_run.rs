@@ -152,7 +152,11 @@ fn meta_priming_lowers_the_query_loss_and_writes_a_loadable_checkpoint() {
 
     let primed = Tagger::load_primed(&out, &Device::Cpu).unwrap();
     let source = Tagger::from_pretrained(&model, &Device::Cpu).unwrap();
-    let a = primed.adapter.as_ref().expect("the checkpoint carries θa");
+    let a = primed
+        .pe
+        .as_ref()
+        .map(|m| &m.params)
+        .expect("the checkpoint carries θa");
     assert_eq!(a.get("down.weight").unwrap().dims()[0], cfg.adapter_dim);
     let name = "encoder.layer.0.attention.self.query.weight";
     let moved = (primed.encoder.get(name).unwrap().as_tensor()

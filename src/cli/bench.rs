@@ -163,7 +163,7 @@ impl Bench {
     /// A whole adapter-tuning run over `n` batches × `epochs` with the encoder cache.
     fn adapter_run(&mut self, n: usize, epochs: usize) -> anyhow::Result<AdapterRunTimes> {
         self.tagger
-            .set_trainable(&[ParamGroup::Adapter, ParamGroup::Head("x".into())])?;
+            .set_trainable(&[ParamGroup::Pe("adapter"), ParamGroup::Head("x".into())])?;
         let sentences = &self.sentences[..n * BATCH];
         let t0 = Instant::now();
         let cache = EncoderCache::labelled_rows(

@@ -144,7 +144,25 @@ pub fn encode(
     inputs: &EncoderInputs<'_>,
     dropout_rng: Option<&mut SeededRng>,
 ) -> Result<Tensor> {
-    encode_impl(cfg, w, inputs, dropout_rng, None, &[])
+    encode_impl(cfg, w, inputs, dropout_rng, None, &[], None)
+}
+
+/// A layer's output `[B, T, H]` → the next layer's input: a PE method acting after every layer
+/// ([`crate::model::pe::PeMethod::after_layer`]).
+pub type LayerHook<'a> = &'a dyn Fn(usize, Tensor) -> Result<Tensor>;
+
+/// An owned [`LayerHook`] that a [`FrozenEncoder`] keeps for its passes.
+pub type BoxedLayerHook<'a> = Box<dyn Fn(usize, Tensor) -> Result<Tensor> + Send + Sync + 'a>;
+
+/// [`encode`] with `after_layer` applied to every layer's output (layer index, output).
+pub fn encode_with_layer_hook(
+    cfg: &BertConfig,
+    w: &dyn Weights,
+    inputs: &EncoderInputs<'_>,
+    dropout_rng: Option<&mut SeededRng>,
+    after_layer: Option<LayerHook<'_>>,
+) -> Result<Tensor> {
+    encode_impl(cfg, w, inputs, dropout_rng, None, &[], after_layer)
 }
 
 /// The last hidden states at some token rows only, in evaluation mode: `[rows.len(), H]`,
@@ -161,7 +179,7 @@ pub fn encode_rows(
     inputs: &EncoderInputs<'_>,
     rows: &[u32],
 ) -> Result<Tensor> {
-    encode_impl(cfg, w, inputs, None, Some(rows), &[])
+    encode_impl(cfg, w, inputs, None, Some(rows), &[], None)
 }
 
 /// The encoder's weights held fixed for one inference pass — scoring a split, building the
@@ -180,6 +198,8 @@ pub struct FrozenEncoder<'a> {
     weights: TensorSet,
     /// Per layer; `None` for a layer off the fused CPU path, which reads `weights` as they are.
     transposed: Vec<Option<Arc<TransposedLinears>>>,
+    /// A frozen PE method acting after every layer ([`Self::with_layer_hook`]).
+    after_layer: Option<BoxedLayerHook<'a>>,
 }
 
 impl<'a> FrozenEncoder<'a> {
@@ -206,7 +226,15 @@ impl<'a> FrozenEncoder<'a> {
             config,
             weights,
             transposed,
+            after_layer: None,
         })
+    }
+
+    /// Applies `after_layer` to every layer's output in this encoder's passes (a frozen PE
+    /// method that acts after every layer).
+    pub fn with_layer_hook(mut self, after_layer: BoxedLayerHook<'a>) -> Self {
+        self.after_layer = Some(after_layer);
+        self
     }
 
     /// [`encode`] in evaluation mode: the last hidden states `[B, T, H]`.
@@ -218,13 +246,23 @@ impl<'a> FrozenEncoder<'a> {
             None,
             None,
             &self.transposed,
+            self.after_layer.as_deref().map(|h| h as LayerHook<'_>),
         )
     }
 
     /// [`encode_rows`]: the last hidden states at the flat token rows `rows` only.
     pub fn encode_rows(&self, inputs: &EncoderInputs<'_>, rows: &[u32]) -> Result<Tensor> {
         let t = &self.transposed;
-        encode_impl(self.config, &self.weights, inputs, None, Some(rows), t)
+        let hook = self.after_layer.as_deref().map(|h| h as LayerHook<'_>);
+        encode_impl(
+            self.config,
+            &self.weights,
+            inputs,
+            None,
+            Some(rows),
+            t,
+            hook,
+        )
     }
 }
 
@@ -236,6 +274,7 @@ fn encode_impl(
     rows: Option<&[u32]>,
     // Per layer, possibly empty: see `FrozenEncoder::transposed`.
     transposed: &[Option<Arc<TransposedLinears>>],
+    after_layer: Option<LayerHook<'_>>,
 ) -> Result<Tensor> {
     let (b, t) = inputs.input_ids.dims2()?;
     if let Some(rows) = rows {
@@ -317,10 +356,13 @@ fn encode_impl(
             } else {
                 None
             };
+            // The rows shortcut computes only some tokens of the last layer; a layer hook
+            // sees whole outputs, so with one the rows are selected afterwards.
             if let Some(rows) = rows
                 && last
                 && graph_free
                 && dropout_rng.is_none()
+                && after_layer.is_none()
             {
                 return encoder_layer_rows(&x, &params, key_bias, spec, rows, layer_t);
             }
@@ -338,6 +380,9 @@ fn encode_impl(
                 (p_attn, p_hidden),
                 dropout_rng.as_deref_mut(),
             )?;
+        }
+        if let Some(hook) = after_layer {
+            x = hook(l, x)?;
         }
     }
     match rows {

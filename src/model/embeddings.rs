@@ -51,7 +51,9 @@ pub fn embedding_param_shape(
 
 /// Whether [`embed`] can run on these parameters ([`EMBEDDING_PARAM_NAMES`] order).
 pub(crate) fn fused_embeddings_supported(params: &[&Tensor]) -> bool {
-    params.len() == EMBEDDING_PARAM_NAMES.len() && fused_params_supported(params)
+    params.len() == EMBEDDING_PARAM_NAMES.len()
+        && fused_params_supported(params)
+        && super::layer::records_when_needed(&[params[WORDS], params[LN_G]], params)
 }
 
 /// The token ids of one batch for [`embed`]: `B·T` word ids and token-type ids (all 0 when

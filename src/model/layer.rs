@@ -140,6 +140,15 @@ pub(crate) fn fused_layer_supported(x: &Tensor, params: &[&Tensor]) -> bool {
     super::dispatch::kernel_ok(x)
         && params.len() == LAYER_PARAM_NAMES.len()
         && fused_params_supported(params)
+        && records_when_needed(&[x, params[Q_W]], params)
+}
+
+/// Whether a fused op over graph inputs `graph_inputs` is recorded whenever one of `params` is
+/// a variable: candle records an op only when a graph input is tracked, and the op's backward
+/// delivers every variable parameter's gradient. A variable among the other parameters alone
+/// (BitFit's biases on a frozen encoder) would get none: such passes take the composite ops.
+pub(crate) fn records_when_needed(graph_inputs: &[&Tensor], params: &[&Tensor]) -> bool {
+    !params.iter().any(|p| p.is_variable()) || graph_inputs.iter().any(|t| t.track_op())
 }
 
 /// Whether fused CPU ops may read these parameters: kernels on ([`super::dispatch`]), all on

@@ -1,8 +1,8 @@
 //! The model core: a trainable BERT tagger built only from differentiable operations.
 //!
 //! * θp — the BERT encoder f ([`bert`]: HF loader/saver, [`encode`]);
-//! * θa — one bottleneck adapter g, `x + up(relu(down(x)))`, after the last layer
-//!   ([`adapter_forward`]);
+//! * θa — one parameter-efficient module g: the paper's bottleneck adapter
+//!   `x + up(relu(down(x)))` after the last layer, or any method behind the [`pe`] seam;
 //! * θh — one linear NER head h per language ([`head_forward`]);
 //! * [`Tagger`] bundles them with explicit [`ParamGroup`]s and a trainable selection.
 //!
@@ -24,7 +24,7 @@
 //! let mut init = SeededRng::derive(0, "init.adapter");
 //! tagger.ensure_adapter(64, &mut init)?;
 //! tagger.add_head("sw", 7, &mut SeededRng::derive(0, "init.head"))?;
-//! tagger.set_trainable(&[ParamGroup::Adapter, ParamGroup::Head("sw".into())])?;
+//! tagger.set_trainable(&[ParamGroup::Pe("adapter"), ParamGroup::Head("sw".into())])?;
 //! let ids = Tensor::new(&[[101u32, 7592, 102]], &dev)?;
 //! let mask = Tensor::new(&[[1u32, 1, 1]], &dev)?;
 //! let labels = Tensor::new(&[[-100i64, 1, -100]], &dev)?;
@@ -47,6 +47,7 @@ pub mod kernels;
 pub mod layer;
 pub mod ops;
 pub mod params;
+pub mod pe;
 pub mod tagger;
 
 pub use bert::{
@@ -58,7 +59,8 @@ pub use grad::backward;
 pub use init::{RandomBertSpec, write_random_bert};
 pub use ops::{IGNORE_INDEX, masked_cross_entropy};
 pub use params::{ParamSet, TensorSet, Weights};
+pub use pe::{PeMethod, PeModule, PeSpec, PeWeights};
 pub use tagger::{
-    ADAPTER_FILE, DEFAULT_ADAPTER_DIM, DEFAULT_NUM_LABELS, ParamGroup, Tagger, adapter_forward,
-    head_forward, load_adapter, logits_from_hidden, new_adapter, new_head, tagger_logits,
+    DEFAULT_NUM_LABELS, ParamGroup, Tagger, encoder_output, freeze_encoder, head_forward,
+    logits_from_hidden, new_head, tagger_logits,
 };

@@ -1,35 +1,24 @@
-//! The tagger: encoder f (θp) → optional bottleneck adapter g (θa) → one linear head h per
-//! language (θh), with explicit parameter groups.
+//! The tagger: encoder f (θp) → optional parameter-efficient module (the paper's bottleneck
+//! adapter θa, or any [`PeMethod`]) → one linear head h per language (θh), with explicit
+//! parameter groups.
 
-use super::bert::{EncoderInputs, FrozenEncoder, encode, load_encoder, save_encoder};
+use super::bert::{
+    EncoderInputs, FrozenEncoder, encode_with_layer_hook, load_encoder, save_encoder,
+};
 use super::config::BertConfig;
 use super::error::{ModelError, Result};
 use super::ops::{linear, masked_cross_entropy};
 use super::params::{ParamSet, TensorSet, Weights};
+use super::pe::{self, PeMethod, PeModule, PeSpec, PeWeights};
 use crate::config::FinetuneMethod;
 use crate::rng::SeededRng;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
-/// File holding θa inside a primed checkpoint folder.
-pub const ADAPTER_FILE: &str = "adapter.safetensors";
-/// Bottleneck size of a new adapter (the paper's 64).
-pub const DEFAULT_ADAPTER_DIM: usize = 64;
 /// WikiAnn's label set size (O, B/I-PER, B/I-ORG, B/I-LOC).
 pub const DEFAULT_NUM_LABELS: usize = 7;
-/// Standard deviation of new adapter and head weights.
-pub const INIT_STD: f32 = 0.02;
-
-/// Names and shapes of θa (Linear layout `[out, in]`).
-pub fn adapter_param_shapes(hidden: usize, dim: usize) -> Vec<(String, Vec<usize>)> {
-    vec![
-        ("down.weight".into(), vec![dim, hidden]),
-        ("down.bias".into(), vec![dim]),
-        ("up.weight".into(), vec![hidden, dim]),
-        ("up.bias".into(), vec![hidden]),
-    ]
-}
 
 /// Names and shapes of one head θh.
 pub fn head_param_shapes(hidden: usize, num_labels: usize) -> Vec<(String, Vec<usize>)> {
@@ -39,26 +28,44 @@ pub fn head_param_shapes(hidden: usize, num_labels: usize) -> Vec<(String, Vec<u
     ]
 }
 
-/// The adapter `x + up(relu(down(x)))`.
-pub fn adapter_forward(x: &Tensor, a: &dyn Weights) -> Result<Tensor> {
-    let d = linear(x, a.weight("down.weight")?, Some(a.weight("down.bias")?))?.relu()?;
-    let u = linear(&d, a.weight("up.weight")?, Some(a.weight("up.bias")?))?;
-    Ok((x + u)?)
-}
-
 /// The head: logits `[..., num_labels]`.
 pub fn head_forward(z: &Tensor, h: &dyn Weights) -> Result<Tensor> {
     linear(z, h.weight("weight")?, Some(h.weight("bias")?))
 }
 
-/// Logits from encoder outputs: `h(g(hidden))`, or `h(hidden)` without an adapter.
+/// The encoder's last hidden states `[B, T, H]` under encoder weights `enc` and, when given, a
+/// PE module acting inside the encoder (its weight changes and per-layer hook). A module that
+/// acts only after the encoder leaves this the plain encoder.
+pub fn encoder_output(
+    cfg: &BertConfig,
+    enc: &dyn Weights,
+    pe: Option<PeWeights<'_>>,
+    inputs: &EncoderInputs<'_>,
+    dropout: Option<&mut SeededRng>,
+) -> Result<Tensor> {
+    let Some(pe) = pe.filter(|p| p.method.acts_inside_encoder()) else {
+        return encode_with_layer_hook(cfg, enc, inputs, dropout, None);
+    };
+    let overrides = pe.method.encoder_overrides(cfg, enc, pe.weights)?;
+    let overlay = pe::Overlay {
+        base: enc,
+        overrides: &overrides,
+    };
+    let enc_w: &dyn Weights = if overrides.is_empty() { enc } else { &overlay };
+    let hook = |l: usize, x: Tensor| pe.method.after_layer(l, x, pe.weights);
+    let hook = pe.method.has_layer_hook().then_some(&hook as _);
+    encode_with_layer_hook(cfg, enc_w, inputs, dropout, hook)
+}
+
+/// Logits from encoder outputs: `h(g(hidden))` with the PE module's after-encoder part `g`
+/// (identity for methods acting inside the encoder), or `h(hidden)` without a module.
 pub fn logits_from_hidden(
     hidden: &Tensor,
-    adapter: Option<&dyn Weights>,
+    pe: Option<PeWeights<'_>>,
     head: &dyn Weights,
 ) -> Result<Tensor> {
-    match adapter {
-        Some(a) => head_forward(&adapter_forward(hidden, a)?, head),
+    match pe {
+        Some(p) => head_forward(&p.method.after_encoder(hidden, p.weights)?, head),
         None => head_forward(hidden, head),
     }
 }
@@ -67,42 +74,33 @@ pub fn logits_from_hidden(
 pub fn tagger_logits(
     cfg: &BertConfig,
     enc: &dyn Weights,
-    adapter: Option<&dyn Weights>,
+    pe: Option<PeWeights<'_>>,
     head: &dyn Weights,
     inputs: &EncoderInputs<'_>,
     dropout: Option<&mut SeededRng>,
 ) -> Result<Tensor> {
-    let hidden = encode(cfg, enc, inputs, dropout)?;
-    logits_from_hidden(&hidden, adapter, head)
+    let hidden = encoder_output(cfg, enc, pe, inputs, dropout)?;
+    logits_from_hidden(&hidden, pe, head)
 }
 
-fn new_linear_params(
-    names: &[(String, Vec<usize>)],
-    rng: &mut SeededRng,
-    device: &Device,
-) -> Result<ParamSet> {
-    // Weights in the order listed (down before up; a head's weight before its bias) from one
-    // stream, biases zero: same seed, same parameters.
-    let mut out = ParamSet::new();
-    for (n, shape) in names {
-        let t = if n.ends_with("bias") {
-            Tensor::zeros(shape.as_slice(), candle_core::DType::F32, device)?
-        } else {
-            rng.normal_tensor(shape, INIT_STD, device)?
-        };
-        out.insert(n.clone(), Var::from_tensor(&t)?)?;
+/// Encoder weights `encoder` (graph-free) fixed for one inference pass, with the part of a PE
+/// module (method, graph-free weights) that acts inside the encoder frozen in: see
+/// [`FrozenEncoder`]. A module acting only after the encoder is left to
+/// [`logits_from_hidden`].
+pub fn freeze_encoder(
+    config: &BertConfig,
+    encoder: TensorSet,
+    pe: Option<(Arc<dyn PeMethod>, TensorSet)>,
+) -> Result<FrozenEncoder<'_>> {
+    let Some((method, own)) = pe.filter(|(m, _)| m.acts_inside_encoder()) else {
+        return FrozenEncoder::new(config, encoder);
+    };
+    let overrides = method.encoder_overrides(config, &encoder, &own)?;
+    let frozen = FrozenEncoder::new(config, pe::merge_overrides(encoder, &overrides)?)?;
+    if !method.has_layer_hook() {
+        return Ok(frozen);
     }
-    Ok(out)
-}
-
-/// A new adapter: weights N(0, 0.02²) from `rng` (down, then up), biases 0.
-pub fn new_adapter(
-    hidden: usize,
-    dim: usize,
-    rng: &mut SeededRng,
-    device: &Device,
-) -> Result<ParamSet> {
-    new_linear_params(&adapter_param_shapes(hidden, dim), rng, device)
+    Ok(frozen.with_layer_hook(Box::new(move |l, x| method.after_layer(l, x, &own))))
 }
 
 /// A new head: weight N(0, 0.02²) from `rng`, bias 0.
@@ -112,21 +110,7 @@ pub fn new_head(
     rng: &mut SeededRng,
     device: &Device,
 ) -> Result<ParamSet> {
-    new_linear_params(&head_param_shapes(hidden, num_labels), rng, device)
-}
-
-/// Loads θa from an adapter file; the bottleneck size is read from `down.weight`.
-pub fn load_adapter(path: &Path, hidden: usize, device: &Device) -> Result<ParamSet> {
-    let raw = super::params::read_safetensors(path, device)?;
-    let down = raw
-        .get("down.weight")
-        .ok_or_else(|| ModelError::MissingTensor {
-            path: path.to_path_buf(),
-            name: "down.weight".into(),
-            expected: vec![0, hidden],
-        })?;
-    let dim = down.dim(0)?;
-    ParamSet::load_safetensors(path, &adapter_param_shapes(hidden, dim), device)
+    pe::init_normal_weights_zero_biases(&head_param_shapes(hidden, num_labels), rng, device)
 }
 
 /// One trainable group of parameters.
@@ -134,24 +118,25 @@ pub fn load_adapter(path: &Path, hidden: usize, device: &Device) -> Result<Param
 pub enum ParamGroup {
     /// θp.
     Encoder,
-    /// θa.
-    Adapter,
+    /// The PE module's parameters (θa for the paper's adapter), by the method's name.
+    Pe(&'static str),
     /// θh of one language.
     Head(String),
 }
 
 impl ParamGroup {
-    /// The prefix of this group's names in [`Tagger::trainable_vars`].
+    /// The prefix of this group's names in [`Tagger::trainable_vars`], gradient records and
+    /// optimiser state (`enc.…`, `adapter.…`, `head.<lang>.…`).
     pub fn prefix(&self) -> String {
         match self {
             ParamGroup::Encoder => "enc.".into(),
-            ParamGroup::Adapter => "adapter.".into(),
+            ParamGroup::Pe(name) => format!("{name}."),
             ParamGroup::Head(l) => format!("head.{l}."),
         }
     }
 }
 
-/// θp, optional θa and per-language θh, and which groups are being trained.
+/// θp, an optional PE module and per-language θh, and which groups are being trained.
 ///
 /// Forwards run frozen groups on detached tensors, so no autograd graph (and no backward
 /// work) is spent on them, and only trainable Vars receive gradients.
@@ -159,59 +144,59 @@ impl ParamGroup {
 pub struct Tagger {
     pub config: BertConfig,
     pub encoder: ParamSet,
-    pub adapter: Option<ParamSet>,
+    pub pe: Option<PeModule>,
     pub heads: BTreeMap<String, ParamSet>,
     trainable: BTreeSet<ParamGroup>,
     device: Device,
 }
 
 impl Tagger {
-    /// A tagger from an encoder, no adapter, no heads, nothing trainable.
+    /// A tagger from an encoder, no PE module, no heads, nothing trainable.
     pub fn new(config: BertConfig, encoder: ParamSet, device: Device) -> Self {
         Self {
             config,
             encoder,
-            adapter: None,
+            pe: None,
             heads: BTreeMap::new(),
             trainable: BTreeSet::new(),
             device,
         }
     }
 
-    /// Loads a Hugging Face BERT folder; when it also holds `adapter.safetensors` (a primed
-    /// checkpoint) θa is loaded too.
+    /// Loads a Hugging Face BERT folder; when it also holds a PE module's file (a primed
+    /// checkpoint: `adapter.safetensors`, …) the module is loaded too.
     pub fn from_pretrained(dir: &Path, device: &Device) -> Result<Self> {
         let (cfg, enc) = load_encoder(dir, device)?;
         let mut t = Self::new(cfg, enc, device.clone());
-        let ap = dir.join(ADAPTER_FILE);
-        if ap.exists() {
-            t.adapter = Some(load_adapter(&ap, t.config.hidden_size, device)?);
-        }
+        t.pe = pe::load_from_dir(dir, &t.config, device)?;
         Ok(t)
     }
 
-    /// Loads a primed checkpoint folder (HF folder + `adapter.safetensors`, which must exist).
+    /// Loads a primed checkpoint folder (HF folder + a PE module's file, which must exist).
     pub fn load_primed(dir: &Path, device: &Device) -> Result<Self> {
-        let ap = dir.join(ADAPTER_FILE);
-        if !ap.exists() {
+        if !pe::dir_has_module(dir) {
             return Err(ModelError::Io {
-                path: ap,
+                path: dir.to_path_buf(),
                 source: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
-                    "a primed checkpoint needs adapter.safetensors next to model.safetensors",
+                    format!(
+                        "a primed checkpoint needs a parameter-efficient module next to \
+                         model.safetensors ({})",
+                        pe::module_files().join(" or ")
+                    ),
                 ),
             });
         }
         Self::from_pretrained(dir, device)
     }
 
-    /// Writes θp (config.json, model.safetensors) and θa (adapter.safetensors, when present)
+    /// Writes θp (config.json, model.safetensors) and the PE module (its file, when present)
     /// into `dir`, each file atomically. Wrap in [`crate::fsutil::StagedDir`] for an atomic
     /// folder.
     pub fn save_primed(&self, dir: &Path) -> Result<()> {
         save_encoder(dir, &self.config, &self.encoder)?;
-        if let Some(a) = &self.adapter {
-            a.save_safetensors(&dir.join(ADAPTER_FILE))?;
+        if let Some(m) = &self.pe {
+            m.save(dir)?;
         }
         Ok(())
     }
@@ -220,18 +205,41 @@ impl Tagger {
         &self.device
     }
 
-    /// Creates an adapter of bottleneck `dim` when there is none; returns whether it did.
-    pub fn ensure_adapter(&mut self, dim: usize, rng: &mut SeededRng) -> Result<bool> {
-        if self.adapter.is_some() {
+    /// Creates a PE module of `spec` when there is none; returns whether it did. A module of
+    /// another method is an error (one module per tagger).
+    pub fn ensure_pe(&mut self, spec: &PeSpec, rng: &mut SeededRng) -> Result<bool> {
+        if let Some(m) = &self.pe {
+            let wanted = spec.method();
+            if m.name() != wanted.name() {
+                return Err(ModelError::Invalid(format!(
+                    "the model already carries a {} module; it cannot take a {} module as well",
+                    m.name(),
+                    wanted.name()
+                )));
+            }
             return Ok(false);
         }
-        self.adapter = Some(new_adapter(
-            self.config.hidden_size,
-            dim,
-            rng,
-            &self.device,
-        )?);
+        let module = PeModule::init(spec, &self.config, &self.encoder, rng, &self.device)?;
+        self.pe = Some(module);
         Ok(true)
+    }
+
+    /// Creates the paper's adapter (bottleneck `dim`) when there is no PE module.
+    pub fn ensure_adapter(&mut self, dim: usize, rng: &mut SeededRng) -> Result<bool> {
+        self.ensure_pe(&PeSpec::Adapter { dim }, rng)
+    }
+
+    /// The PE module's group, when the tagger carries one.
+    pub fn pe_group(&self) -> Option<ParamGroup> {
+        self.pe.as_ref().map(|m| ParamGroup::Pe(m.name()))
+    }
+
+    /// The PE module read through its Vars when trainable, detached otherwise (None: no module).
+    fn pe_weights<'a>(&'a self, detached: &'a Option<GroupWeights<'a>>) -> Option<PeWeights<'a>> {
+        match (&self.pe, detached) {
+            (Some(m), Some(w)) => Some(m.with(w.as_weights())),
+            _ => None,
+        }
     }
 
     /// Adds (or replaces) the head of `lang` with a freshly initialised one.
@@ -241,21 +249,23 @@ impl Tagger {
         Ok(())
     }
 
-    /// The groups a fine-tuning method trains for `lang`: Full = θp ∪ θa (when present) ∪ θh,
-    /// Head = θh, Adapter = θa ∪ θh.
+    /// The groups a fine-tuning method trains for `lang`: Full = θp ∪ the PE module (when
+    /// present) ∪ θh, Head = θh, a PE method = its module ∪ θh.
     pub fn groups_for(&self, method: FinetuneMethod, lang: &str) -> Vec<ParamGroup> {
         let head = ParamGroup::Head(lang.to_string());
         match method {
             FinetuneMethod::Full => {
                 let mut g = vec![ParamGroup::Encoder];
-                if self.adapter.is_some() {
-                    g.push(ParamGroup::Adapter);
-                }
+                g.extend(self.pe_group());
                 g.push(head);
                 g
             }
             FinetuneMethod::Head => vec![head],
-            FinetuneMethod::Adapter => vec![ParamGroup::Adapter, head],
+            FinetuneMethod::Adapter | FinetuneMethod::Bitfit => match self.pe_group() {
+                Some(pe) => vec![pe, head],
+                // No module to train: set_trainable names the missing group.
+                None => vec![ParamGroup::Pe(method.as_str()), head],
+            },
         }
     }
 
@@ -272,14 +282,32 @@ impl Tagger {
         self.trainable.contains(g)
     }
 
+    /// Whether the encoder's outputs stay constant while the trainable groups train: θp
+    /// frozen, and no trainable PE module acting inside the encoder. The one answer that
+    /// decides whether the encoder can be run once and cached (fine-tuning's encoder cache).
+    pub fn encoder_output_is_constant(&self) -> bool {
+        let pe_trained = self.pe_group().is_some_and(|g| self.trainable.contains(&g));
+        pe::encoder_output_is_constant(
+            self.trainable.contains(&ParamGroup::Encoder),
+            self.pe.as_ref().map(|m| m.method()),
+            pe_trained,
+        )
+    }
+
     /// The parameters of one group.
     pub fn group(&self, g: &ParamGroup) -> Result<&ParamSet> {
         match g {
             ParamGroup::Encoder => Ok(&self.encoder),
-            ParamGroup::Adapter => self
-                .adapter
-                .as_ref()
-                .ok_or_else(|| ModelError::Invalid("the model has no adapter".into())),
+            ParamGroup::Pe(name) => match &self.pe {
+                Some(m) if m.name() == *name => Ok(&m.params),
+                Some(m) => Err(ModelError::Invalid(format!(
+                    "the model carries a {} module, not a {name} module",
+                    m.name()
+                ))),
+                None => Err(ModelError::Invalid(format!(
+                    "the model has no {name} module"
+                ))),
+            },
             ParamGroup::Head(l) => self.heads.get(l).ok_or_else(|| {
                 ModelError::Invalid(format!("the model has no head for language '{l}'"))
             }),
@@ -288,7 +316,7 @@ impl Tagger {
 
     /// The trainable Vars with group-prefixed names (`enc.…`, `adapter.…`, `head.<lang>.…`),
     /// sharing storage with the model: what the optimiser updates.
-    pub fn trainable_vars(&self) -> Vec<(String, Var)> {
+    pub fn trainable_vars(&self) -> Vec<(String, candle_core::Var)> {
         let mut out = Vec::new();
         for g in &self.trainable {
             if let Ok(p) = self.group(g) {
@@ -296,6 +324,24 @@ impl Tagger {
             }
         }
         out
+    }
+
+    /// The Vars of `groups` with group-prefixed names, whether trainable or not (what an
+    /// optimiser over exactly those groups updates, e.g. priming's θp and θa).
+    pub fn vars_of(&self, groups: &[ParamGroup]) -> Result<Vec<(String, candle_core::Var)>> {
+        let mut out = Vec::new();
+        for g in groups {
+            out.extend(self.group(g)?.named_vars_with_prefix(&g.prefix()));
+        }
+        Ok(out)
+    }
+
+    /// θp and the PE module (an error without one): the groups priming's outer step updates.
+    pub fn encoder_and_pe_groups(&self) -> Result<Vec<ParamGroup>> {
+        let pe = self.pe_group().ok_or_else(|| {
+            ModelError::Invalid("the model has no parameter-efficient module".into())
+        })?;
+        Ok(vec![ParamGroup::Encoder, pe])
     }
 
     /// Number of trainable scalars.
@@ -307,11 +353,11 @@ impl Tagger {
             .sum()
     }
 
-    /// Number of scalars in θp, θa (if any) and the heads of `langs` (the paper's "total"
-    /// counts one head).
+    /// Number of scalars in θp, the PE module (if any) and the heads of `langs` (the paper's
+    /// "total" counts one head).
     pub fn total_params(&self, langs: &[&str]) -> usize {
         self.encoder.num_params()
-            + self.adapter.as_ref().map_or(0, |a| a.num_params())
+            + self.pe.as_ref().map_or(0, |m| m.params.num_params())
             + langs
                 .iter()
                 .filter_map(|l| self.heads.get(*l))
@@ -329,35 +375,47 @@ impl Tagger {
         })
     }
 
-    /// Encoder outputs `[B, T, H]` (tracked only when θp is trainable). `dropout`: see
-    /// [`encode`].
+    /// The PE module's weights for a forward (None without a module).
+    fn pe_group_weights(&self) -> Result<Option<GroupWeights<'_>>> {
+        self.pe_group().map(|g| self.weights_of(&g)).transpose()
+    }
+
+    /// Encoder outputs `[B, T, H]`, with the PE module's part inside the encoder (tracked only
+    /// where θp or such a module is trainable). `dropout`: see [`crate::model::encode`].
     pub fn encode(
         &self,
         inputs: &EncoderInputs<'_>,
         dropout: Option<&mut SeededRng>,
     ) -> Result<Tensor> {
         let enc = self.weights_of(&ParamGroup::Encoder)?;
-        encode(&self.config, enc.as_weights(), inputs, dropout)
+        let pe_w = self.pe_group_weights()?;
+        encoder_output(
+            &self.config,
+            enc.as_weights(),
+            self.pe_weights(&pe_w),
+            inputs,
+            dropout,
+        )
     }
 
     /// The encoder's current weights fixed for one inference pass (evaluation mode,
-    /// graph-free, faster on the CPU than [`Self::encode`]): see [`FrozenEncoder`], and make
-    /// a new one after the weights change.
+    /// graph-free, faster on the CPU than [`Self::encode`]) — with the PE module's part inside
+    /// the encoder, if any, frozen in: see [`FrozenEncoder`], and make a new one after the
+    /// weights change.
     pub fn frozen_encoder(&self) -> Result<FrozenEncoder<'_>> {
-        let enc = self.group(&ParamGroup::Encoder)?;
-        FrozenEncoder::new(&self.config, enc.detached_tensors())
+        let pe = self
+            .pe
+            .as_ref()
+            .map(|m| (m.method_arc(), m.params.detached_tensors()));
+        freeze_encoder(&self.config, self.encoder.detached_tensors(), pe)
     }
 
-    /// Logits from (possibly cached) encoder outputs through θa (if present) and θh of `lang`.
+    /// Logits from (possibly cached) encoder outputs through the PE module's after-encoder
+    /// part (if any) and θh of `lang`.
     pub fn logits_from_hidden(&self, hidden: &Tensor, lang: &str) -> Result<Tensor> {
         let head = self.weights_of(&ParamGroup::Head(lang.to_string()))?;
-        match &self.adapter {
-            Some(_) => {
-                let a = self.weights_of(&ParamGroup::Adapter)?;
-                logits_from_hidden(hidden, Some(a.as_weights()), head.as_weights())
-            }
-            None => logits_from_hidden(hidden, None, head.as_weights()),
-        }
+        let pe_w = self.pe_group_weights()?;
+        logits_from_hidden(hidden, self.pe_weights(&pe_w), head.as_weights())
     }
 
     /// Logits `[B, T, num_labels]` for `lang`.
@@ -451,19 +509,40 @@ mod tests {
             attention_mask: &mask,
             token_type_ids: Some(&tt),
         };
-        for (composite, method) in [false, true].into_iter().flat_map(|c| {
-            [
-                FinetuneMethod::Full,
-                FinetuneMethod::Head,
-                FinetuneMethod::Adapter,
-            ]
-            .map(|m| (c, m))
-        }) {
+        // Every PE method with the fine-tuning methods that can run with its module present.
+        // (Full FT beside a BitFit module is left out: θp's own biases are read in no forward
+        // there, so they get no gradient by design.)
+        let cases = [
+            (PeSpec::Adapter { dim: 8 }, FinetuneMethod::Full),
+            (PeSpec::Adapter { dim: 8 }, FinetuneMethod::Head),
+            (PeSpec::Adapter { dim: 8 }, FinetuneMethod::Adapter),
+            (PeSpec::BitFit, FinetuneMethod::Head),
+            (PeSpec::BitFit, FinetuneMethod::Bitfit),
+        ];
+        for (composite, (spec, method)) in [false, true]
+            .into_iter()
+            .flat_map(|c| cases.clone().map(|case| (c, case)))
+        {
             let _composite = composite.then(crate::model::dispatch::composite_only);
-            let label = format!("{method}{}", if composite { " (composite)" } else { "" });
+            let label = format!(
+                "{method} with {spec:?}{}",
+                if composite { " (composite)" } else { "" }
+            );
             let mut t = tiny_tagger();
+            t.pe = None;
+            t.ensure_pe(&spec, &mut SeededRng::new(1)).unwrap();
+            assert!(
+                t.encoder_output_is_constant(),
+                "{label}: nothing trains yet"
+            );
             let groups = t.groups_for(method, "en");
             t.set_trainable(&groups).unwrap();
+            let inside = spec.method().acts_inside_encoder() && method != FinetuneMethod::Head;
+            assert_eq!(
+                t.encoder_output_is_constant(),
+                method != FinetuneMethod::Full && !inside,
+                "{label}: the cache decision"
+            );
             let mut rng = SeededRng::new(3);
             let loss = t.loss(&inputs, &labels, "en", Some(&mut rng)).unwrap();
             let grads = crate::model::backward(&loss).unwrap();
@@ -487,10 +566,10 @@ mod tests {
             }
             let all = [
                 t.encoder.named_vars_with_prefix("enc."),
-                t.adapter
-                    .as_ref()
+                t.pe.as_ref()
                     .unwrap()
-                    .named_vars_with_prefix("adapter."),
+                    .params
+                    .named_vars_with_prefix(&t.pe_group().unwrap().prefix()),
                 t.heads["en"].named_vars_with_prefix("head.en."),
                 t.heads["sw"].named_vars_with_prefix("head.sw."),
             ]
@@ -559,45 +638,123 @@ mod tests {
         let t = tiny_tagger();
         t.save_primed(dir.path()).unwrap();
         let back = Tagger::load_primed(dir.path(), &Device::Cpu).unwrap();
-        let a = back.adapter.as_ref().unwrap();
+        let a = &back.pe.as_ref().unwrap().params;
+        assert_eq!(back.pe.as_ref().unwrap().name(), "adapter");
         assert_eq!(a.get("down.weight").unwrap().dims(), &[8, 16]);
         assert_eq!(
             a.get("up.weight").unwrap().to_vec2::<f32>().unwrap(),
-            t.adapter
-                .as_ref()
+            t.pe.as_ref()
                 .unwrap()
+                .params
                 .get("up.weight")
                 .unwrap()
                 .to_vec2::<f32>()
                 .unwrap()
         );
         assert!(back.heads.is_empty());
-        std::fs::remove_file(dir.path().join(ADAPTER_FILE)).unwrap();
+        std::fs::remove_file(dir.path().join(pe::adapter::FILE)).unwrap();
         let err = Tagger::load_primed(dir.path(), &Device::Cpu)
             .unwrap_err()
             .to_string();
         assert!(err.contains("adapter.safetensors"), "{err}");
         let mut t2 = Tagger::from_pretrained(dir.path(), &Device::Cpu).unwrap();
-        assert!(t2.adapter.is_none());
-        assert!(t2.set_trainable(&[ParamGroup::Adapter]).is_err());
+        assert!(t2.pe.is_none());
+        assert!(t2.set_trainable(&[ParamGroup::Pe("adapter")]).is_err());
+        let err = t2
+            .ensure_pe(&PeSpec::Adapter { dim: 4 }, &mut SeededRng::new(1))
+            .and_then(|_| t2.ensure_pe(&PeSpec::Adapter { dim: 8 }, &mut SeededRng::new(1)));
+        assert!(!err.unwrap(), "a module of the same method is kept");
+    }
+
+    /// BitFit's module replaces θp's biases in every forward: frozen (head tuning over a primed
+    /// BitFit module) it is part of the frozen encoder, so the encoder cache sees it; a change
+    /// to a module bias changes the output, a change to θp's same bias does not.
+    #[test]
+    fn a_frozen_bitfit_module_is_part_of_the_frozen_encoder() {
+        let (ids, mask, tt, _) = batch(&Device::Cpu);
+        let inputs = EncoderInputs {
+            input_ids: &ids,
+            attention_mask: &mask,
+            token_type_ids: Some(&tt),
+        };
+        let mut t = tiny_tagger();
+        t.pe = None;
+        t.ensure_pe(&PeSpec::BitFit, &mut SeededRng::new(1))
+            .unwrap();
+        let name = "encoder.layer.1.output.dense.bias";
+        let plain = t.encode(&inputs, None).unwrap();
+        // Not a constant: the layer norm after the bias would cancel a uniform shift.
+        let bump = |v: &candle_core::Var| {
+            let n = v.elem_count();
+            let ramp = Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap();
+            v.set(&(v.as_tensor() + (ramp * 0.1).unwrap()).unwrap())
+                .unwrap();
+        };
+        bump(t.encoder.get(name).unwrap());
+        let after_theta_p = t.encode(&inputs, None).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert_eq!(diff(&plain, &after_theta_p), 0.0, "θp's bias is overridden");
+        bump(t.pe.as_ref().unwrap().params.get(name).unwrap());
+        let moved = t.encode(&inputs, None).unwrap();
+        assert!(diff(&plain, &moved) > 1e-3, "the module's bias is read");
+        let frozen = t.frozen_encoder().unwrap().encode(&inputs).unwrap();
+        assert!(
+            diff(&frozen, &moved) < 1e-5,
+            "the frozen encoder reads it too"
+        );
+        let head = t.groups_for(FinetuneMethod::Head, "en");
+        t.set_trainable(&head).unwrap();
+        assert!(t.encoder_output_is_constant());
     }
 
     #[test]
-    fn new_adapter_is_seeded_small_with_zero_bias() {
-        let a = new_adapter(32, 64, &mut SeededRng::new(5), &Device::Cpu).unwrap();
-        let b = new_adapter(32, 64, &mut SeededRng::new(5), &Device::Cpu).unwrap();
-        let wa = a.get("down.weight").unwrap().to_vec2::<f32>().unwrap();
-        assert_eq!(wa, b.get("down.weight").unwrap().to_vec2::<f32>().unwrap());
-        let n = (64 * 32) as f32;
-        let std = (wa.iter().flatten().map(|v| v * v).sum::<f32>() / n).sqrt();
-        assert!((std - 0.02).abs() < 0.002, "{std}");
+    fn a_primed_bitfit_checkpoint_roundtrips_and_refuses_a_second_method() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = tiny_tagger();
+        t.pe = None;
+        t.ensure_pe(&PeSpec::BitFit, &mut SeededRng::new(1))
+            .unwrap();
+        let name = "embeddings.LayerNorm.bias";
+        let m = t.pe.as_ref().unwrap();
+        let v = m.params.get(name).unwrap();
+        v.set(&(v.as_tensor() + 1.0).unwrap()).unwrap();
+        t.save_primed(dir.path()).unwrap();
+        assert!(dir.path().join(pe::bitfit::FILE).exists());
+        let mut back = Tagger::load_primed(dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(back.pe.as_ref().unwrap().name(), "bitfit");
+        let got = &back.pe.as_ref().unwrap().params;
+        let want = &t.pe.as_ref().unwrap().params;
+        assert_eq!(got.len(), want.len());
+        let flat = |v: &candle_core::Var| v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (n, v) in want.iter() {
+            assert_eq!(flat(got.get(n).unwrap()), flat(v), "{n}");
+        }
+        let err = back
+            .ensure_pe(&PeSpec::Adapter { dim: 4 }, &mut SeededRng::new(1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already carries a bitfit module"), "{err}");
+        // Two modules' files in one folder are refused, naming both.
+        t.pe = None;
+        t.ensure_adapter(4, &mut SeededRng::new(1)).unwrap();
+        t.save_primed(dir.path()).unwrap();
+        let err = Tagger::load_primed(dir.path(), &Device::Cpu)
+            .unwrap_err()
+            .to_string();
         assert!(
-            a.get("up.bias")
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .all(|&v| v == 0.0)
+            err.contains("adapter.safetensors") && err.contains("bitfit.safetensors"),
+            "{err}"
         );
     }
 }

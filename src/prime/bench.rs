@@ -201,14 +201,7 @@ pub fn time_meta_steps(mut tagger: Tagger, spec: &MetaBenchSpec) -> Result<Bench
     let all: Vec<Vec<TaskBatches>> = (0..spec.warmup + spec.steps)
         .map(|_| synthetic_tasks(spec, vocab, &mut data_rng, &device))
         .collect::<Result<_>>()?;
-    let mut vars = tagger.encoder.named_vars_with_prefix("enc.");
-    vars.extend(
-        tagger
-            .adapter
-            .as_ref()
-            .expect("ensured above")
-            .named_vars_with_prefix("adapter."),
-    );
+    let vars = tagger.vars_of(&tagger.encoder_and_pe_groups()?)?;
     let mut opt = AdamWOuter::new(
         vars,
         AdamWConfig {

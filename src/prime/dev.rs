@@ -23,7 +23,7 @@ use crate::config::CheckpointSelection;
 use crate::data::{self, Batcher, EncodedSentence, LabelSet, LanguageData, WordTokenizer};
 use crate::metric;
 use crate::model::{
-    FrozenEncoder, ParamSet, Tagger, TensorSet, Weights, logits_from_hidden, masked_cross_entropy,
+    ParamSet, Tagger, TensorSet, freeze_encoder, logits_from_hidden, masked_cross_entropy,
 };
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
@@ -200,8 +200,10 @@ impl DevProbe {
     /// Scores `tagger`'s current weights after `taken` outer steps. Leaves every weight of
     /// `tagger` as it was.
     pub fn evaluate(&self, tagger: &Tagger, taken: usize) -> Result<DevRecord> {
-        let adapter = tagger.adapter.as_ref().ok_or_else(|| {
-            PrimeError::Config("dev evaluation needs a model with an adapter".into())
+        let pe = tagger.pe.as_ref().ok_or_else(|| {
+            PrimeError::Config(
+                "dev evaluation needs a model with a parameter-efficient module".into(),
+            )
         })?;
         let mut tasks = Vec::with_capacity(self.sources.len());
         for src in &self.sources {
@@ -220,7 +222,7 @@ impl DevProbe {
                         src,
                         tagger,
                         pick(&adapted.encoder, &tagger.encoder),
-                        &pick(&adapted.adapter, adapter),
+                        pick(&adapted.pe, &pe.params),
                         &pick(&adapted.head, head),
                     )?
                 }
@@ -228,7 +230,7 @@ impl DevProbe {
                     src,
                     tagger,
                     tagger.encoder.detached_tensors(),
-                    &adapter.detached_tensors(),
+                    pe.params.detached_tensors(),
                     &head.detached_tensors(),
                 )?,
             };
@@ -244,14 +246,23 @@ impl DevProbe {
         src: &Prepared,
         tagger: &Tagger,
         encoder: TensorSet,
-        adapter: &TensorSet,
+        pe_weights: TensorSet,
         head: &TensorSet,
     ) -> Result<DevTaskScores> {
-        let encoder = FrozenEncoder::new(&tagger.config, encoder)?;
+        let pe = tagger.pe.as_ref().ok_or_else(|| {
+            PrimeError::Config(
+                "dev evaluation needs a model with a parameter-efficient module".into(),
+            )
+        })?;
+        let encoder = freeze_encoder(
+            &tagger.config,
+            encoder,
+            Some((pe.method_arc(), pe_weights.clone())),
+        )?;
         let encoded = &src.dev.encoded;
         let predict = |batch: &data::Batch| -> Result<(f64, Vec<Vec<u32>>)> {
             let hidden = encoder.encode(&crate::train::inputs_of(batch))?;
-            let logits = logits_from_hidden(&hidden, Some(adapter as &dyn Weights), head)?;
+            let logits = logits_from_hidden(&hidden, Some(pe.with(&pe_weights)), head)?;
             let loss = masked_cross_entropy(&logits, &batch.labels)?
                 .to_dtype(DType::F64)?
                 .to_scalar::<f64>()?;
@@ -293,7 +304,7 @@ pub struct SelectedCheckpoint {
     pub dev: Option<DevRecord>,
 }
 
-/// The written weights of the checkpoint: θp and θa (heads are not saved).
+/// The written weights of the checkpoint: θp and the PE module's (heads are not saved).
 struct Snapshot {
     encoder: TensorSet,
     adapter: Option<TensorSet>,
@@ -328,8 +339,9 @@ impl CheckpointSelector {
             (CheckpointSelection::BestDev, false) => Some(Snapshot {
                 encoder: tagger.encoder.snapshot()?,
                 adapter: tagger
-                    .adapter
+                    .pe
                     .as_ref()
+                    .map(|m| &m.params)
                     .map(ParamSet::snapshot)
                     .transpose()?,
             }),
@@ -351,8 +363,8 @@ impl CheckpointSelector {
         };
         if let Some(s) = snapshot {
             tagger.encoder.assign_from(&s.encoder)?;
-            if let (Some(a), Some(saved)) = (&tagger.adapter, &s.adapter) {
-                a.assign_from(saved)?;
+            if let (Some(m), Some(saved)) = (&tagger.pe, &s.adapter) {
+                m.params.assign_from(saved)?;
             }
         }
         Ok(SelectedCheckpoint {
@@ -385,7 +397,7 @@ mod tests {
 
     /// Moves every weight of θp and θa by `by`, as an outer step would.
     fn step_weights(t: &Tagger, by: f64) {
-        for p in [&t.encoder, t.adapter.as_ref().unwrap()] {
+        for p in [&t.encoder, t.pe.as_ref().map(|m| &m.params).unwrap()] {
             for (_, v) in p.iter() {
                 v.set(&(v.as_tensor() + by).unwrap()).unwrap();
             }
@@ -425,7 +437,7 @@ mod tests {
             step_weights(&tagger, 0.25);
             at_step.push((
                 values(&tagger.encoder),
-                values(tagger.adapter.as_ref().unwrap()),
+                values(tagger.pe.as_ref().map(|m| &m.params).unwrap()),
             ));
             let point = record(step, f1);
             let is_last = k == points.len() - 1;
@@ -444,7 +456,10 @@ mod tests {
         assert_eq!(chosen.step, 2);
         assert_eq!(chosen.dev.as_ref().unwrap().mean_f1(), 0.5);
         assert_eq!(values(&tagger.encoder), at_step[1].0);
-        assert_eq!(values(tagger.adapter.as_ref().unwrap()), at_step[1].1);
+        assert_eq!(
+            values(tagger.pe.as_ref().map(|m| &m.params).unwrap()),
+            at_step[1].1
+        );
         assert_ne!(at_step[1].0, final_weights.0);
     }
 

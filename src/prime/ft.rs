@@ -4,7 +4,7 @@
 
 use super::error::{PrimeError, Result};
 use super::meta::{Batch, GradSum, OuterOptimizer, PrimingState, check_finite};
-use crate::model::{ParamGroup, encode, logits_from_hidden, masked_cross_entropy};
+use crate::model::{ParamGroup, encoder_output, logits_from_hidden, masked_cross_entropy};
 
 /// One FT-priming step over `(lang, batch)` pairs: θp, θa and each task's head receive the
 /// summed gradients of the tasks' losses. Returns the per-task training losses.
@@ -17,22 +17,22 @@ pub fn ft_step(
     let mut sum = GradSum::default();
     let mut losses = Vec::with_capacity(tasks.len());
     let tagger = &state.tagger;
-    let adapter = tagger
-        .adapter
-        .as_ref()
-        .ok_or_else(|| PrimeError::Config("FT priming needs a model with an adapter".into()))?;
+    let pe = tagger.pe.as_ref().ok_or_else(|| {
+        PrimeError::Config("FT priming needs a model with a parameter-efficient module".into())
+    })?;
     for (lang, batch) in tasks {
         let head = tagger.heads.get(lang).ok_or_else(|| {
             PrimeError::Config(format!("the model has no head for task '{lang}'"))
         })?;
-        let hidden = encode(
+        let hidden = encoder_output(
             &tagger.config,
             &tagger.encoder,
+            Some(pe.with(&pe.params)),
             &batch.inputs(),
             state.dropout.as_mut(),
         )?;
         let loss = masked_cross_entropy(
-            &logits_from_hidden(&hidden, Some(adapter), head)?,
+            &logits_from_hidden(&hidden, Some(pe.with(&pe.params)), head)?,
             &batch.labels,
         )?;
         let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
@@ -45,7 +45,13 @@ pub fn ft_step(
             step,
             lang,
         )?;
-        sum.add(&ParamGroup::Adapter.prefix(), adapter, &grads, step, lang)?;
+        sum.add(
+            &ParamGroup::Pe(pe.name()).prefix(),
+            &pe.params,
+            &grads,
+            step,
+            lang,
+        )?;
         sum.add(
             &ParamGroup::Head(lang.clone()).prefix(),
             head,

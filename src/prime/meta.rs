@@ -1,11 +1,12 @@
 //! One outer step of Algorithm 1 (first-order MAML) and of its ablations, as a single function
 //! shared by the golden tests, the benchmark and the real priming loop.
 //!
-//! Per task `l` of the step: fast copies of the adapted groups (θa and θh_l for the paper's PE
-//! inner loop; θp too for the MAML-loop ablation) take S plain SGD steps on support batches;
-//! the query loss is taken at (θp or its fast copy, fast θa, fast θh_l); its first-order
-//! gradients w.r.t. the encoder and adapter weights used there are summed over tasks onto θp
-//! and θa; one outer optimiser step follows; θh_l := its adapted head.
+//! Per task `l` of the step: fast copies of the adapted groups (the PE module θa and θh_l for
+//! the paper's PE inner loop; θp too for the MAML-loop ablation) take S plain SGD steps on
+//! support batches; the query loss is taken at (θp or its fast copy, fast θa, fast θh_l); its
+//! first-order gradients w.r.t. the encoder and PE weights used there are summed over tasks onto
+//! θp and θa; one outer optimiser step follows; θh_l := its adapted head. The PE module is any
+//! [`crate::model::pe`] method: the loop reads it only through that seam.
 //!
 //! Dropout: the query pass draws masks from the run's dropout stream like any training pass;
 //! the inner loop draws them as [`MetaStepConfig::inner_dropout`] says (fresh at every inner
@@ -14,8 +15,8 @@
 use super::error::{PrimeError, Result};
 use crate::config::{InnerDropout, InnerLoop};
 use crate::model::{
-    BertConfig, EncoderInputs, ParamGroup, ParamSet, Tagger, TensorSet, Weights, encode,
-    logits_from_hidden, masked_cross_entropy,
+    BertConfig, EncoderInputs, ParamGroup, ParamSet, PeModule, Tagger, TensorSet, Weights,
+    encoder_output, logits_from_hidden, masked_cross_entropy,
 };
 use crate::rng::SeededRng;
 use crate::train::CachedRows;
@@ -69,7 +70,8 @@ pub struct TaskBatches {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct InnerParams {
     pub encoder: bool,
-    pub adapter: bool,
+    /// The PE module (whichever method the tagger carries).
+    pub pe: bool,
     pub head: bool,
 }
 
@@ -77,13 +79,13 @@ impl InnerParams {
     /// The paper's PE inner loop: θa and θh.
     pub const PE: Self = Self {
         encoder: false,
-        adapter: true,
+        pe: true,
         head: true,
     };
     /// The MAML-loop ablation: θp, θa and θh.
     pub const FULL: Self = Self {
         encoder: true,
-        adapter: true,
+        pe: true,
         head: true,
     };
 
@@ -202,7 +204,8 @@ impl MetaStepRecord {
 pub struct Adapted {
     /// Fast encoder (MAML loop) or None (θp was not adapted).
     pub encoder: Option<ParamSet>,
-    pub adapter: Option<ParamSet>,
+    /// Fast PE parameters, or None (not adapted).
+    pub pe: Option<ParamSet>,
     pub head: Option<ParamSet>,
     /// Support loss before each inner step.
     pub losses: Vec<f64>,
@@ -272,11 +275,10 @@ fn head_of<'a>(tagger: &'a Tagger, lang: &str) -> Result<&'a ParamSet> {
         .ok_or_else(|| PrimeError::Config(format!("the model has no head for task '{lang}'")))
 }
 
-fn adapter_of(tagger: &Tagger) -> Result<&ParamSet> {
-    tagger
-        .adapter
-        .as_ref()
-        .ok_or_else(|| PrimeError::Config("meta priming needs a model with an adapter".into()))
+fn pe_of(tagger: &Tagger) -> Result<&PeModule> {
+    tagger.pe.as_ref().ok_or_else(|| {
+        PrimeError::Config("meta priming needs a model with a parameter-efficient module".into())
+    })
 }
 
 fn copy_if(adapt: bool, p: &ParamSet) -> Result<Option<ParamSet>> {
@@ -327,23 +329,23 @@ pub fn inner_loop(
             task.lang
         )));
     }
-    let adapter = adapter_of(tagger)?;
+    let pe = pe_of(tagger)?;
     let head = head_of(tagger, &task.lang)?;
     let fast_enc = copy_if(cfg.inner.encoder, &tagger.encoder)?;
-    let fast_ad = copy_if(cfg.inner.adapter, adapter)?;
+    let fast_pe = copy_if(cfg.inner.pe, &pe.params)?;
     let fast_head = copy_if(cfg.inner.head, head)?;
     // Groups that are not adapted are read as detached tensors: no graph, no gradient.
     let enc_frozen = tagger.encoder.detached_tensors();
-    let ad_frozen = adapter.detached_tensors();
+    let pe_frozen = pe.params.detached_tensors();
     let head_frozen = head.detached_tensors();
     let enc_w: &dyn Weights = match &fast_enc {
         Some(p) => p,
         None => &enc_frozen,
     };
-    let ad_w: &dyn Weights = match &fast_ad {
+    let pe_w = pe.with(match &fast_pe {
         Some(p) => p,
-        None => &ad_frozen,
-    };
+        None => &pe_frozen,
+    });
     let head_w: &dyn Weights = match &fast_head {
         Some(p) => p,
         None => &head_frozen,
@@ -354,8 +356,16 @@ pub fn inner_loop(
     };
     // Off: the stream is not even read, so the masks of later passes do not depend on S.
     let mut dropout = dropout.filter(|_| mode != InnerDropout::Off);
-    let support = match (cfg.inner.encoder, mode) {
-        (true, InnerDropout::Shared) => SupportHidden::Tracked {
+    // The encoder's outputs are constant through the loop unless θp or a PE module acting
+    // inside the encoder (LoRA, BitFit, adapters in every layer) is adapted: then every step
+    // runs, and backpropagates through, the encoder.
+    let constant = crate::model::pe::encoder_output_is_constant(
+        cfg.inner.encoder,
+        Some(pe.method()),
+        cfg.inner.pe,
+    );
+    let support = match (constant, mode) {
+        (false, InnerDropout::Shared) => SupportHidden::Tracked {
             // One independent stream per support batch, seeded from the run's stream.
             replay: dropout.as_deref_mut().map(|rng| {
                 task.support
@@ -364,17 +374,18 @@ pub fn inner_loop(
                     .collect()
             }),
         },
-        (true, _) => SupportHidden::Tracked { replay: None },
-        (false, InnerDropout::PerStep) => SupportHidden::FrozenEachStep,
-        (false, _) => {
+        (false, _) => SupportHidden::Tracked { replay: None },
+        (true, InnerDropout::PerStep) => SupportHidden::FrozenEachStep,
+        (true, _) => {
             // One mask per cached support encoding for all S steps (what encoding once
-            // means), or none. Only the labelled rows are kept: the adapter and head act on
-            // each token alone.
+            // means), or none. Only the labelled rows are kept: the PE module's after-encoder
+            // part and the head act on each token alone.
             let mut c = Vec::with_capacity(task.support.len());
             for b in &task.support {
-                let hidden = encode(
+                let hidden = encoder_output(
                     &tagger.config,
                     &enc_frozen,
+                    Some(pe.with(&pe_frozen)),
                     &b.inputs(),
                     dropout.as_deref_mut(),
                 )?;
@@ -383,7 +394,7 @@ pub fn inner_loop(
             SupportHidden::Cached(c)
         }
     };
-    let fast: Vec<&ParamSet> = [&fast_enc, &fast_ad, &fast_head]
+    let fast: Vec<&ParamSet> = [&fast_enc, &fast_pe, &fast_head]
         .into_iter()
         .flatten()
         .collect();
@@ -396,9 +407,10 @@ pub fn inner_loop(
         let (hidden, labels) = match &support {
             SupportHidden::Cached(c) => (c[j].hidden.clone(), &c[j].labels),
             SupportHidden::FrozenEachStep => {
-                let hidden = encode(
+                let hidden = encoder_output(
                     &tagger.config,
                     &enc_frozen,
+                    Some(pe.with(&pe_frozen)),
                     &batch.inputs(),
                     dropout.as_deref_mut(),
                 )?;
@@ -412,12 +424,12 @@ pub fn inner_loop(
                     None => dropout.as_deref_mut(),
                 };
                 (
-                    encode(&tagger.config, enc_w, &batch.inputs(), rng)?,
+                    encoder_output(&tagger.config, enc_w, Some(pe_w), &batch.inputs(), rng)?,
                     &batch.labels,
                 )
             }
         };
-        let loss = masked_cross_entropy(&logits_from_hidden(&hidden, Some(ad_w), head_w)?, labels)?;
+        let loss = masked_cross_entropy(&logits_from_hidden(&hidden, Some(pe_w), head_w)?, labels)?;
         let value = scalar(&loss)?;
         check_finite(value, step, &task.lang, || {
             format!("inner loss (inner step {})", s + 1)
@@ -431,7 +443,7 @@ pub fn inner_loop(
     }
     Ok(Adapted {
         encoder: fast_enc,
-        adapter: fast_ad,
+        pe: fast_pe,
         head: fast_head,
         losses,
         last_grads,
@@ -497,36 +509,37 @@ pub fn meta_step(
 ) -> Result<MetaStepRecord> {
     let step = state.step;
     let enc_prefix = ParamGroup::Encoder.prefix();
-    let ad_prefix = ParamGroup::Adapter.prefix();
     let mut sum = GradSum::default();
     let mut outcomes = Vec::with_capacity(tasks.len());
     for task in tasks {
         let tagger = &state.tagger;
         let adapted = inner_loop(tagger, task, cfg, state.dropout.as_mut(), step)?;
-        let adapter = adapter_of(tagger)?;
+        let pe = pe_of(tagger)?;
+        let pe_prefix = ParamGroup::Pe(pe.name()).prefix();
         let head = head_of(tagger, &task.lang)?;
         drop(adapted.last_grads);
-        // The query pass: gradients flow to the encoder and adapter weights in use (θp / θa,
-        // or their fast copies, whose gradient is applied to θp / θa: first order). The head
+        // The query pass: gradients flow to the encoder and PE weights in use (θp / θa, or
+        // their fast copies, whose gradient is applied to θp / θa: first order). The head
         // receives no outer update, so it is read detached.
         let enc_q = adapted.encoder.as_ref().unwrap_or(&tagger.encoder);
-        let ad_q = adapted.adapter.as_ref().unwrap_or(adapter);
+        let pe_q = adapted.pe.as_ref().unwrap_or(&pe.params);
         let head_q = adapted.head.as_ref().unwrap_or(head).detached_tensors();
-        let hidden = encode(
+        let hidden = encoder_output(
             &tagger.config,
             enc_q,
+            Some(pe.with(pe_q)),
             &task.query.inputs(),
             state.dropout.as_mut(),
         )?;
         let loss = masked_cross_entropy(
-            &logits_from_hidden(&hidden, Some(ad_q), &head_q)?,
+            &logits_from_hidden(&hidden, Some(pe.with(pe_q)), &head_q)?,
             &task.query.labels,
         )?;
         let query_loss = scalar(&loss)?;
         check_finite(query_loss, step, &task.lang, || "query loss".to_string())?;
         let grads = crate::model::backward(&loss)?;
         sum.add(&enc_prefix, enc_q, &grads, step, &task.lang)?;
-        sum.add(&ad_prefix, ad_q, &grads, step, &task.lang)?;
+        sum.add(&pe_prefix, pe_q, &grads, step, &task.lang)?;
         drop(grads);
         if let Some(h) = &adapted.head {
             head.assign_from(h)?;
@@ -539,7 +552,7 @@ pub fn meta_step(
                 rec.insert(format!("enc.{n}"), t.clone())?;
             }
         }
-        for (prefix, p) in [("adapter.", &adapted.adapter), ("head.", &adapted.head)] {
+        for (prefix, p) in [(pe_prefix.as_str(), &adapted.pe), ("head.", &adapted.head)] {
             if let Some(p) = p {
                 for (n, t) in p.detached_tensors().iter() {
                     rec.insert(format!("{prefix}{n}"), t.clone())?;
@@ -642,7 +655,7 @@ pub(crate) mod tests {
         let mut rng = SeededRng::new(2);
         let t = task("a", &mut rng, 1);
         let enc_before = values(&tagger.encoder);
-        let ad_before = values(tagger.adapter.as_ref().unwrap());
+        let ad_before = values(tagger.pe.as_ref().map(|m| &m.params).unwrap());
         let out = inner_loop(&tagger, &t, &cfg(InnerParams::PE, 3, 0.5), None, 0).unwrap();
         assert_eq!(
             values(&tagger.encoder),
@@ -650,12 +663,12 @@ pub(crate) mod tests {
             "θp changed in the PE inner loop"
         );
         assert_eq!(
-            values(tagger.adapter.as_ref().unwrap()),
+            values(tagger.pe.as_ref().map(|m| &m.params).unwrap()),
             ad_before,
             "θa itself changed"
         );
         assert!(out.encoder.is_none());
-        let fast_ad = out.adapter.as_ref().unwrap();
+        let fast_ad = out.pe.as_ref().unwrap();
         assert_ne!(values(fast_ad), ad_before, "the fast adapter did not move");
         assert_eq!(out.losses.len(), 3);
         assert!(out.losses[2] < out.losses[0], "{:?}", out.losses);
@@ -710,8 +723,9 @@ pub(crate) mod tests {
         vars.extend(
             state
                 .tagger
-                .adapter
+                .pe
                 .as_ref()
+                .map(|m| &m.params)
                 .unwrap()
                 .named_vars_with_prefix("adapter."),
         );

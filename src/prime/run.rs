@@ -130,8 +130,8 @@ pub fn prime(
     if let Some(p) = config.dropout {
         tagger.config = tagger.config.with_dropout(p);
     }
-    tagger.ensure_adapter(
-        config.adapter_dim,
+    tagger.ensure_pe(
+        &config.pe_spec(),
         &mut SeededRng::derive(config.seed, "init.adapter"),
     )?;
 
@@ -190,14 +190,7 @@ pub fn prime(
     )?;
 
     let is_ft = config.method == PrimingMethod::Ft;
-    let mut vars = tagger.encoder.named_vars_with_prefix("enc.");
-    vars.extend(
-        tagger
-            .adapter
-            .as_ref()
-            .expect("ensured above")
-            .named_vars_with_prefix("adapter."),
-    );
+    let mut vars = tagger.vars_of(&tagger.encoder_and_pe_groups()?)?;
     if is_ft {
         for (lang, h) in &tagger.heads {
             vars.extend(h.named_vars_with_prefix(&format!("head.{lang}.")));

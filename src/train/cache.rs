@@ -284,7 +284,7 @@ mod tests {
 
     fn tiny_tagger() -> Tagger {
         let mut t = crate::model::tagger::tiny_test_tagger(0.0, &["x"]);
-        t.set_trainable(&[ParamGroup::Adapter, ParamGroup::Head("x".into())])
+        t.set_trainable(&[ParamGroup::Pe("adapter"), ParamGroup::Head("x".into())])
             .unwrap();
         t
     }

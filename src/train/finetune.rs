@@ -124,10 +124,10 @@ fn build_tagger(
     if let Some(p) = config.dropout {
         tagger.config = tagger.config.with_dropout(p);
     }
-    let primed_adapter = match (tagger.adapter.is_some(), config.primed_adapter) {
+    let primed_adapter = match (tagger.pe.is_some(), config.primed_adapter) {
         (false, _) => PrimedAdapterUse::Absent,
         (true, PrimedAdapter::Drop) => {
-            tagger.adapter = None;
+            tagger.pe = None;
             PrimedAdapterUse::Dropped
         }
         (true, PrimedAdapter::Train) if config.method == FinetuneMethod::Head => {
@@ -135,11 +135,21 @@ fn build_tagger(
         }
         (true, PrimedAdapter::Train) => PrimedAdapterUse::Trained,
     };
-    if config.method == FinetuneMethod::Adapter {
-        tagger.ensure_adapter(
-            config.adapter_dim,
-            &mut SeededRng::derive(config.seed, "init.adapter"),
-        )?;
+    if let Some(spec) = config.pe_spec() {
+        if let Some(have) = tagger.pe.as_ref().map(|m| m.name())
+            && have != spec.method().name()
+        {
+            // One PE module per tagger: a primed module of another method is not combined.
+            return Err(FinetuneError::Invalid(format!(
+                "{}: the starting checkpoint carries a primed {have} module, and {} tuning trains \
+                 a {} module; set finetune.primed_adapter = \"drop\" to start it without the \
+                 primed module",
+                dir.display(),
+                config.method,
+                spec.method().name()
+            )));
+        }
+        tagger.ensure_pe(&spec, &mut SeededRng::derive(config.seed, "init.adapter"))?;
     }
     let lang = config.lang.as_str();
     tagger.add_head(
@@ -308,8 +318,10 @@ pub fn run_finetune(
     let trained_params = tagger.trainable_params();
     let total_params = tagger.total_params(&[lang]);
 
-    // θp is frozen in head and adapter tuning: encode train and dev once (see `cache`).
-    let use_cache = config.cache_encoder && config.method != FinetuneMethod::Full;
+    // Nothing that shapes the encoder's outputs trains in head or adapter tuning: encode train
+    // and dev once (see `cache`). The tagger's trainable groups decide (a PE method acting
+    // inside the encoder rules the cache out; see `crate::model::pe`).
+    let use_cache = config.cache_encoder && tagger.encoder_output_is_constant();
     // The cache is encoded without dropout; otherwise every step runs the encoder with it.
     let encoder_dropout = |p: f64| if use_cache { 0.0 } else { p };
     let training_noise = TrainingNoise {
@@ -546,7 +558,7 @@ mod tests {
     }
 
     fn adapter_values(tagger: &Tagger) -> Vec<Vec<f32>> {
-        let adapter = tagger.adapter.as_ref().expect("an adapter");
+        let adapter = tagger.pe.as_ref().map(|m| &m.params).expect("an adapter");
         adapter
             .iter()
             .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
@@ -581,14 +593,14 @@ mod tests {
         assert_eq!(use_unprimed, PrimedAdapterUse::Absent);
         assert_eq!(use_dropped, PrimedAdapterUse::Dropped);
         assert_eq!(use_trained, PrimedAdapterUse::Trained);
-        assert!(unprimed.adapter.is_none() && dropped.adapter.is_none());
+        assert!(unprimed.pe.is_none() && dropped.pe.is_none());
         assert_eq!(dropped.trainable_params(), unprimed.trainable_params());
         assert_eq!(
             dropped.total_params(&["af"]),
             unprimed.total_params(&["af"])
         );
         let adapter_params = 2 * 16 * 8 + 8 + 16;
-        assert!(trained.is_trainable(&ParamGroup::Adapter));
+        assert!(trained.is_trainable(&ParamGroup::Pe("adapter")));
         assert_eq!(
             trained.trainable_params(),
             unprimed.trainable_params() + adapter_params
@@ -618,10 +630,10 @@ mod tests {
         let (frozen, use_frozen) = built(&base, &primed, head, PrimedAdapter::Train);
         assert_eq!(use_frozen, PrimedAdapterUse::Frozen);
         assert_eq!(adapter_values(&frozen), primed_values);
-        assert!(!frozen.is_trainable(&ParamGroup::Adapter));
+        assert!(!frozen.is_trainable(&ParamGroup::Pe("adapter")));
         let (without, use_without) = built(&base, &primed, head, PrimedAdapter::Drop);
         assert_eq!(use_without, PrimedAdapterUse::Dropped);
-        assert!(without.adapter.is_none());
+        assert!(without.pe.is_none());
     }
 
     /// Scoring through the cached first-subword rows predicts every word exactly as the whole
@@ -665,7 +677,7 @@ mod tests {
             .add_head("af", splits.labels.len(), &mut rng)
             .unwrap();
         tagger
-            .set_trainable(&[ParamGroup::Adapter, ParamGroup::Head("af".into())])
+            .set_trainable(&[ParamGroup::Pe("adapter"), ParamGroup::Head("af".into())])
             .unwrap();
         let batcher = Batcher::new(7, splits.batcher.pad_id);
         let cache =

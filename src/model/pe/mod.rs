@@ -1,0 +1,293 @@
+//! The seam for parameter-efficient (PE) modules: the one place a PE method is defined.
+//!
+//! A PE method is a value implementing [`PeMethod`]. It says which parameters it adds (names,
+//! shapes, initialisation), where it acts on the forward, and under which file a primed
+//! checkpoint carries it. Everything else — the tagger's parameter groups, fine-tuning, the
+//! encoder cache, priming's inner loop and outer step, checkpoints — reads the method through
+//! this trait and never names one.
+//!
+//! Where a method can act, in the order of the forward:
+//! * [`PeMethod::encoder_overrides`] — encoder weights the layers read in place of θp's (a weight-space method
+//!   such as LoRA's `W + s·B·A` or BitFit's trained biases);
+//! * [`PeMethod::after_layer`] — each layer's output (adapters in every layer);
+//! * [`PeMethod::after_encoder`] — the last hidden states (the paper's one bottleneck adapter).
+//!
+//! A method that acts inside the encoder (the first two) changes the encoder's outputs while it
+//! trains, so the encoder-output cache of head/adapter tuning and of the PE inner loop cannot be
+//! used then: [`PeMethod::acts_inside_encoder`] is the one answer both consult (through
+//! [`crate::model::Tagger::encoder_output_is_constant`] and the inner loop's support encoding).
+//!
+//! To add a method: one new file here implementing [`PeMethod`] (and a `load` function for its
+//! checkpoint file), then its registration — a [`PeSpec`] variant, its arm in
+//! [`PeSpec::method`], and its entry in [`LOADERS`].
+
+pub mod adapter;
+pub mod bitfit;
+
+use super::config::BertConfig;
+use super::error::{ModelError, Result};
+use super::params::{ParamSet, TensorSet, Weights};
+use crate::rng::SeededRng;
+use candle_core::{DType, Device, Tensor, Var};
+use std::path::Path;
+use std::sync::Arc;
+
+pub use adapter::BottleneckAdapter;
+pub use bitfit::BitFit;
+
+/// Standard deviation of new PE and head weights (biases start at 0).
+pub const INIT_STD: f32 = 0.02;
+
+/// A PE method with its settings, as a configuration names it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeSpec {
+    /// One bottleneck adapter of dimension `dim` after the last layer (the paper's θa).
+    Adapter { dim: usize },
+    /// Every bias of the encoder.
+    BitFit,
+}
+
+impl PeSpec {
+    /// The method this spec describes.
+    pub fn method(&self) -> Arc<dyn PeMethod> {
+        match self {
+            PeSpec::Adapter { dim } => Arc::new(BottleneckAdapter::new(*dim)),
+            PeSpec::BitFit => Arc::new(BitFit),
+        }
+    }
+}
+
+/// Reads a method's parameters from its file in a checkpoint folder; the file's tensors say
+/// the method's settings (e.g. the adapter's dimension).
+pub type LoadFn = fn(path: &Path, model: &BertConfig, device: &Device) -> Result<PeModule>;
+
+/// Every registered method's checkpoint file and loader.
+pub const LOADERS: &[(&str, LoadFn)] =
+    &[(adapter::FILE, adapter::load), (bitfit::FILE, bitfit::load)];
+
+/// What a parameter-efficient method adds to the tagger, and where it acts.
+pub trait PeMethod: std::fmt::Debug + Send + Sync {
+    /// The method's name in configurations, reports and parameter names (`adapter.down.weight`).
+    fn name(&self) -> &'static str;
+
+    /// The file holding its parameters inside a primed checkpoint folder.
+    fn file_name(&self) -> &'static str;
+
+    /// Names and shapes of its parameters (Linear layout `[out, in]`), in initialisation order.
+    fn param_shapes(&self, model: &BertConfig) -> Vec<(String, Vec<usize>)>;
+
+    /// New parameters for the encoder `encoder`: by default every weight N(0, [`INIT_STD`]²)
+    /// drawn from `rng` in [`Self::param_shapes`] order and every bias 0, so the same seed
+    /// gives the same module (a method that starts from encoder values, like BitFit's biases,
+    /// reads them from `encoder`).
+    fn init(
+        &self,
+        model: &BertConfig,
+        _encoder: &dyn Weights,
+        rng: &mut SeededRng,
+        device: &Device,
+    ) -> Result<ParamSet> {
+        init_normal_weights_zero_biases(&self.param_shapes(model), rng, device)
+    }
+
+    /// Whether the encoder's outputs depend on the module's parameters. Such a method, while it
+    /// trains, rules out every encoder-output cache.
+    fn acts_inside_encoder(&self) -> bool {
+        false
+    }
+
+    /// The encoder weights the method replaces, by their encoder names (empty: none), computed
+    /// from the encoder's own (`encoder`) and the method's (`own`); the layers read these in
+    /// their place ([`Overlay`]). The result keeps the graph to `own` where `own` is tracked.
+    fn encoder_overrides(
+        &self,
+        _model: &BertConfig,
+        _encoder: &dyn Weights,
+        _own: &dyn Weights,
+    ) -> Result<TensorSet> {
+        Ok(TensorSet::new())
+    }
+
+    /// A layer's output `[B, T, H]` after the method acts on it (identity by default).
+    fn after_layer(&self, _layer: usize, x: Tensor, _own: &dyn Weights) -> Result<Tensor> {
+        Ok(x)
+    }
+
+    /// Whether [`Self::after_layer`] is the identity, so that the encoder can skip calling it
+    /// and keep its row-selecting shortcut for the last layer.
+    fn has_layer_hook(&self) -> bool {
+        false
+    }
+
+    /// The encoder's last hidden states after the method acts on them (identity by default).
+    /// Must act on each token alone: the encoder cache keeps only some tokens' rows.
+    fn after_encoder(&self, hidden: &Tensor, _own: &dyn Weights) -> Result<Tensor> {
+        Ok(hidden.clone())
+    }
+}
+
+/// A method's parameters, read by a forward as [`Weights`]: the method and which weights it
+/// reads (trainable Vars, fast copies or detached tensors).
+#[derive(Clone, Copy)]
+pub struct PeWeights<'a> {
+    pub method: &'a dyn PeMethod,
+    pub weights: &'a dyn Weights,
+}
+
+/// A PE method with its parameters: what a tagger carries as its PE group.
+#[derive(Debug, Clone)]
+pub struct PeModule {
+    method: Arc<dyn PeMethod>,
+    pub params: ParamSet,
+}
+
+impl PeModule {
+    /// A module of `method` over `params`, which must have the method's names and shapes.
+    pub fn new(method: Arc<dyn PeMethod>, params: ParamSet, model: &BertConfig) -> Result<Self> {
+        let expected = method.param_shapes(model);
+        let names_match = expected.len() == params.len()
+            && expected
+                .iter()
+                .all(|(n, shape)| params.get(n).is_some_and(|v| v.dims() == shape.as_slice()));
+        if !names_match {
+            return Err(ModelError::Invalid(format!(
+                "{} parameters do not match the model: expected {:?}, got {:?}",
+                method.name(),
+                expected,
+                params
+                    .iter()
+                    .map(|(n, v)| (n, v.dims().to_vec()))
+                    .collect::<Vec<_>>()
+            )));
+        }
+        Ok(Self { method, params })
+    }
+
+    /// A freshly initialised module of `spec` for `encoder` (see [`PeMethod::init`]).
+    pub fn init(
+        spec: &PeSpec,
+        model: &BertConfig,
+        encoder: &dyn Weights,
+        rng: &mut SeededRng,
+        device: &Device,
+    ) -> Result<Self> {
+        let method = spec.method();
+        let params = method.init(model, encoder, rng, device)?;
+        Self::new(method, params, model)
+    }
+
+    pub fn method(&self) -> &dyn PeMethod {
+        self.method.as_ref()
+    }
+
+    /// The method shared, for a module over other weights (fast copies) of the same method.
+    pub fn method_arc(&self) -> Arc<dyn PeMethod> {
+        self.method.clone()
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.method.name()
+    }
+
+    /// Writes the parameters to the method's file in `dir`, atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        self.params
+            .save_safetensors(&dir.join(self.method.file_name()))
+    }
+
+    /// The module read through `weights` (e.g. a detached view or fast copy of its params).
+    pub fn with<'a>(&'a self, weights: &'a dyn Weights) -> PeWeights<'a> {
+        PeWeights {
+            method: self.method.as_ref(),
+            weights,
+        }
+    }
+}
+
+/// The PE module a checkpoint folder carries: None when it holds no registered method's file,
+/// an error when it holds more than one.
+pub fn load_from_dir(dir: &Path, model: &BertConfig, device: &Device) -> Result<Option<PeModule>> {
+    let present: Vec<&(&str, LoadFn)> = LOADERS
+        .iter()
+        .filter(|(file, _)| dir.join(file).exists())
+        .collect();
+    match present.as_slice() {
+        [] => Ok(None),
+        [(file, load)] => load(&dir.join(file), model, device).map(Some),
+        many => Err(ModelError::Invalid(format!(
+            "{}: holds the files of {} parameter-efficient modules ({}); a checkpoint carries one — \
+             remove the others",
+            dir.display(),
+            many.len(),
+            many.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// Whether `dir` holds any registered method's file (what makes a folder a primed checkpoint).
+pub fn dir_has_module(dir: &Path) -> bool {
+    LOADERS.iter().any(|(file, _)| dir.join(file).exists())
+}
+
+/// The checkpoint files of every registered method (for messages).
+pub fn module_files() -> Vec<&'static str> {
+    LOADERS.iter().map(|(f, _)| *f).collect()
+}
+
+/// Parameters in the listed order: names ending in `bias` zero, every other weight
+/// N(0, [`INIT_STD`]²) from one stream, so the same seed gives the same parameters.
+pub fn init_normal_weights_zero_biases(
+    names: &[(String, Vec<usize>)],
+    rng: &mut SeededRng,
+    device: &Device,
+) -> Result<ParamSet> {
+    let mut out = ParamSet::new();
+    for (n, shape) in names {
+        let t = if n.ends_with("bias") {
+            Tensor::zeros(shape.as_slice(), DType::F32, device)?
+        } else {
+            rng.normal_tensor(shape, INIT_STD, device)?
+        };
+        out.insert(n.clone(), Var::from_tensor(&t)?)?;
+    }
+    Ok(out)
+}
+
+/// Whether the encoder's outputs stay constant while some groups train: θp not trained, and no
+/// trained PE module acting inside the encoder. The one rule that every encoder-output cache
+/// follows — fine-tuning's ([`crate::model::Tagger::encoder_output_is_constant`]) and the
+/// inner loop's support encoding; a method acting inside the encoder backpropagates through
+/// the encoder instead.
+pub fn encoder_output_is_constant(
+    encoder_trained: bool,
+    pe: Option<&dyn PeMethod>,
+    pe_trained: bool,
+) -> bool {
+    let pe_inside = pe_trained && pe.is_some_and(|m| m.acts_inside_encoder());
+    !(encoder_trained || pe_inside)
+}
+
+/// Encoder weights with some replaced: what the layers read under a method with
+/// [`PeMethod::encoder_overrides`].
+pub struct Overlay<'a> {
+    pub base: &'a dyn Weights,
+    pub overrides: &'a TensorSet,
+}
+
+impl Weights for Overlay<'_> {
+    fn lookup(&self, name: &str) -> Option<&Tensor> {
+        self.overrides.get(name).or_else(|| self.base.lookup(name))
+    }
+}
+
+/// `encoder` with `overrides` put in place of the same-named tensors, as one owned set (for a
+/// [`crate::model::FrozenEncoder`], which owns its weights).
+pub fn merge_overrides(encoder: TensorSet, overrides: &TensorSet) -> Result<TensorSet> {
+    if overrides.is_empty() {
+        return Ok(encoder);
+    }
+    TensorSet::from_pairs(encoder.iter().map(|(n, t)| {
+        let t = overrides.get(n).unwrap_or(t);
+        (n.to_string(), t.clone())
+    }))
+}

@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Golden dumps of one fine-tuning step for the parameter-efficient methods behind primer's PE
+seam, from an independent PyTorch + transformers implementation (CPU, fp32).
+
+    python tools/pe_golden.py --method bitfit --out tests/fixtures/golden-pe/tiny_bitfit
+
+Writes, in the layout of ../shared/golden (see its README):
+  config.json, model.safetensors  a tiny random HF BERT (the starting encoder)
+  dump.safetensors                init.head.0.*, batch.*, grad.<group>.*, final.<group>.*
+  meta.json                       every setting the Rust test reads (mode, optimiser, losses, ...)
+
+Methods:
+  bitfit  every bias of the encoder (linear and LayerNorm biases) + the head trained; the
+          encoder's other weights frozen. Gradients and values are named `bitfit.<encoder name>`.
+
+Needs torch, transformers and safetensors (a venv outside the repository).
+"""
+
+import argparse
+import json
+import os
+
+import torch
+from safetensors.torch import save_file
+from transformers import BertConfig, BertModel
+
+NUM_LABELS = 7
+
+
+def tiny_config(args):
+    return BertConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=2 * args.hidden,
+        max_position_embeddings=64,
+        type_vocab_size=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+    )
+
+
+def random_batch(gen, batch, seq, vocab):
+    ids = torch.randint(5, vocab, (batch, seq), generator=gen)
+    lengths = [seq - (i * 3) % (seq // 2) for i in range(batch)]
+    mask = torch.zeros(batch, seq, dtype=torch.int64)
+    labels = torch.full((batch, seq), -100, dtype=torch.int64)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+        ids[i, n:] = 0
+        ids[i, 0] = 1
+        ids[i, n - 1] = 2
+        # Labels on the inner tokens only, some left out (as for non-first subwords).
+        for t in range(1, n - 1):
+            if (t + i) % 4 != 3:
+                labels[i, t] = int(torch.randint(0, NUM_LABELS, (1,), generator=gen))
+    return dict(
+        input_ids=ids,
+        attention_mask=mask,
+        token_type_ids=torch.zeros(batch, seq, dtype=torch.int64),
+        labels=labels,
+    )
+
+
+def trained_encoder_params(method, enc):
+    if method == "bitfit":
+        return {n: p for n, p in enc.named_parameters() if n.endswith("bias")}
+    raise SystemExit(f"unknown method {method}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", choices=["bitfit"], required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vocab", type=int, default=120)
+    ap.add_argument("--hidden", type=int, default=32)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--heads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=12)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    cfg = tiny_config(args)
+    enc = BertModel(cfg, add_pooling_layer=False).eval()
+    # Non-zero biases everywhere, so that a bias read from the wrong place shows.
+    with torch.no_grad():
+        for n, p in enc.named_parameters():
+            if n.endswith("bias"):
+                p.normal_(0.0, 0.05)
+    os.makedirs(args.out, exist_ok=True)
+    cfg.save_pretrained(args.out)
+    save_file({n: t.contiguous() for n, t in enc.state_dict().items()}, os.path.join(args.out, "model.safetensors"))
+
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    head = torch.nn.Linear(args.hidden, NUM_LABELS)
+    with torch.no_grad():
+        head.weight.normal_(0.0, 0.02, generator=gen)
+        head.bias.zero_()
+    batch = random_batch(gen, args.batch, args.seq, args.vocab)
+
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    trained = trained_encoder_params(args.method, enc)
+    for p in trained.values():
+        p.requires_grad_(True)
+    group = args.method
+    named = [(f"{group}.{n}", p) for n, p in trained.items()]
+    named += [(f"head.0.{n}", p) for n, p in head.named_parameters()]
+
+    dump = {f"init.head.0.{n}": p.detach().clone() for n, p in head.named_parameters()}
+    dump.update({f"batch.{k}": v for k, v in batch.items()})
+    hidden = enc(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        token_type_ids=batch["token_type_ids"],
+    ).last_hidden_state
+    logits = head(hidden)
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, NUM_LABELS), batch["labels"].reshape(-1), ignore_index=-100
+    )
+    loss.backward()
+    for n, p in named:
+        dump[f"grad.{n}"] = p.grad.detach().clone()
+    opt = torch.optim.AdamW([p for _, p in named], lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=args.weight_decay)
+    opt.step()
+    for n, p in named:
+        dump[f"final.{n}"] = p.detach().clone()
+    dump["loss"] = loss.detach().reshape(1)
+
+    meta = dict(
+        mode=args.method,
+        method={"bitfit": "every encoder bias (linear and LayerNorm) + head"}[args.method],
+        seed=args.seed,
+        batch=args.batch,
+        seq=args.seq,
+        dropout=0.0,
+        loss="cross_entropy mean over labels != -100",
+        outer_opt=dict(name="AdamW (torch, decoupled wd)", lr=args.lr, betas=[0.9, 0.999], eps=1e-8,
+                       weight_decay=args.weight_decay, wd_on_all_params=True, step=1),
+        losses=dict(loss=loss.item()),
+        torch=torch.__version__,
+        transformers=__import__("transformers").__version__,
+        tensor_names=sorted(dump),
+    )
+    save_file({k: v.contiguous() for k, v in dump.items()}, os.path.join(args.out, "dump.safetensors"),
+              metadata={"meta": json.dumps(meta)})
+    with open(os.path.join(args.out, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    print(f"{args.out}: loss {loss.item():.6f}, {len(named)} trained tensors")
+
+
+if __name__ == "__main__":
+    main()
