@@ -197,3 +197,140 @@ fn report_command_names_a_missing_sweep_file() {
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(stderr.contains("nope.toml"), "{stderr}");
 }
+
+/// A sweep over two training sizes that a declared figure plots (no `select` needed for it).
+fn write_size_sweep(dir: &Path, figure_x: &str) -> std::path::PathBuf {
+    let sweep = dir.join("sizes.toml");
+    let text = format!(
+        r#"name = "sizes"
+store = "{store}"
+seeds = [0, 1]
+targets = ["hi", "af"]
+
+[base.finetune]
+model = "m"
+
+[grid]
+"finetune.data.train_limit" = [50, 100]
+
+[settings."3/AT"]
+"finetune.method" = "adapter"
+
+[report]
+bootstrap_samples = 200
+
+[[report.figure]]
+name = "sizes"
+kind = "line"
+x = "{figure_x}"
+facet = "lang"
+"#,
+        store = dir.join("store").display()
+    );
+    std::fs::write(&sweep, text).unwrap();
+    sweep
+}
+
+#[test]
+fn declared_figures_and_key_comparisons_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sweep = write_size_sweep(tmp.path(), "finetune.data.train_limit");
+    let input = primer::sweep::report_input(&sweep).unwrap();
+    assert_eq!(input.runs.len(), 8);
+    for r in &input.runs {
+        let size = &r
+            .meta
+            .axes
+            .iter()
+            .find(|(k, _)| k == "finetune.data.train_limit");
+        let correct = if size.unwrap().1 == "50" { 70 } else { 85 };
+        let m = metrics(&r.meta.lang, r.meta.seed, r.meta.ft_method, correct);
+        primer::fsutil::write_json_atomic(&r.meta.run_dir.join("metrics.json"), &m).unwrap();
+    }
+    let primer = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_primer"))
+            .current_dir(tmp.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = tmp.path().join("report");
+    let res = primer(&[
+        "report",
+        sweep.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    // One Table 1 row per size, and the figure with its points: one per language and size.
+    assert!(
+        stdout.contains("| 3/AT · finetune.data.train_limit=50 "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("| 3/AT · finetune.data.train_limit=100 "),
+        "{stdout}"
+    );
+    for f in ["sizes.svg", "sizes.png", "sizes.csv"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(out.join("sizes.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 4, "{csv}");
+    assert!(
+        rows[0].starts_with("sizes,hi,3/AT,50,test_f1,70.0"),
+        "{csv}"
+    );
+    // Two values of the key, compared: +15 points everywhere.
+    let res = primer(&[
+        "compare",
+        sweep.to_str().unwrap(),
+        "--key",
+        "finetune.data.train_limit",
+        "100",
+        "50",
+        "--json",
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    let pair = &json["pairs"][0];
+    assert_eq!(pair["a"], "3/AT · finetune.data.train_limit=100");
+    assert!((pair["average"]["delta"].as_f64().unwrap() - 15.0).abs() < 1e-9);
+    let res = primer(&[
+        "compare",
+        sweep.to_str().unwrap(),
+        "--key",
+        "finetune.lr",
+        "1",
+        "2",
+    ]);
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("not a key this sweep varies"), "{err}");
+}
+
+#[test]
+fn a_figure_over_a_key_the_sweep_does_not_vary_is_rejected_when_planned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sweep = write_size_sweep(tmp.path(), "finetune.epochs");
+    let res = Command::new(env!("CARGO_BIN_EXE_primer"))
+        .current_dir(tmp.path())
+        .args(["plan", sweep.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("sizes.toml:21:") && err.contains("not a key this sweep varies"),
+        "{err}"
+    );
+}

@@ -247,6 +247,7 @@ fn synthetic_seeds(results_dir: &Path, seeds: &[u64]) -> ReportInput {
         ],
         bootstrap_samples: Some(400),
         select: None,
+        figure: Vec::new(),
     };
     ReportInput {
         sweep_name: "synthetic".into(),

@@ -1,9 +1,14 @@
 //! `primer compare SWEEP A B [--lang L]... [--json]`: is setting A better than setting B, and by
 //! how much? The seed-aware comparison of any two settings from the store, without editing the
-//! sweep file (the same numbers as `comparison.md` gives for a declared pair).
+//! sweep file (the same numbers as `comparison.md` gives for a declared pair). With
+//! `--key KEY`, A and B are two values of a swept key, compared within every setting that
+//! sweeps it (or `--setting S`).
 
 use anyhow::Context;
-use primer::report::compare::{Comparison, DEFAULT_BOOTSTRAP_SAMPLES, LangDelta, compare_settings};
+use primer::report::compare::{
+    Comparison, DEFAULT_BOOTSTRAP_SAMPLES, LangDelta, PairComparison, compare_key_values,
+    compare_settings,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,10 +16,16 @@ use std::process::ExitCode;
 pub struct CompareArgs {
     /// The sweep file (TOML) whose runs to compare.
     pub sweep: PathBuf,
-    /// Setting a (the difference is a − b).
+    /// Setting a (the difference is a − b); with --key, a value of the key.
     pub a: String,
-    /// Setting b.
+    /// Setting b; with --key, a value of the key.
     pub b: String,
+    /// Compare two values of this swept key (e.g. prime.inner_steps) instead of two settings.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// With --key: only within this setting (default: every setting that sweeps the key).
+    #[arg(long, value_name = "SETTING", requires = "key")]
+    pub setting: Option<String>,
     /// Only these target languages (repeatable; default: every language of the sweep).
     #[arg(long = "lang", value_name = "LANG")]
     pub langs: Vec<String>,
@@ -53,31 +64,56 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(DEFAULT_BOOTSTRAP_SAMPLES),
         |n| n as usize,
     );
-    let pair = compare_settings(
-        &input,
-        &args.a,
-        &args.b,
-        &args.langs,
-        samples,
-        args.bootstrap_seed,
-    )
-    .with_context(|| format!("comparing in sweep {}", args.sweep.display()))?;
+    let pairs: Vec<PairComparison> = match &args.key {
+        Some(key) => compare_key_values(
+            &input,
+            key,
+            &args.a,
+            &args.b,
+            args.setting.as_deref(),
+            &args.langs,
+            samples,
+            args.bootstrap_seed,
+        )
+        .with_context(|| format!("comparing {key} in sweep {}", args.sweep.display()))?,
+        None => vec![
+            compare_settings(
+                &input,
+                &args.a,
+                &args.b,
+                &args.langs,
+                samples,
+                args.bootstrap_seed,
+            )
+            .with_context(|| format!("comparing in sweep {}", args.sweep.display()))?,
+        ],
+    };
     if args.json {
-        let out = serde_json::json!({
-            "a": pair.a,
-            "b": pair.b,
-            "samples": samples,
-            "languages": pair.per_lang.iter().map(row_json).collect::<Vec<_>>(),
-            "average": pair.average.as_ref().map(row_json),
-            "notes": pair.notes,
-        });
+        let pair_json = |pair: &PairComparison| {
+            serde_json::json!({
+                "a": pair.a,
+                "b": pair.b,
+                "samples": samples,
+                "languages": pair.per_lang.iter().map(row_json).collect::<Vec<_>>(),
+                "average": pair.average.as_ref().map(row_json),
+                "notes": pair.notes,
+            })
+        };
+        let out = match &args.key {
+            // One object per setting that sweeps the key.
+            Some(key) => serde_json::json!({
+                "key": key,
+                "pairs": pairs.iter().map(pair_json).collect::<Vec<_>>(),
+            }),
+            None => pair_json(&pairs[0]),
+        };
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         let shown = Comparison {
             languages: Vec::new(),
             paper_rows: Vec::new(),
             figure4: Vec::new(),
-            pairs: vec![pair],
+            pairs,
             evaluation_sets: Vec::new(),
         };
         print!("{}", shown.pairs_markdown(samples));

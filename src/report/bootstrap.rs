@@ -199,6 +199,44 @@ pub fn hierarchical_deltas(
     (observed, reps)
 }
 
+/// The seed-aware bootstrap of one setting's F1 (×100), not of a difference: the mean over
+/// languages of its mean over seeds, and `samples` replicates drawn as [`hierarchical_deltas`]
+/// draws them (seeds, then sentences, the seed level scaled to Student's t). `langs[l][s]` is
+/// seed `s`'s run in language `l`, every language with the same seeds in the same order.
+///
+/// It is [`hierarchical_deltas`] against a system that finds nothing (F1 0 on every draw), so
+/// a figure's error bars and a comparison's interval rest on one resampling scheme.
+pub fn hierarchical_means(
+    langs: &[Vec<&[SentenceCounts]>],
+    samples: usize,
+    rng: &mut SeededRng,
+) -> (f64, Vec<f64>) {
+    let nothing: Vec<Vec<SentenceCounts>> = langs
+        .iter()
+        .map(|runs| vec![[0, 0, 0]; runs.first().map_or(0, |r| r.len())])
+        .collect();
+    let pairs: Vec<SeedPairs<'_>> = langs
+        .iter()
+        .zip(&nothing)
+        .map(|(runs, zero)| runs.iter().map(|r| (*r, zero.as_slice())).collect())
+        .collect();
+    hierarchical_deltas(&pairs, samples, rng)
+}
+
+/// Student's t 95% interval of the mean of `values` (one per seed): what the seed level of the
+/// seed-aware interval reduces to for a quantity without per-sentence counts (dev F1, wall
+/// time). None with fewer than two values.
+pub fn t_interval(values: &[f64]) -> Option<(f64, f64)> {
+    let k = values.len();
+    if k < 2 {
+        return None;
+    }
+    let mean = values.iter().sum::<f64>() / k as f64;
+    let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (k - 1) as f64).sqrt();
+    let half = t_quantile_975(k - 1) * sd / (k as f64).sqrt();
+    Some((mean - half, mean + half))
+}
+
 fn add_counts(s: &mut [u64; 6], x: SentenceCounts, y: SentenceCounts) {
     s[0] += u64::from(x[0]);
     s[1] += u64::from(x[1]);

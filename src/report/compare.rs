@@ -268,13 +268,28 @@ pub fn default_pairs(input: &ReportInput) -> Vec<(ComparePair, String)> {
     };
     // A setting's priming and method, from its first run (they are fixed per setting).
     let meta_of = |setting: &str| input.runs.iter().find(|r| r.meta.setting == setting);
+    // Rows of a plotted key's values (`crate::report::split`) pair with the row of the same
+    // values (priming at 50 sentences against no priming at 50); a key only one side sweeps
+    // (inner steps: the unprimed row has none) does not keep them apart.
+    let plotted = input.spec.plotted_keys();
+    let agree = |a: &crate::report::RunRecord, b: &crate::report::RunRecord| {
+        plotted.iter().all(|k| {
+            let (x, y) = (
+                crate::report::split::axis_value(a, k),
+                crate::report::split::axis_value(b, k),
+            );
+            x.is_none() || y.is_none() || x == y
+        })
+    };
     for setting in &input.settings {
         let Some(primed) = meta_of(setting).filter(|r| r.meta.priming.is_some()) else {
             continue;
         };
         let method = primed.meta.ft_method;
         let unprimed = input.settings.iter().find(|s| {
-            meta_of(s).is_some_and(|r| r.meta.priming.is_none() && r.meta.ft_method == method)
+            meta_of(s).is_some_and(|r| {
+                r.meta.priming.is_none() && r.meta.ft_method == method && agree(r, primed)
+            })
         });
         if let Some(b) = unprimed {
             add(
@@ -550,6 +565,137 @@ pub fn compare_settings(
         .expect("one pair asked, one compared");
     pair.why = "primer compare".to_string();
     Ok(pair)
+}
+
+/// The seed-aware comparison of two values of a swept key (`primer compare --key`): in every
+/// setting (or only `setting`) whose runs take both, the runs with `key = a` against those with
+/// `key = b`, all other keys equal; each side is the row the report gives that value when a
+/// figure plots the key ([`crate::report::split`]), so the numbers are the report's. A
+/// `[report] select` over the key itself chooses among the other keys only.
+#[allow(clippy::too_many_arguments)]
+pub fn compare_key_values(
+    input: &ReportInput,
+    key: &str,
+    a: &str,
+    b: &str,
+    setting: Option<&str>,
+    languages: &[String],
+    samples: usize,
+    seed: u64,
+) -> Result<Vec<PairComparison>, ReportError> {
+    use crate::report::split::{shown_value, split_name, split_settings};
+    let mut swept: Vec<String> = Vec::new();
+    let mut values: Vec<String> = Vec::new();
+    for r in &input.runs {
+        for (k, v) in &r.meta.axes {
+            if !swept.contains(k) {
+                swept.push(k.clone());
+            }
+            if k == key && !values.contains(v) {
+                values.push(v.clone());
+            }
+        }
+    }
+    if values.is_empty() {
+        return Err(ReportError::NotASweptKey {
+            key: key.to_string(),
+            known: if swept.is_empty() {
+                "none".to_string()
+            } else {
+                swept.join(", ")
+            },
+        });
+    }
+    // The value as the runs record it (1 and 1.0 are one value; strings need no quotes).
+    let find = |wanted: &str| {
+        let wanted_json = serde_json::from_str(wanted)
+            .unwrap_or_else(|_| serde_json::Value::String(wanted.to_string()));
+        values
+            .iter()
+            .find(|v| {
+                serde_json::from_str(v)
+                    .is_ok_and(|v| crate::sweep::file::values_equal(&v, &wanted_json))
+            })
+            .map(|v| shown_value(v))
+            .ok_or_else(|| ReportError::NotAKeyValue {
+                key: key.to_string(),
+                value: wanted.to_string(),
+                known: values
+                    .iter()
+                    .map(|v| shown_value(v))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    };
+    let (a, b) = (find(a)?, find(b)?);
+    if let Some(s) = setting
+        && !input.settings.iter().any(|x| x == s)
+    {
+        return Err(ReportError::NotASetting {
+            name: s.to_string(),
+            known: input.settings.join(", "),
+        });
+    }
+    let mut unselected = input.clone();
+    if let Some(select) = &mut unselected.spec.select {
+        select.over.retain(|k| k != key);
+        if select.over.is_empty() {
+            unselected.spec.select = None;
+        }
+    }
+    let (selected, _) = crate::report::select::apply(&unselected);
+    let mut keys = input.spec.plotted_keys();
+    if !keys.iter().any(|k| k == key) {
+        keys.push(key.to_string());
+    }
+    let (mut split, rows) = split_settings(&selected, &keys);
+    let mut pairs = Vec::new();
+    for row in &rows {
+        let of_key = row.values.iter().find(|(k, _)| k == key);
+        if setting.is_some_and(|s| s != row.setting) || of_key.is_none_or(|(_, v)| *v != a) {
+            continue;
+        }
+        let other: Vec<(String, String)> = row
+            .values
+            .iter()
+            .map(|(k, v)| (k.clone(), if k == key { b.clone() } else { v.clone() }))
+            .collect();
+        let other = split_name(&row.setting, &other);
+        if rows.iter().any(|r| r.name == other) {
+            pairs.push(ComparePair {
+                a: row.name.clone(),
+                b: other,
+            });
+        }
+    }
+    if pairs.is_empty() {
+        return Err(ReportError::NoKeyPair {
+            key: key.to_string(),
+            a,
+            b,
+            within: setting.map_or(String::new(), |s| format!(" named {s:?}")),
+        });
+    }
+    let all_languages = crate::report::table::table_languages(input);
+    for l in languages {
+        if !all_languages.contains(l) {
+            return Err(ReportError::NotALanguage {
+                lang: l.clone(),
+                known: all_languages.join(", "),
+            });
+        }
+    }
+    let languages = if languages.is_empty() {
+        all_languages
+    } else {
+        languages.to_vec()
+    };
+    split.spec.compare = pairs;
+    let mut out = compare_pairs(&split, &languages, samples, seed)?;
+    for p in &mut out {
+        p.why = format!("primer compare --key {key}");
+    }
+    Ok(out)
 }
 
 /// The test sets of each language's finished runs, and how the sweep draws them.
@@ -1024,5 +1170,117 @@ impl Comparison {
         let csv = dir.join("comparison.csv");
         write_csv(&self.to_frame()?, &csv)?;
         Ok(vec![md, csv])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::spec::{FigureKind, FigureSpec, ReportSpec};
+    use crate::report::testutil::{counted_run, input};
+    use crate::report::{ReportOptions, write_report};
+
+    const STEPS: &str = "prime.inner_steps";
+
+    /// Meta priming at S = 1, 2 and 5 (a figure plots S) and an unprimed row, 3 seeds on two
+    /// languages, with test sentences whose counts differ so the bootstrap has work to do.
+    fn steps_input(dir: &std::path::Path) -> ReportInput {
+        let mut runs = Vec::new();
+        for (li, lang) in ["hi", "af"].iter().enumerate() {
+            for seed in 1..=3u64 {
+                for (si, s) in ["1", "2", "5"].iter().enumerate() {
+                    let mut r = counted_run("MP", lang, seed, [1, 1, 1], &[(STEPS, s)]);
+                    let m = r.metrics.as_mut().unwrap();
+                    for (i, c) in m.test_sentence_counts.iter_mut().enumerate() {
+                        // Misses grow with fewer steps, differently per seed and language.
+                        let miss = (i as u64 + seed + li as u64 + 2 * si as u64).is_multiple_of(4);
+                        *c = if miss { [0, 1, 1] } else { [1, 1, 1] };
+                    }
+                    m.test.f1 = bootstrap::micro_f1(&m.test_sentence_counts) / 100.0;
+                    r.meta.priming = Some(crate::config::PrimingMethod::Meta);
+                    runs.push(r);
+                }
+                runs.push(counted_run("AT", lang, seed, [2, 3, 3], &[]));
+            }
+        }
+        let spec = ReportSpec {
+            figure: vec![FigureSpec {
+                name: "steps".into(),
+                kind: FigureKind::Line,
+                x: STEPS.into(),
+                series: "setting".into(),
+                y: Default::default(),
+                facet: Default::default(),
+                filter: None,
+                title: None,
+            }],
+            compare: vec![ComparePair {
+                a: format!("MP · {STEPS}=1"),
+                b: format!("MP · {STEPS}=5"),
+            }],
+            bootstrap_samples: Some(300),
+            ..Default::default()
+        };
+        let mut inp = input(&["AT", "MP"], &["hi", "af"], runs, spec);
+        inp.results_dir = dir.to_path_buf();
+        inp
+    }
+
+    #[test]
+    fn comparing_two_values_of_a_key_gives_the_reports_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let inp = steps_input(dir.path());
+        let report = write_report(&inp, &ReportOptions::default()).unwrap();
+        // The report has one row per S and compares the declared pair.
+        let rows: Vec<&str> = report
+            .table1
+            .rows
+            .iter()
+            .map(|r| r.setting.as_str())
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                "AT",
+                "MP · prime.inner_steps=1",
+                "MP · prime.inner_steps=2",
+                "MP · prime.inner_steps=5"
+            ]
+        );
+        let in_report = &report.comparison.pairs[0];
+        let by_key = compare_key_values(&inp, STEPS, "1", "5.0", None, &[], 300, 0).unwrap();
+        assert_eq!(by_key.len(), 1);
+        let pair = &by_key[0];
+        assert_eq!((&pair.a, &pair.b), (&in_report.a, &in_report.b));
+        assert_eq!(pair.per_lang, in_report.per_lang);
+        assert_eq!(pair.average, in_report.average);
+        assert!(pair.average.as_ref().unwrap().seed_aware.is_some());
+        // The unprimed row is compared with every S by default, and the figure is written.
+        let defaults =
+            default_pairs(&crate::report::split::split_settings(&inp, &inp.spec.plotted_keys()).0);
+        assert_eq!(defaults.len(), 3);
+        assert!(defaults.iter().all(|(p, _)| p.b == "AT"));
+        for f in ["steps.svg", "steps.png", "steps.csv"] {
+            assert!(dir.path().join(f).is_file(), "{f} missing");
+        }
+    }
+
+    #[test]
+    fn key_comparisons_check_the_key_its_values_and_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let inp = steps_input(dir.path());
+        let err = |k: &str, a: &str, b: &str, s: Option<&str>| {
+            compare_key_values(&inp, k, a, b, s, &[], 50, 0)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("prime.inner_lr", "1", "5", None).contains("not a key this sweep varies"));
+        assert!(err(STEPS, "1", "7", None).contains("never takes the value 7"));
+        assert!(err(STEPS, "1", "5", Some("Nope")).contains("not a setting"));
+        assert!(err(STEPS, "1", "5", Some("AT")).contains("no setting named \"AT\""));
+        let pairs =
+            compare_key_values(&inp, STEPS, "2", "1", Some("MP"), &["af".into()], 50, 0).unwrap();
+        assert_eq!(pairs[0].per_lang.len(), 1);
+        assert_eq!(pairs[0].per_lang[0].lang, "af");
     }
 }

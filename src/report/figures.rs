@@ -1,10 +1,17 @@
-//! Figures 3 and 4 of the paper from a sweep's cell statistics. A figure whose settings are not
-//! in the sweep, or have no finished run, is skipped with a message instead of drawn wrong.
+//! Figures: Figures 3 and 4 of the paper (presets, from Table 1's cell statistics) and the
+//! declared `[[report.figure]]`s, all drawn from [`FigurePoints`]. A figure whose settings are
+//! not in the sweep, or have no finished run, is skipped with a message instead of drawn wrong.
 
 use crate::report::ReportInput;
 use crate::report::paper::PaperNumbers;
-use crate::report::plot::{BarChart, HeatCell, Heatmap2x2};
+use crate::report::plot::{
+    Bar, BarChart, Figure, HeatCell, Heatmap, LinePanel, LinePanels, Panels,
+};
+use crate::report::points::{self, AVG_FACET, FigurePoints, Point};
+use crate::report::spec::{FigureKind, FigureSpec, FigureY, is_log_scaled};
 use crate::report::table::{CellStat, seed_average_spread, seed_values};
+use plotters::coord::Shift;
+use plotters::prelude::{DrawingArea, DrawingBackend};
 use std::collections::BTreeMap;
 
 type Stats = BTreeMap<(String, String), CellStat>;
@@ -30,13 +37,14 @@ fn check_declared(input: &ReportInput, figure: &str, settings: &[&String]) -> Re
     }
 }
 
-/// Figure 3: grouped bars per target language, one series per `[report] figure3` entry.
-/// Err: why the figure is skipped.
+/// Figure 3 (a preset of [`declared_chart`]'s bars: x = language, series = the settings of
+/// `[report] figure3`, one panel): mean ± sd over seeds per target language, from Table 1's
+/// cell statistics. Returns the chart and its points. Err: why the figure is skipped.
 pub fn figure3(
     input: &ReportInput,
     languages: &[String],
     stats: &Stats,
-) -> Result<BarChart, String> {
+) -> Result<(BarChart, FigurePoints), String> {
     let spec = &input.spec.figure3;
     if spec.is_empty() {
         return Err("figure 3 not drawn: [report] figure3 declares no series".to_string());
@@ -53,14 +61,43 @@ pub fn figure3(
                 .join(", ")
         ));
     }
+    let mut points = Vec::new();
+    for s in spec {
+        for l in languages {
+            if let Some(c) = stats.get(&(s.setting.clone(), l.clone())) {
+                points.push(Point {
+                    facet: AVG_FACET.to_string(),
+                    series: s.setting.clone(),
+                    x: l.clone(),
+                    mean: c.mean,
+                    interval: c.sd.map(|sd| (c.mean - sd, c.mean + sd)),
+                    method: if c.sd.is_some() { points::SD } else { "" },
+                    seeds: c.n,
+                    languages: 1,
+                });
+            }
+        }
+    }
+    let data = FigurePoints {
+        name: "figure3".to_string(),
+        y: FigureY::TestF1,
+        x_key: "lang".to_string(),
+        series_key: "setting".to_string(),
+        facets: vec![AVG_FACET.to_string()],
+        series: settings.iter().map(|s| s.to_string()).collect(),
+        xs: languages.to_vec(),
+        points,
+        notes: Vec::new(),
+    };
     // Seeds behind each series (its best-covered cell): the title says how many there are, and
     // series that differ say their own.
     let seeds: Vec<usize> = spec
         .iter()
         .map(|s| {
-            languages
+            data.points
                 .iter()
-                .filter_map(|l| stats.get(&(s.setting.clone(), l.clone())).map(|c| c.n))
+                .filter(|p| p.series == s.setting)
+                .map(|p| p.seeds)
                 .max()
                 .unwrap_or(0)
         })
@@ -70,20 +107,12 @@ pub fn figure3(
         .iter()
         .zip(&seeds)
         .map(|(s, &n)| {
-            let bars = languages
-                .iter()
-                .map(|l| {
-                    stats
-                        .get(&(s.setting.clone(), l.clone()))
-                        .map(|c| (c.mean, c.sd))
-                })
-                .collect();
             let label = if all_same {
                 s.label.clone()
             } else {
                 format!("{} ({n} seed{})", s.label, if n == 1 { "" } else { "s" })
             };
-            (label, bars)
+            (label, bars_of(&data, AVG_FACET, &s.setting))
         })
         .collect();
     let spread = match (all_same, seeds[0]) {
@@ -91,23 +120,33 @@ pub fn figure3(
         (true, n) => format!(" (mean ± sd over {n} seeds)"),
         (false, _) => " (mean ± sd over seeds)".to_string(),
     };
-    Ok(BarChart {
+    let chart = BarChart {
         title: format!("Figure 3: test F1 per target language{spread}"),
         x_desc: "Target language".to_string(),
         y_desc: "Test F1 (×100)".to_string(),
         groups: languages.to_vec(),
         series,
-    })
+    };
+    Ok((chart, data))
 }
 
-/// Figure 4: the 2×2 matrix (rows: meta-learning inner loop PE / Full; columns: downstream
-/// fine-tuning PE / Full) of test F1 averaged over the languages present.
+/// One bar per x of a series in a facet.
+fn bars_of(data: &FigurePoints, facet: &str, series: &str) -> Vec<Bar> {
+    data.xs
+        .iter()
+        .map(|x| data.point(facet, series, x).map(|p| (p.mean, p.interval)))
+        .collect()
+}
+
+/// Figure 4 (a preset heatmap): the 2×2 matrix (rows: meta-learning inner loop PE / Full;
+/// columns: downstream fine-tuning PE / Full) of test F1 averaged over the languages present,
+/// each cell annotated with the seed spread of that average. Returns the chart and its points.
 pub fn figure4(
     input: &ReportInput,
     languages: &[String],
     stats: &Stats,
     paper: &PaperNumbers,
-) -> Result<Heatmap2x2, String> {
+) -> Result<(Heatmap, FigurePoints), String> {
     let Some(matrix) = &input.spec.figure4 else {
         return Err("figure 4 not drawn: [report] figure4 is not declared".to_string());
     };
@@ -124,7 +163,9 @@ pub fn figure4(
         ));
     }
     let per_seed = seed_values(input);
-    let cell = |i: usize, j: usize| {
+    let names = ["PE", "Full"];
+    let mut points = Vec::new();
+    let mut cell = |i: usize, j: usize| {
         let setting = &matrix[i][j];
         let (present_langs, present): (Vec<&str>, Vec<f64>) = languages
             .iter()
@@ -135,7 +176,8 @@ pub fn figure4(
             .unzip();
         let mut notes = vec![setting.clone()];
         // The seed spread of the cell, as Table 1's average column gives it.
-        match seed_average_spread(&per_seed, setting, &present_langs) {
+        let spread = seed_average_spread(&per_seed, setting, &present_langs);
+        match &spread {
             Some(CellStat {
                 sd: Some(sd), n, ..
             }) => notes.push(format!("± {sd:.2} sd, {n} seeds")),
@@ -144,6 +186,19 @@ pub fn figure4(
         }
         let value =
             (!present.is_empty()).then(|| present.iter().sum::<f64>() / present.len() as f64);
+        if let Some(mean) = value {
+            let sd = spread.as_ref().and_then(|c| c.sd);
+            points.push(Point {
+                facet: AVG_FACET.to_string(),
+                series: setting.clone(),
+                x: format!("inner loop {}, fine-tuning {}", names[i], names[j]),
+                mean,
+                interval: sd.map(|sd| (mean - sd, mean + sd)),
+                method: if sd.is_some() { points::SD } else { "" },
+                seeds: spread.as_ref().map_or(0, |c| c.n),
+                languages: present.len(),
+            });
+        }
         if value.is_none() {
             notes.push("no finished run".to_string());
         } else if present.len() < languages.len() {
@@ -156,14 +211,208 @@ pub fn figure4(
         notes.push(format!("paper: {:.2}", paper.figure4[i][j]));
         HeatCell { value, notes }
     };
-    Ok(Heatmap2x2 {
+    let cells = vec![vec![cell(0, 0), cell(0, 1)], vec![cell(1, 0), cell(1, 1)]];
+    let data = FigurePoints {
+        name: "figure4".to_string(),
+        y: FigureY::TestF1,
+        x_key: "cell".to_string(),
+        series_key: "setting".to_string(),
+        facets: vec![AVG_FACET.to_string()],
+        series: settings.iter().map(|s| s.to_string()).collect(),
+        xs: points.iter().map(|p| p.x.clone()).collect(),
+        points,
+        notes: Vec::new(),
+    };
+    let chart = Heatmap {
         title: "Figure 4: test F1 averaged over languages".to_string(),
         row_desc: "Meta-learning inner loop".to_string(),
         col_desc: "Downstream fine-tuning".to_string(),
-        row_labels: ["PE".to_string(), "Full".to_string()],
-        col_labels: ["PE".to_string(), "Full".to_string()],
-        cells: [[cell(0, 0), cell(0, 1)], [cell(1, 0), cell(1, 1)]],
-    })
+        row_labels: names.iter().map(|s| s.to_string()).collect(),
+        col_labels: names.iter().map(|s| s.to_string()).collect(),
+        cells,
+    };
+    Ok((chart, data))
+}
+
+/// A declared figure, drawn as its `kind` says.
+#[derive(Debug, Clone)]
+pub enum DeclaredChart {
+    Lines(LinePanels),
+    Bars(Panels<BarChart>),
+    Heatmaps(Panels<Heatmap>),
+}
+
+impl Figure for DeclaredChart {
+    fn size(&self) -> (u32, u32) {
+        match self {
+            DeclaredChart::Lines(c) => c.size(),
+            DeclaredChart::Bars(c) => c.size(),
+            DeclaredChart::Heatmaps(c) => c.size(),
+        }
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        match self {
+            DeclaredChart::Lines(c) => c.draw(root),
+            DeclaredChart::Bars(c) => c.draw(root),
+            DeclaredChart::Heatmaps(c) => c.draw(root),
+        }
+    }
+}
+
+/// Axis title of a figure dimension: what it is and its unit, and the log scale when used.
+pub fn axis_title(dim: &str) -> String {
+    let name = match dim {
+        "lang" => "Target language",
+        "setting" => "Setting",
+        "finetune.data.train_limit" => "Target training sentences",
+        "prime.data.train_limit" => "Priming sentences per source language",
+        "prime.inner_steps" => "Inner-loop steps S",
+        "prime.inner_lr" => "Inner-loop learning rate",
+        "prime.outer_lr" => "Outer learning rate",
+        "prime.steps" => "Priming outer steps",
+        "finetune.lr" => "Fine-tuning learning rate",
+        "finetune.epochs" => "Fine-tuning epochs",
+        other => other,
+    };
+    if is_log_scaled(dim) {
+        format!("{name} (log scale)")
+    } else {
+        name.to_string()
+    }
+}
+
+/// The title of a dimension drawn as categories (bars, heatmap columns, figure titles): no scale.
+fn categorical(dim: &str) -> String {
+    axis_title(dim).replace(" (log scale)", "")
+}
+
+/// A series' legend label: the setting, or `key = value`.
+fn series_label(data: &FigurePoints, series: &str) -> String {
+    if data.series_key == "setting" {
+        series.to_string()
+    } else {
+        let field = data
+            .series_key
+            .rsplit('.')
+            .next()
+            .unwrap_or(&data.series_key);
+        format!("{field} = {series}")
+    }
+}
+
+fn facet_title(facet: &str, data: &FigurePoints) -> String {
+    if facet == AVG_FACET {
+        let most = data.points.iter().map(|p| p.languages).max().unwrap_or(0);
+        if data.x_key == "lang" {
+            "Per target language".to_string()
+        } else {
+            format!("Average over {most} target languages")
+        }
+    } else {
+        format!("Target language: {facet}")
+    }
+}
+
+/// The chart of a declared figure from its points.
+pub fn declared_chart(spec: &FigureSpec, data: &FigurePoints) -> DeclaredChart {
+    let title = spec.title.clone().unwrap_or_else(|| {
+        format!(
+            "{} by {}",
+            spec.y.axis_title(),
+            categorical(&spec.x).to_lowercase()
+        )
+    });
+    let caption = data.caption();
+    let labels: Vec<String> = data.series.iter().map(|s| series_label(data, s)).collect();
+    match spec.kind {
+        FigureKind::Line => {
+            let numeric: Option<Vec<f64>> = data.xs.iter().map(|x| x.parse().ok()).collect();
+            let x_positions = match numeric {
+                Some(v) if spec.log_x() && v.iter().all(|x| *x > 0.0) => {
+                    v.iter().map(|x| x.log10()).collect()
+                }
+                Some(v) if spec.x != "lang" => v,
+                _ => (0..data.xs.len()).map(|i| i as f64).collect(),
+            };
+            DeclaredChart::Lines(LinePanels {
+                title,
+                subtitle: caption,
+                x_desc: axis_title(&spec.x),
+                y_desc: spec.y.axis_title().to_string(),
+                x_labels: data.xs.clone(),
+                x_positions,
+                series: labels,
+                panels: data
+                    .facets
+                    .iter()
+                    .map(|f| LinePanel {
+                        title: facet_title(f, data),
+                        points: data.series.iter().map(|s| bars_of(data, f, s)).collect(),
+                    })
+                    .collect(),
+            })
+        }
+        FigureKind::Bars => DeclaredChart::Bars(Panels {
+            title,
+            subtitle: caption,
+            panels: data
+                .facets
+                .iter()
+                .map(|f| BarChart {
+                    title: facet_title(f, data),
+                    x_desc: categorical(&spec.x),
+                    y_desc: spec.y.axis_title().to_string(),
+                    groups: data.xs.clone(),
+                    series: data
+                        .series
+                        .iter()
+                        .zip(&labels)
+                        .map(|(s, l)| (l.clone(), bars_of(data, f, s)))
+                        .collect(),
+                })
+                .collect(),
+        }),
+        FigureKind::Heatmap => DeclaredChart::Heatmaps(Panels {
+            title,
+            subtitle: caption.replace("error bars", "in brackets"),
+            panels: data
+                .facets
+                .iter()
+                .map(|f| Heatmap {
+                    title: facet_title(f, data),
+                    // Row labels name their setting or `key = value` themselves; a rotated
+                    // description would run into long ones.
+                    row_desc: String::new(),
+                    col_desc: categorical(&spec.x),
+                    row_labels: labels.clone(),
+                    col_labels: data.xs.clone(),
+                    cells: data
+                        .series
+                        .iter()
+                        .map(|s| {
+                            data.xs
+                                .iter()
+                                .map(|x| match data.point(f, s, x) {
+                                    Some(p) => HeatCell {
+                                        value: Some(p.mean),
+                                        notes: vec![match p.interval {
+                                            Some((lo, hi)) => format!("[{lo:.1}, {hi:.1}]"),
+                                            None => format!("{} seed", p.seeds),
+                                        }],
+                                    },
+                                    None => HeatCell {
+                                        value: None,
+                                        notes: Vec::new(),
+                                    },
+                                })
+                                .collect()
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -230,7 +479,7 @@ mod tests {
     #[test]
     fn figure3_svg_has_labels_bars_and_values() {
         let inp = fig3_input(true);
-        let chart = figure3(&inp, &inp.languages, &stats(&inp)).unwrap();
+        let (chart, _) = figure3(&inp, &inp.languages, &stats(&inp)).unwrap();
         let svg = render_svg(&chart).unwrap();
         for label in [
             "Figure 3",
@@ -268,7 +517,7 @@ mod tests {
     #[test]
     fn figure3_error_bars_only_with_several_seeds() {
         let inp = fig3_input(true);
-        let chart = figure3(&inp, &inp.languages, &stats(&inp)).unwrap();
+        let (chart, _) = figure3(&inp, &inp.languages, &stats(&inp)).unwrap();
         let pe = &chart.series[0].1;
         assert!(pe.iter().all(|b| b.unwrap().1.is_some()));
         let none = &chart.series[2].1;
@@ -305,7 +554,7 @@ mod tests {
     fn figure4_svg_has_axes_and_cell_values() {
         let inp = fig3_input(true);
         let paper = PaperNumbers::embedded().unwrap();
-        let map = figure4(&inp, &inp.languages, &stats(&inp), &paper).unwrap();
+        let (map, _) = figure4(&inp, &inp.languages, &stats(&inp), &paper).unwrap();
         // PE: mean over languages of 83, 84, 85 → 84.00; "None": 75 over 2 of 3.
         assert_eq!(
             map.cells[0][0].value.map(|v| format!("{v:.2}")),

@@ -8,7 +8,9 @@
 //! * `table1.md`, `table1.csv` — Table 1 ([`table`]);
 //! * `comparison.md`, `comparison.csv` — seed-aware comparisons of settings with verdicts,
 //!   the test sets scored, and ours vs the paper ([`compare`]);
-//! * `figure3.svg/.png`, `figure4.svg/.png` ([`figures`]);
+//! * `figure3.svg/.png/.csv`, `figure4.svg/.png/.csv` and each `[[report.figure]]`'s
+//!   `<name>.svg/.png/.csv` ([`figures`], from the points of [`points`]; a key a declared
+//!   figure plots gives the tables one row per value, [`split`]);
 //! * `selection.md`, `selection.csv` — with `[report] select`, the configuration each cell
 //!   uses ([`select`]);
 //! * `curves/*.svg/.png` on request ([`curves`]);
@@ -23,8 +25,10 @@ pub mod input;
 pub mod markdown;
 pub mod paper;
 pub mod plot;
+pub mod points;
 pub mod select;
 pub mod spec;
+pub mod split;
 pub mod summary;
 pub mod table;
 #[cfg(test)]
@@ -75,6 +79,21 @@ pub enum ReportError {
     NotASetting { name: String, known: String },
     #[error("no run of this sweep targets {lang:?} (languages: {known})")]
     NotALanguage { lang: String, known: String },
+    #[error("{key} is not a key this sweep varies (it varies: {known})")]
+    NotASweptKey { key: String, known: String },
+    #[error("{key} never takes the value {value} in this sweep (values: {known})")]
+    NotAKeyValue {
+        key: String,
+        value: String,
+        known: String,
+    },
+    #[error("no setting{within} has runs with both {key} = {a} and {key} = {b}")]
+    NoKeyPair {
+        key: String,
+        a: String,
+        b: String,
+        within: String,
+    },
     #[error("{file} line {line}: {message}")]
     PaperData {
         file: String,
@@ -142,8 +161,13 @@ pub fn write_report(
     if let Some(record) = &selection {
         files.extend(record.write(dir)?);
     }
-    let scores = gather::scores_frame(&input.runs)?;
 
+    // Keys a declared figure plots give the tables one row per value (`split`); the figures
+    // keep the settings as the sweep names them.
+    let figure_input = input;
+    let (split_input, _) = split::split_settings(input, &input.spec.plotted_keys());
+    let input = &split_input;
+    let scores = gather::scores_frame(&input.runs)?;
     let table1 = table::build_table1(input, &scores)?;
     files.extend(table1.write(dir)?);
 
@@ -170,12 +194,29 @@ pub fn write_report(
     files.extend(comparison.write(dir, samples)?);
 
     match figures::figure3(input, &languages, &stats) {
-        Ok(chart) => files.extend(plot::write_figure(&chart, dir, "figure3")?),
+        Ok((chart, points)) => {
+            files.extend(plot::write_figure(&chart, dir, "figure3")?);
+            files.push(points.write_csv(dir)?);
+        }
         Err(why) => skipped.push(why),
     }
     match figures::figure4(input, &languages, &stats, &paper) {
-        Ok(map) => files.extend(plot::write_figure(&map, dir, "figure4")?),
+        Ok((map, points)) => {
+            files.extend(plot::write_figure(&map, dir, "figure4")?);
+            files.push(points.write_csv(dir)?);
+        }
         Err(why) => skipped.push(why),
+    }
+    for spec in &input.spec.figure {
+        match points::declared_points(figure_input, spec, samples, opts.bootstrap_seed) {
+            Ok(data) => {
+                let chart = figures::declared_chart(spec, &data);
+                files.extend(plot::write_figure(&chart, dir, &spec.name)?);
+                files.push(data.write_csv(dir)?);
+                skipped.extend(data.notes);
+            }
+            Err(why) => skipped.push(why),
+        }
     }
     if opts.curves {
         let (curve_files, notes) = curves::write_curves(input, dir)?;

@@ -1,5 +1,6 @@
-//! Rendering: grouped bar charts, 2×2 heatmaps and line charts drawn with plotters in the
-//! embedded DejaVu Sans font (no system fonts), written atomically as SVG and PNG.
+//! Rendering: grouped bar charts, annotated heatmaps, line charts with error bars (one panel
+//! per facet) and learning curves, drawn with plotters in the embedded DejaVu Sans font (no
+//! system fonts), written atomically as SVG and PNG.
 
 use crate::report::ReportError;
 use plotters::coord::Shift;
@@ -109,8 +110,9 @@ fn anchored(size: f64, h: HPos, v: VPos) -> TextStyle<'static> {
     font(size).pos(Pos::new(h, v))
 }
 
-/// One bar: mean and optional sd (None: no finished run, the bar is absent).
-pub type Bar = Option<(f64, Option<f64>)>;
+/// One bar (or point): the mean and its error bar's low and high ends (None: no error bar);
+/// None: no finished run, the bar is absent.
+pub type Bar = Option<(f64, Option<(f64, f64)>)>;
 
 /// A grouped bar chart: for each group (x position), one bar per series.
 #[derive(Debug, Clone)]
@@ -129,10 +131,10 @@ impl BarChart {
     pub fn y_range(&self) -> (f64, f64) {
         let bars = self.series.iter().flat_map(|s| s.1.iter().flatten());
         let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-        for (m, sd) in bars {
-            let sd = sd.unwrap_or(0.0);
-            lo = lo.min(m - sd);
-            hi = hi.max(m + sd);
+        for (m, bar) in bars {
+            let (low, high) = bar.unwrap_or((*m, *m));
+            lo = lo.min(low);
+            hi = hi.max(high);
         }
         if !lo.is_finite() {
             return (0.0, 100.0);
@@ -177,27 +179,30 @@ impl Figure for BarChart {
             .map_err(de)?;
         let k = self.series.len().max(1) as f64;
         let slot = 0.8 / k;
+        // backend_coord gives backend pixels; text goes on the plot area, which sits at the
+        // backend's origin unless the chart is a panel of a larger figure.
+        let (bx, by) = plot_area.get_base_pixel();
         for (j, (_, bars)) in self.series.iter().enumerate() {
             let color = PALETTE[j % PALETTE.len()];
             for (i, bar) in bars.iter().enumerate() {
                 let x0 = i as f64 + 0.1 + j as f64 * slot;
                 let (x1, xc) = (x0 + slot * 0.9, x0 + slot * 0.45);
                 match bar {
-                    Some((m, sd)) => {
+                    Some((m, bar)) => {
                         chart
                             .draw_series(std::iter::once(Rectangle::new(
                                 [(x0, lo), (x1, *m)],
                                 color.filled(),
                             )))
                             .map_err(de)?;
-                        let top = m + sd.unwrap_or(0.0);
-                        if let Some(sd) = sd {
+                        let top = bar.map_or(*m, |b| b.1);
+                        if let Some((low, high)) = *bar {
                             // Whisker with caps (plotters' ErrorBar also draws a marker at the mean).
                             let cap = slot * 0.15;
                             let whisker = [
-                                vec![(xc, m - sd), (xc, m + sd)],
-                                vec![(xc - cap, m - sd), (xc + cap, m - sd)],
-                                vec![(xc - cap, m + sd), (xc + cap, m + sd)],
+                                vec![(xc, low), (xc, high)],
+                                vec![(xc - cap, low), (xc + cap, low)],
+                                vec![(xc - cap, high), (xc + cap, high)],
                             ];
                             chart
                                 .draw_series(
@@ -211,7 +216,7 @@ impl Figure for BarChart {
                         plot_area
                             .draw(&Text::new(
                                 format!("{m:.1}"),
-                                (px, py - 4),
+                                (px - bx, py - by - 4),
                                 anchored(13.0, HPos::Center, VPos::Bottom),
                             ))
                             .map_err(de)?;
@@ -221,7 +226,7 @@ impl Figure for BarChart {
                         plot_area
                             .draw(&Text::new(
                                 "n/a",
-                                (px, py - 4),
+                                (px - bx, py - by - 4),
                                 anchored(13.0, HPos::Center, VPos::Bottom),
                             ))
                             .map_err(de)?;
@@ -235,7 +240,7 @@ impl Figure for BarChart {
             plot_area
                 .draw(&Text::new(
                     g.clone(),
-                    (px, py + 8),
+                    (px - bx, py - by + 8),
                     anchored(18.0, HPos::Center, VPos::Top),
                 ))
                 .map_err(de)?;
@@ -269,15 +274,17 @@ pub struct HeatCell {
     pub notes: Vec<String>,
 }
 
-/// A 2×2 annotated heatmap.
+/// An annotated heatmap: rows × columns of cells in a fixed 600 × 420 grid (Figure 4's 2×2
+/// cells are 300 × 210).
 #[derive(Debug, Clone)]
-pub struct Heatmap2x2 {
+pub struct Heatmap {
     pub title: String,
     pub row_desc: String,
     pub col_desc: String,
-    pub row_labels: [String; 2],
-    pub col_labels: [String; 2],
-    pub cells: [[HeatCell; 2]; 2],
+    pub row_labels: Vec<String>,
+    pub col_labels: Vec<String>,
+    /// `cells[row][column]`.
+    pub cells: Vec<Vec<HeatCell>>,
 }
 
 /// Light-to-dark blue ramp for t in [0, 1].
@@ -288,7 +295,7 @@ fn ramp(t: f64) -> RGBColor {
     RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
-impl Figure for Heatmap2x2 {
+impl Figure for Heatmap {
     fn size(&self) -> (u32, u32) {
         (900, 640)
     }
@@ -302,7 +309,10 @@ impl Figure for Heatmap2x2 {
             anchored(24.0, HPos::Center, VPos::Top),
         ))
         .map_err(de)?;
-        let (left, top, cw, ch) = (250, 150, 300, 210);
+        let (rows, cols) = (self.row_labels.len().max(1), self.col_labels.len().max(1));
+        let (left, top, cw, ch) = (250, 150, 600 / cols as i32, 420 / rows as i32);
+        // Figure 4's 36 px values in its 300 px cells; smaller ones where cells are narrower.
+        let value_size = (f64::from(cw) / 4.0).min(36.0);
         let values: Vec<f64> = self
             .cells
             .iter()
@@ -317,26 +327,26 @@ impl Figure for Heatmap2x2 {
         // Column axis: description, then one label per column.
         root.draw(&Text::new(
             self.col_desc.clone(),
-            (left + cw, top - 80),
+            (left + cw * cols as i32 / 2, top - 80),
             anchored(20.0, HPos::Center, VPos::Center),
         ))
         .map_err(de)?;
         root.draw(&Text::new(
             self.row_desc.clone(),
-            (left - 140, top + ch),
+            (left - 140, top + ch * rows as i32 / 2),
             anchored(20.0, HPos::Center, VPos::Center).transform(FontTransform::Rotate270),
         ))
         .map_err(de)?;
-        for j in 0..2 {
+        for (j, label) in self.col_labels.iter().enumerate() {
             let x = left + cw * j as i32 + cw / 2;
             root.draw(&Text::new(
-                self.col_labels[j].clone(),
+                label.clone(),
                 (x, top - 30),
                 anchored(20.0, HPos::Center, VPos::Center),
             ))
             .map_err(de)?;
         }
-        for i in 0..2 {
+        for (i, row) in self.cells.iter().enumerate() {
             let y = top + ch * i as i32 + ch / 2;
             root.draw(&Text::new(
                 self.row_labels[i].clone(),
@@ -344,8 +354,7 @@ impl Figure for Heatmap2x2 {
                 anchored(20.0, HPos::Right, VPos::Center),
             ))
             .map_err(de)?;
-            for j in 0..2 {
-                let cell = &self.cells[i][j];
+            for (j, cell) in row.iter().enumerate() {
                 let (x0, y0) = (left + cw * j as i32, top + ch * i as i32);
                 let t = match cell.value {
                     Some(v) if vmax > vmin => (v - vmin) / (vmax - vmin),
@@ -374,16 +383,18 @@ impl Figure for Heatmap2x2 {
                 };
                 let main = cell.value.map_or("–".to_string(), |v| format!("{v:.2}"));
                 let cx = x0 + cw / 2;
+                // Figure 4's offsets (25 and 20 px in 210 px cells), smaller in smaller cells.
+                let (up, down) = ((ch / 7).min(25), (ch / 8).min(20));
                 root.draw(&Text::new(
                     main,
-                    (cx, y0 + ch / 2 - 25),
-                    anchored(36.0, HPos::Center, VPos::Center).color(&ink),
+                    (cx, y0 + ch / 2 - up),
+                    anchored(value_size, HPos::Center, VPos::Center).color(&ink),
                 ))
                 .map_err(de)?;
                 for (k, note) in cell.notes.iter().enumerate() {
                     root.draw(&Text::new(
                         note.clone(),
-                        (cx, y0 + ch / 2 + 20 + 22 * k as i32),
+                        (cx, y0 + ch / 2 + down + 22 * k as i32),
                         anchored(15.0, HPos::Center, VPos::Center).color(&ink),
                     ))
                     .map_err(de)?;
@@ -483,6 +494,261 @@ impl Figure for LineChart {
             .label_font(font(15.0))
             .draw()
             .map_err(de)?;
+        Ok(())
+    }
+}
+
+/// Figures of one kind side by side, one per facet (language), under a common title; each
+/// panel keeps its own size, title and legend.
+#[derive(Debug, Clone)]
+pub struct Panels<T> {
+    pub title: String,
+    /// One line under the title: what the values and their intervals are.
+    pub subtitle: String,
+    pub panels: Vec<T>,
+}
+
+/// Height of the common title strip of [`Panels`] and [`LinePanels`].
+const HEADER_H: u32 = 80;
+
+/// Columns of a grid of `n` panels: six languages come out as 3 × 2.
+fn grid_columns(n: usize) -> usize {
+    match n {
+        0 | 1 => 1,
+        2 | 4 => 2,
+        _ => 3,
+    }
+}
+
+impl<T: Figure> Figure for Panels<T> {
+    fn size(&self) -> (u32, u32) {
+        let (pw, ph) = self.panels.first().map_or((400, 300), |p| p.size());
+        let cols = grid_columns(self.panels.len());
+        let rows = self.panels.len().div_ceil(cols).max(1);
+        (pw * cols as u32, HEADER_H + ph * rows as u32)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        root.fill(&WHITE).map_err(de)?;
+        let (w, _) = self.size();
+        root.draw(&Text::new(
+            self.title.clone(),
+            (w as i32 / 2, 14),
+            anchored(24.0, HPos::Center, VPos::Top),
+        ))
+        .map_err(de)?;
+        root.draw(&Text::new(
+            self.subtitle.clone(),
+            (w as i32 / 2, 48),
+            anchored(15.0, HPos::Center, VPos::Top),
+        ))
+        .map_err(de)?;
+        let (_, body) = root.split_vertically(HEADER_H);
+        let cols = grid_columns(self.panels.len());
+        let rows = self.panels.len().div_ceil(cols).max(1);
+        for (panel, area) in self.panels.iter().zip(body.split_evenly((rows, cols))) {
+            panel.draw(&area)?;
+        }
+        Ok(())
+    }
+}
+
+/// Means with error bars over a shared x axis, one panel per facet (a shared y range so that
+/// panels compare), the legend in its own strip so it never covers a point. Positions on x are
+/// given (log10 of the value on a log scale); labels are drawn at exactly those positions.
+#[derive(Debug, Clone)]
+pub struct LinePanels {
+    pub title: String,
+    /// One line under the title: what the points and error bars are.
+    pub subtitle: String,
+    pub x_desc: String,
+    pub y_desc: String,
+    pub x_labels: Vec<String>,
+    pub x_positions: Vec<f64>,
+    /// Legend labels, one per series.
+    pub series: Vec<String>,
+    pub panels: Vec<LinePanel>,
+}
+
+/// One facet of a [`LinePanels`].
+#[derive(Debug, Clone)]
+pub struct LinePanel {
+    pub title: String,
+    /// `points[series][x]`.
+    pub points: Vec<Vec<Bar>>,
+}
+
+const LEGEND_W: u32 = 330;
+
+impl LinePanels {
+    fn panel_size(&self) -> (u32, u32) {
+        if self.panels.len() <= 1 {
+            (900, 560)
+        } else {
+            (560, 400)
+        }
+    }
+
+    /// The shared y range: every mean and error bar, padded, on round numbers.
+    pub fn y_range(&self) -> (f64, f64) {
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for (m, bar) in self
+            .panels
+            .iter()
+            .flat_map(|p| p.points.iter().flatten().flatten())
+        {
+            let (a, b) = bar.unwrap_or((*m, *m));
+            lo = lo.min(a.min(*m));
+            hi = hi.max(b.max(*m));
+        }
+        if !lo.is_finite() {
+            return (0.0, 1.0);
+        }
+        let pad = ((hi - lo) * 0.08).max(0.5);
+        let step = if hi - lo > 20.0 { 5.0 } else { 1.0 };
+        (
+            ((lo - pad) / step).floor() * step,
+            ((hi + pad) / step).ceil() * step,
+        )
+    }
+}
+
+impl Figure for LinePanels {
+    fn size(&self) -> (u32, u32) {
+        let (pw, ph) = self.panel_size();
+        let cols = grid_columns(self.panels.len());
+        let rows = self.panels.len().div_ceil(cols).max(1);
+        (pw * cols as u32 + LEGEND_W, HEADER_H + ph * rows as u32)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        root.fill(&WHITE).map_err(de)?;
+        let (w, _) = self.size();
+        let (plots, legend) = root.split_horizontally(w - LEGEND_W);
+        let centre = (w - LEGEND_W) as i32 / 2;
+        plots
+            .draw(&Text::new(
+                self.title.clone(),
+                (centre, 14),
+                anchored(24.0, HPos::Center, VPos::Top),
+            ))
+            .map_err(de)?;
+        plots
+            .draw(&Text::new(
+                self.subtitle.clone(),
+                (centre, 48),
+                anchored(15.0, HPos::Center, VPos::Top),
+            ))
+            .map_err(de)?;
+        let (_, body) = plots.split_vertically(HEADER_H);
+        let cols = grid_columns(self.panels.len());
+        let rows = self.panels.len().div_ceil(cols).max(1);
+        let (lo, hi) = self.y_range();
+        let (x0, x1) = self
+            .x_positions
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        let span = if x1 > x0 { x1 - x0 } else { 1.0 };
+        let (x0, x1) = (x0 - span * 0.1, x1 + span * 0.1);
+        let k = self.series.len().max(1) as f64;
+        for (panel, area) in self.panels.iter().zip(body.split_evenly((rows, cols))) {
+            let mut chart = ChartBuilder::on(&area)
+                .caption(&panel.title, font(19.0))
+                .margin(12)
+                .x_label_area_size(64)
+                .y_label_area_size(72)
+                .build_cartesian_2d(x0..x1, lo..hi)
+                .map_err(de)?;
+            chart
+                .configure_mesh()
+                .x_labels(0)
+                .disable_x_mesh()
+                .y_labels(8)
+                .light_line_style(WHITE)
+                .bold_line_style(RGBColor(225, 225, 225))
+                .y_label_formatter(&|v| format!("{v:.0}"))
+                .x_desc(&self.x_desc)
+                .y_desc(&self.y_desc)
+                .label_style(font(14.0))
+                .axis_desc_style(font(16.0))
+                .draw()
+                .map_err(de)?;
+            // Labels at the values' own positions (backend pixels, hence drawn on the root).
+            for (label, &x) in self.x_labels.iter().zip(&self.x_positions) {
+                let (px, py) = chart.backend_coord(&(x, lo));
+                root.draw(&Text::new(
+                    label.clone(),
+                    (px, py + 6),
+                    anchored(14.0, HPos::Center, VPos::Top),
+                ))
+                .map_err(de)?;
+            }
+            for (j, points) in panel.points.iter().enumerate() {
+                let color = PALETTE[j % PALETTE.len()];
+                // Series side by side around each x, so that their error bars do not overlap.
+                let dodge = (j as f64 - (k - 1.0) / 2.0) * span * 0.015;
+                // (x, mean, error bar) of each x the series has a point at.
+                type Placed = Option<(f64, f64, Option<(f64, f64)>)>;
+                let placed: Vec<Placed> = points
+                    .iter()
+                    .zip(&self.x_positions)
+                    .map(|(p, &x)| p.map(|(m, bar)| (x + dodge, m, bar)))
+                    .collect();
+                // Lines join neighbouring points; a missing point breaks the line.
+                for pair in placed.windows(2) {
+                    if let [Some(a), Some(b)] = pair {
+                        chart
+                            .draw_series(std::iter::once(PathElement::new(
+                                vec![(a.0, a.1), (b.0, b.1)],
+                                color.stroke_width(2),
+                            )))
+                            .map_err(de)?;
+                    }
+                }
+                let cap = span * 0.008;
+                for (x, m, bar) in placed.iter().flatten() {
+                    if let Some((low, high)) = bar {
+                        let whisker = [
+                            vec![(*x, *low), (*x, *high)],
+                            vec![(x - cap, *low), (x + cap, *low)],
+                            vec![(x - cap, *high), (x + cap, *high)],
+                        ];
+                        chart
+                            .draw_series(
+                                whisker
+                                    .into_iter()
+                                    .map(|p| PathElement::new(p, color.stroke_width(1))),
+                            )
+                            .map_err(de)?;
+                    }
+                    chart
+                        .draw_series(std::iter::once(Circle::new((*x, *m), 4, color.filled())))
+                        .map_err(de)?;
+                }
+            }
+        }
+        for (j, label) in self.series.iter().enumerate() {
+            let color = PALETTE[j % PALETTE.len()];
+            let y = HEADER_H as i32 + 20 + j as i32 * 30;
+            legend
+                .draw(&PathElement::new(
+                    vec![(10, y), (40, y)],
+                    color.stroke_width(3),
+                ))
+                .map_err(de)?;
+            legend
+                .draw(&Circle::new((25, y), 4, color.filled()))
+                .map_err(de)?;
+            legend
+                .draw(&Text::new(
+                    label.clone(),
+                    (50, y),
+                    anchored(15.0, HPos::Left, VPos::Center),
+                ))
+                .map_err(de)?;
+        }
         Ok(())
     }
 }

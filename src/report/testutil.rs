@@ -90,3 +90,31 @@ pub fn input(
         results_dir: PathBuf::from("unused"),
     }
 }
+
+/// A finished run whose every test sentence has the entity counts `[correct, predicted, gold]`:
+/// its test F1 is the same on any resample of its sentences (200·c / (p + g)), which makes
+/// bootstrap intervals computable by hand. `axes` are its swept keys and values (JSON).
+pub fn counted_run(
+    setting: &str,
+    lang: &str,
+    seed: u64,
+    counts: [u32; 3],
+    axes: &[(&str, &str)],
+) -> RunRecord {
+    let f1 = crate::report::bootstrap::f1_from_sums(
+        u64::from(counts[0]),
+        u64::from(counts[1]),
+        u64::from(counts[2]),
+    ) / 100.0;
+    let mut r = run(setting, lang, seed, Some(f1));
+    let m = r.metrics.as_mut().expect("finished");
+    m.test_sentence_counts = vec![counts; 20];
+    r.meta.axes = axes
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (_, v) in axes {
+        r.meta.run_id += &format!("-{v}");
+    }
+    r
+}

@@ -8,6 +8,7 @@ use super::error::SweepError;
 use super::source::{Entry, Node, NodeKind, Source, nearest};
 use crate::config::{FinetuneConfig, PrimeConfig};
 use crate::report::ReportSpec;
+use crate::report::spec::{FigureField, FigureSpec, SweepFacts};
 use crate::slurm::SlurmOptions;
 use serde_json::Value;
 use std::ops::Range;
@@ -110,6 +111,9 @@ const TOP_KEYS: [&str; 11] = [
     "slurm",
 ];
 const SETTING_KEYS: [&str; 4] = ["priming", "grid", "seeds", "targets"];
+const FIGURE_KEYS: [&str; 8] = [
+    "name", "kind", "x", "series", "y", "facet", "filter", "title",
+];
 
 /// The valid dotted keys and how to check a value for each.
 pub struct KeySpace {
@@ -415,8 +419,9 @@ impl Sweep {
                 }
             }
         }
+        let facts = sweep_facts(&settings, &targets, &grid, &zips);
         let report = match report {
-            Some(e) => p.report(e, &settings)?,
+            Some(e) => p.report(e, &settings, &facts)?,
             None => ReportSpec::default(),
         };
         Ok(Sweep {
@@ -814,7 +819,20 @@ impl Parser<'_> {
         }
     }
 
-    fn report(&self, e: &Entry, settings: &[Setting]) -> Result<ReportSpec, SweepError> {
+    fn report(
+        &self,
+        e: &Entry,
+        settings: &[Setting],
+        facts: &SweepFacts,
+    ) -> Result<ReportSpec, SweepError> {
+        // Declared figures first: their errors point into the figure's own table.
+        if let Some(figures) = e
+            .value
+            .as_table()
+            .and_then(|t| t.iter().find(|item| item.key == "figure"))
+        {
+            self.figures(figures, facts)?;
+        }
         let (t, spec) = self.typed_table::<ReportSpec>(e, "report", |_| Ok(()))?;
         // Every string naming a setting must name one of this sweep's settings.
         let naming: &[&str] = &[
@@ -854,6 +872,86 @@ impl Parser<'_> {
 }
 
 impl Parser<'_> {
+    /// `[[report.figure]]` tables: each key checked on its own (unknown keys get the nearest
+    /// valid one, bad values are reported at their line), then the figure's rules
+    /// ([`FigureSpec::check`]) at the line of the part that breaks one.
+    fn figures(&self, e: &Entry, facts: &SweepFacts) -> Result<(), SweepError> {
+        let tables = e.value.as_array().ok_or_else(|| {
+            self.err(
+                &e.value.span,
+                "report.figure: write each figure as a [[report.figure]] table",
+            )
+        })?;
+        let mut names: Vec<String> = Vec::new();
+        for t in tables {
+            let entries = t
+                .as_table()
+                .ok_or_else(|| self.err(&t.span, "[[report.figure]]: expected a table"))?;
+            for item in entries {
+                if !FIGURE_KEYS.contains(&item.key.as_str()) {
+                    return Err(self.unknown(item, &item.key, &FIGURE_KEYS, "[[report.figure]]"));
+                }
+            }
+            // Each key on its own, in an otherwise valid figure: a bad value is reported at
+            // its line, and only a missing key at the table's.
+            for item in entries {
+                let mut one = serde_json::json!({ "name": "f", "kind": "line", "x": "lang" });
+                one[item.key.as_str()] = item.value.to_json();
+                if let Err(err) = serde_json::from_value::<FigureSpec>(one) {
+                    return Err(self.err(
+                        &item.value.span,
+                        format!("[[report.figure]]: {}: {err}", item.key),
+                    ));
+                }
+            }
+            let spec: FigureSpec = serde_json::from_value(t.to_json())
+                .map_err(|err| self.err(&t.span, format!("[[report.figure]]: {err}")))?;
+            let field_span = |key: &str| {
+                entries
+                    .iter()
+                    .find(|item| item.key == key)
+                    .map_or(&t.span, |item| &item.value.span)
+            };
+            if let Err((field, message)) = spec.check(facts) {
+                let filter = entries.iter().find(|item| item.key == "filter");
+                let filter_entry = |key: &str| {
+                    filter
+                        .and_then(|f| f.value.as_table())
+                        .and_then(|f| f.iter().find(|item| item.key == key))
+                };
+                let span = match &field {
+                    FigureField::Name => field_span("name"),
+                    FigureField::X => field_span("x"),
+                    FigureField::Series => field_span("series"),
+                    FigureField::Facet => field_span("facet"),
+                    FigureField::Filter => field_span("filter"),
+                    FigureField::FilterKey(k) => {
+                        filter_entry(k).map_or(field_span("filter"), |item| &item.key_span)
+                    }
+                    FigureField::FilterValue(k, i) => filter_entry(k)
+                        .and_then(|item| item.value.as_array().and_then(|a| a.get(*i)))
+                        .map_or(field_span("filter"), |v| &v.span),
+                };
+                return Err(self.err(
+                    span,
+                    format!("[[report.figure]] \"{}\": {message}", spec.name),
+                ));
+            }
+            if names.contains(&spec.name) {
+                return Err(self.err(
+                    field_span("name"),
+                    format!(
+                        "[[report.figure]]: two figures are named \"{}\" (their files would \
+                         overwrite each other)",
+                        spec.name
+                    ),
+                ));
+            }
+            names.push(spec.name);
+        }
+        Ok(())
+    }
+
     /// `[report] select`'s `over` keys must be settable keys (each error at the key's place).
     fn check_selected_keys(&self, select: &Entry) -> Result<(), SweepError> {
         let over = select
@@ -926,6 +1024,51 @@ impl Parser<'_> {
     }
 }
 
+/// What a declared figure is checked against: the settings, the target languages, and every key
+/// some axis gives two or more distinct values (with those values in file order).
+fn sweep_facts(
+    settings: &[Setting],
+    targets: &[String],
+    grid: &[Axis],
+    zips: &[Zip],
+) -> SweepFacts {
+    let mut languages = targets.to_vec();
+    for l in settings.iter().filter_map(|s| s.targets.as_ref()).flatten() {
+        if !languages.contains(l) {
+            languages.push(l.clone());
+        }
+    }
+    let mut all: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut add = |key: &str, values: &[Value]| {
+        let at = match all.iter().position(|(k, _)| k == key) {
+            Some(i) => i,
+            None => {
+                all.push((key.to_string(), Vec::new()));
+                all.len() - 1
+            }
+        };
+        for v in values {
+            if !all[at].1.iter().any(|x| values_equal(x, v)) {
+                all[at].1.push(v.clone());
+            }
+        }
+    };
+    for a in grid.iter().chain(settings.iter().flat_map(|s| &s.grid)) {
+        add(&a.key, &a.values);
+    }
+    for z in zips {
+        for (i, key) in z.keys.iter().enumerate() {
+            let column: Vec<Value> = z.rows.iter().map(|r| r[i].clone()).collect();
+            add(key, &column);
+        }
+    }
+    SweepFacts {
+        settings: settings.iter().map(|s| s.name.clone()).collect(),
+        languages,
+        varied: all.into_iter().filter(|(_, v)| v.len() > 1).collect(),
+    }
+}
+
 /// The strings of a report field that name settings (figure3's `label` is free text).
 fn collect_setting_names(node: &Node, out: &mut Vec<(String, Range<usize>)>) {
     match &node.kind {
@@ -970,6 +1113,8 @@ mod tests {
     fn err(text: &str) -> String {
         parse(text).unwrap_err().to_string()
     }
+
+    use crate::report::spec::{Facet, FigureY};
 
     const HEAD: &str = "name = \"t\"\n[base.finetune]\nmodel = \"m\"\n";
 
@@ -1175,5 +1320,121 @@ mod tests {
         );
         let e = err(&format!("slurm = 3\n{HEAD}"));
         assert!(e.contains("slurm: expected a table"), "{e}");
+    }
+
+    /// A sweep that varies the training size and the learning rate, with `figure` appended to
+    /// its [report] (line 10 is the first line of `figure`).
+    fn with_figure(figure: &str) -> String {
+        format!(
+            "name = \"t\"\n[base.finetune]\nmodel = \"m\"\n[grid]\n\
+             \"finetune.data.train_limit\" = [50, 100]\n\"finetune.lr\" = [1e-3]\n\
+             [settings.\"AT\"]\n[report]\n[[report.figure]]\n{figure}"
+        )
+    }
+
+    #[test]
+    fn declared_figures_are_parsed_with_defaults() {
+        let s = parse(&with_figure(
+            "name = \"curve\"\nkind = \"line\"\nx = \"finetune.data.train_limit\"\nfilter = { setting = [\"AT\"], \"finetune.data.train_limit\" = [100.0] }\n",
+        ))
+        .unwrap();
+        let f = &s.report.figure[0];
+        assert_eq!(
+            (f.series.as_str(), f.y, f.facet),
+            ("setting", FigureY::TestF1, Facet::Avg)
+        );
+        assert!(f.log_x());
+        assert_eq!(s.report.plotted_keys(), vec!["finetune.data.train_limit"]);
+    }
+
+    #[test]
+    fn declared_figure_errors_name_file_and_line() {
+        let case = |figure: &str, line: usize, says: &str| {
+            let e = err(&with_figure(figure));
+            assert!(
+                e.starts_with(&format!("sweeps/t.toml:{line}:")) && e.contains(says),
+                "{figure:?}: {e}"
+            );
+        };
+        let x = "name = \"c\"\nkind = \"line\"\nx = \"finetune.data.train_limit\"\n";
+        // Unknown keys, with the nearest valid one.
+        case(
+            &format!("{x}seires = \"setting\"\n"),
+            13,
+            "did you mean series?",
+        );
+        // Values of the wrong kind, at their line.
+        case(
+            "name = \"c\"\nkind = \"curve\"\nx = \"lang\"\n",
+            11,
+            "unknown variant `curve`",
+        );
+        case(&format!("{x}y = \"f1\"\n"), 13, "unknown variant `f1`");
+        // A key the sweep does not vary (finetune.lr has one value), or no key at all.
+        case(
+            "name = \"c\"\nkind = \"line\"\nx = \"finetune.lr\"\n",
+            12,
+            "finetune.lr\" is not a key this sweep varies (it varies finetune.data.train_limit)",
+        );
+        case(
+            "name = \"c\"\nkind = \"line\"\nx = \"finetune.data.train_limt\"\n",
+            12,
+            "did you mean finetune.data.train_limit?",
+        );
+        case(
+            &format!("{x}series = \"settings\"\n"),
+            13,
+            "did you mean setting?",
+        );
+        case(
+            &format!("{x}series = \"finetune.data.train_limit\"\n"),
+            13,
+            "also x",
+        );
+        case(
+            "name = \"c\"\nkind = \"line\"\nx = \"lang\"\nfacet = \"lang\"\n",
+            13,
+            "one point per panel",
+        );
+        // Filters: empty, an empty list, an unknown setting, a value the key never takes.
+        case(&format!("{x}filter = {{}}\n"), 13, "filter is empty");
+        case(
+            &format!("{x}filter = {{ setting = [] }}\n"),
+            13,
+            "the list is empty",
+        );
+        case(
+            &format!("{x}filter = {{ setting = [\"FT\"] }}\n"),
+            13,
+            "\"FT\" is not a value of setting",
+        );
+        case(
+            &format!("{x}filter = {{ \"finetune.data.train_limit\" = [70] }}\n"),
+            13,
+            "70 is not a value of finetune.data.train_limit in this sweep (50, 100)",
+        );
+        case(
+            &format!("{x}filter = {{ \"finetune.lr\" = [1e-3] }}\n"),
+            13,
+            "a filter names setting, lang or a key",
+        );
+        // Names: files of their own.
+        case(
+            "name = \"table1\"\nkind = \"line\"\nx = \"lang\"\n",
+            10,
+            "a file the report writes",
+        );
+        case(
+            "name = \"a/b\"\nkind = \"line\"\nx = \"lang\"\n",
+            10,
+            "file name",
+        );
+        case(
+            &format!("{x}[[report.figure]]\n{x}"),
+            14,
+            "two figures are named \"c\"",
+        );
+        // A missing key is reported at the figure's [[report.figure]] header.
+        case("name = \"c\"\nkind = \"line\"\n", 9, "missing field `x`");
     }
 }

@@ -500,6 +500,9 @@ fn check_one_configuration_per_cell(
         .select
         .as_ref()
         .map_or(&[], |s| s.over.as_slice());
+    // A key a declared figure plots is reported value by value (each value a row of its own in
+    // the tables, `crate::report::split`), so it needs no selection.
+    let plotted = sweep.report.plotted_keys();
     let mut cells: HashMap<(&str, &str, u64), Vec<&PlanEntry>> = HashMap::new();
     for e in entries {
         cells
@@ -524,9 +527,54 @@ fn check_one_configuration_per_cell(
                 }
             }
         }
+        let split: Vec<&String> = varying
+            .iter()
+            .filter(|(k, values)| values.len() > 1 && plotted.contains(k))
+            .map(|(k, _)| k)
+            .collect();
+        if !split.is_empty() {
+            let spec = &sweep.report;
+            let named_in = [
+                ("paper_rows", spec.paper_rows.contains_key(&setting.name)),
+                (
+                    "figure3",
+                    spec.figure3.iter().any(|f| f.setting == setting.name),
+                ),
+                (
+                    "figure4",
+                    spec.figure4
+                        .iter()
+                        .flatten()
+                        .flatten()
+                        .any(|s| *s == setting.name),
+                ),
+                (
+                    "compare",
+                    spec.compare
+                        .iter()
+                        .any(|p| p.a == setting.name || p.b == setting.name),
+                ),
+            ];
+            if let Some((field, _)) = named_in.iter().find(|(_, named)| *named) {
+                return Err(sweep.source.error(
+                    &setting.span,
+                    format!(
+                        "setting \"{}\" varies {} (plotted by a [[report.figure]]), so it has \
+                         one row per value and [report] {field} cannot name it as one cell: name \
+                         a setting that fixes the key there",
+                        setting.name,
+                        split
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" and ")
+                    ),
+                ));
+            }
+        }
         let unselected: Vec<String> = varying
             .iter()
-            .filter(|(k, values)| values.len() > 1 && !selected.contains(k))
+            .filter(|(k, values)| values.len() > 1 && !selected.contains(k) && !plotted.contains(k))
             .map(|(k, values)| format!("{k} over [{}]", values.join(", ")))
             .collect();
         if unselected.is_empty() {
@@ -534,7 +582,7 @@ fn check_one_configuration_per_cell(
         }
         let keys: Vec<String> = varying
             .iter()
-            .filter(|(_, v)| v.len() > 1)
+            .filter(|(k, v)| v.len() > 1 && !plotted.contains(k))
             .map(|(k, _)| format!("\"{k}\""))
             .collect();
         return Err(sweep.source.error(
@@ -1101,5 +1149,38 @@ select = { by = "dev_f1", over = ["finetune.lr"] }
         };
         assert_ne!(primed.id(), base);
         assert_eq!(base.len(), 16);
+    }
+
+    #[test]
+    fn a_key_a_figure_plots_may_vary_without_selection_but_is_no_single_cell() {
+        let figure =
+            "[[report.figure]]\nname = \"c\"\nkind = \"line\"\nx = \"finetune.data.train_limit\"\n";
+        let text = SEEDED_EVAL.replace(
+            "[settings.\"AT\"]",
+            "\"finetune.data.train_limit\" = [20, 40]\n[settings.\"AT\"]",
+        );
+        let p = plan(&format!("{text}{figure}"));
+        // 3 settings x 2 lrs x 2 sizes x 3 seeds x 2 languages.
+        assert_eq!(p.entries.len(), 72);
+        // Without the figure, the size is an unselected key.
+        let e = Plan::expand(&Sweep::from_text(Path::new("t.toml"), &text).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("varies finetune.data.train_limit over [20, 40]"),
+            "{e}"
+        );
+        // A setting split by the plotted key cannot be one cell of figure 4.
+        let text = format!(
+            "{}figure4 = [[\"AT\", \"Full\"], [\"MP\", \"AT\"]]\n{figure}",
+            text
+        );
+        let e = Plan::expand(&Sweep::from_text(Path::new("t.toml"), &text).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.toml:11:") && e.contains("[report] figure4 cannot name it"),
+            "{e}"
+        );
     }
 }

@@ -1,0 +1,177 @@
+//! Rows per value of a plotted key. A key that a `[[report.figure]]` plots may vary within a
+//! setting without `[report] select` (the figure draws every value); Table 1 and the
+//! comparisons hold one run per setting × language × seed, so there each value is a row of its
+//! own, named `<setting> · <key>=<value>` ([`split_name`]). `primer compare --key` builds its
+//! rows the same way, so its numbers are the report's.
+
+use crate::report::{ReportInput, RunRecord};
+
+/// A row of a split setting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitRow {
+    /// [`split_name`] of the setting and the values.
+    pub name: String,
+    /// The setting it belongs to.
+    pub setting: String,
+    /// The values of the keys that vary within the setting, in the order of the keys.
+    pub values: Vec<(String, String)>,
+}
+
+/// The row name of a setting's runs with these key values.
+pub fn split_name(setting: &str, values: &[(String, String)]) -> String {
+    let mut name = setting.to_string();
+    for (key, value) in values {
+        name += &format!(" · {key}={value}");
+    }
+    name
+}
+
+/// A swept value as the report shows it: JSON, without the quotes of a string.
+pub fn shown_value(json: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => json.to_string(),
+    }
+}
+
+/// The run's value of a swept key (as shown), if the key is one of its axes.
+pub fn axis_value(run: &RunRecord, key: &str) -> Option<String> {
+    run.meta
+        .axes
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| shown_value(v))
+}
+
+/// The run's values of those of `keys` that are its axes, in `keys` order.
+pub fn key_values(run: &RunRecord, keys: &[String]) -> Vec<(String, String)> {
+    keys.iter()
+        .filter_map(|k| axis_value(run, k).map(|v| (k.clone(), v)))
+        .collect()
+}
+
+/// `input` with every setting whose runs take several values of `keys` split into one setting
+/// per combination of the values (the keys that vary within it, in `keys` order), in the order
+/// the runs list them; `[report] table1_rows` and `table1_groups` name the split rows in place
+/// of the setting. Settings that do not vary the keys keep their names. Returns the input and
+/// the rows split off.
+pub fn split_settings(input: &ReportInput, keys: &[String]) -> (ReportInput, Vec<SplitRow>) {
+    let mut out = input.clone();
+    let mut origin: Vec<SplitRow> = Vec::new();
+    if keys.is_empty() {
+        return (out, origin);
+    }
+    // Per setting: its split names in run order (a setting that does not vary keeps its name).
+    let mut names_of: Vec<(String, Vec<String>)> = Vec::new();
+    for setting in &input.settings {
+        let runs: Vec<&RunRecord> = input
+            .runs
+            .iter()
+            .filter(|r| &r.meta.setting == setting)
+            .collect();
+        let varying: Vec<String> = keys
+            .iter()
+            .filter(|k| {
+                let mut seen: Vec<Option<String>> = Vec::new();
+                for r in &runs {
+                    let v = axis_value(r, k);
+                    if !seen.contains(&v) {
+                        seen.push(v);
+                    }
+                }
+                seen.len() > 1
+            })
+            .cloned()
+            .collect();
+        let mut names: Vec<String> = Vec::new();
+        if varying.is_empty() {
+            names.push(setting.clone());
+        } else {
+            for r in &runs {
+                let values = key_values(r, &varying);
+                let name = split_name(setting, &values);
+                if !names.contains(&name) {
+                    names.push(name.clone());
+                    origin.push(SplitRow {
+                        name,
+                        setting: setting.clone(),
+                        values,
+                    });
+                }
+            }
+            for r in out.runs.iter_mut().filter(|r| &r.meta.setting == setting) {
+                r.meta.setting = split_name(setting, &key_values(r, &varying));
+            }
+            for p in out
+                .priming_runs
+                .iter_mut()
+                .filter(|p| &p.setting == setting)
+            {
+                // Learning curves stay per priming run; they are listed under the first row.
+                p.setting = names[0].clone();
+            }
+        }
+        names_of.push((setting.clone(), names));
+    }
+    let expand = |list: &[String]| -> Vec<String> {
+        list.iter()
+            .flat_map(|s| {
+                names_of
+                    .iter()
+                    .find(|(base, _)| base == s)
+                    .map_or_else(|| vec![s.clone()], |(_, names)| names.clone())
+            })
+            .collect()
+    };
+    out.settings = expand(&input.settings);
+    out.spec.table1_rows = expand(&input.spec.table1_rows);
+    out.spec.table1_groups = input.spec.table1_groups.iter().map(|g| expand(g)).collect();
+    (out, origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::ReportSpec;
+    use crate::report::testutil::{input, run};
+
+    fn with_axis(mut r: RunRecord, key: &str, value: &str) -> RunRecord {
+        r.meta.axes.push((key.to_string(), value.to_string()));
+        r.meta.run_id += &format!("-{value}");
+        r
+    }
+
+    #[test]
+    fn settings_that_vary_a_plotted_key_get_one_row_per_value() {
+        let key = "finetune.data.train_limit";
+        let mut runs = Vec::new();
+        for n in ["50", "100"] {
+            runs.push(with_axis(run("AT", "hi", 1, Some(0.5)), key, n));
+        }
+        runs.push(run("Full", "hi", 1, Some(0.6)));
+        let spec = ReportSpec {
+            table1_rows: vec!["Full".into(), "AT".into()],
+            ..Default::default()
+        };
+        let inp = input(&["AT", "Full"], &["hi"], runs, spec);
+        let (out, origin) = split_settings(&inp, &[key.to_string()]);
+        let at50 = format!("AT · {key}=50");
+        let at100 = format!("AT · {key}=100");
+        assert_eq!(
+            out.settings,
+            vec![at50.clone(), at100.clone(), "Full".into()]
+        );
+        assert_eq!(
+            out.spec.table1_rows,
+            vec!["Full".to_string(), at50.clone(), at100]
+        );
+        assert_eq!(out.runs[0].meta.setting, at50);
+        assert_eq!(out.runs[2].meta.setting, "Full");
+        assert_eq!(origin[0].name, at50);
+        assert_eq!(origin[0].setting, "AT");
+        assert_eq!(origin[0].values, vec![(key.to_string(), "50".to_string())]);
+        assert_eq!(origin.len(), 2);
+        // Without plotted keys nothing changes.
+        assert_eq!(split_settings(&inp, &[]).0, inp);
+    }
+}
