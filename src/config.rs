@@ -33,6 +33,8 @@ pub enum FinetuneMethod {
     Adapter,
     /// BitFit: every bias of the encoder ∪ θh (see [`crate::model::pe::bitfit`]).
     Bitfit,
+    /// LoRA on the encoder's linears ∪ θh (`lora_*` keys; see [`crate::model::pe::lora`]).
+    Lora,
 }
 
 impl FinetuneMethod {
@@ -42,6 +44,7 @@ impl FinetuneMethod {
             FinetuneMethod::Head => "head",
             FinetuneMethod::Adapter => "adapter",
             FinetuneMethod::Bitfit => "bitfit",
+            FinetuneMethod::Lora => "lora",
         }
     }
 
@@ -58,6 +61,7 @@ impl FinetuneMethod {
             // Like adapter tuning, few weights on a frozen encoder; not measured yet on WikiAnn
             // (sweeps select it on dev).
             FinetuneMethod::Bitfit => 5e-3,
+            FinetuneMethod::Lora => 5e-3,
         }
     }
 }
@@ -258,6 +262,22 @@ pub struct FinetuneConfig {
     pub decay_bias_and_norm: bool,
     /// Bottleneck dimension of the adapter created when the model has none.
     pub adapter_dim: usize,
+    /// `last` (the paper's one adapter after the last layer) or `all` (one after every layer).
+    #[serde(skip_serializing_if = "crate::model::pe::AdapterLayers::is_last")]
+    pub adapter_layers: crate::model::pe::AdapterLayers,
+    /// LoRA rank r (default 8, as `peft`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_r: Option<usize>,
+    /// LoRA α: the update is scaled by α/r (default 8, as `peft`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_alpha: Option<f64>,
+    /// Dropout on the LoRA branch's input: only 0 is implemented (the update is merged into
+    /// the weights, see [`crate::model::pe::lora`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_dropout: Option<f64>,
+    /// The linears LoRA adapts in every layer (default query and value, as the LoRA paper).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_targets: Option<Vec<crate::model::pe::LoraTarget>>,
     /// Cache encoder outputs of train and dev when θp is frozen (head/adapter tuning; see
     /// `primer::train::cache`). The cache is encoded once without dropout, so with it the
     /// encoder runs dropout-free during head/adapter tuning (a constant encoder output per
@@ -290,6 +310,11 @@ impl Default for FinetuneConfig {
             weight_decay: 0.01,
             decay_bias_and_norm: true,
             adapter_dim: 64,
+            adapter_layers: Default::default(),
+            lora_r: None,
+            lora_alpha: None,
+            lora_dropout: None,
+            lora_targets: None,
             cache_encoder: true,
             primed_adapter: PrimedAdapter::Train,
             dropout: None,
@@ -300,16 +325,26 @@ impl Default for FinetuneConfig {
 }
 
 impl FinetuneConfig {
+    /// The PE methods' settings of this configuration.
+    pub fn pe_settings(&self) -> PeSettings {
+        PeSettings {
+            adapter_layers: self.adapter_layers,
+            lora_r: self.lora_r,
+            lora_alpha: self.lora_alpha,
+            lora_dropout: self.lora_dropout,
+            lora_targets: self.lora_targets.clone(),
+        }
+    }
     /// The parameter-efficient module this run trains (None for full FT and head tuning, which
     /// create none).
     pub fn pe_spec(&self) -> Option<crate::model::PeSpec> {
-        match self.method {
-            FinetuneMethod::Full | FinetuneMethod::Head => None,
-            FinetuneMethod::Adapter => Some(crate::model::PeSpec::Adapter {
-                dim: self.adapter_dim,
-            }),
-            FinetuneMethod::Bitfit => Some(crate::model::PeSpec::BitFit),
-        }
+        let kind = match self.method {
+            FinetuneMethod::Full | FinetuneMethod::Head => return None,
+            FinetuneMethod::Adapter => PeKind::Adapter,
+            FinetuneMethod::Bitfit => PeKind::Bitfit,
+            FinetuneMethod::Lora => PeKind::Lora,
+        };
+        Some(self.pe_settings().spec(kind, self.adapter_dim))
     }
 
     /// The learning rate actually used.
@@ -367,6 +402,143 @@ pub enum InnerLoop {
     Full,
 }
 
+/// `prime.inner_params`: what the meta-learning inner loop adapts.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum InnerParamsChoice {
+    /// The bottleneck adapter and θh (the paper's PE loop; `inner_loop = "pe"`).
+    Adapter,
+    /// LoRA and θh.
+    Lora,
+    /// The encoder's biases (BitFit) and θh.
+    Bitfit,
+    /// θp, the adapter and θh (the MAML loop; `inner_loop = "full"`).
+    Full,
+}
+
+/// A parameter-efficient method, as the configurations name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeKind {
+    Adapter,
+    Lora,
+    Bitfit,
+}
+
+impl PeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeKind::Adapter => "adapter",
+            PeKind::Lora => "lora",
+            PeKind::Bitfit => "bitfit",
+        }
+    }
+}
+
+/// The PE methods' settings besides `adapter_dim`: the same keys (`adapter_layers`, `lora_*`)
+/// in `[finetune]` and `[prime]`, read through `pe_settings()`. A key of a method the
+/// configuration does not use is an error. The keys are skipped when unset or default, so
+/// they leave the stored configurations of other methods — and their run ids — unchanged.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PeSettings {
+    pub adapter_layers: crate::model::pe::AdapterLayers,
+    pub lora_r: Option<usize>,
+    pub lora_alpha: Option<f64>,
+    pub lora_dropout: Option<f64>,
+    pub lora_targets: Option<Vec<crate::model::pe::LoraTarget>>,
+}
+
+impl PeSettings {
+    pub const DEFAULT_LORA_R: usize = 8;
+    pub const DEFAULT_LORA_ALPHA: f64 = 8.0;
+
+    /// The module of method `kind` these settings describe.
+    pub fn spec(&self, kind: PeKind, adapter_dim: usize) -> crate::model::PeSpec {
+        use crate::model::pe::LoraTarget;
+        match kind {
+            PeKind::Adapter => crate::model::PeSpec::Adapter {
+                dim: adapter_dim,
+                layers: self.adapter_layers,
+            },
+            PeKind::Bitfit => crate::model::PeSpec::BitFit,
+            PeKind::Lora => crate::model::PeSpec::Lora {
+                r: self.lora_r.unwrap_or(Self::DEFAULT_LORA_R),
+                alpha: self.lora_alpha.unwrap_or(Self::DEFAULT_LORA_ALPHA),
+                targets: self
+                    .lora_targets
+                    .clone()
+                    .unwrap_or_else(|| vec![LoraTarget::Query, LoraTarget::Value]),
+            },
+        }
+    }
+
+    /// Range rules, and keys set for a method other than `kind` (None: no PE module, e.g. full
+    /// FT or head tuning).
+    fn check(&self, r: &mut Rules, kind: Option<PeKind>) {
+        let uses = |k: PeKind| kind == Some(k);
+        let foreign = |r: &mut Rules, key: &str, owner: PeKind| {
+            r.fail(
+                key,
+                format!(
+                    "is a setting of the {} method, and this configuration's method is {}; \
+                     remove it or use method \"{}\"",
+                    owner.as_str(),
+                    kind.map_or("none (no PE module)", PeKind::as_str),
+                    owner.as_str()
+                ),
+            )
+        };
+        if !self.adapter_layers.is_last() && !uses(PeKind::Adapter) {
+            foreign(r, "adapter_layers", PeKind::Adapter);
+        }
+        let lora_keys = [
+            ("lora_r", self.lora_r.is_some()),
+            ("lora_alpha", self.lora_alpha.is_some()),
+            ("lora_dropout", self.lora_dropout.is_some()),
+            ("lora_targets", self.lora_targets.is_some()),
+        ];
+        for (key, set) in lora_keys {
+            if set && !uses(PeKind::Lora) {
+                foreign(r, key, PeKind::Lora);
+            }
+        }
+        if let Some(v) = self.lora_r {
+            r.at_least_1("lora_r", v);
+        }
+        if let Some(v) = self.lora_alpha {
+            r.positive("lora_alpha", v);
+        }
+        if let Some(v) = self.lora_dropout
+            && v != 0.0
+        {
+            r.fail(
+                "lora_dropout",
+                format!("{v}: only 0 is implemented (LoRA's update is merged into the weights)"),
+            );
+        }
+        if let Some(t) = &self.lora_targets {
+            if t.is_empty() {
+                r.fail("lora_targets", "needs at least one target".into());
+            }
+            let unique: std::collections::BTreeSet<_> = t.iter().collect();
+            if unique.len() != t.len() {
+                r.fail("lora_targets", "lists a target twice".into());
+            }
+        }
+    }
+}
+
 /// Whether the S inner steps reuse one support batch or take S distinct ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -420,6 +592,12 @@ pub struct PrimeConfig {
     pub sources: Vec<String>,
     pub method: PrimingMethod,
     pub inner_loop: InnerLoop,
+    /// What the inner loop adapts, naming the PE method priming trains: a PE method
+    /// (`adapter`, `lora`, `bitfit`: the PE loop over that module) or `full` (the MAML loop
+    /// over θp and an adapter). None: `inner_loop` decides, with the adapter (`pe` is the same
+    /// as `adapter`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inner_params: Option<InnerParamsChoice>,
     /// S, the number of inner SGD steps.
     pub inner_steps: usize,
     /// Inner SGD learning rate (None: 0.03 for the PE loop, 1e-4 for the full loop).
@@ -452,6 +630,22 @@ pub struct PrimeConfig {
     /// Learning rate of FT priming (the multi-task fine-tuning baseline).
     pub ft_lr: f64,
     pub adapter_dim: usize,
+    /// `last` (the paper's one adapter after the last layer) or `all` (one after every layer).
+    #[serde(skip_serializing_if = "crate::model::pe::AdapterLayers::is_last")]
+    pub adapter_layers: crate::model::pe::AdapterLayers,
+    /// LoRA rank r (default 8, as `peft`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_r: Option<usize>,
+    /// LoRA α: the update is scaled by α/r (default 8, as `peft`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_alpha: Option<f64>,
+    /// Dropout on the LoRA branch's input: only 0 is implemented (the update is merged into
+    /// the weights, see [`crate::model::pe::lora`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_dropout: Option<f64>,
+    /// The linears LoRA adapts in every layer (default query and value, as the LoRA paper).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_targets: Option<Vec<crate::model::pe::LoraTarget>>,
     /// Override the dropout probabilities of config.json (None: keep them).
     pub dropout: Option<f64>,
     /// Dropout masks of the meta inner loop (FT priming has none, so it ignores this); see
@@ -470,6 +664,7 @@ impl Default for PrimeConfig {
             sources: vec!["en".to_string(), "es".to_string()],
             method: PrimingMethod::Meta,
             inner_loop: InnerLoop::Pe,
+            inner_params: None,
             inner_steps: 5,
             inner_lr: None,
             outer_lr: 5e-5,
@@ -484,6 +679,11 @@ impl Default for PrimeConfig {
             query_batch_size: 16,
             ft_lr: 5e-5,
             adapter_dim: 64,
+            adapter_layers: Default::default(),
+            lora_r: None,
+            lora_alpha: None,
+            lora_dropout: None,
+            lora_targets: None,
             dropout: None,
             inner_dropout: InnerDropout::PerStep,
             seed: 0,
@@ -493,18 +693,57 @@ impl Default for PrimeConfig {
 }
 
 impl PrimeConfig {
+    /// The PE methods' settings of this configuration.
+    pub fn pe_settings(&self) -> PeSettings {
+        PeSettings {
+            adapter_layers: self.adapter_layers,
+            lora_r: self.lora_r,
+            lora_alpha: self.lora_alpha,
+            lora_dropout: self.lora_dropout,
+            lora_targets: self.lora_targets.clone(),
+        }
+    }
+
     /// The parameter-efficient module priming trains beside θp (and adapts in the PE inner
     /// loop).
     pub fn pe_spec(&self) -> crate::model::PeSpec {
-        crate::model::PeSpec::Adapter {
-            dim: self.adapter_dim,
+        self.pe_settings().spec(self.pe_kind(), self.adapter_dim)
+    }
+
+    /// The PE module priming trains: `inner_params`' method, the adapter for the full loop.
+    pub fn pe_kind(&self) -> PeKind {
+        match self.inner_params {
+            Some(InnerParamsChoice::Lora) => PeKind::Lora,
+            Some(InnerParamsChoice::Bitfit) => PeKind::Bitfit,
+            Some(InnerParamsChoice::Adapter | InnerParamsChoice::Full) | None => PeKind::Adapter,
+        }
+    }
+
+    /// What the inner loop adapts, for labels: `inner_params` as written, else `pe` / `full`.
+    pub fn inner_label(&self) -> &'static str {
+        match (self.inner_params, self.inner_loop) {
+            (Some(InnerParamsChoice::Adapter), _) => "adapter",
+            (Some(InnerParamsChoice::Lora), _) => "lora",
+            (Some(InnerParamsChoice::Bitfit), _) => "bitfit",
+            (Some(InnerParamsChoice::Full), _) | (None, InnerLoop::Full) => "full",
+            (None, InnerLoop::Pe) => "pe",
+        }
+    }
+
+    /// The inner loop in effect: `inner_params = "full"` is the MAML loop, any PE method the
+    /// PE loop; without `inner_params`, `inner_loop` says.
+    pub fn effective_inner_loop(&self) -> InnerLoop {
+        match self.inner_params {
+            Some(InnerParamsChoice::Full) => InnerLoop::Full,
+            Some(_) => InnerLoop::Pe,
+            None => self.inner_loop,
         }
     }
 
     /// The inner learning rate actually used (the paper: 0.03 for the PE loop; the full loop
     /// needs the lower 1e-4).
     pub fn effective_inner_lr(&self) -> f64 {
-        self.inner_lr.unwrap_or(match self.inner_loop {
+        self.inner_lr.unwrap_or(match self.effective_inner_loop() {
             InnerLoop::Pe => 0.03,
             InnerLoop::Full => 1e-4,
         })
@@ -602,10 +841,20 @@ impl FinetuneConfig {
         r.fraction("warmup_ratio", self.warmup_ratio);
         r.non_negative("weight_decay", self.weight_decay);
         r.at_least_1("adapter_dim", self.adapter_dim);
+        self.pe_settings()
+            .check(&mut r, self.pe_spec().map(|_| self.pe_kind_of_method()));
         if let Some(p) = self.dropout {
             r.fraction("dropout", p);
         }
         r.0
+    }
+
+    fn pe_kind_of_method(&self) -> PeKind {
+        match self.method {
+            FinetuneMethod::Lora => PeKind::Lora,
+            FinetuneMethod::Bitfit => PeKind::Bitfit,
+            _ => PeKind::Adapter,
+        }
     }
 
     /// The first of [`FinetuneConfig::value_errors`].
@@ -646,6 +895,21 @@ impl PrimeConfig {
         r.at_least_1("support_batch_size", self.support_batch_size);
         r.at_least_1("query_batch_size", self.query_batch_size);
         r.at_least_1("adapter_dim", self.adapter_dim);
+        self.pe_settings().check(&mut r, Some(self.pe_kind()));
+        if let Some(choice) = self.inner_params {
+            let full = choice == InnerParamsChoice::Full;
+            if (self.inner_loop == InnerLoop::Full) != full {
+                r.fail(
+                    "inner_params",
+                    format!(
+                        "{choice:?} disagrees with inner_loop = {:?}; set one of them \
+                         (inner_loop = \"pe\" is inner_params = \"adapter\", \"full\" is \"full\")",
+                        self.inner_loop
+                    )
+                    .to_lowercase(),
+                );
+            }
+        }
         if let Some(p) = self.dropout {
             r.fraction("dropout", p);
         }

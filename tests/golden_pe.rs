@@ -8,6 +8,7 @@ mod common;
 use candle_core::Device;
 use common::{Failures, GoldenDump, check_first_adamw_step, check_rel};
 use primer::config::FinetuneMethod;
+use primer::model::pe::{AdapterLayers, LoraTarget};
 use primer::model::{PeSpec, Tagger};
 use primer::rng::SeededRng;
 use primer::train::optim::{AdamW, AdamWConfig};
@@ -24,10 +25,31 @@ fn dumps() -> Vec<PathBuf> {
     v
 }
 
-/// The fine-tuning method and PE module a dump's `mode` names.
+/// The fine-tuning method and PE module a dump's `mode` names, with its settings from meta.json.
 fn method_of(d: &GoldenDump) -> (FinetuneMethod, PeSpec) {
     match d.mode() {
         "bitfit" => (FinetuneMethod::Bitfit, PeSpec::BitFit),
+        "lora" => {
+            let targets = d.meta["lora"]["targets"]
+                .as_array()
+                .expect("meta.json: lora.targets")
+                .iter()
+                .map(|t| serde_json::from_value::<LoraTarget>(t.clone()).unwrap())
+                .collect();
+            let spec = PeSpec::Lora {
+                r: d.f64_at("/lora/r") as usize,
+                alpha: d.f64_at("/lora/alpha"),
+                targets,
+            };
+            (FinetuneMethod::Lora, spec)
+        }
+        "adapter-all" => (
+            FinetuneMethod::Adapter,
+            PeSpec::Adapter {
+                dim: d.f64_at("/adapter/dim") as usize,
+                layers: AdapterLayers::All,
+            },
+        ),
         other => panic!("{}: unknown mode {other}", d.name()),
     }
 }
@@ -41,6 +63,12 @@ fn check_dump(d: &GoldenDump) -> Failures {
         "the dump's folder is an unprimed model"
     );
     tagger.ensure_pe(&spec, &mut SeededRng::new(0)).unwrap();
+    // The module starts from the dump's values (BitFit's are the encoder's own biases).
+    let module = tagger.pe.as_ref().unwrap();
+    let prefix = format!("init.{}.", module.name());
+    let init = d.param_set(&prefix);
+    assert_eq!(init.len(), module.params.len(), "{}: {prefix}*", d.name());
+    module.params.assign_from(&init).unwrap();
     tagger.heads.insert("0".into(), d.param_set("init.head.0."));
     let groups = tagger.groups_for(method, "0");
     tagger.set_trainable(&groups).unwrap();

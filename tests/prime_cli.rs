@@ -187,3 +187,81 @@ fn bad_inputs_fail_with_one_clear_error() {
         "{stderr}"
     );
 }
+
+/// Meta priming with a LoRA inner loop writes a LoRA checkpoint (its settings in the file's
+/// header) and no adapter; `primer finetune --method lora --init` trains from it.
+#[test]
+fn lora_inner_loop_primes_a_lora_checkpoint_that_lora_tuning_starts_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((model, data)) = setup(tmp.path()) else {
+        return;
+    };
+    let out = tmp.path().join("primed");
+    let o = primer()
+        .args(small_run_args(&model, &data))
+        .args([
+            "--method",
+            "meta",
+            "--inner-params",
+            "lora",
+            "--lora-r",
+            "2",
+            "--lora-targets",
+            "query,value,output",
+            "--inner-steps",
+            "2",
+            "--steps",
+            "2",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(out.join("lora.safetensors").exists());
+    assert!(!out.join("adapter.safetensors").exists());
+    let primed = primer::model::Tagger::load_primed(&out, &candle_core::Device::Cpu).unwrap();
+    let m = primed.pe.as_ref().unwrap();
+    assert_eq!(m.name(), "lora");
+    // 1 layer × 3 targets × (A, B); B moved away from its zero start in priming.
+    assert_eq!(m.params.len(), 6);
+    let b = m.params.get("encoder.layer.0.output.dense.lora_B").unwrap();
+    let moved = b.flatten_all().unwrap().abs().unwrap().sum_all().unwrap();
+    assert!(
+        moved.to_scalar::<f32>().unwrap() > 0.0,
+        "the outer step trained LoRA's B"
+    );
+
+    let o = primer()
+        .args(["finetune", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .arg("--init")
+        .arg(&out)
+        .args([
+            "--lang",
+            "en",
+            "--method",
+            "lora",
+            "--lora-r",
+            "2",
+            "--lora-targets",
+            "query,value,output",
+            "--train-limit",
+            "16",
+            "--epochs",
+            "1",
+            "--max-len",
+            "32",
+        ])
+        .arg("--out")
+        .arg(tmp.path().join("ft"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+}

@@ -145,6 +145,7 @@ fn synthetic_seeds(results_dir: &Path, seeds: &[u64]) -> ReportInput {
                         setting: s.name.into(),
                         priming: s.priming.map(|p| p.0),
                         inner_loop: s.priming.and_then(|p| p.1),
+                        pe_method: None,
                         inner_steps: s.priming.map(|_| 5),
                         inner_lr: s.priming.map(|_| 0.03),
                         outer_lr: s.priming.map(|_| 5e-5),

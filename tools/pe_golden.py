@@ -9,9 +9,14 @@ Writes, in the layout of ../shared/golden (see its README):
   dump.safetensors                init.head.0.*, batch.*, grad.<group>.*, final.<group>.*
   meta.json                       every setting the Rust test reads (mode, optimiser, losses, ...)
 
-Methods:
-  bitfit  every bias of the encoder (linear and LayerNorm biases) + the head trained; the
-          encoder's other weights frozen. Gradients and values are named `bitfit.<encoder name>`.
+Methods (`--method`):
+  bitfit       every bias of the encoder (linear and LayerNorm biases) + the head trained; the
+               encoder's other weights frozen. Tensors are named `bitfit.<encoder name>`.
+  lora         HF peft LoRA (r, alpha, target_modules from the flags, lora_dropout 0) + the head;
+               A and B both drawn at random (B non-zero, so that A's gradient is tested too).
+               Tensors are named `lora.encoder.layer.<l>.<linear>.lora_{A,B}`.
+  adapter-all  a bottleneck adapter x + up(relu(down(x))) after every layer's output (a forward
+               hook on each BertLayer) + the head; tensors `adapter.layer.<l>.{down,up}.*`.
 
 Needs torch, transformers and safetensors (a venv outside the repository).
 """
@@ -65,15 +70,66 @@ def random_batch(gen, batch, seq, vocab):
     )
 
 
-def trained_encoder_params(method, enc):
+class Adapter(torch.nn.Module):
+    def __init__(self, hidden, dim, gen):
+        super().__init__()
+        self.down = torch.nn.Linear(hidden, dim)
+        self.up = torch.nn.Linear(dim, hidden)
+        with torch.no_grad():
+            for lin in (self.down, self.up):
+                lin.weight.normal_(0.0, 0.02, generator=gen)
+                lin.bias.zero_()
+
+    def forward(self, x):
+        return x + self.up(torch.relu(self.down(x)))
+
+
+def attach(method, enc, args, gen):
+    """Freezes the encoder and attaches the method; returns (model, [(our name, param)])."""
+    for p in enc.parameters():
+        p.requires_grad_(False)
     if method == "bitfit":
-        return {n: p for n, p in enc.named_parameters() if n.endswith("bias")}
+        named = [(f"bitfit.{n}", p) for n, p in enc.named_parameters() if n.endswith("bias")]
+        for _, p in named:
+            p.requires_grad_(True)
+        return enc, named
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+        cfg = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
+                         target_modules=args.lora_targets.split(","), init_lora_weights="gaussian")
+        model = get_peft_model(enc, cfg)
+        named = []
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                with torch.no_grad():
+                    p.normal_(0.0, 0.1, generator=gen)
+                # base_model.model.encoder.layer.0.attention.self.query.lora_A.default.weight
+                ours = n.removeprefix("base_model.model.").replace(".default.weight", "")
+                named.append((f"lora.{ours}", p))
+        return model, named
+    if method == "adapter-all":
+        adapters = torch.nn.ModuleList(
+            [Adapter(args.hidden, args.adapter_dim, gen) for _ in enc.encoder.layer])
+        for layer, ad in zip(enc.encoder.layer, adapters):
+            def hook(_mod, _inp, out, ad=ad):
+                if isinstance(out, tuple):
+                    return (ad(out[0]),) + tuple(out[1:])
+                return ad(out)
+            layer.register_forward_hook(hook)
+        enc.pe_adapters = adapters
+        named = [(f"adapter.layer.{l}.{n}", p) for l, ad in enumerate(adapters)
+                 for n, p in ad.named_parameters()]
+        return enc, named
     raise SystemExit(f"unknown method {method}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--method", choices=["bitfit"], required=True)
+    ap.add_argument("--method", choices=["bitfit", "lora", "adapter-all"], required=True)
+    ap.add_argument("--lora-r", type=int, default=4)
+    ap.add_argument("--lora-alpha", type=float, default=8.0)
+    ap.add_argument("--lora-targets", default="query,value")
+    ap.add_argument("--adapter-dim", type=int, default=8)
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vocab", type=int, default=120)
@@ -105,18 +161,13 @@ def main():
         head.bias.zero_()
     batch = random_batch(gen, args.batch, args.seq, args.vocab)
 
-    for p in enc.parameters():
-        p.requires_grad_(False)
-    trained = trained_encoder_params(args.method, enc)
-    for p in trained.values():
-        p.requires_grad_(True)
-    group = args.method
-    named = [(f"{group}.{n}", p) for n, p in trained.items()]
+    model, named = attach(args.method, enc, args, gen)
     named += [(f"head.0.{n}", p) for n, p in head.named_parameters()]
 
-    dump = {f"init.head.0.{n}": p.detach().clone() for n, p in head.named_parameters()}
+    # Start values of everything trained (the BitFit biases are also in model.safetensors).
+    dump = {f"init.{n}": p.detach().clone() for n, p in named}
     dump.update({f"batch.{k}": v for k, v in batch.items()})
-    hidden = enc(
+    hidden = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         token_type_ids=batch["token_type_ids"],
@@ -137,7 +188,11 @@ def main():
 
     meta = dict(
         mode=args.method,
-        method={"bitfit": "every encoder bias (linear and LayerNorm) + head"}[args.method],
+        method={"bitfit": "every encoder bias (linear and LayerNorm) + head",
+                "lora": "peft LoRA on target_modules, merged scale alpha/r, dropout 0; A and B random",
+                "adapter-all": "adapter x + up(relu(down(x))) after every layer's output"}[args.method],
+        lora=dict(r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets.split(",")),
+        adapter=dict(dim=args.adapter_dim, layers="all"),
         seed=args.seed,
         batch=args.batch,
         seq=args.seq,

@@ -60,7 +60,7 @@ impl FinetuneArgs {
             Some(path) => super::read_config_file::<FinetuneConfig>(path)?,
             None => FinetuneConfig::default(),
         };
-        self.shared.apply(shared_fields!(c));
+        self.shared.apply(shared_fields!(c))?;
         if let Some(v) = &self.init {
             c.init = Some(v.clone());
         }

@@ -42,6 +42,10 @@ pub struct PrimeArgs {
     sources: Option<Vec<String>>,
     #[arg(long, value_enum)]
     method: Option<MethodArg>,
+    /// What the inner loop adapts: a PE method (adapter, lora, bitfit: the PE module priming
+    /// trains) or full (the MAML loop). Default: as --method says, with the adapter.
+    #[arg(long, value_enum)]
+    inner_params: Option<primer::config::InnerParamsChoice>,
     /// S, the number of inner SGD steps.
     #[arg(long)]
     inner_steps: Option<usize>,
@@ -90,7 +94,7 @@ impl PrimeArgs {
             Some(path) => super::read_config_file::<PrimeConfig>(path)?,
             None => PrimeConfig::default(),
         };
-        self.shared.apply(shared_fields!(c));
+        self.shared.apply(shared_fields!(c))?;
         if let Some(v) = &self.sources {
             c.sources = v
                 .iter()
@@ -104,6 +108,9 @@ impl PrimeArgs {
                 MethodArg::Ft => (PrimingMethod::Ft, InnerLoop::Pe),
                 MethodArg::Maml => (PrimingMethod::Meta, InnerLoop::Full),
             };
+        }
+        if self.inner_params.is_some() {
+            c.inner_params = self.inner_params;
         }
         if let Some(v) = self.inner_steps {
             c.inner_steps = v;

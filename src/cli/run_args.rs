@@ -28,6 +28,19 @@ pub struct SharedRunArgs {
     /// Bottleneck dimension of the adapter created when the model has none.
     #[arg(long)]
     pub adapter_dim: Option<usize>,
+    /// Adapters after the last layer only (the paper's) or after every layer.
+    #[arg(long, value_enum)]
+    pub adapter_layers: Option<primer::model::pe::AdapterLayers>,
+    /// LoRA rank r (LoRA only; default 8).
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    /// LoRA α, the update scaled by α/r (LoRA only; default 8).
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// The linears LoRA adapts in every layer, comma-separated: query, key, value,
+    /// attention_output, intermediate, output (LoRA only; default query,value).
+    #[arg(long, value_delimiter = ',')]
+    pub lora_targets: Option<Vec<String>>,
     /// Override the model's dropout probabilities.
     #[arg(long)]
     pub dropout: Option<f64>,
@@ -46,6 +59,10 @@ pub struct SharedFields<'a> {
     pub warmup_ratio: &'a mut f64,
     pub weight_decay: &'a mut f64,
     pub adapter_dim: &'a mut usize,
+    pub adapter_layers: &'a mut primer::model::pe::AdapterLayers,
+    pub lora_r: &'a mut Option<usize>,
+    pub lora_alpha: &'a mut Option<f64>,
+    pub lora_targets: &'a mut Option<Vec<primer::model::pe::LoraTarget>>,
     pub dropout: &'a mut Option<f64>,
     pub seed: &'a mut u64,
     pub device: &'a mut String,
@@ -61,6 +78,10 @@ macro_rules! shared_fields {
             warmup_ratio: &mut $c.warmup_ratio,
             weight_decay: &mut $c.weight_decay,
             adapter_dim: &mut $c.adapter_dim,
+            adapter_layers: &mut $c.adapter_layers,
+            lora_r: &mut $c.lora_r,
+            lora_alpha: &mut $c.lora_alpha,
+            lora_targets: &mut $c.lora_targets,
             dropout: &mut $c.dropout,
             seed: &mut $c.seed,
             device: &mut $c.device,
@@ -71,7 +92,8 @@ pub(crate) use shared_fields;
 
 impl SharedRunArgs {
     /// Overrides the fields whose flag was given; the others keep the config file's value.
-    pub fn apply(&self, f: SharedFields<'_>) {
+    /// A LoRA target name that does not exist is an error naming the valid ones.
+    pub fn apply(&self, f: SharedFields<'_>) -> anyhow::Result<()> {
         if let Some(v) = &self.model {
             *f.model = v.clone();
         }
@@ -96,6 +118,31 @@ impl SharedRunArgs {
         if let Some(v) = self.adapter_dim {
             *f.adapter_dim = v;
         }
+        if let Some(v) = self.adapter_layers {
+            *f.adapter_layers = v;
+        }
+        if self.lora_r.is_some() {
+            *f.lora_r = self.lora_r;
+        }
+        if self.lora_alpha.is_some() {
+            *f.lora_alpha = self.lora_alpha;
+        }
+        if let Some(names) = &self.lora_targets {
+            let targets = names
+                .iter()
+                .map(|n| {
+                    serde_json::from_value(serde_json::Value::String(n.trim().to_string())).map_err(
+                        |_| {
+                            anyhow::anyhow!(
+                                "--lora-targets: unknown target '{n}' (valid: query, key, value, \
+                                 attention_output, intermediate, output)"
+                            )
+                        },
+                    )
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            *f.lora_targets = Some(targets);
+        }
         if self.dropout.is_some() {
             *f.dropout = self.dropout;
         }
@@ -105,5 +152,6 @@ impl SharedRunArgs {
         if let Some(v) = &self.device {
             *f.device = v.clone();
         }
+        Ok(())
     }
 }

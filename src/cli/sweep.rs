@@ -163,8 +163,8 @@ fn print_plan(a: &PlanArgs) -> anyhow::Result<ExitCode> {
                 format!("lr {} steps {}", config.ft_lr, config.steps)
             }
             RunSpec::Prime { config } => format!(
-                "inner {:?} S={} inner_lr {} outer_lr {} steps {}",
-                config.inner_loop,
+                "inner {} S={} inner_lr {} outer_lr {} steps {}",
+                config.inner_label(),
                 config.inner_steps,
                 config.effective_inner_lr(),
                 config.outer_lr,

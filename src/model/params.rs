@@ -233,6 +233,21 @@ impl ParamSet {
         )
     }
 
+    /// [`Self::save_safetensors`] with `extra` entries in the file's header metadata.
+    pub fn save_safetensors_with_metadata(
+        &self,
+        path: &Path,
+        extra: &[(String, String)],
+    ) -> Result<()> {
+        save_named_with_metadata(
+            path,
+            self.entries
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_tensor())),
+            extra,
+        )
+    }
+
     /// Reads a safetensors file into new Vars, requiring exactly the `expected` (name,
     /// shape) pairs (extra tensors are ignored). Errors name the file, tensor and shape.
     pub fn load_safetensors(
@@ -317,6 +332,30 @@ pub(crate) fn save_named<'a, I: Iterator<Item = (&'a str, &'a Tensor)>>(
     path: &Path,
     items: I,
 ) -> Result<()> {
+    save_named_with_metadata(path, items, &[])
+}
+
+/// The string → string metadata of a safetensors file's header.
+pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let bad = |message: String| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    Ok(header.metadata().clone().unwrap_or_default())
+}
+
+/// [`save_named`] with `extra` entries in the header metadata (e.g. a PE method's settings).
+pub(crate) fn save_named_with_metadata<'a, I: Iterator<Item = (&'a str, &'a Tensor)>>(
+    path: &Path,
+    items: I,
+    extra: &[(String, String)],
+) -> Result<()> {
     let mut data = Vec::new();
     for (n, t) in items {
         // Detached contiguous copies on the CPU: safetensors wants plain row-major bytes.
@@ -325,6 +364,7 @@ pub(crate) fn save_named<'a, I: Iterator<Item = (&'a str, &'a Tensor)>>(
     }
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
+    meta.extend(extra.iter().cloned());
     let bytes = safetensors::serialize(data, Some(meta)).map_err(|e| ModelError::Safetensors {
         path: path.to_path_buf(),
         message: e.to_string(),

@@ -226,7 +226,7 @@ impl Tagger {
 
     /// Creates the paper's adapter (bottleneck `dim`) when there is no PE module.
     pub fn ensure_adapter(&mut self, dim: usize, rng: &mut SeededRng) -> Result<bool> {
-        self.ensure_pe(&PeSpec::Adapter { dim }, rng)
+        self.ensure_pe(&PeSpec::adapter(dim), rng)
     }
 
     /// The PE module's group, when the tagger carries one.
@@ -261,11 +261,13 @@ impl Tagger {
                 g
             }
             FinetuneMethod::Head => vec![head],
-            FinetuneMethod::Adapter | FinetuneMethod::Bitfit => match self.pe_group() {
-                Some(pe) => vec![pe, head],
-                // No module to train: set_trainable names the missing group.
-                None => vec![ParamGroup::Pe(method.as_str()), head],
-            },
+            FinetuneMethod::Adapter | FinetuneMethod::Bitfit | FinetuneMethod::Lora => {
+                match self.pe_group() {
+                    Some(pe) => vec![pe, head],
+                    // No module to train: set_trainable names the missing group.
+                    None => vec![ParamGroup::Pe(method.as_str()), head],
+                }
+            }
         }
     }
 
@@ -513,9 +515,9 @@ mod tests {
         // (Full FT beside a BitFit module is left out: θp's own biases are read in no forward
         // there, so they get no gradient by design.)
         let cases = [
-            (PeSpec::Adapter { dim: 8 }, FinetuneMethod::Full),
-            (PeSpec::Adapter { dim: 8 }, FinetuneMethod::Head),
-            (PeSpec::Adapter { dim: 8 }, FinetuneMethod::Adapter),
+            (PeSpec::adapter(8), FinetuneMethod::Full),
+            (PeSpec::adapter(8), FinetuneMethod::Head),
+            (PeSpec::adapter(8), FinetuneMethod::Adapter),
             (PeSpec::BitFit, FinetuneMethod::Head),
             (PeSpec::BitFit, FinetuneMethod::Bitfit),
         ];
@@ -661,8 +663,8 @@ mod tests {
         assert!(t2.pe.is_none());
         assert!(t2.set_trainable(&[ParamGroup::Pe("adapter")]).is_err());
         let err = t2
-            .ensure_pe(&PeSpec::Adapter { dim: 4 }, &mut SeededRng::new(1))
-            .and_then(|_| t2.ensure_pe(&PeSpec::Adapter { dim: 8 }, &mut SeededRng::new(1)));
+            .ensure_pe(&PeSpec::adapter(4), &mut SeededRng::new(1))
+            .and_then(|_| t2.ensure_pe(&PeSpec::adapter(8), &mut SeededRng::new(1)));
         assert!(!err.unwrap(), "a module of the same method is kept");
     }
 
@@ -741,7 +743,7 @@ mod tests {
             assert_eq!(flat(got.get(n).unwrap()), flat(v), "{n}");
         }
         let err = back
-            .ensure_pe(&PeSpec::Adapter { dim: 4 }, &mut SeededRng::new(1))
+            .ensure_pe(&PeSpec::adapter(4), &mut SeededRng::new(1))
             .unwrap_err()
             .to_string();
         assert!(err.contains("already carries a bitfit module"), "{err}");

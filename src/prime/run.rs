@@ -70,7 +70,7 @@ pub struct PrimingInfo {
 
 /// The method name of a configuration as the CLI spells it.
 pub fn method_name(cfg: &PrimeConfig) -> &'static str {
-    match (cfg.method, cfg.inner_loop) {
+    match (cfg.method, cfg.effective_inner_loop()) {
         (PrimingMethod::Ft, _) => "ft",
         (PrimingMethod::Meta, InnerLoop::Pe) => "meta",
         (PrimingMethod::Meta, InnerLoop::Full) => "maml",
@@ -204,7 +204,7 @@ pub fn prime(
     let schedule = LinearSchedule::from_ratio(config.steps, config.warmup_ratio);
     let mut opt = AdamWOuter::new(vars, acfg, Some(schedule))?;
     let step_cfg = MetaStepConfig {
-        inner: InnerParams::of(config.inner_loop),
+        inner: InnerParams::of(config.effective_inner_loop()),
         inner_steps: config.inner_steps,
         inner_lr: config.effective_inner_lr(),
         record_adapted_encoder: false,

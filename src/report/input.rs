@@ -16,6 +16,9 @@ pub struct RunMeta {
     /// None: no priming.
     pub priming: Option<PrimingMethod>,
     pub inner_loop: Option<InnerLoop>,
+    /// The PE method priming trained (`adapter`, `lora`, `bitfit`; None: no priming).
+    #[serde(default)]
+    pub pe_method: Option<String>,
     pub inner_steps: Option<usize>,
     pub inner_lr: Option<f64>,
     pub outer_lr: Option<f64>,

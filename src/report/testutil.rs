@@ -58,6 +58,7 @@ pub fn run(setting: &str, lang: &str, seed: u64, f1: Option<f64>) -> RunRecord {
             setting: setting.to_string(),
             priming: None,
             inner_loop: None,
+            pe_method: None,
             inner_steps: None,
             inner_lr: None,
             outer_lr: None,

@@ -114,10 +114,10 @@ impl PlannedRun {
     pub fn label(&self) -> String {
         let what = match &self.spec {
             RunSpec::Prime { config } => format!(
-                "{} {:?}/{:?} S={}",
+                "{} {:?}/{} S={}",
                 config.sources.join("+"),
                 config.method,
-                config.inner_loop,
+                config.inner_label(),
                 config.inner_steps
             )
             .to_lowercase(),

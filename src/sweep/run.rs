@@ -214,7 +214,8 @@ pub fn report_input_for(sweep: &Sweep) -> Result<ReportInput, SweepError> {
                     run_id: run.id.clone(),
                     setting: e.setting.clone(),
                     priming: prime.map(|p| p.method),
-                    inner_loop: meta_prime.map(|p| p.inner_loop),
+                    inner_loop: meta_prime.map(|p| p.effective_inner_loop()),
+                    pe_method: prime.map(|p| p.pe_kind().as_str().to_string()),
                     inner_steps: meta_prime.map(|p| p.inner_steps),
                     inner_lr: meta_prime.map(|p| p.effective_inner_lr()),
                     outer_lr: prime.map(|p| match p.method {

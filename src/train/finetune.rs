@@ -149,6 +149,22 @@ fn build_tagger(
                 spec.method().name()
             )));
         }
+        if let Some(have) = &tagger.pe {
+            // The primed module is trained as it is: settings that describe another module
+            // would be silently ignored, so they are an error.
+            let (have, want) = (
+                format!("{:?}", have.method()),
+                format!("{:?}", spec.method()),
+            );
+            if have != want {
+                return Err(FinetuneError::Invalid(format!(
+                    "{}: the primed module is {have}, and this run's settings describe {want}; \
+                     make the finetune settings match the priming's, or set \
+                     finetune.primed_adapter = \"drop\"",
+                    dir.display()
+                )));
+            }
+        }
         tagger.ensure_pe(&spec, &mut SeededRng::derive(config.seed, "init.adapter"))?;
     }
     let lang = config.lang.as_str();
@@ -634,6 +650,80 @@ mod tests {
         let (without, use_without) = built(&base, &primed, head, PrimedAdapter::Drop);
         assert_eq!(use_without, PrimedAdapterUse::Dropped);
         assert!(without.pe.is_none());
+    }
+
+    /// A primed LoRA checkpoint starts LoRA tuning exactly: the encoder as saved (LoRA not
+    /// merged into it), the module's r, α, targets and values as saved; adapter tuning from it
+    /// is refused with the fix named, and `drop` starts it fresh.
+    #[test]
+    fn a_primed_lora_checkpoint_starts_lora_tuning_from_its_weights() {
+        use crate::model::pe::LoraTarget;
+        let tmp = tempfile::tempdir().unwrap();
+        let (model, primed, base) = model_and_primed_checkpoint(tmp.path());
+        std::fs::remove_file(primed.join(crate::model::pe::adapter::FILE)).unwrap();
+        let mut tagger = Tagger::from_pretrained(&primed, &Device::Cpu).unwrap();
+        let spec = crate::model::PeSpec::Lora {
+            r: 2,
+            alpha: 6.0,
+            targets: vec![LoraTarget::Key, LoraTarget::Intermediate],
+        };
+        tagger.ensure_pe(&spec, &mut SeededRng::new(5)).unwrap();
+        // B starts at zero: make it non-zero so that a lost value shows.
+        for (n, v) in tagger.pe.as_ref().unwrap().params.iter() {
+            if n.ends_with("lora_B") {
+                let t = SeededRng::new(9)
+                    .normal_tensor(v.dims(), 0.5, &Device::Cpu)
+                    .unwrap();
+                v.set(&t).unwrap();
+            }
+        }
+        tagger.save_primed(&primed).unwrap();
+        let saved = adapter_values(&tagger);
+        let lora = FinetuneConfig {
+            lora_r: Some(2),
+            lora_alpha: Some(6.0),
+            lora_targets: Some(vec![LoraTarget::Key, LoraTarget::Intermediate]),
+            ..base.clone()
+        };
+        let (kept, use_kept) = built(&lora, &primed, FinetuneMethod::Lora, PrimedAdapter::Train);
+        assert_eq!(use_kept, PrimedAdapterUse::Trained);
+        assert_eq!(adapter_values(&kept), saved);
+        let m = kept.pe.as_ref().unwrap();
+        let names: Vec<&str> = m.params.names().collect();
+        assert!(
+            names.contains(&"encoder.layer.0.intermediate.dense.lora_B"),
+            "{names:?}"
+        );
+        let layers = kept.config.num_hidden_layers;
+        assert_eq!(
+            m.params.len(),
+            layers * 2 * 2,
+            "layers × 2 targets × (A, B)"
+        );
+        for (n, v) in kept.encoder.iter() {
+            let want = tagger.encoder.get(n).unwrap();
+            let flat = |v: &candle_core::Var| v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(flat(v), flat(want), "{n}: the encoder is loaded as saved");
+        }
+        assert!(kept.is_trainable(&ParamGroup::Pe("lora")));
+        assert!(
+            !kept.encoder_output_is_constant(),
+            "LoRA tuning cannot cache"
+        );
+        let config = FinetuneConfig {
+            method: FinetuneMethod::Adapter,
+            ..base.clone()
+        };
+        let err = build_tagger(&config, &primed, 7, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("primed lora module") && err.contains("primed_adapter = \"drop\""),
+            "{err}"
+        );
+        let (fresh, _) = built(&lora, &primed, FinetuneMethod::Lora, PrimedAdapter::Drop);
+        assert_ne!(adapter_values(&fresh), saved);
+        let _ = model;
     }
 
     /// Scoring through the cached first-subword rows predicts every word exactly as the whole

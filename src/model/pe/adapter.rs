@@ -1,6 +1,10 @@
 //! The paper's PE module θa: one bottleneck adapter `x + up(relu(down(x)))` after the encoder's
 //! last layer. It acts on each token's last hidden state alone, after the encoder, so the
 //! encoder's outputs stay constant while it trains and every encoder cache applies.
+//!
+//! `layers = all` places one adapter after every layer's output instead (Houlsby/Pfeiffer-style
+//! placement, the same bottleneck), named `layer.<l>.down.weight`, …: those act inside the
+//! encoder, so while they train no encoder output can be cached.
 
 use super::{PeMethod, PeModule};
 use crate::model::config::BertConfig;
@@ -8,6 +12,7 @@ use crate::model::error::{ModelError, Result};
 use crate::model::ops::linear;
 use crate::model::params::{ParamSet, Weights};
 use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -16,15 +21,62 @@ pub const FILE: &str = "adapter.safetensors";
 /// Bottleneck size of a new adapter (the paper's 64).
 pub const DEFAULT_DIM: usize = 64;
 
-/// A bottleneck adapter of dimension `dim` after the last layer.
+/// Where the adapters sit.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterLayers {
+    /// One adapter after the last layer (the paper's).
+    #[default]
+    Last,
+    /// One adapter after every layer's output.
+    All,
+}
+
+impl AdapterLayers {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdapterLayers::Last => "last",
+            AdapterLayers::All => "all",
+        }
+    }
+
+    pub fn is_last(&self) -> bool {
+        *self == AdapterLayers::Last
+    }
+}
+
+/// A bottleneck adapter of dimension `dim` after the last layer, or after every layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BottleneckAdapter {
     pub dim: usize,
+    pub layers: AdapterLayers,
 }
 
 impl BottleneckAdapter {
+    /// The paper's: one adapter after the last layer.
     pub fn new(dim: usize) -> Self {
-        Self { dim }
+        Self {
+            dim,
+            layers: AdapterLayers::Last,
+        }
+    }
+
+    /// The name prefix of layer `l`'s adapter under `layers = all`.
+    fn layer_prefix(l: usize) -> String {
+        format!("layer.{l}.")
     }
 }
 
@@ -46,6 +98,18 @@ pub fn forward(x: &Tensor, a: &dyn Weights) -> Result<Tensor> {
     Ok((x + u)?)
 }
 
+/// One adapter's weights read under a name prefix.
+struct Prefixed<'a> {
+    prefix: String,
+    inner: &'a dyn Weights,
+}
+
+impl Weights for Prefixed<'_> {
+    fn lookup(&self, name: &str) -> Option<&Tensor> {
+        self.inner.lookup(&format!("{}{name}", self.prefix))
+    }
+}
+
 impl PeMethod for BottleneckAdapter {
     fn name(&self) -> &'static str {
         "adapter"
@@ -56,36 +120,84 @@ impl PeMethod for BottleneckAdapter {
     }
 
     fn param_shapes(&self, model: &BertConfig) -> Vec<(String, Vec<usize>)> {
-        param_shapes(model.hidden_size, self.dim)
+        let one = param_shapes(model.hidden_size, self.dim);
+        match self.layers {
+            AdapterLayers::Last => one,
+            AdapterLayers::All => (0..model.num_hidden_layers)
+                .flat_map(|l| {
+                    one.iter()
+                        .map(move |(n, s)| (format!("{}{n}", Self::layer_prefix(l)), s.clone()))
+                })
+                .collect(),
+        }
+    }
+
+    fn acts_inside_encoder(&self) -> bool {
+        self.layers == AdapterLayers::All
+    }
+
+    fn has_layer_hook(&self) -> bool {
+        self.layers == AdapterLayers::All
+    }
+
+    fn after_layer(&self, layer: usize, x: Tensor, own: &dyn Weights) -> Result<Tensor> {
+        match self.layers {
+            AdapterLayers::Last => Ok(x),
+            AdapterLayers::All => forward(
+                &x,
+                &Prefixed {
+                    prefix: Self::layer_prefix(layer),
+                    inner: own,
+                },
+            ),
+        }
     }
 
     fn after_encoder(&self, hidden: &Tensor, own: &dyn Weights) -> Result<Tensor> {
-        forward(hidden, own)
+        match self.layers {
+            AdapterLayers::Last => forward(hidden, own),
+            AdapterLayers::All => Ok(hidden.clone()),
+        }
     }
 }
 
-/// An adapter module over given θa (e.g. a golden dump's values); the bottleneck size is read
-/// from `down.weight`.
+/// An adapter module over given θa (e.g. a golden dump's values): the placement is read from
+/// the names (`layer.<l>.…` for every layer), the bottleneck size from a `down.weight`.
 pub fn module(params: ParamSet, model: &BertConfig) -> Result<PeModule> {
-    let dim = params
-        .get("down.weight")
-        .ok_or_else(|| ModelError::MissingWeight("down.weight".into()))?
-        .dim(0)?;
-    PeModule::new(Arc::new(BottleneckAdapter::new(dim)), params, model)
+    let method = read_method(|n| params.get(n).map(|v| v.dims().to_vec()))?;
+    PeModule::new(Arc::new(method), params, model)
 }
 
-/// Loads θa from an adapter file; the bottleneck size is read from `down.weight`.
+/// The adapter a set of names describes, through a name → shape lookup.
+fn read_method(shape_of: impl Fn(&str) -> Option<Vec<usize>>) -> Result<BottleneckAdapter> {
+    let (layers, down) = match shape_of("down.weight") {
+        Some(s) => (AdapterLayers::Last, s),
+        None => match shape_of("layer.0.down.weight") {
+            Some(s) => (AdapterLayers::All, s),
+            None => {
+                return Err(ModelError::MissingWeight(
+                    "down.weight (or layer.0.down.weight)".into(),
+                ));
+            }
+        },
+    };
+    Ok(BottleneckAdapter {
+        dim: down[0],
+        layers,
+    })
+}
+
+/// Loads θa from an adapter file: the placement from its names, the bottleneck size from
+/// `down.weight`.
 pub fn load(path: &Path, model: &BertConfig, device: &Device) -> Result<PeModule> {
-    let hidden = model.hidden_size;
     let raw = crate::model::params::read_safetensors(path, device)?;
-    let down = raw
-        .get("down.weight")
-        .ok_or_else(|| ModelError::MissingTensor {
+    let method = read_method(|n| raw.get(n).map(|t| t.dims().to_vec())).map_err(|_| {
+        ModelError::MissingTensor {
             path: path.to_path_buf(),
             name: "down.weight".into(),
-            expected: vec![0, hidden],
-        })?;
-    let method = BottleneckAdapter::new(down.dim(0)?);
+            expected: vec![0, model.hidden_size],
+        }
+    })?;
     let params = ParamSet::load_safetensors(path, &method.param_shapes(model), device)?;
     PeModule::new(Arc::new(method), params, model)
 }
@@ -99,7 +211,7 @@ mod tests {
     #[test]
     fn new_adapter_is_seeded_small_with_zero_bias() {
         let model = BertConfig::new(30, 32, 1, 2, 64);
-        let spec = PeSpec::Adapter { dim: 64 };
+        let spec = PeSpec::adapter(64);
         let enc = crate::model::TensorSet::new();
         let init =
             |seed| PeModule::init(&spec, &model, &enc, &mut SeededRng::new(seed), &Device::Cpu);

@@ -23,6 +23,7 @@
 
 pub mod adapter;
 pub mod bitfit;
+pub mod lora;
 
 use super::config::BertConfig;
 use super::error::{ModelError, Result};
@@ -32,8 +33,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use std::path::Path;
 use std::sync::Arc;
 
-pub use adapter::BottleneckAdapter;
+pub use adapter::{AdapterLayers, BottleneckAdapter};
 pub use bitfit::BitFit;
+pub use lora::{Lora, LoraTarget};
 
 /// Standard deviation of new PE and head weights (biases start at 0).
 pub const INIT_STD: f32 = 0.02;
@@ -41,18 +43,43 @@ pub const INIT_STD: f32 = 0.02;
 /// A PE method with its settings, as a configuration names it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PeSpec {
-    /// One bottleneck adapter of dimension `dim` after the last layer (the paper's θa).
-    Adapter { dim: usize },
+    /// Bottleneck adapters of dimension `dim` after the last layer (the paper's θa) or after
+    /// every layer.
+    Adapter { dim: usize, layers: AdapterLayers },
     /// Every bias of the encoder.
     BitFit,
+    /// LoRA of rank `r`, scale `alpha / r`, on `targets` of every layer.
+    Lora {
+        r: usize,
+        alpha: f64,
+        targets: Vec<LoraTarget>,
+    },
+}
+
+impl PeSpec {
+    /// The paper's adapter: bottleneck `dim` after the last layer.
+    pub fn adapter(dim: usize) -> Self {
+        PeSpec::Adapter {
+            dim,
+            layers: AdapterLayers::Last,
+        }
+    }
 }
 
 impl PeSpec {
     /// The method this spec describes.
     pub fn method(&self) -> Arc<dyn PeMethod> {
         match self {
-            PeSpec::Adapter { dim } => Arc::new(BottleneckAdapter::new(*dim)),
+            PeSpec::Adapter { dim, layers } => Arc::new(BottleneckAdapter {
+                dim: *dim,
+                layers: *layers,
+            }),
             PeSpec::BitFit => Arc::new(BitFit),
+            PeSpec::Lora { r, alpha, targets } => Arc::new(Lora {
+                r: *r,
+                alpha: *alpha,
+                targets: targets.clone(),
+            }),
         }
     }
 }
@@ -62,8 +89,11 @@ impl PeSpec {
 pub type LoadFn = fn(path: &Path, model: &BertConfig, device: &Device) -> Result<PeModule>;
 
 /// Every registered method's checkpoint file and loader.
-pub const LOADERS: &[(&str, LoadFn)] =
-    &[(adapter::FILE, adapter::load), (bitfit::FILE, bitfit::load)];
+pub const LOADERS: &[(&str, LoadFn)] = &[
+    (adapter::FILE, adapter::load),
+    (bitfit::FILE, bitfit::load),
+    (lora::FILE, lora::load),
+];
 
 /// What a parameter-efficient method adds to the tagger, and where it acts.
 pub trait PeMethod: std::fmt::Debug + Send + Sync {
@@ -88,6 +118,12 @@ pub trait PeMethod: std::fmt::Debug + Send + Sync {
         device: &Device,
     ) -> Result<ParamSet> {
         init_normal_weights_zero_biases(&self.param_shapes(model), rng, device)
+    }
+
+    /// Settings the checkpoint file carries in its header metadata, for the method's loader
+    /// (e.g. LoRA's r and α, which no tensor shape tells). None by default.
+    fn file_metadata(&self) -> Vec<(String, String)> {
+        Vec::new()
     }
 
     /// Whether the encoder's outputs depend on the module's parameters. Such a method, while it
@@ -191,8 +227,10 @@ impl PeModule {
 
     /// Writes the parameters to the method's file in `dir`, atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        self.params
-            .save_safetensors(&dir.join(self.method.file_name()))
+        self.params.save_safetensors_with_metadata(
+            &dir.join(self.method.file_name()),
+            &self.method.file_metadata(),
+        )
     }
 
     /// The module read through `weights` (e.g. a detached view or fast copy of its params).
