@@ -1,15 +1,24 @@
-//! One fine-tuning step of every parameter-efficient method behind the PE seam against the
-//! independent PyTorch dumps of `tools/pe_golden.py` (committed under
-//! `tests/fixtures/golden-pe/`): loss, the gradient of every trained tensor, and every tensor
-//! after one AdamW step (frozen ones unmoved). Every setting is read from each dump's meta.json.
+//! Every parameter-efficient method behind the PE seam against the independent PyTorch (+ HF
+//! `peft` for LoRA) dumps of `tools/pe_golden.py`, committed under `tests/fixtures/golden-pe/`:
+//! * one fine-tuning step (`bitfit`, `lora`, `adapter-all`): loss, the gradient of every trained
+//!   tensor, every tensor after one AdamW step (frozen ones unmoved);
+//! * one meta-priming outer step with the method as the inner loop's PE module (`meta-bitfit`,
+//!   `meta-lora`): inner losses, adapted fast weights, query losses, the first-order gradients
+//!   summed over tasks, θp and the module after the outer AdamW step, the adapted heads.
+//!
+//! Every setting is read from each dump's meta.json.
 
 mod common;
 
 use candle_core::Device;
 use common::{Failures, GoldenDump, check_first_adamw_step, check_rel};
 use primer::config::FinetuneMethod;
+use primer::config::InnerDropout;
 use primer::model::pe::{AdapterLayers, LoraTarget};
 use primer::model::{PeSpec, Tagger};
+use primer::prime::{
+    AdamWOuter, Batch, InnerParams, MetaStepConfig, PrimingState, TaskBatches, meta_step,
+};
 use primer::rng::SeededRng;
 use primer::train::optim::{AdamW, AdamWConfig};
 use std::path::PathBuf;
@@ -25,9 +34,10 @@ fn dumps() -> Vec<PathBuf> {
     v
 }
 
-/// The fine-tuning method and PE module a dump's `mode` names, with its settings from meta.json.
+/// The fine-tuning method and PE module a dump's `mode` names (a `meta-` prefix: the same
+/// module as the inner loop's), with its settings from meta.json.
 fn method_of(d: &GoldenDump) -> (FinetuneMethod, PeSpec) {
-    match d.mode() {
+    match d.mode().trim_start_matches("meta-") {
         "bitfit" => (FinetuneMethod::Bitfit, PeSpec::BitFit),
         "lora" => {
             let targets = d.meta["lora"]["targets"]
@@ -150,12 +160,145 @@ fn check_dump(d: &GoldenDump) -> Failures {
     f
 }
 
+fn meta_batch(d: &GoldenDump, prefix: &str) -> Batch {
+    let b = d.batch(prefix);
+    Batch {
+        input_ids: b.input_ids,
+        attention_mask: b.attention_mask,
+        token_type_ids: Some(b.token_type_ids),
+        labels: b.labels,
+    }
+}
+
+fn check_meta_dump(d: &GoldenDump) -> Failures {
+    let mut f = Failures::default();
+    let (_, spec) = method_of(d);
+    let mut tagger = Tagger::from_pretrained(&d.dir, &Device::Cpu).unwrap();
+    tagger.ensure_pe(&spec, &mut SeededRng::new(0)).unwrap();
+    let module = tagger.pe.as_ref().unwrap();
+    let group = module.name();
+    module
+        .params
+        .assign_from(&d.param_set(&format!("init.{group}.")))
+        .unwrap();
+    let tasks = d.f64_at("/tasks") as usize;
+    let mut batches = Vec::new();
+    for i in 0..tasks {
+        tagger
+            .heads
+            .insert(i.to_string(), d.param_set(&format!("init.head.{i}.")));
+        batches.push(TaskBatches {
+            lang: i.to_string(),
+            support: vec![meta_batch(d, &format!("batch.t{i}.support.0."))],
+            query: meta_batch(d, &format!("batch.t{i}.query.")),
+        });
+    }
+    let cfg = MetaStepConfig {
+        inner: InnerParams::PE,
+        inner_steps: d.f64_at("/inner_steps") as usize,
+        inner_lr: d.f64_at("/inner_lr"),
+        record_adapted_encoder: false,
+        inner_dropout: InnerDropout::PerStep,
+    };
+    let lr = d.f64_at("/outer_opt/lr");
+    let acfg = AdamWConfig {
+        lr,
+        beta1: d.f64_at("/outer_opt/betas/0"),
+        beta2: d.f64_at("/outer_opt/betas/1"),
+        eps: d.f64_at("/outer_opt/eps"),
+        weight_decay: d.f64_at("/outer_opt/weight_decay"),
+        decay_bias_and_norm: true,
+    };
+    let vars = tagger
+        .vars_of(&tagger.encoder_and_pe_groups().unwrap())
+        .unwrap();
+    let mut opt = AdamWOuter::new(vars, acfg, None).unwrap();
+    let mut state = PrimingState::new(tagger, None);
+    let rec = meta_step(&mut state, &batches, &cfg, &mut opt).unwrap();
+    let tensor = |v: &[f64]| candle_core::Tensor::new(v, &Device::Cpu).unwrap();
+    for (i, t) in rec.tasks.iter().enumerate() {
+        let key = format!("loss.t{i}.inner");
+        f.check(check_rel(
+            &key,
+            &tensor(&t.inner_losses),
+            d.tensor(&key),
+            1e-4,
+            0.0,
+        ));
+        let key = format!("loss.t{i}.query");
+        f.check(check_rel(
+            &key,
+            &tensor(&[t.query_loss]),
+            d.tensor(&key),
+            1e-4,
+            0.0,
+        ));
+    }
+    let grad_keys: Vec<(String, candle_core::Tensor)> = d.with_prefix("grad.");
+    if grad_keys.len() != rec.grads.len() {
+        f.push(format!(
+            "{} summed gradients, the dump has {}",
+            rec.grads.len(),
+            grad_keys.len()
+        ));
+    }
+    for (name, want) in &grad_keys {
+        match rec.grads.get(name) {
+            Some(got) => f.check(check_rel(&format!("grad.{name}"), got, want, 1e-4, 1e-7)),
+            None => f.push(format!("no summed gradient {name}")),
+        }
+    }
+    for (key, want) in d.with_prefix("inner.t") {
+        let (i, param) = key.split_once('.').unwrap();
+        let i: usize = i.parse().unwrap();
+        match rec.tasks[i].adapted.get(param) {
+            Some(got) => f.check(check_rel(&format!("inner.t{key}"), got, &want, 1e-4, 0.0)),
+            None => f.push(format!("task {i}: no adapted {param}")),
+        }
+    }
+    let t = &state.tagger;
+    for (key, want) in d.with_prefix("final.") {
+        let got = match key.split_once('.').unwrap() {
+            ("enc", p) => t.encoder.get(p).unwrap().as_detached_tensor(),
+            ("head", p) => {
+                let (i, p) = p.split_once('.').unwrap();
+                // The adapted head, an inner-loop result.
+                let h = t.heads[i].get(p).unwrap().as_detached_tensor();
+                f.check(check_rel(&format!("final.{key}"), &h, &want, 1e-4, 0.0));
+                continue;
+            }
+            (g, p) if g == group => {
+                t.pe.as_ref()
+                    .unwrap()
+                    .params
+                    .get(p)
+                    .unwrap()
+                    .as_detached_tensor()
+            }
+            other => panic!("{}: unexpected final tensor {other:?}", d.name()),
+        };
+        f.check(check_first_adamw_step(
+            &format!("final.{key}"),
+            &got,
+            &want,
+            d.tensor(&format!("grad.{key}")),
+            lr,
+        ));
+    }
+    f
+}
+
 fn check_all_dumps(path: &str) {
     let dirs = dumps();
-    assert!(!dirs.is_empty(), "no PE golden dumps committed");
+    assert!(dirs.len() >= 5, "PE golden dumps missing: {dirs:?}");
     for dir in dirs {
         let d = GoldenDump::load(&dir);
-        check_dump(&d).assert_none(&format!("{} ({path})", d.name()));
+        let failures = if d.mode().starts_with("meta-") {
+            check_meta_dump(&d)
+        } else {
+            check_dump(&d)
+        };
+        failures.assert_none(&format!("{} ({path})", d.name()));
     }
 }
 

@@ -18,10 +18,19 @@ Methods (`--method`):
   adapter-all  a bottleneck adapter x + up(relu(down(x))) after every layer's output (a forward
                hook on each BertLayer) + the head; tensors `adapter.layer.<l>.{down,up}.*`.
 
-Needs torch, transformers and safetensors (a venv outside the repository).
+With `--meta`: one outer step of first-order meta priming (Algorithm 1) with the method as the
+inner loop's PE module, over `--tasks` tasks: per task, S plain SGD steps on copies of the PE
+module and the task's head (one support batch reused), the query loss at the adapted weights,
+its first-order gradients w.r.t. θp and the PE module summed over tasks, one AdamW step on
+θp ∪ PE; head_i := its adapted head. Tensors: `batch.t<i>.{support.0,query}.*`,
+`loss.t<i>.{inner,query}`, `inner.t<i>.<group>.*` / `inner.t<i>.head.*` (adapted),
+`grad.enc.*` / `grad.<group>.*` (summed), `final.*`.
+
+Needs torch, transformers, safetensors and peft (a venv outside the repository).
 """
 
 import argparse
+import copy
 import json
 import os
 
@@ -123,6 +132,138 @@ def attach(method, enc, args, gen):
     raise SystemExit(f"unknown method {method}")
 
 
+def loss_on(model, head, b):
+    hidden = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                   token_type_ids=b["token_type_ids"]).last_hidden_state
+    logits = head(hidden)
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, NUM_LABELS), b["labels"].reshape(-1), ignore_index=-100)
+
+
+def encoder_name(n):
+    """An encoder parameter's HF name as primer names it (peft wraps LoRA's linears)."""
+    return n.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
+def split_params(model, pe_ids):
+    """(θp as [(enc.<name>, p)], the PE module as [(<group>.<name>, p)]) of an attached model."""
+    theta_p = [(f"enc.{encoder_name(n)}", p) for n, p in model.named_parameters() if id(p) not in pe_ids]
+    return theta_p
+
+
+def meta_dump(args, enc, gen):
+    heads = []
+    for _ in range(args.tasks):
+        h = torch.nn.Linear(args.hidden, NUM_LABELS)
+        with torch.no_grad():
+            h.weight.normal_(0.0, 0.02, generator=gen)
+            h.bias.zero_()
+        heads.append(h)
+    model, named_pe = attach(args.method, enc, args, gen)
+    # The adapter-all hook modules live on the model, so deep copies carry their own.
+    pe_names = [n for n, _ in named_pe]
+    dump = {}
+    for n, p in named_pe:
+        dump[f"init.{n}"] = p.detach().clone()
+    for i, h in enumerate(heads):
+        for n, p in h.named_parameters():
+            dump[f"init.head.{i}.{n}"] = p.detach().clone()
+    tasks = []
+    for i in range(args.tasks):
+        support = random_batch(gen, args.batch, args.seq, args.vocab)
+        query = random_batch(gen, args.batch, args.seq, args.vocab)
+        dump.update({f"batch.t{i}.support.0.{k}": v for k, v in support.items()})
+        dump.update({f"batch.t{i}.query.{k}": v for k, v in query.items()})
+        tasks.append((support, query))
+    sums = {}
+    for i, (support, query) in enumerate(tasks):
+        fast = copy.deepcopy(model)
+        fhead = copy.deepcopy(heads[i])
+        # The fast module's PE parameters, in named_pe's order (deepcopy keeps module order).
+        fast_pe = dict(zip(pe_names, [p for _, p in attach_view(args.method, fast)]))
+        for p in fast.parameters():
+            p.requires_grad_(False)
+        adapted = list(fast_pe.values()) + list(fhead.parameters())
+        for p in adapted:
+            p.requires_grad_(True)
+        inner = []
+        for _ in range(args.inner_steps):
+            loss = loss_on(fast, fhead, support)
+            inner.append(loss.item())
+            grads = torch.autograd.grad(loss, adapted)
+            with torch.no_grad():
+                for p, g in zip(adapted, grads):
+                    p -= args.inner_lr * g
+        dump[f"loss.t{i}.inner"] = torch.tensor(inner)
+        for n, p in fast_pe.items():
+            dump[f"inner.t{i}.{n}"] = p.detach().clone()
+        for n, p in fhead.named_parameters():
+            dump[f"inner.t{i}.head.{n}"] = p.detach().clone()
+        # Query: first-order gradients w.r.t. everything but the head, at the adapted weights.
+        for p in fast.parameters():
+            p.requires_grad_(True)
+        for p in fhead.parameters():
+            p.requires_grad_(False)
+        loss = loss_on(fast, fhead, query)
+        dump[f"loss.t{i}.query"] = loss.detach().reshape(1)
+        loss.backward()
+        pe_ids = {id(p) for p in fast_pe.values()}
+        named = [(n, p) for n, p in fast_pe.items()] + split_params(fast, pe_ids)
+        for n, p in named:
+            if p.grad is not None:
+                sums[n] = sums.get(n, 0) + p.grad.detach()
+        heads[i] = fhead
+    # The outer step on the original θp ∪ PE.
+    pe_ids = {id(p) for _, p in named_pe}
+    outer = list(named_pe) + split_params(model, pe_ids)
+    params = []
+    for n, p in outer:
+        if n in sums:
+            p.requires_grad_(True)
+            p.grad = sums[n].clone()
+            params.append(p)
+            dump[f"grad.{n}"] = sums[n].clone()
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=args.weight_decay)
+    opt.step()
+    for n, p in outer:
+        if n in sums:
+            dump[f"final.{n}"] = p.detach().clone()
+    for i, h in enumerate(heads):
+        for n, p in h.named_parameters():
+            dump[f"final.head.{i}.{n}"] = p.detach().clone()
+    meta = dict(
+        mode=f"meta-{args.method}",
+        method=f"first-order meta priming, PE inner loop over {args.method} + head",
+        lora=dict(r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets.split(",")),
+        adapter=dict(dim=args.adapter_dim, layers="all"),
+        seed=args.seed, batch=args.batch, seq=args.seq, tasks=args.tasks,
+        inner_steps=args.inner_steps, inner_lr=args.inner_lr, support="same", dropout=0.0,
+        inner_opt="plain SGD p <- p - lr*g (no momentum, no wd)",
+        task_grad_reduction="sum over tasks (no averaging)",
+        outer_opt=dict(name="AdamW (torch, decoupled wd)", lr=args.lr, betas=[0.9, 0.999], eps=1e-8,
+                       weight_decay=args.weight_decay, wd_on_all_params=True, step=1),
+        torch=torch.__version__, transformers=__import__("transformers").__version__,
+        tensor_names=sorted(dump),
+    )
+    save_file({k: v.contiguous() for k, v in dump.items()}, os.path.join(args.out, "dump.safetensors"),
+              metadata={"meta": json.dumps(meta)})
+    with open(os.path.join(args.out, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    print(f"{args.out}: meta step, {len(sums)} summed gradients")
+
+
+def attach_view(method, model):
+    """The PE parameters of an already attached (deep-copied) model, in attach()'s order."""
+    if method == "bitfit":
+        return [(n, p) for n, p in model.named_parameters() if n.endswith("bias")]
+    if method == "lora":
+        return [(n, p) for n, p in model.named_parameters() if "lora_" in n]
+    if method == "adapter-all":
+        return [(n, p) for n, p in model.pe_adapters.named_parameters()]
+    raise SystemExit(f"unknown method {method}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=["bitfit", "lora", "adapter-all"], required=True)
@@ -140,6 +281,10 @@ def main():
     ap.add_argument("--seq", type=int, default=12)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--meta", action="store_true", help="dump one meta-priming outer step")
+    ap.add_argument("--tasks", type=int, default=2)
+    ap.add_argument("--inner-steps", type=int, default=2)
+    ap.add_argument("--inner-lr", type=float, default=0.03)
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -159,6 +304,8 @@ def main():
     with torch.no_grad():
         head.weight.normal_(0.0, 0.02, generator=gen)
         head.bias.zero_()
+    if args.meta:
+        return meta_dump(args, enc, gen)
     batch = random_batch(gen, args.batch, args.seq, args.vocab)
 
     model, named = attach(args.method, enc, args, gen)
