@@ -402,6 +402,20 @@ pub enum InnerLoop {
     Full,
 }
 
+/// The keys of the PE methods' settings, which a configuration leaves out when unset or default
+/// (so that adding them changed no stored run's id): the sweep key space lists them beside the
+/// serialised defaults' keys.
+pub const PE_SETTING_KEYS: &[&str] = &[
+    "adapter_layers",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_targets",
+];
+
+/// [`PrimeConfig`]'s keys left out when unset, besides [`PE_SETTING_KEYS`].
+pub const PRIME_OPTIONAL_KEYS: &[&str] = &["inner_params"];
+
 /// `prime.inner_params`: what the meta-learning inner loop adapts.
 #[derive(
     Debug,
@@ -426,6 +440,13 @@ pub enum InnerParamsChoice {
     Bitfit,
     /// θp, the adapter and θh (the MAML loop; `inner_loop = "full"`).
     Full,
+}
+
+impl InnerParamsChoice {
+    /// None or `adapter`: the paper's PE loop, unless `inner_loop` says `full`.
+    pub fn means_the_default(choice: &Option<Self>) -> bool {
+        matches!(choice, None | Some(InnerParamsChoice::Adapter))
+    }
 }
 
 /// A parameter-efficient method, as the configurations name it.
@@ -488,7 +509,7 @@ impl PeSettings {
     fn check(&self, r: &mut Rules, kind: Option<PeKind>) {
         let uses = |k: PeKind| kind == Some(k);
         let foreign = |r: &mut Rules, key: &str, owner: PeKind| {
-            r.fail(
+            r.fail_cross(
                 key,
                 format!(
                     "is a setting of the {} method, and this configuration's method is {}; \
@@ -596,7 +617,9 @@ pub struct PrimeConfig {
     /// (`adapter`, `lora`, `bitfit`: the PE loop over that module) or `full` (the MAML loop
     /// over θp and an adapter). None: `inner_loop` decides, with the adapter (`pe` is the same
     /// as `adapter`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    // `adapter` is what no value means (a config where it disagrees with `inner_loop` is
+    // invalid), so it is not written either: both spellings give the same run id.
+    #[serde(skip_serializing_if = "InnerParamsChoice::means_the_default")]
     pub inner_params: Option<InnerParamsChoice>,
     /// S, the number of inner SGD steps.
     pub inner_steps: usize,
@@ -757,6 +780,10 @@ impl PrimeConfig {
 pub struct ValueError {
     pub key: String,
     pub problem: String,
+    /// The rule relates this key to another (a LoRA key under another method, `inner_params`
+    /// against `inner_loop`): it cannot be judged from the key alone, so a sweep's per-key
+    /// check leaves it to the resolved configuration (`primer plan`).
+    pub cross_field: bool,
 }
 
 /// Collects [`ValueError`]s: every range rule of the configs is one call here, and these are
@@ -770,6 +797,16 @@ impl Rules {
         self.0.push(ValueError {
             key: key.to_string(),
             problem,
+            cross_field: false,
+        });
+    }
+
+    /// A rule that relates `key` to another key (see [`ValueError::cross_field`]).
+    fn fail_cross(&mut self, key: &str, problem: String) {
+        self.0.push(ValueError {
+            key: key.to_string(),
+            problem,
+            cross_field: true,
         });
     }
 
@@ -899,7 +936,7 @@ impl PrimeConfig {
         if let Some(choice) = self.inner_params {
             let full = choice == InnerParamsChoice::Full;
             if (self.inner_loop == InnerLoop::Full) != full {
-                r.fail(
+                r.fail_cross(
                     "inner_params",
                     format!(
                         "{choice:?} disagrees with inner_loop = {:?}; set one of them \

@@ -136,6 +136,21 @@ impl KeySpace {
         let mut keys = Vec::new();
         leaf_paths("finetune", &finetune_default, &mut keys);
         leaf_paths("prime", &prime_default, &mut keys);
+        // Keys the defaults leave out because they are unset (see `config::PE_SETTING_KEYS`).
+        let optional = crate::config::PE_SETTING_KEYS
+            .iter()
+            .map(|k| ("finetune", k));
+        let optional = optional.chain(
+            (crate::config::PE_SETTING_KEYS.iter())
+                .chain(crate::config::PRIME_OPTIONAL_KEYS)
+                .map(|k| ("prime", k)),
+        );
+        for (section, k) in optional {
+            let key = format!("{section}.{k}");
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
         Self {
             finetune_default,
             prime_default,
@@ -173,7 +188,7 @@ impl KeySpace {
             serde_json::from_value::<FinetuneConfig>(json).map(|c| c.value_errors())
         }
         .map_err(|e| format!("{key}: {e}"))?;
-        match errors.into_iter().find(|e| e.key == rest) {
+        match errors.into_iter().find(|e| e.key == rest && !e.cross_field) {
             Some(e) => Err(format!("{key}: {}", e.problem)),
             None => Ok(()),
         }

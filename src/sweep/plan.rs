@@ -502,7 +502,18 @@ fn check_one_configuration_per_cell(
         .map_or(&[], |s| s.over.as_slice());
     // A key a declared figure plots is reported value by value (each value a row of its own in
     // the tables, `crate::report::split`), so it needs no selection.
-    let plotted = sweep.report.plotted_keys();
+    let mut plotted = sweep.report.plotted_keys();
+    // A key zipped with a plotted key takes one value per value of it (a `[[zip]]` row), so
+    // the plotted key's rows already hold one configuration each.
+    for zip in &sweep.zips {
+        if zip.keys.iter().any(|k| plotted.contains(k)) {
+            for k in &zip.keys {
+                if !plotted.contains(k) {
+                    plotted.push(k.clone());
+                }
+            }
+        }
+    }
     let mut cells: HashMap<(&str, &str, u64), Vec<&PlanEntry>> = HashMap::new();
     for e in entries {
         cells
@@ -658,11 +669,38 @@ fn resolve(
             ),
         )
     };
+    // A rule about a key points at the line that sets it (this setting's value or axis, a
+    // global axis or zip), else at the setting.
+    let invalid_value = |section: &str, what: &str, e: &crate::config::ValueError| {
+        let key = format!("{section}.{}", e.key);
+        let span = setting
+            .overrides
+            .iter()
+            .find(|a| a.key == key)
+            .map(|a| &a.span)
+            .or_else(|| setting.grid.iter().find(|a| a.key == key).map(|a| &a.span))
+            .or_else(|| sweep.grid.iter().find(|a| a.key == key).map(|a| &a.span))
+            .or_else(|| {
+                sweep
+                    .zips
+                    .iter()
+                    .find(|z| z.keys.contains(&key))
+                    .map(|z| &z.span)
+            })
+            .unwrap_or(&setting.span);
+        sweep.source.error(
+            span,
+            format!(
+                "setting \"{}\": the resolved {what} configuration is invalid: {e}",
+                setting.name
+            ),
+        )
+    };
     let finetune: FinetuneConfig =
         serde_json::from_value(ft.clone()).map_err(|e| invalid("fine-tuning", &e))?;
     finetune
         .check_values()
-        .map_err(|e| invalid("fine-tuning", &e))?;
+        .map_err(|e| invalid_value("finetune", "fine-tuning", &e))?;
     let (prime, prime_json) = match setting.priming.method() {
         Some(method) => {
             set_path(
@@ -672,7 +710,9 @@ fn resolve(
             );
             let config: PrimeConfig =
                 serde_json::from_value(pr.clone()).map_err(|e| invalid("priming", &e))?;
-            config.check_values().map_err(|e| invalid("priming", &e))?;
+            config
+                .check_values()
+                .map_err(|e| invalid_value("prime", "priming", &e))?;
             (Some(config), Some(pr))
         }
         None => (None, None),
@@ -994,6 +1034,45 @@ select = { by = "dev_f1", over = ["finetune.lr"] }
         );
     }
 
+    /// `prime.inner_params = "adapter"` is what no value means: the same runs, the same ids
+    /// (so stores made before the key existed are reused); `lora` is another priming run.
+    #[test]
+    fn inner_params_adapter_is_the_default_run() {
+        let text = |extra: &str| {
+            format!(
+                "name = \"t\"\ntargets = [\"hi\"]\n[base.finetune]\nmodel = \".\"\n\
+                 [settings.p]\npriming = \"meta\"\n{extra}"
+            )
+        };
+        let ids = |extra: &str| -> Vec<String> {
+            let sweep = Sweep::from_text(Path::new("t.toml"), &text(extra)).unwrap();
+            Plan::expand(&sweep)
+                .unwrap()
+                .runs
+                .iter()
+                .map(|r| r.id.clone())
+                .collect()
+        };
+        assert_eq!(ids(""), ids("\"prime.inner_params\" = \"adapter\"\n"));
+        let lora = ids("\"prime.inner_params\" = \"lora\"\n\"finetune.method\" = \"lora\"\n");
+        assert!(ids("").iter().all(|id| !lora.contains(id)));
+        // A LoRA key with another method is an error at its line.
+        let e = Sweep::from_text(
+            Path::new("t.toml"),
+            &text("\"finetune.method\" = \"bitfit\"\n\"finetune.lora_r\" = 4\n"),
+        )
+        .and_then(|s| Plan::expand(&s))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("t.toml:8:"), "{e}");
+        assert!(
+            e.contains("lora_r")
+                && e.contains("setting of the lora method")
+                && e.contains("bitfit"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn a_key_varied_within_a_setting_must_be_selected_on_dev() {
         let text = SEEDED_EVAL.replace("over = [\"finetune.lr\"]", "over = []");
@@ -1063,6 +1142,15 @@ select = { by = "dev_f1", over = ["finetune.lr"] }
             ("prime.sources", "[]", false),
             ("prime.sources", "[\"en\", \"en\"]", false),
             ("prime.select", "\"best-dev\"", false),
+            // PE settings: a key of a method the run does not use is an error (the default
+            // fine-tuning method and priming module are the adapter).
+            ("finetune.adapter_layers", "\"all\"", true),
+            ("finetune.lora_r", "4", false),
+            ("finetune.lora_targets", "[\"query\"]", false),
+            ("prime.lora_alpha", "8.0", false),
+            ("prime.inner_params", "\"lora\"", true),
+            ("prime.inner_params", "\"adapter\"", true),
+            ("prime.inner_params", "\"full\"", false),
         ];
         for &(key, value, valid) in cases {
             let text = format!(

@@ -135,19 +135,15 @@ fn build_tagger(
         }
         (true, PrimedAdapter::Train) => PrimedAdapterUse::Trained,
     };
+    let mut primed_adapter = primed_adapter;
     if let Some(spec) = config.pe_spec() {
         if let Some(have) = tagger.pe.as_ref().map(|m| m.name())
             && have != spec.method().name()
         {
-            // One PE module per tagger: a primed module of another method is not combined.
-            return Err(FinetuneError::Invalid(format!(
-                "{}: the starting checkpoint carries a primed {have} module, and {} tuning trains \
-                 a {} module; set finetune.primed_adapter = \"drop\" to start it without the \
-                 primed module",
-                dir.display(),
-                config.method,
-                spec.method().name()
-            )));
+            // One PE module per tagger: a mismatched pair (a LoRA inner loop before adapter
+            // tuning) keeps the primed θp and starts the run's own module, and says so.
+            tagger.pe = None;
+            primed_adapter = PrimedAdapterUse::OtherMethod;
         }
         if let Some(have) = &tagger.pe {
             // The primed module is trained as it is: settings that describe another module
@@ -710,20 +706,29 @@ mod tests {
             !kept.encoder_output_is_constant(),
             "LoRA tuning cannot cache"
         );
+        // A mismatched pair: adapter tuning from the LoRA-primed θp with a fresh adapter.
+        let adapter = FinetuneMethod::Adapter;
+        let (other, use_other) = built(&base, &primed, adapter, PrimedAdapter::Train);
+        assert_eq!(use_other, PrimedAdapterUse::OtherMethod);
+        assert_eq!(other.pe.as_ref().unwrap().name(), "adapter");
+        let (fresh_adapter, _) = built(&base, &model, adapter, PrimedAdapter::Train);
+        assert_eq!(adapter_values(&other), adapter_values(&fresh_adapter));
+        let (fresh, _) = built(&lora, &primed, FinetuneMethod::Lora, PrimedAdapter::Drop);
+        assert_ne!(adapter_values(&fresh), saved);
+        // The same method with other settings is an error naming the fix.
+        let r4 = FinetuneConfig {
+            lora_r: Some(4),
+            ..lora.clone()
+        };
         let config = FinetuneConfig {
-            method: FinetuneMethod::Adapter,
-            ..base.clone()
+            method: FinetuneMethod::Lora,
+            ..r4
         };
         let err = build_tagger(&config, &primed, 7, &Device::Cpu)
             .unwrap_err()
             .to_string();
-        assert!(
-            err.contains("primed lora module") && err.contains("primed_adapter = \"drop\""),
-            "{err}"
-        );
-        let (fresh, _) = built(&lora, &primed, FinetuneMethod::Lora, PrimedAdapter::Drop);
-        assert_ne!(adapter_values(&fresh), saved);
-        let _ = model;
+        assert!(err.contains("r: 2") && err.contains("r: 4"), "{err}");
+        assert!(err.contains("primed_adapter = \"drop\""), "{err}");
     }
 
     /// Scoring through the cached first-subword rows predicts every word exactly as the whole

@@ -37,6 +37,10 @@ pub enum PrimedAdapterUse {
     Frozen,
     /// Discarded (`primed_adapter = "drop"`); adapter tuning then trained a fresh one.
     Dropped,
+    /// Discarded because it is another PE method's than the run trains (e.g. a LoRA-primed
+    /// checkpoint before adapter tuning): the primed θp is kept, the run's method starts a
+    /// fresh module.
+    OtherMethod,
 }
 
 /// The noise and parameter choices a fine-tuning run actually ran with.
