@@ -214,6 +214,7 @@ pub fn report_input_for(sweep: &Sweep) -> Result<ReportInput, SweepError> {
                     run_id: run.id.clone(),
                     setting: e.setting.clone(),
                     priming: prime.map(|p| p.method),
+                    priming_run: run.deps.first().map(|&d| plan.runs[d].id.clone()),
                     inner_loop: meta_prime.map(|p| p.inner_loop),
                     inner_steps: meta_prime.map(|p| p.inner_steps),
                     inner_lr: meta_prime.map(|p| p.effective_inner_lr()),
