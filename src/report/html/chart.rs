@@ -110,7 +110,7 @@ impl LineChart {
         if y1 <= y0 {
             (y0, y1) = (y0 - 0.5, y1 + 0.5);
         }
-        let top = TITLE_HEIGHT + LEGEND_LINE * self.series.len() as f64;
+        let top = TITLE_HEIGHT + LEGEND_LINE * self.series.len() as f64 + 6.0;
         let height = top + PLOT_HEIGHT + BOTTOM;
         let pw = WIDTH - LEFT - RIGHT;
         let ph = PLOT_HEIGHT;
@@ -206,7 +206,7 @@ mod tests {
             let (x, y) = p.split_once(',').unwrap();
             let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
             assert!((LEFT..=WIDTH - RIGHT).contains(&x), "{p}");
-            let top = TITLE_HEIGHT + LEGEND_LINE;
+            let top = TITLE_HEIGHT + LEGEND_LINE + 6.0;
             assert!((top..=top + PLOT_HEIGHT).contains(&y), "{p}");
         }
         assert!(svg.contains("class=\"mark\""), "{svg}");

@@ -306,7 +306,7 @@ fn comparisons(p: &PageData<'_>) -> Markup {
                             _ => None,
                         };
                         tr {
-                            td { (pair.a) } td { (pair.b) } td { (pair.why) }
+                            td { (pair.a) } td { (pair.b) } td.wrap { (pair.why) }
                             @match summary {
                                 Some((over, d)) => {
                                     td { (over) }
