@@ -235,7 +235,8 @@ pub struct PageSources<'a> {
 }
 
 /// The commit of the primer checkout this binary was built in, `+dirty` with uncommitted
-/// changes to tracked files; "unknown" outside a git checkout.
+/// changes to its sources (results written into the checkout do not count); "unknown" outside
+/// a git checkout.
 pub fn primer_commit() -> String {
     let dir = env!("CARGO_MANIFEST_DIR");
     let git = |args: &[&str]| {
@@ -250,8 +251,10 @@ pub fn primer_commit() -> String {
     };
     match git(&["rev-parse", "--short=12", "HEAD"]) {
         Some(commit) if !commit.is_empty() => {
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
+            let sources = ["src", "Cargo.toml", "Cargo.lock"];
+            let mut args = vec!["status", "--porcelain", "--untracked-files=no", "--"];
+            args.extend(sources);
+            let dirty = git(&args).is_some_and(|s| !s.is_empty());
             if dirty {
                 format!("{commit}+dirty")
             } else {
