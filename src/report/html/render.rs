@@ -233,8 +233,13 @@ fn table1(p: &PageData<'_>) -> Markup {
                                 &format!("{} (all languages)", r.setting),
                                 &r.trained_percent.map_or(MISSING.to_string(), format_percent))) }
                             @for ((c, b), l) in r.cells.iter().zip(&r.bold).zip(&t.languages) {
-                                td.num.best[*b] { (runs_link(&p.runs_of(&r.setting, &[l]),
-                                    &format!("{} · {l}", r.setting), &cell_text(c, full_n))) }
+                                @let text = cell_text(c, full_n);
+                                // "(n=k)" in small print beside the linked number.
+                                @let (number, seeds) = text.split_once(" (n=").map_or((text.as_str(), None), |(a, b)| (a, Some(b)));
+                                td.num.best[*b] {
+                                    (runs_link(&p.runs_of(&r.setting, &[l]), &format!("{} · {l}", r.setting), number))
+                                    @if let Some(n) = seeds { span.seeds { " (n=" (n) } }
+                                }
                             }
                             td.num.best[r.bold_average] {
                                 (runs_link(&p.runs_of(&r.setting, &langs),
