@@ -1,10 +1,13 @@
 //! `primer demo --quick` end to end, offline, in a fresh directory: the tiny model is created,
 //! every Table 1 setting primes and fine-tunes on the committed slices, and the report (Table 1,
-//! scores, Figures 3 and 4 as SVG and PNG) lands in results/demo-quick/. A second invocation
-//! finds everything done and executes nothing.
+//! scores, Figures 3 and 4 as SVG and PNG, the page) lands in results/demo-quick/. A second
+//! invocation finds everything done and executes nothing. The page is then loaded in headless
+//! Chromium (skipped, saying so, where no Chromium is installed; CI installs it).
 
+use scraper::{Html, Selector};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 fn primer() -> Command {
     Command::new(env!("CARGO_BIN_EXE_primer"))
@@ -29,14 +32,24 @@ fn run_demo(dir: &Path) -> String {
     text
 }
 
+/// The quick demo, run once for the tests of this file: its folder and its first output.
+fn quick_demo() -> &'static (PathBuf, String) {
+    static DEMO: OnceLock<(PathBuf, String)> = OnceLock::new();
+    DEMO.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo_cli");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // The demo reads the committed slices and tokenizer relative to the working directory.
+        std::os::unix::fs::symlink(crate_dir().join("data"), dir.join("data")).unwrap();
+        let first = run_demo(&dir);
+        (dir, first)
+    })
+}
+
 #[test]
 fn quick_demo_produces_tables_and_figures_and_resumes_as_done() {
-    let tmp = tempfile::tempdir().unwrap();
-    // The demo reads the committed slices and tokenizer relative to the working directory.
-    std::os::unix::fs::symlink(crate_dir().join("data"), tmp.path().join("data")).unwrap();
-
-    let first = run_demo(tmp.path());
-    let results = tmp.path().join("results/demo-quick");
+    let (dir, first) = quick_demo();
+    let results = dir.join("results/demo-quick");
     for f in [
         "table1.md",
         "table1.csv",
@@ -47,6 +60,7 @@ fn quick_demo_produces_tables_and_figures_and_resumes_as_done() {
         "figure3.png",
         "figure4.svg",
         "figure4.png",
+        "index.html",
     ] {
         let p = results.join(f);
         assert!(
@@ -84,11 +98,146 @@ fn quick_demo_produces_tables_and_figures_and_resumes_as_done() {
     );
 
     // Resume: nothing left to do.
-    let second = run_demo(tmp.path());
+    let second = run_demo(dir);
     assert!(
         second.contains("0 to run")
             || second.contains("nothing to run")
             || second.contains("already done"),
         "a second demo should execute nothing:\n{second}"
     );
+}
+
+/// A Chromium to drive headless: $PRIMER_CHROMIUM, or the first of the usual names that runs.
+fn chromium() -> Option<String> {
+    let candidates = std::env::var("PRIMER_CHROMIUM")
+        .map(|c| vec![c])
+        .unwrap_or_else(|_| {
+            vec![
+                "chromium".into(),
+                "chromium-browser".into(),
+                "google-chrome".into(),
+            ]
+        });
+    candidates.into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// Loads `url` in headless Chromium with JavaScript on and returns the DOM after the page's
+/// scripts ran, and every console line the page wrote (an uncaught error is one).
+fn load(browser: &str, url: &str, extra: &[&str]) -> (String, Vec<String>) {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "chromium failed on {url}:\n{stderr}");
+    let console = stderr
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(str::to_string)
+        .collect();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), console)
+}
+
+/// The run table's rows in a dumped DOM: (shown, every row's data-lang).
+fn run_rows(dom: &str) -> (Vec<String>, usize) {
+    let doc = Html::parse_document(dom);
+    let ready = Selector::parse("html[data-ready=yes]").unwrap();
+    assert!(
+        doc.select(&ready).next().is_some(),
+        "the page's script did not finish"
+    );
+    let rows = Selector::parse("#run-table tbody tr").unwrap();
+    let all: Vec<_> = doc.select(&rows).collect();
+    let shown = all
+        .iter()
+        .filter(|r| r.attr("hidden").is_none())
+        .map(|r| r.attr("data-lang").unwrap_or_default().to_string())
+        .collect();
+    (shown, all.len())
+}
+
+#[test]
+fn demo_page_runs_in_chromium_and_its_filter_reduces_the_runs() {
+    let Some(browser) = chromium() else {
+        println!(
+            "SKIP: no chromium on PATH (apt-get install chromium); the page was not loaded in a browser"
+        );
+        return;
+    };
+    let (dir, _) = quick_demo();
+    let page = dir.join("results/demo-quick/index.html");
+    let url = format!("file://{}", page.display());
+
+    let shot = dir.join("page.png");
+    let (dom, console) = load(
+        &browser,
+        &url,
+        &[
+            "--dump-dom",
+            "--window-size=1280,1600",
+            &format!("--screenshot={}", shot.display()),
+        ],
+    );
+    assert!(
+        console.is_empty(),
+        "console output:\n{}",
+        console.join("\n")
+    );
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    let (shown, total) = run_rows(&dom);
+    assert_eq!(total, 9 * 2, "every run of the quick demo has a row");
+    assert_eq!(shown.len(), total, "no filter: every row shown");
+
+    // A filter from the address, as the language select sets it: only hi's runs stay.
+    let (dom, console) = load(&browser, &format!("{url}?lang=hi"), &["--dump-dom"]);
+    assert!(
+        console.is_empty(),
+        "console output:\n{}",
+        console.join("\n")
+    );
+    let (shown, _) = run_rows(&dom);
+    assert_eq!(shown.len(), 9, "{shown:?}");
+    assert!(shown.iter().all(|l| l == "hi"), "{shown:?}");
+
+    // The runs behind a number of Table 1, as its link shows them.
+    let doc = Html::parse_document(&dom);
+    let link = Selector::parse("#table1-table a[data-runs]").unwrap();
+    let runs = doc
+        .select(&link)
+        .next()
+        .and_then(|a| a.attr("data-runs"))
+        .expect("Table 1 links its numbers to runs")
+        .to_string();
+    let (dom, _) = load(
+        &browser,
+        &format!("{url}?runs={}", runs.replace(' ', "+")),
+        &["--dump-dom"],
+    );
+    let (shown, _) = run_rows(&dom);
+    assert_eq!(shown.len(), runs.split(' ').count(), "{runs}");
 }

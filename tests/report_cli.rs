@@ -334,3 +334,45 @@ fn a_figure_over_a_key_the_sweep_does_not_vary_is_rejected_when_planned() {
         "{err}"
     );
 }
+
+#[test]
+fn report_open_prints_the_page_and_status_ends_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sweep = write_sweep(tmp.path());
+    let primer = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_primer"))
+            .current_dir(tmp.path())
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let sweep = sweep.to_str().unwrap();
+    let before = primer(&["status", sweep]);
+    assert!(!before.contains("report page"), "{before}");
+
+    let report = primer(&["report", sweep, "--open"]);
+    let page = Path::new("results/clitest/index.html");
+    assert_eq!(
+        report.lines().last(),
+        Some(format!("page: {}", page.display()).as_str()),
+        "{report}"
+    );
+    let html = std::fs::read_to_string(tmp.path().join(page)).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.contains(sweep));
+
+    let after = primer(&["status", sweep]);
+    assert_eq!(
+        after.lines().last(),
+        Some(format!("report page: {}", page.display()).as_str()),
+        "{after}"
+    );
+}

@@ -144,6 +144,7 @@ fn synthetic_seeds(results_dir: &Path, seeds: &[u64]) -> ReportInput {
                         run_id: format!("ft-{si}-{lang}-{seed}"),
                         setting: s.name.into(),
                         priming: s.priming.map(|p| p.0),
+                        priming_run: None,
                         inner_loop: s.priming.and_then(|p| p.1),
                         pe_method: None,
                         inner_steps: s.priming.map(|_| 5),
@@ -287,6 +288,7 @@ fn full_report_on_a_synthetic_sweep() {
     let opts = ReportOptions {
         curves: true,
         bootstrap_seed: 7,
+        ..ReportOptions::default()
     };
     let summary = write_report(&input, &opts).unwrap();
     assert_eq!((summary.runs_done, summary.runs_total), (32, 36));
@@ -748,6 +750,7 @@ fn a_sweep_without_runs_still_reports() {
         &ReportOptions {
             curves: true,
             bootstrap_seed: 0,
+            ..ReportOptions::default()
         },
     )
     .unwrap();

@@ -1,5 +1,6 @@
-//! `primer report SWEEP [--curves] [--out DIR]`: gather a sweep's finished fine-tuning runs into
-//! Table 1, the comparison with the paper and Figures 3 and 4, and print the tables.
+//! `primer report SWEEP [--curves] [--out DIR] [--open]`: gather a sweep's finished fine-tuning
+//! runs into Table 1, the comparison with the paper, Figures 3 and 4 and the page
+//! (`index.html`), and print the tables.
 
 use anyhow::Context;
 use primer::report::{ReportOptions, write_report};
@@ -19,6 +20,10 @@ pub struct ReportArgs {
     /// Seed of the paired bootstrap resampling.
     #[arg(long, default_value_t = 0)]
     pub bootstrap_seed: u64,
+    /// Print the path of the page (index.html) last, and open it in a browser where a
+    /// desktop exists (DISPLAY or WAYLAND_DISPLAY set).
+    #[arg(long)]
+    pub open: bool,
 }
 
 pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
@@ -31,9 +36,37 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let opts = ReportOptions {
         curves: args.curves,
         bootstrap_seed: args.bootstrap_seed,
+        sweep_file: Some(args.sweep.clone()),
     };
     let summary = write_report(&input, &opts)
         .with_context(|| format!("writing the report into {}", input.results_dir.display()))?;
     print!("{}", summary.text);
+    if args.open {
+        println!("page: {}", summary.page.display());
+        open_in_browser(&summary.page);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens `page` with xdg-open when a desktop session is there to show it; on a server the
+/// printed path is all there is.
+fn open_in_browser(page: &std::path::Path) {
+    let desktop = ["DISPLAY", "WAYLAND_DISPLAY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    if !desktop {
+        return;
+    }
+    let spawned = std::process::Command::new("xdg-open")
+        .arg(page)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Err(e) = spawned {
+        eprintln!(
+            "cannot run xdg-open ({e}): open {} yourself",
+            page.display()
+        );
+    }
 }

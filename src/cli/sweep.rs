@@ -277,6 +277,10 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     if *locked {
         println!("a `primer run` is active on this store");
     }
+    let page = sweep.results_dir().join(primer::report::html::PAGE_FILE);
+    if page.is_file() {
+        println!("report page: {}", page.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

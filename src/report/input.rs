@@ -15,6 +15,9 @@ pub struct RunMeta {
     pub setting: String,
     /// None: no priming.
     pub priming: Option<PrimingMethod>,
+    /// The id of the priming run it starts from.
+    #[serde(default)]
+    pub priming_run: Option<String>,
     pub inner_loop: Option<InnerLoop>,
     /// The PE method priming trained (`adapter`, `lora`, `bitfit`; None: no priming).
     #[serde(default)]

@@ -14,13 +14,15 @@
 //! * `selection.md`, `selection.csv` — with `[report] select`, the configuration each cell
 //!   uses ([`select`]);
 //! * `curves/*.svg/.png` on request ([`curves`]);
-//! * `summary.md` — runs done, run time per kind and in total, the files written ([`summary`]).
+//! * `summary.md` — runs done, run time per kind and in total, the files written ([`summary`]);
+//! * `index.html` — all of it on one self-contained page, with every run's detail ([`html`]).
 
 pub mod bootstrap;
 pub mod compare;
 pub mod curves;
 pub mod figures;
 pub mod gather;
+pub mod html;
 pub mod input;
 pub mod markdown;
 pub mod paper;
@@ -109,6 +111,8 @@ pub struct ReportOptions {
     pub curves: bool,
     /// Seed of the bootstrap resampling.
     pub bootstrap_seed: u64,
+    /// The sweep file, named in the page's header.
+    pub sweep_file: Option<PathBuf>,
 }
 
 /// What [`write_report`] produced.
@@ -124,6 +128,8 @@ pub struct ReportSummary {
     pub runs_total: usize,
     pub table1: table::Table1,
     pub comparison: compare::Comparison,
+    /// The page (`index.html`).
+    pub page: PathBuf,
 }
 
 /// Writes the report of a sweep into `input.results_dir` (see the module docs for the files)
@@ -224,6 +230,17 @@ pub fn write_report(
         skipped.extend(notes);
     }
 
+    let page = html::write_page(&html::PageSources {
+        all: all_runs,
+        used: input,
+        table1: &table1,
+        comparison: &comparison,
+        bootstrap_samples: samples,
+        files: &files,
+        skipped: &skipped,
+        sweep_file: opts.sweep_file.as_deref(),
+    })?;
+    files.push(page.clone());
     let summary = summary::summarize(all_runs, dir, &files, &skipped);
     files.push(summary.write(dir)?);
     let runs_total = all_runs.runs.len();
@@ -258,5 +275,6 @@ pub fn write_report(
         runs_total,
         table1,
         comparison,
+        page,
     })
 }

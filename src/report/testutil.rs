@@ -57,6 +57,7 @@ pub fn run(setting: &str, lang: &str, seed: u64, f1: Option<f64>) -> RunRecord {
             run_id: format!("{setting}-{lang}-{seed}"),
             setting: setting.to_string(),
             priming: None,
+            priming_run: None,
             inner_loop: None,
             pe_method: None,
             inner_steps: None,

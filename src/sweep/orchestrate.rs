@@ -229,8 +229,11 @@ fn refuse_if_in_flight_elsewhere(
 /// the report stage after a sweep, for every backend.
 fn write_report(sweep: &Sweep) -> Result<String, SweepError> {
     let input = report_input_for(sweep)?;
-    let written = crate::report::write_report(&input, &crate::report::ReportOptions::default())
-        .map_err(SweepError::Report)?;
+    let opts = crate::report::ReportOptions {
+        sweep_file: Some(sweep.source.path.clone()),
+        ..crate::report::ReportOptions::default()
+    };
+    let written = crate::report::write_report(&input, &opts).map_err(SweepError::Report)?;
     Ok(written.text)
 }
 

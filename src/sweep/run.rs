@@ -214,6 +214,7 @@ pub fn report_input_for(sweep: &Sweep) -> Result<ReportInput, SweepError> {
                     run_id: run.id.clone(),
                     setting: e.setting.clone(),
                     priming: prime.map(|p| p.method),
+                    priming_run: run.deps.first().map(|&d| plan.runs[d].id.clone()),
                     inner_loop: meta_prime.map(|p| p.effective_inner_loop()),
                     pe_method: prime.map(|p| p.pe_kind().as_str().to_string()),
                     inner_steps: meta_prime.map(|p| p.inner_steps),
