@@ -43,6 +43,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
         .tempfile_in(&dir)
         .map_err(write_err(path))?;
     tmp.write_all(bytes).map_err(write_err(path))?;
+    // tempfile creates 0600; results are for reading (and serving), like any file written
+    // with the usual umask.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let perm = std::fs::Permissions::from_mode(0o644);
+        tmp.as_file()
+            .set_permissions(perm)
+            .map_err(write_err(path))?;
+    }
     tmp.as_file().sync_all().map_err(write_err(path))?;
     tmp.persist(path).map_err(|e| FsError::Write {
         path: path.to_path_buf(),

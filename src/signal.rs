@@ -27,6 +27,16 @@ extern "C" fn on_stop(_signal: libc::c_int) {
 
 /// Installs the SIGINT/SIGTERM handlers; returns the flag they set (for the scheduler's
 /// `RunOptions::interrupt`).
+/// Restores the default SIGPIPE action (Rust's runtime ignores it), so that `primer compare …
+/// | head` ends quietly when the reader goes away instead of panicking on a broken pipe, as
+/// command-line tools do.
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL has no handler to run.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub fn install_interrupt_handler() -> &'static AtomicBool {
     let handler = on_interrupt as extern "C" fn(libc::c_int);
     // SAFETY: the handler only touches an atomic and calls _exit.

@@ -57,6 +57,7 @@ enum Command {
 
 pub fn main() -> ExitCode {
     primer::device::retain_freed_memory();
+    primer::signal::default_sigpipe();
     let cli = Cli::parse();
     // Read once here so that a typo is an error, not a silent choice; sweep and Slurm child
     // processes inherit the variable.

@@ -25,7 +25,7 @@
 //! # Ok(()) }
 //! ```
 
-use super::finetune::inputs_of;
+use super::inputs_of;
 use crate::data::{Batch, Batcher, EncodedSentence, IGNORE_INDEX};
 use crate::model::{ModelError, ParamGroup, Tagger};
 use candle_core::{DType, Device, Tensor};

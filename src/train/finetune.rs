@@ -31,10 +31,11 @@ use crate::data::{self, Batch, Batcher, EncodedSentence, LabelSet, Sentence, Wor
 use crate::device::{DeviceError, open_device};
 use crate::fsutil::{FsError, write_json_atomic};
 use crate::metric::{self, MetricError, Scores};
-use crate::model::{EncoderInputs, ModelError, Tagger, TensorSet, masked_cross_entropy};
+use crate::model::{ModelError, Tagger, TensorSet, masked_cross_entropy};
 use crate::progress::{ProgressEvent, ProgressSink};
 use crate::rng::SeededRng;
 use crate::train::cache::EncoderCache;
+use crate::train::inputs_of;
 use crate::train::metrics::{
     EpochSummary, EvalSets, FinetuneMetrics, PrimedAdapterUse, SentenceCounts, TrainingNoise,
 };
@@ -207,15 +208,6 @@ fn prepare_splits(config: &FinetuneConfig, dir: &Path) -> Result<Splits> {
         test,
         test_gold: lang.test,
     })
-}
-
-/// The encoder inputs of a batch.
-pub fn inputs_of(batch: &Batch) -> EncoderInputs<'_> {
-    EncoderInputs {
-        input_ids: &batch.input_ids,
-        attention_mask: &batch.attention_mask,
-        token_type_ids: Some(&batch.token_type_ids),
-    }
 }
 
 /// Scores of one split plus what the report needs from it.
