@@ -523,8 +523,10 @@ pub fn compare_pairs(
 }
 
 /// The seed-aware comparison of any two settings of a sweep (`primer compare`), on
-/// `languages` (every language of its runs when empty), with `[report] select` applied as the
-/// report applies it.
+/// `languages` (every language of its runs when empty), with `[report] select` applied and
+/// settings split by the keys a figure plots, as the report does: a setting with one row per
+/// value of such a key is named by its rows' names (`4/MP→AT · finetune.data.train_limit=50`),
+/// never as a whole, which would pool the values.
 pub fn compare_settings(
     input: &ReportInput,
     a: &str,
@@ -533,11 +535,13 @@ pub fn compare_settings(
     samples: usize,
     seed: u64,
 ) -> Result<PairComparison, ReportError> {
+    let (selected, _) = crate::report::select::apply(input);
+    let (selected, _) = crate::report::split::split_settings(&selected, &input.spec.plotted_keys());
     for name in [a, b] {
-        if !input.settings.iter().any(|s| s == name) {
+        if !selected.settings.iter().any(|s| s == name) {
             return Err(ReportError::NotASetting {
                 name: name.to_string(),
-                known: input.settings.join(", "),
+                known: selected.settings.join(", "),
             });
         }
     }
@@ -550,7 +554,7 @@ pub fn compare_settings(
             });
         }
     }
-    let (mut selected, _) = crate::report::select::apply(input);
+    let mut selected = selected;
     selected.spec.compare = vec![ComparePair {
         a: a.to_string(),
         b: b.to_string(),
@@ -1282,5 +1286,25 @@ mod tests {
             compare_key_values(&inp, STEPS, "2", "1", Some("MP"), &["af".into()], 50, 0).unwrap();
         assert_eq!(pairs[0].per_lang.len(), 1);
         assert_eq!(pairs[0].per_lang[0].lang, "af");
+    }
+
+    /// `primer compare A B` on a setting split by a plotted key compares rows, never the
+    /// setting pooled over the key's values; a row's numbers are the report's.
+    #[test]
+    fn comparing_settings_names_the_rows_of_a_split_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let inp = steps_input(dir.path());
+        let err = compare_settings(&inp, "MP", "AT", &[], 50, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"MP\" is not a setting") && err.contains("MP · prime.inner_steps=1"),
+            "{err}"
+        );
+        let report = write_report(&inp, &ReportOptions::default()).unwrap();
+        let in_report = &report.comparison.pairs[0];
+        let pair = compare_settings(&inp, &in_report.a, &in_report.b, &[], 300, 0).unwrap();
+        assert_eq!(pair.per_lang, in_report.per_lang);
+        assert_eq!(pair.average, in_report.average);
     }
 }
