@@ -158,7 +158,7 @@ pub struct DataConfig {
     pub subsample: Subsample,
     /// Seed of the dev and test draws under `subsample = "seeded"`. It is not the run's seed,
     /// so every seed and setting of a sweep is scored on the same sentences (a sweep checks
-    /// that its fine-tuning runs agree on every language; see `primer::sweep::plan`).
+    /// that its fine-tuning runs agree on every language; see `primer::spec::plan`).
     pub eval_seed: u64,
     /// Seed of the training draw under `subsample = "seeded"`.
     pub train_seed: TrainSeed,

@@ -1,7 +1,7 @@
 //! A sweep file's text parsed into a small tree that keeps the byte span of every key and
 //! value, so that semantic checks made after parsing can still say "file:line:column: key".
 
-use super::error::SweepError;
+use super::error::SpecError;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
@@ -14,8 +14,8 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn read(path: &Path) -> Result<Self, SweepError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SweepError::ReadSweep {
+    pub fn read(path: &Path) -> Result<Self, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::ReadSweep {
             path: path.to_path_buf(),
             source,
         })?;
@@ -43,9 +43,9 @@ impl Source {
     }
 
     /// An error located at `span`.
-    pub fn error(&self, span: &Range<usize>, message: impl Into<String>) -> SweepError {
+    pub fn error(&self, span: &Range<usize>, message: impl Into<String>) -> SpecError {
         let (line, column) = self.line_col(span.start);
-        SweepError::Invalid {
+        SpecError::Invalid {
             file: self.path.clone(),
             line,
             column,
@@ -54,7 +54,7 @@ impl Source {
     }
 
     /// Parses the text into a spanned tree.
-    pub fn parse(&self) -> Result<Node, SweepError> {
+    pub fn parse(&self) -> Result<Node, SpecError> {
         let table = DeTable::parse(&self.text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             self.error(&span, format!("invalid TOML: {}", e.message()))
@@ -145,11 +145,7 @@ impl Node {
     }
 }
 
-fn convert_table(
-    src: &Source,
-    table: &DeTable<'_>,
-    span: Range<usize>,
-) -> Result<Node, SweepError> {
+fn convert_table(src: &Source, table: &DeTable<'_>, span: Range<usize>) -> Result<Node, SpecError> {
     let mut entries = Vec::with_capacity(table.len());
     for (k, v) in table.iter() {
         entries.push(Entry {
@@ -166,11 +162,7 @@ fn convert_table(
     })
 }
 
-fn convert_value(
-    src: &Source,
-    value: &DeValue<'_>,
-    span: Range<usize>,
-) -> Result<Node, SweepError> {
+fn convert_value(src: &Source, value: &DeValue<'_>, span: Range<usize>) -> Result<Node, SpecError> {
     let kind = match value {
         DeValue::String(s) => NodeKind::Str(s.to_string()),
         DeValue::Integer(i) => NodeKind::Int(
