@@ -9,12 +9,9 @@
 
 use super::DataError;
 use super::tokenize::EncodedSentence;
+use crate::model::IGNORE_INDEX;
 use crate::rng::SeededRng;
 use candle_core::{Device, Tensor};
-
-/// Label id ignored by the loss (PyTorch's `CrossEntropyLoss` default): non-first subwords,
-/// specials and padding.
-pub const IGNORE_INDEX: i64 = -100;
 
 /// One padded batch. `B` sentences, `T` = the longest sentence of the batch in tokens.
 #[derive(Debug, Clone)]
