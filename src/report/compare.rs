@@ -614,7 +614,7 @@ pub fn compare_key_values(
             .iter()
             .find(|v| {
                 serde_json::from_str(v)
-                    .is_ok_and(|v| crate::spec::file::values_equal(&v, &wanted_json))
+                    .is_ok_and(|v| crate::spec::source::values_equal(&v, &wanted_json))
             })
             .map(|v| shown_value(v))
             .ok_or_else(|| ReportError::NotAKeyValue {

@@ -186,7 +186,7 @@ fn matches_filter(run: &RunRecord, spec: &FigureSpec) -> bool {
         have.is_some_and(|h| {
             values
                 .iter()
-                .any(|v| crate::spec::file::values_equal(v, &h))
+                .any(|v| crate::spec::source::values_equal(v, &h))
         })
     })
 }

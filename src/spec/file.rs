@@ -7,7 +7,8 @@
 use super::error::SpecError;
 use super::report::ReportSpec;
 use super::report::{FigureField, FigureSpec, SweepFacts};
-use super::source::{Entry, Node, NodeKind, Source, nearest};
+use super::source::{Entry, Node, NodeKind, Source, nearest, values_equal};
+
 use crate::config::{FinetuneConfig, PrimeConfig};
 use crate::slurm::SlurmOptions;
 use serde_json::Value;
@@ -327,18 +328,6 @@ fn flatten<'a>(
             NodeKind::Table(t) => flatten(&key, t, out),
             _ => out.push((key, e.key_span.clone(), &e.value)),
         }
-    }
-}
-
-/// Values equal for the purposes of exclude rules and zip filtering: numbers compare as
-/// numbers (1 == 1.0), everything else structurally.
-pub fn values_equal(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| values_equal(a, b))
-        }
-        _ => a == b,
     }
 }
 

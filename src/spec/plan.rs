@@ -6,8 +6,9 @@
 //! hyperparameter that starts from it.
 
 use super::error::SpecError;
-use super::file::{Assign, Priming, Setting, Sweep, get_path, set_path, values_equal};
+use super::file::{Assign, Priming, Setting, Sweep, get_path, set_path};
 use super::hash::content_id;
+use super::source::values_equal;
 use crate::config::{FinetuneConfig, PrimeConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -310,7 +310,7 @@ impl FigureSpec {
                 ));
             }
             for (i, v) in values.iter().enumerate() {
-                if !known.iter().any(|k| super::file::values_equal(k, v)) {
+                if !known.iter().any(|k| super::source::values_equal(k, v)) {
                     let shown: Vec<String> = known.iter().map(Value::to_string).collect();
                     return Err((
                         FigureField::FilterValue(key.clone(), i),

@@ -2,6 +2,7 @@
 //! value, so that semantic checks made after parsing can still say "file:line:column: key".
 
 use super::error::SpecError;
+use serde_json::Value;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
@@ -125,8 +126,7 @@ impl Node {
     }
 
     /// The value as JSON (tables keep their keys; the order does not matter to serde).
-    pub fn to_json(&self) -> serde_json::Value {
-        use serde_json::Value;
+    pub fn to_json(&self) -> Value {
         match &self.kind {
             NodeKind::Str(s) => Value::String(s.clone()),
             NodeKind::Int(i) => Value::from(*i),
@@ -215,6 +215,19 @@ pub fn nearest<'a>(key: &str, candidates: impl IntoIterator<Item = &'a str>) -> 
         .map(|c| (edit_distance(key, c), c))
         .min_by_key(|(d, _)| *d)?;
     (best.0 <= (key.chars().count() / 2).max(2)).then_some(best.1)
+}
+
+/// Values equal for the purposes of exclude rules, zip filtering and report selections (here,
+/// not in `file`, so that `report` can use it without `file` and `report` importing each other): numbers compare as
+/// numbers (1 == 1.0), everything else structurally.
+pub fn values_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| values_equal(a, b))
+        }
+        _ => a == b,
+    }
 }
 
 #[cfg(test)]
