@@ -9,45 +9,11 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// Which parameters downstream fine-tuning trains (the paper's settings 1-3).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum FinetuneMethod {
-    /// Full FT: every parameter present — θp ∪ θh, and θa when the model carries an adapter.
-    Full,
-    /// Head tuning: θh only.
-    Head,
-    /// Adapter tuning: θa ∪ θh (an adapter is created when the model has none).
-    Adapter,
-    /// BitFit: every bias of the encoder ∪ θh (see [`crate::model::pe::bitfit`]).
-    Bitfit,
-    /// LoRA on the encoder's linears ∪ θh (`lora_*` keys; see [`crate::model::pe::lora`]).
-    Lora,
-}
+pub use crate::model::FinetuneMethod;
 
+/// The settings side of [`FinetuneMethod`] (the enum itself lives in `crate::model`, which maps
+/// it to parameter groups and knows nothing of configs).
 impl FinetuneMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinetuneMethod::Full => "full",
-            FinetuneMethod::Head => "head",
-            FinetuneMethod::Adapter => "adapter",
-            FinetuneMethod::Bitfit => "bitfit",
-            FinetuneMethod::Lora => "lora",
-        }
-    }
-
     /// Learning rate used when none is given. Full fine-tuning takes BERT's usual 5e-5; the
     /// parameter-efficient methods train few, freshly initialised weights on a frozen encoder and
     /// need a much larger rate to converge within a few epochs on WikiAnn-sized data (measured
@@ -63,12 +29,6 @@ impl FinetuneMethod {
             FinetuneMethod::Bitfit => 5e-3,
             FinetuneMethod::Lora => 5e-3,
         }
-    }
-}
-
-impl std::fmt::Display for FinetuneMethod {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -158,7 +118,7 @@ pub struct DataConfig {
     pub subsample: Subsample,
     /// Seed of the dev and test draws under `subsample = "seeded"`. It is not the run's seed,
     /// so every seed and setting of a sweep is scored on the same sentences (a sweep checks
-    /// that its fine-tuning runs agree on every language; see `primer::sweep::plan`).
+    /// that its fine-tuning runs agree on every language; see `primer::spec::plan`).
     pub eval_seed: u64,
     /// Seed of the training draw under `subsample = "seeded"`.
     pub train_seed: TrainSeed,

@@ -15,9 +15,11 @@
 //! * [`prime`]    — priming: first-order MAML (Algorithm 1) and its ablations;
 //! * [`metric`]   — entity-level micro F1, identical to seqeval;
 //! * [`parallel`] — graph-free batches spread over the CPU threads, one batch per thread;
-//! * [`sweep`]    — TOML sweeps → a DAG of runs → a backend → the run store → the report;
+//! * [`spec`]     — TOML sweep files → a plan of content-addressed runs, and the report section;
+//! * [`store`]    — the run store: one directory per run, its files named once, the lock;
 //! * [`backend`]  — where runs execute: local device slots (scheduler + child processes) or
-//!   Slurm job arrays, behind one trait;
+//!   Slurm job arrays, behind one trait (uses `spec` and `store`, never `sweep`);
+//! * [`sweep`]    — orchestration: spec → plan → backend → store → report, and `primer exec`;
 //! * [`slurm`]    — a Slurm client (sbatch, squeue, scontrol, scancel) knowing nothing of sweeps;
 //! * [`signal`]   — SIGINT/SIGTERM (stop the orchestrator) and SIGUSR2 (stop a run) as flags;
 //! * [`report`]   — polars tables and plotters figures (Table 1, Figures 3 and 4).
@@ -35,5 +37,7 @@ pub mod report;
 pub mod rng;
 pub mod signal;
 pub mod slurm;
+pub mod spec;
+pub mod store;
 pub mod sweep;
 pub mod train;

@@ -8,10 +8,10 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use primer::config::InnerDropout;
+use primer::data::Batch;
 use primer::model::{ParamSet, Tagger};
 use primer::prime::{
-    AdamWOuter, Batch, InnerParams, MetaStepConfig, MetaStepRecord, PrimingState, TaskBatches,
-    meta_step,
+    AdamWOuter, InnerParams, MetaStepConfig, MetaStepRecord, PrimingState, TaskBatches, meta_step,
 };
 use primer::train::optim::AdamWConfig;
 use serde_json::Value;
@@ -104,12 +104,13 @@ fn batch(t: &HashMap<String, Tensor>, prefix: &str) -> Batch {
             .unwrap_or_else(|| panic!("dump lacks {prefix}.{k}"))
             .clone()
     };
-    Batch {
-        input_ids: get("input_ids"),
-        attention_mask: get("attention_mask"),
-        token_type_ids: Some(get("token_type_ids")),
-        labels: get("labels").to_dtype(DType::I64).unwrap(),
-    }
+    Batch::from_tensors(
+        get("input_ids"),
+        get("attention_mask"),
+        Some(get("token_type_ids")),
+        get("labels").to_dtype(DType::I64).unwrap(),
+    )
+    .unwrap()
 }
 
 /// The ParamSet of all tensors named `prefix<name>`, as `<name>`.

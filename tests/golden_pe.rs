@@ -14,10 +14,11 @@ use candle_core::Device;
 use common::{Failures, GoldenDump, check_first_adamw_step, check_rel};
 use primer::config::FinetuneMethod;
 use primer::config::InnerDropout;
+use primer::data::Batch;
 use primer::model::pe::{AdapterLayers, LoraTarget};
 use primer::model::{PeSpec, Tagger};
 use primer::prime::{
-    AdamWOuter, Batch, InnerParams, MetaStepConfig, PrimingState, TaskBatches, meta_step,
+    AdamWOuter, InnerParams, MetaStepConfig, PrimingState, TaskBatches, meta_step,
 };
 use primer::rng::SeededRng;
 use primer::train::optim::{AdamW, AdamWConfig};
@@ -162,12 +163,13 @@ fn check_dump(d: &GoldenDump) -> Failures {
 
 fn meta_batch(d: &GoldenDump, prefix: &str) -> Batch {
     let b = d.batch(prefix);
-    Batch {
-        input_ids: b.input_ids,
-        attention_mask: b.attention_mask,
-        token_type_ids: Some(b.token_type_ids),
-        labels: b.labels,
-    }
+    Batch::from_tensors(
+        b.input_ids,
+        b.attention_mask,
+        Some(b.token_type_ids),
+        b.labels,
+    )
+    .unwrap()
 }
 
 fn check_meta_dump(d: &GoldenDump) -> Failures {

@@ -298,7 +298,8 @@ fn random_sentences(
 #[test]
 #[ignore]
 fn probe_cache_batching() {
-    use primer::data::{Batcher, IGNORE_INDEX};
+    use primer::data::Batcher;
+    use primer::model::IGNORE_INDEX;
     use primer::train::EncoderCache;
     primer::device::retain_freed_memory();
     let min_len: usize = std::env::var("PROBE_MIN_LEN")
@@ -407,7 +408,8 @@ fn probe_cached_step() {
 #[test]
 #[ignore]
 fn probe_encode_rows() {
-    use primer::data::{Batcher, IGNORE_INDEX};
+    use primer::data::Batcher;
+    use primer::model::IGNORE_INDEX;
     use primer::train::inputs_of;
     primer::device::retain_freed_memory();
     let keep_every: usize = std::env::var("PROBE_KEEP")
@@ -509,7 +511,8 @@ fn probe_sgd_update() {
 #[test]
 #[ignore]
 fn probe_cache_data_parallel() {
-    use primer::data::{Batcher, IGNORE_INDEX};
+    use primer::data::Batcher;
+    use primer::model::IGNORE_INDEX;
     use primer::train::{EncoderCache, inputs_of};
     primer::device::retain_freed_memory();
     let mut tagger = minilm_tagger();

@@ -8,10 +8,11 @@ use polars_io::parquet::read::ParquetReader;
 use primer::config::{FinetuneMethod, InnerLoop, PrimingMethod};
 use primer::metric::{Scores, TypeScores};
 use primer::prime::{PrimeCurves, PrimeStepRecord, TaskLosses};
-use primer::report::spec::{ComparePair, FigureSeries};
 use primer::report::{
-    PrimingRunRecord, ReportInput, ReportOptions, ReportSpec, RunMeta, RunRecord, write_report,
+    PrimingRunRecord, ReportInput, ReportOptions, RunMeta, RunRecord, write_report,
 };
+use primer::spec::ReportSpec;
+use primer::spec::report::{ComparePair, FigureSeries};
 use primer::train::FinetuneMetrics;
 use std::path::{Path, PathBuf};
 

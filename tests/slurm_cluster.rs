@@ -13,8 +13,8 @@ use primer::backend::slurm::{SlurmRunState, slurm_status, submit_sweep, wait_swe
 use primer::config::{FinetuneConfig, PrimeConfig};
 use primer::slurm::client::Submission;
 use primer::slurm::{ArrayJob, JobRef, Slurm, SlurmOptions, SlurmRecord, SlurmState, TaskStatus};
+use primer::spec::plan::{Plan, RunSpec};
 use primer::sweep::Store;
-use primer::sweep::plan::{Plan, RunSpec};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

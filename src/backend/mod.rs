@@ -17,9 +17,8 @@ pub mod slurm;
 pub use local::{LocalOptions, RunSummary};
 
 use crate::slurm::{SlurmError, SlurmOptions};
-use crate::sweep::SweepError;
-use crate::sweep::plan::Plan;
-use crate::sweep::store::Store;
+use crate::spec::plan::Plan;
+use crate::store::{Store, StoreError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -218,9 +217,14 @@ pub fn count_views(views: &[RunView]) -> BTreeMap<ViewState, usize> {
 pub enum BackendError {
     #[error(transparent)]
     Slurm(#[from] SlurmError),
-    /// The store or the plan (run directories, the lock, status files).
+    /// The store (run directories, the lock, status files).
     #[error(transparent)]
-    Store(#[from] SweepError),
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
+    /// Invalid command-line usage of a backend's options.
+    #[error("{0}")]
+    Usage(String),
     #[error("cannot locate the primer binary for {purpose}: {source}")]
     Exe {
         purpose: &'static str,

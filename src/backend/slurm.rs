@@ -22,8 +22,8 @@ use crate::slurm::client::{Submission, SubmittedArray};
 use crate::slurm::record::{self, SlurmRecord};
 use crate::slurm::requeue::current_job_id;
 use crate::slurm::{ArrayJob, JobRef, Slurm, SlurmError, SlurmOptions, TaskStatus};
-use crate::sweep::plan::{Plan, RunKind};
-use crate::sweep::store::{RunState, Store};
+use crate::spec::plan::{Plan, RunKind};
+use crate::store::{RunState, Store};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -145,8 +145,8 @@ pub fn submit_sweep(
         job.after_ok = after_ok;
         job.workdir = workdir.clone();
         // The same file the local backend's executor writes.
-        job.stdout_name = crate::sweep::store::layout::LOG.into();
-        job.stderr_name = crate::sweep::store::layout::LOG.into();
+        job.stdout_name = crate::store::layout::LOG.into();
+        job.stderr_name = crate::store::layout::LOG.into();
         job
     };
 
@@ -382,7 +382,7 @@ pub fn on_preempted(
     slurm: &Slurm,
     job_id: Option<&str>,
 ) -> Result<bool, BackendError> {
-    use crate::sweep::exec::mark_interrupted;
+    use crate::store::mark_interrupted;
     let Some(id) = job_id else {
         mark_interrupted(
             run_dir,
@@ -570,7 +570,7 @@ mod tests {
     use super::*;
     use crate::config::{FinetuneConfig, PrimeConfig};
     use crate::slurm::testutil::Fake;
-    use crate::sweep::plan::RunSpec;
+    use crate::spec::plan::RunSpec;
 
     /// Two priming runs; fine-tuning runs 2 and 3 start from prime 0, run 4 from prime 1, run 5
     /// from the plain model.

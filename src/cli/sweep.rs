@@ -5,11 +5,12 @@ use primer::backend::{
     BackendKind, BackendSettings, LocalOptions, Queued, RunSummary, RunView, ViewState, count_views,
 };
 use primer::slurm::SlurmArgs;
+use primer::spec::plan::{Plan, RunKind};
+use primer::store::ObservedRun;
 use primer::sweep::orchestrate::{
     self, Overview, RunEvent, RunOutcome, RunRequest, StatusView, SweepStatus,
 };
-use primer::sweep::plan::{Plan, RunKind};
-use primer::sweep::run::{ObservedRun, RemainingEstimate, count_states, plan_rows};
+use primer::sweep::run::{RemainingEstimate, count_states, plan_rows};
 use primer::sweep::{RunSpec, Sweep};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -308,7 +309,7 @@ fn print_store_status(
                 r.label(),
                 o.attempts,
                 o.error.as_deref().unwrap_or("?"),
-                o.dir.join(primer::sweep::store::layout::LOG).display()
+                o.dir.join(primer::store::layout::LOG).display()
             ),
             "blocked" => println!(
                 "blocked {}: its priming run {} failed",
@@ -530,7 +531,7 @@ fn print_failures(plan: &Plan, views: &[RunView]) -> usize {
             "failed  {}: {}{failed_dep}\n        log: {}",
             run.label(),
             v.detail,
-            v.dir.join(primer::sweep::store::layout::LOG).display()
+            v.dir.join(primer::store::layout::LOG).display()
         );
     }
     n
@@ -661,7 +662,7 @@ fn ensure_demo_model() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use primer::sweep::plan::RunSpec;
+    use primer::spec::plan::RunSpec;
 
     #[test]
     fn embedded_demo_and_its_quick_variant_are_valid() {

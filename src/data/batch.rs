@@ -9,12 +9,9 @@
 
 use super::DataError;
 use super::tokenize::EncodedSentence;
+use crate::model::IGNORE_INDEX;
 use crate::rng::SeededRng;
 use candle_core::{Device, Tensor};
-
-/// Label id ignored by the loss (PyTorch's `CrossEntropyLoss` default): non-first subwords,
-/// specials and padding.
-pub const IGNORE_INDEX: i64 = -100;
 
 /// One padded batch. `B` sentences, `T` = the longest sentence of the batch in tokens.
 #[derive(Debug, Clone)]
@@ -23,8 +20,9 @@ pub struct Batch {
     pub input_ids: Tensor,
     /// `[B, T]` u32: 1 for real tokens, 0 for padding (convert with `to_dtype` as needed).
     pub attention_mask: Tensor,
-    /// `[B, T]` u32 zeros (single-segment input).
-    pub token_type_ids: Tensor,
+    /// `[B, T]` segment ids: u32 zeros from the [`Batcher`] (single-segment input); `None`
+    /// means all zeros without a tensor (synthetic batches).
+    pub token_type_ids: Option<Tensor>,
     /// `[B, T]` i64 label ids, [`IGNORE_INDEX`] on ignored tokens and padding.
     pub labels: Tensor,
     /// Row `b` holds sentence `indices[b]` of the slice the batch was made from.
@@ -34,6 +32,31 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A batch of tensors made elsewhere (a reference dump, a synthetic benchmark): rows are
+    /// sentences `0..B` and each row's length is its attention-mask sum.
+    pub fn from_tensors(
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Option<Tensor>,
+        labels: Tensor,
+    ) -> candle_core::Result<Self> {
+        let lengths: Vec<usize> = attention_mask
+            .to_dtype(candle_core::DType::F64)?
+            .sum(1)?
+            .to_vec1::<f64>()?
+            .into_iter()
+            .map(|n| n as usize)
+            .collect();
+        Ok(Self {
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            labels,
+            indices: (0..lengths.len()).collect(),
+            lengths,
+        })
+    }
+
     pub fn size(&self) -> usize {
         self.indices.len()
     }
@@ -187,7 +210,7 @@ impl Batcher {
         Ok(Batch {
             input_ids: Tensor::from_vec(ids, (b, t), device)?,
             attention_mask: Tensor::from_vec(mask, (b, t), device)?,
-            token_type_ids: Tensor::zeros((b, t), candle_core::DType::U32, device)?,
+            token_type_ids: Some(Tensor::zeros((b, t), candle_core::DType::U32, device)?),
             labels: Tensor::from_vec(labels, (b, t), device)?,
             indices: indices.to_vec(),
             lengths,
@@ -276,7 +299,10 @@ mod tests {
             b.attention_mask.to_vec2::<u32>().unwrap(),
             [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
         );
-        assert_eq!(b.token_type_ids.to_vec2::<u32>().unwrap(), [[0; 5], [0; 5]]);
+        assert_eq!(
+            b.token_type_ids.as_ref().unwrap().to_vec2::<u32>().unwrap(),
+            [[0; 5], [0; 5]]
+        );
         assert_eq!(
             b.labels.to_vec2::<i64>().unwrap()[1],
             [-100, 2, -100, -100, -100]

@@ -23,7 +23,7 @@ pub mod labels;
 pub mod reader;
 pub mod tokenize;
 
-pub use batch::{Batch, Batcher, IGNORE_INDEX};
+pub use batch::{Batch, Batcher};
 pub use labels::{LabelSet, TagScheme, WIKIANN_TAGS};
 pub use reader::{
     LanguageData, Layout, Sentence, Split, SplitSources, detect_layout, fingerprint, load_language,

@@ -18,9 +18,9 @@
 //!   time they are tagged `O` ([`EncodedSentence::word_predictions`]).
 
 use super::DataError;
-use super::batch::IGNORE_INDEX;
 use super::labels::LabelSet;
 use super::reader::Sentence;
+use crate::model::IGNORE_INDEX;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use tokenizers::models::wordpiece::WordPiece;

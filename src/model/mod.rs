@@ -61,6 +61,6 @@ pub use ops::{IGNORE_INDEX, masked_cross_entropy};
 pub use params::{ParamSet, TensorSet, Weights};
 pub use pe::{PeMethod, PeModule, PeSpec, PeWeights};
 pub use tagger::{
-    DEFAULT_NUM_LABELS, ParamGroup, Tagger, encoder_output, freeze_encoder, head_forward,
-    logits_from_hidden, new_head, tagger_logits,
+    DEFAULT_NUM_LABELS, FinetuneMethod, ParamGroup, Tagger, encoder_output, freeze_encoder,
+    head_forward, logits_from_hidden, new_head, tagger_logits,
 };

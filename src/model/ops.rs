@@ -139,8 +139,10 @@ pub fn dropout(x: &Tensor, p: f64, rng: &mut SeededRng) -> Result<Tensor> {
     Ok(x.mul(&mask)?)
 }
 
-/// Label id marking a position without a loss: defined once, with the batches that carry it.
-pub use crate::data::IGNORE_INDEX;
+/// Label id ignored by the loss (PyTorch's `CrossEntropyLoss` default): non-first subwords,
+/// specials and padding. Defined once, here with the loss, so that the model imports nothing
+/// from `crate::data` (the readers and batches use it from here).
+pub const IGNORE_INDEX: i64 = -100;
 
 /// Token-level cross-entropy, mean over the positions whose label is not
 /// [`IGNORE_INDEX`] (torch's `cross_entropy(ignore_index=-100)`).

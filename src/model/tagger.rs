@@ -10,12 +10,60 @@ use super::error::{ModelError, Result};
 use super::ops::{linear, masked_cross_entropy};
 use super::params::{ParamSet, TensorSet, Weights};
 use super::pe::{self, PeMethod, PeModule, PeSpec, PeWeights};
-use crate::config::FinetuneMethod;
 use crate::rng::SeededRng;
 use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
+
+/// Which parameters downstream fine-tuning trains (the paper's settings 1-3). Defined here,
+/// beside [`Tagger::groups_for`] which maps it to parameter groups, so that the model does not
+/// import the run configs; `crate::config` re-exports it and adds its default learning rates.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum FinetuneMethod {
+    /// Full FT: every parameter present — θp ∪ θh, and θa when the model carries an adapter.
+    Full,
+    /// Head tuning: θh only.
+    Head,
+    /// Adapter tuning: θa ∪ θh (an adapter is created when the model has none).
+    Adapter,
+    /// BitFit: every bias of the encoder ∪ θh (see [`crate::model::pe::bitfit`]).
+    Bitfit,
+    /// LoRA on the encoder's linears ∪ θh (`lora_*` keys; see [`crate::model::pe::lora`]).
+    Lora,
+}
+
+impl FinetuneMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinetuneMethod::Full => "full",
+            FinetuneMethod::Head => "head",
+            FinetuneMethod::Adapter => "adapter",
+            FinetuneMethod::Bitfit => "bitfit",
+            FinetuneMethod::Lora => "lora",
+        }
+    }
+}
+
+impl std::fmt::Display for FinetuneMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// WikiAnn's label set size (O, B/I-PER, B/I-ORG, B/I-LOC).
 pub const DEFAULT_NUM_LABELS: usize = 7;

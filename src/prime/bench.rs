@@ -3,9 +3,10 @@
 //! / `meta-full`), so the two can be run side by side and compared as a ratio.
 
 use super::error::{PrimeError, Result};
-use super::meta::{Batch, InnerParams, MetaStepConfig, PrimingState, TaskBatches, meta_step};
+use super::meta::{InnerParams, MetaStepConfig, PrimingState, TaskBatches, meta_step};
 use super::outer::AdamWOuter;
 use crate::config::{InnerDropout, SupportMode};
+use crate::data::Batch;
 use crate::model::{DEFAULT_NUM_LABELS, Tagger};
 use crate::rng::SeededRng;
 use crate::train::optim::AdamWConfig;
@@ -110,9 +111,11 @@ pub fn synthetic_batch(
     let mut mask = vec![0u32; batch * seq];
     let mut labels = vec![-100i64; batch * seq];
     let probs = [0.55f32, 0.075, 0.075, 0.075, 0.075, 0.075, 0.075];
+    let mut lengths = Vec::with_capacity(batch);
     for b in 0..batch {
         let min_len = (seq / 2).max(3);
         let len = min_len + rng.below(seq - min_len + 1);
+        lengths.push(len);
         for p in 0..len {
             let i = b * seq + p;
             mask[i] = 1;
@@ -143,6 +146,8 @@ pub fn synthetic_batch(
         attention_mask: Tensor::from_vec(mask, (batch, seq), device)?,
         token_type_ids: None,
         labels: Tensor::from_vec(labels, (batch, seq), device)?,
+        indices: (0..batch).collect(),
+        lengths,
     })
 }
 

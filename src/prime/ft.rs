@@ -3,7 +3,8 @@
 //! their loss gradients summed, one optimiser update (heads included).
 
 use super::error::{PrimeError, Result};
-use super::meta::{Batch, GradSum, OuterOptimizer, PrimingState, check_finite};
+use super::meta::{GradSum, OuterOptimizer, PrimingState, check_finite};
+use crate::data::Batch;
 use crate::model::{ParamGroup, encoder_output, logits_from_hidden, masked_cross_entropy};
 
 /// One FT-priming step over `(lang, batch)` pairs: θp, θa and each task's head receive the
@@ -28,7 +29,7 @@ pub fn ft_step(
             &tagger.config,
             &tagger.encoder,
             Some(pe.with(&pe.params)),
-            &batch.inputs(),
+            &crate::train::inputs_of(batch),
             state.dropout.as_mut(),
         )?;
         let loss = masked_cross_entropy(

@@ -14,44 +14,16 @@
 
 use super::error::{PrimeError, Result};
 use crate::config::{InnerDropout, InnerLoop};
+use crate::data::Batch;
 use crate::model::{
-    BertConfig, EncoderInputs, ParamGroup, ParamSet, PeModule, Tagger, TensorSet, Weights,
-    encoder_output, logits_from_hidden, masked_cross_entropy,
+    BertConfig, ParamGroup, ParamSet, PeModule, Tagger, TensorSet, Weights, encoder_output,
+    logits_from_hidden, masked_cross_entropy,
 };
 use crate::rng::SeededRng;
-use crate::train::CachedRows;
+use crate::train::{CachedRows, inputs_of};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use std::collections::BTreeMap;
-
-/// One batch of tagged sentences as tensors.
-#[derive(Debug, Clone)]
-pub struct Batch {
-    /// `[B, T]` token ids (u32 or i64).
-    pub input_ids: Tensor,
-    /// `[B, T]`, 1 = token, 0 = padding.
-    pub attention_mask: Tensor,
-    /// `[B, T]` segment ids, or None for all zeros.
-    pub token_type_ids: Option<Tensor>,
-    /// `[B, T]` i64 label ids, −100 where no loss is taken.
-    pub labels: Tensor,
-}
-
-impl Batch {
-    /// The encoder's view of the batch.
-    pub fn inputs(&self) -> EncoderInputs<'_> {
-        EncoderInputs {
-            input_ids: &self.input_ids,
-            attention_mask: &self.attention_mask,
-            token_type_ids: self.token_type_ids.as_ref(),
-        }
-    }
-
-    /// Number of sentences.
-    pub fn sentences(&self) -> usize {
-        self.input_ids.dims().first().copied().unwrap_or(0)
-    }
-}
 
 /// The batches of one task (source language) in one outer step.
 #[derive(Debug, Clone)]
@@ -386,7 +358,7 @@ pub fn inner_loop(
                     &tagger.config,
                     &enc_frozen,
                     Some(pe.with(&pe_frozen)),
-                    &b.inputs(),
+                    &inputs_of(b),
                     dropout.as_deref_mut(),
                 )?;
                 c.push(CachedRows::labelled(&hidden, &b.labels)?);
@@ -411,7 +383,7 @@ pub fn inner_loop(
                     &tagger.config,
                     &enc_frozen,
                     Some(pe.with(&pe_frozen)),
-                    &batch.inputs(),
+                    &inputs_of(batch),
                     dropout.as_deref_mut(),
                 )?;
                 encoded_now = CachedRows::labelled(&hidden, &batch.labels)?;
@@ -424,7 +396,7 @@ pub fn inner_loop(
                     None => dropout.as_deref_mut(),
                 };
                 (
-                    encoder_output(&tagger.config, enc_w, Some(pe_w), &batch.inputs(), rng)?,
+                    encoder_output(&tagger.config, enc_w, Some(pe_w), &inputs_of(batch), rng)?,
                     &batch.labels,
                 )
             }
@@ -528,7 +500,7 @@ pub fn meta_step(
             &tagger.config,
             enc_q,
             Some(pe.with(pe_q)),
-            &task.query.inputs(),
+            &inputs_of(&task.query),
             state.dropout.as_mut(),
         )?;
         let loss = masked_cross_entropy(

@@ -28,7 +28,7 @@ pub use dev::{DevRecord, DevTaskScores, SelectedCheckpoint, best_dev_point};
 pub use error::PrimeError;
 pub use ft::ft_step;
 pub use meta::{
-    Adapted, Batch, InnerParams, MetaStepConfig, MetaStepRecord, OuterOptimizer, PrimingState,
+    Adapted, InnerParams, MetaStepConfig, MetaStepRecord, OuterOptimizer, PrimingState,
     TaskBatches, TaskOutcome, inner_loop, meta_step,
 };
 pub use outer::AdamWOuter;

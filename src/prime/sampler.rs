@@ -7,23 +7,12 @@
 //! data per step and task.
 
 use super::error::{PrimeError, Result};
-use super::meta::{Batch, TaskBatches};
+use super::meta::TaskBatches;
 use crate::config::SupportMode;
-use crate::data::{Batcher, EncodedSentence};
+use crate::data::{Batch, Batcher, EncodedSentence};
 use crate::rng::SeededRng;
 use candle_core::Device;
 use std::path::PathBuf;
-
-impl From<crate::data::Batch> for Batch {
-    fn from(b: crate::data::Batch) -> Self {
-        Self {
-            input_ids: b.input_ids,
-            attention_mask: b.attention_mask,
-            token_type_ids: Some(b.token_type_ids),
-            labels: b.labels,
-        }
-    }
-}
 
 /// One source language's tokenised training data.
 #[derive(Debug, Clone)]
@@ -170,15 +159,13 @@ impl Sampler {
     }
 
     fn batch(&self, source: &SourceTask, idx: &[usize]) -> Result<Batch> {
-        let b = self
-            .batcher
+        self.batcher
             .make_batch(&source.train, idx, &self.device)
             .map_err(|e| PrimeError::Data {
                 lang: source.lang.clone(),
                 path: source.files.first().cloned().unwrap_or_default(),
                 message: e.to_string(),
-            })?;
-        Ok(b.into())
+            })
     }
 
     /// Support and query batches of one meta step.
@@ -257,8 +244,8 @@ mod tests {
         let t = &step[0];
         assert_eq!(t.support.len(), 3);
         let mut all: Vec<u32> = t.support.iter().flat_map(ids).collect();
-        assert!(t.support.iter().all(|b| b.sentences() == 4));
-        assert_eq!(t.query.sentences(), 5);
+        assert!(t.support.iter().all(|b| b.size() == 4));
+        assert_eq!(t.query.size(), 5);
         all.extend(ids(&t.query));
         let n = all.len();
         all.sort_unstable();
@@ -266,7 +253,7 @@ mod tests {
         assert_eq!(all.len(), n, "a sentence was drawn twice in one step");
         // FT priming consumes the same number of sentences per task.
         let ft = s.ft_step(&sources).unwrap();
-        assert_eq!(ft[0].1.sentences(), 17);
+        assert_eq!(ft[0].1.size(), 17);
     }
 
     #[test]

@@ -6,10 +6,10 @@ use crate::report::bootstrap::{self, DeltaEstimate, SeedPairs, Verdict};
 use crate::report::gather::{polars_err, write_csv};
 use crate::report::markdown::{self, Align};
 use crate::report::paper::{PAPER_LABEL, PaperNumbers};
-use crate::report::spec::ComparePair;
 use crate::report::table::{CellStat, MISSING, check_settings, format_percent};
 use crate::report::{ReportError, ReportInput};
 use crate::rng::SeededRng;
+use crate::spec::report::ComparePair;
 use crate::train::FinetuneMetrics;
 use polars::prelude::*;
 use rayon::prelude::*;
@@ -618,7 +618,7 @@ pub fn compare_key_values(
             .iter()
             .find(|v| {
                 serde_json::from_str(v)
-                    .is_ok_and(|v| crate::sweep::file::values_equal(&v, &wanted_json))
+                    .is_ok_and(|v| crate::spec::source::values_equal(&v, &wanted_json))
             })
             .map(|v| shown_value(v))
             .ok_or_else(|| ReportError::NotAKeyValue {
@@ -1180,9 +1180,9 @@ impl Comparison {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::spec::{FigureKind, FigureSpec, ReportSpec};
     use crate::report::testutil::{counted_run, input};
     use crate::report::{ReportOptions, write_report};
+    use crate::spec::report::{FigureKind, FigureSpec, ReportSpec};
 
     const STEPS: &str = "prime.inner_steps";
 

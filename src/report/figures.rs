@@ -8,8 +8,8 @@ use crate::report::plot::{
     Bar, BarChart, Figure, HeatCell, Heatmap, LinePanel, LinePanels, Panels,
 };
 use crate::report::points::{self, AVG_FACET, FigurePoints, Point};
-use crate::report::spec::{FigureKind, FigureSpec, FigureY, is_log_scaled};
 use crate::report::table::{CellStat, seed_average_spread, seed_values};
+use crate::spec::report::{FigureKind, FigureSpec, FigureY, is_log_scaled};
 use plotters::coord::Shift;
 use plotters::prelude::{DrawingArea, DrawingBackend};
 use std::collections::BTreeMap;
@@ -420,9 +420,9 @@ mod tests {
     use super::*;
     use crate::report::gather::scores_frame;
     use crate::report::plot::{PALETTE, render_svg};
-    use crate::report::spec::{FigureSeries, ReportSpec};
     use crate::report::table::cell_stats;
     use crate::report::testutil::{input, run};
+    use crate::spec::report::{FigureSeries, ReportSpec};
 
     /// How the SVG backend writes a text element's content.
     fn svg_text(s: &str) -> String {

@@ -2,7 +2,7 @@
 //! built by the sweep module from its plan and store (`crate::sweep::report_input`).
 
 use crate::config::{FinetuneMethod, InnerLoop, PrimingMethod};
-use crate::report::ReportSpec;
+use crate::spec::ReportSpec;
 use crate::train::FinetuneMetrics;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -29,7 +29,6 @@ pub mod paper;
 pub mod plot;
 pub mod points;
 pub mod select;
-pub mod spec;
 pub mod split;
 pub mod summary;
 pub mod table;
@@ -37,7 +36,6 @@ pub mod table;
 pub(crate) mod testutil;
 
 pub use input::{PrimingRunRecord, ReportInput, RunMeta, RunRecord};
-pub use spec::ReportSpec;
 
 use crate::fsutil::FsError;
 use std::path::PathBuf;

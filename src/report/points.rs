@@ -12,10 +12,10 @@
 
 use crate::report::bootstrap;
 use crate::report::gather::{polars_err, write_csv};
-use crate::report::spec::{Facet, FigureSpec, FigureY};
 use crate::report::split::axis_value;
 use crate::report::{ReportError, ReportInput, RunRecord};
 use crate::rng::SeededRng;
+use crate::spec::report::{Facet, FigureSpec, FigureY};
 use crate::train::metrics::SentenceCounts;
 use polars::prelude::*;
 use std::collections::BTreeMap;
@@ -186,7 +186,7 @@ fn matches_filter(run: &RunRecord, spec: &FigureSpec) -> bool {
         have.is_some_and(|h| {
             values
                 .iter()
-                .any(|v| crate::sweep::file::values_equal(v, &h))
+                .any(|v| crate::spec::source::values_equal(v, &h))
         })
     })
 }
@@ -404,8 +404,8 @@ fn point_of(scope: &BySeed<'_>, y: FigureY, samples: usize, rng: &mut SeededRng)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::ReportSpec;
     use crate::report::testutil::{counted_run, input};
+    use crate::spec::ReportSpec;
 
     const SIZE: &str = "finetune.data.train_limit";
 
@@ -460,7 +460,7 @@ mod tests {
     fn line(facet: Facet, y: FigureY) -> FigureSpec {
         FigureSpec {
             name: "curve".into(),
-            kind: crate::report::spec::FigureKind::Line,
+            kind: crate::spec::report::FigureKind::Line,
             x: SIZE.into(),
             series: "setting".into(),
             y,

@@ -4,14 +4,14 @@
 //! language × seed, the run whose configuration has the best dev score among the values of
 //! the `over` keys, and reports that run's test score; `selection.md` / `selection.csv` list
 //! every choice. Keys a sweep varies without selecting them are rejected when the sweep is
-//! planned (`primer::sweep::plan`), so cells never average over configurations silently.
+//! planned (`primer::spec::plan`), so cells never average over configurations silently.
 
 use crate::fsutil::write_atomic;
 use crate::report::gather::{polars_err, write_csv};
 use crate::report::markdown::{self, Align};
-use crate::report::spec::{SelectBy, Selection};
 use crate::report::table::MISSING;
 use crate::report::{ReportError, ReportInput, RunRecord};
+use crate::spec::report::{SelectBy, Selection};
 use polars::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -132,8 +132,8 @@ pub fn split_settings(input: &ReportInput, keys: &[String]) -> (ReportInput, Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::ReportSpec;
     use crate::report::testutil::{input, run};
+    use crate::spec::ReportSpec;
 
     fn with_axis(mut r: RunRecord, key: &str, value: &str) -> RunRecord {
         r.meta.axes.push((key.to_string(), value.to_string()));

@@ -498,8 +498,8 @@ impl Table1 {
 mod tests {
     use super::*;
     use crate::report::gather::scores_frame;
-    use crate::report::spec::ReportSpec;
     use crate::report::testutil::{input, run};
+    use crate::spec::report::ReportSpec;
 
     fn synthetic() -> ReportInput {
         let mut runs = Vec::new();

@@ -2,7 +2,8 @@
 
 use crate::config::FinetuneMethod;
 use crate::metric::{Scores, TypeScores};
-use crate::report::{ReportInput, ReportSpec, RunMeta, RunRecord};
+use crate::report::{ReportInput, RunMeta, RunRecord};
+use crate::spec::ReportSpec;
 use crate::train::FinetuneMetrics;
 use std::path::PathBuf;
 

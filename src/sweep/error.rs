@@ -1,28 +1,18 @@
-//! The errors of the sweep module. Errors about a sweep file always name the file, the line
-//! and the key involved; errors about the store name the directory or file.
+//! The errors of the sweep commands: those of the spec, the store, the backend and the report,
+//! and the orchestrator's own. Errors about a sweep file always name the file, the line and
+//! the key involved; errors about the store name the directory or file.
 
 use std::path::PathBuf;
 
 /// Everything that can go wrong while reading, planning or executing a sweep.
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
-    /// The sweep file is syntactically or semantically invalid at a known place.
-    #[error("{file}:{line}:{column}: {message}")]
-    Invalid {
-        file: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("cannot read sweep file {path}: {source}")]
-    ReadSweep {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The sweep expands to no runs at all.
-    #[error("{file}: the sweep expands to no runs ({reason})")]
-    Empty { file: PathBuf, reason: String },
+    /// The sweep file cannot be read, is invalid, or expands to nothing.
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    /// The run store (run directories, status files, the lock).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// Inputs named by the sweep do not exist (checked before anything runs).
     #[error("{file}: inputs not found (relative paths are resolved against the current directory {cwd}):\n  {}", .missing.join("\n  "))]
     MissingInputs {
@@ -30,11 +20,6 @@ pub enum SweepError {
         cwd: PathBuf,
         missing: Vec<String>,
     },
-    /// Another orchestrator holds the store's lock.
-    #[error(
-        "the run store {store} is in use by another `primer run` ({holder}); wait for it to finish or stop it, then retry"
-    )]
-    Locked { store: PathBuf, holder: String },
     #[error(transparent)]
     Fs(#[from] crate::fsutil::FsError),
     #[error(transparent)]
@@ -45,12 +30,6 @@ pub enum SweepError {
         #[source]
         source: std::io::Error,
     },
-    /// A run directory does not hold what it should.
-    #[error("run directory {dir}: {message}")]
-    BadRun { dir: PathBuf, message: String },
-    /// Invalid command-line usage of the sweep commands.
-    #[error("{0}")]
-    Usage(String),
     /// Runs of the sweep are still queued or running on the backend they were submitted to:
     /// running them elsewhere would execute them twice.
     #[error(

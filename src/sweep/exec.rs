@@ -9,13 +9,13 @@
 //! would record why the task failed).
 
 use super::error::SweepError;
-use super::plan::RunSpec;
-use super::store::{RunState, Store, layout, now_s};
 use crate::backend::{BackendError, HostedTask};
 use crate::config::{FinetuneConfig, PrimeConfig};
 use crate::device::DeviceSpec;
 use crate::prime::PrimeError;
 use crate::progress::JsonLinesProgress;
+use crate::spec::plan::RunSpec;
+use crate::store::{RunState, Store, StoreError, layout, mark_interrupted, now_s};
 use crate::train::FinetuneError;
 use std::path::{Path, PathBuf};
 
@@ -122,21 +122,12 @@ fn hand_back(
             mark_interrupted(
                 run_dir,
                 "interrupted by a preemption signal; rerun the sweep to resume",
-            )?;
+            )
+            .map_err(SweepError::from)?;
             notice("interrupted by the preemption signal: rerun the sweep to run it again");
         }
     }
     Ok(())
-}
-
-/// Records in `status.json` that the run was interrupted and waits to run again.
-pub fn mark_interrupted(run_dir: &Path, note: &str) -> Result<(), SweepError> {
-    Store::update_status(run_dir, |s| {
-        s.state = RunState::Pending;
-        s.error = Some(note.to_string());
-        s.finished_at = Some(now_s());
-    })
-    .map(|_| ())
 }
 
 fn execute_job(run_dir: &Path, device: &str) -> Result<(), ExecError> {
@@ -203,13 +194,14 @@ pub fn load_exec_job(run_dir: &Path, device: &str) -> Result<ExecJob, SweepError
                 let store = Store::new(run_dir.parent().unwrap_or(Path::new(".")));
                 let ckpt = store.checkpoint_dir(&id);
                 if !ckpt.is_dir() {
-                    return Err(SweepError::BadRun {
+                    return Err(StoreError::BadRun {
                         dir: run_dir.to_path_buf(),
                         message: format!(
                             "its priming checkpoint {} does not exist: run the sweep (`primer run`) so that the priming run executes first",
                             ckpt.display()
                         ),
-                    });
+                    }
+                    .into());
                 }
                 config.init = Some(ckpt);
             }
@@ -224,7 +216,7 @@ pub fn load_exec_job(run_dir: &Path, device: &str) -> Result<ExecJob, SweepError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sweep::plan::PlannedRun;
+    use crate::spec::plan::PlannedRun;
 
     #[test]
     fn exec_job_fills_the_priming_checkpoint_and_device() {

@@ -3,16 +3,15 @@
 //! flags and prints what these functions return.
 
 use super::error::SweepError;
-use super::file::Sweep;
-use super::plan::Plan;
 use super::run::{
-    ObservedRun, RemainingEstimate, estimate_remaining, gc_checkpoints, missing_inputs, observe,
-    report_input_for,
+    RemainingEstimate, estimate_remaining, gc_checkpoints, missing_inputs, report_input_for,
 };
-use super::store::Store;
 use crate::backend::{
     self, Backend, BackendKind, BackendSettings, Queued, RunSummary, RunView, Submitted, ViewState,
 };
+use crate::spec::file::Sweep;
+use crate::spec::plan::Plan;
+use crate::store::{ObservedRun, Store, observe};
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -3,10 +3,10 @@
 //! garbage collector, and the report input.
 
 use super::error::SweepError;
-use super::file::Sweep;
-use super::plan::{Plan, PlannedRun, RunKind, RunSpec};
-use super::store::{Observed, RunState, Store, layout};
 use crate::report::{PrimingRunRecord, ReportInput, RunMeta, RunRecord};
+use crate::spec::file::Sweep;
+use crate::spec::plan::{Plan, PlannedRun, RunKind, RunSpec};
+use crate::store::{Observed, ObservedRun, RunState, Store, layout};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -43,65 +43,6 @@ pub fn missing_inputs(plan: &Plan) -> Vec<String> {
         }
     }
     missing
-}
-
-/// The observed state of every run of the plan; a pending fine-tuning run whose priming run
-/// failed is reported as blocked.
-pub fn observe(plan: &Plan, store: &Store) -> Vec<ObservedRun> {
-    let locked = store.is_locked();
-    let mut states: Vec<ObservedRun> = plan
-        .runs
-        .iter()
-        .map(|r| {
-            let dir = store.run_dir(r);
-            let status = Store::read_status(&dir);
-            ObservedRun {
-                state: Store::observe(r.kind(), &dir, locked),
-                blocked_by: None,
-                error: status.as_ref().and_then(|s| s.error.clone()),
-                attempts: status.as_ref().map_or(0, |s| s.attempts),
-                duration_s: status.and_then(|s| s.finished_at?.checked_sub(s.started_at?)),
-                dir,
-            }
-        })
-        .collect();
-    for (i, r) in plan.runs.iter().enumerate() {
-        if states[i].state == Observed::Done {
-            continue;
-        }
-        if let Some(&d) = r
-            .deps
-            .iter()
-            .find(|&&d| states[d].state == Observed::Failed)
-        {
-            states[i].blocked_by = Some(plan.runs[d].dir_name());
-        }
-    }
-    states
-}
-
-/// A run's state as seen by `plan` and `status`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObservedRun {
-    pub state: Observed,
-    /// Set when the run cannot execute because this (failed) priming run has to succeed first.
-    pub blocked_by: Option<String>,
-    pub error: Option<String>,
-    pub attempts: u32,
-    pub dir: PathBuf,
-    /// Seconds from the last attempt's start to its end, when status.json records both.
-    pub duration_s: Option<u64>,
-}
-
-impl ObservedRun {
-    /// `done`, `running`, `failed`, `stale`, `pending` or `blocked`.
-    pub fn label(&self) -> &'static str {
-        if self.blocked_by.is_some() {
-            "blocked"
-        } else {
-            self.state.as_str()
-        }
-    }
 }
 
 /// One line of `primer plan --json`.
@@ -341,6 +282,7 @@ pub fn run_label(run: &PlannedRun) -> String {
 mod tests {
     use super::*;
     use crate::config::{FinetuneConfig, FinetuneMethod};
+    use crate::store::observe;
 
     fn finetune(method: FinetuneMethod, seed: u64) -> RunSpec {
         RunSpec::Finetune {
@@ -376,7 +318,7 @@ mod tests {
                 &metrics,
             )
             .unwrap();
-            let mut status = super::super::store::RunStatus::new();
+            let mut status = crate::store::RunStatus::new();
             status.state = RunState::Done;
             status.started_at = Some(1000);
             status.finished_at = Some(1000 + secs);

@@ -26,7 +26,8 @@
 //! ```
 
 use super::inputs_of;
-use crate::data::{Batch, Batcher, EncodedSentence, IGNORE_INDEX};
+use crate::data::{Batch, Batcher, EncodedSentence};
+use crate::model::IGNORE_INDEX;
 use crate::model::{ModelError, ParamGroup, Tagger};
 use candle_core::{DType, Device, Tensor};
 

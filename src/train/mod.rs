@@ -17,7 +17,7 @@ pub fn inputs_of(batch: &Batch) -> EncoderInputs<'_> {
     EncoderInputs {
         input_ids: &batch.input_ids,
         attention_mask: &batch.attention_mask,
-        token_type_ids: Some(&batch.token_type_ids),
+        token_type_ids: batch.token_type_ids.as_ref(),
     }
 }
 pub use metrics::{EvalSets, FinetuneMetrics, PrimedAdapterUse, TrainingNoise};

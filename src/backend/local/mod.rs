@@ -10,10 +10,8 @@ pub mod sched;
 
 use super::{Backend, BackendError, BackendSettings, RunView, Submitted, ViewState};
 use crate::device::DeviceSpec;
-use crate::sweep::SweepError;
-use crate::sweep::plan::{Plan, RunKind};
-use crate::sweep::run::observe;
-use crate::sweep::store::{RunState, Store, layout, now_s};
+use crate::spec::plan::{Plan, RunKind};
+use crate::store::{RunState, Store, StoreError, layout, now_s, observe};
 use display::Display;
 use process::ProcessExecutor;
 use sched::{ExecEvent, Executor, Observer, Outcome, Slot, Task, make_slots, schedule};
@@ -65,7 +63,9 @@ impl Backend for LocalBackend {
 
     fn submit(&self, plan: &Plan, store: &Store) -> Result<Submitted, BackendError> {
         if self.opts.per_device == 0 {
-            return Err(SweepError::Usage("--per-device must be at least 1".into()).into());
+            return Err(BackendError::Usage(
+                "--per-device must be at least 1".into(),
+            ));
         }
         let exe = super::primer_exe(&self.exe, "child runs")?;
         let opts = RunOptions {
@@ -124,7 +124,7 @@ impl Backend for LocalBackend {
 /// Parses `--devices`: `cpu`, `all` (every CUDA GPU, or the CPU when there is none), or a
 /// comma-separated list such as `cuda:0,cuda:1`. CUDA devices are opened once to fail up
 /// front when CUDA is not compiled in or the GPU does not exist.
-pub fn parse_devices(spec: &str) -> Result<Vec<DeviceSpec>, SweepError> {
+pub fn parse_devices(spec: &str) -> Result<Vec<DeviceSpec>, BackendError> {
     let spec = spec.trim();
     if spec.eq_ignore_ascii_case("all") {
         let mut found = Vec::new();
@@ -145,7 +145,7 @@ pub fn parse_devices(spec: &str) -> Result<Vec<DeviceSpec>, SweepError> {
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let d = DeviceSpec::parse(part)?;
         if devices.contains(&d) {
-            return Err(SweepError::Usage(format!(
+            return Err(BackendError::Usage(format!(
                 "--devices: {d} is listed twice (use --per-device to run several runs on one device)"
             )));
         }
@@ -155,7 +155,7 @@ pub fn parse_devices(spec: &str) -> Result<Vec<DeviceSpec>, SweepError> {
         devices.push(d);
     }
     if devices.is_empty() {
-        return Err(SweepError::Usage(
+        return Err(BackendError::Usage(
             "--devices: no device given (use cpu, cuda:0,cuda:1 or all)".into(),
         ));
     }
@@ -209,7 +209,7 @@ impl RunSummary {
 
 /// A locked store and the runs left to execute.
 pub struct Prepared {
-    _lock: crate::sweep::store::StoreLock,
+    _lock: crate::store::StoreLock,
     /// Plan run index of each task.
     pub tasks: Vec<usize>,
     pub deps: Vec<Vec<usize>>,
@@ -218,7 +218,7 @@ pub struct Prepared {
 
 /// Locks the store, records stale runs, writes every pending run's spec and selects the runs
 /// to execute: fine-tuning runs not done, and the priming runs they need that are not done.
-pub fn prepare(plan: &Plan, store: &Store, what: &str) -> Result<Prepared, SweepError> {
+pub fn prepare(plan: &Plan, store: &Store, what: &str) -> Result<Prepared, StoreError> {
     let lock = store.lock(what)?;
     let mut done = vec![false; plan.runs.len()];
     for (i, r) in plan.runs.iter().enumerate() {
@@ -294,7 +294,7 @@ pub fn execute_prepared(
     prepared: Prepared,
     opts: &RunOptions<'_>,
     executor: &dyn Executor,
-) -> Result<RunSummary, SweepError> {
+) -> Result<RunSummary, StoreError> {
     let slots = make_slots(&opts.devices, opts.per_device, visible_device);
     let tasks: Vec<Task> = prepared
         .tasks
@@ -393,7 +393,7 @@ struct StoreObserver<'a> {
     slots: &'a [Slot],
     display: Display,
     /// The first store write that failed (the pass continues; the error is returned after).
-    error: Option<SweepError>,
+    error: Option<StoreError>,
 }
 
 impl StoreObserver<'_> {
@@ -405,7 +405,7 @@ impl StoreObserver<'_> {
         self.slots.iter().position(|s| s == slot).unwrap_or(0)
     }
 
-    fn update(&mut self, task: usize, f: impl FnOnce(&mut crate::sweep::store::RunStatus)) {
+    fn update(&mut self, task: usize, f: impl FnOnce(&mut crate::store::RunStatus)) {
         if let Err(e) = Store::update_status(&self.dir(task), f) {
             self.display.println(&format!("warning: {e}"));
             self.error.get_or_insert(e);

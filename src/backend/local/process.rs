@@ -7,7 +7,7 @@
 use super::sched::{ExecEvent, Executor, Slot};
 use crate::device::DeviceSpec;
 use crate::progress::ProgressEvent;
-use crate::sweep::store::layout;
+use crate::store::layout;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
@@ -98,7 +98,7 @@ impl Executor for ProcessExecutor {
             log,
             "=== primer: attempt {attempt} on {} at unix time {} ===",
             slot.label(),
-            crate::sweep::store::now_s()
+            crate::store::now_s()
         );
         let stderr = log
             .try_clone()

@@ -18,7 +18,7 @@ use crate::report::compare::Comparison;
 use crate::report::summary::KindCost;
 use crate::report::table::Table1;
 use crate::report::{ReportError, ReportInput, RunRecord};
-use crate::sweep::store::{RunState, RunStatus, layout};
+use crate::store::{RunState, RunStatus, layout};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};

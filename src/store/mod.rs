@@ -4,9 +4,14 @@
 //! result exists (results are written atomically, so a result that exists is complete).
 //! One orchestrator at a time owns a store, through an advisory lock on `<store>/.lock`.
 
-use super::error::SweepError;
-use super::plan::{PlannedRun, RunKind, RunSpec};
+mod error;
+mod observe;
+
+pub use error::StoreError;
+pub use observe::{ObservedRun, observe};
+
 use crate::fsutil::{read_json, write_json_atomic};
+use crate::spec::plan::{PlannedRun, RunKind, RunSpec};
 use crate::train::FinetuneMetrics;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -142,7 +147,7 @@ impl Store {
     }
 
     /// Creates the run directory and writes `spec.json` (once; it never changes).
-    pub fn prepare(&self, run: &PlannedRun) -> Result<PathBuf, SweepError> {
+    pub fn prepare(&self, run: &PlannedRun) -> Result<PathBuf, StoreError> {
         let dir = self.run_dir(run);
         let spec = dir.join(layout::SPEC);
         if !spec.exists() {
@@ -155,7 +160,7 @@ impl Store {
         read_json(&dir.join(layout::STATUS)).ok()
     }
 
-    pub fn write_status(dir: &Path, status: &RunStatus) -> Result<(), SweepError> {
+    pub fn write_status(dir: &Path, status: &RunStatus) -> Result<(), StoreError> {
         let mut s = status.clone();
         s.updated_at = now_s();
         write_json_atomic(&dir.join(layout::STATUS), &s)?;
@@ -166,7 +171,7 @@ impl Store {
     pub fn update_status(
         dir: &Path,
         f: impl FnOnce(&mut RunStatus),
-    ) -> Result<RunStatus, SweepError> {
+    ) -> Result<RunStatus, StoreError> {
         let mut s = Self::read_status(dir).unwrap_or_default();
         f(&mut s);
         Self::write_status(dir, &s)?;
@@ -209,11 +214,11 @@ impl Store {
     /// Reads a run directory's spec (as written by [`Store::prepare`]) and checks that it
     /// hashes to the id in the directory name, so that a hand-edited spec is not run under
     /// the wrong identity.
-    pub fn read_spec(dir: &Path) -> Result<RunSpec, SweepError> {
+    pub fn read_spec(dir: &Path) -> Result<RunSpec, StoreError> {
         let spec: RunSpec = read_json(&dir.join(layout::SPEC))?;
         let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name != spec.dir_name() {
-            return Err(SweepError::BadRun {
+            return Err(StoreError::BadRun {
                 dir: dir.to_path_buf(),
                 message: format!(
                     "spec.json hashes to {} but the directory is {name}: the spec was edited; remove the directory and rerun the sweep",
@@ -225,7 +230,7 @@ impl Store {
     }
 
     /// Takes the store's lock, or fails naming the orchestrator that holds it.
-    pub fn lock(&self, what: &str) -> Result<StoreLock, SweepError> {
+    pub fn lock(&self, what: &str) -> Result<StoreLock, StoreError> {
         StoreLock::acquire(&self.root, what)
     }
 
@@ -274,9 +279,9 @@ pub struct StoreLock {
 }
 
 impl StoreLock {
-    fn acquire(root: &Path, what: &str) -> Result<Self, SweepError> {
+    fn acquire(root: &Path, what: &str) -> Result<Self, StoreError> {
         use std::io::{Read, Seek, Write};
-        std::fs::create_dir_all(root).map_err(SweepError::io(root))?;
+        std::fs::create_dir_all(root).map_err(StoreError::io(root))?;
         let path = root.join(LOCK_FILE);
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -284,7 +289,7 @@ impl StoreLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(SweepError::io(&path))?;
+            .map_err(StoreError::io(&path))?;
         // SAFETY: flock on a file descriptor we own (Rust opens it close-on-exec, so child
         // processes do not inherit the lock).
         let rc = unsafe {
@@ -299,7 +304,7 @@ impl StoreLock {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
                 let holder = holder.trim();
-                return Err(SweepError::Locked {
+                return Err(StoreError::Locked {
                     store: root.to_path_buf(),
                     holder: if holder.is_empty() {
                         "unknown process".into()
@@ -308,7 +313,7 @@ impl StoreLock {
                     },
                 });
             }
-            return Err(SweepError::Io { path, source: err });
+            return Err(StoreError::Io { path, source: err });
         }
         // The lock file is the lock itself, so it is rewritten in place rather than replaced
         // by an atomic rename (which would create a new, unlocked file). Its text is only a
@@ -324,6 +329,16 @@ impl StoreLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Records in `status.json` that the run was interrupted and waits to run again.
+pub fn mark_interrupted(run_dir: &Path, note: &str) -> Result<(), StoreError> {
+    Store::update_status(run_dir, |s| {
+        s.state = RunState::Pending;
+        s.error = Some(note.to_string());
+        s.finished_at = Some(now_s());
+    })
+    .map(|_| ())
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! A sweep file's text parsed into a small tree that keeps the byte span of every key and
 //! value, so that semantic checks made after parsing can still say "file:line:column: key".
 
-use super::error::SweepError;
+use super::error::SpecError;
+use serde_json::Value;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
@@ -14,8 +15,8 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn read(path: &Path) -> Result<Self, SweepError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SweepError::ReadSweep {
+    pub fn read(path: &Path) -> Result<Self, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::ReadSweep {
             path: path.to_path_buf(),
             source,
         })?;
@@ -43,9 +44,9 @@ impl Source {
     }
 
     /// An error located at `span`.
-    pub fn error(&self, span: &Range<usize>, message: impl Into<String>) -> SweepError {
+    pub fn error(&self, span: &Range<usize>, message: impl Into<String>) -> SpecError {
         let (line, column) = self.line_col(span.start);
-        SweepError::Invalid {
+        SpecError::Invalid {
             file: self.path.clone(),
             line,
             column,
@@ -54,7 +55,7 @@ impl Source {
     }
 
     /// Parses the text into a spanned tree.
-    pub fn parse(&self) -> Result<Node, SweepError> {
+    pub fn parse(&self) -> Result<Node, SpecError> {
         let table = DeTable::parse(&self.text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             self.error(&span, format!("invalid TOML: {}", e.message()))
@@ -125,8 +126,7 @@ impl Node {
     }
 
     /// The value as JSON (tables keep their keys; the order does not matter to serde).
-    pub fn to_json(&self) -> serde_json::Value {
-        use serde_json::Value;
+    pub fn to_json(&self) -> Value {
         match &self.kind {
             NodeKind::Str(s) => Value::String(s.clone()),
             NodeKind::Int(i) => Value::from(*i),
@@ -145,11 +145,7 @@ impl Node {
     }
 }
 
-fn convert_table(
-    src: &Source,
-    table: &DeTable<'_>,
-    span: Range<usize>,
-) -> Result<Node, SweepError> {
+fn convert_table(src: &Source, table: &DeTable<'_>, span: Range<usize>) -> Result<Node, SpecError> {
     let mut entries = Vec::with_capacity(table.len());
     for (k, v) in table.iter() {
         entries.push(Entry {
@@ -166,11 +162,7 @@ fn convert_table(
     })
 }
 
-fn convert_value(
-    src: &Source,
-    value: &DeValue<'_>,
-    span: Range<usize>,
-) -> Result<Node, SweepError> {
+fn convert_value(src: &Source, value: &DeValue<'_>, span: Range<usize>) -> Result<Node, SpecError> {
     let kind = match value {
         DeValue::String(s) => NodeKind::Str(s.to_string()),
         DeValue::Integer(i) => NodeKind::Int(
@@ -223,6 +215,19 @@ pub fn nearest<'a>(key: &str, candidates: impl IntoIterator<Item = &'a str>) -> 
         .map(|c| (edit_distance(key, c), c))
         .min_by_key(|(d, _)| *d)?;
     (best.0 <= (key.chars().count() / 2).max(2)).then_some(best.1)
+}
+
+/// Values equal for the purposes of exclude rules, zip filtering and report selections (here,
+/// not in `file`, so that `report` can use it without `file` and `report` importing each other): numbers compare as
+/// numbers (1 == 1.0), everything else structurally.
+pub fn values_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| values_equal(a, b))
+        }
+        _ => a == b,
+    }
 }
 
 #[cfg(test)]

@@ -4,11 +4,12 @@
 //! valid key suggested), wrong types and out-of-range values are reported as
 //! `file:line:column: key: problem`.
 
-use super::error::SweepError;
-use super::source::{Entry, Node, NodeKind, Source, nearest};
+use super::error::SpecError;
+use super::report::ReportSpec;
+use super::report::{FigureField, FigureSpec, SweepFacts};
+use super::source::{Entry, Node, NodeKind, Source, nearest, values_equal};
+
 use crate::config::{FinetuneConfig, PrimeConfig};
-use crate::report::ReportSpec;
-use crate::report::spec::{FigureField, FigureSpec, SweepFacts};
 use crate::slurm::SlurmOptions;
 use serde_json::Value;
 use std::ops::Range;
@@ -330,18 +331,6 @@ fn flatten<'a>(
     }
 }
 
-/// Values equal for the purposes of exclude rules and zip filtering: numbers compare as
-/// numbers (1 == 1.0), everything else structurally.
-pub fn values_equal(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| values_equal(a, b))
-        }
-        _ => a == b,
-    }
-}
-
 struct Parser<'s> {
     src: &'s Source,
     keys: KeySpace,
@@ -349,16 +338,16 @@ struct Parser<'s> {
 
 impl Sweep {
     /// Reads and validates a sweep file.
-    pub fn load(path: &Path) -> Result<Self, SweepError> {
+    pub fn load(path: &Path) -> Result<Self, SpecError> {
         Self::parse(Source::read(path)?)
     }
 
     /// Parses and validates sweep text (the path is used in messages).
-    pub fn from_text(path: &Path, text: &str) -> Result<Self, SweepError> {
+    pub fn from_text(path: &Path, text: &str) -> Result<Self, SpecError> {
         Self::parse(Source::from_text(path, text))
     }
 
-    fn parse(source: Source) -> Result<Self, SweepError> {
+    fn parse(source: Source) -> Result<Self, SpecError> {
         let root = source.parse()?;
         let p = Parser {
             src: &source,
@@ -468,11 +457,11 @@ impl Sweep {
 }
 
 impl Parser<'_> {
-    fn err(&self, span: &Range<usize>, msg: impl Into<String>) -> SweepError {
+    fn err(&self, span: &Range<usize>, msg: impl Into<String>) -> SpecError {
         self.src.error(span, msg)
     }
 
-    fn unknown(&self, e: &Entry, key: &str, valid: &[&str], place: &str) -> SweepError {
+    fn unknown(&self, e: &Entry, key: &str, valid: &[&str], place: &str) -> SpecError {
         let hint = match nearest(key, valid.iter().copied()) {
             Some(s) => format!("did you mean {s}?"),
             None => format!("valid keys here: {}", valid.join(", ")),
@@ -483,7 +472,7 @@ impl Parser<'_> {
         )
     }
 
-    fn string(&self, e: &Entry) -> Result<String, SweepError> {
+    fn string(&self, e: &Entry) -> Result<String, SpecError> {
         e.value.as_str().map(str::to_string).ok_or_else(|| {
             self.err(
                 &e.value.span,
@@ -496,7 +485,7 @@ impl Parser<'_> {
         })
     }
 
-    fn strings(&self, e: &Entry) -> Result<Vec<String>, SweepError> {
+    fn strings(&self, e: &Entry) -> Result<Vec<String>, SpecError> {
         let arr = e.value.as_array().ok_or_else(|| {
             self.err(
                 &e.value.span,
@@ -528,7 +517,7 @@ impl Parser<'_> {
             .collect()
     }
 
-    fn seeds(&self, e: &Entry) -> Result<Vec<u64>, SweepError> {
+    fn seeds(&self, e: &Entry) -> Result<Vec<u64>, SpecError> {
         let arr = e.value.as_array().ok_or_else(|| {
             self.err(
                 &e.value.span,
@@ -558,13 +547,13 @@ impl Parser<'_> {
             .collect()
     }
 
-    fn checked(&self, key: &str, span: &Range<usize>, value: &Node) -> Result<Value, SweepError> {
+    fn checked(&self, key: &str, span: &Range<usize>, value: &Node) -> Result<Value, SpecError> {
         let v = value.to_json();
         self.keys.check(key, &v).map_err(|m| self.err(span, m))?;
         Ok(v)
     }
 
-    fn base(&self, e: &Entry) -> Result<(Vec<Assign>, Vec<Assign>), SweepError> {
+    fn base(&self, e: &Entry) -> Result<(Vec<Assign>, Vec<Assign>), SpecError> {
         let t = e.value.as_table().ok_or_else(|| {
             self.err(
                 &e.value.span,
@@ -599,7 +588,7 @@ impl Parser<'_> {
     }
 
     /// A table of `key = [values]` axes (the global `[grid]` or a setting's `grid`).
-    fn axes(&self, place: &str, e: &Entry) -> Result<Vec<Axis>, SweepError> {
+    fn axes(&self, place: &str, e: &Entry) -> Result<Vec<Axis>, SpecError> {
         let t = e.value.as_table().ok_or_else(|| {
             self.err(
                 &e.value.span,
@@ -636,7 +625,7 @@ impl Parser<'_> {
         Ok(axes)
     }
 
-    fn zips(&self, e: &Entry) -> Result<Vec<Zip>, SweepError> {
+    fn zips(&self, e: &Entry) -> Result<Vec<Zip>, SpecError> {
         let tables = e
             .value
             .as_array()
@@ -670,7 +659,7 @@ impl Parser<'_> {
         Ok(zips)
     }
 
-    fn excludes_raw(&self, e: &Entry) -> Result<Vec<Rule>, SweepError> {
+    fn excludes_raw(&self, e: &Entry) -> Result<Vec<Rule>, SpecError> {
         let tables = e.value.as_array().ok_or_else(|| {
             self.err(
                 &e.value.span,
@@ -708,12 +697,12 @@ impl Parser<'_> {
                         }
                     },
                     _ => self.checked(&key, &span, node).map_err(|err| match err {
-                        SweepError::Invalid {
+                        SpecError::Invalid {
                             file,
                             line,
                             column,
                             message,
-                        } => SweepError::Invalid {
+                        } => SpecError::Invalid {
                             file,
                             line,
                             column,
@@ -734,7 +723,7 @@ impl Parser<'_> {
         Ok(rules)
     }
 
-    fn settings(&self, e: &Entry) -> Result<Vec<Setting>, SweepError> {
+    fn settings(&self, e: &Entry) -> Result<Vec<Setting>, SpecError> {
         let t = e.value.as_table().ok_or_else(|| {
             self.err(&e.value.span, "settings: write each as [settings.\"name\"]")
         })?;
@@ -839,7 +828,7 @@ impl Parser<'_> {
         e: &Entry,
         settings: &[Setting],
         facts: &SweepFacts,
-    ) -> Result<ReportSpec, SweepError> {
+    ) -> Result<ReportSpec, SpecError> {
         // Declared figures first: their errors point into the figure's own table.
         if let Some(figures) = e
             .value
@@ -890,7 +879,7 @@ impl Parser<'_> {
     /// `[[report.figure]]` tables: each key checked on its own (unknown keys get the nearest
     /// valid one, bad values are reported at their line), then the figure's rules
     /// ([`FigureSpec::check`]) at the line of the part that breaks one.
-    fn figures(&self, e: &Entry, facts: &SweepFacts) -> Result<(), SweepError> {
+    fn figures(&self, e: &Entry, facts: &SweepFacts) -> Result<(), SpecError> {
         let tables = e.value.as_array().ok_or_else(|| {
             self.err(
                 &e.value.span,
@@ -968,7 +957,7 @@ impl Parser<'_> {
     }
 
     /// `[report] select`'s `over` keys must be settable keys (each error at the key's place).
-    fn check_selected_keys(&self, select: &Entry) -> Result<(), SweepError> {
+    fn check_selected_keys(&self, select: &Entry) -> Result<(), SpecError> {
         let over = select
             .value
             .as_table()
@@ -990,7 +979,7 @@ impl Parser<'_> {
 impl Parser<'_> {
     /// The `[slurm]` table: every key checked (unknown keys get the nearest valid one), every
     /// value type- and syntax-checked, errors at the offending key's line.
-    fn slurm(&self, e: &Entry) -> Result<SlurmOptions, SweepError> {
+    fn slurm(&self, e: &Entry) -> Result<SlurmOptions, SpecError> {
         let (_, opts) = self.typed_table::<SlurmOptions>(e, "slurm", |one| {
             one.validate().map_err(|err| err.to_string())
         })?;
@@ -1009,7 +998,7 @@ impl Parser<'_> {
         e: &'e Entry,
         name: &str,
         check: impl Fn(&T) -> Result<(), String>,
-    ) -> Result<(&'e [Entry], T), SweepError>
+    ) -> Result<(&'e [Entry], T), SpecError>
     where
         T: serde::Serialize + serde::de::DeserializeOwned + Default,
     {
@@ -1100,14 +1089,14 @@ fn collect_setting_names(node: &Node, out: &mut Vec<(String, Range<usize>)>) {
     }
 }
 
-fn prefix_err(err: SweepError, prefix: &str) -> SweepError {
+fn prefix_err(err: SpecError, prefix: &str) -> SpecError {
     match err {
-        SweepError::Invalid {
+        SpecError::Invalid {
             file,
             line,
             column,
             message,
-        } => SweepError::Invalid {
+        } => SpecError::Invalid {
             file,
             line,
             column,
@@ -1121,7 +1110,7 @@ fn prefix_err(err: SweepError, prefix: &str) -> SweepError {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Sweep, SweepError> {
+    fn parse(text: &str) -> Result<Sweep, SpecError> {
         Sweep::from_text(Path::new("sweeps/t.toml"), text)
     }
 
@@ -1129,7 +1118,7 @@ mod tests {
         parse(text).unwrap_err().to_string()
     }
 
-    use crate::report::spec::{Facet, FigureY};
+    use crate::spec::report::{Facet, FigureY};
 
     const HEAD: &str = "name = \"t\"\n[base.finetune]\nmodel = \"m\"\n";
 

@@ -225,7 +225,7 @@ impl FigureSpec {
                 return Ok(());
             }
             let choices = std::iter::once(own).chain(varied.iter().copied());
-            let hint = match crate::sweep::source::nearest(value, choices) {
+            let hint = match super::source::nearest(value, choices) {
                 Some(n) if n != value => format!("; did you mean {n}?"),
                 _ => String::new(),
             };
@@ -310,7 +310,7 @@ impl FigureSpec {
                 ));
             }
             for (i, v) in values.iter().enumerate() {
-                if !known.iter().any(|k| crate::sweep::file::values_equal(k, v)) {
+                if !known.iter().any(|k| super::source::values_equal(k, v)) {
                     let shown: Vec<String> = known.iter().map(Value::to_string).collect();
                     return Err((
                         FigureField::FilterValue(key.clone(), i),

@@ -5,9 +5,10 @@
 //! priming run is shared by every target language, fine-tuning method and fine-tuning
 //! hyperparameter that starts from it.
 
-use super::error::SweepError;
-use super::file::{Assign, Priming, Setting, Sweep, get_path, set_path, values_equal};
+use super::error::SpecError;
+use super::file::{Assign, Priming, Setting, Sweep, get_path, set_path};
 use super::hash::content_id;
+use super::source::values_equal;
 use crate::config::{FinetuneConfig, PrimeConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -189,7 +190,7 @@ impl Plan {
     }
 
     /// Expands `sweep`. Fails when the expansion is empty or a combination does not resolve.
-    pub fn expand(sweep: &Sweep) -> Result<Plan, SweepError> {
+    pub fn expand(sweep: &Sweep) -> Result<Plan, SpecError> {
         let mut primes: Vec<PlannedRun> = Vec::new();
         let mut finetunes: Vec<PlannedRun> = Vec::new();
         let mut prime_index: HashMap<String, usize> = HashMap::new();
@@ -287,7 +288,7 @@ impl Plan {
             } else {
                 "no combinations".to_string()
             };
-            return Err(SweepError::Empty {
+            return Err(SpecError::Empty {
                 file: sweep.source.path.clone(),
                 reason,
             });
@@ -443,7 +444,7 @@ fn check_evaluation_sets(
     lang: &str,
     finetune: &FinetuneConfig,
     seen: &mut HashMap<String, (String, EvaluationKeys)>,
-) -> Result<(), SweepError> {
+) -> Result<(), SpecError> {
     let keys = finetune.data.evaluation_keys();
     let (first_setting, first) = seen
         .entry(lang.to_string())
@@ -491,10 +492,7 @@ fn check_evaluation_sets(
 /// axes give it several configurations there must say how one is chosen (`[report] select`,
 /// on dev) for every key that varies; otherwise cells would silently average over
 /// configurations. The error names the first setting that varies an unselected key.
-fn check_one_configuration_per_cell(
-    sweep: &Sweep,
-    entries: &[PlanEntry],
-) -> Result<(), SweepError> {
+fn check_one_configuration_per_cell(sweep: &Sweep, entries: &[PlanEntry]) -> Result<(), SpecError> {
     let selected: &[String] = sweep
         .report
         .select
@@ -626,7 +624,7 @@ fn resolve(
     combo: &[(String, Value)],
     seed: u64,
     lang: &str,
-) -> Result<Resolved, SweepError> {
+) -> Result<Resolved, SpecError> {
     let mut ft = serde_json::to_value(FinetuneConfig::default()).expect("serialisable");
     let mut pr = serde_json::to_value(PrimeConfig::default()).expect("serialisable");
     let mut prime_set: Vec<&str> = Vec::new();
