@@ -21,7 +21,7 @@ use primer::prime::{
     AdamWOuter, InnerParams, MetaStepConfig, PrimingState, TaskBatches, meta_step,
 };
 use primer::rng::SeededRng;
-use primer::train::optim::{AdamW, AdamWConfig};
+use primer::train::optim::AdamW;
 use std::path::PathBuf;
 
 fn dumps() -> Vec<PathBuf> {
@@ -123,16 +123,7 @@ fn check_dump(d: &GoldenDump) -> Failures {
     }
 
     let lr = d.f64_at("/outer_opt/lr");
-    let cfg = AdamWConfig {
-        lr,
-        beta1: d.f64_at("/outer_opt/betas/0"),
-        beta2: d.f64_at("/outer_opt/betas/1"),
-        eps: d.f64_at("/outer_opt/eps"),
-        weight_decay: d.f64_at("/outer_opt/weight_decay"),
-        decay_bias_and_norm: d.meta["outer_opt"]["wd_on_all_params"]
-            .as_bool()
-            .unwrap_or(true),
-    };
+    let cfg = d.adamw();
     let before: Vec<(String, candle_core::Tensor)> = tagger
         .encoder
         .iter()
@@ -203,14 +194,7 @@ fn check_meta_dump(d: &GoldenDump) -> Failures {
         inner_dropout: InnerDropout::PerStep,
     };
     let lr = d.f64_at("/outer_opt/lr");
-    let acfg = AdamWConfig {
-        lr,
-        beta1: d.f64_at("/outer_opt/betas/0"),
-        beta2: d.f64_at("/outer_opt/betas/1"),
-        eps: d.f64_at("/outer_opt/eps"),
-        weight_decay: d.f64_at("/outer_opt/weight_decay"),
-        decay_bias_and_norm: true,
-    };
+    let acfg = d.adamw();
     let vars = tagger
         .vars_of(&tagger.encoder_and_pe_groups().unwrap())
         .unwrap();

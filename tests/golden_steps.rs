@@ -8,7 +8,7 @@ use candle_core::Device;
 use common::{Failures, GoldenDump, all_dumps, check_first_adamw_step, check_rel};
 use primer::config::FinetuneMethod;
 use primer::model::{ParamGroup, Tagger, load_encoder};
-use primer::train::optim::{AdamW, AdamWConfig};
+use primer::train::optim::AdamW;
 
 fn method_of(mode: &str) -> Option<FinetuneMethod> {
     match mode {
@@ -90,16 +90,7 @@ fn check_dump(d: &GoldenDump, method: FinetuneMethod) -> Failures {
     }
 
     let lr = d.f64_at("/outer_opt/lr");
-    let cfg = AdamWConfig {
-        lr,
-        beta1: d.f64_at("/outer_opt/betas/0"),
-        beta2: d.f64_at("/outer_opt/betas/1"),
-        eps: d.f64_at("/outer_opt/eps"),
-        weight_decay: d.f64_at("/outer_opt/weight_decay"),
-        decay_bias_and_norm: d.meta["outer_opt"]["wd_on_all_params"]
-            .as_bool()
-            .unwrap_or(true),
-    };
+    let cfg = d.adamw();
     let mut opt = AdamW::new(vars.clone(), cfg).unwrap();
     opt.step(&grads).unwrap();
 

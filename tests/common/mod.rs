@@ -114,6 +114,21 @@ impl GoldenDump {
             })
     }
 
+    /// The dump's optimiser (`outer_opt` in meta.json: torch AdamW, weight decay on every
+    /// trained tensor unless `wd_on_all_params` says otherwise).
+    pub fn adamw(&self) -> primer::train::optim::AdamWConfig {
+        primer::train::optim::AdamWConfig {
+            lr: self.f64_at("/outer_opt/lr"),
+            beta1: self.f64_at("/outer_opt/betas/0"),
+            beta2: self.f64_at("/outer_opt/betas/1"),
+            eps: self.f64_at("/outer_opt/eps"),
+            weight_decay: self.f64_at("/outer_opt/weight_decay"),
+            decay_bias_and_norm: self.meta["outer_opt"]["wd_on_all_params"]
+                .as_bool()
+                .unwrap_or(true),
+        }
+    }
+
     /// Number of heads/tasks the dump carries.
     pub fn num_heads(&self) -> usize {
         (0..)
