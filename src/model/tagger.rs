@@ -559,6 +559,19 @@ mod tests {
             attention_mask: &mask,
             token_type_ids: Some(&tt),
         };
+        let all_layers = PeSpec::Adapter {
+            dim: 8,
+            layers: pe::AdapterLayers::All,
+        };
+        let lora = PeSpec::Lora {
+            r: 2,
+            alpha: 4.0,
+            targets: vec![
+                pe::LoraTarget::Query,
+                pe::LoraTarget::Value,
+                pe::LoraTarget::Intermediate,
+            ],
+        };
         // Every PE method with the fine-tuning methods that can run with its module present.
         // (Full FT beside a BitFit module is left out: θp's own biases are read in no forward
         // there, so they get no gradient by design.)
@@ -568,6 +581,11 @@ mod tests {
             (PeSpec::adapter(8), FinetuneMethod::Adapter),
             (PeSpec::BitFit, FinetuneMethod::Head),
             (PeSpec::BitFit, FinetuneMethod::Bitfit),
+            (all_layers.clone(), FinetuneMethod::Full),
+            (all_layers.clone(), FinetuneMethod::Adapter),
+            (lora.clone(), FinetuneMethod::Full),
+            (lora.clone(), FinetuneMethod::Head),
+            (lora.clone(), FinetuneMethod::Lora),
         ];
         for (composite, (spec, method)) in [false, true]
             .into_iter()
@@ -581,6 +599,13 @@ mod tests {
             let mut t = tiny_tagger();
             t.pe = None;
             t.ensure_pe(&spec, &mut SeededRng::new(1)).unwrap();
+            // LoRA's B starts at 0, which would leave A without gradient: move it.
+            for (n, v) in t.pe.as_ref().unwrap().params.iter() {
+                if n.ends_with("lora_B") {
+                    let b = SeededRng::new(2).normal_tensor(v.dims(), 0.1, &Device::Cpu);
+                    v.set(&b.unwrap()).unwrap();
+                }
+            }
             assert!(
                 t.encoder_output_is_constant(),
                 "{label}: nothing trains yet"
