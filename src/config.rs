@@ -295,15 +295,20 @@ impl FinetuneConfig {
             lora_targets: self.lora_targets.clone(),
         }
     }
-    /// The parameter-efficient module this run trains (None for full FT and head tuning, which
-    /// create none).
+
+    /// The PE method this run trains (None for full FT and head tuning, which create none).
+    pub fn pe_kind(&self) -> Option<PeKind> {
+        match self.method {
+            FinetuneMethod::Full | FinetuneMethod::Head => None,
+            FinetuneMethod::Adapter => Some(PeKind::Adapter),
+            FinetuneMethod::Bitfit => Some(PeKind::Bitfit),
+            FinetuneMethod::Lora => Some(PeKind::Lora),
+        }
+    }
+
+    /// The parameter-efficient module this run trains (see [`Self::pe_kind`]).
     pub fn pe_spec(&self) -> Option<crate::model::PeSpec> {
-        let kind = match self.method {
-            FinetuneMethod::Full | FinetuneMethod::Head => return None,
-            FinetuneMethod::Adapter => PeKind::Adapter,
-            FinetuneMethod::Bitfit => PeKind::Bitfit,
-            FinetuneMethod::Lora => PeKind::Lora,
-        };
+        let kind = self.pe_kind()?;
         Some(self.pe_settings().spec(kind, self.adapter_dim))
     }
 
@@ -838,20 +843,11 @@ impl FinetuneConfig {
         r.fraction("warmup_ratio", self.warmup_ratio);
         r.non_negative("weight_decay", self.weight_decay);
         r.at_least_1("adapter_dim", self.adapter_dim);
-        self.pe_settings()
-            .check(&mut r, self.pe_spec().map(|_| self.pe_kind_of_method()));
+        self.pe_settings().check(&mut r, self.pe_kind());
         if let Some(p) = self.dropout {
             r.fraction("dropout", p);
         }
         r.0
-    }
-
-    fn pe_kind_of_method(&self) -> PeKind {
-        match self.method {
-            FinetuneMethod::Lora => PeKind::Lora,
-            FinetuneMethod::Bitfit => PeKind::Bitfit,
-            _ => PeKind::Adapter,
-        }
     }
 
     /// The first of [`FinetuneConfig::value_errors`].

@@ -145,10 +145,9 @@ def encoder_name(n):
     return n.removeprefix("base_model.model.").replace(".base_layer.", ".")
 
 
-def split_params(model, pe_ids):
-    """(θp as [(enc.<name>, p)], the PE module as [(<group>.<name>, p)]) of an attached model."""
-    theta_p = [(f"enc.{encoder_name(n)}", p) for n, p in model.named_parameters() if id(p) not in pe_ids]
-    return theta_p
+def theta_p_of(model, pe_ids):
+    """θp of an attached model as [(enc.<name>, p)]: every parameter not in the PE module."""
+    return [(f"enc.{encoder_name(n)}", p) for n, p in model.named_parameters() if id(p) not in pe_ids]
 
 
 def meta_dump(args, enc, gen):
@@ -208,14 +207,14 @@ def meta_dump(args, enc, gen):
         dump[f"loss.t{i}.query"] = loss.detach().reshape(1)
         loss.backward()
         pe_ids = {id(p) for p in fast_pe.values()}
-        named = [(n, p) for n, p in fast_pe.items()] + split_params(fast, pe_ids)
+        named = [(n, p) for n, p in fast_pe.items()] + theta_p_of(fast, pe_ids)
         for n, p in named:
             if p.grad is not None:
                 sums[n] = sums.get(n, 0) + p.grad.detach()
         heads[i] = fhead
     # The outer step on the original θp ∪ PE.
     pe_ids = {id(p) for _, p in named_pe}
-    outer = list(named_pe) + split_params(model, pe_ids)
+    outer = list(named_pe) + theta_p_of(model, pe_ids)
     params = []
     for n, p in outer:
         if n in sums:

@@ -283,8 +283,8 @@ impl Tagger {
     }
 
     /// The PE module read through its Vars when trainable, detached otherwise (None: no module).
-    fn pe_weights<'a>(&'a self, detached: &'a Option<GroupWeights<'a>>) -> Option<PeWeights<'a>> {
-        match (&self.pe, detached) {
+    fn pe_weights<'a>(&'a self, weights: &'a Option<GroupWeights<'a>>) -> Option<PeWeights<'a>> {
+        match (&self.pe, weights) {
             (Some(m), Some(w)) => Some(m.with(w.as_weights())),
             _ => None,
         }

@@ -23,7 +23,7 @@ use crate::config::CheckpointSelection;
 use crate::data::{self, Batcher, EncodedSentence, LabelSet, LanguageData, WordTokenizer};
 use crate::metric;
 use crate::model::{
-    ParamSet, Tagger, TensorSet, freeze_encoder, logits_from_hidden, masked_cross_entropy,
+    ParamSet, PeModule, Tagger, TensorSet, freeze_encoder, logits_from_hidden, masked_cross_entropy,
 };
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
@@ -221,6 +221,7 @@ impl DevProbe {
                     self.score(
                         src,
                         tagger,
+                        pe,
                         pick(&adapted.encoder, &tagger.encoder),
                         pick(&adapted.pe, &pe.params),
                         &pick(&adapted.head, head),
@@ -229,6 +230,7 @@ impl DevProbe {
                 _ => self.score(
                     src,
                     tagger,
+                    pe,
                     tagger.encoder.detached_tensors(),
                     pe.params.detached_tensors(),
                     &head.detached_tensors(),
@@ -240,20 +242,16 @@ impl DevProbe {
     }
 
     /// Mean token loss and entity F1 of one source's dev set under the given weights
-    /// (graph-free tensors).
+    /// (graph-free tensors; `pe_weights` read as `pe`'s method).
     fn score(
         &self,
         src: &Prepared,
         tagger: &Tagger,
+        pe: &PeModule,
         encoder: TensorSet,
         pe_weights: TensorSet,
         head: &TensorSet,
     ) -> Result<DevTaskScores> {
-        let pe = tagger.pe.as_ref().ok_or_else(|| {
-            PrimeError::Config(
-                "dev evaluation needs a model with a parameter-efficient module".into(),
-            )
-        })?;
         let encoder = freeze_encoder(
             &tagger.config,
             encoder,
