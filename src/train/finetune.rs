@@ -125,7 +125,7 @@ fn build_tagger(
     if let Some(p) = config.dropout {
         tagger.config = tagger.config.with_dropout(p);
     }
-    let primed_adapter = match (tagger.pe.is_some(), config.primed_adapter) {
+    let mut primed_adapter = match (tagger.pe.is_some(), config.primed_adapter) {
         (false, _) => PrimedAdapterUse::Absent,
         (true, PrimedAdapter::Drop) => {
             tagger.pe = None;
@@ -136,10 +136,10 @@ fn build_tagger(
         }
         (true, PrimedAdapter::Train) => PrimedAdapterUse::Trained,
     };
-    let mut primed_adapter = primed_adapter;
     if let Some(spec) = config.pe_spec() {
+        let wanted = spec.method();
         if let Some(have) = tagger.pe.as_ref().map(|m| m.name())
-            && have != spec.method().name()
+            && have != wanted.name()
         {
             // One PE module per tagger: a mismatched pair (a LoRA inner loop before adapter
             // tuning) keeps the primed θp and starts the run's own module, and says so.
@@ -149,10 +149,7 @@ fn build_tagger(
         if let Some(have) = &tagger.pe {
             // The primed module is trained as it is: settings that describe another module
             // would be silently ignored, so they are an error.
-            let (have, want) = (
-                format!("{:?}", have.method()),
-                format!("{:?}", spec.method()),
-            );
+            let (have, want) = (format!("{:?}", have.method()), format!("{wanted:?}"));
             if have != want {
                 return Err(FinetuneError::Invalid(format!(
                     "{}: the primed module is {have}, and this run's settings describe {want}; \
