@@ -3,7 +3,9 @@
 # the demo and the benchmarks share one build.
 
 CARGO ?= cargo
-PRIMER = target/debug/primer
+# cargo locates (and if needed rebuilds) the binary itself, so a CARGO_TARGET_DIR set in the
+# user's shell (a shared build cache) works too; a path like target/debug/primer would not.
+PRIMER = $(CARGO) run --quiet --bin primer --
 
 .PHONY: all build test demo demo-quick bench lint fmt clean-results check-cuda
 
@@ -18,16 +20,16 @@ test:
 
 ## The embedded default: a small sweep on CPU over committed WikiAnn slices with a tiny model;
 ## tables and figures land in results/demo/.
-demo: build
+demo:
 	$(PRIMER) demo
 
 ## The same, shortened (seconds-scale), as the CLI test runs it.
-demo-quick: build
+demo-quick:
 	$(PRIMER) demo --quick
 
 ## Speed benchmarks, printed as ratios against the PyTorch reference run side by side
 ## (needs a Python with torch + transformers + safetensors: set TORCH_PYTHON, see README).
-bench: build
+bench:
 	$(PRIMER) bench
 
 lint:
