@@ -304,8 +304,7 @@ fn print_estimate(
         .iter()
         .zip(not_done)
         .filter(|(_, n)| **n)
-        .map(|(s, _)| s)
-        .sum();
+        .fold(0.0, |acc, (s, _)| acc + s);
     writeln!(
         out,
         "whole sweep: {:.2} {} hours for {} runs ({:.2} hours for the {} not done yet)",

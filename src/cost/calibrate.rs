@@ -89,10 +89,11 @@ impl StepShape {
                 query_batch,
                 ..
             } => format!(
-                "meta outer step, {} loop over {}, S={inner_steps} ({support:?} support), \
+                "meta outer step, {} loop over {}, S={inner_steps} ({} support), \
                  {tasks} tasks × {support_batch}+{query_batch} sentences",
                 format!("{inner:?}").to_lowercase(),
                 pe.method().name(),
+                format!("{support:?}").to_lowercase(),
             ),
             StepKind::FtPrime { tasks, batch, .. } => {
                 format!("FT-priming step, {tasks} tasks × {batch} sentences")

@@ -40,14 +40,7 @@ impl SentenceCounts for DataCounts {
         if let Some(c) = self.0.get(&key) {
             return Ok(*c);
         }
-        let data =
-            crate::data::load_language(&cfg.data, &cfg.lang, cfg.seed).map_err(|source| {
-                CostError::Data {
-                    lang: cfg.lang.clone(),
-                    root: cfg.data.root.clone(),
-                    source,
-                }
-            })?;
+        let data = super::load_data(cfg)?;
         let c = (data.train.len() as u64, data.dev.len() as u64);
         self.0.insert(key, c);
         Ok(c)

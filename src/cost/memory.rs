@@ -287,13 +287,7 @@ impl ModelConfigs {
 
 /// The cache rows of a fine-tuning run's train and dev data (after its limits).
 pub fn cache_rows(cfg: &FinetuneConfig) -> Result<CacheRows, CostError> {
-    let data = crate::data::load_language(&cfg.data, &cfg.lang, cfg.seed).map_err(|source| {
-        CostError::Data {
-            lang: cfg.lang.clone(),
-            root: cfg.data.root.clone(),
-            source,
-        }
-    })?;
+    let data = super::load_data(cfg)?;
     let cap = cfg.data.max_len.saturating_sub(2) as u64;
     let rows =
         |s: &[crate::data::Sentence]| s.iter().map(|x| (x.words.len() as u64).min(cap)).sum();

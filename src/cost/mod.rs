@@ -19,12 +19,10 @@ pub enum CostError {
         lang: String,
         root: PathBuf,
         #[source]
-        source: crate::data::DataError,
+        source: Box<crate::data::DataError>,
     },
     #[error(transparent)]
     Device(#[from] crate::device::DeviceError),
-    #[error(transparent)]
-    Prime(#[from] crate::prime::PrimeError),
     #[error(transparent)]
     Value(#[from] crate::config::ValueError),
     #[error("calibrating {what}: {source}")]
@@ -33,4 +31,13 @@ pub enum CostError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// A fine-tuning run's language data after its limits (what the run itself reads).
+fn load_data(cfg: &crate::config::FinetuneConfig) -> Result<crate::data::LanguageData, CostError> {
+    crate::data::load_language(&cfg.data, &cfg.lang, cfg.seed).map_err(|source| CostError::Data {
+        lang: cfg.lang.clone(),
+        root: cfg.data.root.clone(),
+        source: Box::new(source),
+    })
 }

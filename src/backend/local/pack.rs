@@ -65,7 +65,7 @@ pub fn auto_layout(
             DeviceSpec::Cuda(_) => (
                 CUDA_RUNTIME_BYTES,
                 MAX_RUNS_PER_GPU,
-                format!("at most {MAX_RUNS_PER_GPU} runs"),
+                format!("at most {MAX_RUNS_PER_GPU} run(s)"),
             ),
             DeviceSpec::Cpu => {
                 let cores = probe.cpu_cores();
@@ -74,7 +74,7 @@ pub fn auto_layout(
                     CPU_RUNTIME_BYTES,
                     cpu_runs,
                     format!(
-                        "at most {cpu_runs} runs for {cores} cores (≥ {MIN_THREADS_PER_CPU_RUN} threads each)"
+                        "at most {cpu_runs} run(s) for {cores} cores (≥ {MIN_THREADS_PER_CPU_RUN} threads each)"
                     ),
                 )
             }
