@@ -251,7 +251,7 @@ fn print_estimate(
     not_done: &[bool],
 ) -> anyhow::Result<()> {
     use primer::cost::calibrate::DeviceTimer;
-    use primer::cost::estimate::{DataCounts, estimate_plan};
+    use primer::cost::estimate::{DataCounts, estimate_plan, memory_by_kind};
     let device = primer::device::DeviceSpec::parse(&a.device)?;
     let mut timer = DeviceTimer::new(
         device,
@@ -281,24 +281,35 @@ fn print_estimate(
             s.shape.describe()
         )?;
     }
+    let memory = memory_by_kind(plan).context("primer plan --estimate")?;
     writeln!(
         out,
-        "{:<34} {:>5} {:>12} {:>14}",
+        "{:<34} {:>5} {:>12} {:>14} {:>12}",
         "run kind",
         "runs",
         "steps",
-        format!("{} hours", est.device)
+        format!("{} hours", est.device),
+        "GiB/run"
     )?;
     for k in &est.kinds {
+        let gib = memory
+            .iter()
+            .find(|(kind, _)| *kind == k.kind)
+            .map_or(0.0, |(_, b)| *b as f64 / (1u64 << 30) as f64);
         writeln!(
             out,
-            "{:<34} {:>5} {:>12} {:>14.2}",
+            "{:<34} {:>5} {:>12} {:>14.2} {:>12.1}",
             k.kind,
             k.runs,
             k.steps,
-            k.seconds / 3600.0
+            k.seconds / 3600.0,
+            gib
         )?;
     }
+    writeln!(
+        out,
+        "(GiB/run: the largest memory estimate of the kind's runs, what --per-device auto packs by)"
+    )?;
     let left: f64 = est
         .run_seconds
         .iter()

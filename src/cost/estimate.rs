@@ -137,6 +137,21 @@ pub fn run_steps(
     }
 }
 
+/// The largest memory estimate (bytes, `crate::cost::memory`) among the runs of each kind
+/// ([`run_kind_label`]), in plan order of first appearance: what `--per-device auto` packs by.
+pub fn memory_by_kind(plan: &Plan) -> Result<Vec<(String, u64)>, CostError> {
+    let runs: Vec<usize> = (0..plan.runs.len()).collect();
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for (r, m) in super::memory::plan_memory(plan, &runs)?.iter().enumerate() {
+        let label = run_kind_label(&plan.runs[r].spec);
+        match out.iter_mut().find(|(k, _)| *k == label) {
+            Some((_, most)) => *most = (*most).max(m.total()),
+            None => out.push((label, m.total())),
+        }
+    }
+    Ok(out)
+}
+
 /// One group of runs in the estimate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KindEstimate {
