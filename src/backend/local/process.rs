@@ -247,4 +247,46 @@ mod tests {
             None
         );
     }
+
+    /// A stand-in for `primer exec`: a script that prints `stderr_line` and exits `status`.
+    fn fake_exec(dir: &Path, stderr_line: &str, status: i32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let exe = dir.join(format!("fake-primer-{status}"));
+        std::fs::write(
+            &exe,
+            format!("#!/bin/sh\necho '{stderr_line}' >&2\nexit {status}\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        exe
+    }
+
+    #[test]
+    fn running_out_of_memory_is_told_apart_from_other_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let slot = Slot {
+            device: DeviceSpec::Cpu,
+            ordinal: 0,
+            visible_devices: None,
+        };
+        let cases = [
+            // primer exec's own verdict: its exit status.
+            (
+                "error: training: DriverError(CUDA_ERROR_OUT_OF_MEMORY)",
+                3,
+                true,
+            ),
+            // A failed allocation aborts before any verdict: the log says it.
+            ("memory allocation of 34359738368 bytes failed", 134, true),
+            ("error: non-finite loss at step 3", 1, false),
+        ];
+        for (line, status, oom) in cases {
+            let exe = fake_exec(dir.path(), line, status);
+            let ex = ProcessExecutor::new(exe, vec![run.clone()], 1);
+            let err = ex.execute(0, 1, &slot, &|_| {}).unwrap_err();
+            assert_eq!(err.out_of_memory, oom, "{line}: {err:?}");
+        }
+    }
 }
