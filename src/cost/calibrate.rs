@@ -121,7 +121,7 @@ pub struct DeviceTimer {
     device: Device,
     steps: usize,
     models: ModelConfigs,
-    /// Told before each measurement (it can take minutes on a CPU).
+    /// Told before and after each measurement (it can take minutes on a CPU).
     notice: Box<dyn FnMut(&str)>,
 }
 
@@ -208,14 +208,16 @@ impl StepTimer for DeviceTimer {
     }
 
     fn seconds_per_step(&mut self, shape: &StepShape) -> Result<f64, CostError> {
-        (self.notice)(&shape.describe());
+        (self.notice)(&format!("{} ...", shape.describe()));
         let config = self.models.get(&shape.model)?.clone();
-        time_shape(&config, shape, self.steps, &self.device).map_err(|source| {
+        let seconds = time_shape(&config, shape, self.steps, &self.device).map_err(|source| {
             CostError::Calibration {
                 what: shape.describe(),
                 source,
             }
-        })
+        })?;
+        (self.notice)(&format!("{}: {seconds:.3} s/step", shape.describe()));
+        Ok(seconds)
     }
 }
 
