@@ -110,9 +110,9 @@ pub struct DemoArgs {
     /// Two target languages instead of six (results under results/demo-quick).
     #[arg(long)]
     pub quick: bool,
-    /// Concurrent runs on the CPU.
-    #[arg(long, default_value_t = 1)]
-    pub per_device: usize,
+    /// Concurrent runs on the CPU: a number, or `auto` (as `primer run --per-device`).
+    #[arg(long, default_value = "1")]
+    pub per_device: PerDevice,
     /// Plain line-by-line output even on a terminal.
     #[arg(long)]
     pub plain: bool,
@@ -707,7 +707,7 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         settings: BackendSettings {
             local: LocalOptions {
                 devices: vec![primer::device::DeviceSpec::Cpu],
-                per_device: PerDevice::Fixed(a.per_device),
+                per_device: a.per_device,
                 retries: 1,
                 plain: a.plain,
             },
