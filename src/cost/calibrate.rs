@@ -61,23 +61,30 @@ pub struct StepShape {
 }
 
 impl StepShape {
-    /// One line for the user: `meta outer step (pe loop, S=5, 2 tasks × 16+16 sentences) × 128
-    /// tokens`.
+    /// One line for the user: `fine-tuning step, adapter, batch 32 on cached encoder rows,
+    /// length 128 (models/mbert)`.
     pub fn describe(&self) -> String {
         let what = match &self.kind {
             StepKind::Finetune {
                 method,
+                pe,
                 batch,
                 cached,
-                ..
-            } => format!(
-                "fine-tuning step, {method}, batch {batch}{}",
-                if *cached {
+            } => {
+                // A module the method does not train itself: a primed one it carries.
+                let carried = match (method, pe) {
+                    (FinetuneMethod::Full | FinetuneMethod::Head, Some(pe)) => {
+                        format!(" with the primed {}", pe.method().name())
+                    }
+                    _ => String::new(),
+                };
+                let rows = if *cached {
                     " on cached encoder rows"
                 } else {
                     ""
-                }
-            ),
+                };
+                format!("fine-tuning step, {method}{carried}, batch {batch}{rows}")
+            }
             StepKind::Encode { batch } => format!("graph-free encoder pass, batch {batch}"),
             StepKind::MetaOuter {
                 pe,
