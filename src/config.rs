@@ -738,6 +738,55 @@ impl PrimeConfig {
     }
 }
 
+/// `primer run --per-device`: how many runs share one device at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PerDevice {
+    /// At most this many runs (at least 1) on each device.
+    Fixed(usize),
+    /// As many as fit the device's free memory by each run's estimate
+    /// (`crate::cost::memory`), CPU runs also capped by cores (`crate::backend::local::pack`).
+    Auto,
+}
+
+impl std::str::FromStr for PerDevice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(PerDevice::Auto);
+        }
+        match s.parse::<usize>() {
+            Ok(0) => Err("must be at least 1 (or auto)".to_string()),
+            Ok(n) => Ok(PerDevice::Fixed(n)),
+            Err(_) => Err(format!(
+                "takes a number of runs (at least 1) or auto, got '{s}'"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for PerDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PerDevice::Fixed(n) => write!(f, "{n}"),
+            PerDevice::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+/// Timed steps of each step kind that `primer plan --estimate` calibrates on (at least 1).
+pub fn check_calibration_steps(steps: usize) -> Result<(), ValueError> {
+    if steps == 0 {
+        return Err(ValueError {
+            key: "calibration_steps".to_string(),
+            problem: "must be at least 1 timed step per step kind".to_string(),
+            cross_field: false,
+        });
+    }
+    Ok(())
+}
+
 /// A configuration value outside its valid range: the dotted key, relative to the config
 /// (`warmup_ratio`, `data.max_len`), and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -962,5 +1011,15 @@ mod tests {
         }
         let r = serde_json::from_value::<FinetuneConfig>(json!({ "primed_adapter": "keep" }));
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn per_device_is_a_positive_count_or_auto() {
+        assert_eq!("auto".parse::<PerDevice>(), Ok(PerDevice::Auto));
+        assert_eq!(" 3".parse::<PerDevice>(), Ok(PerDevice::Fixed(3)));
+        assert!("0".parse::<PerDevice>().unwrap_err().contains("at least 1"));
+        assert!("many".parse::<PerDevice>().unwrap_err().contains("'many'"));
+        assert_eq!(PerDevice::Auto.to_string(), "auto");
+        assert!(check_calibration_steps(0).is_err() && check_calibration_steps(1).is_ok());
     }
 }

@@ -93,6 +93,106 @@ pub fn open_device(s: &str) -> Result<Device, DeviceError> {
     DeviceSpec::parse(s)?.open()
 }
 
+/// The exit status of `primer exec` when the run ran out of memory (see [`is_out_of_memory`]):
+/// the local scheduler then retries the run alone on its device before counting a failure.
+pub const OUT_OF_MEMORY_EXIT_STATUS: u8 = 3;
+
+/// Whether an error message says a device ran out of memory: the CUDA driver's and cuBLAS's
+/// allocation failures as candle reports them, and Rust's own failed allocation.
+pub fn is_out_of_memory(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "cuda_error_out_of_memory",
+        "cublas_status_alloc_failed",
+        "out of memory",
+    ]
+    .iter()
+    .any(|k| m.contains(k))
+        || (m.contains("memory allocation of") && m.contains("failed"))
+}
+
+/// The memory of the devices runs are packed on (`primer run --per-device auto`), behind a
+/// trait so that the packing is tested with fake devices.
+pub trait MemoryProbe {
+    /// Bytes that runs started now may use on `device`.
+    fn free_bytes(&self, device: DeviceSpec) -> Result<u64, DeviceError>;
+    /// CPU cores this process may use.
+    fn cpu_cores(&self) -> usize;
+}
+
+/// This machine: MemAvailable of /proc/meminfo (lowered to the room left under a cgroup v2
+/// memory limit) for the CPU; the driver's free memory for a CUDA GPU (`--features cuda`).
+pub struct SystemProbe;
+
+impl MemoryProbe for SystemProbe {
+    fn free_bytes(&self, device: DeviceSpec) -> Result<u64, DeviceError> {
+        match device {
+            DeviceSpec::Cpu => cpu_available_bytes(),
+            DeviceSpec::Cuda(i) => cuda_free_bytes(i),
+        }
+    }
+
+    fn cpu_cores(&self) -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+fn cpu_available_bytes() -> Result<u64, DeviceError> {
+    let unavailable = |message: String| DeviceError::Unavailable {
+        device: "cpu".into(),
+        message,
+    };
+    let text = std::fs::read_to_string("/proc/meminfo")
+        .map_err(|e| unavailable(format!("cannot read /proc/meminfo: {e}")))?;
+    let available = parse_mem_available(&text)
+        .ok_or_else(|| unavailable("/proc/meminfo has no MemAvailable line".into()))?;
+    // A container's limit is not in /proc/meminfo; the kernel kills at the cgroup's limit.
+    let read = |f: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{f}")).ok();
+    let cgroup_room = match (read("memory.max"), read("memory.current")) {
+        (Some(max), Some(cur)) => match (max.trim().parse::<u64>(), cur.trim().parse::<u64>()) {
+            (Ok(max), Ok(cur)) => Some(max.saturating_sub(cur)),
+            _ => None, // "max": no limit
+        },
+        _ => None,
+    };
+    Ok(cgroup_room.map_or(available, |room| room.min(available)))
+}
+
+/// The `MemAvailable` of a /proc/meminfo text, in bytes.
+pub fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let mut parts = line["MemAvailable:".len()..].split_whitespace();
+    let n: u64 = parts.next()?.parse().ok()?;
+    match parts.next() {
+        Some("kB") => Some(n * 1024),
+        None => Some(n),
+        Some(_) => None,
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_free_bytes(i: usize) -> Result<u64, DeviceError> {
+    let device = DeviceSpec::Cuda(i).open()?;
+    let Device::Cuda(cuda) = &device else {
+        unreachable!("a CUDA spec opens a CUDA device")
+    };
+    // The primary context is shared with candle's; freed again when `device` is dropped.
+    let (free, _total) =
+        cuda.cuda_stream()
+            .context()
+            .mem_get_info()
+            .map_err(|e| DeviceError::Unavailable {
+                device: format!("cuda:{i}"),
+                message: format!("cannot read its free memory: {e}"),
+            })?;
+    Ok(free as u64)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_free_bytes(i: usize) -> Result<u64, DeviceError> {
+    Err(DeviceError::NotCompiled(format!("cuda:{i}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +203,23 @@ mod tests {
         assert_eq!(DeviceSpec::parse("cuda:1").unwrap(), DeviceSpec::Cuda(1));
         assert!(DeviceSpec::parse("tpu").is_err());
         assert!(DeviceSpec::parse("cuda:x").is_err());
+    }
+
+    #[test]
+    fn mem_available_and_out_of_memory_messages() {
+        let meminfo =
+            "MemTotal:       16303412 kB\nMemFree:  1000 kB\nMemAvailable:    8000000 kB\n";
+        assert_eq!(parse_mem_available(meminfo), Some(8_000_000 * 1024));
+        assert_eq!(parse_mem_available("MemFree: 1 kB\n"), None);
+        assert!(SystemProbe.free_bytes(DeviceSpec::Cpu).unwrap() > 0);
+        for oom in [
+            "training step: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+            "cublas: CUBLAS_STATUS_ALLOC_FAILED",
+            "memory allocation of 34359738368 bytes failed",
+        ] {
+            assert!(is_out_of_memory(oom), "{oom}");
+        }
+        assert!(!is_out_of_memory("non-finite loss at step 3"));
     }
 
     #[cfg(not(feature = "cuda"))]

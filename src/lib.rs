@@ -17,6 +17,8 @@
 //! * [`parallel`] — graph-free batches spread over the CPU threads, one batch per thread;
 //! * [`spec`]     — TOML sweep files → a plan of content-addressed runs, and the report section;
 //! * [`store`]    — the run store: one directory per run, its files named once, the lock;
+//! * [`cost`]     — what runs cost before they run: memory (to pack runs on a device) and
+//!   device time (a sweep's estimate from a few timed steps);
 //! * [`backend`]  — where runs execute: local device slots (scheduler + child processes) or
 //!   Slurm job arrays, behind one trait (uses `spec` and `store`, never `sweep`);
 //! * [`sweep`]    — orchestration: spec → plan → backend → store → report, and `primer exec`;
@@ -25,6 +27,7 @@
 //! * [`report`]   — polars tables and plotters figures (Table 1, Figures 3 and 4).
 pub mod backend;
 pub mod config;
+pub mod cost;
 pub mod data;
 pub mod device;
 pub mod fsutil;

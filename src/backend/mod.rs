@@ -222,6 +222,9 @@ pub enum BackendError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Device(#[from] crate::device::DeviceError),
+    /// Estimating the runs' memory for `--per-device auto`.
+    #[error("--per-device auto: {0}")]
+    Cost(#[from] crate::cost::CostError),
     /// Invalid command-line usage of a backend's options.
     #[error("{0}")]
     Usage(String),

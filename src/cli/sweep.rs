@@ -4,6 +4,7 @@ use anyhow::Context;
 use primer::backend::{
     BackendKind, BackendSettings, LocalOptions, Queued, RunSummary, RunView, ViewState, count_views,
 };
+use primer::config::PerDevice;
 use primer::slurm::SlurmArgs;
 use primer::spec::plan::{Plan, RunKind};
 use primer::store::ObservedRun;
@@ -25,8 +26,20 @@ pub struct PlanArgs {
     pub sweep: PathBuf,
     /// Print one JSON object per run (id, kind, dependencies, status, setting, language,
     /// seed, resolved configuration) instead of a table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "estimate")]
     pub json: bool,
+    /// Also print the expected device hours per run kind and for the whole sweep: a few timed
+    /// steps of each step kind the sweep runs (a random model of its config.json, its batch
+    /// sizes and max length) on --device, times the step counts the plan implies. Reads each
+    /// fine-tuning language's data to count its batches.
+    #[arg(long)]
+    pub estimate: bool,
+    /// The device --estimate calibrates on: `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu", requires = "estimate")]
+    pub device: String,
+    /// Timed steps per step kind for --estimate (each after one untimed warm-up step).
+    #[arg(long, default_value_t = 2, requires = "estimate")]
+    pub calibration_steps: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -40,9 +53,11 @@ pub struct RunArgs {
     /// Local backend only.
     #[arg(long, default_value = "cpu")]
     pub devices: String,
-    /// Concurrent runs per device. Local backend only.
-    #[arg(long, default_value_t = 1)]
-    pub per_device: usize,
+    /// Concurrent runs per device: a number, or `auto` (as many as fit each device's free
+    /// memory by each run's estimate, CPU runs also capped by cores; a run out of memory beside
+    /// others is retried alone). Local backend only.
+    #[arg(long, default_value = "1")]
+    pub per_device: PerDevice,
     /// Retries of a failed run before it is reported as failed. Local backend only (under
     /// Slurm, rerun `primer run --backend slurm` to resubmit failed runs).
     #[arg(long, default_value_t = 1)]
@@ -95,9 +110,9 @@ pub struct DemoArgs {
     /// Two target languages instead of six (results under results/demo-quick).
     #[arg(long)]
     pub quick: bool,
-    /// Concurrent runs on the CPU.
-    #[arg(long, default_value_t = 1)]
-    pub per_device: usize,
+    /// Concurrent runs on the CPU: a number, or `auto` (as `primer run --per-device`).
+    #[arg(long, default_value = "1")]
+    pub per_device: PerDevice,
     /// Plain line-by-line output even on a terminal.
     #[arg(long)]
     pub plain: bool,
@@ -210,6 +225,10 @@ fn print_plan(a: &PlanArgs) -> anyhow::Result<ExitCode> {
     if let Some(line) = run_time_left(&time_left) {
         writeln!(out, "{line}")?;
     }
+    if a.estimate {
+        let not_done: Vec<bool> = obs.iter().map(|o| o.label() != "done").collect();
+        print_estimate(&mut out, a, &plan, &not_done)?;
+    }
     if !missing.is_empty() {
         writeln!(
             out,
@@ -221,6 +240,92 @@ fn print_plan(a: &PlanArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `primer plan --estimate`: calibrates on the chosen device, then prints the step times, the
+/// hours per run kind and the totals.
+fn print_estimate(
+    out: &mut dyn std::io::Write,
+    a: &PlanArgs,
+    plan: &Plan,
+    not_done: &[bool],
+) -> anyhow::Result<()> {
+    use primer::cost::calibrate::DeviceTimer;
+    use primer::cost::estimate::{DataCounts, estimate_plan, memory_by_kind};
+    let device = primer::device::DeviceSpec::parse(&a.device)?;
+    let mut timer = DeviceTimer::new(
+        device,
+        a.calibration_steps,
+        Box::new(move |what| eprintln!("calibrating on {device}: {what}")),
+    )?;
+    let est = estimate_plan(plan, &mut timer, &mut DataCounts::default())
+        .context("primer plan --estimate")?;
+    writeln!(
+        out,
+        "\nestimate on {}: {} step kind(s), each timed over {} step(s) after a warm-up step, on \
+         random weights of the run's model config; sequences padded to data.max_len (real \
+         batches are length-bucketed and shorter, so this errs high); data loading, evaluation \
+         and checkpoints are not counted; one run at a time on the device (runs sharing it with \
+         --per-device each run slower)",
+        est.device,
+        est.step_times.len(),
+        est.timed_steps
+    )?;
+    writeln!(out, "{:>10} {:>12}  step kind", "s/step", "steps")?;
+    for s in &est.step_times {
+        writeln!(
+            out,
+            "{:>10.4} {:>12}  {}",
+            s.seconds,
+            s.count,
+            s.shape.describe()
+        )?;
+    }
+    let memory = memory_by_kind(plan).context("primer plan --estimate")?;
+    writeln!(
+        out,
+        "{:<34} {:>5} {:>12} {:>14} {:>12}",
+        "run kind",
+        "runs",
+        "steps",
+        format!("{} hours", est.device),
+        "GiB/run"
+    )?;
+    for k in &est.kinds {
+        let gib = memory
+            .iter()
+            .find(|(kind, _)| *kind == k.kind)
+            .map_or(0.0, |(_, b)| *b as f64 / (1u64 << 30) as f64);
+        writeln!(
+            out,
+            "{:<34} {:>5} {:>12} {:>14.2} {:>12.1}",
+            k.kind,
+            k.runs,
+            k.steps,
+            k.seconds / 3600.0,
+            gib
+        )?;
+    }
+    writeln!(
+        out,
+        "(GiB/run: the largest memory estimate of the kind's runs, what --per-device auto packs by)"
+    )?;
+    let left: f64 = est
+        .run_seconds
+        .iter()
+        .zip(not_done)
+        .filter(|(_, n)| **n)
+        .fold(0.0, |acc, (s, _)| acc + s);
+    writeln!(
+        out,
+        "whole sweep: {:.2} {} hours for {} runs ({:.2} hours for the {} not done yet)",
+        est.total_seconds / 3600.0,
+        est.device,
+        plan.runs.len(),
+        left / 3600.0,
+        not_done.iter().filter(|n| **n).count()
+    )?;
+    Ok(())
 }
 
 /// `primer plan`'s and `primer status`'s line on the run time left, once some runs of the
@@ -349,9 +454,20 @@ pub fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
+    use primer::device::{OUT_OF_MEMORY_EXIT_STATUS, is_out_of_memory};
+    use primer::sweep::exec::{error_chain, exec_run};
     super::init_logging();
-    primer::sweep::exec::exec_run(&a.run_dir, &a.device, &mut |line| println!("{line}"))?;
-    Ok(ExitCode::SUCCESS)
+    match exec_run(&a.run_dir, &a.device, &mut |line| println!("{line}")) {
+        // The local scheduler retries such a run alone on its device.
+        Err(e) if is_out_of_memory(&error_chain(&e)) => {
+            eprintln!("error: {}", error_chain(&e));
+            Ok(ExitCode::from(OUT_OF_MEMORY_EXIT_STATUS))
+        }
+        other => {
+            other?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
@@ -449,7 +565,7 @@ fn run_request(a: &RunArgs) -> anyhow::Result<RunRequest> {
             if a.devices != "cpu" {
                 given.push("--devices (request GPUs with --gpus-per-task)");
             }
-            if a.per_device != 1 {
+            if a.per_device != PerDevice::Fixed(1) {
                 given.push("--per-device (limit concurrency with --array-throttle)");
             }
             if a.retries != 1 {

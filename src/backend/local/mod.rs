@@ -5,16 +5,20 @@
 //! interrupted (Ctrl-C: running runs are stopped and marked pending).
 
 pub mod display;
+pub mod pack;
 pub mod process;
 pub mod sched;
 
 use super::{Backend, BackendError, BackendSettings, RunView, Submitted, ViewState};
+use crate::config::PerDevice;
 use crate::device::DeviceSpec;
 use crate::spec::plan::{Plan, RunKind};
 use crate::store::{RunState, Store, StoreError, layout, now_s, observe};
 use display::Display;
 use process::ProcessExecutor;
-use sched::{ExecEvent, Executor, Observer, Outcome, Slot, Task, make_slots, schedule};
+use sched::{
+    ExecEvent, Executor, Observer, Outcome, Packing, Slot, Task, make_slots, schedule_packed,
+};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
@@ -22,8 +26,8 @@ use std::sync::atomic::AtomicBool;
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
     pub devices: Vec<DeviceSpec>,
-    /// Concurrent runs per device.
-    pub per_device: usize,
+    /// Concurrent runs per device, or as many as fit its memory.
+    pub per_device: PerDevice,
     /// Retries of a failed run before it counts as failed.
     pub retries: u32,
     /// Plain line output even on a terminal.
@@ -34,7 +38,7 @@ impl Default for LocalOptions {
     fn default() -> Self {
         Self {
             devices: vec![DeviceSpec::Cpu],
-            per_device: 1,
+            per_device: PerDevice::Fixed(1),
             retries: 1,
             plain: false,
         }
@@ -62,31 +66,41 @@ impl Backend for LocalBackend {
     }
 
     fn submit(&self, plan: &Plan, store: &Store) -> Result<Submitted, BackendError> {
-        if self.opts.per_device == 0 {
+        if self.opts.per_device == PerDevice::Fixed(0) {
             return Err(BackendError::Usage(
                 "--per-device must be at least 1".into(),
             ));
         }
         let exe = super::primer_exe(&self.exe, "child runs")?;
+        let prepared = prepare(plan, store, &format!("sweep '{}'", plan.sweep_name))?;
+        let devices = self.opts.devices.clone();
+        let uses_cpu = devices.contains(&DeviceSpec::Cpu);
+        let (per_device, packing, cpu_runs, notes) = match self.opts.per_device {
+            PerDevice::Fixed(n) => (n, Packing::default(), if uses_cpu { n } else { 0 }, vec![]),
+            PerDevice::Auto => {
+                let need = crate::cost::memory::plan_memory(plan, &prepared.tasks)?
+                    .iter()
+                    .map(|m| m.total())
+                    .collect();
+                let l = pack::auto_layout(&devices, need, &crate::device::SystemProbe)?;
+                (l.per_device, l.packing, l.cpu_runs, l.notes)
+            }
+        };
         let opts = RunOptions {
-            devices: self.opts.devices.clone(),
-            per_device: self.opts.per_device,
+            devices,
+            per_device,
+            packing,
+            notes,
             retries: self.opts.retries,
             interrupt: crate::signal::install_interrupt_handler(),
             plain: self.opts.plain,
         };
-        let cpu_slots = if opts.devices.contains(&DeviceSpec::Cpu) {
-            opts.per_device
-        } else {
-            0
-        };
-        let prepared = prepare(plan, store, &format!("sweep '{}'", plan.sweep_name))?;
         let run_dirs: Vec<PathBuf> = prepared
             .tasks
             .iter()
             .map(|&r| store.run_dir(&plan.runs[r]))
             .collect();
-        let executor = ProcessExecutor::new(exe, run_dirs, cpu_slots);
+        let executor = ProcessExecutor::new(exe, run_dirs, cpu_runs);
         Ok(Submitted::Ran(execute_prepared(
             plan, store, prepared, &opts, &executor,
         )?))
@@ -177,7 +191,12 @@ pub fn visible_device(i: usize) -> String {
 /// What one scheduling pass is run with.
 pub struct RunOptions<'a> {
     pub devices: Vec<DeviceSpec>,
+    /// Slots per device.
     pub per_device: usize,
+    /// Memory-aware admission (`--per-device auto`; empty: slots only).
+    pub packing: Packing,
+    /// Lines printed before the runs start (what the packing decided).
+    pub notes: Vec<String>,
     pub retries: u32,
     /// Set by a Ctrl-C handler; stops the run cleanly.
     pub interrupt: &'a AtomicBool,
@@ -335,9 +354,13 @@ pub fn execute_prepared(
         slots.len(),
         store.root.display()
     ));
-    let outcome: Outcome = schedule(
+    for note in &opts.notes {
+        observer.display.println(&format!("  {note}"));
+    }
+    let outcome: Outcome = schedule_packed(
         &tasks,
         &slots,
+        &opts.packing,
         opts.retries,
         executor,
         &mut observer,

@@ -4,8 +4,8 @@
 //! terminal Ctrl-C reaches only the orchestrator, which stops them itself) and die with the
 //! orchestrator (PR_SET_PDEATHSIG), so none outlives a killed orchestrator.
 
-use super::sched::{ExecEvent, Executor, Slot};
-use crate::device::DeviceSpec;
+use super::sched::{ExecEvent, ExecFailure, Executor, Slot};
+use crate::device::{DeviceSpec, OUT_OF_MEMORY_EXIT_STATUS, is_out_of_memory};
 use crate::progress::ProgressEvent;
 use crate::store::layout;
 use std::collections::HashMap;
@@ -85,14 +85,14 @@ impl Executor for ProcessExecutor {
         attempt: u32,
         slot: &Slot,
         events: &dyn Fn(ExecEvent),
-    ) -> Result<(), String> {
+    ) -> Result<(), ExecFailure> {
         let dir = &self.run_dirs[task];
         let log_path = dir.join(layout::LOG);
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
-            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+            .map_err(|e| ExecFailure::new(format!("cannot open {}: {e}", log_path.display())))?;
         let log_start = log.metadata().map_or(0, |m| m.len());
         let _ = writeln!(
             log,
@@ -102,7 +102,7 @@ impl Executor for ProcessExecutor {
         );
         let stderr = log
             .try_clone()
-            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+            .map_err(|e| ExecFailure::new(format!("cannot open {}: {e}", log_path.display())))?;
         let mut cmd = Command::new(&self.program);
         cmd.arg0(&self.exe)
             .arg("exec")
@@ -145,7 +145,7 @@ impl Executor for ProcessExecutor {
         }
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.exe.display()))?;
+            .map_err(|e| ExecFailure::new(format!("cannot start {}: {e}", self.exe.display())))?;
         let pid = child.id();
         self.running.lock().expect("lock").insert(task, pid);
         if self.cancelled.load(Ordering::SeqCst) {
@@ -168,15 +168,24 @@ impl Executor for ProcessExecutor {
         }
         let status = child.wait();
         self.running.lock().expect("lock").remove(&task);
-        let status = status.map_err(|e| format!("waiting for the child failed: {e}"))?;
+        let status =
+            status.map_err(|e| ExecFailure::new(format!("waiting for the child failed: {e}")))?;
         if status.success() {
             return Ok(());
         }
-        let error = last_error_line(&log_path, log_start).unwrap_or_else(|| match status.code() {
+        let tail = log_tail(&log_path, log_start).unwrap_or_default();
+        let message = last_error_line(&tail).unwrap_or_else(|| match status.code() {
             Some(c) => format!("exited with status {c}"),
             None => "killed by a signal".to_string(),
         });
-        Err(error)
+        // `primer exec` says so with its exit status; a process that died of a failed
+        // allocation (an abort) only in its log.
+        let out_of_memory =
+            status.code() == Some(i32::from(OUT_OF_MEMORY_EXIT_STATUS)) || is_out_of_memory(&tail);
+        Err(ExecFailure {
+            message,
+            out_of_memory,
+        })
     }
 
     fn cancel_all(&self) {
@@ -187,8 +196,8 @@ impl Executor for ProcessExecutor {
     }
 }
 
-/// The last `error: ...` line the child printed in this attempt (from byte `start` of the log).
-fn last_error_line(log: &Path, start: u64) -> Option<String> {
+/// What the child wrote to the log in this attempt (from byte `start`), its last 64 KiB at most.
+fn log_tail(log: &Path, start: u64) -> Option<String> {
     let mut f = std::fs::File::open(log).ok()?;
     let len = f.metadata().ok()?.len();
     // Only the tail matters; long logs are not read whole.
@@ -196,7 +205,11 @@ fn last_error_line(log: &Path, start: u64) -> Option<String> {
         .ok()?;
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes).ok()?;
-    let text = String::from_utf8_lossy(&bytes);
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The last `error: ...` line of a log tail, else its last panic line.
+fn last_error_line(text: &str) -> Option<String> {
     text.lines()
         .rev()
         .find_map(|l| l.strip_prefix("error: ").map(str::to_string))
@@ -224,10 +237,56 @@ mod tests {
             .unwrap()
             .write_all(b"info\nerror: new problem\nmore\n")
             .unwrap();
-        assert_eq!(last_error_line(&log, start).as_deref(), Some("new problem"));
+        let tail = |from: u64| log_tail(&log, from).unwrap();
         assert_eq!(
-            last_error_line(&log, std::fs::metadata(&log).unwrap().len()),
+            last_error_line(&tail(start)).as_deref(),
+            Some("new problem")
+        );
+        assert_eq!(
+            last_error_line(&tail(std::fs::metadata(&log).unwrap().len())),
             None
         );
+    }
+
+    /// A stand-in for `primer exec`: a script that prints `stderr_line` and exits `status`.
+    fn fake_exec(dir: &Path, stderr_line: &str, status: i32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let exe = dir.join(format!("fake-primer-{status}"));
+        std::fs::write(
+            &exe,
+            format!("#!/bin/sh\necho '{stderr_line}' >&2\nexit {status}\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        exe
+    }
+
+    #[test]
+    fn running_out_of_memory_is_told_apart_from_other_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let slot = Slot {
+            device: DeviceSpec::Cpu,
+            ordinal: 0,
+            visible_devices: None,
+        };
+        let cases = [
+            // primer exec's own verdict: its exit status.
+            (
+                "error: training: DriverError(CUDA_ERROR_OUT_OF_MEMORY)",
+                3,
+                true,
+            ),
+            // A failed allocation aborts before any verdict: the log says it.
+            ("memory allocation of 34359738368 bytes failed", 134, true),
+            ("error: non-finite loss at step 3", 1, false),
+        ];
+        for (line, status, oom) in cases {
+            let exe = fake_exec(dir.path(), line, status);
+            let ex = ProcessExecutor::new(exe, vec![run.clone()], 1);
+            let err = ex.execute(0, 1, &slot, &|_| {}).unwrap_err();
+            assert_eq!(err.out_of_memory, oom, "{line}: {err:?}");
+        }
     }
 }
