@@ -184,3 +184,24 @@ fn cancel_explains_that_only_slurm_has_jobs() {
     let (ok, out) = primer(tmp.path(), &["cancel", "s.toml"]);
     assert!(!ok && out.contains("Slurm"), "{out}");
 }
+
+/// Every sweep shipped under sweeps/ parses, validates and expands into a plan, so a change to
+/// a rule or a key name cannot leave a shipped sweep unusable (inputs may be missing: `plan`
+/// only warns about them).
+#[test]
+fn every_shipped_sweep_plans() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sweeps: Vec<_> = std::fs::read_dir(root.join("sweeps"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    sweeps.sort();
+    assert!(sweeps.len() >= 5, "sweeps/ lost its sweeps: {sweeps:?}");
+    for sweep in sweeps {
+        let rel = sweep.strip_prefix(root).unwrap().to_str().unwrap();
+        let (ok, out) = primer(root, &["plan", rel]);
+        assert!(ok, "primer plan {rel} failed:\n{out}");
+        assert!(out.contains(" runs ("), "primer plan {rel}: no run count\n{out}");
+    }
+}
