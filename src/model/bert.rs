@@ -942,13 +942,26 @@ mod tests {
             ("query bias", &base[Q_B]),
             ("output LayerNorm bias", &ln2_b),
         ];
+        let query_value = lora[..6].to_vec();
+        let query = vec![lora[0], lora[1], lora[5]];
         let bitfit: Vec<(&str, &candle_core::Var)> = vec![("query bias", &base[Q_B])];
-        for (what, checked) in [("lora", lora), ("bitfit", bitfit)] {
+        // Computed parameters of different shapes (packed flat), of one shape (packed as
+        // they are), one alone (the op's graph input itself), and none.
+        for (what, checked) in [
+            ("lora+bias", lora),
+            ("lora", query_value),
+            ("lora query", query),
+            ("bitfit", bitfit),
+        ] {
             let mut params: Vec<&Tensor> = consts.iter().collect();
             params[Q_B] = base[Q_B].as_tensor();
-            if what == "lora" {
+            if what.starts_with("lora") {
                 params[Q_W] = &q_merged;
+            }
+            if what == "lora" || what == "lora+bias" {
                 params[V_W] = &v_merged;
+            }
+            if what == "lora+bias" {
                 params[LN2_B] = &ln2_b_computed;
             }
             assert!(fused_layer_supported(&x, &params), "{what}");

@@ -173,8 +173,8 @@ pub(crate) enum GradRoute {
 /// candle records a custom op — and later calls its backward — only when one of its graph
 /// inputs is tracked. The anchor is therefore chosen so that the op is recorded whenever any
 /// parameter needs a gradient:
-/// * the computed parameters, flattened and concatenated into one fresh tensor, when there are
-///   any (their gradients come back through it);
+/// * the computed parameters, concatenated into one fresh tensor (or the one computed
+///   parameter itself), when there are any: their gradients come back through it;
 /// * else the first variable parameter (BitFit's biases on a frozen encoder: without it, the
 ///   embedding op's graph inputs would be constants and candle would never call its backward);
 /// * else parameter `fallback` (a constant: nothing to record unless the other input is
@@ -197,35 +197,57 @@ impl FusedParams {
         let mut packed = Vec::new();
         let routes: Vec<GradRoute> = params
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(i, p)| {
                 if p.is_variable() {
                     GradRoute::Deliver
                 } else if p.track_op() {
                     let offset = packed_len;
                     packed_len += p.elem_count();
-                    packed.push(p.flatten_all());
+                    packed.push(i);
                     GradRoute::Packed { offset }
                 } else {
                     GradRoute::Skip
                 }
             })
             .collect();
-        let (anchor, anchor_param) = if !packed.is_empty() {
-            let packed = packed
-                .into_iter()
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            // A fresh tensor either way (`cat` of one tensor returns that tensor itself), so
-            // that candle's lock on the anchor never is a lock on a parameter's storage.
-            let anchor = match packed.as_slice() {
-                [one] => one.copy()?,
-                many => Tensor::cat(many, 0)?,
-            };
-            (anchor, None)
-        } else {
-            let i = (0..params.len())
-                .find(|&i| routes[i] == GradRoute::Deliver && !taken.contains(&i))
-                .unwrap_or(fallback);
-            (params[i].clone(), Some(i))
+        let (anchor, anchor_param) = match packed.as_slice() {
+            // One computed parameter that is not the other graph input is the anchor itself.
+            &[i] if !taken.contains(&i) && params[i].is_contiguous() => {
+                (params[i].clone(), Some(i))
+            }
+            [] => {
+                let i = (0..params.len())
+                    .find(|&i| routes[i] == GradRoute::Deliver && !taken.contains(&i))
+                    .unwrap_or(fallback);
+                (params[i].clone(), Some(i))
+            }
+            many => {
+                // Concatenated along the first dimension — row-major, that is their values
+                // one after the other, at the routes' offsets — flattened first only where
+                // their other dimensions differ: each reshape is one more node whose gradient
+                // candle buffers and adds.
+                let tail = |i: usize| params[i].dims().get(1..).unwrap_or(&[]).to_vec();
+                let same_tail = many.iter().all(|&i| tail(i) == tail(many[0]));
+                let parts = many
+                    .iter()
+                    .map(|&i| {
+                        let p = params[i].contiguous()?;
+                        if same_tail && p.rank() > 0 {
+                            Ok(p)
+                        } else {
+                            p.flatten_all()
+                        }
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                // A fresh tensor (`cat` of one tensor would return that tensor itself), so
+                // that candle's lock on the anchor never is a lock on a parameter's storage.
+                let anchor = match parts.as_slice() {
+                    [one] => one.copy()?,
+                    _ => Tensor::cat(&parts, 0)?,
+                };
+                (anchor, None)
+            }
         };
         Ok(Self {
             params: params.iter().map(|&p| p.clone()).collect(),
@@ -264,7 +286,8 @@ impl FusedParams {
     pub(crate) fn grads(&self) -> ParamGrads<'_> {
         ParamGrads {
             fused: self,
-            packed: (self.packed_len > 0).then(|| vec![0f32; self.packed_len]),
+            packed: (self.packed_len > 0 && self.anchor_param.is_none())
+                .then(|| vec![0f32; self.packed_len]),
         }
     }
 }
@@ -286,6 +309,11 @@ impl ParamGrads<'_> {
         match self.fused.routes[i] {
             GradRoute::Skip => Ok(()),
             GradRoute::Deliver => deliver_values(&self.fused.params[i], values),
+            // The one computed parameter as the anchor: its gradient is the anchor's.
+            GradRoute::Packed { .. } if self.fused.anchor_param == Some(i) => {
+                self.packed = Some(values);
+                Ok(())
+            }
             GradRoute::Packed { offset } => {
                 let packed = self.packed.as_mut().expect("a packed route has a buffer");
                 packed[offset..offset + values.len()].copy_from_slice(&values);
@@ -306,14 +334,15 @@ impl ParamGrads<'_> {
         self.give(beta, dgdb[d..].to_vec())
     }
 
-    /// The anchor's gradient for candle: the computed parameters' gradients, packed (None when
-    /// the anchor is a parameter, whose gradient was delivered).
+    /// The anchor's gradient for candle: the computed parameters' gradients, packed in the
+    /// anchor's shape (None when the anchor is a variable, whose gradient was delivered).
     pub(crate) fn anchor_grad(self) -> candle_core::Result<Option<Tensor>> {
         match self.packed {
-            Some(v) => {
-                let n = v.len();
-                Ok(Some(Tensor::from_vec(v, n, &Device::Cpu)?))
-            }
+            Some(v) => Ok(Some(Tensor::from_vec(
+                v,
+                self.fused.anchor.shape(),
+                &Device::Cpu,
+            )?)),
             None => Ok(None),
         }
     }
