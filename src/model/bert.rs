@@ -860,18 +860,173 @@ mod tests {
         );
     }
 
-    /// A parameter computed from a variable (not a variable itself) takes the composite
-    /// path, where its gradient flows back through the computation.
+    /// The largest difference between the gradients two passes gave each of `vars`, against
+    /// the largest gradient entry; panics when a variable got no gradient on either pass.
+    fn gradient_gap(
+        g1: &candle_core::backprop::GradStore,
+        g2: &candle_core::backprop::GradStore,
+        vars: &[(&str, &candle_core::Var)],
+        what: &str,
+    ) {
+        use crate::model::ops::max_abs;
+        for (name, v) in vars {
+            let (Some(a), Some(c)) = (g1.get(v.as_tensor()), g2.get(v.as_tensor())) else {
+                panic!("{what}: {name} got no gradient on one of the paths");
+            };
+            let scale: f32 = c
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(scale > 1e-6, "{what}: {name} has a zero gradient");
+            let d = max_abs(a, c);
+            assert!(
+                d < 1e-4 * scale.max(1.0),
+                "{what}: {name} gradient differs by {d} (scale {scale})"
+            );
+        }
+    }
+
+    /// Parameters computed from variables (LoRA's merged `W + s·B·A`, on a constant and on a
+    /// variable `W`, and a computed bias) and a lone variable bias on otherwise constant
+    /// weights with a constant input (BitFit on a frozen encoder) take the fused layer, which
+    /// gives the same output and the same gradient to every variable behind them as the
+    /// composite layer.
     #[test]
-    fn computed_parameters_take_the_composite_layer() {
+    fn fused_layer_takes_computed_and_lone_variable_parameters() {
+        use crate::model::backward;
+        use crate::model::layer::{LN2_B, Q_B, Q_W, V_W};
+        use crate::model::ops::max_abs;
         let dev = Device::Cpu;
-        let x = Tensor::zeros((1, 2, 4), DType::F32, &dev).unwrap();
-        let v = candle_core::Var::zeros((4, 4), DType::F32, &dev).unwrap();
-        let computed = (v.as_tensor() * 2.0).unwrap();
-        let mut params = vec![v.as_tensor(); 16];
-        assert!(fused_layer_supported(&x, &params));
-        params[3] = &computed;
-        assert!(!fused_layer_supported(&x, &params));
+        let (b, t, h, nh, inter, r) = (2usize, 5usize, 12usize, 3usize, 20usize, 2usize);
+        let cfg = BertConfig::new(30, h, 1, nh, inter);
+        let weights = random_encoder(&cfg, 4, &dev).unwrap();
+        let names = LAYER_PARAM_NAMES.map(|n| format!("encoder.layer.0.{n}"));
+        let base = perturbed_vars(&weights, &names);
+        let consts: Vec<Tensor> = base.iter().map(|v| v.as_tensor().detach()).collect();
+        let mut rng = SeededRng::new(11);
+        let mut var = |shape: &[usize]| {
+            candle_core::Var::from_tensor(&rng.normal_tensor(shape, 0.3, &dev).unwrap()).unwrap()
+        };
+        let (a_q, b_q, a_v, b_v) = (var(&[r, h]), var(&[h, r]), var(&[r, h]), var(&[h, r]));
+        let ln2_b = var(&[h]);
+        let s = 1.5;
+        let merge = |w: &Tensor, a: &candle_core::Var, bm: &candle_core::Var| {
+            (w + (bm.matmul(a).unwrap() * s).unwrap()).unwrap()
+        };
+        let q_merged = merge(&consts[Q_W], &a_q, &b_q);
+        let v_merged = merge(base[V_W].as_tensor(), &a_v, &b_v);
+        let ln2_b_computed = (ln2_b.as_tensor() * 2.0).unwrap();
+        let x = SeededRng::new(6)
+            .normal_tensor(&[b, t, h], 1.0, &dev)
+            .unwrap();
+        let rw = SeededRng::new(7)
+            .normal_tensor(&[b, t, h], 1.0, &dev)
+            .unwrap();
+        let bias = Tensor::new(&[[0f32, 0., 0., 0., 0.], [0., 0., 0., -1e9, -1e9]], &dev).unwrap();
+        let key_bias = Arc::new(bias.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let spec = LayerSpec {
+            heads: nh,
+            eps: 1e-12,
+        };
+        let lora: Vec<(&str, &candle_core::Var)> = vec![
+            ("query lora_A", &a_q),
+            ("query lora_B", &b_q),
+            ("value lora_A", &a_v),
+            ("value lora_B", &b_v),
+            ("value weight", &base[V_W]),
+            ("query bias", &base[Q_B]),
+            ("output LayerNorm bias", &ln2_b),
+        ];
+        let query_value = lora[..6].to_vec();
+        let query = vec![lora[0], lora[1], lora[5]];
+        let bitfit: Vec<(&str, &candle_core::Var)> = vec![("query bias", &base[Q_B])];
+        // Computed parameters of different shapes (packed flat), of one shape (packed as
+        // they are), one alone (the op's graph input itself), and none.
+        for (what, checked) in [
+            ("lora+bias", lora),
+            ("lora", query_value),
+            ("lora query", query),
+            ("bitfit", bitfit),
+        ] {
+            let mut params: Vec<&Tensor> = consts.iter().collect();
+            params[Q_B] = base[Q_B].as_tensor();
+            if what.starts_with("lora") {
+                params[Q_W] = &q_merged;
+            }
+            if what == "lora" || what == "lora+bias" {
+                params[V_W] = &v_merged;
+            }
+            if what == "lora+bias" {
+                params[LN2_B] = &ln2_b_computed;
+            }
+            assert!(fused_layer_supported(&x, &params), "{what}");
+            let y1 = encoder_layer(
+                &x,
+                &params,
+                key_bias.clone(),
+                spec,
+                LayerDropout::default(),
+                None,
+            )
+            .unwrap();
+            let y2 = encoder_layer_composite(&x, &params, &bias, spec, (0.0, 0.0), None).unwrap();
+            assert!(max_abs(&y1, &y2) < 1e-5, "{what}: {}", max_abs(&y1, &y2));
+            let g1 = backward(&(&y1 * &rw).unwrap().sum_all().unwrap()).unwrap();
+            let g2 = backward(&(&y2 * &rw).unwrap().sum_all().unwrap()).unwrap();
+            gradient_gap(&g1, &g2, &checked, what);
+        }
+    }
+
+    /// The embeddings with a lone variable LayerNorm bias on constant tables (BitFit on a
+    /// frozen encoder) and with a computed LayerNorm weight take the fused op, which gives
+    /// the variables behind them the composite's gradients.
+    #[test]
+    fn fused_embeddings_take_computed_and_lone_variable_parameters() {
+        use crate::model::backward;
+        use crate::model::ops::max_abs;
+        let dev = Device::Cpu;
+        let cfg = tiny();
+        let weights = random_encoder(&cfg, 4, &dev).unwrap();
+        let base = perturbed_vars(&weights, &EMBEDDING_PARAM_NAMES);
+        let consts: Vec<Tensor> = base.iter().map(|v| v.as_tensor().detach()).collect();
+        let gamma_scaled = (base[3].as_tensor() * 0.5).unwrap();
+        let ids = Tensor::new(&[[1u32, 5, 7, 5, 0], [1, 9, 2, 0, 0]], &dev).unwrap();
+        let mask = Tensor::ones((2, 5), DType::U32, &dev).unwrap();
+        let inputs = EncoderInputs {
+            input_ids: &ids,
+            attention_mask: &mask,
+            token_type_ids: None,
+        };
+        let rw = SeededRng::new(6)
+            .normal_tensor(&[2, 5, 8], 1.0, &dev)
+            .unwrap();
+        for computed_gamma in [false, true] {
+            let mut params: Vec<&Tensor> = consts.iter().collect();
+            params[4] = base[4].as_tensor();
+            let mut checked = vec![("LayerNorm bias", &base[4])];
+            if computed_gamma {
+                params[3] = &gamma_scaled;
+                checked.push(("LayerNorm weight", &base[3]));
+            }
+            assert!(fused_embeddings_supported(&params));
+            let fused_inputs = EmbeddingInputs {
+                batch: 2,
+                len: 5,
+                ids: ids.flatten_all().unwrap().to_vec1().unwrap(),
+                token_types: None,
+            };
+            let y1 = embed(fused_inputs, &params, 1e-12, None).unwrap();
+            let y2 = embeddings_composite(&inputs, &params, 1e-12, 0.0, None).unwrap();
+            assert!(max_abs(&y1, &y2) < 1e-5);
+            let g1 = backward(&(&y1 * &rw).unwrap().sum_all().unwrap()).unwrap();
+            let g2 = backward(&(&y2 * &rw).unwrap().sum_all().unwrap()).unwrap();
+            gradient_gap(&g1, &g2, &checked, "embeddings");
+        }
     }
 
     #[test]

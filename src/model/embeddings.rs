@@ -6,12 +6,12 @@
 //! plus add when it stores the gradient): ~0.3 GB of memory traffic per MiniLM step. Here
 //! the gradient is one zeroed buffer with the B·T rows added in, delivered through
 //! [`super::grad`] like the fused encoder layer's ([`super::layer`]), whose header explains
-//! why parameter gradients travel outside candle's graph.
+//! why parameter gradients travel outside candle's graph (and [`FusedParams`] how each one
+//! travels).
 
 use super::error::{ModelError, Result};
-use super::grad::deliver_values;
 use super::kernels;
-use super::layer::{deliver_norm, fused_params_supported, lock_params, masked, param_values};
+use super::layer::{FusedParams, fused_params_supported, lock_params, masked, param_values};
 use super::ops::{cpu_slice, layer_norm_backward, rows_per_task, storage_slice};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -51,9 +51,7 @@ pub fn embedding_param_shape(
 
 /// Whether [`embed`] can run on these parameters ([`EMBEDDING_PARAM_NAMES`] order).
 pub(crate) fn fused_embeddings_supported(params: &[&Tensor]) -> bool {
-    params.len() == EMBEDDING_PARAM_NAMES.len()
-        && fused_params_supported(params)
-        && super::layer::records_when_needed(&[params[WORDS], params[LN_G]], params)
+    params.len() == EMBEDDING_PARAM_NAMES.len() && fused_params_supported(params)
 }
 
 /// The token ids of one batch for [`embed`]: `B·T` word ids and token-type ids (all 0 when
@@ -121,9 +119,12 @@ pub(crate) fn embed(
     if let Some(tt) = &inputs.token_types {
         out_of("token type", tt, types)?;
     }
-    let keep_activations = params.iter().any(|p| p.is_variable());
+    // The word table is the first graph input; the anchor, the second, is never it.
+    let fused = FusedParams::new(params, LN_G, &[WORDS])?;
+    let keep_activations = fused.any_tracked();
+    let anchor = fused.anchor.clone();
     let op = EmbeddingOp {
-        params: params.iter().map(|&p| p.clone()).collect(),
+        fused,
         inputs,
         hidden: h,
         eps,
@@ -132,14 +133,14 @@ pub(crate) fn embed(
         saved: Mutex::new(None),
     };
     let (b, t) = (op.inputs.batch, op.inputs.len);
-    // Both graph inputs are parameters, so candle records the op exactly when they are
-    // variables; all gradients are delivered (the op has no other input).
-    let y = params[WORDS].apply_op2(params[LN_G], op)?;
+    // Both graph inputs are parameters, the anchor tracked whenever a parameter needs a
+    // gradient, so candle records the op exactly then.
+    let y = params[WORDS].apply_op2(&anchor, op)?;
     Ok(y.reshape((b, t, h))?)
 }
 
 struct EmbeddingOp {
-    params: Vec<Tensor>,
+    fused: FusedParams,
     inputs: EmbeddingInputs,
     hidden: usize,
     eps: f32,
@@ -161,7 +162,7 @@ impl EmbeddingOp {
     /// into the table row `row_of(r)` it was looked up from.
     fn scatter(&self, de: &[f32], table: usize, row_of: &dyn Fn(usize) -> usize) -> Vec<f32> {
         let h = self.hidden;
-        let mut g = vec![0f32; self.params[table].elem_count()];
+        let mut g = vec![0f32; self.fused.params[table].elem_count()];
         for (r, dr) in de.chunks(h).enumerate() {
             let i = row_of(r);
             kernels::add_assign(&mut g[i * h..(i + 1) * h], dr);
@@ -179,18 +180,23 @@ impl CustomOp2 for EmbeddingOp {
         &self,
         sw: &CpuStorage,
         lw: &Layout,
-        sg: &CpuStorage,
-        lg: &Layout,
+        sa: &CpuStorage,
+        la: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let words = cpu_slice(sw, lw, EMBEDDING_PARAM_NAMES[WORDS])?;
-        let gamma = cpu_slice(sg, lg, EMBEDDING_PARAM_NAMES[LN_G])?;
-        let guards = lock_params(&self.params, &[WORDS, LN_G]);
-        let p = param_values(
-            &guards,
-            &EMBEDDING_PARAM_NAMES,
-            &[(WORDS, words), (LN_G, gamma)],
-        )?;
-        let (pos, types, beta) = (p[POSITIONS], p[TYPES], p[LN_B]);
+        // The word table from the first input (listed first, so it is the one read), the
+        // parameters the anchor holds from there, the rest locked here.
+        let mut given = vec![(WORDS, words)];
+        given.extend(
+            self.fused
+                .given_by_anchor(cpu_slice(sa, la, "parameters")?)
+                .into_iter()
+                .filter(|&(i, _)| i != WORDS),
+        );
+        let taken: Vec<usize> = given.iter().map(|&(i, _)| i).collect();
+        let guards = lock_params(&self.fused.params, &taken);
+        let p = param_values(&guards, &EMBEDDING_PARAM_NAMES, &given)?;
+        let (pos, types, gamma, beta) = (p[POSITIONS], p[TYPES], p[LN_G], p[LN_B]);
         let h = self.hidden;
         let rows = self.inputs.ids.len();
         let t = self.inputs.len;
@@ -225,7 +231,7 @@ impl CustomOp2 for EmbeddingOp {
     fn bwd(
         &self,
         _words: &Tensor,
-        gamma: &Tensor,
+        _anchor: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
@@ -236,7 +242,7 @@ impl CustomOp2 for EmbeddingOp {
         let grad = grad.contiguous()?;
         let (gs, gl) = grad.storage_and_layout();
         let dy = storage_slice(&gs, gl, "output gradient")?;
-        let (ls, ll) = gamma.storage_and_layout();
+        let (ls, ll) = self.fused.params[LN_G].storage_and_layout();
         let g = storage_slice(&ls, ll, EMBEDDING_PARAM_NAMES[LN_G])?;
         let h = self.hidden;
         if dy.len() != e.len() {
@@ -247,17 +253,19 @@ impl CustomOp2 for EmbeddingOp {
         let mut dgdb = vec![0f32; 2 * h];
         layer_norm_backward(e, g, &dln, self.eps, &mut de, &mut dgdb);
         let t = self.inputs.len;
-        deliver_norm(&self.params[LN_G], &self.params[LN_B], dgdb)?;
+        let mut grads = self.fused.grads();
+        grads.give_norm(LN_G, LN_B, dgdb)?;
         let tables: [(usize, &dyn Fn(usize) -> usize); 3] = [
             (WORDS, &|r| self.inputs.ids[r] as usize),
             (POSITIONS, &|r| r % t),
             (TYPES, &|r| self.token_type(r)),
         ];
         for (table, row_of) in tables {
-            if self.params[table].is_variable() {
-                deliver_values(&self.params[table], self.scatter(&de, table, row_of))?;
+            if grads.wants(table) {
+                grads.give(table, self.scatter(&de, table, row_of))?;
             }
         }
-        Ok((None, None))
+        // The word table's gradient went to `grads` like every other's.
+        Ok((None, grads.anchor_grad()?))
     }
 }

@@ -8,11 +8,13 @@
 //! contributions meet (the residual stream, the three projections of the input) the GEMMs
 //! accumulate in place. The input's gradient goes back to candle; the sixteen parameter
 //! gradients are delivered through [`super::grad`], since a custom op can return gradients
-//! only for its (at most three) graph inputs.
+//! only for its (at most three) graph inputs — except those of parameters computed from
+//! variables (LoRA's merged weights), which go back to candle through the op's second graph
+//! input ([`FusedParams`]).
 //!
 //! The math is exactly the composite layer's (`bert::encoder_layer_composite`, used on other
-//! devices, dtypes, and for parameters that are computed tensors): the unit tests in
-//! `bert.rs` compare the two in value and in every gradient, with padding and dropout.
+//! devices and dtypes): the unit tests in `bert.rs` compare the two in value and in every
+//! gradient, with padding and dropout.
 
 use super::attention::{AttentionCore, Dims};
 use super::error::{ModelError, Result};
@@ -133,30 +135,217 @@ impl TransposedLinears {
     }
 }
 
-/// Whether [`encoder_layer`] can run on these tensors: kernels on ([`super::dispatch`]), all
-/// on the CPU in f32, and every parameter a variable or a constant. (A parameter computed from
-/// variables needs the composite layer: gradients delivered to it would not flow further back.)
+/// Whether [`encoder_layer`] can run on these tensors: kernels on ([`super::dispatch`]) and
+/// everything on the CPU in f32. Any parameter can be read — a constant, a variable, or a tensor
+/// computed from variables (LoRA's merged weights) — since [`FusedParams`] routes each one's
+/// gradient where it must go.
 pub(crate) fn fused_layer_supported(x: &Tensor, params: &[&Tensor]) -> bool {
     super::dispatch::kernel_ok(x)
         && params.len() == LAYER_PARAM_NAMES.len()
         && fused_params_supported(params)
-        && records_when_needed(&[x, params[Q_W]], params)
-}
-
-/// Whether a fused op over graph inputs `graph_inputs` is recorded whenever one of `params` is
-/// a variable: candle records an op only when a graph input is tracked, and the op's backward
-/// delivers every variable parameter's gradient. A variable among the other parameters alone
-/// (BitFit's biases on a frozen encoder) would get none: such passes take the composite ops.
-pub(crate) fn records_when_needed(graph_inputs: &[&Tensor], params: &[&Tensor]) -> bool {
-    !params.iter().any(|p| p.is_variable()) || graph_inputs.iter().any(|t| t.track_op())
 }
 
 /// Whether fused CPU ops may read these parameters: kernels on ([`super::dispatch`]), all on
-/// the CPU in f32, each a variable or a constant.
+/// the CPU in f32 (constants, variables or computed tensors alike: see [`FusedParams`]).
 pub(crate) fn fused_params_supported(params: &[&Tensor]) -> bool {
-    params
-        .iter()
-        .all(|p| super::dispatch::kernel_ok(p) && (p.is_variable() || !p.track_op()))
+    params.iter().all(|p| super::dispatch::kernel_ok(p))
+}
+
+/// How one parameter of a fused op receives its gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GradRoute {
+    /// A constant: none is computed.
+    Skip,
+    /// A variable: delivered through [`super::grad`] (a custom op hands gradients back to its
+    /// graph inputs only, and the fused ops read more parameters than they have inputs).
+    Deliver,
+    /// A tensor computed from variables (LoRA's merged `W + s·B·A`): a gradient delivered to it
+    /// would stop there, so it is returned to candle instead, as part of the gradient of the
+    /// op's packed graph input (from `offset` on), and candle's backward carries it on through
+    /// the computation (dB = s·dW·Aᵀ, dA = s·Bᵀ·dW).
+    Packed { offset: usize },
+}
+
+/// A fused op's parameters with the route of each one's gradient, and the op's second graph
+/// input (the "anchor"). This is the one place that decides how parameter gradients leave a
+/// fused op, for the encoder layer and the embeddings alike.
+///
+/// candle records a custom op — and later calls its backward — only when one of its graph
+/// inputs is tracked. The anchor is therefore chosen so that the op is recorded whenever any
+/// parameter needs a gradient:
+/// * the computed parameters, concatenated into one fresh tensor (or the one computed
+///   parameter itself), when there are any: their gradients come back through it;
+/// * else the first variable parameter (BitFit's biases on a frozen encoder: without it, the
+///   embedding op's graph inputs would be constants and candle would never call its backward);
+/// * else parameter `fallback` (a constant: nothing to record unless the other input is
+///   tracked).
+pub(crate) struct FusedParams {
+    pub params: Vec<Tensor>,
+    pub routes: Vec<GradRoute>,
+    pub anchor: Tensor,
+    /// The parameter the anchor is, when it is one (candle locks it for the forward, so the
+    /// op must read it from there and not lock it again).
+    pub anchor_param: Option<usize>,
+    packed_len: usize,
+}
+
+impl FusedParams {
+    /// Routes for `params`; the anchor is never one of `taken` (parameters that already are
+    /// the op's other graph input).
+    pub(crate) fn new(params: &[&Tensor], fallback: usize, taken: &[usize]) -> Result<Self> {
+        let mut packed_len = 0;
+        let mut packed = Vec::new();
+        let routes: Vec<GradRoute> = params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if p.is_variable() {
+                    GradRoute::Deliver
+                } else if p.track_op() {
+                    let offset = packed_len;
+                    packed_len += p.elem_count();
+                    packed.push(i);
+                    GradRoute::Packed { offset }
+                } else {
+                    GradRoute::Skip
+                }
+            })
+            .collect();
+        let (anchor, anchor_param) = match packed.as_slice() {
+            // One computed parameter that is not the other graph input is the anchor itself.
+            &[i] if !taken.contains(&i) && params[i].is_contiguous() => {
+                (params[i].clone(), Some(i))
+            }
+            [] => {
+                let i = (0..params.len())
+                    .find(|&i| routes[i] == GradRoute::Deliver && !taken.contains(&i))
+                    .unwrap_or(fallback);
+                (params[i].clone(), Some(i))
+            }
+            many => {
+                // Concatenated along the first dimension — row-major, that is their values
+                // one after the other, at the routes' offsets — flattened first only where
+                // their other dimensions differ: each reshape is one more node whose gradient
+                // candle buffers and adds.
+                let tail = |i: usize| params[i].dims().get(1..).unwrap_or(&[]).to_vec();
+                let same_tail = many.iter().all(|&i| tail(i) == tail(many[0]));
+                let parts = many
+                    .iter()
+                    .map(|&i| {
+                        let p = params[i].contiguous()?;
+                        if same_tail && p.rank() > 0 {
+                            Ok(p)
+                        } else {
+                            p.flatten_all()
+                        }
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                // A fresh tensor (`cat` of one tensor would return that tensor itself), so
+                // that candle's lock on the anchor never is a lock on a parameter's storage.
+                let anchor = match parts.as_slice() {
+                    [one] => one.copy()?,
+                    _ => Tensor::cat(&parts, 0)?,
+                };
+                (anchor, None)
+            }
+        };
+        Ok(Self {
+            params: params.iter().map(|&p| p.clone()).collect(),
+            routes,
+            anchor,
+            anchor_param,
+            packed_len,
+        })
+    }
+
+    /// Whether some parameter needs a gradient (a backward can follow).
+    pub(crate) fn any_tracked(&self) -> bool {
+        self.routes.iter().any(|r| *r != GradRoute::Skip)
+    }
+
+    /// The values of the parameters the anchor holds, from the anchor's values `anchor`: what
+    /// the forward reads there instead of locking them ([`lock_params`]).
+    pub(crate) fn given_by_anchor<'a>(&self, anchor: &'a [f32]) -> Vec<(usize, &'a [f32])> {
+        match self.anchor_param {
+            Some(i) => vec![(i, anchor)],
+            None => self
+                .routes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| match *r {
+                    GradRoute::Packed { offset } => {
+                        Some((i, &anchor[offset..offset + self.params[i].elem_count()]))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+
+    /// A collector of the parameters' gradients for one backward.
+    pub(crate) fn grads(&self) -> ParamGrads<'_> {
+        ParamGrads {
+            fused: self,
+            packed: (self.packed_len > 0 && self.anchor_param.is_none())
+                .then(|| vec![0f32; self.packed_len]),
+        }
+    }
+}
+
+/// The parameter gradients of one backward of a fused op, each sent its [`GradRoute`].
+pub(crate) struct ParamGrads<'a> {
+    fused: &'a FusedParams,
+    packed: Option<Vec<f32>>,
+}
+
+impl ParamGrads<'_> {
+    /// Whether parameter `i` needs a gradient (the backward skips computing it otherwise).
+    pub(crate) fn wants(&self, i: usize) -> bool {
+        self.fused.routes[i] != GradRoute::Skip
+    }
+
+    /// Parameter `i`'s gradient (in its shape, row-major).
+    pub(crate) fn give(&mut self, i: usize, values: Vec<f32>) -> candle_core::Result<()> {
+        match self.fused.routes[i] {
+            GradRoute::Skip => Ok(()),
+            GradRoute::Deliver => deliver_values(&self.fused.params[i], values),
+            // The one computed parameter as the anchor: its gradient is the anchor's.
+            GradRoute::Packed { .. } if self.fused.anchor_param == Some(i) => {
+                self.packed = Some(values);
+                Ok(())
+            }
+            GradRoute::Packed { offset } => {
+                let packed = self.packed.as_mut().expect("a packed route has a buffer");
+                packed[offset..offset + values.len()].copy_from_slice(&values);
+                Ok(())
+            }
+        }
+    }
+
+    /// A layer norm's `[dγ | dβ]` as the gradients of parameters `gamma` and `beta`.
+    pub(crate) fn give_norm(
+        &mut self,
+        gamma: usize,
+        beta: usize,
+        dgdb: Vec<f32>,
+    ) -> candle_core::Result<()> {
+        let d = dgdb.len() / 2;
+        self.give(gamma, dgdb[..d].to_vec())?;
+        self.give(beta, dgdb[d..].to_vec())
+    }
+
+    /// The anchor's gradient for candle: the computed parameters' gradients, packed in the
+    /// anchor's shape (None when the anchor is a variable, whose gradient was delivered).
+    pub(crate) fn anchor_grad(self) -> candle_core::Result<Option<Tensor>> {
+        match self.packed {
+            Some(v) => Ok(Some(Tensor::from_vec(
+                v,
+                self.fused.anchor.shape(),
+                &Device::Cpu,
+            )?)),
+            None => Ok(None),
+        }
+    }
 }
 
 /// One encoder layer on `x` `[B, T, H]`: self-attention (key bias `[B·T]`, 0 or −1e9), output
@@ -183,14 +372,16 @@ pub(crate) fn encoder_layer(
             x.dims()
         )));
     }
-    let keep_activations = x.track_op() || params.iter().any(|p| p.is_variable());
+    let fused = FusedParams::new(params, Q_W, &[])?;
+    let keep_activations = x.track_op() || fused.any_tracked();
     if keep_activations && transposed.is_some() {
         return Err(ModelError::Invalid(
             "encoder layer: transposed weights are for inference only (nothing tracked)".into(),
         ));
     }
+    let anchor = fused.anchor.clone();
     let mut op = EncoderLayerOp::new(
-        params,
+        fused,
         key_bias,
         spec,
         (b, t, h, inter),
@@ -198,9 +389,9 @@ pub(crate) fn encoder_layer(
         keep_activations,
     );
     op.transposed = transposed;
-    // The query weight is the op's second graph input so that candle records the op (and
-    // calls its backward) whenever the parameters are variables, even if `x` is constant.
-    Ok(x.contiguous()?.apply_op2(params[Q_W], op)?)
+    // The anchor is the op's second graph input so that candle records the op (and calls its
+    // backward) whenever a parameter needs a gradient, even if `x` is constant.
+    Ok(x.contiguous()?.apply_op2(&anchor, op)?)
 }
 
 /// The layer's output at the flat rows `rows` (`b·T + t`) of `x` `[B, T, H]` only, as
@@ -235,7 +426,7 @@ pub(crate) fn encoder_layer_rows(
     }
     let groups = sequence_groups(rows, b, t)?;
     let mut op = EncoderLayerOp::new(
-        params,
+        FusedParams::new(params, Q_W, &[])?,
         key_bias,
         spec,
         (b, t, h, inter),
@@ -247,7 +438,7 @@ pub(crate) fn encoder_layer_rows(
     let y = {
         let (xs, xl) = x.storage_and_layout();
         let xv = storage_slice(&xs, xl, "input")?;
-        let guards = lock_params(&op.params, &[]);
+        let guards = lock_params(&op.fused.params, &[]);
         let p = param_values(&guards, &LAYER_PARAM_NAMES, &[])?;
         op.forward_rows(xv, &p, rows, &groups)
     };
@@ -319,14 +510,14 @@ fn check_layer_shapes(
 }
 
 struct EncoderLayerOp {
-    params: Vec<Tensor>,
+    fused: FusedParams,
     key_bias: Arc<Vec<f32>>,
     spec: LayerSpec,
     dims: Dims,
     batch: usize,
     inter: usize,
     dropout: LayerDropout,
-    /// Whether a backward can follow (some input is tracked): keep the activations.
+    /// Whether a backward can follow (some input or parameter is tracked): keep the activations.
     keep_activations: bool,
     saved: Mutex<Option<Activations>>,
     /// The linear weights pre-transposed for an inference pass, if any.
@@ -385,17 +576,6 @@ pub(crate) fn param_values<'g>(
     Ok(out)
 }
 
-/// Delivers `[dγ | dβ]` of a layer norm as the gradients of `gamma` and `beta`.
-pub(crate) fn deliver_norm(
-    gamma: &Tensor,
-    beta: &Tensor,
-    dgdb: Vec<f32>,
-) -> candle_core::Result<()> {
-    let d = dgdb.len() / 2;
-    deliver_values(gamma, dgdb[..d].to_vec())?;
-    deliver_values(beta, dgdb[d..].to_vec())
-}
-
 /// `s = s ⊙ mask + x` (the dropout and residual after a projection), in parallel blocks.
 fn dropout_residual(s: &mut [f32], mask: Option<&[f32]>, x: &[f32]) {
     assert_eq!(s.len(), x.len());
@@ -431,7 +611,7 @@ pub(crate) fn masked<'a>(g: &'a [f32], mask: Option<&[f32]>) -> Cow<'a, [f32]> {
 impl EncoderLayerOp {
     /// The op over `(B, T, H, intermediate size)` as [`check_layer_shapes`] returns them.
     fn new(
-        params: &[&Tensor],
+        fused: FusedParams,
         key_bias: Arc<Vec<f32>>,
         spec: LayerSpec,
         (b, t, h, inter): (usize, usize, usize, usize),
@@ -439,7 +619,7 @@ impl EncoderLayerOp {
         keep_activations: bool,
     ) -> Self {
         EncoderLayerOp {
-            params: params.iter().map(|&p| p.clone()).collect(),
+            fused,
             key_bias,
             spec,
             dims: Dims::new(t, h, spec.heads),
@@ -569,10 +749,11 @@ impl EncoderLayerOp {
     }
 
     /// The gradients of a linear layer `y = scale·(x·wᵀ + b)` with respect to `w` (`out × k`)
-    /// and `b`, given `dy` (`rows × out`), for the parameters that are variables.
+    /// and `b`, given `dy` (`rows × out`), for the parameters that need one.
     #[allow(clippy::too_many_arguments)]
     fn linear_param_grads(
         &self,
+        g: &mut ParamGrads<'_>,
         dy: &[f32],
         x: &[f32],
         rows: usize,
@@ -581,7 +762,7 @@ impl EncoderLayerOp {
         scale: f32,
         (w, b): (usize, usize),
     ) -> candle_core::Result<()> {
-        if self.params[w].is_variable() {
+        if g.wants(w) {
             let mut dw = vec![0f32; out * k];
             gemm(
                 &mut dw,
@@ -590,22 +771,24 @@ impl EncoderLayerOp {
                 MatRef::new(x, rows, k),
                 scale,
             );
-            deliver_values(&self.params[w], dw)?;
+            g.give(w, dw)?;
         }
-        if self.params[b].is_variable() {
+        if g.wants(b) {
             let mut db = column_sum(dy, out);
             if scale != 1.0 {
                 db.iter_mut().for_each(|v| *v *= scale);
             }
-            deliver_values(&self.params[b], db)?;
+            g.give(b, db)?;
         }
         Ok(())
     }
 
-    /// The backward over plain slices: delivers the parameter gradients, returns `dx` when
+    /// The backward over plain slices: gives the parameter gradients to `g`, returns `dx` when
     /// `want_dx`.
+    #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
+        g: &mut ParamGrads<'_>,
         a: &Activations,
         x: &[f32],
         p: &[&[f32]],
@@ -621,11 +804,11 @@ impl EncoderLayerOp {
         let mut ds2 = vec![0f32; nh];
         let mut dgdb = vec![0f32; 2 * h];
         layer_norm_backward(&a.post.s2, p[LN2_G], dy, eps, &mut ds2, &mut dgdb);
-        deliver_norm(&self.params[LN2_G], &self.params[LN2_B], dgdb)?;
+        g.give_norm(LN2_G, LN2_B, dgdb)?;
         // Feed-forward output projection (after its dropout), then GELU.
         let du = {
             let d_out = masked(&ds2, self.dropout.output.as_deref());
-            self.linear_param_grads(&d_out, &a.post.f, rows, inter, h, 1.0, (OUT_W, OUT_B))?;
+            self.linear_param_grads(g, &d_out, &a.post.f, rows, inter, h, 1.0, (OUT_W, OUT_B))?;
             let mut df = vec![0f32; rows * inter];
             gemm(
                 &mut df,
@@ -637,7 +820,7 @@ impl EncoderLayerOp {
             map_rows2(&a.post.u, &df, ELEMENTWISE_BLOCK, kernels::gelu_bwd)
         };
         // Intermediate projection; its input gradient joins the residual's.
-        self.linear_param_grads(&du, &a.post.h1, rows, h, inter, 1.0, (INTER_W, INTER_B))?;
+        self.linear_param_grads(g, &du, &a.post.h1, rows, h, inter, 1.0, (INTER_W, INTER_B))?;
         let mut dh1 = ds2;
         gemm(
             &mut dh1,
@@ -652,12 +835,21 @@ impl EncoderLayerOp {
         let mut dgdb = vec![0f32; 2 * h];
         layer_norm_backward(&a.post.s1, p[LN1_G], &dh1, eps, &mut ds1, &mut dgdb);
         drop(dh1);
-        deliver_norm(&self.params[LN1_G], &self.params[LN1_B], dgdb)?;
+        g.give_norm(LN1_G, LN1_B, dgdb)?;
         // Attention output projection (after its dropout).
         let mut dctx = vec![0f32; nh];
         {
             let d_att = masked(&ds1, self.dropout.attention_output.as_deref());
-            self.linear_param_grads(&d_att, &a.post.ctx, rows, h, h, 1.0, (ATT_OUT_W, ATT_OUT_B))?;
+            self.linear_param_grads(
+                g,
+                &d_att,
+                &a.post.ctx,
+                rows,
+                h,
+                h,
+                1.0,
+                (ATT_OUT_W, ATT_OUT_B),
+            )?;
             gemm(
                 &mut dctx,
                 false,
@@ -676,19 +868,19 @@ impl EncoderLayerOp {
             (&dk, 1.0, K_W, K_B),
             (&dv, 1.0, V_W, V_B),
         ];
-        for &(g, s, w, b) in &projections {
-            self.linear_param_grads(g, x, rows, h, h, s, (w, b))?;
+        for &(dp, s, w, b) in &projections {
+            self.linear_param_grads(g, dp, x, rows, h, h, s, (w, b))?;
         }
         if !want_dx {
             return Ok(None);
         }
         // dx: the residual's ds1 plus the three projections' input gradients.
         let mut dx = ds1;
-        for (g, s, w, _) in projections {
+        for (dp, s, w, _) in projections {
             gemm(
                 &mut dx,
                 true,
-                MatRef::new(g, rows, h),
+                MatRef::new(dp, rows, h),
                 MatRef::new(p[w], h, h),
                 s,
             );
@@ -706,13 +898,14 @@ impl CustomOp2 for EncoderLayerOp {
         &self,
         sx: &CpuStorage,
         lx: &Layout,
-        sq: &CpuStorage,
-        lq: &Layout,
+        sa: &CpuStorage,
+        la: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = cpu_slice(sx, lx, "input")?;
-        let q_w = cpu_slice(sq, lq, LAYER_PARAM_NAMES[Q_W])?;
-        let guards = lock_params(&self.params, &[Q_W]);
-        let p = param_values(&guards, &LAYER_PARAM_NAMES, &[(Q_W, q_w)])?;
+        let given = self.fused.given_by_anchor(cpu_slice(sa, la, "parameters")?);
+        let taken: Vec<usize> = given.iter().map(|&(i, _)| i).collect();
+        let guards = lock_params(&self.fused.params, &taken);
+        let p = param_values(&guards, &LAYER_PARAM_NAMES, &given)?;
         let (y, saved) = self.forward(x, &p);
         if saved.is_some() {
             *self.saved.lock().expect("no panic while holding the lock") = saved;
@@ -723,7 +916,7 @@ impl CustomOp2 for EncoderLayerOp {
     fn bwd(
         &self,
         x: &Tensor,
-        _q_w: &Tensor,
+        _anchor: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
@@ -736,16 +929,17 @@ impl CustomOp2 for EncoderLayerOp {
         let dy = storage_slice(&gs, gl, "output gradient")?;
         let (xs, xl) = x.storage_and_layout();
         let xv = storage_slice(&xs, xl, "input")?;
-        let guards = lock_params(&self.params, &[]);
+        let guards = lock_params(&self.fused.params, &[]);
         let p = param_values(&guards, &LAYER_PARAM_NAMES, &[])?;
         if dy.len() != xv.len() {
             candle_core::bail!("fused encoder layer: output gradient {:?}", gl.dims());
         }
-        let dx = self.backward(a, xv, &p, dy, x.track_op())?;
+        let mut g = self.fused.grads();
+        let dx = self.backward(&mut g, a, xv, &p, dy, x.track_op())?;
         let dx = match dx {
             Some(v) => Some(Tensor::from_vec(v, x.shape(), &Device::Cpu)?),
             None => None,
         };
-        Ok((dx, None))
+        Ok((dx, g.anchor_grad()?))
     }
 }

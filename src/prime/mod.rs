@@ -13,9 +13,12 @@
 //! * [`run`] — [`prime`] / [`run_priming`]: a whole run and the primed checkpoint folder;
 //! * [`dev`] — dev scores of the sources every `dev_every` outer steps, simulating the
 //!   adaptation downstream fine-tuning performs, and the checkpoint `select` writes;
-//! * [`bench`](mod@bench) — timing of outer steps on synthetic batches (`make bench`).
+//! * [`bench`](mod@bench) — timing of outer steps on synthetic batches (`make bench`);
+//! * [`bench_pe`] — the same for PE methods other than the adapter (LoRA, BitFit): a
+//!   fine-tuning step and a meta outer step with the method as the inner loop.
 
 pub mod bench;
+pub mod bench_pe;
 pub mod dev;
 pub mod error;
 pub mod ft;

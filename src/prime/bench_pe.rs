@@ -1,0 +1,290 @@
+//! Timing of parameter-efficient steps other than the paper's adapter — a fine-tuning step and
+//! a meta-priming outer step with the method as the inner loop — for `make bench`, against the
+//! PyTorch + `peft` equivalents of `tools/bench_pe.py` (the same shapes, batches built the same
+//! way as [`super::bench`]'s, the same optimiser settings).
+//!
+//! LoRA and BitFit act inside the encoder, so neither step can use an encoder cache: both run
+//! the encoder forward and backward at every (inner) step, as the PyTorch side does.
+
+use super::bench::{BenchTiming, MetaBenchSpec, synthetic_batch, synthetic_tasks};
+use super::error::{PrimeError, Result};
+use super::meta::{MetaStepConfig, PrimingState, TaskBatches, meta_step};
+use super::outer::AdamWOuter;
+use crate::config::PeSettings;
+use crate::model::{
+    BertConfig, DEFAULT_NUM_LABELS, ParamGroup, PeSpec, Tagger, masked_cross_entropy,
+};
+use crate::rng::SeededRng;
+use crate::train::inputs_of;
+use crate::train::optim::{AdamW, AdamWConfig};
+use std::time::Instant;
+
+/// The PE method the LoRA bench rows time: LoRA with primer's defaults (r 8, α 8, query and
+/// value of every layer), `lora_dropout` 0 — what `tools/bench_pe.py` gives `peft`.
+pub fn lora_bench_spec() -> PeSpec {
+    PeSettings::default().spec(crate::config::PeKind::Lora, 0)
+}
+
+/// A BERT of MiniLM's shape (H 384, 6 layers, 12 heads, FF 1536, vocabulary 30522) without
+/// dropout: the model the bench rows run on, at random weights (`torch_ref.py --minilm`).
+pub fn minilm_shaped_config() -> BertConfig {
+    BertConfig::new(30522, 384, 6, 12, 1536).with_dropout(0.0)
+}
+
+/// Settings of a fine-tuning-step benchmark.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinetuneBenchSpec {
+    /// Sentences per batch.
+    pub batch: usize,
+    /// Padded sequence length.
+    pub seq: usize,
+    /// AdamW's learning rate (weight decay 0.01, torch's defaults otherwise).
+    pub lr: f64,
+    /// Untimed steps first.
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+    pub seed: u64,
+}
+
+impl Default for FinetuneBenchSpec {
+    /// The reference benchmark's shapes: batch 16, seq 64, 2 warm-up and 5 timed steps.
+    fn default() -> Self {
+        Self {
+            batch: 16,
+            seq: 64,
+            lr: 5e-4,
+            warmup: 2,
+            steps: 5,
+            seed: 0,
+        }
+    }
+}
+
+/// Median, extremes and first/last loss of timed steps.
+fn timing(times_ms: Vec<f64>, losses: &[f64]) -> Result<BenchTiming> {
+    let (Some(&first_loss), Some(&last_loss)) = (losses.first(), losses.last()) else {
+        return Err(PrimeError::Config(
+            "a benchmark needs at least one timed step".into(),
+        ));
+    };
+    if times_ms.is_empty() {
+        return Err(PrimeError::Config(
+            "a benchmark needs at least one timed step".into(),
+        ));
+    }
+    let mut sorted = times_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    let median_ms = if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    };
+    Ok(BenchTiming {
+        median_ms,
+        min_ms: sorted[0],
+        max_ms: sorted[n - 1],
+        times_ms,
+        first_loss,
+        last_loss,
+    })
+}
+
+/// Times fine-tuning steps of the PE method `pe` (created on `tagger` when it carries none) and
+/// a new head: forward through the encoder and the module, loss, backward, one AdamW step on
+/// the module and the head. Batches are synthetic ([`synthetic_batch`]) and built before the
+/// clock starts; the model runs with the dropout its config says.
+pub fn time_pe_finetune_steps(
+    mut tagger: Tagger,
+    pe: &PeSpec,
+    spec: &FinetuneBenchSpec,
+) -> Result<BenchTiming> {
+    if spec.steps == 0 {
+        return Err(PrimeError::Config(
+            "a benchmark needs at least one timed step".into(),
+        ));
+    }
+    let device = tagger.device().clone();
+    tagger.ensure_pe(pe, &mut SeededRng::derive(spec.seed, "init.pe"))?;
+    let lang = "t0";
+    tagger.add_head(
+        lang,
+        DEFAULT_NUM_LABELS,
+        &mut SeededRng::derive(spec.seed, "init.head.t0"),
+    )?;
+    let pe_group = tagger
+        .pe_group()
+        .ok_or_else(|| PrimeError::Config("the model has no PE module".into()))?;
+    tagger.set_trainable(&[pe_group, ParamGroup::Head(lang.into())])?;
+    let vocab = tagger.config.vocab_size;
+    let mut data_rng = SeededRng::derive(spec.seed, "bench.batches");
+    let batches = (0..spec.warmup + spec.steps)
+        .map(|_| synthetic_batch(&mut data_rng, spec.batch, spec.seq, vocab, 0, 1, &device))
+        .collect::<Result<Vec<_>>>()?;
+    let mut opt = AdamW::new(
+        tagger.trainable_vars(),
+        AdamWConfig {
+            lr: spec.lr,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let mut times = Vec::with_capacity(spec.steps);
+    let mut losses = Vec::with_capacity(spec.steps);
+    for (k, batch) in batches.iter().enumerate() {
+        let t0 = Instant::now();
+        let logits = tagger.logits(&inputs_of(batch), lang, None)?;
+        let loss = masked_cross_entropy(&logits, &batch.labels)?;
+        let grads = crate::model::backward(&loss)?;
+        opt.step(&grads)?;
+        // Reading the loss synchronises with the device, so the time is the step's.
+        let value = loss.to_scalar::<f32>()? as f64;
+        let dt = t0.elapsed().as_secs_f64() * 1e3;
+        if k >= spec.warmup {
+            times.push(dt);
+            losses.push(value);
+        }
+    }
+    timing(times, &losses)
+}
+
+/// Times meta-priming outer steps with the PE method `pe` (created on `tagger` when it carries
+/// none) as the inner loop's module: [`super::bench::time_meta_steps`] for any method (that
+/// one creates the paper's adapter; `spec.adapter_dim` is not read here). One head per task is
+/// created when missing; batches are built before the clock starts.
+pub fn time_pe_meta_steps(
+    mut tagger: Tagger,
+    pe: &PeSpec,
+    spec: &MetaBenchSpec,
+) -> Result<BenchTiming> {
+    if spec.steps == 0 {
+        return Err(PrimeError::Config(
+            "a benchmark needs at least one timed step".into(),
+        ));
+    }
+    let device = tagger.device().clone();
+    tagger.ensure_pe(pe, &mut SeededRng::derive(spec.seed, "init.pe"))?;
+    for t in 0..spec.tasks {
+        let lang = format!("t{t}");
+        if !tagger.heads.contains_key(&lang) {
+            tagger.add_head(
+                &lang,
+                DEFAULT_NUM_LABELS,
+                &mut SeededRng::derive(spec.seed, &format!("init.head.{lang}")),
+            )?;
+        }
+    }
+    let vocab = tagger.config.vocab_size;
+    let mut data_rng = SeededRng::derive(spec.seed, "bench.batches");
+    let all: Vec<Vec<TaskBatches>> = (0..spec.warmup + spec.steps)
+        .map(|_| synthetic_tasks(spec, vocab, &mut data_rng, &device))
+        .collect::<Result<_>>()?;
+    let vars = tagger.vars_of(&tagger.encoder_and_pe_groups()?)?;
+    let mut opt = AdamWOuter::new(
+        vars,
+        AdamWConfig {
+            lr: spec.outer_lr,
+            ..AdamWConfig::default()
+        },
+        None,
+    )?;
+    let cfg = MetaStepConfig {
+        inner: spec.inner,
+        inner_steps: spec.inner_steps,
+        inner_lr: spec.inner_lr,
+        record_adapted_encoder: false,
+        inner_dropout: spec.inner_dropout,
+    };
+    let dropout = spec.dropout.map(|p| {
+        tagger.config = tagger.config.with_dropout(p);
+        SeededRng::derive(spec.seed, "bench.dropout")
+    });
+    let mut state = PrimingState::new(tagger, dropout);
+    let mut times = Vec::with_capacity(spec.steps);
+    let mut losses = Vec::with_capacity(spec.steps);
+    for (k, tasks) in all.iter().enumerate() {
+        let t0 = Instant::now();
+        let rec = meta_step(&mut state, tasks, &cfg, &mut opt)?;
+        let loss =
+            rec.tasks.iter().map(|t| t.query_loss).sum::<f64>() / rec.tasks.len().max(1) as f64;
+        let dt = t0.elapsed().as_secs_f64() * 1e3;
+        if k >= spec.warmup {
+            times.push(dt);
+            losses.push(loss);
+        }
+    }
+    timing(times, &losses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::init::random_encoder;
+    use candle_core::Device;
+
+    #[test]
+    fn timing_takes_the_middle_value() {
+        let t = timing(vec![3.0, 1.0, 2.0, 10.0], &[1.0, 0.5]).unwrap();
+        assert_eq!((t.median_ms, t.min_ms, t.max_ms), (2.5, 1.0, 10.0));
+        assert_eq!((t.first_loss, t.last_loss), (1.0, 0.5));
+        assert!(timing(vec![], &[]).is_err());
+    }
+
+    #[test]
+    fn lora_bench_spec_is_the_default_lora() {
+        let PeSpec::Lora { r, alpha, targets } = lora_bench_spec() else {
+            panic!("not LoRA: {:?}", lora_bench_spec());
+        };
+        assert_eq!((r, alpha), (8, 8.0));
+        assert_eq!(targets.len(), 2);
+        let c = minilm_shaped_config();
+        assert_eq!((c.hidden_size, c.num_hidden_layers), (384, 6));
+        assert!(!c.has_dropout());
+    }
+
+    /// Both timers run on a tiny random model and train: the loss moves.
+    #[test]
+    fn pe_timers_run_on_a_tiny_model() {
+        let mut cfg = BertConfig::new(200, 16, 2, 2, 32);
+        cfg.max_position_embeddings = 16;
+        let cfg = cfg.with_dropout(0.0);
+        let dev = Device::Cpu;
+        let enc = random_encoder(&cfg, 0, &dev).unwrap().to_params().unwrap();
+        let tagger = Tagger::new(cfg, enc, dev);
+        for pe in [lora_bench_spec(), PeSpec::BitFit] {
+            let ft = FinetuneBenchSpec {
+                batch: 2,
+                seq: 8,
+                lr: 1e-2,
+                warmup: 1,
+                steps: 3,
+                seed: 1,
+            };
+            let t = time_pe_finetune_steps(tagger.clone(), &pe, &ft).unwrap();
+            assert_eq!(t.times_ms.len(), 3);
+            assert!(
+                t.first_loss.is_finite() && t.first_loss != t.last_loss,
+                "{t:?}"
+            );
+            let meta = MetaBenchSpec {
+                batch: 2,
+                seq: 8,
+                inner_steps: 2,
+                steps: 2,
+                ..MetaBenchSpec::meta_pe()
+            };
+            let t = time_pe_meta_steps(tagger.clone(), &pe, &meta).unwrap();
+            assert_eq!(t.times_ms.len(), 2);
+            assert!(t.first_loss.is_finite(), "{t:?}");
+        }
+        // A tagger already carrying another method is an error, not a silent switch.
+        let mut with_adapter = tagger.clone();
+        with_adapter
+            .ensure_adapter(4, &mut SeededRng::new(0))
+            .unwrap();
+        assert!(
+            time_pe_meta_steps(with_adapter, &lora_bench_spec(), &MetaBenchSpec::meta_pe())
+                .is_err()
+        );
+    }
+}
