@@ -51,6 +51,16 @@ pub(super) fn check_std_meta(
         .assign_from(&d.param_set("init.enc.")?)
         .or_replay("assigning init.enc.*")?;
     let adapter = d.param_set("init.adapter.")?;
+    let dim = adapter
+        .get("down.weight")
+        .and_then(|w| w.dim(0).ok())
+        .or_replay("init.adapter.down.weight")?;
+    let want_dim = d.usize_at("/adapter/dim")?;
+    c.check(if dim == want_dim {
+        Ok(())
+    } else {
+        Err(format!("adapter dim {dim}, meta.json says {want_dim}"))
+    });
     tagger.pe = Some(
         crate::model::pe::adapter::module(adapter, &tagger.config)
             .or_replay("building the adapter")?,
