@@ -7,7 +7,7 @@ CARGO ?= cargo
 # user's shell (a shared build cache) works too; a path like target/debug/primer would not.
 PRIMER = $(CARGO) run --quiet --bin primer --
 
-.PHONY: all build test demo demo-quick bench lint fmt clean-results check-cuda
+.PHONY: all build test demo demo-quick bench lint fmt clean-results check-cuda check-cuda-types gpu-bundle gpu-bundle-cpu
 
 all: build
 
@@ -39,10 +39,26 @@ lint:
 fmt:
 	$(CARGO) fmt
 
-## Compile the CUDA path (needs the CUDA toolkit; no GPU needed to compile). candle's kernel
-## build turns compute capability 90 into sm_90a, which needs CUDA >= 12; with Debian's CUDA 11.8
-## (nvidia-cuda-toolkit) the default 80 builds PTX that Hopper GPUs run through the driver's JIT.
-## With CUDA >= 12 on an H100/H200, use `make check-cuda CUDA_COMPUTE_CAP=90`.
-CUDA_COMPUTE_CAP ?= 80
+## The CUDA build (no GPU needed to compile; see tools/cuda-build.sh). Without nvcc on the PATH
+## the CUDA 13.0 compiler, headers and libraries come from PyPI into .cuda-venv/ (1.2 GB).
+## Release build for compute capability 90 (H100/H200; override: CUDA_COMPUTE_CAP=80) in
+## target/cuda/, linked against a generated libcuda stub; ends with target/cuda/primer-cuda.zst.
+CUDA_COMPUTE_CAP ?= 90
 check-cuda:
-	CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) $(CARGO) build --release --features cuda
+	CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) tools/cuda-build.sh build
+
+## Type-check --features cuda (what CI runs: candle's kernels are compiled, nothing is linked).
+check-cuda-types:
+	CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) tools/cuda-build.sh check
+
+## What tools/gpu-check.sh carries to a GPU machine, in one archive (<= 64 MiB): the CUDA
+## binary, the golden dumps, a tiny sweep and its data (see tools/gpu-bundle.sh).
+GOLDEN_DIR ?= ../shared/golden
+gpu-bundle: check-cuda
+	GOLDEN_DIR=$(GOLDEN_DIR) tools/gpu-bundle.sh make target/cuda/primer-cuda target/gpu-bundle/primer-gpu-check.tar.xz
+
+## The same bundle around the CPU binary, unpacked and run with `gpu-check.sh --device cpu`:
+## tests the bundle's layout, size and the check itself where no GPU is at hand.
+gpu-bundle-cpu: build
+	GOLDEN_DIR=$(GOLDEN_DIR) tools/gpu-bundle.sh make target/debug/primer target/gpu-bundle-cpu/primer-gpu-check.tar.xz
+	tools/gpu-bundle.sh test target/gpu-bundle-cpu/primer-gpu-check.tar.xz cpu >/dev/null

@@ -24,7 +24,8 @@
 //! * [`sweep`]    — orchestration: spec → plan → backend → store → report, and `primer exec`;
 //! * [`slurm`]    — a Slurm client (sbatch, squeue, scontrol, scancel) knowing nothing of sweeps;
 //! * [`signal`]   — SIGINT/SIGTERM (stop the orchestrator) and SIGUSR2 (stop a run) as flags;
-//! * [`report`]   — polars tables and plotters figures (Table 1, Figures 3 and 4).
+//! * [`report`]   — polars tables and plotters figures (Table 1, Figures 3 and 4);
+//! * [`verify`]   — the golden comparisons against the PyTorch dumps, on any device.
 pub mod backend;
 pub mod config;
 pub mod cost;
@@ -44,3 +45,4 @@ pub mod spec;
 pub mod store;
 pub mod sweep;
 pub mod train;
+pub mod verify;

@@ -4,11 +4,13 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{Failures, check_rel, golden_dir, shared_dir};
+use common::{cpu_options, golden_dir, shared_dir, verify_modes};
 use primer::model::{EncoderInputs, encode, load_encoder};
+use primer::verify::compare::check_rel;
 
-/// Encodes every golden sentence and compares; `path` names the implementation in messages.
-fn check_minilm_hidden_states(path: &str) {
+/// Encodes every golden sentence and compares ([`primer::verify`]); `label` names the
+/// implementation in messages.
+fn check_minilm_hidden_states(label: &str) {
     let (Some(shared), Some(golden)) = (shared_dir(), golden_dir()) else {
         eprintln!(
             "SKIP encoder_golden: ../shared (or PRIMER_SHARED_DIR / PRIMER_GOLDEN_DIR) not found"
@@ -16,49 +18,21 @@ fn check_minilm_hidden_states(path: &str) {
         return;
     };
     let model = shared.join("models/all-MiniLM-L6-v2");
-    let dump = golden.join("encoder/forward.safetensors");
-    if !model.join("model.safetensors").is_file() || !dump.is_file() {
+    if !model.join("model.safetensors").is_file() || !golden.join("encoder").is_dir() {
         eprintln!(
-            "SKIP encoder_golden: {} or {} not found",
+            "SKIP encoder_golden: {} or {}/encoder not found",
             model.display(),
-            dump.display()
+            golden.display()
         );
         return;
     }
-    let dev = Device::Cpu;
-    let (cfg, enc) = load_encoder(&model, &dev).unwrap();
-    // Inference runs on detached tensors: no graph is recorded.
-    let weights = enc.detached_tensors();
-    let tensors = candle_core::safetensors::load(&dump, &dev).unwrap();
-    let mut f = Failures::default();
-    let mut checked = 0;
-    for k in 0.. {
-        let Some(want) = tensors.get(&format!("minilm.s{k}.last_hidden_state")) else {
-            break;
-        };
-        let ids = tensors[&format!("all-MiniLM-L6-v2.s{k}.input_ids")]
-            .unsqueeze(0)
-            .unwrap();
-        let mask = Tensor::ones(ids.dims(), candle_core::DType::U32, &dev).unwrap();
-        let inputs = EncoderInputs {
-            input_ids: &ids,
-            attention_mask: &mask,
-            token_type_ids: None,
-        };
-        let got = encode(&cfg, &weights, &inputs, None)
-            .unwrap()
-            .squeeze(0)
-            .unwrap();
-        f.check(check_rel(&format!("s{k}"), &got, want, 0.0, 1e-4));
-        checked += 1;
-    }
-    f.assert_none(&format!("MiniLM hidden states ({path})"));
-    assert!(
-        checked > 0,
-        "no minilm.s<k>.last_hidden_state tensors in {}",
-        dump.display()
+    let report = verify_modes(
+        &golden.join("encoder"),
+        &cpu_options(Some(model)),
+        &|m| m == "encoder",
+        label,
     );
-    eprintln!("encoder_golden ({path}): {checked} sentences ok");
+    assert_eq!(report.dumps.len(), 1);
 }
 
 #[test]

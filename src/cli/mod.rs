@@ -14,6 +14,7 @@ mod report;
 mod run_args;
 mod score;
 mod sweep;
+mod verify_golden;
 
 /// primer: run, sweep and report priming experiments (meta-learning for parameter-efficient
 /// fine-tuning, Gheini et al. 2022).
@@ -53,6 +54,8 @@ enum Command {
     Demo(sweep::DemoArgs),
     /// Time training steps side by side with the PyTorch reference (ratios primer / PyTorch).
     Bench(bench::BenchArgs),
+    /// Replay the PyTorch golden dumps on a device (cpu, cuda:N) and report per dump whether primer matches.
+    VerifyGolden(verify_golden::VerifyGoldenArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -83,6 +86,7 @@ pub fn main() -> ExitCode {
         Command::Compare(a) => compare::run(a),
         Command::Demo(a) => sweep::demo(a),
         Command::Bench(a) => bench::run(a),
+        Command::VerifyGolden(a) => verify_golden::run(a),
     };
     match result {
         Ok(code) => code,
