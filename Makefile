@@ -6,6 +6,8 @@ CARGO ?= cargo
 # cargo locates (and if needed rebuilds) the binary itself, so a CARGO_TARGET_DIR set in the
 # user's shell (a shared build cache) works too; a path like target/debug/primer would not.
 PRIMER = $(CARGO) run --quiet --bin primer --
+# Where cargo puts its builds: CARGO_TARGET_DIR when the shell sets it.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: all build test demo demo-quick bench lint fmt clean-results check-cuda check-cuda-types gpu-bundle gpu-bundle-cpu
 
@@ -60,5 +62,5 @@ gpu-bundle: check-cuda
 ## The same bundle around the CPU binary, unpacked and run with `gpu-check.sh --device cpu`:
 ## tests the bundle's layout, size and the check itself where no GPU is at hand.
 gpu-bundle-cpu: build
-	GOLDEN_DIR=$(GOLDEN_DIR) tools/gpu-bundle.sh make target/debug/primer target/gpu-bundle-cpu/primer-gpu-check.tar.xz
-	tools/gpu-bundle.sh test target/gpu-bundle-cpu/primer-gpu-check.tar.xz cpu >/dev/null
+	GOLDEN_DIR=$(GOLDEN_DIR) tools/gpu-bundle.sh make $(TARGET_DIR)/debug/primer $(TARGET_DIR)/gpu-bundle-cpu/primer-gpu-check.tar.xz
+	tools/gpu-bundle.sh test $(TARGET_DIR)/gpu-bundle-cpu/primer-gpu-check.tar.xz cpu >/dev/null

@@ -202,6 +202,9 @@ fn every_shipped_sweep_plans() {
         let rel = sweep.strip_prefix(root).unwrap().to_str().unwrap();
         let (ok, out) = primer(root, &["plan", rel]);
         assert!(ok, "primer plan {rel} failed:\n{out}");
-        assert!(out.contains(" runs ("), "primer plan {rel}: no run count\n{out}");
+        assert!(
+            out.contains(" runs ("),
+            "primer plan {rel}: no run count\n{out}"
+        );
     }
 }

@@ -108,9 +108,15 @@ pub(crate) fn table_languages(input: &ReportInput) -> Vec<String> {
 pub fn cell_stats(scores: &DataFrame) -> Result<BTreeMap<(String, String), CellStat>, ReportError> {
     let e = || polars_err("reading the scores table");
     let done = scores.column("done").and_then(|c| c.bool()).map_err(e())?;
-    let setting = scores.column("setting").and_then(|c| c.str()).map_err(e())?;
+    let setting = scores
+        .column("setting")
+        .and_then(|c| c.str())
+        .map_err(e())?;
     let lang = scores.column("lang").and_then(|c| c.str()).map_err(e())?;
-    let f1 = scores.column("test_f1").and_then(|c| c.f64()).map_err(e())?;
+    let f1 = scores
+        .column("test_f1")
+        .and_then(|c| c.f64())
+        .map_err(e())?;
     let mut values: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
     for i in 0..scores.height() {
         let (Some(true), Some(s), Some(l), Some(v)) =
