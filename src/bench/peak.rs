@@ -3,7 +3,8 @@
 //!
 //! The probe runs a register-blocked loop of fused multiply-adds at the widest vector ISA the
 //! CPU has (AVX-512F zmm, else AVX2 + FMA ymm, else plain arithmetic), on every thread of the
-//! bench at once, best of a few repetitions. [`CHAINS`] independent accumulators per thread
+//! bench at once, best of a few repetitions, each thread's rate taken over its own CPU time
+//! (so that other processes on a shared machine lower the phases' rates, not the peak). [`CHAINS`] independent accumulators per thread
 //! cover the FMA latency times the number of FMA units (4 cycles × 2 units on Intel server
 //! cores, 8 in flight; AMD Zen 4 splits a zmm FMA over its two 256-bit units), so only the
 //! FMA units limit the loop — an honest peak even where two 512-bit units exist.
@@ -105,7 +106,13 @@ impl CpuFeatures {
 pub struct FmaPeak {
     pub isa: Isa,
     pub threads: usize,
+    /// The peak: the sum over the threads of each one's FLOPs per second of its own CPU time
+    /// (best repetition). On a quiet machine this is the wall-clock rate; on a busy one it is
+    /// still what the cores do while they run, where the wall-clock rate also counts the time
+    /// other processes held them.
     pub gflops: f64,
+    /// All threads' FLOPs over the wall time of the best repetition.
+    pub wall_gflops: f64,
 }
 
 /// Iterations per thread and repetition: ~8 GFLOP per thread with AVX-512, tens of ms.
@@ -123,19 +130,43 @@ pub fn fma_peak(threads: usize) -> Result<FmaPeak, BenchError> {
             threads,
             message: e.to_string(),
         })?;
+    let per_thread = (ITERS * isa.flops_per_iteration()) as f64;
+    // (wall-clock rate, sum of the threads' CPU-time rates) of one repetition.
     let once = || {
         let t0 = Instant::now();
-        std::hint::black_box(pool.broadcast(|_| fma_chains(isa, ITERS)));
-        t0.elapsed().as_secs_f64()
+        let cpu_seconds = pool.broadcast(|_| {
+            let c0 = thread_cpu_seconds();
+            std::hint::black_box(fma_chains(isa, ITERS));
+            Some(thread_cpu_seconds()? - c0?)
+        });
+        let wall = per_thread * threads as f64 / t0.elapsed().as_secs_f64();
+        let cpu: Option<f64> = cpu_seconds
+            .iter()
+            .map(|s| s.filter(|&s| s > 0.0).map(|s| per_thread / s))
+            .sum();
+        (wall, cpu.unwrap_or(wall).max(wall))
     };
     once();
-    let best = (0..REPS).map(|_| once()).fold(f64::INFINITY, f64::min);
-    let flops = (threads * ITERS * isa.flops_per_iteration()) as f64;
+    let (wall, cpu) = (0..REPS)
+        .map(|_| once())
+        .fold((0f64, 0f64), |(w, c), (w1, c1)| (w.max(w1), c.max(c1)));
     Ok(FmaPeak {
         isa,
         threads,
-        gflops: flops / best / 1e9,
+        gflops: cpu / 1e9,
+        wall_gflops: wall / 1e9,
     })
+}
+
+/// The CPU time this thread has used, in seconds (`None` where the clock cannot be read).
+fn thread_cpu_seconds() -> Option<f64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into the timespec it is given.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then_some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
 }
 
 /// Runs the probe loop at `isa` for `iters` iterations and returns the sum of every

@@ -207,7 +207,7 @@ impl BenchReport {
         writeln!(
             out,
             "FMA-peak probe: {}, {CHAINS} independent FMA chains per thread on all {} threads, \
-             best of 5",
+             best of 5 repetitions",
             self.peak.isa.label(),
             self.peak.threads
         )?;
@@ -219,8 +219,10 @@ impl BenchReport {
         )?;
         writeln!(
             out,
-            "fp32 FMA peak at {} threads: {:.0} GFLOP/s",
-            self.peak.threads, self.peak.gflops
+            "fp32 FMA peak at {} threads: {:.0} GFLOP/s (each thread's FLOPs per second of its \
+             own CPU time, summed; over wall time {:.0} GFLOP/s — lower when other processes \
+             share the cores)",
+            self.peak.threads, self.peak.gflops, self.peak.wall_gflops
         )?;
         writeln!(out)?;
         writeln!(
@@ -344,6 +346,7 @@ mod tests {
                 isa: Isa::Avx512f,
                 threads: 2,
                 gflops: 200.0,
+                wall_gflops: 150.0,
             },
             phases: vec![
                 Phase {
