@@ -14,6 +14,7 @@
 //!   adapter), with an encoder-output cache for the parameter-efficient ones;
 //! * [`prime`]    — priming: first-order MAML (Algorithm 1) and its ablations;
 //! * [`metric`]   — entity-level micro F1, identical to seqeval;
+//! * [`op_timing`] — per-op wall time of a step (GEMMs by shape, attention, …) for the bench;
 //! * [`parallel`] — graph-free batches spread over the CPU threads, one batch per thread;
 //! * [`spec`]     — TOML sweep files → a plan of content-addressed runs, and the report section;
 //! * [`store`]    — the run store: one directory per run, its files named once, the lock;
@@ -25,8 +26,11 @@
 //! * [`slurm`]    — a Slurm client (sbatch, squeue, scontrol, scancel) knowing nothing of sweeps;
 //! * [`signal`]   — SIGINT/SIGTERM (stop the orchestrator) and SIGUSR2 (stop a run) as flags;
 //! * [`report`]   — polars tables and plotters figures (Table 1, Figures 3 and 4);
-//! * [`verify`]   — the golden comparisons against the PyTorch dumps, on any device.
+//! * [`verify`]   — the golden comparisons against the PyTorch dumps, on any device;
+//! * [`bench`]    — `primer bench`: step speed against the PyTorch reference, the machine's
+//!   FMA peak, and per-op breakdowns of both sides.
 pub mod backend;
+pub mod bench;
 pub mod config;
 pub mod cost;
 pub mod data;
@@ -34,6 +38,7 @@ pub mod device;
 pub mod fsutil;
 pub mod metric;
 pub mod model;
+pub mod op_timing;
 pub mod parallel;
 pub mod prime;
 pub mod progress;

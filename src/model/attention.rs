@@ -10,6 +10,7 @@
 use super::error::{ModelError, Result};
 use super::kernels;
 use super::ops::softmax_last_dim;
+use crate::op_timing::{OpKind, timed};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -227,6 +228,11 @@ pub(crate) struct AttentionCore<'a> {
 }
 
 impl AttentionCore<'_> {
+    /// The FLOPs of one T×T-by-head-dim product over every (sequence, head) at `t` tokens.
+    fn head_products_flops(&self, t: usize) -> f64 {
+        2.0 * (self.b * self.d.nh * t * t * self.d.dh) as f64
+    }
+
     /// Probabilities `P = softmax(q·kᵀ + bias)` of sequence `bi`, head `hi` into `p` (T×T).
     fn probs(&self, q: &[f32], k: &[f32], bi: usize, hi: usize, p: &mut [f32]) {
         let d = self.d;
@@ -283,6 +289,12 @@ impl AttentionCore<'_> {
     pub fn forward(&self, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
         self.check(&[q, k, v], &[out]);
         let d = self.d;
+        // Two products per (sequence, head): scores and weighting.
+        let _timed = timed(
+            OpKind::Attention,
+            &[self.b, d.nh, d.t, d.t, d.dh],
+            2.0 * self.head_products_flops(d.t),
+        );
         let dst = SendPtr(out.as_mut_ptr());
         (0..self.b * d.nh).into_par_iter().for_each_init(
             || vec![0f32; d.t * d.t],
@@ -334,6 +346,12 @@ impl AttentionCore<'_> {
             d.t,
             d.h
         );
+        // Scores and weighting of the n kept query rows against T keys, per head.
+        let _timed = timed(
+            OpKind::Attention,
+            &[self.b, d.nh, n, d.t, d.dh],
+            2.0 * 2.0 * (n * d.nh * d.t * d.dh) as f64,
+        );
         let dst = SendPtr(out.as_mut_ptr());
         (0..groups.len() * d.nh).into_par_iter().for_each_init(
             || vec![0f32; d.t * d.t],
@@ -371,6 +389,12 @@ impl AttentionCore<'_> {
     ) {
         self.check(&[q, k, v, g], &[dq, dk, dv]);
         let d = self.d;
+        // Five products per (sequence, head): the recomputed scores, dv, dP, dq and dk.
+        let _timed = timed(
+            OpKind::Attention,
+            &[self.b, d.nh, d.t, d.t, d.dh],
+            5.0 * self.head_products_flops(d.t),
+        );
         let (dq, dk, dv) = (
             SendPtr(dq.as_mut_ptr()),
             SendPtr(dk.as_mut_ptr()),

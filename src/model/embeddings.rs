@@ -13,6 +13,7 @@ use super::error::{ModelError, Result};
 use super::kernels;
 use super::layer::{FusedParams, fused_params_supported, lock_params, masked, param_values};
 use super::ops::{cpu_slice, layer_norm_backward, rows_per_task, storage_slice};
+use crate::op_timing::{OpKind, timed};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -200,6 +201,7 @@ impl CustomOp2 for EmbeddingOp {
         let h = self.hidden;
         let rows = self.inputs.ids.len();
         let t = self.inputs.len;
+        let _timed = timed(OpKind::Embeddings, &[rows, h], 0.0);
         let mut e = vec![0f32; rows * h];
         let mut y = vec![0f32; rows * h];
         let chunk = rows_per_task(rows, h);
@@ -239,6 +241,11 @@ impl CustomOp2 for EmbeddingOp {
         let Some(e) = saved.as_ref() else {
             candle_core::bail!("fused embeddings: backward without kept activations")
         };
+        let _timed = timed(
+            OpKind::Embeddings,
+            &[e.len() / self.hidden.max(1), self.hidden],
+            0.0,
+        );
         let grad = grad.contiguous()?;
         let (gs, gl) = grad.storage_and_layout();
         let dy = storage_slice(&gs, gl, "output gradient")?;

@@ -21,8 +21,9 @@ use super::error::{ModelError, Result};
 use super::grad::deliver_values;
 use super::kernels;
 use super::ops::{
-    ELEMENTWISE_BLOCK, LinearWeight, MatRef, column_sum, cpu_slice, gemm, layer_norm_backward,
-    linear_rows, map_rows, map_rows2, storage_slice, transposed,
+    ELEMENTWISE_BLOCK, LinearWeight, MatRef, column_sum, cpu_slice, gelu_backward_values,
+    gelu_values, gemm, layer_norm_backward, layer_norm_rows, linear_rows, map_rows2, storage_slice,
+    transposed,
 };
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -693,9 +694,7 @@ impl EncoderLayerOp {
             h,
         );
         dropout_residual(&mut s1, self.dropout.attention_output.as_deref(), x);
-        let h1 = map_rows(&s1, h, |r, y| {
-            kernels::layer_norm_row(r, p[LN1_G], p[LN1_B], eps, y)
-        });
+        let h1 = layer_norm_rows(&s1, p[LN1_G], p[LN1_B], eps);
         let u = linear_rows(
             &h1,
             self.linear(p, INTER_W),
@@ -705,12 +704,10 @@ impl EncoderLayerOp {
             h,
             inter,
         );
-        let f = map_rows(&u, ELEMENTWISE_BLOCK, kernels::gelu);
+        let f = gelu_values(&u);
         let mut s2 = linear_rows(&f, self.linear(p, OUT_W), p[OUT_B], 1.0, rows, inter, h);
         dropout_residual(&mut s2, self.dropout.output.as_deref(), &h1);
-        let y = map_rows(&s2, h, |r, y| {
-            kernels::layer_norm_row(r, p[LN2_G], p[LN2_B], eps, y)
-        });
+        let y = layer_norm_rows(&s2, p[LN2_G], p[LN2_B], eps);
         (
             y,
             AfterAttention {
@@ -817,7 +814,7 @@ impl EncoderLayerOp {
                 MatRef::new(p[OUT_W], h, inter),
                 1.0,
             );
-            map_rows2(&a.post.u, &df, ELEMENTWISE_BLOCK, kernels::gelu_bwd)
+            gelu_backward_values(&a.post.u, &df)
         };
         // Intermediate projection; its input gradient joins the residual's.
         self.linear_param_grads(g, &du, &a.post.h1, rows, h, inter, 1.0, (INTER_W, INTER_B))?;

@@ -10,6 +10,7 @@
 use super::dispatch::kernel_ok;
 use super::error::{ModelError, Result};
 use super::kernels;
+use crate::op_timing::{OpKind, gemm_flops, timed};
 use crate::rng::SeededRng;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, D, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -153,6 +154,7 @@ pub const IGNORE_INDEX: i64 = -100;
 pub fn masked_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let c = logits.dim(D::Minus1)?;
     let n = logits.elem_count() / c.max(1);
+    let _timed = timed(OpKind::Loss, &[n, c], 0.0);
     let labels_v: Vec<i64> = labels.flatten_all()?.to_dtype(DType::I64)?.to_vec1()?;
     if labels_v.len() != n {
         return Err(ModelError::Invalid(format!(
@@ -295,9 +297,7 @@ impl CustomOp3 for LayerNormOp {
                 l1.dims()
             );
         }
-        let y = map_rows(x, d, |xr, yr| {
-            kernels::layer_norm_row(xr, g, b, self.eps, yr)
-        });
+        let y = layer_norm_rows(x, g, b, self.eps);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -355,6 +355,13 @@ impl CustomOp3 for LayerNormBwdOp {
     }
 }
 
+/// Layer norm of the rows of length `g.len()` of `x`.
+pub(crate) fn layer_norm_rows(x: &[f32], g: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+    let d = g.len();
+    let _timed = timed(OpKind::LayerNorm, &[x.len() / d.max(1), d], 0.0);
+    map_rows(x, d, |xr, yr| kernels::layer_norm_row(xr, g, b, eps, yr))
+}
+
 /// Backward of layer norm over rows of length `g.len()`: writes `dx` and `[dγ | dβ]`
 /// (`dgdb`, overwritten).
 pub(crate) fn layer_norm_backward(
@@ -370,6 +377,7 @@ pub(crate) fn layer_norm_backward(
         d > 0 && x.len() == dy.len() && x.len() == dx.len() && dgdb.len() == 2 * d,
         "layer_norm_backward: buffers do not match rows of {d}"
     );
+    let _timed = timed(OpKind::LayerNorm, &[x.len() / d, d], 0.0);
     let chunk = rows_per_task(x.len() / d, d) * d;
     let partials: Vec<Vec<f32>> = dx
         .par_chunks_mut(chunk)
@@ -401,6 +409,7 @@ impl CustomOp1 for SoftmaxOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s, l, "softmax")?;
         let d = *l.dims().last().unwrap_or(&1);
+        let _timed = timed(OpKind::Softmax, &[x.len() / d.max(1), d], 0.0);
         let y = map_rows(x, d, kernels::softmax_row);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -435,6 +444,7 @@ impl candle_core::CustomOp2 for SoftmaxBwdOp {
         let y = cpu_slice(s1, l1, "softmax_bwd y")?;
         let dy = cpu_slice(s2, l2, "softmax_bwd grad")?;
         let d = *l1.dims().last().unwrap_or(&1);
+        let _timed = timed(OpKind::Softmax, &[y.len() / d.max(1), d], 0.0);
         let dx = map_rows2(y, dy, d, kernels::softmax_bwd_row);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -493,8 +503,14 @@ impl CustomOp3 for LinearOp {
             g = (g * self.scale as f64)?;
         }
         let x2 = x.detach().reshape((rows, k))?;
-        let dx = g.matmul(&w.detach())?.reshape(x.shape())?;
-        let dw = g.t()?.matmul(&x2)?;
+        let dx = {
+            let _timed = timed(OpKind::Gemm, &[rows, out, k], gemm_flops(rows, out, k));
+            g.matmul(&w.detach())?.reshape(x.shape())?
+        };
+        let dw = {
+            let _timed = timed(OpKind::Gemm, &[out, rows, k], gemm_flops(out, rows, k));
+            g.t()?.matmul(&x2)?
+        };
         let db = g.apply_op1_no_bwd(&ColumnSumOp)?.reshape(b.shape())?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
@@ -633,6 +649,7 @@ pub(crate) fn gemm(dst: &mut [f32], accumulate: bool, a: MatRef<'_>, b: MatRef<'
         }
         return;
     }
+    let _timed = timed(OpKind::Gemm, &[m, k, n], gemm_flops(m, k, n));
     let threads = rayon::current_num_threads();
     // SAFETY: both views were built over whole row-major matrices (MatRef::new), so every
     // (row, col) they address is in bounds; `dst` is m×n with row stride n and, being a
@@ -675,7 +692,7 @@ impl CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s, l, "gelu")?;
-        let y = map_rows(x, ELEMENTWISE_BLOCK, kernels::gelu);
+        let y = gelu_values(x);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -706,9 +723,21 @@ impl candle_core::CustomOp2 for GeluBwdOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s1, l1, "gelu_bwd x")?;
         let dy = cpu_slice(s2, l2, "gelu_bwd grad")?;
-        let dx = map_rows2(x, dy, ELEMENTWISE_BLOCK, kernels::gelu_bwd);
+        let dx = gelu_backward_values(x, dy);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
+}
+
+/// GELU of every value, in parallel blocks.
+pub(crate) fn gelu_values(x: &[f32]) -> Vec<f32> {
+    let _timed = timed(OpKind::Gelu, &[x.len()], 0.0);
+    map_rows(x, ELEMENTWISE_BLOCK, kernels::gelu)
+}
+
+/// The gradient of GELU at `x` times `dy`, in parallel blocks.
+pub(crate) fn gelu_backward_values(x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let _timed = timed(OpKind::Gelu, &[x.len()], 0.0);
+    map_rows2(x, dy, ELEMENTWISE_BLOCK, kernels::gelu_bwd)
 }
 
 struct BiasAddOp;

@@ -8,6 +8,7 @@ use super::outer::AdamWOuter;
 use crate::config::{InnerDropout, SupportMode};
 use crate::data::Batch;
 use crate::model::{DEFAULT_NUM_LABELS, Tagger};
+use crate::op_timing::{self, OpTable};
 use crate::rng::SeededRng;
 use crate::train::optim::AdamWConfig;
 use candle_core::{Device, Tensor};
@@ -37,6 +38,8 @@ pub struct MetaBenchSpec {
     /// Timed steps.
     pub steps: usize,
     pub seed: u64,
+    /// Record where the timed steps' time goes, op by op ([`crate::op_timing`]).
+    pub record_ops: bool,
 }
 
 impl MetaBenchSpec {
@@ -57,6 +60,7 @@ impl MetaBenchSpec {
             warmup: 1,
             steps: 3,
             seed: 0,
+            record_ops: false,
         }
     }
 
@@ -81,6 +85,8 @@ pub struct BenchTiming {
     /// Mean query loss of the first and the last step (a sanity check that work was done).
     pub first_loss: f64,
     pub last_loss: f64,
+    /// The timed steps' time by op, summed over them, when `record_ops` was asked for.
+    pub ops: Option<OpTable>,
 }
 
 /// A synthetic NER batch like the reference's `make_batch`: `[CLS] content… [SEP] [PAD]…`
@@ -230,6 +236,9 @@ pub fn time_meta_steps(mut tagger: Tagger, spec: &MetaBenchSpec) -> Result<Bench
     let mut times = Vec::with_capacity(spec.steps);
     let mut losses = Vec::new();
     for (k, tasks) in all.iter().enumerate() {
+        if spec.record_ops && k == spec.warmup {
+            op_timing::start();
+        }
         let t0 = Instant::now();
         let rec = meta_step(&mut state, tasks, &cfg, &mut opt)?;
         // Reading the losses synchronises with the device, so the time is the step's.
@@ -241,6 +250,7 @@ pub fn time_meta_steps(mut tagger: Tagger, spec: &MetaBenchSpec) -> Result<Bench
             times.push(dt);
         }
     }
+    let ops = spec.record_ops.then(op_timing::finish);
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();
@@ -256,5 +266,6 @@ pub fn time_meta_steps(mut tagger: Tagger, spec: &MetaBenchSpec) -> Result<Bench
         times_ms: times,
         first_loss: losses[0],
         last_loss: *losses.last().expect("at least one step"),
+        ops,
     })
 }

@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+use crate::op_timing::{OpKind, timed};
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor, Var};
 use rayon::prelude::*;
@@ -202,6 +203,12 @@ impl AdamW {
 
     /// One AdamW step with the gradients in `grads`.
     pub fn step(&mut self, grads: &GradStore) -> Result<(), OptimError> {
+        let values = self
+            .params
+            .iter()
+            .map(|p| p.var.elem_count())
+            .sum::<usize>();
+        let _timed = timed(OpKind::Optimiser, &[values], 0.0);
         let lr = self.current_lr();
         let cfg = self.cfg;
         for p in &mut self.params {
@@ -354,6 +361,7 @@ pub fn sgd_update(var: &Var, grad: &Tensor, lr: f64) -> Result<bool, OptimError>
             p.dims()
         )));
     }
+    let _timed = timed(OpKind::InnerSgd, &[p.elem_count()], 0.0);
     if crate::model::dispatch::kernel_ok(p) && crate::model::dispatch::kernel_ok(grad) {
         let op = FusedSgd {
             lr: lr as f32,
