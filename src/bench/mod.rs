@@ -29,6 +29,9 @@ pub use torch::TorchSide;
 
 use crate::config::{FinetuneMethod, InnerDropout, SupportMode};
 use crate::prime::bench::{MetaBenchSpec, time_meta_steps};
+use crate::prime::bench_pe::{
+    FinetuneBenchSpec, lora_bench_spec, time_pe_finetune_steps, time_pe_meta_steps,
+};
 use breakdown::{StepBreakdown, StepComparison};
 use peak::CpuFeatures;
 use report::{Phase, Row, RunWork, work};
@@ -79,7 +82,25 @@ pub fn run(opts: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<BenchReport
                     None
                 }
             });
-    let theirs = |key: &str| torch.as_ref().and_then(|t| t.get(key).copied());
+    // The LoRA rows' PyTorch side needs `peft` besides torch: its failure skips only those rows.
+    let torch_pe = opts
+        .torch
+        .as_ref()
+        .filter(|_| torch.is_some())
+        .and_then(
+            |side| match side.pe_medians(opts.threads, opts.steps, log) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    log(&format!("PyTorch + peft side skipped: {e}"));
+                    None
+                }
+            },
+        );
+    let theirs = |key: &str| {
+        [&torch, &torch_pe]
+            .into_iter()
+            .find_map(|t| t.as_ref().and_then(|t| t.get(key).copied()))
+    };
 
     log(&format!(
         "timing primer (MiniLM size, batch {BATCH}, seq {SEQ}, {} threads)",
@@ -148,6 +169,27 @@ pub fn run(opts: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<BenchReport
     };
     let per_step = with_inner_dropout(InnerDropout::PerStep)?;
     let shared = with_inner_dropout(InnerDropout::Shared)?;
+    // LoRA (r 8, α 8, query and value; issue 18) in both stages, on an adapter-free copy of the
+    // same encoder: it acts inside the encoder, so neither side can cache encoder outputs.
+    let lora = lora_bench_spec();
+    let lora_ft = time_pe_finetune_steps(
+        bench.encoder_only_tagger(),
+        &lora,
+        &FinetuneBenchSpec {
+            steps: opts.steps,
+            ..FinetuneBenchSpec::default()
+        },
+    )?
+    .median_ms;
+    let lora_meta = time_pe_meta_steps(
+        bench.encoder_only_tagger(),
+        &lora,
+        &MetaBenchSpec {
+            steps: opts.steps,
+            ..MetaBenchSpec::meta_pe()
+        },
+    )?
+    .median_ms;
     for (label, ours, key) in [
         (
             "meta-PE outer step (2 tasks, S=5, same support) vs PyTorch naive",
@@ -168,6 +210,16 @@ pub fn run(opts: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<BenchReport
             "meta-full (MAML loop) outer step, distinct support",
             meta_full,
             "meta-full/distinct",
+        ),
+        (
+            "LoRA fine-tuning step (r 8, query + value) vs PyTorch + peft",
+            lora_ft,
+            "lora",
+        ),
+        (
+            "meta-LoRA outer step (2 tasks, S=5, same support) vs PyTorch + peft",
+            lora_meta,
+            "meta-lora/same",
         ),
         (
             "meta-PE, same support, dropout 0.1, inner dropout per-step (default)",

@@ -15,6 +15,8 @@ pub struct TorchSide {
     pub reference: PathBuf,
     /// The op profiler (`tools/torch_op_profile.py`).
     pub profiler: PathBuf,
+    /// The PyTorch + `peft` side of the LoRA rows (`tools/bench_pe.py`).
+    pub pe_bench: PathBuf,
 }
 
 impl TorchSide {
@@ -41,6 +43,7 @@ impl TorchSide {
             reference: reference
                 .unwrap_or_else(|| PathBuf::from("../shared/reference/torch_ref.py")),
             profiler: profiler.unwrap_or_else(|| PathBuf::from("tools/torch_op_profile.py")),
+            pe_bench: PathBuf::from("tools/bench_pe.py"),
         }
     }
 
@@ -118,6 +121,36 @@ impl TorchSide {
             out.extend(parse_medians(&stdout));
         }
         Ok(out)
+    }
+
+    /// Median ms of the PyTorch + `peft` LoRA steps (`tools/bench_pe.py`): keys `lora` (a
+    /// fine-tuning step) and `meta-lora/same` (a meta outer step with a LoRA inner loop).
+    pub fn pe_medians(
+        &self,
+        threads: usize,
+        steps: usize,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<BTreeMap<String, f64>, BenchError> {
+        log(&format!(
+            "running the PyTorch + peft side: {}",
+            self.pe_bench.display()
+        ));
+        let args = [
+            "--minilm".to_string(),
+            "--torch-ref".into(),
+            self.reference.display().to_string(),
+            "--threads".into(),
+            threads.to_string(),
+            "--steps".into(),
+            steps.to_string(),
+        ];
+        let stdout = self.run(
+            &self.pe_bench,
+            "PyTorch + peft bench",
+            "--torch-pe-bench",
+            &args,
+        )?;
+        Ok(parse_medians(&stdout))
     }
 
     /// `torch.profiler`'s breakdown of the reference's `step` (`full` or `meta-pe`).

@@ -107,6 +107,16 @@ impl Workload {
         })
     }
 
+    /// The bench's encoder (the same random weights) without a PE module or head, for the
+    /// rows of methods other than the paper's adapter.
+    pub fn encoder_only_tagger(&self) -> Tagger {
+        Tagger::new(
+            self.tagger.config.clone(),
+            self.tagger.encoder.clone(),
+            self.device.clone(),
+        )
+    }
+
     /// `steps` optimiser steps of `method` (encoder run every step) after two untimed ones;
     /// with `record_ops`, where the timed steps' time went.
     pub fn train_steps(

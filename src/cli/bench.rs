@@ -15,6 +15,9 @@ pub struct BenchArgs {
     /// The PyTorch op-profiler script of --profile (default: tools/torch_op_profile.py).
     #[arg(long)]
     torch_profiler: Option<PathBuf>,
+    /// The PyTorch + peft script of the LoRA rows (default: tools/bench_pe.py; needs `peft`).
+    #[arg(long)]
+    torch_pe_bench: Option<PathBuf>,
     /// Timed steps per measurement (after 2 warm-up steps).
     #[arg(long, default_value_t = 5)]
     steps: usize,
@@ -50,7 +53,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         run_batches: args.run_batches,
         run_epochs: args.run_epochs,
         torch: (!args.no_torch).then(|| {
-            TorchSide::with_defaults(args.torch_python, args.torch_ref, args.torch_profiler)
+            let mut side =
+                TorchSide::with_defaults(args.torch_python, args.torch_ref, args.torch_profiler);
+            if let Some(p) = args.torch_pe_bench {
+                side.pe_bench = p;
+            }
+            side
         }),
     };
     let mut log = |msg: &str| eprintln!("{msg}");

@@ -88,6 +88,7 @@ fn timing(times_ms: Vec<f64>, losses: &[f64]) -> Result<BenchTiming> {
         times_ms,
         first_loss,
         last_loss,
+        ops: None,
     })
 }
 
