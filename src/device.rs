@@ -8,7 +8,7 @@ pub enum DeviceError {
     #[error("unknown device '{0}': use 'cpu' or 'cuda:N' (for example cuda:0)")]
     Unknown(String),
     #[error(
-        "device '{0}' needs CUDA, but this primer was built without it: rebuild with `cargo build --release --features cuda`"
+        "device '{0}' needs CUDA, but this primer was built without it: rebuild with `make check-cuda` (a `--features cuda` release build with the link stub the GPU machine needs; README, Building)"
     )]
     NotCompiled(String),
     #[error("device '{device}' is not available: {message}")]
