@@ -7,7 +7,7 @@ use super::meta::{InnerParams, MetaStepConfig, PrimingState, TaskBatches, meta_s
 use super::outer::AdamWOuter;
 use crate::config::{InnerDropout, SupportMode};
 use crate::data::Batch;
-use crate::model::{DEFAULT_NUM_LABELS, Tagger};
+use crate::model::{DEFAULT_NUM_LABELS, PeSpec, Tagger};
 use crate::op_timing::{self, OpTable};
 use crate::rng::SeededRng;
 use crate::train::optim::AdamWConfig;
@@ -186,17 +186,30 @@ pub fn synthetic_tasks(
 /// encoder is used as loaded; an adapter and one head per task are created when missing).
 /// Batches are built before the clock starts; dropout is off unless `spec.dropout` is given
 /// (the reference runs without).
-pub fn time_meta_steps(mut tagger: Tagger, spec: &MetaBenchSpec) -> Result<BenchTiming> {
+pub fn time_meta_steps(tagger: Tagger, spec: &MetaBenchSpec) -> Result<BenchTiming> {
+    time_meta_steps_with(
+        tagger,
+        &PeSpec::adapter(spec.adapter_dim),
+        "init.adapter",
+        spec,
+    )
+}
+
+/// [`time_meta_steps`] with the PE method `pe` as the inner loop's module, created on `tagger`
+/// from the seed stream `init_stream` when it carries none (another method is an error).
+pub(crate) fn time_meta_steps_with(
+    mut tagger: Tagger,
+    pe: &PeSpec,
+    init_stream: &str,
+    spec: &MetaBenchSpec,
+) -> Result<BenchTiming> {
     if spec.steps == 0 {
         return Err(PrimeError::Config(
             "a benchmark needs at least one timed step".into(),
         ));
     }
     let device = tagger.device().clone();
-    tagger.ensure_adapter(
-        spec.adapter_dim,
-        &mut SeededRng::derive(spec.seed, "init.adapter"),
-    )?;
+    tagger.ensure_pe(pe, &mut SeededRng::derive(spec.seed, init_stream))?;
     for t in 0..spec.tasks {
         let lang = format!("t{t}");
         if !tagger.heads.contains_key(&lang) {
@@ -251,21 +264,39 @@ pub fn time_meta_steps(mut tagger: Tagger, spec: &MetaBenchSpec) -> Result<Bench
         }
     }
     let ops = spec.record_ops.then(op_timing::finish);
-    let mut sorted = times.clone();
+    Ok(BenchTiming {
+        ops,
+        ..timing(times, &losses)?
+    })
+}
+
+/// Median, extremes and first/last loss of timed steps.
+pub(crate) fn timing(times_ms: Vec<f64>, losses: &[f64]) -> Result<BenchTiming> {
+    let (Some(&first_loss), Some(&last_loss)) = (losses.first(), losses.last()) else {
+        return Err(PrimeError::Config(
+            "a benchmark needs at least one timed step".into(),
+        ));
+    };
+    if times_ms.is_empty() {
+        return Err(PrimeError::Config(
+            "a benchmark needs at least one timed step".into(),
+        ));
+    }
+    let mut sorted = times_ms.clone();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();
-    let median = if n % 2 == 1 {
+    let median_ms = if n % 2 == 1 {
         sorted[n / 2]
     } else {
         (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
     };
     Ok(BenchTiming {
-        median_ms: median,
+        median_ms,
         min_ms: sorted[0],
         max_ms: sorted[n - 1],
-        times_ms: times,
-        first_loss: losses[0],
-        last_loss: *losses.last().expect("at least one step"),
-        ops,
+        times_ms,
+        first_loss,
+        last_loss,
+        ops: None,
     })
 }

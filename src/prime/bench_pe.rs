@@ -6,10 +6,8 @@
 //! LoRA and BitFit act inside the encoder, so neither step can use an encoder cache: both run
 //! the encoder forward and backward at every (inner) step, as the PyTorch side does.
 
-use super::bench::{BenchTiming, MetaBenchSpec, synthetic_batch, synthetic_tasks};
+use super::bench::{BenchTiming, MetaBenchSpec, synthetic_batch, time_meta_steps_with, timing};
 use super::error::{PrimeError, Result};
-use super::meta::{MetaStepConfig, PrimingState, TaskBatches, meta_step};
-use super::outer::AdamWOuter;
 use crate::config::PeSettings;
 use crate::model::{
     BertConfig, DEFAULT_NUM_LABELS, ParamGroup, PeSpec, Tagger, masked_cross_entropy,
@@ -59,37 +57,6 @@ impl Default for FinetuneBenchSpec {
             seed: 0,
         }
     }
-}
-
-/// Median, extremes and first/last loss of timed steps.
-fn timing(times_ms: Vec<f64>, losses: &[f64]) -> Result<BenchTiming> {
-    let (Some(&first_loss), Some(&last_loss)) = (losses.first(), losses.last()) else {
-        return Err(PrimeError::Config(
-            "a benchmark needs at least one timed step".into(),
-        ));
-    };
-    if times_ms.is_empty() {
-        return Err(PrimeError::Config(
-            "a benchmark needs at least one timed step".into(),
-        ));
-    }
-    let mut sorted = times_ms.clone();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    let median_ms = if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    };
-    Ok(BenchTiming {
-        median_ms,
-        min_ms: sorted[0],
-        max_ms: sorted[n - 1],
-        times_ms,
-        first_loss,
-        last_loss,
-        ops: None,
-    })
 }
 
 /// Times fine-tuning steps of the PE method `pe` (created on `tagger` when it carries none) and
@@ -151,70 +118,13 @@ pub fn time_pe_finetune_steps(
 
 /// Times meta-priming outer steps with the PE method `pe` (created on `tagger` when it carries
 /// none) as the inner loop's module: [`super::bench::time_meta_steps`] for any method (that
-/// one creates the paper's adapter; `spec.adapter_dim` is not read here). One head per task is
-/// created when missing; batches are built before the clock starts.
+/// one creates the paper's adapter; `spec.adapter_dim` is not read here).
 pub fn time_pe_meta_steps(
-    mut tagger: Tagger,
+    tagger: Tagger,
     pe: &PeSpec,
     spec: &MetaBenchSpec,
 ) -> Result<BenchTiming> {
-    if spec.steps == 0 {
-        return Err(PrimeError::Config(
-            "a benchmark needs at least one timed step".into(),
-        ));
-    }
-    let device = tagger.device().clone();
-    tagger.ensure_pe(pe, &mut SeededRng::derive(spec.seed, "init.pe"))?;
-    for t in 0..spec.tasks {
-        let lang = format!("t{t}");
-        if !tagger.heads.contains_key(&lang) {
-            tagger.add_head(
-                &lang,
-                DEFAULT_NUM_LABELS,
-                &mut SeededRng::derive(spec.seed, &format!("init.head.{lang}")),
-            )?;
-        }
-    }
-    let vocab = tagger.config.vocab_size;
-    let mut data_rng = SeededRng::derive(spec.seed, "bench.batches");
-    let all: Vec<Vec<TaskBatches>> = (0..spec.warmup + spec.steps)
-        .map(|_| synthetic_tasks(spec, vocab, &mut data_rng, &device))
-        .collect::<Result<_>>()?;
-    let vars = tagger.vars_of(&tagger.encoder_and_pe_groups()?)?;
-    let mut opt = AdamWOuter::new(
-        vars,
-        AdamWConfig {
-            lr: spec.outer_lr,
-            ..AdamWConfig::default()
-        },
-        None,
-    )?;
-    let cfg = MetaStepConfig {
-        inner: spec.inner,
-        inner_steps: spec.inner_steps,
-        inner_lr: spec.inner_lr,
-        record_adapted_encoder: false,
-        inner_dropout: spec.inner_dropout,
-    };
-    let dropout = spec.dropout.map(|p| {
-        tagger.config = tagger.config.with_dropout(p);
-        SeededRng::derive(spec.seed, "bench.dropout")
-    });
-    let mut state = PrimingState::new(tagger, dropout);
-    let mut times = Vec::with_capacity(spec.steps);
-    let mut losses = Vec::with_capacity(spec.steps);
-    for (k, tasks) in all.iter().enumerate() {
-        let t0 = Instant::now();
-        let rec = meta_step(&mut state, tasks, &cfg, &mut opt)?;
-        let loss =
-            rec.tasks.iter().map(|t| t.query_loss).sum::<f64>() / rec.tasks.len().max(1) as f64;
-        let dt = t0.elapsed().as_secs_f64() * 1e3;
-        if k >= spec.warmup {
-            times.push(dt);
-            losses.push(loss);
-        }
-    }
-    timing(times, &losses)
+    time_meta_steps_with(tagger, pe, "init.pe", spec)
 }
 
 #[cfg(test)]
