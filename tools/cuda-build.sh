@@ -2,7 +2,7 @@
 # The CUDA build of primer on a machine with no CUDA toolkit and no GPU (or with them).
 #
 #   tools/cuda-build.sh check   type-check `--features cuda` (runs candle's kernel build: needs nvcc)
-#   tools/cuda-build.sh build   release build for one compute capability, linked against a
+#   tools/cuda-build.sh build   build (cargo profile `cuda`) for one compute capability, linked against a
 #                               generated libcuda stub, stripped and compressed to carry
 #   tools/cuda-build.sh env     print the exports the two above use (for a shell: eval "$(...)")
 #
@@ -12,7 +12,7 @@
 #   NVCC               an nvcc to use; else `nvcc` on the PATH; else the toolkit wheels from PyPI
 #                      are installed into CUDA_VENV
 #   CUDA_VENV          where those wheels go (default .cuda-venv, ignored by git)
-#   CUDA_TARGET_DIR    cargo target dir of the release build (default target/cuda, so that the CPU
+#   CUDA_TARGET_DIR    cargo target dir of that build (default target/cuda, so that the CPU
 #                      build in target/ stays warm)
 #   CARGO              cargo command (default cargo)
 #
@@ -195,20 +195,21 @@ cmd_check() {
   nice -n "${NICE:-10}" $CARGO check --features cuda --all-targets --locked
 }
 
-# Builds and links binary $1 of the crate in the current directory (release; the remaining
+# Builds and links binary $1 of the crate in the current directory (profile `cuda`, see
+# Cargo.toml for why not `release`; the remaining
 # arguments go to `cargo rustc`, e.g. --features cuda) in CARGO_TARGET_DIR, against a libcuda
 # stub in $link_dir generated from the driver functions the binary references.
 link_with_stub() {
   local name="$1" link_dir="$2"
   shift 2
-  local bin="$CARGO_TARGET_DIR/release/$name" symbols="$link_dir/driver-symbols.txt"
+  local bin="$CARGO_TARGET_DIR/cuda/$name" symbols="$link_dir/driver-symbols.txt"
   rm -rf "$link_dir"
   make_link_dir "$link_dir"
   : >"$symbols"
   make_cuda_stub "$link_dir" "$symbols"
 
-  say "first link: release build with the driver's functions left unresolved, to list them"
-  nice -n "${NICE:-10}" $CARGO rustc --release "$@" --bin "$name" -- \
+  say "first link: build with the driver's functions left unresolved, to list them"
+  nice -n "${NICE:-10}" $CARGO rustc --profile cuda "$@" --bin "$name" -- \
     -L "native=$link_dir" -C link-arg=-Wl,--unresolved-symbols=ignore-in-object-files
   driver_symbols "$bin" "$link_dir" >"$symbols"
   [ -s "$symbols" ] || die "the first link left no driver (cu*) symbol unresolved: is --features cuda in effect?"
@@ -216,14 +217,14 @@ link_with_stub() {
   make_cuda_stub "$link_dir" "$symbols"
 
   say "final link against the stub (fails on any symbol still missing)"
-  nice -n "${NICE:-10}" $CARGO rustc --release "$@" --bin "$name" -- -L "native=$link_dir"
+  nice -n "${NICE:-10}" $CARGO rustc --profile cuda "$@" --bin "$name" -- -L "native=$link_dir"
   readelf -d "$bin" | grep -q 'NEEDED.*libcuda\.so\.1' || die "$bin does not record libcuda.so.1 as needed"
 }
 
 cmd_build() {
   setup_toolkit link
   command -v zstd >/dev/null 2>&1 || die "zstd is needed to compress the binary (apt-get install zstd)"
-  local link_dir="$CUDA_TARGET_DIR/cuda-link" bin="$CUDA_TARGET_DIR/release/primer"
+  local link_dir="$CUDA_TARGET_DIR/cuda-link" bin="$CUDA_TARGET_DIR/cuda/primer"
   export CARGO_TARGET_DIR="$CUDA_TARGET_DIR"
   link_with_stub primer "$link_dir" --locked --features cuda
 
