@@ -2,6 +2,8 @@
 //! random model and the committed WikiAnn slices: the packing decision is printed and the
 //! sweep completes; the estimate calibrates every step kind and prices every run kind.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -37,27 +39,7 @@ fn tiny_setup(t: &Path) -> Option<()> {
             return None;
         }
     }
-    let (ok, out) = primer(
-        t,
-        &[
-            "init-model",
-            "--out",
-            "model",
-            "--tokenizer-from",
-            tokenizer.to_str().unwrap(),
-            "--hidden",
-            "32",
-            "--layers",
-            "1",
-            "--heads",
-            "2",
-            "--intermediate",
-            "64",
-            "--max-position",
-            "64",
-        ],
-    );
-    assert!(ok, "init-model failed: {out}");
+    common::init_tiny_model(t, &t.join("model"), &tokenizer);
     std::fs::write(
         t.join("s.toml"),
         format!(

@@ -11,6 +11,8 @@
 //!    `primer status` reports the first two as failed with Slurm's state and exit code,
 //!    `primer cancel` cancels a held resubmission, and a rerun with `--wait` completes them.
 
+mod common;
+
 #[path = "slurm/guard.rs"]
 mod guard;
 
@@ -74,30 +76,7 @@ fn inputs() -> Option<(PathBuf, PathBuf)> {
 
 /// A tiny random model in `dir/model`.
 fn tiny_model(dir: &Path, tokenizer: &Path) -> PathBuf {
-    let model = dir.join("model");
-    let out = primer(
-        dir,
-        None,
-        &[
-            "init-model",
-            "--out",
-            model.to_str().unwrap(),
-            "--tokenizer-from",
-            tokenizer.to_str().unwrap(),
-            "--hidden",
-            "32",
-            "--layers",
-            "1",
-            "--heads",
-            "2",
-            "--intermediate",
-            "64",
-            "--max-position",
-            "64",
-        ],
-    );
-    assert!(out.status.success(), "init-model failed: {}", text(&out));
-    model
+    common::init_tiny_model(dir, &dir.join("model"), tokenizer)
 }
 
 /// A sweep with one meta-priming setting (adapter tuning from the primed checkpoint) and one

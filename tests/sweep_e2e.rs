@@ -3,6 +3,8 @@
 //! a second store is filled by an orchestrator that is SIGKILLed halfway and then resumed, and
 //! ends up with exactly the results of the uninterrupted run, no finished run executed again.
 
+mod common;
+
 #[path = "support/store.rs"]
 mod store;
 
@@ -80,28 +82,7 @@ fn tiny_model() -> Option<(tempfile::TempDir, PathBuf)> {
         }
     }
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model");
-    let out = primer(
-        tmp.path(),
-        &[
-            "init-model",
-            "--out",
-            model.to_str().unwrap(),
-            "--tokenizer-from",
-            tokenizer.to_str().unwrap(),
-            "--hidden",
-            "32",
-            "--layers",
-            "1",
-            "--heads",
-            "2",
-            "--intermediate",
-            "64",
-            "--max-position",
-            "64",
-        ],
-    );
-    assert!(out.status.success(), "init-model failed: {}", text(&out));
+    let model = common::init_tiny_model(tmp.path(), &tmp.path().join("model"), &tokenizer);
     Some((tmp, model))
 }
 

@@ -90,3 +90,42 @@ pub fn all_modes_checked(report: &VerifyReport, modes: &[&str]) {
         );
     }
 }
+
+/// The shape of the tiny random model the CLI end-to-end tests train: one layer, hidden 32.
+pub const TINY_MODEL_SHAPE: [&str; 10] = [
+    "--hidden",
+    "32",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--intermediate",
+    "64",
+    "--max-position",
+    "64",
+];
+
+/// Writes the tiny random model to `out` with `primer init-model` (run in `cwd`, the tokenizer
+/// copied from `tokenizer`) and returns `out`; panics with primer's output on failure.
+pub fn init_tiny_model(cwd: &Path, out: &Path, tokenizer: &Path) -> PathBuf {
+    let mut args = vec![
+        "init-model",
+        "--out",
+        out.to_str().expect("UTF-8 path"),
+        "--tokenizer-from",
+        tokenizer.to_str().expect("UTF-8 path"),
+    ];
+    args.extend(TINY_MODEL_SHAPE);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_primer"))
+        .args(&args)
+        .current_dir(cwd)
+        .output()
+        .expect("run primer init-model");
+    assert!(
+        o.status.success(),
+        "init-model failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out.to_path_buf()
+}
