@@ -8,7 +8,7 @@ pub enum DeviceError {
     #[error("unknown device '{0}': use 'cpu' or 'cuda:N' (for example cuda:0)")]
     Unknown(String),
     #[error(
-        "device '{0}' needs CUDA, but this primer was built without it: rebuild with `make check-cuda` (a `--features cuda` release build with the link stub the GPU machine needs; README, Building)"
+        "device '{0}' needs CUDA, but this primer was built without it: rebuild with `make check-cuda` (a `--features cuda` build linked the way the GPU machine needs; README, Building)"
     )]
     NotCompiled(String),
     #[error("device '{device}' is not available: {message}")]
@@ -72,7 +72,7 @@ impl DeviceSpec {
                 }
                 Device::new_cuda(i).map_err(|e| DeviceError::Unavailable {
                     device: format!("cuda:{i}"),
-                    message: e.to_string(),
+                    message: cuda_init_message(&e),
                 })
             }
         }
@@ -134,6 +134,25 @@ impl MemoryProbe for SystemProbe {
 
     fn cpu_cores(&self) -> usize {
         std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// What went wrong when a CUDA device would not open, for a user: candle's message without the
+/// backtrace candle attaches under `RUST_BACKTRACE` (frames of the driver call say nothing
+/// here), and the fix for the one failure this project's own build can cause.
+fn cuda_init_message(e: &candle_core::Error) -> String {
+    let inner = match e {
+        candle_core::Error::WithBacktrace { inner, .. } => inner.as_ref(),
+        other => other,
+    };
+    let message = inner.to_string();
+    if message.contains("CUDA_ERROR_STUB_LIBRARY") {
+        format!(
+            "{message}; the libcuda.so.1 loaded is the link stub `make check-cuda` builds \
+             (target/cuda/cuda-link): take it off LD_LIBRARY_PATH so the NVIDIA driver's is loaded"
+        )
+    } else {
+        message
     }
 }
 
@@ -203,6 +222,26 @@ mod tests {
         assert_eq!(DeviceSpec::parse("cuda:1").unwrap(), DeviceSpec::Cuda(1));
         assert!(DeviceSpec::parse("tpu").is_err());
         assert!(DeviceSpec::parse("cuda:x").is_err());
+    }
+
+    #[test]
+    fn cuda_init_message_drops_the_backtrace_and_names_the_stub_fix() {
+        let stub = candle_core::Error::Msg("DriverError(CUDA_ERROR_STUB_LIBRARY, \"stub\")".into());
+        let with_bt = candle_core::Error::WithBacktrace {
+            inner: Box::new(stub),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        let m = cuda_init_message(&with_bt);
+        assert!(!m.contains('\n'), "no backtrace frames: {m}");
+        assert!(
+            m.contains("CUDA_ERROR_STUB_LIBRARY") && m.contains("LD_LIBRARY_PATH"),
+            "{m}"
+        );
+        let other = candle_core::Error::Msg("no CUDA-capable device is detected".into());
+        assert_eq!(
+            cuda_init_message(&other),
+            "no CUDA-capable device is detected"
+        );
     }
 
     #[test]
