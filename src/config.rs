@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 pub use crate::model::FinetuneMethod;
+pub use crate::model::dispatch::Precision;
 
 /// The settings side of [`FinetuneMethod`] (the enum itself lives in `crate::model`, which maps
 /// it to parameter groups and knows nothing of configs).
@@ -30,6 +31,79 @@ impl FinetuneMethod {
             FinetuneMethod::Lora => 5e-3,
         }
     }
+}
+
+/// `finetune.precision` / `prime.precision`: the arithmetic of the run's matrix products
+/// ([`Precision`]). Master weights, gradients, AdamW's moments, layer-norm and softmax
+/// statistics and the loss stay f32 under every choice.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionChoice {
+    /// The device's default: fp32 on the CPU, bf16 on CUDA.
+    #[default]
+    Auto,
+    /// f32 products.
+    Fp32,
+    /// TF32 tensor-core products on CUDA; a CPU has none and runs fp32.
+    Tf32,
+    /// bf16 products with f32 accumulation; f32 master weights and optimiser state.
+    Bf16,
+}
+
+impl PrecisionChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrecisionChoice::Auto => "auto",
+            PrecisionChoice::Fp32 => "fp32",
+            PrecisionChoice::Tf32 => "tf32",
+            PrecisionChoice::Bf16 => "bf16",
+        }
+    }
+
+    /// Whether this is the default, which configurations do not write: runs that leave it
+    /// unset keep the ids they had before the key existed, and `"auto"` is the same run.
+    pub fn is_auto(&self) -> bool {
+        *self == PrecisionChoice::Auto
+    }
+
+    /// What runs on `device`.
+    pub fn resolve(self, device: &candle_core::Device) -> Precision {
+        self.resolve_for(device.is_cuda())
+    }
+
+    /// What runs on a CUDA device (`cuda`) or the CPU: `auto` is bf16 on CUDA, where bf16
+    /// products run on tensor cores at several times fp32's rate, and fp32 on the CPU, where
+    /// bf16 only adds casts (candle's CPU products widen bf16 to f32); `tf32` needs CUDA's
+    /// tensor cores and is fp32 on the CPU. An explicit `bf16` runs on the CPU too (the
+    /// device-generic path, slower), which is how it is tested without a GPU.
+    pub fn resolve_for(self, cuda: bool) -> Precision {
+        match self {
+            PrecisionChoice::Auto if cuda => Precision::Bf16,
+            PrecisionChoice::Tf32 if cuda => Precision::Tf32,
+            PrecisionChoice::Auto | PrecisionChoice::Fp32 | PrecisionChoice::Tf32 => {
+                Precision::Fp32
+            }
+            PrecisionChoice::Bf16 => Precision::Bf16,
+        }
+    }
+
+    /// The record of a run on `device` (what `metrics.json` and `priming.json` keep).
+    pub fn in_effect(self, device: &candle_core::Device) -> PrecisionInEffect {
+        PrecisionInEffect {
+            requested: self,
+            effective: self.resolve(device),
+        }
+    }
+}
+
+/// The precision a run asked for and the one it ran with (they differ for `auto`, and for
+/// `tf32` on the CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrecisionInEffect {
+    pub requested: PrecisionChoice,
+    pub effective: Precision,
 }
 
 /// How a split is cut down for cheap runs.
@@ -253,6 +327,9 @@ pub struct FinetuneConfig {
     pub seed: u64,
     /// `cpu` or `cuda:N`.
     pub device: String,
+    /// The arithmetic of the matrix products; see [`PrecisionChoice`].
+    #[serde(skip_serializing_if = "PrecisionChoice::is_auto")]
+    pub precision: PrecisionChoice,
 }
 
 impl Default for FinetuneConfig {
@@ -280,6 +357,7 @@ impl Default for FinetuneConfig {
             dropout: None,
             seed: 0,
             device: "cpu".to_string(),
+            precision: PrecisionChoice::Auto,
         }
     }
 }
@@ -378,8 +456,13 @@ pub const PE_SETTING_KEYS: &[&str] = &[
     "lora_targets",
 ];
 
-/// [`PrimeConfig`]'s keys left out when unset, besides [`PE_SETTING_KEYS`].
+/// [`PrimeConfig`]'s keys left out when unset, besides [`PE_SETTING_KEYS`] and
+/// [`RUN_OPTIONAL_KEYS`].
 pub const PRIME_OPTIONAL_KEYS: &[&str] = &["inner_params"];
+
+/// Keys of both configurations left out at their default (so that adding them changed no
+/// stored run's id).
+pub const RUN_OPTIONAL_KEYS: &[&str] = &["precision"];
 
 /// `prime.inner_params`: what the meta-learning inner loop adapts.
 #[derive(
@@ -642,6 +725,9 @@ pub struct PrimeConfig {
     pub inner_dropout: InnerDropout,
     pub seed: u64,
     pub device: String,
+    /// The arithmetic of the matrix products; see [`PrecisionChoice`].
+    #[serde(skip_serializing_if = "PrecisionChoice::is_auto")]
+    pub precision: PrecisionChoice,
 }
 
 impl Default for PrimeConfig {
@@ -676,6 +762,7 @@ impl Default for PrimeConfig {
             inner_dropout: InnerDropout::PerStep,
             seed: 0,
             device: "cpu".to_string(),
+            precision: PrecisionChoice::Auto,
         }
     }
 }
@@ -1011,6 +1098,54 @@ mod tests {
         }
         let r = serde_json::from_value::<FinetuneConfig>(json!({ "primed_adapter": "keep" }));
         assert!(r.is_err());
+    }
+
+    /// `precision` reads its four spellings (file and flag alike) and nothing else, is left
+    /// out of the serialised config when `auto` (so run ids made before it existed stand), and
+    /// resolves per device: `auto` is bf16 on CUDA and fp32 on the CPU, `tf32` fp32 on the CPU.
+    #[test]
+    fn precision_reads_its_spellings_stays_unwritten_at_auto_and_resolves_per_device() {
+        let c: FinetuneConfig = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(c.precision, PrecisionChoice::Auto);
+        for choice in [
+            PrecisionChoice::Auto,
+            PrecisionChoice::Fp32,
+            PrecisionChoice::Tf32,
+            PrecisionChoice::Bf16,
+        ] {
+            let f: FinetuneConfig =
+                serde_json::from_value(json!({ "precision": choice.as_str() })).unwrap();
+            let p: PrimeConfig =
+                serde_json::from_value(json!({ "precision": choice.as_str() })).unwrap();
+            assert_eq!((f.precision, p.precision), (choice, choice));
+            let flag = <PrecisionChoice as clap::ValueEnum>::from_str(choice.as_str(), false);
+            assert_eq!(flag, Ok(choice));
+            let written = serde_json::to_value(&f).unwrap();
+            assert_eq!(
+                written.get("precision").is_some(),
+                choice != PrecisionChoice::Auto,
+                "{choice:?}"
+            );
+            let written = serde_json::to_value(&p).unwrap();
+            assert_eq!(written.get("precision").is_some(), !choice.is_auto());
+        }
+        for bad in ["fp16", "BF16", "float32", ""] {
+            let e = serde_json::from_value::<FinetuneConfig>(json!({ "precision": bad }))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("auto") && e.contains("bf16"), "{bad}: {e}");
+        }
+        let resolved = |c: PrecisionChoice| (c.resolve_for(false), c.resolve_for(true));
+        use Precision::{Bf16, Fp32, Tf32};
+        assert_eq!(resolved(PrecisionChoice::Auto), (Fp32, Bf16));
+        assert_eq!(resolved(PrecisionChoice::Fp32), (Fp32, Fp32));
+        assert_eq!(resolved(PrecisionChoice::Tf32), (Fp32, Tf32));
+        assert_eq!(resolved(PrecisionChoice::Bf16), (Bf16, Bf16));
+        let cpu = PrecisionChoice::Tf32.in_effect(&candle_core::Device::Cpu);
+        assert_eq!(
+            serde_json::to_value(cpu).unwrap(),
+            json!({"requested": "tf32", "effective": "fp32"})
+        );
     }
 
     #[test]

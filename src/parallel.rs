@@ -10,7 +10,9 @@
 //! encoder cache of 320 sentences runs 6-25% faster this way (`probe_cache_data_parallel`).
 //!
 //! Each batch runs on a one-thread pool, so every op inside it takes its serial path: its
-//! numbers do not depend on how many threads there are or which one ran it.
+//! numbers do not depend on how many threads there are or which one ran it. The workers adopt
+//! the calling thread's dispatch choices (`crate::model::dispatch`: the composite path, the
+//! run's precision), so a batch computes as it would on the calling thread.
 //!
 //! ```
 //! let cpu = candle_core::Device::Cpu;
@@ -57,11 +59,14 @@ where
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let done: Mutex<Vec<(usize, Result<R, E>)>> = Mutex::new(Vec::with_capacity(items.len()));
+    let choices = crate::model::dispatch::thread_choices();
     std::thread::scope(|s| {
         for pool in &pools {
             let (next, failed, done, f) = (&next, &failed, &done, &f);
             s.spawn(move || {
                 pool.install(|| {
+                    // Ops are built on the pool's one thread, which runs this closure.
+                    let _choices = choices.adopt();
                     while !failed.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(item) = items.get(i) else { break };
@@ -122,6 +127,19 @@ mod tests {
             })
             .unwrap();
         assert_eq!(got, vec![1; 16]);
+    }
+
+    /// A worker builds ops as the calling thread would: a bf16 run scores in bf16.
+    #[test]
+    fn workers_adopt_the_callers_precision() {
+        use crate::model::dispatch::{Precision, precision, precision_scope};
+        let got = pool(2)
+            .install(|| {
+                let _bf16 = precision_scope(Precision::Bf16, &Device::Cpu);
+                map_batches(&Device::Cpu, &[0; 8], |_| Ok::<_, ()>(precision()))
+            })
+            .unwrap();
+        assert_eq!(got, vec![Precision::Bf16; 8]);
     }
 
     #[test]

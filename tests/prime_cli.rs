@@ -81,6 +81,8 @@ fn maml_loop_from_flags_writes_a_checkpoint() {
             "2",
             "--seed",
             "4",
+            "--precision",
+            "bf16",
         ])
         .arg("--out")
         .arg(&out)
@@ -99,6 +101,14 @@ fn maml_loop_from_flags_writes_a_checkpoint() {
     assert_eq!(
         (info.config.inner_steps, info.config.seed, info.steps),
         (1, 4, 2)
+    );
+    // The flag is part of the configuration (the run's identity) and what ran is recorded.
+    let bf16 = primer::config::PrecisionChoice::Bf16;
+    assert_eq!(info.config.precision, bf16);
+    let precision = info.precision.expect("recorded");
+    assert_eq!(
+        (precision.requested, precision.effective),
+        (bf16, primer::config::Precision::Bf16)
     );
     assert!(out.join("adapter.safetensors").exists() && out.join("model.safetensors").exists());
 }
@@ -186,6 +196,33 @@ fn bad_inputs_fail_with_one_clear_error() {
         stderr.contains("bad.json") && stderr.contains("inner_stepz"),
         "{stderr}"
     );
+
+    // A precision that does not exist, in a file (at its line) and as a flag (with the
+    // valid values).
+    let bad_toml = tmp.path().join("bad.toml");
+    std::fs::write(&bad_toml, "sources = [\"en\"]\nprecision = \"fp16\"\n").unwrap();
+    for args in [
+        vec!["--config", bad_toml.to_str().unwrap()],
+        vec!["--precision", "fp16"],
+    ] {
+        let o = primer()
+            .arg("prime")
+            .args(&args)
+            .args(["--model", model.to_str().unwrap(), "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(
+            stderr.contains("fp16") && stderr.contains("bf16") && stderr.contains("tf32"),
+            "{args:?}: {stderr}"
+        );
+        if args[0] == "--config" {
+            assert!(stderr.contains("line 2"), "{stderr}");
+        }
+    }
+    assert!(!out.exists());
 }
 
 /// Meta priming with a LoRA inner loop writes a LoRA checkpoint (its settings in the file's
@@ -257,6 +294,7 @@ fn lora_inner_loop_primes_a_lora_checkpoint_that_lora_tuning_starts_from() {
             "--max-len",
             "32",
         ])
+        .args(["--precision", "tf32"])
         .arg("--out")
         .arg(tmp.path().join("ft"))
         .output()
@@ -264,4 +302,13 @@ fn lora_inner_loop_primes_a_lora_checkpoint_that_lora_tuning_starts_from() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // No TF32 on a CPU: the run says it ran fp32, and metrics.json keeps both.
+    assert!(stdout.contains("fp32 products"), "{stdout}");
+    let metrics: primer::train::FinetuneMetrics =
+        primer::fsutil::read_json(&tmp.path().join("ft/metrics.json")).unwrap();
+    let precision = metrics.precision.expect("recorded");
+    assert_eq!(
+        (precision.requested.as_str(), precision.effective.as_str()),
+        ("tf32", "fp32")
+    );
 }

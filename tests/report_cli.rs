@@ -37,6 +37,7 @@ fn metrics(lang: &str, seed: u64, method: FinetuneMethod, correct: u32) -> Finet
             .collect(),
         loss_curve: vec![1.0, 0.8, 0.6],
         training_noise: None,
+        precision: None,
     }
 }
 

@@ -74,6 +74,7 @@ fn metrics(lang: &str, seed: u64, correct: u32, method: FinetuneMethod) -> Finet
             .collect(),
         loss_curve: (0..120).map(|i| 2.0 / (1.0 + i as f32 * 0.1)).collect(),
         training_noise: None,
+        precision: None,
     }
 }
 

@@ -272,6 +272,7 @@ fn metrics_template(path: &Path) {
         test_sentence_counts: vec![],
         loss_curve: vec![],
         training_noise: None,
+        precision: None,
     };
     std::fs::write(path, serde_json::to_vec(&m).unwrap()).unwrap();
 }

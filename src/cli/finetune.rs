@@ -116,7 +116,7 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("fine-tuning {} ({}) failed", config.lang, config.method))?;
     progress.finish();
     println!(
-        "{} {}: test F1 {:.2} (P {:.2} R {:.2}), dev F1 {:.2} at epoch {}, {} steps, {:.1}s, {:.3}% of parameters trained",
+        "{} {}: test F1 {:.2} (P {:.2} R {:.2}), dev F1 {:.2} at epoch {}, {} steps, {:.1}s, {:.3}% of parameters trained, {}",
         metrics.lang,
         metrics.method,
         100.0 * metrics.test.f1,
@@ -126,7 +126,10 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
         metrics.best_epoch,
         metrics.steps,
         metrics.wall_time_s,
-        metrics.trained_percent
+        metrics.trained_percent,
+        metrics
+            .precision
+            .map_or(String::new(), |p| format!("{} products", p.effective))
     );
     println!(
         "metrics written to {}",

@@ -49,6 +49,10 @@ pub struct SharedRunArgs {
     /// `cpu` or `cuda:N`.
     #[arg(long)]
     pub device: Option<String>,
+    /// Arithmetic of the matrix products (default auto); metrics.json / priming.json record
+    /// the one that ran.
+    #[arg(long, value_enum)]
+    pub precision: Option<primer::config::PrecisionChoice>,
 }
 
 /// The fields of a run configuration that [`SharedRunArgs`] sets (borrowed from a
@@ -66,6 +70,7 @@ pub struct SharedFields<'a> {
     pub dropout: &'a mut Option<f64>,
     pub seed: &'a mut u64,
     pub device: &'a mut String,
+    pub precision: &'a mut primer::config::PrecisionChoice,
 }
 
 /// [`SharedFields`] of a config value: `FinetuneConfig` and `PrimeConfig` name these fields
@@ -85,6 +90,7 @@ macro_rules! shared_fields {
             dropout: &mut $c.dropout,
             seed: &mut $c.seed,
             device: &mut $c.device,
+            precision: &mut $c.precision,
         }
     };
 }
@@ -151,6 +157,9 @@ impl SharedRunArgs {
         }
         if let Some(v) = &self.device {
             *f.device = v.clone();
+        }
+        if let Some(v) = self.precision {
+            *f.precision = v;
         }
         Ok(())
     }

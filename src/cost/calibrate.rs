@@ -5,9 +5,10 @@
 
 use super::CostError;
 use super::memory::ModelConfigs;
-use crate::config::{FinetuneMethod, InnerDropout, InnerLoop, SupportMode};
+use crate::config::{FinetuneMethod, InnerDropout, InnerLoop, PrecisionChoice, SupportMode};
 use crate::data::Batch;
 use crate::device::DeviceSpec;
+use crate::model::dispatch::precision_scope;
 use crate::model::init::random_encoder;
 use crate::model::{BertConfig, DEFAULT_NUM_LABELS, PeSpec, Tagger, masked_cross_entropy};
 use crate::prime::meta::{InnerParams, MetaStepConfig, PrimingState, TaskBatches, meta_step};
@@ -58,6 +59,9 @@ pub struct StepShape {
     /// Padded sequence length (the run's `data.max_len`).
     pub seq: usize,
     pub kind: StepKind,
+    /// The run's `precision`, resolved on the device that times it (bf16 steps on a GPU take
+    /// a fraction of fp32's).
+    pub precision: PrecisionChoice,
 }
 
 impl StepShape {
@@ -106,7 +110,15 @@ impl StepShape {
                 format!("FT-priming step, {tasks} tasks × {batch} sentences")
             }
         };
-        format!("{what}, length {} ({})", self.seq, self.model.display())
+        let precision = match self.precision {
+            PrecisionChoice::Auto => String::new(),
+            p => format!(", {}", p.as_str()),
+        };
+        format!(
+            "{what}, length {}{precision} ({})",
+            self.seq,
+            self.model.display()
+        )
     }
 }
 
@@ -234,6 +246,8 @@ fn time_shape(
     steps: usize,
     device: &Device,
 ) -> Result<f64, BoxError> {
+    // Every op of the timed steps is built under the run's precision, as in the run.
+    let _precision = precision_scope(shape.precision.resolve(device), device);
     let mut rng = SeededRng::derive(0, "calibrate");
     let encoder = random_encoder(config, 0, device)?.to_params()?;
     let mut tagger = Tagger::new(config.clone(), encoder, device.clone());
@@ -422,14 +436,19 @@ mod tests {
                 batch: 3,
             },
         ];
-        for kind in kinds {
+        // The first kind also in bf16 (the device-generic path, bf16 products).
+        let bf16 = (kinds[0].clone(), PrecisionChoice::Bf16);
+        let all = kinds.into_iter().map(|k| (k, PrecisionChoice::Auto));
+        for (kind, precision) in all.chain([bf16]) {
             let shape = StepShape {
                 model: dir.path().to_path_buf(),
                 seq: 6,
                 kind,
+                precision,
             };
             let s = timer.seconds_per_step(&shape).unwrap();
             assert!(s.is_finite() && s >= 0.0, "{}: {s}", shape.describe());
+            assert_eq!(shape.describe().contains(", bf16 ("), !precision.is_auto());
         }
         assert!(DeviceTimer::new(DeviceSpec::Cpu, 0, Box::new(|_| {})).is_err());
     }

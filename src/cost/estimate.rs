@@ -97,6 +97,7 @@ pub fn run_steps(
                 model: config.model.clone(),
                 seq: config.data.max_len,
                 kind,
+                precision: config.precision,
             };
             Ok(vec![(shape, config.steps as u64)])
         }
@@ -109,6 +110,7 @@ pub fn run_steps(
                 model: config.model.clone(),
                 seq: config.data.max_len,
                 kind,
+                precision: config.precision,
             };
             // The PE module the run carries: its own method's, else the primed one it keeps.
             let pe = config.pe_spec().or(match config.primed_adapter {

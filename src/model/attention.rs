@@ -9,7 +9,7 @@
 
 use super::error::{ModelError, Result};
 use super::kernels;
-use super::ops::softmax_last_dim;
+use super::ops::{matmul, softmax_last_dim};
 use crate::op_timing::{OpKind, timed};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -89,12 +89,13 @@ pub fn attention_composite(
     };
     let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
     let bias = key_bias.to_dtype(q.dtype())?.reshape((b, 1, 1, t))?;
-    let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
+    // Products in the thread's precision; the bias, softmax and dropout in f32.
+    let scores = matmul(&q, &k.t()?)?.broadcast_add(&bias)?;
     let mut probs = softmax_last_dim(&scores)?;
     if let Some(m) = dropout_mask {
         probs = probs.mul(&m.to_dtype(probs.dtype())?)?;
     }
-    Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?)
+    Ok(matmul(&probs, &v)?.transpose(1, 2)?.reshape((b, t, h))?)
 }
 
 /// The fused CPU attention (see the module docs).

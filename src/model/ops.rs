@@ -47,6 +47,21 @@ pub fn scaled_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, scale: f64) -> 
     Ok(if scale == 1.0 { y } else { (y * scale)? })
 }
 
+/// `a · b` (candle's matmul, batched over leading dimensions) in this thread's
+/// [`Precision`](super::dispatch::Precision): every matrix product of the model's
+/// device-generic path goes through here. Under bf16 the f32 inputs are cast to bf16, and the
+/// product (f32 accumulation) back to f32; the casts are differentiable, so the gradients that
+/// reach f32 inputs — the master weights — are f32. Other dtypes multiply as they are.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    match super::dispatch::product_dtype() {
+        Some(low) if a.dtype() == DType::F32 && b.dtype() == DType::F32 => Ok(a
+            .to_dtype(low)?
+            .matmul(&b.to_dtype(low)?)?
+            .to_dtype(DType::F32)?),
+        _ => Ok(a.matmul(b)?),
+    }
+}
+
 /// [`linear`] from candle's differentiable ops (any device, any float dtype).
 pub fn linear_composite(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims();
@@ -57,7 +72,7 @@ pub fn linear_composite(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Te
     let out = w.dim(0)?;
     // One 2-D matmul (rows × in)·(in × out): cheaper forward and backward than a batched
     // matmul over a broadcast weight, whose gradient needs an extra reduction.
-    let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
+    let y = matmul(&x.reshape((rows, k))?, &w.t()?)?;
     let y = match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,

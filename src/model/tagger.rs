@@ -664,6 +664,102 @@ mod tests {
         }
     }
 
+    /// Mixed precision: under bf16 every matrix product runs in bf16 on the device-generic
+    /// path (the fused f32 kernels are not taken: the loss differs from both fp32 paths), the
+    /// loss stays within bf16's round-off of fp32's, and every trainable (master) weight gets
+    /// an f32 gradient close to its fp32 one.
+    #[test]
+    fn bf16_products_give_fp32_master_gradients_close_to_fp32() {
+        use crate::model::dispatch::{Precision, composite_only, precision_scope};
+        let (ids, mask, tt, labels) = batch(&Device::Cpu);
+        let inputs = EncoderInputs {
+            input_ids: &ids,
+            attention_mask: &mask,
+            token_type_ids: Some(&tt),
+        };
+        let lora = PeSpec::Lora {
+            r: 2,
+            alpha: 4.0,
+            targets: vec![pe::LoraTarget::Query, pe::LoraTarget::Output],
+        };
+        // The adapter with everything trainable, and LoRA (its merge is a product too).
+        for (spec, method) in [
+            (PeSpec::adapter(8), FinetuneMethod::Full),
+            (lora, FinetuneMethod::Lora),
+        ] {
+            let mut t = tiny_test_tagger(0.0, &["en"]);
+            t.pe = None;
+            t.ensure_pe(&spec, &mut SeededRng::new(1)).unwrap();
+            for (n, v) in t.pe.as_ref().unwrap().params.iter() {
+                if n.ends_with("lora_B") {
+                    let b = SeededRng::new(2).normal_tensor(v.dims(), 0.1, &Device::Cpu);
+                    v.set(&b.unwrap()).unwrap();
+                }
+            }
+            let groups = t.groups_for(method, "en");
+            t.set_trainable(&groups).unwrap();
+            let run = || {
+                let loss = t.loss(&inputs, &labels, "en", None).unwrap();
+                let grads = crate::model::backward(&loss).unwrap();
+                (loss.to_scalar::<f32>().unwrap(), grads)
+            };
+            let (fused, _) = run();
+            let (fp32, fp32_grads) = {
+                let _composite = composite_only();
+                run()
+            };
+            let (bf16, bf16_grads) = {
+                let _bf16 = precision_scope(Precision::Bf16, &Device::Cpu);
+                run()
+            };
+            let label = format!("{method} with {spec:?}");
+            eprintln!("{label}: loss fp32 {fp32} (fused {fused}), bf16 {bf16}");
+            assert!(
+                bf16 != fp32 && bf16 != fused,
+                "{label}: bf16 gave fp32's loss {bf16}: its products did not run in bf16"
+            );
+            // bf16 keeps 8 significant bits: each cast is off by at most u = 2^-9 ≈ 2e-3
+            // relative, and errors of a product's terms partly cancel. Bounds: 5u for the loss
+            // (measured: 8e-5), 15u for gradients, which pass through twice the products
+            // (measured: at most 6.5e-3).
+            let rel = ((bf16 - fp32) / fp32).abs();
+            assert!(
+                rel < 1e-2,
+                "{label}: bf16 loss {bf16} vs fp32 {fp32} ({rel:e})"
+            );
+            let norm = |x: &Tensor| {
+                x.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    .sqrt()
+            };
+            let trained = t.trainable_vars();
+            // Tensors whose gradient is zero in exact arithmetic (the key bias shifts all of a
+            // query's scores alike, which softmax ignores) hold only round-off: errors are
+            // measured against the largest gradient's norm where a tensor's own is below 1%.
+            let largest = trained
+                .iter()
+                .map(|(_, v)| norm(fp32_grads.get(v.as_tensor()).unwrap()))
+                .fold(0f32, f32::max);
+            for (n, v) in &trained {
+                let g = bf16_grads
+                    .get(v.as_tensor())
+                    .unwrap_or_else(|| panic!("{label}: {n} has no gradient under bf16"));
+                let want = fp32_grads.get(v.as_tensor()).unwrap();
+                assert_eq!(g.dtype(), DType::F32, "{label}: {n}'s gradient");
+                assert_eq!(g.dims(), want.dims(), "{label}: {n}'s gradient");
+                let err = norm(&(g - want).unwrap()) / norm(want).max(1e-2 * largest);
+                assert!(
+                    err < 3e-2,
+                    "{label}: {n}'s bf16 gradient is {err:e} off fp32's"
+                );
+            }
+        }
+    }
+
     #[test]
     fn gradient_matches_finite_difference() {
         // d loss / d (one encoder weight), numerically, through every layer type.

@@ -10,7 +10,7 @@ use super::meta::{InnerParams, MetaStepConfig, PrimingState, inner_dropout_in_ef
 use super::outer::AdamWOuter;
 use super::sampler::{DrawSizes, Sampler, SourceTask};
 use super::{PrimeCurves, PrimeStepRecord};
-use crate::config::{InnerDropout, InnerLoop, PrimeConfig, PrimingMethod};
+use crate::config::{InnerDropout, InnerLoop, PrecisionInEffect, PrimeConfig, PrimingMethod};
 use crate::data::{WordTokenizer, load_language};
 use crate::fsutil::{StagedDir, write_json_atomic};
 use crate::model::Tagger;
@@ -49,6 +49,10 @@ pub struct PrimingInfo {
     /// (and in files written before this was recorded).
     #[serde(default)]
     pub inner_dropout: Option<InnerDropout>,
+    /// The precision asked for (`prime.precision`) and the one that ran; None in files
+    /// written before it was recorded (those ran fp32).
+    #[serde(default)]
+    pub precision: Option<PrecisionInEffect>,
     pub sources: Vec<SourceInfo>,
     /// Sentences each sampled task consumes per step (support + query).
     pub sentences_per_task_step: usize,
@@ -125,6 +129,9 @@ pub fn prime(
     let started = Instant::now();
     validate(config)?;
     let device = crate::device::open_device(&config.device)?;
+    // Every op of the run — inner loops, outer steps, dev scoring — is built under it.
+    let precision = config.precision.in_effect(&device);
+    let _precision = crate::model::dispatch::precision_scope(precision.effective, &device);
     let mut tagger = Tagger::from_pretrained(&config.model, &device)?;
     let saved_config = tagger.config.clone();
     if let Some(p) = config.dropout {
@@ -301,6 +308,7 @@ pub fn prime(
         config: config.clone(),
         inner_lr: config.effective_inner_lr(),
         inner_dropout,
+        precision: Some(precision),
         sources: infos,
         sentences_per_task_step: sizes.sentences_per_task(),
         steps: config.steps,

@@ -48,6 +48,7 @@ pub fn metrics(lang: &str, seed: u64, f1: f64) -> FinetuneMetrics {
         test_sentence_counts: vec![[1, 1, 1]; 20],
         loss_curve: vec![1.0, 0.5, 0.25],
         training_noise: None,
+        precision: None,
     }
 }
 

@@ -138,12 +138,14 @@ impl KeySpace {
         leaf_paths("finetune", &finetune_default, &mut keys);
         leaf_paths("prime", &prime_default, &mut keys);
         // Keys the defaults leave out because they are unset (see `config::PE_SETTING_KEYS`).
-        let optional = crate::config::PE_SETTING_KEYS
-            .iter()
+        use crate::config::{PE_SETTING_KEYS, PRIME_OPTIONAL_KEYS, RUN_OPTIONAL_KEYS};
+        let optional = (PE_SETTING_KEYS.iter())
+            .chain(RUN_OPTIONAL_KEYS)
             .map(|k| ("finetune", k));
         let optional = optional.chain(
-            (crate::config::PE_SETTING_KEYS.iter())
-                .chain(crate::config::PRIME_OPTIONAL_KEYS)
+            (PE_SETTING_KEYS.iter())
+                .chain(PRIME_OPTIONAL_KEYS)
+                .chain(RUN_OPTIONAL_KEYS)
                 .map(|k| ("prime", k)),
         );
         for (section, k) in optional {

@@ -1071,6 +1071,56 @@ select = { by = "dev_f1", over = ["finetune.lr"] }
         );
     }
 
+    /// `precision = "auto"` is what no value means: the same runs, the same ids (stores made
+    /// before the key existed are reused); an explicit precision is another run — of
+    /// fine-tuning alone for `finetune.precision`, of priming and the fine-tuning after it for
+    /// `prime.precision`. A value that is not a precision is an error at its line.
+    #[test]
+    fn precision_auto_is_the_default_run_and_an_explicit_one_another() {
+        let text = |extra: &str| {
+            format!(
+                "name = \"t\"\ntargets = [\"hi\"]\n[base.finetune]\nmodel = \".\"\n\
+                 [settings.p]\npriming = \"meta\"\n{extra}"
+            )
+        };
+        let ids = |extra: &str| -> (Vec<String>, Vec<String>) {
+            let sweep = Sweep::from_text(Path::new("t.toml"), &text(extra)).unwrap();
+            let plan = Plan::expand(&sweep).unwrap();
+            let of = |kind| {
+                (plan.runs.iter())
+                    .filter(|r| r.kind() == kind)
+                    .map(|r| r.id.clone())
+                    .collect()
+            };
+            (of(RunKind::Prime), of(RunKind::Finetune))
+        };
+        let (prime, finetune) = ids("");
+        assert_eq!(
+            (prime.clone(), finetune.clone()),
+            ids("\"finetune.precision\" = \"auto\"\n\"prime.precision\" = \"auto\"\n")
+        );
+        let (p, f) = ids("\"finetune.precision\" = \"bf16\"\n");
+        assert_eq!(p, prime, "fine-tuning's precision is not priming's");
+        assert!(f.iter().all(|id| !finetune.contains(id)));
+        let (p, f) = ids("\"prime.precision\" = \"fp32\"\n");
+        assert!(p.iter().all(|id| !prime.contains(id)));
+        assert!(
+            f.iter().all(|id| !finetune.contains(id)),
+            "they start elsewhere"
+        );
+        let e = Sweep::from_text(
+            Path::new("t.toml"),
+            &text("\"finetune.precision\" = \"fp16\"\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("t.toml:7:"), "{e}");
+        assert!(
+            e.contains("finetune.precision") && e.contains("fp16") && e.contains("bf16"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn a_key_varied_within_a_setting_must_be_selected_on_dev() {
         let text = SEEDED_EVAL.replace("over = [\"finetune.lr\"]", "over = []");

@@ -304,6 +304,9 @@ pub fn run_finetune(
     let started = Instant::now();
     validate(config)?;
     let device = open_device(&config.device)?;
+    // Every op of the run — training, the encoder cache, scoring — is built under it.
+    let precision = config.precision.in_effect(&device);
+    let _precision = crate::model::dispatch::precision_scope(precision.effective, &device);
     let dir = model_dir(config);
     let lang = config.lang.as_str();
 
@@ -519,6 +522,7 @@ pub fn run_finetune(
         test_sentence_counts: test.sentence_counts,
         loss_curve,
         training_noise: Some(training_noise),
+        precision: Some(precision),
     };
     write_json_atomic(&out_dir.join(METRICS_FILE), &metrics)?;
     Ok(metrics)

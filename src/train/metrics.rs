@@ -1,6 +1,6 @@
 //! What one fine-tuning run reports (`metrics.json`). The report stage reads these files.
 
-use crate::config::FinetuneMethod;
+use crate::config::{FinetuneMethod, PrecisionInEffect};
 use crate::metric::Scores;
 use serde::{Deserialize, Serialize};
 
@@ -90,14 +90,18 @@ pub struct FinetuneMetrics {
     /// None in files written before it was recorded.
     #[serde(default)]
     pub training_noise: Option<TrainingNoise>,
+    /// The precision asked for (`finetune.precision`) and the one that ran; None in files
+    /// written before it was recorded (those ran fp32).
+    #[serde(default)]
+    pub precision: Option<PrecisionInEffect>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A metrics.json written before `training_noise` existed still parses (as None), and a
-    /// new one round-trips.
+    /// A metrics.json written before `training_noise` and `precision` existed still parses
+    /// (as None), and a new one round-trips.
     #[test]
     fn metrics_without_training_noise_still_parse() {
         let scores =
@@ -111,14 +115,21 @@ mod tests {
         });
         let m: FinetuneMetrics = serde_json::from_value(old.clone()).unwrap();
         assert_eq!(m.training_noise, None);
+        assert_eq!(m.precision, None);
         old["training_noise"] = serde_json::json!({
             "encoder_hidden_dropout": 0.1,
             "encoder_attention_dropout": 0.1,
             "primed_adapter": "dropped"
         });
+        old["precision"] = serde_json::json!({"requested": "auto", "effective": "bf16"});
         let m: FinetuneMetrics = serde_json::from_value(old).unwrap();
         let noise = m.training_noise.clone().unwrap();
         assert_eq!(noise.primed_adapter, PrimedAdapterUse::Dropped);
+        let precision = m.precision.unwrap();
+        assert_eq!(
+            (precision.requested.as_str(), precision.effective.as_str()),
+            ("auto", "bf16")
+        );
         let back: FinetuneMetrics =
             serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
         assert_eq!(back, m);

@@ -202,7 +202,7 @@ fn merged_weight(w: &Tensor, b: &Tensor, a: &Tensor, scale: f64) -> Result<Tenso
         Ok(w.contiguous()?
             .apply_op3(&b.contiguous()?, &a.contiguous()?, op)?)
     } else {
-        Ok((w + (b.matmul(a)? * scale)?)?)
+        Ok((w + (crate::model::ops::matmul(b, a)? * scale)?)?)
     }
 }
 
