@@ -3,12 +3,12 @@
 //! `metrics.json`; runs not done have nulls in every measured column, never zeros.
 
 use crate::fsutil::write_atomic;
-use crate::report::{ReportError, RunRecord};
+use crate::report::{ReportError, ReportInput, RunRecord};
 use polars::prelude::*;
 use polars_io::SerWriter;
 use polars_io::csv::write::CsvWriter;
 use polars_io::parquet::write::ParquetWriter;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Entity types that always get a per-type column, in this order (WikiAnn's three).
@@ -37,7 +37,7 @@ fn col_str(name: &str, v: Vec<Option<String>>) -> Column {
 }
 
 /// The long table of runs: setting, priming, inner_loop, inner_steps, inner_lr, outer_lr,
-/// ft_method, ft_lr, trained_percent, lang, seed, done, dev_/test_ precision/recall/f1,
+/// ft_method, ft_lr, trained_percent, precision, lang, seed, done, dev_/test_ precision/recall/f1,
 /// `test_f1_<TYPE>` for PER, ORG, LOC (and any other type seen), best_epoch, steps,
 /// wall_time_s, run_id.
 pub fn scores_frame(runs: &[RunRecord]) -> Result<DataFrame, ReportError> {
@@ -81,6 +81,16 @@ pub fn scores_frame(runs: &[RunRecord]) -> Result<DataFrame, ReportError> {
         ),
         col_f64("ft_lr", runs.iter().map(|r| Some(r.meta.ft_lr)).collect()),
         col_f64("trained_percent", metric(&|m| m.trained_percent)),
+        // The precision the run's products ran in (null for runs recorded before the key).
+        col_str(
+            "precision",
+            meta_str(&|r| {
+                r.metrics
+                    .as_ref()
+                    .and_then(|m| m.precision)
+                    .map(|p| p.effective.as_str().to_string())
+            }),
+        ),
         col_str("lang", meta_str(&|r| Some(r.meta.lang.clone()))),
         col_u64("seed", runs.iter().map(|r| Some(r.meta.seed)).collect()),
         Series::new(
@@ -149,4 +159,85 @@ pub fn write_parquet(df: &DataFrame, path: &Path) -> Result<(), ReportError> {
         .map_err(polars_err(format!("writing {}", path.display())))?;
     write_atomic(path, &buf)?;
     Ok(())
+}
+
+/// A warning when the done runs of a report (fine-tuning, and the priming runs they start from)
+/// did not all run their products in one precision: bf16 and fp32 runs of one setting differ
+/// by more than nothing, so a comparison across them measures precision as well as method.
+/// Runs recorded before precision was recorded are not counted.
+pub fn mixed_precision_warning(input: &ReportInput) -> Option<String> {
+    let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for r in &input.runs {
+        if let Some(p) = r.metrics.as_ref().and_then(|m| m.precision)
+            && seen.insert(r.meta.run_id.clone())
+        {
+            *counts.entry(p.effective.as_str()).or_default() += 1;
+        }
+    }
+    for p in &input.priming_runs {
+        if !p.done || !seen.insert(p.run_id.clone()) {
+            continue;
+        }
+        let info: Option<crate::prime::PrimingInfo> =
+            crate::fsutil::read_json(&p.checkpoint_dir.join(crate::prime::PRIMING_FILE)).ok();
+        if let Some(precision) = info.and_then(|i| i.precision) {
+            *counts.entry(precision.effective.as_str()).or_default() += 1;
+        }
+    }
+    if counts.len() < 2 {
+        return None;
+    }
+    let list: Vec<String> = counts
+        .iter()
+        .map(|(p, n)| format!("{p}: {n} runs"))
+        .collect();
+    Some(format!(
+        "runs of this report ran in different precisions ({}); `precision = \"auto\"` is fp32 \
+         on a CPU and bf16 on CUDA, so set `precision` explicitly in the sweep to compare \
+         methods rather than devices (the `precision` column of scores.csv says which run is which)",
+        list.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{PrecisionChoice, PrecisionInEffect};
+    use crate::model::dispatch::Precision;
+    use crate::report::testutil::{input, run};
+
+    fn ran_in(mut r: RunRecord, effective: Precision) -> RunRecord {
+        r.metrics.as_mut().unwrap().precision = Some(PrecisionInEffect {
+            requested: PrecisionChoice::Auto,
+            effective,
+        });
+        r
+    }
+
+    #[test]
+    fn mixed_precision_is_warned_and_in_the_scores() {
+        let one = vec![
+            ran_in(run("A", "x", 1, Some(0.8)), Precision::Fp32),
+            ran_in(run("A", "x", 2, Some(0.8)), Precision::Fp32),
+            // Recorded before the key: not counted either way.
+            run("B", "x", 1, Some(0.7)),
+        ];
+        let same = input(&["A", "B"], &["x"], one.clone(), Default::default());
+        assert_eq!(mixed_precision_warning(&same), None);
+
+        let mut mixed = one;
+        mixed.push(ran_in(run("B", "x", 2, Some(0.7)), Precision::Bf16));
+        let mixed = input(&["A", "B"], &["x"], mixed, Default::default());
+        let w = mixed_precision_warning(&mixed).expect("a warning");
+        assert!(
+            w.contains("bf16: 1 runs") && w.contains("fp32: 2 runs"),
+            "{w}"
+        );
+
+        let df = scores_frame(&mixed.runs).unwrap();
+        let col = df.column("precision").unwrap().str().unwrap();
+        let values: Vec<Option<&str>> = col.iter().collect();
+        assert_eq!(values, [Some("fp32"), Some("fp32"), None, Some("bf16")]);
+    }
 }

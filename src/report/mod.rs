@@ -244,10 +244,13 @@ pub fn write_report(
     let runs_total = all_runs.runs.len();
     let runs_done = all_runs.runs.iter().filter(|r| r.metrics.is_some()).count();
     let mut text = format!(
-        "Report of sweep {}: {runs_done} of {runs_total} fine-tuning runs done.\n\n## Table 1\n\n{}\n",
+        "Report of sweep {}: {runs_done} of {runs_total} fine-tuning runs done.\n\n",
         input.sweep_name,
-        table1.to_markdown()
     );
+    if let Some(warning) = gather::mixed_precision_warning(all_runs) {
+        text += &format!("Warning: {warning}.\n\n");
+    }
+    text += &format!("## Table 1\n\n{}\n", table1.to_markdown());
     text += &comparison.to_markdown(samples).replacen("# ", "## ", 1);
     if !skipped.is_empty() {
         text += "\nNot drawn:\n";

@@ -195,6 +195,8 @@ pub struct Header {
     pub wall_time_s: Option<u64>,
     /// Run time per kind of run (`summary.md`'s table).
     pub kinds: Vec<KindCost>,
+    /// What a reader must know before comparing rows (e.g. runs in mixed precision).
+    pub warnings: Vec<String>,
 }
 
 /// Everything the page shows.
@@ -383,6 +385,9 @@ impl<'a> PageData<'a> {
             counts,
             wall_time_s: (last >= first).then(|| last - first),
             kinds: crate::report::summary::summarize(all, &all.results_dir, &[], &[]).kinds,
+            warnings: crate::report::gather::mixed_precision_warning(all)
+                .into_iter()
+                .collect(),
         };
 
         let curves_dir = all.results_dir.join("curves");

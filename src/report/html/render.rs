@@ -172,6 +172,9 @@ fn header(p: &PageData<'_>) -> Markup {
                 dt { "Run time" }
                 dd { (duration(run_time)) span.note { " (summed over finished runs)" } }
             }
+            @if !h.warnings.is_empty() {
+                ul.warnings { @for w in &h.warnings { li { strong { "Warning: " } (w) } } }
+            }
             @if !h.kinds.is_empty() {
                 table.data.kinds {
                     thead { tr { th { "Runs" } th.num { "Done" } th.num { "Run time" }
