@@ -11,7 +11,9 @@
 //!   upper bound: batches are length-bucketed): every layer's saved tensors where the backward
 //!   pass goes through the encoder, one layer's working set where the encoder runs graph-free;
 //! * the encoder-output cache of head/adapter tuning (one row of H floats per word of train
-//!   and dev, words beyond `max_len` cut).
+//!   and dev, words beyond `max_len` cut);
+//! * under bf16 (or `auto`, bf16 on CUDA), the bf16 copies the products keep for the backward
+//!   pass ([`bf16_graph_extra`]).
 //!
 //! The activation coefficients count the tensors this implementation keeps per layer
 //! (Q, K, V and their head-major copies, scores, softmax and dropout, the residual branches,
@@ -19,8 +21,8 @@
 //! The per-process runtime (CUDA context, cuBLAS workspace) is the packer's, not a run's.
 
 use super::CostError;
-use crate::config::InnerLoop;
 use crate::config::{FinetuneConfig, FinetuneMethod, PrimeConfig, PrimedAdapter, PrimingMethod};
+use crate::config::{InnerLoop, PrecisionChoice};
 use crate::model::bert::encoder_param_shapes;
 use crate::model::pe::encoder_output_is_constant;
 use crate::model::tagger::head_param_shapes;
@@ -38,6 +40,15 @@ const SAVED_I_PER_TOKEN: u64 = 4;
 /// Attention-score-sized tensors (`heads × seq` floats per token): scores, scaled and masked
 /// scores, softmax, dropout mask and output.
 const SAVED_SCORES_PER_TOKEN: u64 = 6;
+/// Under bf16 (`crate::model::ops::matmul` casts both inputs of every product to bf16 and
+/// the graph keeps the casts for the backward pass), what one layer keeps besides its f32
+/// tensors, per token, in floats' worth (a bf16 value is half a float): the products' inputs of
+/// H floats (the layer input, cast once for each of the Q, K and V projections; Q, K, V; the
+/// context, which the output projection reads; the feed-forward's input: 8), of `intermediate_size` floats (the second feed-forward
+/// product's input: 1) and of attention-score size (the probabilities: 1), each halved.
+const BF16_SAVED_H_PER_TOKEN: u64 = 8;
+const BF16_SAVED_I_PER_TOKEN: u64 = 1;
+const BF16_SAVED_SCORES_PER_TOKEN: u64 = 1;
 /// Padded tokens of one graph-free inference batch on a GPU (`Batcher::for_inference`; the
 /// CPU's is smaller, so this bounds both).
 const INFERENCE_TOKENS: u64 = 8192;
@@ -104,6 +115,27 @@ pub fn graph_activations(model: &BertConfig, batch: usize, seq: usize) -> u64 {
     b * t * per_token * F32
 }
 
+/// What bf16 adds to [`graph_activations`]: every layer's bf16 copies of its products' inputs
+/// (see [`BF16_SAVED_H_PER_TOKEN`]) and of its weight matrices, kept for the backward pass.
+/// Charged whenever a run may resolve to bf16 (`precision = "bf16"`, or `"auto"`, which is
+/// bf16 on CUDA): on a CPU `auto` runs fp32 and the estimate errs high, as it is meant to.
+pub fn bf16_graph_extra(model: &BertConfig, batch: usize, seq: usize) -> u64 {
+    let (b, t) = (batch as u64, seq as u64);
+    let (h, i) = (model.hidden_size as u64, model.intermediate_size as u64);
+    let per_token = BF16_SAVED_H_PER_TOKEN * h
+        + BF16_SAVED_I_PER_TOKEN * i
+        + BF16_SAVED_SCORES_PER_TOKEN * model.num_attention_heads as u64 * t;
+    let layers = model.num_hidden_layers as u64;
+    // Q, K, V and output projections (H x H) and the feed-forward pair (H x I, I x H).
+    let layer_weights = 4 * h * h + 2 * h * i;
+    (layers * b * t * per_token + layers * layer_weights) * F32 / 2
+}
+
+/// Whether a run with this setting may run its products in bf16 (see [`bf16_graph_extra`]).
+fn may_run_bf16(choice: PrecisionChoice) -> bool {
+    matches!(choice, PrecisionChoice::Bf16 | PrecisionChoice::Auto)
+}
+
 /// Activations of a graph-free forward over `tokens` padded tokens of length `seq`: the
 /// layer being computed and its input.
 pub fn graph_free_activations(model: &BertConfig, tokens: u64, seq: usize) -> u64 {
@@ -160,6 +192,11 @@ pub fn finetune_memory(
     let seq = cfg.data.max_len;
     let activations = if through_encoder {
         graph_activations(model, cfg.batch_size, seq)
+            + if may_run_bf16(cfg.precision) {
+                bf16_graph_extra(model, cfg.batch_size, seq)
+            } else {
+                0
+            }
     } else {
         let tokens = (cfg.batch_size as u64 * seq as u64).max(INFERENCE_TOKENS);
         graph_free_activations(model, tokens, seq)
@@ -190,6 +227,13 @@ pub fn prime_memory(cfg: &PrimeConfig, model: &BertConfig) -> MemoryEstimate {
     // The outer update: θp and θa (FT priming updates the heads with them).
     let outer = enc + pe_n + if is_ft { heads } else { 0 };
     let full_loop = cfg.effective_inner_loop() == InnerLoop::Full;
+    let bf16_extra = |batch: usize| {
+        if may_run_bf16(cfg.precision) {
+            bf16_graph_extra(model, batch, seq)
+        } else {
+            0
+        }
+    };
     let (inner_copies, activations) = if is_ft {
         let sizes = crate::prime::sampler::DrawSizes::new(
             cfg.support,
@@ -197,7 +241,8 @@ pub fn prime_memory(cfg: &PrimeConfig, model: &BertConfig) -> MemoryEstimate {
             cfg.support_batch_size,
             cfg.query_batch_size,
         );
-        (0, graph_activations(model, sizes.sentences_per_task(), seq))
+        let n = sizes.sentences_per_task();
+        (0, graph_activations(model, n, seq) + bf16_extra(n))
     } else {
         let fast = if full_loop {
             enc + pe_n + head
@@ -207,10 +252,12 @@ pub fn prime_memory(cfg: &PrimeConfig, model: &BertConfig) -> MemoryEstimate {
         let pe_inside = pe.method().acts_inside_encoder();
         let support = if full_loop || pe_inside {
             graph_activations(model, cfg.support_batch_size, seq)
+                + bf16_extra(cfg.support_batch_size)
         } else {
             graph_free_activations(model, (cfg.support_batch_size * seq) as u64, seq)
         };
-        let query = graph_activations(model, cfg.query_batch_size, seq);
+        let query =
+            graph_activations(model, cfg.query_batch_size, seq) + bf16_extra(cfg.query_batch_size);
         // Fast weights and their gradients.
         (2 * fast * F32, support.max(query))
     };
@@ -335,6 +382,43 @@ mod tests {
         );
     }
 
+    #[test]
+    fn bf16_copies_are_charged_where_a_run_may_run_bf16() {
+        use crate::config::PrecisionChoice;
+        let m = mbert();
+        let with = |precision| {
+            let cfg = FinetuneConfig {
+                precision,
+                ..finetune(FinetuneMethod::Full)
+            };
+            finetune_memory(&cfg, None, &m, CacheRows::default()).activations
+        };
+        let fp32 = with(PrecisionChoice::Fp32);
+        assert_eq!(fp32, graph_activations(&m, 32, 128));
+        assert_eq!(with(PrecisionChoice::Tf32), fp32);
+        assert_eq!(with(PrecisionChoice::Bf16), with(PrecisionChoice::Auto));
+        let extra = with(PrecisionChoice::Bf16) - fp32;
+        assert_eq!(extra, bf16_graph_extra(&m, 32, 128));
+        // mBERT at 32 x 128: 12 layers x 4096 tokens x (8·768 + 3072 + 12·128) / 2 floats, and
+        // half of the layers' 85M matrix weights: about 0.74 GiB + 0.16 GiB, some 14% on top of
+        // the f32 activations.
+        let tokens = 32 * 128;
+        let acts = 12 * tokens * (8 * 768 + 3072 + 12 * 128) * 4 / 2;
+        let weights = 12 * (4 * 768 * 768 + 2 * 768 * 3072) * 4 / 2;
+        assert_eq!(extra, acts + weights);
+        let share = extra as f64 / fp32 as f64;
+        assert!((0.05..0.25).contains(&share), "{share}");
+        // Priming pays it in its graph-keeping passes too.
+        let prime = |precision| {
+            let cfg = PrimeConfig {
+                precision,
+                ..PrimeConfig::default()
+            };
+            prime_memory(&cfg, &m).activations
+        };
+        assert!(prime(PrecisionChoice::Bf16) > prime(PrecisionChoice::Fp32));
+    }
+
     fn finetune(method: FinetuneMethod) -> FinetuneConfig {
         FinetuneConfig {
             method,
@@ -356,7 +440,11 @@ mod tests {
         assert_eq!(full.gradients, p * 4);
         assert_eq!(full.optimizer, 2 * p * 4);
         assert_eq!(full.encoder_cache, 0, "full FT runs the encoder every step");
-        assert_eq!(full.activations, graph_activations(&m, 32, 128));
+        // `precision = "auto"` may be bf16 (on CUDA): its copies are charged.
+        assert_eq!(
+            full.activations,
+            graph_activations(&m, 32, 128) + bf16_graph_extra(&m, 32, 128)
+        );
         // mBERT full FT at batch 32 × 128 in fp32: a few GiB of state plus activations
         // (PyTorch needs about 8-10 GiB for this).
         let total = full.total() as f64 / GIB;
@@ -388,7 +476,10 @@ mod tests {
             ..finetune(FinetuneMethod::Full)
         };
         let full64 = finetune_memory(&big, None, &m, rows);
-        assert_eq!(full64.activations, 2 * full.activations);
+        assert_eq!(
+            full64.activations,
+            2 * graph_activations(&m, 32, 128) + bf16_graph_extra(&m, 64, 128)
+        );
     }
 
     #[test]
@@ -432,7 +523,10 @@ mod tests {
             (encoder_params(&m) + pe_params(&PeSpec::adapter(64), &m) + 2 * head_params(&m)) * 4
         );
         // The query pass backpropagates through θp in both.
-        assert_eq!(a.activations, graph_activations(&m, 16, 128));
+        assert_eq!(
+            a.activations,
+            graph_activations(&m, 16, 128) + bf16_graph_extra(&m, 16, 128)
+        );
         // FT priming: one batch of a meta step's sentences per task (support + query).
         let ft = PrimeConfig {
             method: PrimingMethod::Ft,
@@ -440,6 +534,9 @@ mod tests {
         };
         let f = prime_memory(&ft, &m);
         assert_eq!(f.inner_copies, 0);
-        assert_eq!(f.activations, graph_activations(&m, 32, 128));
+        assert_eq!(
+            f.activations,
+            graph_activations(&m, 32, 128) + bf16_graph_extra(&m, 32, 128)
+        );
     }
 }
