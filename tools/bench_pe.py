@@ -14,8 +14,12 @@ torch_ref.py, imported by path): a random BERT of MiniLM's shape with `--minilm`
 layers, 12 heads, vocabulary 30522), batch 16 × seq 64, no dropout, AdamW (β 0.9/0.999, eps
 1e-8, weight decay 0.01), the given thread count and one inter-op thread. LoRA is peft's with
 primer's defaults: r 8, α 8, query and value of every layer, lora_dropout 0. Prints one JSON
-line per mode ({"mode": ..., "median_ms": ..., ...}, the fields torch_ref.py prints), after a
-first line describing the versions.
+line per mode ({"mode": ..., "median_ms": ..., ...}, the fields torch_ref.py prints, and the
+peak memory), after a first line describing the versions.
+
+`--size mbert` (or tiny, minilm) and `--device cuda:N` move the model and batches to a GPU and
+change the model's size the way tools/torch_device.py does for torch_ref.py's own steps (exit
+status 3 when torch, peft or the device is missing).
 
     /work/venv-torch/bin/python tools/bench_pe.py --minilm --threads 2 --steps 5
 """
@@ -26,10 +30,17 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch_device  # noqa: E402  (beside this script, in tools/ and in the GPU bundle)
+
+try:
+    import torch
+except ImportError:
+    torch = None  # main() says so, with torch_device's exit status
 
 
 def load_torch_ref(path):
@@ -166,6 +177,9 @@ def parse(argv=None):
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--tiny", dest="preset", action="store_const", const="tiny")
     g.add_argument("--minilm", dest="preset", action="store_const", const="minilm")
+    g.add_argument("--size", dest="preset", choices=["tiny", "minilm", "mbert"],
+                   help="the model size (mbert: tools/torch_device.py's SIZES)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda:N")
     ap.add_argument("--mode", default="lora,meta-lora", help="comma-separated: lora, meta-lora")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=64)
@@ -200,17 +214,23 @@ def parse(argv=None):
 
 def main(argv=None):
     args = parse(argv)
+    torch_device.import_torch()
+    try:
+        import peft
+    except ImportError as e:
+        torch_device.unavailable(f"peft is not installed in {sys.executable}: {e}")
     tr = load_torch_ref(args.torch_ref)
+    dev = torch_device.prepare(tr, args.device, args.preset)
     torch.set_num_threads(args.threads)
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
-    import peft
     import transformers
     print(json.dumps(dict(torch=torch.__version__, transformers=transformers.__version__,
                           peft=peft.__version__, threads=torch.get_num_threads(),
-                          cpu=platform.processor() or platform.machine(), preset=args.preset)),
+                          cpu=platform.processor() or platform.machine(), preset=args.preset,
+                          device=str(dev), device_name=torch_device.device_name(dev))),
           flush=True)
     for mode in args.mode.split(","):
         if mode not in ("lora", "meta-lora"):
@@ -218,7 +238,7 @@ def main(argv=None):
         lr = args.lr
         if mode == "lora":
             args.lr = args.ft_lr
-        res = bench(tr, args, mode)
+        res = torch_device.measure(dev, lambda: bench(tr, args, mode))
         args.lr = lr
         print(json.dumps(res), flush=True)
 

@@ -11,7 +11,9 @@
 # testing the bundle). The archive holds:
 #   primer-gpu-check/primer             the binary, stripped
 #   primer-gpu-check/gpu-check.sh       the check (tools/gpu-check.sh)
-#   primer-gpu-check/torch_bench.py     PyTorch's side (tools/gpu-check/)
+#   primer-gpu-check/torch_ref.py       the bench's PyTorch side: the reference ($REFERENCE,
+#   primer-gpu-check/torch_device.py    default ../shared/reference/torch_ref.py), what runs it
+#   primer-gpu-check/bench_pe.py        on the GPU (tools/) and the LoRA rows' script (tools/)
 #   primer-gpu-check/tiny-sweep.toml    the tiny sweep (tools/gpu-check/)
 #   primer-gpu-check/golden/            the step dumps of $GOLDEN_DIR (default ../shared/golden);
 #                                       not encoder/: it needs the 90 MB MiniLM checkpoint
@@ -25,6 +27,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 GOLDEN_DIR="${GOLDEN_DIR:-$ROOT/../shared/golden}"
+REFERENCE="${REFERENCE:-$ROOT/../shared/reference/torch_ref.py}"
 MAX_BYTES=$((64 * 1024 * 1024))
 NAME=primer-gpu-check
 # The WikiAnn languages tiny-sweep.toml reads (its sources and targets).
@@ -42,6 +45,7 @@ cmd_make() {
   local binary="$1" archive="$2"
   [ -x "$binary" ] || die "no executable $binary (build it first: make check-cuda for the CUDA binary)"
   [ -d "$GOLDEN_DIR" ] || die "no golden dumps at $GOLDEN_DIR (set GOLDEN_DIR=/path/to/shared/golden)"
+  [ -f "$REFERENCE" ] || die "no PyTorch reference at $REFERENCE (set REFERENCE=/path/to/torch_ref.py)"
   case "$archive" in *.tar.xz) ;; *) die "the archive must end in .tar.xz: $archive" ;; esac
   TMP_DIR="$(mktemp -d)"
   local stage="$TMP_DIR"
@@ -50,7 +54,8 @@ cmd_make() {
   strip -o "$b/primer" "$binary" 2>/dev/null || cp "$binary" "$b/primer"
   chmod +x "$b/primer"
   cp "$ROOT/tools/gpu-check.sh" "$b/"
-  cp "$ROOT/tools/gpu-check/torch_bench.py" "$ROOT/tools/gpu-check/tiny-sweep.toml" "$b/"
+  cp "$ROOT/tools/gpu-check/tiny-sweep.toml" "$ROOT/tools/torch_device.py" "$ROOT/tools/bench_pe.py" \
+    "$REFERENCE" "$b/"
   local d n=0
   for d in "$GOLDEN_DIR"/*/; do
     if [ -f "$d/meta.json" ] && [ -f "$d/dump.safetensors" ]; then
@@ -94,7 +99,7 @@ cmd_test() {
   local dir="$TMP_DIR"
   tar -C "$dir" -xJf "$archive"
   local want
-  for want in primer gpu-check.sh torch_bench.py tiny-sweep.toml NEEDS.txt \
+  for want in primer gpu-check.sh torch_ref.py torch_device.py bench_pe.py tiny-sweep.toml NEEDS.txt \
     golden-pe/tiny_lora/meta.json data/tokenizer/bert-base-multilingual-cased/vocab.txt; do
     [ -e "$dir/$NAME/$want" ] || die "$archive lacks $NAME/$want"
   done
@@ -109,7 +114,8 @@ cmd_test() {
     die "gpu-check.sh --device $device failed"
   }
   echo "$json"
-  # Every dump carried was replayed and passed, and the sweep's 7 runs are done.
+  # Every dump carried was replayed and passed, the sweep's 7 runs are done, and the bench
+  # reported every row with a time.
   python3 - "$json" "$(ls -d "$dir/$NAME"/golden/*/ "$dir/$NAME"/golden-pe/*/ | wc -l)" <<'PY'
 import json, sys
 s = json.loads(sys.argv[1])
@@ -118,6 +124,9 @@ dumps = s["verify_golden"]["dumps"]
 assert len(dumps) == carried, f"{len(dumps)} dumps replayed, {carried} carried"
 assert all(d["status"] == "pass" for d in dumps.values()), dumps
 assert s["sweep"]["passed"], s["sweep"]
+b = s["bench"]
+assert b["passed"] and b["device"] == s["device"], b
+assert b["rows"] and all(r["primer_ms"] > 0 for r in b["rows"].values()), b["rows"]
 PY
   say "gpu-check.sh passed on $device from the unpacked bundle"
 }

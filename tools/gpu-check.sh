@@ -7,14 +7,17 @@
 #   libraries     where the CUDA libraries the binary needs were found (or which are missing)
 #   verify_golden `primer verify-golden golden golden-pe --device DEV --json` (the PyTorch dumps)
 #   sweep         a tiny sweep (tiny-sweep.toml) with `--devices DEV --per-device 2`
-#   bench         `primer bench` on DEV when this binary's bench takes a device; else why not
-#   torch         PyTorch on the same GPU (torch_bench.py: mBERT-sized steps), if it is installed
+#   bench         `primer bench --device DEV --size mbert` (random L12/H768, vocab 119547, batch
+#                 32 x seq 128): per step kind ms, tokens/s and peak memory, beside PyTorch on the
+#                 same device (torch_ref.py through torch_device.py, bench_pe.py for LoRA) when
+#                 that machine's python3 (or $TORCH_PYTHON) has torch with CUDA; else the bench
+#                 says why not. The whole bench JSON stays in out/bench.json.
 #
 #   usage: ./gpu-check.sh [--device cuda:0] [--skip-torch] [--skip-sweep]
 #
-# Exit status: 0 when verify-golden and the sweep passed, 1 otherwise (the JSON says which).
-# `--device cpu` runs the same check on a machine without a GPU (how `make gpu-bundle-cpu`
-# tests the bundle); the bench and PyTorch parts are skipped there.
+# Exit status: 0 when verify-golden, the sweep and the bench passed, 1 otherwise (the JSON says
+# which). `--device cpu` runs the same check on a machine without a GPU (how `make
+# gpu-bundle-cpu` tests the bundle); the bench runs there at the tiny size without PyTorch.
 set -uo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -86,35 +89,29 @@ if [ "$SKIP_SWEEP" = 0 ]; then
   "$PRIMER" status tiny-sweep.toml >"$OUT/sweep-status.txt" 2>&1 || true
 fi
 
-# --- primer bench on the device, when this build's bench can -----------------------------------
-bench_note=""
+# --- primer bench on the device, beside PyTorch on the same device ---------------------------------
+# On the CPU (the bundle's test in CI) the tiny size, one step each and no PyTorch: seconds, and
+# the bench's JSON reaches the summary the same way.
 if [ "$DEVICE" = cpu ]; then
-  bench_note="skipped on cpu (the check times GPUs)"
-elif "$PRIMER" bench --help 2>/dev/null | grep -q -- '--device'; then
-  say "primer bench on $DEVICE ${PRIMER_BENCH_ARGS:-}"
-  # shellcheck disable=SC2086  # PRIMER_BENCH_ARGS is a list of flags
-  "$PRIMER" bench --device "$DEVICE" ${PRIMER_BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
-  rc=$?
-  echo "$rc" >"$OUT/bench.rc"
+  bench_args=(--size tiny --steps 1 --run-batches 2 --run-epochs 1 --no-torch)
 else
-  bench_note="this primer's bench has no --device flag (it times the MiniLM-sized model on the CPU against PyTorch); nothing timed on the GPU"
+  bench_args=(--size mbert)
+  [ "$SKIP_TORCH" = 0 ] || bench_args+=(--no-torch)
 fi
-
-# --- PyTorch on the same GPU ----------------------------------------------------------------------
-torch_note=""
-if [ "$DEVICE" = cpu ]; then
-  torch_note="skipped on cpu"
-elif [ "$SKIP_TORCH" = 1 ]; then
-  torch_note="skipped (--skip-torch)"
-else
-  say "PyTorch on $DEVICE (mBERT-sized steps)"
-  python3 torch_bench.py --device "$DEVICE" >"$OUT/torch.json" 2>"$OUT/torch.err" || torch_note="torch_bench.py failed (out/torch.err)"
-fi
+say "primer bench on $DEVICE ${bench_args[*]} ${PRIMER_BENCH_ARGS:-}"
+t0=$(date +%s%N)
+# shellcheck disable=SC2086  # PRIMER_BENCH_ARGS is a list of flags
+"$PRIMER" bench --device "$DEVICE" "${bench_args[@]}" --json "$OUT/bench.json" \
+  --torch-python "${TORCH_PYTHON:-python3}" --torch-ref torch_ref.py \
+  --torch-device-runner torch_device.py --torch-pe-bench bench_pe.py \
+  ${PRIMER_BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
+rc=$?
+echo "$rc $(( ($(date +%s%N) - t0) / 1000000 ))" >"$OUT/bench.rc"
 
 # --- one JSON summary -------------------------------------------------------------------------
-python3 - "$OUT" "$DEVICE" "$missing" "$LD_EXTRA" "$bench_note" "$torch_note" <<'PY'
+python3 - "$OUT" "$DEVICE" "$missing" "$LD_EXTRA" <<'PY'
 import json, os, sys
-out, device, missing, ld_extra, bench_note, torch_note = sys.argv[1:7]
+out, device, missing, ld_extra = sys.argv[1:5]
 
 def read(name, default=""):
     p = os.path.join(out, name)
@@ -158,21 +155,44 @@ if os.path.exists(os.path.join(out, "sweep.rc")):
 else:
     summary["sweep"] = {"passed": None, "note": "skipped (--skip-sweep)"}
 
-if bench_note:
-    summary["bench"] = {"note": bench_note}
-else:
-    rc, _ = rc_and_seconds("bench.rc")
-    summary["bench"] = {"exit": rc, "output": tail(read("bench.log"), 40)}
+def mib(side):
+    b = side and side.get("peak_memory_bytes")
+    return round(b / 2**20) if b else None
 
-if torch_note:
-    summary["torch"] = {"note": torch_note, "stderr": tail(read("torch.err"), 10)}
-else:
-    try:
-        summary["torch"] = json.loads(read("torch.json"))
-    except Exception:
-        summary["torch"] = {"note": "no JSON from torch_bench.py", "stderr": tail(read("torch.err"), 10)}
+def rounded(x, digits=1):
+    return None if x is None else round(x, digits)
 
-summary["passed"] = bool(summary["verify_golden"]["passed"]) and summary["sweep"].get("passed") is not False
+rc, sec = rc_and_seconds("bench.rc")
+b = {"exit": rc, "seconds": sec, "passed": rc == 0}
+try:
+    rep = json.loads(read("bench.json"))
+    # The rows in short (ms, tokens/s, MiB); the whole report is out/bench.json.
+    rows = {}
+    for r in rep["rows"]:
+        p, t = r["primer"] or {}, r["torch"] or {}
+        rows[r["key"]] = {
+            "label": r["label"], "tokens_per_step": r["tokens_per_step"],
+            "primer_ms": rounded(p.get("median_ms"), 3),
+            "primer_tokens_per_s": rounded(p.get("tokens_per_s"), 0),
+            "primer_peak_mib": mib(p),
+            "torch_ms": rounded(t.get("median_ms"), 3),
+            "torch_tokens_per_s": rounded(t.get("tokens_per_s"), 0),
+            "torch_peak_mib": mib(t),
+            "ratio": rounded(r["ratio"], 3),
+        }
+    b.update({"device": rep["device"], "device_name": rep["device_name"], "size": rep["size"],
+              "steps": rep["steps"], "memory": rep["memory_note"], "torch": rep["torch"],
+              "rows": rows})
+except Exception as e:  # no JSON: the bench failed before its report
+    b["passed"] = False
+    b["error"] = tail(read("bench.log") or str(e), 30)
+if rc != 0:
+    b["log_tail"] = tail(read("bench.log"), 30)
+summary["bench"] = b
+
+summary["passed"] = (bool(summary["verify_golden"]["passed"])
+                     and summary["sweep"].get("passed") is not False
+                     and summary["bench"]["passed"])
 print(json.dumps(summary, indent=2))
 sys.exit(0 if summary["passed"] else 1)
 PY

@@ -15,6 +15,8 @@ pub enum BenchError {
     Data(#[from] crate::data::DataError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
     /// A setting the bench cannot run with.
     #[error("invalid bench setting: {0}")]
     Config(String),
@@ -34,6 +36,9 @@ pub enum BenchError {
         #[source]
         source: std::io::Error,
     },
+    /// The Python side says torch (or peft, or the device) is not there.
+    #[error("{reason} ({script})")]
+    TorchUnavailable { script: PathBuf, reason: String },
     /// The Python side ran and failed.
     #[error(
         "{script} failed (install torch, transformers, safetensors into a venv and set TORCH_PYTHON):\n{stderr}"

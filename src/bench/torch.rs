@@ -1,11 +1,56 @@
-//! The PyTorch side: runs the reference (`../shared/reference/torch_ref.py`) and the op
-//! profiler script (`tools/torch_op_profile.py`) in a Python with torch, and reads what they
-//! print (one JSON object per line).
+//! The PyTorch side: runs the reference (`../shared/reference/torch_ref.py`, through
+//! `tools/torch_device.py`, which puts its model and batches on the bench's device and knows
+//! the bench's sizes), the LoRA rows' `tools/bench_pe.py` and the op profiler script
+//! (`tools/torch_op_profile.py`) in a Python with torch, and reads what they print (one JSON
+//! object per line).
 
 use super::error::BenchError;
+use super::workload::WorkloadSize;
+use crate::device::DeviceSpec;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The exit status of `tools/torch_device.py` and `tools/bench_pe.py` when torch (or peft, or
+/// the device) is not there: the bench reports the side as not run, with the reason.
+const UNAVAILABLE_EXIT: i32 = 3;
+
+/// What the PyTorch side runs on: the bench's device and workload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TorchTarget {
+    pub device: DeviceSpec,
+    pub size: WorkloadSize,
+}
+
+impl TorchTarget {
+    /// The flags of the device and the model size.
+    fn model_args(&self) -> [String; 4] {
+        [
+            "--device".into(),
+            self.device.to_string(),
+            "--size".into(),
+            self.size.name.as_str().into(),
+        ]
+    }
+
+    /// The flags of the batch shape.
+    fn batch_args(&self) -> [String; 4] {
+        [
+            "--batch".into(),
+            self.size.batch.to_string(),
+            "--seq".into(),
+            self.size.seq.to_string(),
+        ]
+    }
+}
+
+/// One PyTorch measurement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TorchTiming {
+    pub median_ms: f64,
+    /// The allocator's peak on a GPU, the process's peak RSS on the CPU (`memory_kind`).
+    pub peak_memory_bytes: Option<u64>,
+}
 
 /// Where the Python side is.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +62,8 @@ pub struct TorchSide {
     pub profiler: PathBuf,
     /// The PyTorch + `peft` side of the LoRA rows (`tools/bench_pe.py`).
     pub pe_bench: PathBuf,
+    /// What runs the reference on a device and size (`tools/torch_device.py`).
+    pub device_runner: PathBuf,
 }
 
 impl TorchSide {
@@ -44,6 +91,7 @@ impl TorchSide {
                 .unwrap_or_else(|| PathBuf::from("../shared/reference/torch_ref.py")),
             profiler: profiler.unwrap_or_else(|| PathBuf::from("tools/torch_op_profile.py")),
             pe_bench: PathBuf::from("tools/bench_pe.py"),
+            device_runner: PathBuf::from("tools/torch_device.py"),
         }
     }
 
@@ -70,6 +118,13 @@ impl TorchSide {
                 python: self.python.clone(),
                 source,
             })?;
+        if output.status.code() == Some(UNAVAILABLE_EXIT) {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(BenchError::TorchUnavailable {
+                script: script.to_path_buf(),
+                reason: stderr.trim().lines().last().unwrap_or("").to_string(),
+            });
+        }
         if !output.status.success() {
             return Err(BenchError::TorchFailed {
                 script: script.to_path_buf(),
@@ -79,14 +134,23 @@ impl TorchSide {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// Median ms of the reference's steps, keyed `mode[/variant][/support]` (e.g. `full`,
-    /// `meta-pe/cached/same`), at `threads` threads over `steps` timed steps.
+    /// Median ms (and peak memory) of the reference's steps on `target`, keyed
+    /// `mode[/variant][/support]` (e.g. `full`, `meta-pe/cached/same`), at `threads` threads
+    /// over `steps` timed steps.
     pub fn medians(
         &self,
+        target: &TorchTarget,
         threads: usize,
         steps: usize,
         log: &mut dyn FnMut(&str),
-    ) -> Result<BTreeMap<String, f64>, BenchError> {
+    ) -> Result<BTreeMap<String, TorchTiming>, BenchError> {
+        if !self.reference.exists() {
+            return Err(BenchError::MissingScript {
+                what: "reference",
+                path: self.reference.clone(),
+                flag: "--torch-ref",
+            });
+        }
         let runs: [&[&str]; 3] = [
             &["--mode", "full,adapter"],
             &["--mode", "meta-pe", "--variant", "naive,cached"],
@@ -102,48 +166,68 @@ impl TorchSide {
         let mut out = BTreeMap::new();
         for extra in runs {
             log(&format!(
-                "running the PyTorch reference: {} {}",
+                "running the PyTorch reference on {} at the {} size: {} {}",
+                target.device,
+                target.size.name.as_str(),
                 self.reference.display(),
                 extra.join(" ")
             ));
-            let mut args: Vec<String> = [
-                "--minilm",
-                "--threads",
-                &threads.to_string(),
-                "--steps",
-                &steps.to_string(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            args.extend(extra.iter().map(|s| s.to_string()));
-            let stdout = self.run(&self.reference, "reference", "--torch-ref", &args)?;
+            // The runner's own flags, then torch_ref.py's after `--`.
+            let mut args = vec![
+                "--torch-ref".to_string(),
+                self.reference.display().to_string(),
+            ];
+            args.extend(target.model_args());
+            args.push("--".into());
+            args.extend(target.batch_args());
+            args.extend(
+                [
+                    "--threads",
+                    &threads.to_string(),
+                    "--steps",
+                    &steps.to_string(),
+                ]
+                .iter()
+                .chain(extra)
+                .map(|s| s.to_string()),
+            );
+            let stdout = self.run(
+                &self.device_runner,
+                "device runner",
+                "--torch-device-runner",
+                &args,
+            )?;
             out.extend(parse_medians(&stdout));
         }
         Ok(out)
     }
 
-    /// Median ms of the PyTorch + `peft` LoRA steps (`tools/bench_pe.py`): keys `lora` (a
-    /// fine-tuning step) and `meta-lora/same` (a meta outer step with a LoRA inner loop).
+    /// Median ms of the PyTorch + `peft` LoRA steps (`tools/bench_pe.py`) on `target`: keys
+    /// `lora` (a fine-tuning step) and `meta-lora/same` (a meta outer step with a LoRA inner
+    /// loop).
     pub fn pe_medians(
         &self,
+        target: &TorchTarget,
         threads: usize,
         steps: usize,
         log: &mut dyn FnMut(&str),
-    ) -> Result<BTreeMap<String, f64>, BenchError> {
+    ) -> Result<BTreeMap<String, TorchTiming>, BenchError> {
         log(&format!(
-            "running the PyTorch + peft side: {}",
+            "running the PyTorch + peft side on {} at the {} size: {}",
+            target.device,
+            target.size.name.as_str(),
             self.pe_bench.display()
         ));
-        let args = [
-            "--minilm".to_string(),
-            "--torch-ref".into(),
+        let mut args = vec![
+            "--torch-ref".to_string(),
             self.reference.display().to_string(),
             "--threads".into(),
             threads.to_string(),
             "--steps".into(),
             steps.to_string(),
         ];
+        args.extend(target.model_args());
+        args.extend(target.batch_args());
         let stdout = self.run(
             &self.pe_bench,
             "PyTorch + peft bench",
@@ -182,9 +266,9 @@ impl TorchSide {
     }
 }
 
-/// The reference's result lines (`{"mode": …, "variant": …, "support": …, "median_ms": …}`)
-/// keyed `mode[/variant][/support]`; other lines are skipped.
-pub(crate) fn parse_medians(stdout: &str) -> BTreeMap<String, f64> {
+/// The reference's result lines (`{"mode": …, "variant": …, "support": …, "median_ms": …,
+/// "peak_memory_bytes": …}`) keyed `mode[/variant][/support]`; other lines are skipped.
+pub(crate) fn parse_medians(stdout: &str) -> BTreeMap<String, TorchTiming> {
     let mut out = BTreeMap::new();
     for line in stdout.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -201,7 +285,11 @@ pub(crate) fn parse_medians(stdout: &str) -> BTreeMap<String, f64> {
             .cloned()
             .collect::<Vec<_>>()
             .join("/");
-        out.insert(key, ms);
+        let timing = TorchTiming {
+            median_ms: ms,
+            peak_memory_bytes: v["peak_memory_bytes"].as_u64(),
+        };
+        out.insert(key, timing);
     }
     out
 }
@@ -214,14 +302,21 @@ mod tests {
     fn medians_are_keyed_by_mode_variant_and_support() {
         let stdout = r#"{"torch": "2.15", "threads": 2}
 not json
-{"mode": "full", "variant": "", "support": "", "median_ms": 419.5}
+{"mode": "full", "variant": "", "support": "", "median_ms": 419.5, "peak_memory_bytes": 2048}
 {"mode": "meta-pe", "variant": "cached", "support": "distinct", "median_ms": 2279.0}
 {"mode": "meta-full", "variant": "", "support": "distinct", "median_ms": 5010.0}"#;
         let m = parse_medians(stdout);
         assert_eq!(m.len(), 3);
-        assert_eq!(m["full"], 419.5);
-        assert_eq!(m["meta-pe/cached/distinct"], 2279.0);
-        assert_eq!(m["meta-full/distinct"], 5010.0);
+        assert_eq!(
+            m["full"],
+            TorchTiming {
+                median_ms: 419.5,
+                peak_memory_bytes: Some(2048)
+            }
+        );
+        assert_eq!(m["meta-pe/cached/distinct"].median_ms, 2279.0);
+        assert_eq!(m["meta-pe/cached/distinct"].peak_memory_bytes, None);
+        assert_eq!(m["meta-full/distinct"].median_ms, 5010.0);
     }
 
     #[test]
@@ -231,11 +326,87 @@ not json
             Some("/nonexistent/torch_ref.py".into()),
             None,
         );
-        let err = side.medians(1, 1, &mut |_| {}).unwrap_err();
+        let target = TorchTarget {
+            device: DeviceSpec::Cpu,
+            size: super::super::workload::SizeName::Tiny.workload(),
+        };
+        let err = side.medians(&target, 1, 1, &mut |_| {}).unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains("/nonexistent/torch_ref.py") && msg.contains("--torch-ref"),
             "{msg}"
+        );
+    }
+
+    /// A stand-in for Python: `sh` running a script of `body` in place of every Python
+    /// script. (`sh` reads the script: executing a file just written races with other tests'
+    /// forks, which can hold it open for writing: "Text file busy".)
+    #[cfg(unix)]
+    fn fake_side(dir: &Path, body: &str) -> TorchSide {
+        let script = dir.join("fake.sh");
+        std::fs::write(&script, format!("{body}\n")).unwrap();
+        TorchSide {
+            python: "sh".into(),
+            reference: script.clone(),
+            profiler: script.clone(),
+            pe_bench: script.clone(),
+            device_runner: script,
+        }
+    }
+
+    /// The device, the size and the batch shape reach both scripts.
+    #[cfg(unix)]
+    #[test]
+    fn the_device_and_size_are_passed_to_the_scripts() {
+        let dir = tempfile::tempdir().unwrap();
+        let side = fake_side(
+            dir.path(),
+            &format!(
+                "echo \"$@\" >> {}/args\necho '{{\"mode\": \"full\", \"median_ms\": 1.5}}'",
+                dir.path().display()
+            ),
+        );
+        let target = TorchTarget {
+            device: DeviceSpec::Cuda(3),
+            size: super::super::workload::SizeName::Mbert.workload(),
+        };
+        let m = side.medians(&target, 1, 2, &mut |_| {}).unwrap();
+        assert_eq!(m["full"].median_ms, 1.5);
+        side.pe_medians(&target, 1, 2, &mut |_| {}).unwrap();
+        let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+        let lines: Vec<&str> = args.lines().collect();
+        assert_eq!(lines.len(), 4, "{args}");
+        for l in &lines[..3] {
+            assert!(
+                l.contains(" --device cuda:3 --size mbert -- --batch 32 --seq 128 --threads 1 --steps 2 --mode "),
+                "{l}"
+            );
+        }
+        assert!(
+            lines[3].ends_with("--device cuda:3 --size mbert --batch 32 --seq 128"),
+            "{}",
+            lines[3]
+        );
+    }
+
+    /// Exit status 3 is "not there" (torch, peft or the GPU), with the reason it printed last.
+    #[cfg(unix)]
+    #[test]
+    fn a_missing_torch_or_device_is_reported_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let side = fake_side(
+            dir.path(),
+            "echo 'a warning' >&2\necho 'torch 2.15.0 has no CUDA device' >&2\nexit 3",
+        );
+        let target = TorchTarget {
+            device: DeviceSpec::Cuda(0),
+            size: super::super::workload::SizeName::Mbert.workload(),
+        };
+        let err = side.medians(&target, 1, 1, &mut |_| {}).unwrap_err();
+        assert!(
+            matches!(&err, BenchError::TorchUnavailable { reason, .. }
+                if reason == "torch 2.15.0 has no CUDA device"),
+            "{err:?}"
         );
     }
 }

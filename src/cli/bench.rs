@@ -1,17 +1,41 @@
 //! `primer bench`: flags → [`primer::bench::run`] (or [`primer::bench::profile`]) → print.
 
-use primer::bench::{BenchOptions, TorchSide};
+use anyhow::Context;
+use primer::bench::{BenchOptions, SizeName, TorchSide};
+use primer::device::DeviceSpec;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
+    /// Where both sides run: cpu or cuda:N (CUDA needs a `--features cuda` build: make check-cuda).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    device: DeviceSpec,
+    /// The model and batch shape, randomly initialised: minilm (H384, L6, vocab 30522; batch
+    /// 16 × seq 64: make bench's), mbert (H768, L12, vocab 119547; batch 32 × seq 128), tiny
+    /// (H64, L2, vocab 1000; batch 8 × seq 32: seconds, for tests).
+    #[arg(long, value_enum, default_value_t = SizeName::Minilm)]
+    size: SizeName,
+    /// Sentences per batch (default: the size's).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Longest sentence in tokens (default: the size's; sentences are drawn in [seq/2, seq]).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Write the report as JSON too: into FILE (the table still goes to stdout), or, with no
+    /// FILE, to stdout instead of the table.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-",
+          conflicts_with = "profile")]
+    json: Option<PathBuf>,
     /// Python with torch + transformers + safetensors (default: $TORCH_PYTHON, else /tmp/torchref/bin/python, else python3).
     #[arg(long)]
     torch_python: Option<PathBuf>,
     /// The reference script (default: ../shared/reference/torch_ref.py).
     #[arg(long)]
     torch_ref: Option<PathBuf>,
+    /// What runs the reference on the device and size (default: tools/torch_device.py).
+    #[arg(long)]
+    torch_device_runner: Option<PathBuf>,
     /// The PyTorch op-profiler script of --profile (default: tools/torch_op_profile.py).
     #[arg(long)]
     torch_profiler: Option<PathBuf>,
@@ -38,9 +62,14 @@ pub struct BenchArgs {
     #[arg(long)]
     no_torch: bool,
     /// Instead of the comparison: where the time of the full-FT step and the meta-PE outer
-    /// step goes, op by op, on both sides (GEMMs by shape, attention, layer norm, …).
+    /// step goes, op by op, on both sides (GEMMs by shape, attention, layer norm, …). CPU and
+    /// the minilm size only.
     #[arg(long)]
     profile: bool,
+}
+
+fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    DeviceSpec::parse(s).map_err(|e| e.to_string())
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -48,6 +77,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // the kernels size their pools from it.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string()) };
     let opts = BenchOptions {
+        device: args.device,
+        size: args.size.workload().with_overrides(args.batch, args.seq)?,
         steps: args.steps,
         threads: args.threads,
         run_batches: args.run_batches,
@@ -58,14 +89,27 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             if let Some(p) = args.torch_pe_bench {
                 side.pe_bench = p;
             }
+            if let Some(p) = args.torch_device_runner {
+                side.device_runner = p;
+            }
             side
         }),
     };
     let mut log = |msg: &str| eprintln!("{msg}");
     if args.profile {
         print!("{}", primer::bench::profile(&opts, &mut log)?);
-    } else {
-        print!("{}", primer::bench::run(&opts, &mut log)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = primer::bench::run(&opts, &mut log)?;
+    let json = || serde_json::to_string_pretty(&report.to_json());
+    match args.json {
+        Some(path) if path.as_os_str() == "-" => println!("{}", json()?),
+        Some(path) => {
+            print!("{report}");
+            std::fs::write(&path, json()? + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => print!("{report}"),
     }
     Ok(ExitCode::SUCCESS)
 }
