@@ -24,17 +24,18 @@ pub mod workload;
 
 pub use breakdown::ProfileReport;
 pub use error::BenchError;
-pub use report::BenchReport;
+pub use report::{BenchReport, StepsReport};
 pub use torch::TorchSide;
 
 use crate::config::{FinetuneMethod, InnerDropout, SupportMode};
+use crate::model::matmul::gemm_backend;
 use crate::prime::bench::{MetaBenchSpec, time_meta_steps};
 use crate::prime::bench_pe::{
     FinetuneBenchSpec, lora_bench_spec, time_pe_finetune_steps, time_pe_meta_steps,
 };
 use breakdown::{StepBreakdown, StepComparison};
 use peak::CpuFeatures;
-use report::{Phase, Row, RunWork, work};
+use report::{Phase, Row, RunWork, StepSamples, work};
 use workload::{BATCH, SEQ, Workload};
 
 /// What to measure.
@@ -306,8 +307,40 @@ pub fn run(opts: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<BenchReport
         },
         cpu_model: peak::cpu_model(),
         features: CpuFeatures::detect(),
+        gemm_backend: gemm_backend().describe(),
         peak,
         phases,
+    })
+}
+
+/// primer's full-FT and adapter steps alone — no PyTorch, no peak probe, no other rows: the
+/// two GEMM-bound rows of [`run`], for a quick comparison of builds or GEMM backends
+/// (`PRIMER_BLAS`) in separate processes.
+pub fn steps_only(
+    opts: &BenchOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<StepsReport, BenchError> {
+    opts.check()?;
+    log(&format!(
+        "timing primer's full-FT and adapter steps (MiniLM size, batch {BATCH}, seq {SEQ}, {} \
+         threads)",
+        opts.threads
+    ));
+    let mut bench = Workload::new(8)?;
+    let full = bench.train_steps(FinetuneMethod::Full, opts.steps, false)?;
+    let adapter = bench.train_steps(FinetuneMethod::Adapter, opts.steps, false)?;
+    Ok(StepsReport {
+        cpu_model: peak::cpu_model(),
+        threads: opts.threads,
+        gemm_backend: gemm_backend().describe(),
+        full: StepSamples {
+            wall_ms: full.times_ms,
+            cpu_ms: full.cpu_ms,
+        },
+        adapter: StepSamples {
+            wall_ms: adapter.times_ms,
+            cpu_ms: adapter.cpu_ms,
+        },
     })
 }
 
@@ -363,6 +396,7 @@ pub fn profile(
     Ok(ProfileReport {
         cpu_model: peak::cpu_model(),
         threads: opts.threads,
+        gemm_backend: gemm_backend().describe(),
         torch_info,
         steps: vec![
             StepComparison {

@@ -101,6 +101,8 @@ pub struct BenchReport {
     pub run: RunWork,
     pub cpu_model: String,
     pub features: CpuFeatures,
+    /// What ran primer's GEMMs ([`crate::model::matmul::GemmBackend::describe`]).
+    pub gemm_backend: String,
     pub peak: FmaPeak,
     pub phases: Vec<Phase>,
 }
@@ -119,6 +121,59 @@ impl BenchReport {
             })
             .filter(|(g, _, _)| g.is_finite())
             .max_by(|a, b| a.0.total_cmp(&b.0))
+    }
+}
+
+/// What [`super::steps_only`] measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepsReport {
+    pub cpu_model: String,
+    pub threads: usize,
+    pub gemm_backend: String,
+    /// Wall and process CPU milliseconds of each timed full-FT step, in order.
+    pub full: StepSamples,
+    /// The same for the adapter step.
+    pub adapter: StepSamples,
+}
+
+/// Wall and CPU times of a series of steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepSamples {
+    pub wall_ms: Vec<f64>,
+    /// CPU time of every thread of the process during the step.
+    pub cpu_ms: Vec<f64>,
+}
+
+impl fmt::Display for StepsReport {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let range = |times: &[f64]| {
+            times
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &t| {
+                    (lo.min(t), hi.max(t))
+                })
+        };
+        for (label, s) in [
+            ("full-FT step", &self.full),
+            ("adapter step", &self.adapter),
+        ] {
+            let (lo, hi) = range(&s.wall_ms);
+            writeln!(
+                out,
+                "{label}: median {:.1} ms (min {lo:.1}, max {hi:.1}, {} steps); process CPU \
+                 time median {:.1} ms",
+                super::workload::median(s.wall_ms.clone()),
+                s.wall_ms.len(),
+                super::workload::median(s.cpu_ms.clone()),
+            )?;
+        }
+        writeln!(out, "CPU: {} · {} threads", self.cpu_model, self.threads)?;
+        writeln!(out, "primer's GEMM backend: {}", self.gemm_backend)?;
+        writeln!(
+            out,
+            "(CPU time counts every thread, idle spinning included: the work of a step when \
+             other processes share the cores and wall times scatter)"
+        )
     }
 }
 
@@ -213,10 +268,12 @@ impl BenchReport {
         )?;
         writeln!(
             out,
-            "GEMM kernels (gemm crate, candle's and primer's): {} — gemm 0.19 built with \
-             x86-v4 takes its AVX-512F kernels when the CPU has avx512f, else its AVX2+FMA ones",
+            "gemm crate kernels (candle's, and primer's without a BLAS): {} — gemm 0.19 built \
+             with x86-v4 takes its AVX-512F kernels when the CPU has avx512f, else its AVX2+FMA \
+             ones",
             self.features.gemm_isa().label()
         )?;
+        writeln!(out, "primer's GEMM backend: {}", self.gemm_backend)?;
         writeln!(
             out,
             "fp32 FMA peak at {} threads: {:.0} GFLOP/s (each thread's FLOPs per second of its \
@@ -337,6 +394,7 @@ mod tests {
                 threads: 2,
             },
             cpu_model: "Test CPU".into(),
+            gemm_backend: "test backend".into(),
             features: CpuFeatures {
                 avx512f: true,
                 avx2: true,
@@ -372,5 +430,9 @@ mod tests {
         assert!(text.contains("150 (75%)"), "{text}");
         assert!(text.contains("below the peak"), "{text}");
         assert!(text.contains("CPU: Test CPU"), "{text}");
+        assert!(
+            text.contains("primer's GEMM backend: test backend"),
+            "{text}"
+        );
     }
 }

@@ -37,6 +37,7 @@
 
 pub mod attention;
 pub mod bert;
+pub mod blas;
 pub mod config;
 pub mod dispatch;
 pub mod embeddings;
@@ -45,6 +46,7 @@ pub mod grad;
 pub mod init;
 pub mod kernels;
 pub mod layer;
+pub mod matmul;
 pub mod ops;
 pub mod params;
 pub mod pe;

@@ -11,7 +11,8 @@
 use super::{PeMethod, PeModule};
 use crate::model::config::BertConfig;
 use crate::model::error::{ModelError, Result};
-use crate::model::ops::{MatRef, cpu_slice, gemm, storage_slice};
+use crate::model::matmul::{MatRef, gemm};
+use crate::model::ops::{cpu_slice, storage_slice};
 use crate::model::params::{ParamSet, TensorSet, Weights};
 use crate::rng::SeededRng;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, Var};
