@@ -58,12 +58,9 @@ const MKL_CBWR_AUTO: c_int = 2;
 /// Why a library could not serve as primer's BLAS.
 #[derive(Debug, thiserror::Error)]
 pub enum BlasError {
-    #[error("cannot load {name}: {source}")]
-    Load {
-        name: String,
-        #[source]
-        source: libloading::Error,
-    },
+    /// `reason` is the loader's own message (dlerror): which file, and why.
+    #[error("cannot load {name}: {reason}")]
+    Load { name: String, reason: String },
     #[error("{name} loads but has no cblas_sgemm, so it is not a CBLAS library")]
     NoSgemm { name: String },
 }
@@ -111,9 +108,13 @@ impl Blas {
     pub fn open(name: &str) -> Result<&'static Blas, BlasError> {
         // SAFETY: loading runs the library's initialisers; a BLAS's only start a thread pool
         // and read its environment variables.
-        let lib = unsafe { Library::new(name) }.map_err(|source| BlasError::Load {
+        let lib = unsafe { Library::new(name) }.map_err(|e| BlasError::Load {
             name: name.to_string(),
-            source,
+            // libloading's own message is only "dlopen failed"; dlerror's text is its source.
+            reason: match std::error::Error::source(&e) {
+                Some(detail) => detail.to_string(),
+                None => e.to_string(),
+            },
         })?;
         // SAFETY: cblas_sgemm has this signature in every CBLAS (LP64 ints); MKL's interface
         // layer is pinned to LP64 below before the first call.
@@ -333,8 +334,10 @@ mod tests {
     fn a_missing_library_is_a_load_error_naming_it() {
         let err = Blas::open("/nonexistent/libnoblas.so").unwrap_err();
         assert!(matches!(err, BlasError::Load { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains("/nonexistent/libnoblas.so"),
+        // The loader's own reason (which names the file again), not only that loading failed.
+        assert_eq!(
+            err.to_string().matches("/nonexistent/libnoblas.so").count(),
+            2,
             "{err}"
         );
     }
