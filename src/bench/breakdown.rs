@@ -122,6 +122,8 @@ pub struct StepComparison {
 pub struct ProfileReport {
     pub cpu_model: String,
     pub threads: usize,
+    /// What ran primer's GEMMs ([`crate::model::sgemm::GemmBackend::describe`]).
+    pub gemm_backend: String,
     /// What the torch script said about itself (version, CPU capability), if it ran.
     pub torch_info: Option<String>,
     pub steps: Vec<StepComparison>,
@@ -243,6 +245,7 @@ fn cells(line: Option<(f64, f64)>, step_ms: f64) -> String {
 impl fmt::Display for ProfileReport {
     fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(out, "CPU: {} · {} threads", self.cpu_model, self.threads)?;
+        writeln!(out, "primer's GEMM backend: {}", self.gemm_backend)?;
         if let Some(info) = &self.torch_info {
             writeln!(out, "PyTorch: {info}")?;
         }
@@ -365,6 +368,7 @@ mod tests {
         let report = ProfileReport {
             cpu_model: "Test CPU".into(),
             threads: 2,
+            gemm_backend: "test backend".into(),
             torch_info: None,
             steps: vec![StepComparison {
                 name: "full-FT step".into(),

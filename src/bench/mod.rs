@@ -29,12 +29,13 @@ pub mod workload;
 pub use breakdown::ProfileReport;
 pub use error::BenchError;
 pub use memory::MemoryKind;
-pub use report::BenchReport;
+pub use report::{BenchReport, StepsReport};
 pub use torch::{TorchSide, TorchTarget};
 pub use workload::{SizeName, WorkloadSize};
 
 use crate::config::{FinetuneMethod, InnerDropout, SupportMode};
 use crate::device::DeviceSpec;
+use crate::model::sgemm::gemm_backend;
 use crate::prime::bench::{MetaBenchSpec, time_meta_steps};
 use crate::prime::bench_pe::{
     FinetuneBenchSpec, lora_bench_spec, time_pe_finetune_steps, time_pe_meta_steps,
@@ -42,7 +43,7 @@ use crate::prime::bench_pe::{
 use breakdown::{StepBreakdown, StepComparison};
 use memory::MemoryMeter;
 use peak::CpuFeatures;
-use report::{Phase, Row, RunWork, work};
+use report::{Phase, Row, RunWork, StepSamples, work};
 use torch::TorchTiming;
 use workload::Workload;
 
@@ -447,8 +448,45 @@ pub fn run(opts: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<BenchReport
         },
         cpu_model: peak::cpu_model(),
         features,
+        gemm_backend: gemm_backend().describe(),
         peak,
         phases,
+    })
+}
+
+/// primer's full-FT and adapter steps alone — no PyTorch, no peak probe, no other rows: the
+/// two GEMM-bound rows of [`run`], for a quick comparison of builds or GEMM backends
+/// (`PRIMER_BLAS`) in separate processes.
+pub fn steps_only(
+    opts: &BenchOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<StepsReport, BenchError> {
+    opts.check()?;
+    if opts.device != DeviceSpec::Cpu {
+        return Err(BenchError::Config(
+            "--steps-only times CPU steps (process CPU time): leave out --device".into(),
+        ));
+    }
+    log(&format!(
+        "timing primer's full-FT and adapter steps ({}, {} threads)",
+        opts.size.describe(),
+        opts.threads
+    ));
+    let mut bench = Workload::new(opts.size.clone(), candle_core::Device::Cpu, 8)?;
+    let full = bench.train_steps(FinetuneMethod::Full, opts.steps, false)?;
+    let adapter = bench.train_steps(FinetuneMethod::Adapter, opts.steps, false)?;
+    Ok(StepsReport {
+        cpu_model: peak::cpu_model(),
+        threads: opts.threads,
+        gemm_backend: gemm_backend().describe(),
+        full: StepSamples {
+            wall_ms: full.times_ms,
+            cpu_ms: full.cpu_ms,
+        },
+        adapter: StepSamples {
+            wall_ms: adapter.times_ms,
+            cpu_ms: adapter.cpu_ms,
+        },
     })
 }
 
@@ -513,6 +551,7 @@ pub fn profile(
     Ok(ProfileReport {
         cpu_model: peak::cpu_model(),
         threads: opts.threads,
+        gemm_backend: gemm_backend().describe(),
         torch_info,
         steps: vec![
             StepComparison {

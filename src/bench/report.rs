@@ -138,6 +138,8 @@ pub struct BenchReport {
     pub cpu_model: String,
     /// The CPU's ISA features and fp32 FMA peak: measured only when the steps ran on the CPU.
     pub features: Option<CpuFeatures>,
+    /// What ran primer's GEMMs ([`crate::model::sgemm::GemmBackend::describe`]).
+    pub gemm_backend: String,
     pub peak: Option<FmaPeak>,
     pub phases: Vec<Phase>,
 }
@@ -156,6 +158,59 @@ impl BenchReport {
             })
             .filter(|(g, _, _)| g.is_finite())
             .max_by(|a, b| a.0.total_cmp(&b.0))
+    }
+}
+
+/// What [`super::steps_only`] measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepsReport {
+    pub cpu_model: String,
+    pub threads: usize,
+    pub gemm_backend: String,
+    /// Wall and process CPU milliseconds of each timed full-FT step, in order.
+    pub full: StepSamples,
+    /// The same for the adapter step.
+    pub adapter: StepSamples,
+}
+
+/// Wall and CPU times of a series of steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepSamples {
+    pub wall_ms: Vec<f64>,
+    /// CPU time of every thread of the process during the step.
+    pub cpu_ms: Vec<f64>,
+}
+
+impl fmt::Display for StepsReport {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let range = |times: &[f64]| {
+            times
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &t| {
+                    (lo.min(t), hi.max(t))
+                })
+        };
+        for (label, s) in [
+            ("full-FT step", &self.full),
+            ("adapter step", &self.adapter),
+        ] {
+            let (lo, hi) = range(&s.wall_ms);
+            writeln!(
+                out,
+                "{label}: median {:.1} ms (min {lo:.1}, max {hi:.1}, {} steps); process CPU \
+                 time median {:.1} ms",
+                super::workload::median(s.wall_ms.clone()),
+                s.wall_ms.len(),
+                super::workload::median(s.cpu_ms.clone()),
+            )?;
+        }
+        writeln!(out, "CPU: {} · {} threads", self.cpu_model, self.threads)?;
+        writeln!(out, "primer's GEMM backend: {}", self.gemm_backend)?;
+        writeln!(
+            out,
+            "(CPU time counts every thread, idle spinning included: the work of a step when \
+             other processes share the cores and wall times scatter)"
+        )
     }
 }
 
@@ -258,6 +313,8 @@ impl BenchReport {
                 "fma_peak_wall_gflops": self.peak.as_ref().map(|p| p.wall_gflops),
                 "fma_probe_isa": self.peak.as_ref().map(|p| p.isa.label()),
                 "gemm_isa": self.features.map(|f| f.gemm_isa().label()),
+                // Only CPU steps run primer's fused kernels, the GEMM backend's users.
+                "gemm_backend": self.features.is_some().then_some(&self.gemm_backend),
             },
         })
     }
@@ -404,11 +461,12 @@ impl BenchReport {
                 )?;
                 writeln!(
                     out,
-                    "GEMM kernels (gemm crate, candle's and primer's): {} — gemm 0.19 built with \
-                     x86-v4 takes its AVX-512F kernels when the CPU has avx512f, else its \
-                     AVX2+FMA ones",
+                    "gemm crate kernels (candle's, and primer's without a BLAS): {} — gemm 0.19 \
+                     built with x86-v4 takes its AVX-512F kernels when the CPU has avx512f, else \
+                     its AVX2+FMA ones",
                     features.gemm_isa().label()
                 )?;
+                writeln!(out, "primer's GEMM backend: {}", self.gemm_backend)?;
                 writeln!(
                     out,
                     "fp32 FMA peak at {} threads: {:.0} GFLOP/s (each thread's FLOPs per second \
@@ -568,6 +626,7 @@ mod tests {
             torch_notes: vec![],
             run: run_work(),
             cpu_model: "Test CPU".into(),
+            gemm_backend: "test backend".into(),
             features: Some(CpuFeatures {
                 avx512f: true,
                 avx2: true,
@@ -608,6 +667,10 @@ mod tests {
         assert!(text.contains("150 (75%)"), "{text}");
         assert!(text.contains("below the peak"), "{text}");
         assert!(text.contains("CPU: Test CPU"), "{text}");
+        assert!(
+            text.contains("primer's GEMM backend: test backend"),
+            "{text}"
+        );
         assert!(text.contains("minilm size (H384, L6"), "{text}");
     }
 
@@ -673,6 +736,7 @@ mod tests {
         assert_eq!(v["memory_kind"], "process_peak_rss");
         assert_eq!(v["torch"]["ran"], true);
         assert_eq!(v["cpu"]["fma_peak_gflops"], 200.0);
+        assert_eq!(v["cpu"]["gemm_backend"], "test backend");
         assert_eq!(v["phases"][1]["primer_gflops"], 100.0);
     }
 }

@@ -180,6 +180,9 @@ pub(crate) struct Workload {
 /// Times of the timed steps of [`Workload::train_steps`], and where they went when asked.
 pub(crate) struct StepTimes {
     pub times_ms: Vec<f64>,
+    /// CPU time of the whole process (every thread) per timed step: the work a step took,
+    /// less sensitive than wall time to other processes on the cores (NaN without the clock).
+    pub cpu_ms: Vec<f64>,
     pub ops: Option<OpTable>,
 }
 
@@ -239,12 +242,14 @@ impl Workload {
             },
         )?;
         let mut times = Vec::new();
+        let mut cpu = Vec::new();
+        let cpu_now = || super::peak::process_cpu_seconds().unwrap_or(f64::NAN);
         for k in 0..steps + WARMUP {
             if record_ops && k == WARMUP {
                 op_timing::start();
             }
             let batch = &self.batches[k % self.batches.len()];
-            let t0 = Instant::now();
+            let (t0, c0) = (Instant::now(), cpu_now());
             let logits = self.tagger.logits(&inputs_of(batch), "x", None)?;
             let loss = masked_cross_entropy(&logits, &batch.labels)?;
             let grads = crate::model::backward(&loss)?;
@@ -253,10 +258,12 @@ impl Workload {
             self.device.synchronize()?;
             if k >= WARMUP {
                 times.push(t0.elapsed().as_secs_f64() * 1e3);
+                cpu.push((cpu_now() - c0) * 1e3);
             }
         }
         Ok(StepTimes {
             times_ms: times,
+            cpu_ms: cpu,
             ops: record_ops.then(op_timing::finish),
         })
     }

@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// the minilm size only.
     #[arg(long)]
     profile: bool,
+    /// Only primer's full-FT and adapter steps (implies --no-torch; no peak probe, no other
+    /// rows): a quick comparison of builds or GEMM backends (PRIMER_BLAS), run by run.
+    #[arg(long, conflicts_with = "profile")]
+    steps_only: bool,
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
@@ -83,7 +87,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         threads: args.threads,
         run_batches: args.run_batches,
         run_epochs: args.run_epochs,
-        torch: (!args.no_torch).then(|| {
+        torch: (!args.no_torch && !args.steps_only).then(|| {
             let mut side =
                 TorchSide::with_defaults(args.torch_python, args.torch_ref, args.torch_profiler);
             if let Some(p) = args.torch_pe_bench {
@@ -96,7 +100,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }),
     };
     let mut log = |msg: &str| eprintln!("{msg}");
-    if args.profile {
+    if args.steps_only {
+        print!("{}", primer::bench::steps_only(&opts, &mut log)?);
+    } else if args.profile {
         print!("{}", primer::bench::profile(&opts, &mut log)?);
         return Ok(ExitCode::SUCCESS);
     }

@@ -72,6 +72,16 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // The GEMM backend, likewise read once: a library that cannot be opened is an error
+    // here rather than a silent fallback to the gemm crate.
+    match primer::model::sgemm::backend_from_env() {
+        Ok(Some(backend)) => primer::model::sgemm::set_gemm_backend(backend),
+        Ok(None) => {}
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.command {
         Command::Finetune(a) => finetune::run(a),
         Command::Prime(a) => prime::run(a),

@@ -10,6 +10,7 @@
 use super::error::{ModelError, Result};
 use super::kernels;
 use super::ops::{matmul, softmax_last_dim};
+use super::sgemm::gemm_strided;
 use crate::op_timing::{OpKind, timed};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -140,13 +141,27 @@ impl Dims {
     /// `dst (m×T) = A · Bᵀ` of an m-row and a T-row head block (scores q·kᵀ, and dctx·vᵀ).
     unsafe fn square_of_blocks(self, m: usize, dst: *mut f32, a: *const f32, b: *const f32) {
         // SAFETY: forwarded from the caller.
-        unsafe { gemm_strided(m, self.t, self.dh, dst, self.t, a, self.h, 1, b, 1, self.h) }
+        unsafe {
+            gemm_strided(
+                (m, self.t, self.dh),
+                (dst, self.t),
+                (a, self.h, 1),
+                (b, 1, self.h),
+            )
+        }
     }
 
     /// `dst (m-row head block) = P · B` of an m×T square and a head block (probs·v, and dS·k).
     unsafe fn block_of_square(self, m: usize, dst: *mut f32, p: *const f32, b: *const f32) {
         // SAFETY: forwarded from the caller.
-        unsafe { gemm_strided(m, self.dh, self.t, dst, self.h, p, self.t, 1, b, self.h, 1) }
+        unsafe {
+            gemm_strided(
+                (m, self.dh, self.t),
+                (dst, self.h),
+                (p, self.t, 1),
+                (b, self.h, 1),
+            )
+        }
     }
 
     /// `dst (head block) = Pᵀ · B` of a square and a head block (P'ᵀ·dctx, and dSᵀ·q).
@@ -154,55 +169,12 @@ impl Dims {
         // SAFETY: forwarded from the caller.
         unsafe {
             gemm_strided(
-                self.t, self.dh, self.t, dst, self.h, p, 1, self.t, b, self.h, 1,
+                (self.t, self.dh, self.t),
+                (dst, self.h),
+                (p, 1, self.t),
+                (b, self.h, 1),
             )
         }
-    }
-}
-
-/// `dst (m×n) = lhs (m×k) · rhs (k×n)` on strided f32 blocks, single-threaded (the callers
-/// parallelise over heads). Strides are (row, column) in elements.
-///
-/// # Safety
-/// Every pointer must address a block of the given shape and strides inside its allocation,
-/// and `dst` must not overlap the inputs.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_strided(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    lhs: *const f32,
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: *const f32,
-    rhs_rs: usize,
-    rhs_cs: usize,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            false,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
     }
 }
 

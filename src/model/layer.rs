@@ -21,10 +21,10 @@ use super::error::{ModelError, Result};
 use super::grad::deliver_values;
 use super::kernels;
 use super::ops::{
-    ELEMENTWISE_BLOCK, LinearWeight, MatRef, column_sum, cpu_slice, gelu_backward_values,
-    gelu_values, gemm, layer_norm_backward, layer_norm_rows, linear_rows, map_rows2, storage_slice,
-    transposed,
+    ELEMENTWISE_BLOCK, LinearWeight, column_sum, cpu_slice, gelu_backward_values, gelu_values,
+    layer_norm_backward, layer_norm_rows, linear_rows, map_rows2, storage_slice, transposed,
 };
+use super::sgemm::{MatRef, gemm};
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::borrow::Cow;

@@ -37,6 +37,7 @@
 
 pub mod attention;
 pub mod bert;
+pub mod blas;
 pub mod config;
 pub mod dispatch;
 pub mod embeddings;
@@ -48,6 +49,7 @@ pub mod layer;
 pub mod ops;
 pub mod params;
 pub mod pe;
+pub mod sgemm;
 pub mod tagger;
 
 pub use bert::{

@@ -10,7 +10,8 @@
 use super::dispatch::kernel_ok;
 use super::error::{ModelError, Result};
 use super::kernels;
-use crate::op_timing::{OpKind, gemm_flops, timed};
+use super::sgemm::{MatRef, gemm};
+use crate::op_timing::{OpKind, timed};
 use crate::rng::SeededRng;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, D, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -513,21 +514,44 @@ impl CustomOp3 for LinearOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (out, k) = w.dims2()?;
         let rows = x.elem_count() / k.max(1);
-        let mut g = grad.detach().contiguous()?.reshape((rows, out))?;
-        if self.scale != 1.0 {
-            g = (g * self.scale as f64)?;
+        let grad = grad.contiguous()?;
+        let (gs, gl) = grad.storage_and_layout();
+        let g = storage_slice(&gs, gl, "linear gradient")?;
+        if g.len() != rows * out {
+            candle_core::bail!("linear backward: gradient {:?}", gl.dims());
         }
-        let x2 = x.detach().reshape((rows, k))?;
-        let dx = {
-            let _timed = timed(OpKind::Gemm, &[rows, out, k], gemm_flops(rows, out, k));
-            g.matmul(&w.detach())?.reshape(x.shape())?
+        let g = MatRef::new(g, rows, out);
+        // Only the gradients of tracked inputs: a frozen weight (head or adapter tuning)
+        // needs no dW, an input that is data needs no dx.
+        let dx = if x.track_op() {
+            let (ws, wl) = w.storage_and_layout();
+            let wv = storage_slice(&ws, wl, "linear weight")?;
+            let mut dx = vec![0f32; rows * k];
+            gemm(&mut dx, false, g, MatRef::new(wv, out, k), self.scale);
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?)
+        } else {
+            None
         };
-        let dw = {
-            let _timed = timed(OpKind::Gemm, &[out, rows, k], gemm_flops(out, rows, k));
-            g.t()?.matmul(&x2)?
+        let dw = if w.track_op() {
+            let (xs, xl) = x.storage_and_layout();
+            let xv = storage_slice(&xs, xl, "linear x")?;
+            let mut dw = vec![0f32; out * k];
+            gemm(&mut dw, false, g.t(), MatRef::new(xv, rows, k), self.scale);
+            Some(Tensor::from_vec(dw, (out, k), w.device())?)
+        } else {
+            None
         };
-        let db = g.apply_op1_no_bwd(&ColumnSumOp)?.reshape(b.shape())?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let db = if b.track_op() {
+            let (gs, gl) = grad.storage_and_layout();
+            let mut db = column_sum(storage_slice(&gs, gl, "linear gradient")?, out);
+            if self.scale != 1.0 {
+                db.iter_mut().for_each(|v| *v *= self.scale);
+            }
+            Some(Tensor::from_vec(db, b.shape(), b.device())?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
     }
 }
 
@@ -600,102 +624,6 @@ pub(crate) fn transposed(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         .enumerate()
         .for_each(|(strip, out)| kernels::transpose_columns(w, rows, cols, strip * STRIP, out));
     t
-}
-
-/// A read-only view of an f32 matrix for [`gemm`]: row-major, or the transpose of one.
-#[derive(Clone, Copy)]
-pub(crate) struct MatRef<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<'a> MatRef<'a> {
-    /// The row-major `rows × cols` matrix `data`.
-    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(
-            data.len(),
-            rows * cols,
-            "MatRef: {rows}×{cols} over {} values",
-            data.len()
-        );
-        MatRef {
-            data,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-        }
-    }
-
-    /// The transpose (no copy).
-    pub fn t(self) -> Self {
-        MatRef {
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-            ..self
-        }
-    }
-}
-
-/// `dst = scale · a · b`, or `dst += scale · a · b` when `accumulate`; `dst` is row-major
-/// `a.rows × b.cols`. Multi-threaded over rayon's pool.
-pub(crate) fn gemm(dst: &mut [f32], accumulate: bool, a: MatRef<'_>, b: MatRef<'_>, scale: f32) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert!(
-        b.rows == k && dst.len() == m * n,
-        "gemm: {}×{} · {}×{} into {} values",
-        a.rows,
-        a.cols,
-        b.rows,
-        b.cols,
-        dst.len()
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst.fill(0.0);
-        }
-        return;
-    }
-    let _timed = timed(OpKind::Gemm, &[m, k, n], gemm_flops(m, k, n));
-    let threads = rayon::current_num_threads();
-    // SAFETY: both views were built over whole row-major matrices (MatRef::new), so every
-    // (row, col) they address is in bounds; `dst` is m×n with row stride n and, being a
-    // unique borrow, overlaps neither input. Without `accumulate` the GEMM does not read dst.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            1.0,
-            scale,
-            false,
-            false,
-            false,
-            if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
-            },
-        );
-    }
 }
 
 struct GeluOp;

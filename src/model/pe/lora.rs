@@ -11,8 +11,9 @@
 use super::{PeMethod, PeModule};
 use crate::model::config::BertConfig;
 use crate::model::error::{ModelError, Result};
-use crate::model::ops::{MatRef, cpu_slice, gemm, storage_slice};
+use crate::model::ops::{cpu_slice, storage_slice};
 use crate::model::params::{ParamSet, TensorSet, Weights};
+use crate::model::sgemm::{MatRef, gemm};
 use crate::rng::SeededRng;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, Var};
 use serde::{Deserialize, Serialize};
