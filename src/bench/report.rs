@@ -3,7 +3,7 @@
 use super::memory::MemoryKind;
 use super::peak::{CHAINS, CpuFeatures, FmaPeak};
 use super::workload::WorkloadSize;
-use crate::config::SupportMode;
+use crate::config::{Precision, PrecisionChoice, SupportMode};
 use crate::device::DeviceSpec;
 use crate::prime::bench::MetaBenchSpec;
 use serde_json::{Value, json};
@@ -116,6 +116,31 @@ pub mod work {
     }
 }
 
+/// The arithmetic of each side's matrix products (`--precision`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrecisionReport {
+    /// `--precision` as given.
+    pub requested: PrecisionChoice,
+    /// What primer's measurements ran in (`tf32` on a CPU runs fp32, `auto` resolves by the
+    /// device), as a `primer finetune` run would.
+    pub primer: Precision,
+    /// What the PyTorch side says it ran in; None when it did not run (or did not say).
+    pub torch: Option<Precision>,
+}
+
+impl fmt::Display for PrecisionReport {
+    /// E.g. "precision primer bf16, PyTorch bf16", with "(tf32 asked)" where a side's differs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let torch = self.torch.map_or("-", Precision::as_str);
+        write!(f, "precision primer {}, PyTorch {torch}", self.primer)?;
+        let asked = self.requested.as_str();
+        if asked != self.primer.as_str() || self.torch.is_some_and(|t| t.as_str() != asked) {
+            write!(f, " ({asked} asked)")?;
+        }
+        Ok(())
+    }
+}
+
 /// Everything `primer bench` measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchReport {
@@ -125,6 +150,7 @@ pub struct BenchReport {
     /// The GPU's (total, in use at the end) bytes.
     pub device_memory: Option<(u64, u64)>,
     pub size: WorkloadSize,
+    pub precision: PrecisionReport,
     pub threads: usize,
     /// Timed steps per measurement.
     pub steps: usize,
@@ -241,6 +267,11 @@ impl BenchReport {
                 "intermediate_size": c.intermediate_size,
                 "batch": self.size.batch, "seq": self.size.seq,
             },
+            "precision": {
+                "requested": self.precision.requested,
+                "primer": self.precision.primer,
+                "torch": self.precision.torch,
+            },
             "threads": self.threads,
             "steps": self.steps,
             "memory_kind": self.memory_kind,
@@ -267,9 +298,10 @@ impl fmt::Display for BenchReport {
     fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             out,
-            "primer bench on {}: {}, random init; {} timed steps per measurement, {} threads",
+            "primer bench on {}: {}, random init; {}; {} timed steps per measurement, {} threads",
             self.device_label(),
             self.size.describe(),
+            self.precision,
             self.steps,
             self.threads
         )?;
@@ -553,6 +585,11 @@ mod tests {
             device_name: None,
             device_memory: None,
             size: SizeName::Minilm.workload(),
+            precision: PrecisionReport {
+                requested: PrecisionChoice::Fp32,
+                primer: Precision::Fp32,
+                torch: Some(Precision::Fp32),
+            },
             threads: 2,
             steps: 5,
             rows: vec![Row {
@@ -609,6 +646,51 @@ mod tests {
         assert!(text.contains("below the peak"), "{text}");
         assert!(text.contains("CPU: Test CPU"), "{text}");
         assert!(text.contains("minilm size (H384, L6"), "{text}");
+        assert!(
+            text.contains("random init; precision primer fp32, PyTorch fp32; 5 timed steps"),
+            "{text}"
+        );
+    }
+
+    /// The header and the JSON say what each side ran in, and what was asked where that
+    /// differs (tf32 on a CPU, auto, a PyTorch side that did not run).
+    #[test]
+    fn the_precision_of_each_side_is_reported() {
+        let with = |requested, primer, torch| BenchReport {
+            precision: PrecisionReport {
+                requested,
+                primer,
+                torch,
+            },
+            ..report()
+        };
+        use {Precision as P, PrecisionChoice as C};
+        let header = |r: BenchReport| r.to_string().lines().next().unwrap().to_string();
+        for (r, want) in [
+            (
+                with(C::Bf16, P::Bf16, Some(P::Bf16)),
+                "; precision primer bf16, PyTorch bf16; ",
+            ),
+            (
+                with(C::Tf32, P::Fp32, Some(P::Fp32)),
+                "; precision primer fp32, PyTorch fp32 (tf32 asked); ",
+            ),
+            (
+                with(C::Auto, P::Bf16, Some(P::Bf16)),
+                "; precision primer bf16, PyTorch bf16 (auto asked); ",
+            ),
+            (
+                with(C::Bf16, P::Bf16, None),
+                "; precision primer bf16, PyTorch -; ",
+            ),
+        ] {
+            assert!(header(r.clone()).contains(want), "{}", header(r));
+        }
+        let v = with(C::Tf32, P::Fp32, None).to_json();
+        assert_eq!(
+            v["precision"],
+            json!({"requested": "tf32", "primer": "fp32", "torch": null})
+        );
     }
 
     /// On a GPU the CPU's probe lines give way to the device, rates have no peak to be a
