@@ -61,6 +61,11 @@ fn tiny_bench_on_the_cpu_writes_json_with_times_rates_and_memory() {
         "{stdout}"
     );
     assert!(stdout.contains("PyTorch: not run (--no-torch)"), "{stdout}");
+    // fp32 unless asked: make bench's numbers keep their meaning.
+    assert!(
+        stdout.contains("; precision primer fp32, PyTorch -; "),
+        "{stdout}"
+    );
     assert!(stdout.contains("fp32 FMA peak at 1 threads"), "{stdout}");
 
     let v: serde_json::Value =
@@ -75,6 +80,8 @@ fn tiny_bench_on_the_cpu_writes_json_with_times_rates_and_memory() {
     assert_eq!(v["memory_kind"], "process_peak_rss");
     assert_eq!(v["torch"]["ran"], false);
     assert_eq!(v["torch"]["notes"][0], "not run (--no-torch)");
+    assert_eq!(v["precision"]["requested"], "fp32");
+    assert_eq!(v["precision"]["primer"], "fp32");
     assert!(v["cpu"]["fma_peak_gflops"].as_f64().unwrap() > 0.0, "{v}");
 
     let rows = v["rows"].as_array().unwrap();
@@ -105,42 +112,75 @@ fn tiny_bench_on_the_cpu_writes_json_with_times_rates_and_memory() {
     assert_eq!(row("meta_pe_same")["tokens_per_step"], 4 * 64);
 }
 
-/// `--json` without a file prints the JSON instead of the table. Run on the device-generic
-/// path (CPU kernels off), which is what a GPU runs: every bench row works there too.
-#[test]
-fn json_without_a_file_goes_to_stdout_and_the_generic_path_runs_every_row() {
-    let out = primer_with(
-        &[
-            "bench",
-            "--size",
-            "tiny",
-            "--seq",
-            "8",
-            "--batch",
-            "2",
-            "--no-torch",
-            "--steps",
-            "1",
-            "--threads",
-            "1",
-            "--run-batches",
-            "1",
-            "--run-epochs",
-            "1",
-            "--json",
-        ],
-        &[("PRIMER_CPU_KERNELS", "off")],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not JSON ({e}): {}", text(&out));
-    });
-    assert_eq!(v["size"]["seq"], 8);
+/// The smallest whole bench: the tiny size at batch 2 × seq 8, one step per measurement, one
+/// batch in the adapter-tuning run, no PyTorch; `extra` flags after these.
+fn smallest_bench(extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut args = vec![
+        "bench",
+        "--size",
+        "tiny",
+        "--seq",
+        "8",
+        "--batch",
+        "2",
+        "--no-torch",
+        "--steps",
+        "1",
+        "--threads",
+        "1",
+        "--run-batches",
+        "1",
+        "--run-epochs",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    primer_with(&args, env)
+}
+
+/// All 14 rows of a bench's JSON, each with a positive primer time.
+fn assert_every_row_timed(v: &serde_json::Value) {
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 14, "{v}");
     for r in rows {
         assert!(r["primer"]["median_ms"].as_f64().unwrap() > 0.0, "{r}");
     }
+}
+
+/// `--json` without a file prints the JSON instead of the table. Run on the device-generic
+/// path (CPU kernels off), which is what a GPU runs: every bench row works there too.
+#[test]
+fn json_without_a_file_goes_to_stdout_and_the_generic_path_runs_every_row() {
+    let out = smallest_bench(&["--json"], &[("PRIMER_CPU_KERNELS", "off")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("stdout is not JSON ({e}): {}", text(&out));
+    });
+    assert_eq!(v["size"]["seq"], 8);
+    assert_every_row_timed(&v);
+}
+
+/// `--precision bf16` on the CPU: every row is timed (on the device-generic path, which bf16
+/// takes), and the header and the JSON say primer ran bf16 and PyTorch did not run.
+#[test]
+fn bf16_bench_on_the_cpu_times_every_row_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("bench.json");
+    let json_path = json_path.to_str().unwrap();
+    let out = smallest_bench(&["--precision", "bf16", "--json", json_path], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let header = stdout.lines().next().unwrap_or("");
+    assert!(
+        header.contains("; precision primer bf16, PyTorch -; "),
+        "{header}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json_path).unwrap()).unwrap();
+    assert_eq!(
+        v["precision"],
+        serde_json::json!({"requested": "bf16", "primer": "bf16", "torch": null})
+    );
+    assert_every_row_timed(&v);
 }
 
 /// A GPU on a build without CUDA, an unknown device and a bad batch shape are refused before
@@ -176,4 +216,35 @@ fn bad_devices_and_shapes_are_refused_up_front() {
         "{}",
         text(&out)
     );
+}
+
+/// `--steps-only` prints primer's two step lines in the asked precision and nothing of the
+/// full comparison (no table, no peak probe); it takes no `--json`.
+#[test]
+fn steps_only_times_the_two_steps_and_stops() {
+    let out = primer(&[
+        "bench",
+        "--steps-only",
+        "--size",
+        "tiny",
+        "--steps",
+        "1",
+        "--threads",
+        "1",
+        "--precision",
+        "bf16",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("full-FT step: median "), "{stdout}");
+    assert!(stdout.contains("adapter step: median "), "{stdout}");
+    assert!(stdout.contains("precision: bf16"), "{stdout}");
+    assert!(stdout.contains("primer's GEMM backend: "), "{stdout}");
+    let all = text(&out);
+    assert!(!all.contains("measurement (median ms)"), "{all}");
+    assert!(!all.contains("FMA peak"), "{all}");
+
+    let with_json = primer(&["bench", "--steps-only", "--json", "-"]);
+    assert!(!with_json.status.success());
+    assert!(text(&with_json).contains("--json"), "{}", text(&with_json));
 }

@@ -5,16 +5,17 @@
 //! `tools/bench_pe.py`. The unit tests of `bench_pe` run the same code on a tiny model.
 
 use candle_core::Device;
+use primer::bench::SizeName;
 use primer::model::init::random_encoder;
 use primer::model::{PeSpec, Tagger};
 use primer::prime::bench::MetaBenchSpec;
 use primer::prime::bench_pe::{
-    FinetuneBenchSpec, lora_bench_spec, minilm_shaped_config, time_pe_finetune_steps,
-    time_pe_meta_steps,
+    FinetuneBenchSpec, lora_bench_spec, time_pe_finetune_steps, time_pe_meta_steps,
 };
 
 fn minilm_shaped() -> Tagger {
-    let cfg = minilm_shaped_config();
+    // `primer bench`'s minilm size: MiniLM's shape without dropout (torch_ref.py --minilm).
+    let cfg = SizeName::Minilm.workload().config;
     let dev = Device::Cpu;
     let enc = random_encoder(&cfg, 0, &dev).unwrap().to_params().unwrap();
     Tagger::new(cfg, enc, dev)

@@ -19,7 +19,9 @@ peak memory), after a first line describing the versions.
 
 `--size mbert` (or tiny, minilm) and `--device cuda:N` move the model and batches to a GPU and
 change the model's size the way tools/torch_device.py does for torch_ref.py's own steps (exit
-status 3 when torch, peft or the device is missing).
+status 3 when torch, peft or the device is missing); `--precision fp32|tf32|bf16` sets the
+matrix products' arithmetic the way it does there (bf16: the forward and the loss under
+torch.autocast; each result line says the precision that ran).
 
     /work/venv-torch/bin/python tools/bench_pe.py --minilm --threads 2 --steps 5
 """
@@ -180,6 +182,8 @@ def parse(argv=None):
     g.add_argument("--size", dest="preset", choices=["tiny", "minilm", "mbert"],
                    help="the model size (mbert: tools/torch_device.py's SIZES)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    ap.add_argument("--precision", default="fp32", choices=torch_device.PRECISIONS,
+                    help="the matrix products' arithmetic (tools/torch_device.py's)")
     ap.add_argument("--mode", default="lora,meta-lora", help="comma-separated: lora, meta-lora")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=64)
@@ -221,6 +225,7 @@ def main(argv=None):
         torch_device.unavailable(f"peft is not installed in {sys.executable}: {e}")
     tr = load_torch_ref(args.torch_ref)
     dev = torch_device.prepare(tr, args.device, args.preset)
+    precision = torch_device.set_precision(tr, dev, args.precision)
     torch.set_num_threads(args.threads)
     try:
         torch.set_num_interop_threads(1)
@@ -230,7 +235,8 @@ def main(argv=None):
     print(json.dumps(dict(torch=torch.__version__, transformers=transformers.__version__,
                           peft=peft.__version__, threads=torch.get_num_threads(),
                           cpu=platform.processor() or platform.machine(), preset=args.preset,
-                          device=str(dev), device_name=torch_device.device_name(dev))),
+                          device=str(dev), device_name=torch_device.device_name(dev),
+                          precision=precision)),
           flush=True)
     for mode in args.mode.split(","):
         if mode not in ("lora", "meta-lora"):
@@ -239,6 +245,7 @@ def main(argv=None):
         if mode == "lora":
             args.lr = args.ft_lr
         res = torch_device.measure(dev, lambda: bench(tr, args, mode))
+        res["precision"] = precision
         args.lr = lr
         print(json.dumps(res), flush=True)
 

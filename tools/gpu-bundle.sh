@@ -114,8 +114,8 @@ cmd_test() {
     die "gpu-check.sh --device $device failed"
   }
   echo "$json"
-  # Every dump carried was replayed and passed, the sweep's 7 runs are done, and the bench
-  # reported every row with a time.
+  # Every dump carried was replayed and passed, the sweep's 7 runs are done, and both benches
+  # (fp32 and bf16) reported every row with a time, each in its precision.
   python3 - "$json" "$(ls -d "$dir/$NAME"/golden/*/ "$dir/$NAME"/golden-pe/*/ | wc -l)" <<'PY'
 import json, sys
 s = json.loads(sys.argv[1])
@@ -124,9 +124,11 @@ dumps = s["verify_golden"]["dumps"]
 assert len(dumps) == carried, f"{len(dumps)} dumps replayed, {carried} carried"
 assert all(d["status"] == "pass" for d in dumps.values()), dumps
 assert s["sweep"]["passed"], s["sweep"]
-b = s["bench"]
-assert b["passed"] and b["device"] == s["device"], b
-assert b["rows"] and all(r["primer_ms"] > 0 for r in b["rows"].values()), b["rows"]
+for key, precision in (("bench", "fp32"), ("bench_bf16", "bf16")):
+    b = s[key]
+    assert b["passed"] and b["device"] == s["device"], b
+    assert b["precision"]["primer"] == precision, b["precision"]
+    assert b["rows"] and all(r["primer_ms"] > 0 for r in b["rows"].values()), b["rows"]
 PY
   say "gpu-check.sh passed on $device from the unpacked bundle"
 }

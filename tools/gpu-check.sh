@@ -7,17 +7,21 @@
 #   libraries     where the CUDA libraries the binary needs were found (or which are missing)
 #   verify_golden `primer verify-golden golden golden-pe --device DEV --json` (the PyTorch dumps)
 #   sweep         a tiny sweep (tiny-sweep.toml) with `--devices DEV --per-device 2`
-#   bench         `primer bench --device DEV --size mbert` (random L12/H768, vocab 119547, batch
-#                 32 x seq 128): per step kind ms, tokens/s and peak memory, beside PyTorch on the
-#                 same device (torch_ref.py through torch_device.py, bench_pe.py for LoRA) when
+#   bench         `primer bench --device DEV --size mbert` (fp32; random L12/H768, vocab 119547,
+#                 batch 32 x seq 128): per step kind ms, tokens/s and peak memory, beside PyTorch on
+#                 the same device (torch_ref.py through torch_device.py, bench_pe.py for LoRA) when
 #                 that machine's python3 (or $TORCH_PYTHON) has torch with CUDA; else the bench
 #                 says why not. The whole bench JSON stays in out/bench.json.
+#   bench_bf16    the same bench with --precision bf16 (primer's products in bf16, PyTorch's
+#                 forward and loss under torch.autocast): what a run costs at its default
+#                 precision on a GPU (`auto` = bf16 there). out/bench-bf16.json. Not with
+#                 --skip-bf16. PRIMER_BENCH_ARGS (e.g. "--steps 3") goes to both benches.
 #
-#   usage: ./gpu-check.sh [--device cuda:0] [--skip-torch] [--skip-sweep]
+#   usage: ./gpu-check.sh [--device cuda:0] [--skip-torch] [--skip-sweep] [--skip-bf16]
 #
-# Exit status: 0 when verify-golden, the sweep and the bench passed, 1 otherwise (the JSON says
-# which). `--device cpu` runs the same check on a machine without a GPU (how `make
-# gpu-bundle-cpu` tests the bundle); the bench runs there at the tiny size without PyTorch.
+# Exit status: 0 when verify-golden, the sweep and the benches passed, 1 otherwise (the JSON
+# says which). `--device cpu` runs the same check on a machine without a GPU (how `make
+# gpu-bundle-cpu` tests the bundle); the benches run there at the tiny size without PyTorch.
 set -uo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -25,13 +29,15 @@ cd "$HERE"
 DEVICE="cuda:0"
 SKIP_TORCH=0
 SKIP_SWEEP=0
+SKIP_BF16=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
     --device=*) DEVICE="${1#*=}"; shift ;;
     --skip-torch) SKIP_TORCH=1; shift ;;
     --skip-sweep) SKIP_SWEEP=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --skip-bf16) SKIP_BF16=1; shift ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -90,23 +96,31 @@ if [ "$SKIP_SWEEP" = 0 ]; then
 fi
 
 # --- primer bench on the device, beside PyTorch on the same device ---------------------------------
-# On the CPU (the bundle's test in CI) the tiny size, one step each and no PyTorch: seconds, and
-# the bench's JSON reaches the summary the same way.
+# On the CPU (the bundle's test in CI) the tiny size, one step each and no PyTorch: about a second
+# per precision, and the benches' JSON reaches the summary the same way.
 if [ "$DEVICE" = cpu ]; then
   bench_args=(--size tiny --steps 1 --run-batches 2 --run-epochs 1 --no-torch)
 else
   bench_args=(--size mbert)
   [ "$SKIP_TORCH" = 0 ] || bench_args+=(--no-torch)
 fi
-say "primer bench on $DEVICE ${bench_args[*]} ${PRIMER_BENCH_ARGS:-}"
-t0=$(date +%s%N)
-# shellcheck disable=SC2086  # PRIMER_BENCH_ARGS is a list of flags
-"$PRIMER" bench --device "$DEVICE" "${bench_args[@]}" --json "$OUT/bench.json" \
-  --torch-python "${TORCH_PYTHON:-python3}" --torch-ref torch_ref.py \
-  --torch-device-runner torch_device.py --torch-pe-bench bench_pe.py \
-  ${PRIMER_BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
-rc=$?
-echo "$rc $(( ($(date +%s%N) - t0) / 1000000 ))" >"$OUT/bench.rc"
+# run_bench PRECISION NAME: out/NAME.json, .log and .rc (exit status and milliseconds).
+run_bench() {
+  say "primer bench on $DEVICE --precision $1 ${bench_args[*]} ${PRIMER_BENCH_ARGS:-}"
+  local t0 rc
+  t0=$(date +%s%N)
+  # shellcheck disable=SC2086  # PRIMER_BENCH_ARGS is a list of flags
+  "$PRIMER" bench --device "$DEVICE" --precision "$1" "${bench_args[@]}" --json "$OUT/$2.json" \
+    --torch-python "${TORCH_PYTHON:-python3}" --torch-ref torch_ref.py \
+    --torch-device-runner torch_device.py --torch-pe-bench bench_pe.py \
+    ${PRIMER_BENCH_ARGS:-} >"$OUT/$2.log" 2>&1
+  rc=$?
+  echo "$rc $(( ($(date +%s%N) - t0) / 1000000 ))" >"$OUT/$2.rc"
+}
+# fp32 first: the numbers comparable with earlier checks and `make bench`; then a GPU run's
+# default precision.
+run_bench fp32 bench
+[ "$SKIP_BF16" = 1 ] || run_bench bf16 bench-bf16
 
 # --- one JSON summary -------------------------------------------------------------------------
 python3 - "$OUT" "$DEVICE" "$missing" "$LD_EXTRA" <<'PY'
@@ -162,37 +176,45 @@ def mib(side):
 def rounded(x, digits=1):
     return None if x is None else round(x, digits)
 
-rc, sec = rc_and_seconds("bench.rc")
-b = {"exit": rc, "seconds": sec, "passed": rc == 0}
-try:
-    rep = json.loads(read("bench.json"))
-    # The rows in short (ms, tokens/s, MiB); the whole report is out/bench.json.
-    rows = {}
-    for r in rep["rows"]:
-        p, t = r["primer"] or {}, r["torch"] or {}
-        rows[r["key"]] = {
-            "label": r["label"], "tokens_per_step": r["tokens_per_step"],
-            "primer_ms": rounded(p.get("median_ms"), 3),
-            "primer_tokens_per_s": rounded(p.get("tokens_per_s"), 0),
-            "primer_peak_mib": mib(p),
-            "torch_ms": rounded(t.get("median_ms"), 3),
-            "torch_tokens_per_s": rounded(t.get("tokens_per_s"), 0),
-            "torch_peak_mib": mib(t),
-            "ratio": rounded(r["ratio"], 3),
-        }
-    b.update({"device": rep["device"], "device_name": rep["device_name"], "size": rep["size"],
-              "steps": rep["steps"], "memory": rep["memory_note"], "torch": rep["torch"],
-              "rows": rows})
-except Exception as e:  # no JSON: the bench failed before its report
-    b["passed"] = False
-    b["error"] = tail(read("bench.log") or str(e), 30)
-if rc != 0:
-    b["log_tail"] = tail(read("bench.log"), 30)
-summary["bench"] = b
+def bench(name):
+    rc, sec = rc_and_seconds(name + ".rc")
+    b = {"exit": rc, "seconds": sec, "passed": rc == 0}
+    try:
+        rep = json.loads(read(name + ".json"))
+        # The rows in short (ms, tokens/s, MiB); the whole report is out/NAME.json.
+        rows = {}
+        for r in rep["rows"]:
+            p, t = r["primer"] or {}, r["torch"] or {}
+            rows[r["key"]] = {
+                "label": r["label"], "tokens_per_step": r["tokens_per_step"],
+                "primer_ms": rounded(p.get("median_ms"), 3),
+                "primer_tokens_per_s": rounded(p.get("tokens_per_s"), 0),
+                "primer_peak_mib": mib(p),
+                "torch_ms": rounded(t.get("median_ms"), 3),
+                "torch_tokens_per_s": rounded(t.get("tokens_per_s"), 0),
+                "torch_peak_mib": mib(t),
+                "ratio": rounded(r["ratio"], 3),
+            }
+        b.update({"device": rep["device"], "device_name": rep["device_name"],
+                  "size": rep["size"], "precision": rep["precision"], "steps": rep["steps"],
+                  "memory": rep["memory_note"], "torch": rep["torch"], "rows": rows})
+    except Exception as e:  # no JSON: the bench failed before its report
+        b["passed"] = False
+        b["error"] = tail(read(name + ".log") or str(e), 30)
+    if rc != 0:
+        b["log_tail"] = tail(read(name + ".log"), 30)
+    return b
+
+summary["bench"] = bench("bench")
+if os.path.exists(os.path.join(out, "bench-bf16.rc")):
+    summary["bench_bf16"] = bench("bench-bf16")
+else:
+    summary["bench_bf16"] = {"passed": None, "note": "skipped (--skip-bf16)"}
 
 summary["passed"] = (bool(summary["verify_golden"]["passed"])
                      and summary["sweep"].get("passed") is not False
-                     and summary["bench"]["passed"])
+                     and summary["bench"]["passed"]
+                     and summary["bench_bf16"].get("passed") is not False)
 print(json.dumps(summary, indent=2))
 sys.exit(0 if summary["passed"] else 1)
 PY

@@ -7,18 +7,27 @@ torch_ref.py builds everything on the CPU and knows the sizes `tiny` and `minilm
 `build_state` and `make_batch` are wrapped so that the same weights (initialised on the CPU, as
 there) and the same batches go to the device, and `mbert` (bert-base-multilingual-cased's shape,
 random init) joins its presets. Its steps end in `loss.item()`, which waits for the device, so
-its timing stays right on a GPU. Matrix products run in full fp32 (TF32 off), as candle's do.
+its timing stays right on a GPU.
+
+--precision (primer bench's) sets the matrix products' arithmetic: fp32 (the default: full
+fp32, TF32 off, as candle's), tf32 (TF32 allowed in cuBLAS and cuDNN on CUDA; a CPU has none
+and runs fp32), bf16 (the forward and the loss under torch.autocast(device, bfloat16), with
+fp32 master weights and AdamW; backward and the optimiser step outside it, as autocast is
+meant to be used). torch_ref.py's steps call its forward functions by their module names, so
+those are wrapped (`set_precision`): torch_ref.py itself stays unchanged.
 
     python tools/torch_device.py --torch-ref PATH [--device cuda:0] [--size mbert] \\
+        [--precision bf16] \\
         -- [torch_ref.py benchmark flags: --batch --seq --threads --steps --mode --variant ...]
 
-Prints torch_ref.py's JSON lines, each with `device`, `peak_memory_bytes` and `memory_kind`
-added. Exit status 3, with the reason on the last line of stderr, when torch is not installed
+Prints torch_ref.py's JSON lines, each with `device`, `precision` (the one that ran),
+`peak_memory_bytes` and `memory_kind` added. Exit status 3, with the reason on the last line of stderr, when torch is not installed
 or has no such device (primer bench then reports the PyTorch side as not run, and why).
-tools/bench_pe.py uses `load_torch_ref`, `prepare` and `measure` the same way.
+tools/bench_pe.py uses `load_torch_ref`, `prepare`, `set_precision` and `measure` the same way.
 """
 
 import argparse
+import functools
 import importlib.util
 import json
 import sys
@@ -31,6 +40,13 @@ SIZES = {
 }
 
 UNAVAILABLE = 3
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+# The forward functions of torch_ref.py that its steps (and bench_pe.py's) call by module name:
+# under bf16 each runs under autocast. encode is the encoder; the others are the adapter, the
+# head and the loss, so a step's whole forward and loss are covered and nothing else is.
+FORWARD_FUNCTIONS = ("encode", "adapter_fn", "head_fn", "tag_loss")
 
 
 def unavailable(reason):
@@ -90,6 +106,32 @@ def prepare(tr, device, size):
     return dev
 
 
+def set_precision(tr, dev, precision):
+    """Makes torch_ref.py's steps compute in `precision` on `dev` and returns the precision that
+    runs there: "tf32" only on CUDA (a CPU has no TF32 and runs fp32), as primer resolves it."""
+    import torch
+    if precision not in PRECISIONS:
+        raise SystemExit(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+    if dev.type == "cuda":
+        tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    if precision == "bf16":
+        # Wrapping the forward functions, not the whole step: backward, the inner loops'
+        # updates and AdamW stay outside autocast, on the fp32 master weights, as in primer.
+        # (PyTorch's CPU autocast list, like its CUDA one, casts matmul/linear/SDPA to bf16.)
+        def autocast(fn):
+            @functools.wraps(fn)
+            def run(*a, **kw):
+                with torch.autocast(dev.type, dtype=torch.bfloat16):
+                    return fn(*a, **kw)
+            return run
+        for name in FORWARD_FUNCTIONS:
+            setattr(tr, name, autocast(getattr(tr, name)))
+        return "bf16"
+    return "tf32" if precision == "tf32" and dev.type == "cuda" else "fp32"
+
+
 def measure(dev, run):
     """run() -> result dict, with the step's peak memory added: on a GPU torch's allocator peak
     over the run (weights, optimiser state, activations), on the CPU the process's peak RSS so
@@ -127,10 +169,13 @@ def main(argv=None):
     ap.add_argument("--torch-ref", required=True, help="the reference script, torch_ref.py")
     ap.add_argument("--device", default="cpu", help="cpu or cuda:N")
     ap.add_argument("--size", default="minilm", help="tiny, minilm (its presets) or mbert")
+    ap.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                    help="the matrix products' arithmetic (see above)")
     a = ap.parse_args(ours)
     import_torch()
     tr = load_torch_ref(a.torch_ref)
     dev = prepare(tr, a.device, a.size)
+    precision = set_precision(tr, dev, a.precision)
     args = tr.parse(rest)
     args.preset = a.size
     if args.check or args.dump:
@@ -145,10 +190,12 @@ def main(argv=None):
     # The first line as torch_ref.py prints it, with the device.
     print(json.dumps(dict(torch=torch.__version__, transformers=transformers.__version__,
                           threads=torch.get_num_threads(), device=str(dev),
-                          device_name=device_name(dev), preset=args.preset)), flush=True)
+                          device_name=device_name(dev), preset=args.preset,
+                          precision=precision)), flush=True)
     for mode in args.mode.split(","):
         for variant in (args.variant.split(",") if mode == "meta-pe" else [""]):
             res = measure(dev, lambda: tr.bench_one(args, mode, variant))
+            res["precision"] = precision
             print(json.dumps(res), flush=True)
 
 

@@ -8,6 +8,11 @@
 //! 128 for a GPU), on the same device (`cpu` or `cuda:N`) and the same thread count, in one
 //! invocation: the reference first, then primer. Speed targets live here, never in timed tests.
 //!
+//! `--precision` (fp32 by default, so `make bench`'s numbers keep their meaning) sets the
+//! arithmetic of both sides' matrix products: primer's measurements run inside
+//! [`precision_scope`] as a `primer finetune` run does, PyTorch's steps under `torch.autocast`
+//! (bf16) or with TF32 allowed (tf32, CUDA only); the report says what each side ran.
+//!
 //! * [`workload`]  — the sizes, primer's tagger, synthetic batches, training steps, the
 //!   adapter-tuning run;
 //! * [`memory`]    — peak memory of a measurement (peak RSS on the CPU, the CUDA pool's peak);
@@ -29,12 +34,13 @@ pub mod workload;
 pub use breakdown::ProfileReport;
 pub use error::BenchError;
 pub use memory::MemoryKind;
-pub use report::{BenchReport, StepsReport};
+pub use report::{BenchReport, PrecisionReport, StepsReport};
 pub use torch::{TorchSide, TorchTarget};
 pub use workload::{SizeName, WorkloadSize};
 
-use crate::config::{FinetuneMethod, InnerDropout, SupportMode};
+use crate::config::{FinetuneMethod, InnerDropout, Precision, PrecisionChoice, SupportMode};
 use crate::device::DeviceSpec;
+use crate::model::dispatch::precision_scope;
 use crate::model::sgemm::gemm_backend;
 use crate::prime::bench::{MetaBenchSpec, time_meta_steps};
 use crate::prime::bench_pe::{
@@ -54,6 +60,9 @@ pub struct BenchOptions {
     pub device: DeviceSpec,
     /// The model and batch shape.
     pub size: WorkloadSize,
+    /// The arithmetic of both sides' matrix products, resolved on the device as a run's
+    /// `finetune.precision` is.
+    pub precision: PrecisionChoice,
     /// Timed steps per measurement (after the warm-up steps).
     pub steps: usize,
     /// Threads for both sides (and the FMA-peak probe).
@@ -79,6 +88,17 @@ impl BenchOptions {
             }
         }
         Ok(())
+    }
+}
+
+/// What the PyTorch side is asked for: `--precision` as given, `auto` resolved on `device`
+/// (the scripts know fp32, tf32 and bf16, and resolve tf32 on a CPU themselves).
+fn asked_of_torch(choice: PrecisionChoice, device: DeviceSpec) -> Precision {
+    match choice {
+        PrecisionChoice::Auto => choice.resolve_for(matches!(device, DeviceSpec::Cuda(_))),
+        PrecisionChoice::Fp32 => Precision::Fp32,
+        PrecisionChoice::Tf32 => Precision::Tf32,
+        PrecisionChoice::Bf16 => Precision::Bf16,
     }
 }
 
@@ -113,9 +133,11 @@ pub fn run(opts: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<BenchReport
     // after minutes of PyTorch.
     let device = opts.device.open()?;
     let size = &opts.size;
+    let precision = opts.precision.in_effect(&device);
     let target = TorchTarget {
         device: opts.device,
         size: size.clone(),
+        precision: asked_of_torch(opts.precision, opts.device),
     };
     let mut torch_notes = Vec::new();
     let torch = match &opts.torch {
@@ -152,13 +174,23 @@ pub fn run(opts: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<BenchReport
             .find_map(|t| t.as_ref().and_then(|t| t.get(key).copied()))
     };
     let theirs_ms = |key: &str| theirs(key).map(|t| t.median_ms);
+    let torch_precision = [&torch, &torch_pe]
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t.values())
+        .find_map(|t| t.precision);
 
     log(&format!(
-        "timing primer on {}: {}, {} threads",
+        "timing primer on {}: {}, {} threads, {}",
         opts.device,
         size.describe(),
-        opts.threads
+        opts.threads,
+        precision.effective
     ));
+    // Every primer measurement from here on computes in the run's precision, as `primer
+    // finetune` and `primer prime` do (bf16 also turns the fused CPU kernels off); worker
+    // threads that build ops adopt it. The FMA-peak probe below is raw f32 FMAs, untouched.
+    let _precision = precision_scope(precision.effective, &device);
     let meter = MemoryMeter::new(&device);
     let mut bench = Workload::new(size.clone(), device.clone(), opts.run_batches)?;
     let (full, full_mem) = measure(&meter, || bench.step_ms(FinetuneMethod::Full, opts.steps))?;
@@ -430,6 +462,11 @@ pub fn run(opts: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<BenchReport
         device_name,
         device_memory,
         size: size.clone(),
+        precision: PrecisionReport {
+            requested: opts.precision,
+            primer: precision.effective,
+            torch: torch_precision,
+        },
         threads: opts.threads,
         steps: opts.steps,
         rows,
@@ -472,10 +509,15 @@ pub fn steps_only(
         opts.size.describe(),
         opts.threads
     ));
-    let mut bench = Workload::new(opts.size.clone(), candle_core::Device::Cpu, 8)?;
+    let device = candle_core::Device::Cpu;
+    // As in `run`: the steps compute in the asked precision (tf32 is fp32 on the CPU).
+    let precision = opts.precision.resolve(&device);
+    let _precision = precision_scope(precision, &device);
+    let mut bench = Workload::new(opts.size.clone(), device, 8)?;
     let full = bench.train_steps(FinetuneMethod::Full, opts.steps, false)?;
     let adapter = bench.train_steps(FinetuneMethod::Adapter, opts.steps, false)?;
     Ok(StepsReport {
+        precision,
         cpu_model: peak::cpu_model(),
         threads: opts.threads,
         gemm_backend: gemm_backend().describe(),
@@ -505,6 +547,13 @@ pub fn profile(
              --device, --size, --batch and --seq"
                 .into(),
         ));
+    }
+    // The op profiler script runs the reference as it is, in fp32: primer's side must too.
+    if opts.precision.resolve_for(false) != Precision::Fp32 {
+        return Err(BenchError::Config(format!(
+            "--profile compares fp32 steps: drop --precision {}",
+            opts.precision.as_str()
+        )));
     }
     let mut torch_info = None;
     let mut torch_step = |step: &str, log: &mut dyn FnMut(&str)| -> Result<StepBreakdown, String> {
@@ -576,6 +625,7 @@ mod tests {
         BenchOptions {
             device,
             size: size.workload(),
+            precision: PrecisionChoice::Fp32,
             steps: 1,
             threads: 1,
             run_batches: 1,
@@ -609,6 +659,27 @@ mod tests {
         ] {
             let err = profile(&o, &mut |_| {}).unwrap_err().to_string();
             assert!(err.contains("--profile times ops on the CPU"), "{err}");
+        }
+        let bf16 = BenchOptions {
+            precision: PrecisionChoice::Bf16,
+            ..opts(DeviceSpec::Cpu, SizeName::Minilm)
+        };
+        let err = profile(&bf16, &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains("drop --precision bf16"), "{err}");
+    }
+
+    /// `auto` reaches the PyTorch side resolved on the device, like primer's; the others as
+    /// given (tf32 on a CPU too: the script resolves it and says so).
+    #[test]
+    fn the_pytorch_side_is_asked_for_the_precision_as_given_and_auto_resolved() {
+        use PrecisionChoice as C;
+        let asked = |c, d| asked_of_torch(c, d);
+        assert_eq!(asked(C::Auto, DeviceSpec::Cpu), Precision::Fp32);
+        assert_eq!(asked(C::Auto, DeviceSpec::Cuda(1)), Precision::Bf16);
+        for d in [DeviceSpec::Cpu, DeviceSpec::Cuda(0)] {
+            assert_eq!(asked(C::Fp32, d), Precision::Fp32);
+            assert_eq!(asked(C::Tf32, d), Precision::Tf32);
+            assert_eq!(asked(C::Bf16, d), Precision::Bf16);
         }
     }
 

@@ -3,7 +3,7 @@
 use super::memory::MemoryKind;
 use super::peak::{CHAINS, CpuFeatures, FmaPeak};
 use super::workload::WorkloadSize;
-use crate::config::SupportMode;
+use crate::config::{Precision, PrecisionChoice, SupportMode};
 use crate::device::DeviceSpec;
 use crate::prime::bench::MetaBenchSpec;
 use serde_json::{Value, json};
@@ -116,6 +116,31 @@ pub mod work {
     }
 }
 
+/// The arithmetic of each side's matrix products (`--precision`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrecisionReport {
+    /// `--precision` as given.
+    pub requested: PrecisionChoice,
+    /// What primer's measurements ran in (`tf32` on a CPU runs fp32, `auto` resolves by the
+    /// device), as a `primer finetune` run would.
+    pub primer: Precision,
+    /// What the PyTorch side says it ran in; None when it did not run (or did not say).
+    pub torch: Option<Precision>,
+}
+
+impl fmt::Display for PrecisionReport {
+    /// E.g. "precision primer bf16, PyTorch bf16", with "(tf32 asked)" where a side's differs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let torch = self.torch.map_or("-", Precision::as_str);
+        write!(f, "precision primer {}, PyTorch {torch}", self.primer)?;
+        let asked = self.requested.as_str();
+        if asked != self.primer.as_str() || self.torch.is_some_and(|t| t.as_str() != asked) {
+            write!(f, " ({asked} asked)")?;
+        }
+        Ok(())
+    }
+}
+
 /// Everything `primer bench` measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchReport {
@@ -125,6 +150,7 @@ pub struct BenchReport {
     /// The GPU's (total, in use at the end) bytes.
     pub device_memory: Option<(u64, u64)>,
     pub size: WorkloadSize,
+    pub precision: PrecisionReport,
     pub threads: usize,
     /// Timed steps per measurement.
     pub steps: usize,
@@ -164,6 +190,8 @@ impl BenchReport {
 /// What [`super::steps_only`] measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepsReport {
+    /// What the steps computed in.
+    pub precision: Precision,
     pub cpu_model: String,
     pub threads: usize,
     pub gemm_backend: String,
@@ -183,27 +211,29 @@ pub struct StepSamples {
 
 impl fmt::Display for StepsReport {
     fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let range = |times: &[f64]| {
-            times
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &t| {
-                    (lo.min(t), hi.max(t))
-                })
+        let nan = crate::prime::bench::Spread {
+            median_ms: f64::NAN,
+            min_ms: f64::NAN,
+            max_ms: f64::NAN,
         };
         for (label, s) in [
             ("full-FT step", &self.full),
             ("adapter step", &self.adapter),
         ] {
-            let (lo, hi) = range(&s.wall_ms);
+            let wall = crate::prime::bench::spread(&s.wall_ms).unwrap_or(nan);
+            let cpu = crate::prime::bench::spread(&s.cpu_ms).unwrap_or(nan);
             writeln!(
                 out,
-                "{label}: median {:.1} ms (min {lo:.1}, max {hi:.1}, {} steps); process CPU \
-                 time median {:.1} ms",
-                super::workload::median(s.wall_ms.clone()),
+                "{label}: median {:.1} ms (min {:.1}, max {:.1}, {} steps); process CPU time \
+                 median {:.1} ms",
+                wall.median_ms,
+                wall.min_ms,
+                wall.max_ms,
                 s.wall_ms.len(),
-                super::workload::median(s.cpu_ms.clone()),
+                cpu.median_ms,
             )?;
         }
+        writeln!(out, "precision: {}", self.precision.as_str())?;
         writeln!(out, "CPU: {} · {} threads", self.cpu_model, self.threads)?;
         writeln!(out, "primer's GEMM backend: {}", self.gemm_backend)?;
         writeln!(
@@ -296,6 +326,11 @@ impl BenchReport {
                 "intermediate_size": c.intermediate_size,
                 "batch": self.size.batch, "seq": self.size.seq,
             },
+            "precision": {
+                "requested": self.precision.requested,
+                "primer": self.precision.primer,
+                "torch": self.precision.torch,
+            },
             "threads": self.threads,
             "steps": self.steps,
             "memory_kind": self.memory_kind,
@@ -324,9 +359,10 @@ impl fmt::Display for BenchReport {
     fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             out,
-            "primer bench on {}: {}, random init; {} timed steps per measurement, {} threads",
+            "primer bench on {}: {}, random init; {}; {} timed steps per measurement, {} threads",
             self.device_label(),
             self.size.describe(),
+            self.precision,
             self.steps,
             self.threads
         )?;
@@ -611,6 +647,11 @@ mod tests {
             device_name: None,
             device_memory: None,
             size: SizeName::Minilm.workload(),
+            precision: PrecisionReport {
+                requested: PrecisionChoice::Fp32,
+                primer: Precision::Fp32,
+                torch: Some(Precision::Fp32),
+            },
             threads: 2,
             steps: 5,
             rows: vec![Row {
@@ -672,6 +713,51 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("minilm size (H384, L6"), "{text}");
+        assert!(
+            text.contains("random init; precision primer fp32, PyTorch fp32; 5 timed steps"),
+            "{text}"
+        );
+    }
+
+    /// The header and the JSON say what each side ran in, and what was asked where that
+    /// differs (tf32 on a CPU, auto, a PyTorch side that did not run).
+    #[test]
+    fn the_precision_of_each_side_is_reported() {
+        let with = |requested, primer, torch| BenchReport {
+            precision: PrecisionReport {
+                requested,
+                primer,
+                torch,
+            },
+            ..report()
+        };
+        use {Precision as P, PrecisionChoice as C};
+        let header = |r: BenchReport| r.to_string().lines().next().unwrap().to_string();
+        for (r, want) in [
+            (
+                with(C::Bf16, P::Bf16, Some(P::Bf16)),
+                "; precision primer bf16, PyTorch bf16; ",
+            ),
+            (
+                with(C::Tf32, P::Fp32, Some(P::Fp32)),
+                "; precision primer fp32, PyTorch fp32 (tf32 asked); ",
+            ),
+            (
+                with(C::Auto, P::Bf16, Some(P::Bf16)),
+                "; precision primer bf16, PyTorch bf16 (auto asked); ",
+            ),
+            (
+                with(C::Bf16, P::Bf16, None),
+                "; precision primer bf16, PyTorch -; ",
+            ),
+        ] {
+            assert!(header(r.clone()).contains(want), "{}", header(r));
+        }
+        let v = with(C::Tf32, P::Fp32, None).to_json();
+        assert_eq!(
+            v["precision"],
+            json!({"requested": "tf32", "primer": "fp32", "torch": null})
+        );
     }
 
     /// On a GPU the CPU's probe lines give way to the device, rates have no peak to be a

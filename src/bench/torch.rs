@@ -6,6 +6,7 @@
 
 use super::error::BenchError;
 use super::workload::WorkloadSize;
+use crate::config::Precision;
 use crate::device::DeviceSpec;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,21 +16,26 @@ use std::process::Command;
 /// the device) is not there: the bench reports the side as not run, with the reason.
 const UNAVAILABLE_EXIT: i32 = 3;
 
-/// What the PyTorch side runs on: the bench's device and workload.
+/// What the PyTorch side runs on: the bench's device and workload, and the precision asked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TorchTarget {
     pub device: DeviceSpec,
     pub size: WorkloadSize,
+    /// As asked, not resolved: the scripts resolve `tf32` on a CPU to fp32 themselves and
+    /// print what they ran ([`TorchTiming::precision`]).
+    pub precision: Precision,
 }
 
 impl TorchTarget {
-    /// The flags of the device and the model size.
-    fn model_args(&self) -> [String; 4] {
+    /// The flags of the device, the model size and the precision.
+    fn model_args(&self) -> [String; 6] {
         [
             "--device".into(),
             self.device.to_string(),
             "--size".into(),
             self.size.name.as_str().into(),
+            "--precision".into(),
+            self.precision.as_str().into(),
         ]
     }
 
@@ -50,6 +56,8 @@ pub struct TorchTiming {
     pub median_ms: f64,
     /// The allocator's peak on a GPU, the process's peak RSS on the CPU (`memory_kind`).
     pub peak_memory_bytes: Option<u64>,
+    /// The precision the step ran in, as the script says (None when it does not say).
+    pub precision: Option<Precision>,
 }
 
 /// Where the Python side is.
@@ -267,7 +275,8 @@ impl TorchSide {
 }
 
 /// The reference's result lines (`{"mode": …, "variant": …, "support": …, "median_ms": …,
-/// "peak_memory_bytes": …}`) keyed `mode[/variant][/support]`; other lines are skipped.
+/// "peak_memory_bytes": …, "precision": …}`) keyed `mode[/variant][/support]`; other lines
+/// are skipped.
 pub(crate) fn parse_medians(stdout: &str) -> BTreeMap<String, TorchTiming> {
     let mut out = BTreeMap::new();
     for line in stdout.lines() {
@@ -288,6 +297,7 @@ pub(crate) fn parse_medians(stdout: &str) -> BTreeMap<String, TorchTiming> {
         let timing = TorchTiming {
             median_ms: ms,
             peak_memory_bytes: v["peak_memory_bytes"].as_u64(),
+            precision: serde_json::from_value(v["precision"].clone()).ok(),
         };
         out.insert(key, timing);
     }
@@ -302,7 +312,7 @@ mod tests {
     fn medians_are_keyed_by_mode_variant_and_support() {
         let stdout = r#"{"torch": "2.15", "threads": 2}
 not json
-{"mode": "full", "variant": "", "support": "", "median_ms": 419.5, "peak_memory_bytes": 2048}
+{"mode": "full", "variant": "", "support": "", "median_ms": 419.5, "peak_memory_bytes": 2048, "precision": "bf16"}
 {"mode": "meta-pe", "variant": "cached", "support": "distinct", "median_ms": 2279.0}
 {"mode": "meta-full", "variant": "", "support": "distinct", "median_ms": 5010.0}"#;
         let m = parse_medians(stdout);
@@ -311,11 +321,13 @@ not json
             m["full"],
             TorchTiming {
                 median_ms: 419.5,
-                peak_memory_bytes: Some(2048)
+                peak_memory_bytes: Some(2048),
+                precision: Some(Precision::Bf16),
             }
         );
         assert_eq!(m["meta-pe/cached/distinct"].median_ms, 2279.0);
         assert_eq!(m["meta-pe/cached/distinct"].peak_memory_bytes, None);
+        assert_eq!(m["meta-pe/cached/distinct"].precision, None);
         assert_eq!(m["meta-full/distinct"].median_ms, 5010.0);
     }
 
@@ -329,6 +341,7 @@ not json
         let target = TorchTarget {
             device: DeviceSpec::Cpu,
             size: super::super::workload::SizeName::Tiny.workload(),
+            precision: Precision::Fp32,
         };
         let err = side.medians(&target, 1, 1, &mut |_| {}).unwrap_err();
         let msg = err.to_string();
@@ -354,39 +367,45 @@ not json
         }
     }
 
-    /// The device, the size and the batch shape reach both scripts.
+    /// The device, the size, the precision and the batch shape reach both scripts, and the
+    /// precision a script says it ran comes back with its timings.
     #[cfg(unix)]
     #[test]
-    fn the_device_and_size_are_passed_to_the_scripts() {
-        let dir = tempfile::tempdir().unwrap();
-        let side = fake_side(
-            dir.path(),
-            &format!(
-                "echo \"$@\" >> {}/args\necho '{{\"mode\": \"full\", \"median_ms\": 1.5}}'",
-                dir.path().display()
-            ),
-        );
-        let target = TorchTarget {
-            device: DeviceSpec::Cuda(3),
-            size: super::super::workload::SizeName::Mbert.workload(),
-        };
-        let m = side.medians(&target, 1, 2, &mut |_| {}).unwrap();
-        assert_eq!(m["full"].median_ms, 1.5);
-        side.pe_medians(&target, 1, 2, &mut |_| {}).unwrap();
-        let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
-        let lines: Vec<&str> = args.lines().collect();
-        assert_eq!(lines.len(), 4, "{args}");
-        for l in &lines[..3] {
-            assert!(
-                l.contains(" --device cuda:3 --size mbert -- --batch 32 --seq 128 --threads 1 --steps 2 --mode "),
-                "{l}"
+    fn the_device_size_and_precision_are_passed_to_the_scripts() {
+        for (precision, ran) in [(Precision::Bf16, "bf16"), (Precision::Tf32, "tf32")] {
+            let dir = tempfile::tempdir().unwrap();
+            let side = fake_side(
+                dir.path(),
+                &format!(
+                    "echo \"$@\" >> {}/args\n\
+                     echo '{{\"mode\": \"full\", \"median_ms\": 1.5, \"precision\": \"{ran}\"}}'",
+                    dir.path().display()
+                ),
             );
+            let target = TorchTarget {
+                device: DeviceSpec::Cuda(3),
+                size: super::super::workload::SizeName::Mbert.workload(),
+                precision,
+            };
+            let m = side.medians(&target, 1, 2, &mut |_| {}).unwrap();
+            assert_eq!(m["full"].median_ms, 1.5);
+            assert_eq!(m["full"].precision, Some(precision));
+            let pe = side.pe_medians(&target, 1, 2, &mut |_| {}).unwrap();
+            assert_eq!(pe["full"].precision, Some(precision));
+            let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+            let lines: Vec<&str> = args.lines().collect();
+            assert_eq!(lines.len(), 4, "{args}");
+            for l in &lines[..3] {
+                let want = format!(
+                    " --device cuda:3 --size mbert --precision {ran} -- --batch 32 --seq 128 \
+                     --threads 1 --steps 2 --mode "
+                );
+                assert!(l.contains(&want), "{l}");
+            }
+            let want =
+                format!("--device cuda:3 --size mbert --precision {ran} --batch 32 --seq 128");
+            assert!(lines[3].ends_with(&want), "{}", lines[3]);
         }
-        assert!(
-            lines[3].ends_with("--device cuda:3 --size mbert --batch 32 --seq 128"),
-            "{}",
-            lines[3]
-        );
     }
 
     /// Exit status 3 is "not there" (torch, peft or the GPU), with the reason it printed last.
@@ -401,6 +420,7 @@ not json
         let target = TorchTarget {
             device: DeviceSpec::Cuda(0),
             size: super::super::workload::SizeName::Mbert.workload(),
+            precision: Precision::Fp32,
         };
         let err = side.medians(&target, 1, 1, &mut |_| {}).unwrap_err();
         assert!(

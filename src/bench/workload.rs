@@ -9,6 +9,7 @@ use crate::data::{Batch, Batcher, EncodedSentence};
 use crate::model::init::random_encoder;
 use crate::model::{BertConfig, IGNORE_INDEX, ParamGroup, Tagger, masked_cross_entropy};
 use crate::op_timing::{self, OpTable};
+use crate::prime::bench::spread;
 use crate::rng::SeededRng;
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::{EncoderCache, inputs_of};
@@ -162,12 +163,6 @@ fn synthetic_sentences(
         .collect()
 }
 
-/// The middle value (the upper one of an even count).
-pub(crate) fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// The tagger and data every primer measurement of the bench uses.
 pub(crate) struct Workload {
     device: Device,
@@ -270,7 +265,10 @@ impl Workload {
 
     /// Median milliseconds of one optimiser step of `method` (encoder run every step).
     pub fn step_ms(&mut self, method: FinetuneMethod, steps: usize) -> Result<f64, BenchError> {
-        Ok(median(self.train_steps(method, steps, false)?.times_ms))
+        let times = self.train_steps(method, steps, false)?.times_ms;
+        spread(&times)
+            .map(|s| s.median_ms)
+            .ok_or_else(|| BenchError::Config("--steps must be at least 1".into()))
     }
 
     /// A whole adapter-tuning run over `n` batches × `epochs` with the encoder cache; `meter`
@@ -447,11 +445,5 @@ mod tests {
                 .to_string();
             assert!(err.contains(needle), "{err}");
         }
-    }
-
-    #[test]
-    fn median_takes_the_middle_value() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 3.0);
     }
 }

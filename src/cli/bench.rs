@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use primer::bench::{BenchOptions, SizeName, TorchSide};
+use primer::config::PrecisionChoice;
 use primer::device::DeviceSpec;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +23,12 @@ pub struct BenchArgs {
     /// Longest sentence in tokens (default: the size's; sentences are drawn in [seq/2, seq]).
     #[arg(long)]
     seq: Option<usize>,
+    /// The arithmetic of both sides' matrix products, as `finetune.precision`: fp32, tf32
+    /// (CUDA's TF32 tensor cores; fp32 on a CPU), bf16 (primer's products cast to bf16 with
+    /// f32 master weights; PyTorch's forward and loss under torch.autocast), auto (a run's
+    /// default: bf16 on CUDA, fp32 on a CPU). The report says what each side ran.
+    #[arg(long, value_enum, default_value_t = PrecisionChoice::Fp32)]
+    precision: PrecisionChoice,
     /// Write the report as JSON too: into FILE (the table still goes to stdout), or, with no
     /// FILE, to stdout instead of the table.
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-",
@@ -68,7 +75,7 @@ pub struct BenchArgs {
     profile: bool,
     /// Only primer's full-FT and adapter steps (implies --no-torch; no peak probe, no other
     /// rows): a quick comparison of builds or GEMM backends (PRIMER_BLAS), run by run.
-    #[arg(long, conflicts_with = "profile")]
+    #[arg(long, conflicts_with_all = ["profile", "json"])]
     steps_only: bool,
 }
 
@@ -83,6 +90,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let opts = BenchOptions {
         device: args.device,
         size: args.size.workload().with_overrides(args.batch, args.seq)?,
+        precision: args.precision,
         steps: args.steps,
         threads: args.threads,
         run_batches: args.run_batches,
@@ -102,6 +110,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut log = |msg: &str| eprintln!("{msg}");
     if args.steps_only {
         print!("{}", primer::bench::steps_only(&opts, &mut log)?);
+        return Ok(ExitCode::SUCCESS);
     } else if args.profile {
         print!("{}", primer::bench::profile(&opts, &mut log)?);
         return Ok(ExitCode::SUCCESS);

@@ -270,33 +270,77 @@ pub(crate) fn time_meta_steps_with(
     })
 }
 
-/// Median, extremes and first/last loss of timed steps.
-pub(crate) fn timing(times_ms: Vec<f64>, losses: &[f64]) -> Result<BenchTiming> {
-    let (Some(&first_loss), Some(&last_loss)) = (losses.first(), losses.last()) else {
-        return Err(PrimeError::Config(
-            "a benchmark needs at least one timed step".into(),
-        ));
-    };
-    if times_ms.is_empty() {
-        return Err(PrimeError::Config(
-            "a benchmark needs at least one timed step".into(),
-        ));
-    }
-    let mut sorted = times_ms.clone();
+/// The median and extremes of timed steps: the one summary every bench timer reports
+/// (primer's fine-tuning steps in [`crate::bench`], the meta and PE steps here).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Spread {
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The [`Spread`] of `times_ms`; None when there are none. An even count's median is the mean
+/// of the middle two, as Python's `statistics.median`, which the PyTorch side's medians use:
+/// the two sides' rows then summarise their steps the same way.
+pub(crate) fn spread(times_ms: &[f64]) -> Option<Spread> {
+    let mut sorted = times_ms.to_vec();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();
-    let median_ms = if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    let median_ms = match n {
+        0 => return None,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     };
-    Ok(BenchTiming {
+    Some(Spread {
         median_ms,
         min_ms: sorted[0],
         max_ms: sorted[n - 1],
+    })
+}
+
+/// Median, extremes and first/last loss of timed steps.
+pub(crate) fn timing(times_ms: Vec<f64>, losses: &[f64]) -> Result<BenchTiming> {
+    let no_step = || PrimeError::Config("a benchmark needs at least one timed step".into());
+    let (Some(&first_loss), Some(&last_loss)) = (losses.first(), losses.last()) else {
+        return Err(no_step());
+    };
+    let Spread {
+        median_ms,
+        min_ms,
+        max_ms,
+    } = spread(&times_ms).ok_or_else(no_step)?;
+    Ok(BenchTiming {
+        median_ms,
+        min_ms,
+        max_ms,
         times_ms,
         first_loss,
         last_loss,
         ops: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_takes_the_middle_value_and_the_extremes() {
+        let s = |v: &[f64]| spread(v).map(|s| (s.median_ms, s.min_ms, s.max_ms));
+        assert_eq!(s(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
+        // Even counts: the mean of the middle two (Python's statistics.median).
+        assert_eq!(s(&[3.0, 1.0, 2.0, 10.0]), Some((2.5, 1.0, 10.0)));
+        assert_eq!(s(&[7.0]), Some((7.0, 7.0, 7.0)));
+        assert_eq!(s(&[]), None);
+    }
+
+    #[test]
+    fn timing_keeps_the_spread_the_times_and_the_first_and_last_loss() {
+        let t = timing(vec![3.0, 1.0, 2.0, 10.0], &[1.0, 0.5]).unwrap();
+        assert_eq!((t.median_ms, t.min_ms, t.max_ms), (2.5, 1.0, 10.0));
+        assert_eq!(t.times_ms, [3.0, 1.0, 2.0, 10.0]);
+        assert_eq!((t.first_loss, t.last_loss), (1.0, 0.5));
+        assert!(timing(vec![], &[]).is_err());
+        assert!(timing(vec![1.0], &[]).is_err());
+    }
 }

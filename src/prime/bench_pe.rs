@@ -9,9 +9,7 @@
 use super::bench::{BenchTiming, MetaBenchSpec, synthetic_batch, time_meta_steps_with, timing};
 use super::error::{PrimeError, Result};
 use crate::config::PeSettings;
-use crate::model::{
-    BertConfig, DEFAULT_NUM_LABELS, ParamGroup, PeSpec, Tagger, masked_cross_entropy,
-};
+use crate::model::{DEFAULT_NUM_LABELS, ParamGroup, PeSpec, Tagger, masked_cross_entropy};
 use crate::rng::SeededRng;
 use crate::train::inputs_of;
 use crate::train::optim::{AdamW, AdamWConfig};
@@ -21,12 +19,6 @@ use std::time::Instant;
 /// value of every layer), `lora_dropout` 0 — what `tools/bench_pe.py` gives `peft`.
 pub fn lora_bench_spec() -> PeSpec {
     PeSettings::default().spec(crate::config::PeKind::Lora, 0)
-}
-
-/// A BERT of MiniLM's shape (H 384, 6 layers, 12 heads, FF 1536, vocabulary 30522) without
-/// dropout: the model the bench rows run on, at random weights (`torch_ref.py --minilm`).
-pub fn minilm_shaped_config() -> BertConfig {
-    BertConfig::new(30522, 384, 6, 12, 1536).with_dropout(0.0)
 }
 
 /// Settings of a fine-tuning-step benchmark.
@@ -130,16 +122,9 @@ pub fn time_pe_meta_steps(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::BertConfig;
     use crate::model::init::random_encoder;
     use candle_core::Device;
-
-    #[test]
-    fn timing_takes_the_middle_value() {
-        let t = timing(vec![3.0, 1.0, 2.0, 10.0], &[1.0, 0.5]).unwrap();
-        assert_eq!((t.median_ms, t.min_ms, t.max_ms), (2.5, 1.0, 10.0));
-        assert_eq!((t.first_loss, t.last_loss), (1.0, 0.5));
-        assert!(timing(vec![], &[]).is_err());
-    }
 
     #[test]
     fn lora_bench_spec_is_the_default_lora() {
@@ -148,9 +133,6 @@ mod tests {
         };
         assert_eq!((r, alpha), (8, 8.0));
         assert_eq!(targets.len(), 2);
-        let c = minilm_shaped_config();
-        assert_eq!((c.hidden_size, c.num_hidden_layers), (384, 6));
-        assert!(!c.has_dropout());
     }
 
     /// Both timers run on a tiny random model and train: the loss moves.
