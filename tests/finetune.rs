@@ -261,10 +261,9 @@ fn unknown_language_fails_clearly_and_writes_no_metrics() {
     );
 }
 
-/// With the real pretrained MiniLM (../shared), adapter tuning on the committed Afrikaans slice
-/// must clearly beat the majority-class tagger (all `O`, entity F1 = 0).
-#[test]
-fn adapter_tuning_with_minilm_learns() {
+/// Adapter tuning of the real pretrained MiniLM (../shared, or `PRIMER_MINILM_DIR`) on 400
+/// sentences of the committed Afrikaans slice; None, after printing SKIP, without the model.
+fn minilm_af_adapter_config() -> Option<FinetuneConfig> {
     let minilm = std::env::var_os("PRIMER_MINILM_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate_dir().join("../shared/models/all-MiniLM-L6-v2"));
@@ -273,7 +272,7 @@ fn adapter_tuning_with_minilm_learns() {
             "SKIP: {} not found (set PRIMER_MINILM_DIR)",
             minilm.display()
         );
-        return;
+        return None;
     }
     let mut c = tiny_config(FinetuneMethod::Adapter);
     c.model = minilm;
@@ -284,6 +283,16 @@ fn adapter_tuning_with_minilm_learns() {
     c.epochs = 4;
     c.batch_size = 16;
     c.lr = Some(1e-2);
+    Some(c)
+}
+
+/// With the real pretrained MiniLM (../shared), adapter tuning on the committed Afrikaans slice
+/// must clearly beat the majority-class tagger (all `O`, entity F1 = 0).
+#[test]
+fn adapter_tuning_with_minilm_learns() {
+    let Some(mut c) = minilm_af_adapter_config() else {
+        return;
+    };
     let (m, _) = run(&c);
     eprintln!(
         "MiniLM adapter tuning on af: test F1 {:.3}, dev F1 {:.3}",
@@ -346,26 +355,10 @@ fn precision_is_recorded_and_tf32_runs_fp32_on_the_cpu() {
 #[test]
 fn bf16_adapter_tuning_reaches_the_fp32_f1_within_seed_noise() {
     use primer::config::PrecisionChoice;
-    let minilm = std::env::var_os("PRIMER_MINILM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate_dir().join("../shared/models/all-MiniLM-L6-v2"));
-    if !minilm.join("model.safetensors").exists() {
-        eprintln!(
-            "SKIP: {} not found (set PRIMER_MINILM_DIR)",
-            minilm.display()
-        );
-        return;
-    }
     // The setting of `adapter_tuning_with_minilm_learns`.
-    let mut c = tiny_config(FinetuneMethod::Adapter);
-    c.model = minilm;
-    c.data.train_limit = Some(400);
-    c.data.dev_limit = Some(100);
-    c.data.test_limit = Some(150);
-    c.data.max_len = 64;
-    c.epochs = 4;
-    c.batch_size = 16;
-    c.lr = Some(1e-2);
+    let Some(mut c) = minilm_af_adapter_config() else {
+        return;
+    };
     let mut run_at = |seed: u64, precision: PrecisionChoice| {
         c.seed = seed;
         c.precision = precision;
