@@ -161,6 +161,29 @@ pub fn finish() -> OpTable {
     GLOBAL.finish()
 }
 
+/// The CPU time this thread has used, in seconds (`None` where the clock cannot be read): the
+/// clock of the bench's peak probe and of per-product timings, which count a thread's work
+/// whatever else shares its core.
+pub(crate) fn thread_cpu_seconds() -> Option<f64> {
+    cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// The CPU time all of this process's threads have used, in seconds (`None` where the clock
+/// cannot be read).
+pub(crate) fn process_cpu_seconds() -> Option<f64> {
+    cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+fn cpu_clock(clock: libc::clockid_t) -> Option<f64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into the timespec it is given.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    (rc == 0).then_some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

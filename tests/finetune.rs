@@ -290,7 +290,7 @@ fn minilm_af_adapter_config() -> Option<FinetuneConfig> {
 /// must clearly beat the majority-class tagger (all `O`, entity F1 = 0).
 #[test]
 fn adapter_tuning_with_minilm_learns() {
-    let Some(mut c) = minilm_af_adapter_config() else {
+    let Some(c) = minilm_af_adapter_config() else {
         return;
     };
     let (m, _) = run(&c);

@@ -10,6 +10,7 @@
 //! FMA units limit the loop — an honest peak even where two 512-bit units exist.
 
 use super::error::BenchError;
+use crate::op_timing::thread_cpu_seconds;
 use std::time::Instant;
 
 /// Independent accumulators per thread.
@@ -156,27 +157,6 @@ pub fn fma_peak(threads: usize) -> Result<FmaPeak, BenchError> {
         gflops: cpu / 1e9,
         wall_gflops: wall / 1e9,
     })
-}
-
-/// The CPU time this thread has used, in seconds (`None` where the clock cannot be read).
-pub(crate) fn thread_cpu_seconds() -> Option<f64> {
-    cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
-}
-
-/// The CPU time all of this process's threads have used, in seconds (`None` where the clock
-/// cannot be read).
-pub(crate) fn process_cpu_seconds() -> Option<f64> {
-    cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
-}
-
-fn cpu_clock(clock: libc::clockid_t) -> Option<f64> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only into the timespec it is given.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    (rc == 0).then_some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
 }
 
 /// Runs the probe loop at `isa` for `iters` iterations and returns the sum of every

@@ -238,7 +238,7 @@ impl Workload {
         )?;
         let mut times = Vec::new();
         let mut cpu = Vec::new();
-        let cpu_now = || super::peak::process_cpu_seconds().unwrap_or(f64::NAN);
+        let cpu_now = || crate::op_timing::process_cpu_seconds().unwrap_or(f64::NAN);
         for k in 0..steps + WARMUP {
             if record_ops && k == WARMUP {
                 op_timing::start();

@@ -669,7 +669,7 @@ mod tests {
             let t0 = std::time::Instant::now();
             Box::new(move || t0.elapsed().as_secs_f64()) as Box<dyn Fn() -> f64>
         } else {
-            Box::new(|| crate::bench::peak::thread_cpu_seconds().unwrap_or(f64::NAN))
+            Box::new(|| crate::op_timing::thread_cpu_seconds().unwrap_or(f64::NAN))
         };
         for (label, m, k, n, (ars, acs), (brs, bcs), crs, calls) in shapes {
             let mut times = vec![Vec::new(); backends.len()];
