@@ -19,6 +19,11 @@
 #
 #   usage: ./gpu-check.sh [--device cuda:0] [--skip-torch] [--skip-sweep] [--skip-bf16]
 #
+# BENCH_TIMEOUT_S (default 200; 0 = none) bounds each bench: a device machine lent here runs one
+# command for at most 10 minutes, and a bench killed by it would take the whole summary with
+# it; a bench stopped by this limit is reported as such, with its log's tail, and the rest of
+# the JSON stands.
+#
 # Exit status: 0 when verify-golden, the sweep and the benches passed, 1 otherwise (the JSON
 # says which). `--device cpu` runs the same check on a machine without a GPU (how `make
 # gpu-bundle-cpu` tests the bundle); the benches run there at the tiny size without PyTorch.
@@ -37,7 +42,7 @@ while [ $# -gt 0 ]; do
     --skip-torch) SKIP_TORCH=1; shift ;;
     --skip-sweep) SKIP_SWEEP=1; shift ;;
     --skip-bf16) SKIP_BF16=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -104,13 +109,21 @@ else
   bench_args=(--size mbert)
   [ "$SKIP_TORCH" = 0 ] || bench_args+=(--no-torch)
 fi
-# run_bench PRECISION NAME: out/NAME.json, .log and .rc (exit status and milliseconds).
+BENCH_TIMEOUT_S="${BENCH_TIMEOUT_S:-200}"
+case "$BENCH_TIMEOUT_S" in
+  ''|*[!0-9]*) echo "gpu-check: BENCH_TIMEOUT_S=$BENCH_TIMEOUT_S is not a number of seconds (0 = no limit)" >&2; exit 2 ;;
+esac
+export BENCH_TIMEOUT_S
+bench_limit=()
+[ "$BENCH_TIMEOUT_S" -eq 0 ] || bench_limit=(timeout "$BENCH_TIMEOUT_S")
+# run_bench PRECISION NAME: out/NAME.json, .log and .rc (exit status and milliseconds; 124 when
+# BENCH_TIMEOUT_S stopped it).
 run_bench() {
   say "primer bench on $DEVICE --precision $1 ${bench_args[*]} ${PRIMER_BENCH_ARGS:-}"
   local t0 rc
   t0=$(date +%s%N)
   # shellcheck disable=SC2086  # PRIMER_BENCH_ARGS is a list of flags
-  "$PRIMER" bench --device "$DEVICE" --precision "$1" "${bench_args[@]}" --json "$OUT/$2.json" \
+  "${bench_limit[@]}" "$PRIMER" bench --device "$DEVICE" --precision "$1" "${bench_args[@]}" --json "$OUT/$2.json" \
     --torch-python "${TORCH_PYTHON:-python3}" --torch-ref torch_ref.py \
     --torch-device-runner torch_device.py --torch-pe-bench bench_pe.py \
     ${PRIMER_BENCH_ARGS:-} >"$OUT/$2.log" 2>&1
@@ -201,6 +214,10 @@ def bench(name):
     except Exception as e:  # no JSON: the bench failed before its report
         b["passed"] = False
         b["error"] = tail(read(name + ".log") or str(e), 30)
+    if rc == 124:
+        b["error"] = (f"stopped after BENCH_TIMEOUT_S={os.environ.get('BENCH_TIMEOUT_S')} s "
+                      "before its report: raise BENCH_TIMEOUT_S, or shorten the bench with "
+                      "PRIMER_BENCH_ARGS='--steps 3' (the log's tail says how far it got)")
     if rc != 0:
         b["log_tail"] = tail(read(name + ".log"), 30)
     return b
