@@ -50,16 +50,7 @@ macro_rules! library_or_skip {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    max_abs(&(a - b).unwrap())
 }
 
 fn max_abs(a: &Tensor) -> f32 {

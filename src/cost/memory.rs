@@ -131,9 +131,13 @@ pub fn bf16_graph_extra(model: &BertConfig, batch: usize, seq: usize) -> u64 {
     (layers * b * t * per_token + layers * layer_weights) * F32 / 2
 }
 
-/// Whether a run with this setting may run its products in bf16 (see [`bf16_graph_extra`]).
-fn may_run_bf16(choice: PrecisionChoice) -> bool {
-    matches!(choice, PrecisionChoice::Bf16 | PrecisionChoice::Auto)
+/// [`bf16_graph_extra`] for a run with this precision setting: charged where the run may run
+/// its products in bf16 (`bf16`, or `auto`, which is bf16 on CUDA), else nothing.
+fn bf16_extra_for(choice: PrecisionChoice, model: &BertConfig, batch: usize, seq: usize) -> u64 {
+    match choice {
+        PrecisionChoice::Bf16 | PrecisionChoice::Auto => bf16_graph_extra(model, batch, seq),
+        PrecisionChoice::Fp32 | PrecisionChoice::Tf32 => 0,
+    }
 }
 
 /// Activations of a graph-free forward over `tokens` padded tokens of length `seq`: the
@@ -192,11 +196,7 @@ pub fn finetune_memory(
     let seq = cfg.data.max_len;
     let activations = if through_encoder {
         graph_activations(model, cfg.batch_size, seq)
-            + if may_run_bf16(cfg.precision) {
-                bf16_graph_extra(model, cfg.batch_size, seq)
-            } else {
-                0
-            }
+            + bf16_extra_for(cfg.precision, model, cfg.batch_size, seq)
     } else {
         let tokens = (cfg.batch_size as u64 * seq as u64).max(INFERENCE_TOKENS);
         graph_free_activations(model, tokens, seq)
@@ -227,13 +227,7 @@ pub fn prime_memory(cfg: &PrimeConfig, model: &BertConfig) -> MemoryEstimate {
     // The outer update: θp and θa (FT priming updates the heads with them).
     let outer = enc + pe_n + if is_ft { heads } else { 0 };
     let full_loop = cfg.effective_inner_loop() == InnerLoop::Full;
-    let bf16_extra = |batch: usize| {
-        if may_run_bf16(cfg.precision) {
-            bf16_graph_extra(model, batch, seq)
-        } else {
-            0
-        }
-    };
+    let bf16_extra = |batch: usize| bf16_extra_for(cfg.precision, model, batch, seq);
     let (inner_copies, activations) = if is_ft {
         let sizes = crate::prime::sampler::DrawSizes::new(
             cfg.support,

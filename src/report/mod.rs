@@ -228,6 +228,10 @@ pub fn write_report(
         skipped.extend(notes);
     }
 
+    // Read once (priming runs' records included), for the text and the page's header.
+    let warnings: Vec<String> = gather::mixed_precision_warning(all_runs)
+        .into_iter()
+        .collect();
     let page = html::write_page(&html::PageSources {
         all: all_runs,
         used: input,
@@ -236,6 +240,7 @@ pub fn write_report(
         bootstrap_samples: samples,
         files: &files,
         skipped: &skipped,
+        warnings: &warnings,
         sweep_file: opts.sweep_file.as_deref(),
     })?;
     files.push(page.clone());
@@ -247,7 +252,7 @@ pub fn write_report(
         "Report of sweep {}: {runs_done} of {runs_total} fine-tuning runs done.\n\n",
         input.sweep_name,
     );
-    if let Some(warning) = gather::mixed_precision_warning(all_runs) {
+    for warning in &warnings {
         text += &format!("Warning: {warning}.\n\n");
     }
     text += &format!("## Table 1\n\n{}\n", table1.to_markdown());

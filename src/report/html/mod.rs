@@ -233,6 +233,8 @@ pub struct PageSources<'a> {
     /// Files the report wrote: its SVG figures are inlined.
     pub files: &'a [PathBuf],
     pub skipped: &'a [String],
+    /// What a reader must know before comparing rows (shown in the header).
+    pub warnings: &'a [String],
     pub sweep_file: Option<&'a Path>,
 }
 
@@ -385,9 +387,7 @@ impl<'a> PageData<'a> {
             counts,
             wall_time_s: (last >= first).then(|| last - first),
             kinds: crate::report::summary::summarize(all, &all.results_dir, &[], &[]).kinds,
-            warnings: crate::report::gather::mixed_precision_warning(all)
-                .into_iter()
-                .collect(),
+            warnings: src.warnings.to_vec(),
         };
 
         let curves_dir = all.results_dir.join("curves");
