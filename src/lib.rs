@@ -27,7 +27,7 @@
 //! * [`signal`]   — SIGINT/SIGTERM (stop the orchestrator) and SIGUSR2 (stop a run) as flags;
 //! * [`report`]   — polars tables and plotters figures (Table 1, Figures 3 and 4);
 //! * [`verify`]   — the golden comparisons against the PyTorch dumps, on any device;
-//! * [`bench`]    — `primer bench`: step speed against the PyTorch reference, the machine's
+//! * [`mod@bench`] — `primer bench`: step speed against the PyTorch reference, the machine's
 //!   FMA peak, and per-op breakdowns of both sides.
 pub mod backend;
 pub mod bench;

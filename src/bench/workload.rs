@@ -70,7 +70,7 @@ pub struct WorkloadSize {
     pub seq: usize,
 }
 
-/// The shortest `--seq` the synthetic sentences allow: [CLS], [SEP] and at least two words
+/// The shortest `--seq` the synthetic sentences allow: `[CLS]`, `[SEP]` and at least two words
 /// in the shortest (seq/2) sentence, so every batch has labelled tokens.
 pub const MIN_SEQ: usize = 8;
 
@@ -118,7 +118,7 @@ impl WorkloadSize {
     }
 }
 
-/// Synthetic NER sentences like the reference's: random lengths in [seq/2, seq], [CLS] ... [SEP],
+/// Synthetic NER sentences like the reference's: random lengths in `[seq/2, seq]`, `[CLS] ... [SEP]`,
 /// mostly-`O` labels with ~15% ignored positions.
 fn synthetic_sentences(
     n: usize,

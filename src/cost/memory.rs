@@ -2,7 +2,7 @@
 //! `config.json` before it starts: what `primer run --per-device auto` packs runs by.
 //!
 //! One function per run kind ([`finetune_memory`], [`prime_memory`]) sums, in fp32:
-//! * the weights — θp, the PE module (its size is what [`PeMethod::param_shapes`] declares, so a
+//! * the weights — θp, the PE module (its size is what [`crate::model::pe::PeMethod::param_shapes`] declares, so a
 //!   new method needs nothing here), one head per language;
 //! * the gradients and AdamW's two moments of what trains;
 //! * priming's inner-loop copies: fast weights and their gradients (θa and θh in the PE loop,

@@ -1,4 +1,4 @@
-//! A CBLAS library opened at run time (`dlopen`), for [`super::matmul`]'s f32 GEMMs.
+//! A CBLAS library opened at run time (`dlopen`), for [`super::sgemm`]'s f32 GEMMs.
 //!
 //! Nothing links against a BLAS at build time: a user who wants one names the shared library
 //! (`PRIMER_BLAS`, read by the CLI) and [`Blas::open`] resolves `cblas_sgemm` in it, plus the
@@ -7,7 +7,7 @@
 //! library (`libmkl_rt.so.2` / `.so.3`, from the PyPI `mkl` wheel) and BLIS (`libblis.so.4`);
 //! any other library that exports the standard `cblas_sgemm` works too, untuned.
 //!
-//! **Threading.** primer has one thread pool, rayon's; [`super::matmul`] splits a large GEMM
+//! **Threading.** primer has one thread pool, rayon's; [`super::sgemm`] splits a large GEMM
 //! into one block of rows (or columns) per rayon thread and calls the library once per block.
 //! So the library must run each call on the calling thread alone: [`Blas::open`] sets its own
 //! thread count to 1 (MKL: the sequential threading layer, which also keeps its OpenMP

@@ -153,7 +153,7 @@ pub fn backend_from_env() -> Result<Option<GemmBackend>, BlasEnvError> {
     }
 }
 
-/// A read-only view of an f32 matrix for [`gemm`]: row-major, or the transpose of one.
+/// A read-only view of an f32 matrix for [`fn@gemm`]: row-major, or the transpose of one.
 #[derive(Clone, Copy)]
 pub(crate) struct MatRef<'a> {
     data: &'a [f32],

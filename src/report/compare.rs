@@ -83,7 +83,7 @@ impl LangDelta {
 pub struct PairComparison {
     pub a: String,
     pub b: String,
-    /// Why the pair is compared: "[report] compare", or the default rule that chose it.
+    /// Why the pair is compared: "`[report] compare`", or the default rule that chose it.
     pub why: String,
     pub per_lang: Vec<LangDelta>,
     /// Over the languages of `per_lang`, on the seeds every one of them has (None with fewer

@@ -26,7 +26,7 @@ pub struct RunRequest {
     pub wait: Option<Duration>,
     /// At the end, remove primed checkpoints that no pending run of this sweep needs.
     pub gc_checkpoints: bool,
-    /// Write the report (results/<name>/) once the runs have ended.
+    /// Write the report (`results/<name>/`) once the runs have ended.
     pub write_report: bool,
 }
 
@@ -224,7 +224,7 @@ fn refuse_if_in_flight_elsewhere(
     Ok(())
 }
 
-/// Writes the sweep's report (results/<name>/) and returns its text: the single call site of
+/// Writes the sweep's report (`results/<name>/`) and returns its text: the single call site of
 /// the report stage after a sweep, for every backend.
 fn write_report(sweep: &Sweep) -> Result<String, SweepError> {
     let input = report_input_for(sweep)?;

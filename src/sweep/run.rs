@@ -61,7 +61,7 @@ pub struct PlanRow {
     pub config: serde_json::Value,
 }
 
-/// The rows of `primer plan --json`; `obs` is [`observe`]'s view of `plan`.
+/// The rows of `primer plan --json`; `obs` is [`crate::store::observe`]'s view of `plan`.
 pub fn plan_rows(plan: &Plan, obs: &[ObservedRun]) -> Vec<PlanRow> {
     plan.runs
         .iter()
@@ -233,7 +233,7 @@ fn duration_kind(run: &PlannedRun) -> String {
     }
 }
 
-/// See [`RemainingEstimate`]; `obs` is [`observe`]'s view of `plan`.
+/// See [`RemainingEstimate`]; `obs` is [`crate::store::observe`]'s view of `plan`.
 pub fn estimate_remaining(plan: &Plan, obs: &[ObservedRun]) -> RemainingEstimate {
     let mut measured: std::collections::HashMap<String, (f64, usize)> = Default::default();
     for (r, o) in plan.runs.iter().zip(obs) {

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Runs tasks as `primer exec` child processes.
 pub struct ProcessExecutor {
-    /// The primer binary as the user knows it (argv[0] of the children, error messages).
+    /// The primer binary as the user knows it (`argv[0]` of the children, error messages).
     exe: PathBuf,
     /// What the children execute: [`own_program`] of `exe`.
     program: PathBuf,

@@ -7,7 +7,7 @@
 //!
 //! [`PageData::gather`] reads what the report's tables do not hold from each run's store
 //! directory (`status.json`, `spec.json`, `log.txt`, a priming run's `curves.json`);
-//! [`render`] turns it into HTML with maud, which escapes every value it splices in.
+//! [`fn@render`] turns it into HTML with maud, which escapes every value it splices in.
 
 mod chart;
 mod render;
