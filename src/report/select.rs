@@ -9,6 +9,7 @@
 use crate::fsutil::write_atomic;
 use crate::report::gather::{polars_err, write_csv};
 use crate::report::markdown::{self, Align};
+use crate::report::split::{shown_value, split_name};
 use crate::report::table::MISSING;
 use crate::report::{ReportError, ReportInput, RunRecord};
 use crate::spec::report::{SelectBy, Selection};
@@ -19,6 +20,9 @@ use std::path::{Path, PathBuf};
 /// The choice for one setting × language × seed (× the swept keys not selected over).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pick {
+    /// The row the choice feeds: the setting, or, where the setting's runs take several values
+    /// of a swept key that is not selected over (a plotted key), the split row's name
+    /// (`No priming · finetune.method=lora`, [`split_name`]) that Table 1 gives it.
     pub setting: String,
     pub lang: String,
     pub seed: u64,
@@ -80,9 +84,10 @@ pub fn apply(input: &ReportInput) -> (ReportInput, Option<SelectionRecord>) {
         }
         members.push(i);
     }
+    let labels = row_labels(&order);
     let mut kept = Vec::new();
     let mut picks = Vec::new();
-    for key in order {
+    for (key, label) in order.into_iter().zip(labels) {
         let members = &groups[&key];
         let best = members
             .iter()
@@ -104,7 +109,7 @@ pub fn apply(input: &ReportInput) -> (ReportInput, Option<SelectionRecord>) {
             })
             .collect();
         picks.push(Pick {
-            setting: key.0.clone(),
+            setting: label,
             lang: key.1.clone(),
             seed: key.2,
             values,
@@ -131,6 +136,26 @@ pub fn apply(input: &ReportInput) -> (ReportInput, Option<SelectionRecord>) {
         picks,
     };
     (selected, Some(record))
+}
+
+/// Each group's row label ([`Pick::setting`]): its setting, followed by the unselected keys
+/// whose values differ between that setting's groups (shown as Table 1's split rows show them;
+/// a key constant within the setting is left out there too).
+fn row_labels<L, S>(groups: &[(String, L, S, Vec<(String, String)>)]) -> Vec<String> {
+    groups
+        .iter()
+        .map(|(setting, _, _, rest)| {
+            let siblings = || groups.iter().filter(|g| &g.0 == setting).map(|g| &g.3);
+            let varying: Vec<(String, String)> = rest
+                .iter()
+                .filter(|(k, v)| {
+                    siblings().any(|other| other.iter().any(|(ok, ov)| ok == k && ov != v))
+                })
+                .map(|(k, v)| (k.clone(), shown_value(v)))
+                .collect();
+            split_name(setting, &varying)
+        })
+        .collect()
 }
 
 fn f2(v: Option<f64>) -> String {
@@ -377,6 +402,45 @@ mod tests {
         assert_eq!((picks[0].done, picks[0].candidates), (2, 3));
         assert_eq!(picks[1].dev_f1, None);
         assert!(selected.runs[1].metrics.is_none());
+    }
+
+    #[test]
+    fn a_plotted_key_that_varies_within_a_setting_names_the_rows_as_table1_does() {
+        // pe-methods.toml's shape: setting "No priming" runs adapter and lora, each over two
+        // learning rates; every pick must say which method it belongs to.
+        let mut runs = Vec::new();
+        for method in ["adapter", "lora"] {
+            for lr in ["0.003", "0.01"] {
+                let mut r = run("No priming", "x", 1, Some(0.5));
+                r.meta.run_id = format!("{method}-{lr}");
+                r.meta.axes = vec![
+                    ("finetune.lr".into(), lr.into()),
+                    ("finetune.method".into(), format!("\"{method}\"")),
+                    ("finetune.epochs".into(), "3".into()),
+                ];
+                runs.push(r);
+            }
+        }
+        let mut inp = input(&["No priming"], &["x"], runs, Default::default());
+        inp.spec.select = Some(Selection {
+            by: SelectBy::DevF1,
+            over: vec!["finetune.lr".into()],
+        });
+        let record = apply(&inp).1.unwrap();
+        let labels: Vec<&str> = record.picks.iter().map(|p| p.setting.as_str()).collect();
+        // The constant epochs are left out, as Table 1's split leaves them out.
+        assert_eq!(
+            labels,
+            vec![
+                "No priming · finetune.method=adapter",
+                "No priming · finetune.method=lora"
+            ]
+        );
+        let md = record.to_markdown();
+        assert!(md.contains("| No priming · finetune.method=lora "), "{md}");
+        let table_rows = crate::report::split::split_settings(&inp, &["finetune.method".into()]).1;
+        let names: Vec<&str> = table_rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, labels);
     }
 
     #[test]
