@@ -45,6 +45,10 @@ pub struct SelectionRecord {
     pub picks: Vec<Pick>,
 }
 
+/// A selection group: setting, language, seed and the unselected swept keys' values — everything
+/// that identifies a cell entry except the selected keys' values.
+type CellKey = (String, String, u64, Vec<(String, String)>);
+
 fn score(r: &RunRecord, by: SelectBy) -> Option<f64> {
     let m = r.metrics.as_ref()?;
     match by {
@@ -60,8 +64,6 @@ pub fn apply(input: &ReportInput) -> (ReportInput, Option<SelectionRecord>) {
     let Some(Selection { by, over }) = &input.spec.select else {
         return (input.clone(), None);
     };
-    // Group key: everything that identifies a cell entry except the selected keys' values.
-    type CellKey = (String, String, u64, Vec<(String, String)>);
     let mut groups: BTreeMap<CellKey, Vec<usize>> = BTreeMap::new();
     let mut order = Vec::new();
     for (i, r) in input.runs.iter().enumerate() {
@@ -141,7 +143,7 @@ pub fn apply(input: &ReportInput) -> (ReportInput, Option<SelectionRecord>) {
 /// Each group's row label ([`Pick::setting`]): its setting, followed by the unselected keys
 /// whose values differ between that setting's groups (shown as Table 1's split rows show them;
 /// a key constant within the setting is left out there too).
-fn row_labels<L, S>(groups: &[(String, L, S, Vec<(String, String)>)]) -> Vec<String> {
+fn row_labels(groups: &[CellKey]) -> Vec<String> {
     groups
         .iter()
         .map(|(setting, _, _, rest)| {
