@@ -174,6 +174,7 @@ impl PeMethod for Lora {
         model: &BertConfig,
         encoder: &dyn Weights,
         own: &dyn Weights,
+        _training: bool,
     ) -> Result<TensorSet> {
         let scale = self.scale();
         let mut out = TensorSet::new();
