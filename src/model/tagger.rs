@@ -582,6 +582,7 @@ mod tests {
                 pe::LoraTarget::Value,
                 pe::LoraTarget::Intermediate,
             ],
+            dropout: 0.0,
         };
         // Every PE method with the fine-tuning methods that can run with its module present.
         // (Full FT beside a BitFit module is left out: θp's own biases are read in no forward
@@ -692,6 +693,7 @@ mod tests {
             r: 2,
             alpha: 4.0,
             targets: vec![pe::LoraTarget::Query, pe::LoraTarget::Output],
+            dropout: 0.0,
         };
         // The adapter with everything trainable, and LoRA (its merge is a product too).
         for (spec, method) in [

@@ -51,11 +51,13 @@ pub enum PeSpec {
     Adapter { dim: usize, layers: AdapterLayers },
     /// Every bias of the encoder.
     BitFit,
-    /// LoRA of rank `r`, scale `alpha / r`, on `targets` of every layer.
+    /// LoRA of rank `r`, scale `alpha / r`, on `targets` of every layer, with dropout of
+    /// probability `dropout` on the branch's input in training (0: none).
     Lora {
         r: usize,
         alpha: f64,
         targets: Vec<LoraTarget>,
+        dropout: f64,
     },
 }
 
@@ -78,12 +80,30 @@ impl PeSpec {
                 layers: *layers,
             }),
             PeSpec::BitFit => Arc::new(BitFit),
-            PeSpec::Lora { r, alpha, targets } => Arc::new(Lora {
+            PeSpec::Lora {
+                r,
+                alpha,
+                targets,
+                dropout,
+            } => Arc::new(Lora {
                 r: *r,
                 alpha: *alpha,
                 targets: targets.clone(),
+                dropout: *dropout,
             }),
         }
+    }
+
+    /// The spec as its module reads back from a checkpoint: settings that shape only training
+    /// (LoRA's dropout), which no checkpoint carries since each run that trains the module
+    /// sets its own, at their defaults. A primed module is compared with a run's spec in this
+    /// form.
+    pub fn as_checkpointed(&self) -> PeSpec {
+        let mut spec = self.clone();
+        if let PeSpec::Lora { dropout, .. } = &mut spec {
+            *dropout = 0.0;
+        }
+        spec
     }
 }
 
