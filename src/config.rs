@@ -305,8 +305,8 @@ pub struct FinetuneConfig {
     /// LoRA α: the update is scaled by α/r (default 8, as `peft`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lora_alpha: Option<f64>,
-    /// Dropout on the LoRA branch's input: only 0 is implemented (the update is merged into
-    /// the weights, see [`crate::model::pe::lora`]).
+    /// Dropout on the LoRA branch's input in training, in [0, 1) (default 0, as `peft`); above
+    /// 0 the branch is computed in activation space, see [`crate::model::pe::lora`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lora_dropout: Option<f64>,
     /// The linears LoRA adapts in every layer (default query and value, as the LoRA paper).
@@ -548,6 +548,7 @@ impl PeSettings {
                     .lora_targets
                     .clone()
                     .unwrap_or_else(|| vec![LoraTarget::Query, LoraTarget::Value]),
+                dropout: self.lora_dropout.unwrap_or(0.0),
             },
         }
     }
@@ -589,11 +590,14 @@ impl PeSettings {
             r.positive("lora_alpha", v);
         }
         if let Some(v) = self.lora_dropout
-            && v != 0.0
+            && !(0.0..1.0).contains(&v)
         {
             r.fail(
                 "lora_dropout",
-                format!("{v}: only 0 is implemented (LoRA's update is merged into the weights)"),
+                format!(
+                    "must be in [0, 1) — the probability of zeroing each input of LoRA's branch \
+                     in training (0, the default, turns it off) — got {v}"
+                ),
             );
         }
         if let Some(t) = &self.lora_targets {
@@ -710,8 +714,8 @@ pub struct PrimeConfig {
     /// LoRA α: the update is scaled by α/r (default 8, as `peft`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lora_alpha: Option<f64>,
-    /// Dropout on the LoRA branch's input: only 0 is implemented (the update is merged into
-    /// the weights, see [`crate::model::pe::lora`]).
+    /// Dropout on the LoRA branch's input in training, in [0, 1) (default 0, as `peft`); above
+    /// 0 the branch is computed in activation space, see [`crate::model::pe::lora`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lora_dropout: Option<f64>,
     /// The linears LoRA adapts in every layer (default query and value, as the LoRA paper).
@@ -1146,6 +1150,40 @@ mod tests {
             serde_json::to_value(cpu).unwrap(),
             json!({"requested": "tf32", "effective": "fp32"})
         );
+    }
+
+    /// `lora_dropout` takes [0, 1) under the LoRA method, refuses anything else by name with
+    /// the range, reaches the LoRA spec, and stays out of the serialised config when unset.
+    #[test]
+    fn lora_dropout_is_a_probability_below_1_carried_to_the_spec() {
+        let lora = |v: Option<f64>| FinetuneConfig {
+            model: "m".into(),
+            lang: "hi".into(),
+            method: FinetuneMethod::Lora,
+            lora_dropout: v,
+            ..Default::default()
+        };
+        for ok in [None, Some(0.0), Some(0.1), Some(0.99)] {
+            assert_eq!(lora(ok).value_errors(), vec![], "{ok:?}");
+            let Some(crate::model::PeSpec::Lora { dropout, .. }) = lora(ok).pe_spec() else {
+                panic!("not LoRA");
+            };
+            assert_eq!(dropout, ok.unwrap_or(0.0));
+        }
+        for bad in [1.0, 1.5, -0.1, f64::NAN] {
+            let errors = lora(Some(bad)).value_errors();
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            assert_eq!(errors[0].key, "lora_dropout");
+            assert!(
+                errors[0].problem.contains("[0, 1)"),
+                "{}",
+                errors[0].problem
+            );
+        }
+        let written = serde_json::to_value(lora(None)).unwrap();
+        assert!(written.get("lora_dropout").is_none());
+        let written = serde_json::to_value(lora(Some(0.1))).unwrap();
+        assert_eq!(written["lora_dropout"], json!(0.1));
     }
 
     #[test]

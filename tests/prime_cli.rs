@@ -312,3 +312,64 @@ fn lora_inner_loop_primes_a_lora_checkpoint_that_lora_tuning_starts_from() {
         ("tf32", "fp32")
     );
 }
+
+/// `--lora-dropout` in priming (the inner loop and outer step compute LoRA's branch in
+/// activation space) and in fine-tuning from the primed LoRA checkpoint, which does not carry
+/// the dropout: the run's own value applies, and a value outside [0, 1) is refused by name.
+#[test]
+fn lora_dropout_primes_and_tunes_from_the_primed_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((model, data)) = setup(tmp.path()) else {
+        return;
+    };
+    let out = tmp.path().join("primed");
+    let lora = ["--lora-r", "2", "--lora-targets", "query,output"];
+    let o = primer()
+        .args(small_run_args(&model, &data))
+        .args(["--method", "meta", "--inner-params", "lora"])
+        .args(lora)
+        .args([
+            "--lora-dropout",
+            "0.2",
+            "--inner-steps",
+            "2",
+            "--steps",
+            "2",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "stderr:\n{stderr}");
+    assert!(out.join("lora.safetensors").exists());
+
+    let finetune = |dropout: &str, dir: &str| {
+        primer()
+            .args(["finetune", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .arg("--init")
+            .arg(&out)
+            .args(["--lang", "en", "--method", "lora"])
+            .args(lora)
+            .args(["--lora-dropout", dropout])
+            .args(["--train-limit", "16", "--epochs", "1", "--max-len", "32"])
+            .arg("--out")
+            .arg(tmp.path().join(dir))
+            .output()
+            .unwrap()
+    };
+    let o = finetune("0.1", "ft");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "stderr:\n{stderr}");
+    assert!(tmp.path().join("ft/metrics.json").exists());
+    let o = finetune("1.0", "ft-bad");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("lora_dropout") && stderr.contains("[0, 1)"),
+        "{stderr}"
+    );
+}

@@ -41,6 +41,9 @@ pub struct SharedRunArgs {
     /// attention_output, intermediate, output (LoRA only; default query,value).
     #[arg(long, value_delimiter = ',')]
     pub lora_targets: Option<Vec<String>>,
+    /// Dropout on LoRA's branch input in training, in [0, 1) (LoRA only; default 0).
+    #[arg(long)]
+    pub lora_dropout: Option<f64>,
     /// Override the model's dropout probabilities.
     #[arg(long)]
     pub dropout: Option<f64>,
@@ -66,6 +69,7 @@ pub struct SharedFields<'a> {
     pub adapter_layers: &'a mut primer::model::pe::AdapterLayers,
     pub lora_r: &'a mut Option<usize>,
     pub lora_alpha: &'a mut Option<f64>,
+    pub lora_dropout: &'a mut Option<f64>,
     pub lora_targets: &'a mut Option<Vec<primer::model::pe::LoraTarget>>,
     pub dropout: &'a mut Option<f64>,
     pub seed: &'a mut u64,
@@ -86,6 +90,7 @@ macro_rules! shared_fields {
             adapter_layers: &mut $c.adapter_layers,
             lora_r: &mut $c.lora_r,
             lora_alpha: &mut $c.lora_alpha,
+            lora_dropout: &mut $c.lora_dropout,
             lora_targets: &mut $c.lora_targets,
             dropout: &mut $c.dropout,
             seed: &mut $c.seed,
@@ -132,6 +137,9 @@ impl SharedRunArgs {
         }
         if self.lora_alpha.is_some() {
             *f.lora_alpha = self.lora_alpha;
+        }
+        if self.lora_dropout.is_some() {
+            *f.lora_dropout = self.lora_dropout;
         }
         if let Some(names) = &self.lora_targets {
             let targets = names

@@ -144,7 +144,15 @@ pub fn encode(
     inputs: &EncoderInputs<'_>,
     dropout_rng: Option<&mut SeededRng>,
 ) -> Result<Tensor> {
-    encode_impl(cfg, w, inputs, dropout_rng, None, &[], None)
+    encode_impl(
+        cfg,
+        w,
+        inputs,
+        dropout_rng,
+        None,
+        &[],
+        EncoderHooks::default(),
+    )
 }
 
 /// A layer's output `[B, T, H]` → the next layer's input: a PE method acting after every layer
@@ -154,15 +162,32 @@ pub type LayerHook<'a> = &'a dyn Fn(usize, Tensor) -> Result<Tensor>;
 /// An owned [`LayerHook`] that a [`FrozenEncoder`] keeps for its passes.
 pub type BoxedLayerHook<'a> = Box<dyn Fn(usize, Tensor) -> Result<Tensor> + Send + Sync + 'a>;
 
-/// [`encode`] with `after_layer` applied to every layer's output (layer index, output).
-pub fn encode_with_layer_hook(
+/// A term added to an encoder linear's output in a training forward: (layer, the linear's
+/// weight name in [`LAYER_PARAM_NAMES`], the linear's input `[B, T, in]`, the forward's
+/// dropout stream) → the term `[B, T, out]`, or None for a linear it leaves alone
+/// ([`crate::model::pe::PeMethod::linear_branch`]).
+pub type LinearBranch<'a> =
+    &'a dyn Fn(usize, &str, &Tensor, &mut SeededRng) -> Result<Option<Tensor>>;
+
+/// Where a PE method acting inside the encoder joins a forward.
+#[derive(Clone, Copy, Default)]
+pub struct EncoderHooks<'a> {
+    /// Applied to every layer's output.
+    pub after_layer: Option<LayerHook<'a>>,
+    /// Consulted for every linear of every layer, in training forwards only (with a dropout
+    /// stream); those run on the composite layer, the one that can add a term inside a layer.
+    pub linear_branch: Option<LinearBranch<'a>>,
+}
+
+/// [`encode`] with a PE method's `hooks`.
+pub fn encode_with_hooks(
     cfg: &BertConfig,
     w: &dyn Weights,
     inputs: &EncoderInputs<'_>,
     dropout_rng: Option<&mut SeededRng>,
-    after_layer: Option<LayerHook<'_>>,
+    hooks: EncoderHooks<'_>,
 ) -> Result<Tensor> {
-    encode_impl(cfg, w, inputs, dropout_rng, None, &[], after_layer)
+    encode_impl(cfg, w, inputs, dropout_rng, None, &[], hooks)
 }
 
 /// The last hidden states at some token rows only, in evaluation mode: `[rows.len(), H]`,
@@ -179,7 +204,15 @@ pub fn encode_rows(
     inputs: &EncoderInputs<'_>,
     rows: &[u32],
 ) -> Result<Tensor> {
-    encode_impl(cfg, w, inputs, None, Some(rows), &[], None)
+    encode_impl(
+        cfg,
+        w,
+        inputs,
+        None,
+        Some(rows),
+        &[],
+        EncoderHooks::default(),
+    )
 }
 
 /// The encoder's weights held fixed for one inference pass — scoring a split, building the
@@ -246,14 +279,13 @@ impl<'a> FrozenEncoder<'a> {
             None,
             None,
             &self.transposed,
-            self.after_layer.as_deref().map(|h| h as LayerHook<'_>),
+            self.hooks(),
         )
     }
 
     /// [`encode_rows`]: the last hidden states at the flat token rows `rows` only.
     pub fn encode_rows(&self, inputs: &EncoderInputs<'_>, rows: &[u32]) -> Result<Tensor> {
         let t = &self.transposed;
-        let hook = self.after_layer.as_deref().map(|h| h as LayerHook<'_>);
         encode_impl(
             self.config,
             &self.weights,
@@ -261,8 +293,16 @@ impl<'a> FrozenEncoder<'a> {
             None,
             Some(rows),
             t,
-            hook,
+            self.hooks(),
         )
+    }
+
+    /// The frozen PE method's layer hook; evaluation passes never add linear branches.
+    fn hooks(&self) -> EncoderHooks<'_> {
+        EncoderHooks {
+            after_layer: self.after_layer.as_deref().map(|h| h as LayerHook<'_>),
+            linear_branch: None,
+        }
     }
 }
 
@@ -274,8 +314,11 @@ fn encode_impl(
     rows: Option<&[u32]>,
     // Per layer, possibly empty: see `FrozenEncoder::transposed`.
     transposed: &[Option<Arc<TransposedLinears>>],
-    after_layer: Option<LayerHook<'_>>,
+    hooks: EncoderHooks<'_>,
 ) -> Result<Tensor> {
+    let after_layer = hooks.after_layer;
+    // Only training forwards add branches, so evaluation keeps the fused layer.
+    let linear_branch = hooks.linear_branch.filter(|_| dropout_rng.is_some());
     let (b, t) = inputs.input_ids.dims2()?;
     if let Some(rows) = rows {
         // The same errors whichever path runs (the fused rows layer needs these too).
@@ -340,7 +383,7 @@ fn encode_impl(
             .iter()
             .map(|n| w.weight(&format!("encoder.layer.{l}.{n}")))
             .collect::<Result<Vec<&Tensor>>>()?;
-        if fused_layer_supported(&x, &params) {
+        if linear_branch.is_none() && fused_layer_supported(&x, &params) {
             let key_bias = match &fused_bias {
                 Some(kb) => kb.clone(),
                 None => fused_bias
@@ -372,6 +415,7 @@ fn encode_impl(
             };
             x = encoder_layer(&x, &params, key_bias, spec, drop, layer_t)?;
         } else {
+            let branch = linear_branch.map(|f| (l, f));
             x = encoder_layer_composite(
                 &x,
                 &params,
@@ -379,6 +423,7 @@ fn encode_impl(
                 spec,
                 (p_attn, p_hidden),
                 dropout_rng.as_deref_mut(),
+                branch,
             )?;
         }
         if let Some(hook) = after_layer {
@@ -449,7 +494,9 @@ fn draw_layer_dropout(
 /// One encoder layer from differentiable candle ops (any device and dtype, and weights that
 /// are computed tensors); `params` in [`LAYER_PARAM_NAMES`] order, `bias` the `[B, T]` key
 /// bias, dropout `(attention, hidden)` rates applied when `dropout_rng` is given. The fused
-/// CPU layer ([`encoder_layer`]) computes the same function.
+/// CPU layer ([`encoder_layer`]) computes the same function. `branch` (this layer's index and
+/// a PE method's [`LinearBranch`], only with `dropout_rng`) adds its terms to the linears'
+/// outputs, each drawing from the stream right after its linear.
 fn encoder_layer_composite(
     x: &Tensor,
     params: &[&Tensor],
@@ -457,6 +504,7 @@ fn encoder_layer_composite(
     spec: LayerSpec,
     (p_attn, p_hidden): (f64, f64),
     mut dropout_rng: Option<&mut SeededRng>,
+    branch: Option<(usize, LinearBranch<'_>)>,
 ) -> Result<Tensor> {
     use super::layer::*;
     let (b, t, _) = x.dims3()?;
@@ -465,8 +513,11 @@ fn encoder_layer_composite(
     let scale = 1.0 / ((x.dim(2)? / nh) as f64).sqrt();
     // Scaling q (B·T·H values) instead of the scores (B·nh·T·T) is cheaper and the same.
     let q = scaled_linear(x, params[Q_W], Some(params[Q_B]), scale)?;
+    let q = add_branch(q, (Q_W, scale), x, branch, dropout_rng.as_deref_mut())?;
     let k = linear(x, params[K_W], Some(params[K_B]))?;
+    let k = add_branch(k, (K_W, 1.0), x, branch, dropout_rng.as_deref_mut())?;
     let v = linear(x, params[V_W], Some(params[V_B]))?;
+    let v = add_branch(v, (V_W, 1.0), x, branch, dropout_rng.as_deref_mut())?;
     // The probabilities' dropout mask, drawn where `dropout` would draw it.
     let drop_mask = match dropout_rng.as_deref_mut() {
         Some(r) if p_attn > 0.0 => Some(
@@ -477,17 +528,52 @@ fn encoder_layer_composite(
     };
     // One fused op on [B, T, H] (heads read in place) on the CPU.
     let ctx = attention(&q, &k, &v, bias, nh, drop_mask.as_ref())?;
-    let mut a = linear(&ctx, params[ATT_OUT_W], Some(params[ATT_OUT_B]))?;
+    let a = linear(&ctx, params[ATT_OUT_W], Some(params[ATT_OUT_B]))?;
+    let mut a = add_branch(
+        a,
+        (ATT_OUT_W, 1.0),
+        &ctx,
+        branch,
+        dropout_rng.as_deref_mut(),
+    )?;
     if let Some(r) = dropout_rng.as_deref_mut() {
         a = dropout(&a, p_hidden, r)?;
     }
     let x = layer_norm(&(a + x)?, params[LN1_G], params[LN1_B], eps)?;
-    let inter = gelu(&linear(&x, params[INTER_W], Some(params[INTER_B]))?)?;
-    let mut o = linear(&inter, params[OUT_W], Some(params[OUT_B]))?;
+    let u = linear(&x, params[INTER_W], Some(params[INTER_B]))?;
+    let inter = gelu(&add_branch(
+        u,
+        (INTER_W, 1.0),
+        &x,
+        branch,
+        dropout_rng.as_deref_mut(),
+    )?)?;
+    let o = linear(&inter, params[OUT_W], Some(params[OUT_B]))?;
+    let mut o = add_branch(o, (OUT_W, 1.0), &inter, branch, dropout_rng.as_deref_mut())?;
     if let Some(r) = dropout_rng {
         o = dropout(&o, p_hidden, r)?;
     }
     layer_norm(&(o + &x)?, params[LN2_G], params[LN2_B], eps)
+}
+
+/// `y`, the output of a layer's linear `(weight index, output scale s)` on `input`, plus
+/// `branch`'s term for it scaled by `s` too (the term drawing its masks from `rng`). `y` itself
+/// without a branch or a stream.
+fn add_branch(
+    y: Tensor,
+    (weight, s): (usize, f64),
+    input: &Tensor,
+    branch: Option<(usize, LinearBranch<'_>)>,
+    rng: Option<&mut SeededRng>,
+) -> Result<Tensor> {
+    let (Some((layer, f)), Some(rng)) = (branch, rng) else {
+        return Ok(y);
+    };
+    Ok(match f(layer, LAYER_PARAM_NAMES[weight], input, rng)? {
+        Some(term) if s == 1.0 => (y + term)?,
+        Some(term) => (y + (term * s)?)?,
+        None => y,
+    })
 }
 
 #[cfg(test)]
@@ -660,8 +746,8 @@ mod tests {
             };
             let y1 = encoder_layer(x, &params, key_bias.clone(), spec, drop(8), None).unwrap();
             let mut r2 = SeededRng::new(8);
-            let y2 =
-                encoder_layer_composite(x, &params, &bias, spec, (p, p), Some(&mut r2)).unwrap();
+            let y2 = encoder_layer_composite(x, &params, &bias, spec, (p, p), Some(&mut r2), None)
+                .unwrap();
             assert!(max_abs(&y1, &y2) < 1e-5, "p={p}: {}", max_abs(&y1, &y2));
             let g1 = backward(&(&y1 * &r).unwrap().sum_all().unwrap()).unwrap();
             let g2 = backward(&(&y2 * &r).unwrap().sum_all().unwrap()).unwrap();
@@ -974,7 +1060,8 @@ mod tests {
                 None,
             )
             .unwrap();
-            let y2 = encoder_layer_composite(&x, &params, &bias, spec, (0.0, 0.0), None).unwrap();
+            let y2 =
+                encoder_layer_composite(&x, &params, &bias, spec, (0.0, 0.0), None, None).unwrap();
             assert!(max_abs(&y1, &y2) < 1e-5, "{what}: {}", max_abs(&y1, &y2));
             let g1 = backward(&(&y1 * &rw).unwrap().sum_all().unwrap()).unwrap();
             let g2 = backward(&(&y2 * &rw).unwrap().sum_all().unwrap()).unwrap();

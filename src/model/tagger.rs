@@ -3,7 +3,7 @@
 //! parameter groups.
 
 use super::bert::{
-    EncoderInputs, FrozenEncoder, encode_with_layer_hook, load_encoder, save_encoder,
+    EncoderHooks, EncoderInputs, FrozenEncoder, encode_with_hooks, load_encoder, save_encoder,
 };
 use super::config::BertConfig;
 use super::error::{ModelError, Result};
@@ -82,8 +82,9 @@ pub fn head_forward(z: &Tensor, h: &dyn Weights) -> Result<Tensor> {
 }
 
 /// The encoder's last hidden states `[B, T, H]` under encoder weights `enc` and, when given, a
-/// PE module acting inside the encoder (its weight changes and per-layer hook). A module that
-/// acts only after the encoder leaves this the plain encoder.
+/// PE module acting inside the encoder (its weight changes, per-layer hook and, in training —
+/// `dropout` given — its linear branches). A module that acts only after the encoder leaves
+/// this the plain encoder.
 pub fn encoder_output(
     cfg: &BertConfig,
     enc: &dyn Weights,
@@ -92,17 +93,26 @@ pub fn encoder_output(
     dropout: Option<&mut SeededRng>,
 ) -> Result<Tensor> {
     let Some(pe) = pe.filter(|p| p.method.acts_inside_encoder()) else {
-        return encode_with_layer_hook(cfg, enc, inputs, dropout, None);
+        return encode_with_hooks(cfg, enc, inputs, dropout, EncoderHooks::default());
     };
-    let overrides = pe.method.encoder_overrides(cfg, enc, pe.weights)?;
+    let training = dropout.is_some();
+    let overrides = pe
+        .method
+        .encoder_overrides(cfg, enc, pe.weights, training)?;
     let overlay = pe::Overlay {
         base: enc,
         overrides: &overrides,
     };
     let enc_w: &dyn Weights = if overrides.is_empty() { enc } else { &overlay };
     let hook = |l: usize, x: Tensor| pe.method.after_layer(l, x, pe.weights);
-    let hook = pe.method.has_layer_hook().then_some(&hook as _);
-    encode_with_layer_hook(cfg, enc_w, inputs, dropout, hook)
+    let branch = |l: usize, w: &str, x: &Tensor, rng: &mut SeededRng| {
+        pe.method.linear_branch(l, w, x, pe.weights, rng)
+    };
+    let hooks = EncoderHooks {
+        after_layer: pe.method.has_layer_hook().then_some(&hook as _),
+        linear_branch: (training && pe.method.has_linear_branch()).then_some(&branch as _),
+    };
+    encode_with_hooks(cfg, enc_w, inputs, dropout, hooks)
 }
 
 /// Logits from encoder outputs: `h(g(hidden))` with the PE module's after-encoder part `g`
@@ -143,7 +153,8 @@ pub fn freeze_encoder(
     let Some((method, own)) = pe.filter(|(m, _)| m.acts_inside_encoder()) else {
         return FrozenEncoder::new(config, encoder);
     };
-    let overrides = method.encoder_overrides(config, &encoder, &own)?;
+    // Evaluation only: the merged form of every weight-space change.
+    let overrides = method.encoder_overrides(config, &encoder, &own, false)?;
     let frozen = FrozenEncoder::new(config, pe::merge_overrides(encoder, &overrides)?)?;
     if !method.has_layer_hook() {
         return Ok(frozen);
@@ -571,6 +582,7 @@ mod tests {
                 pe::LoraTarget::Value,
                 pe::LoraTarget::Intermediate,
             ],
+            dropout: 0.0,
         };
         // Every PE method with the fine-tuning methods that can run with its module present.
         // (Full FT beside a BitFit module is left out: θp's own biases are read in no forward
@@ -681,6 +693,7 @@ mod tests {
             r: 2,
             alpha: 4.0,
             targets: vec![pe::LoraTarget::Query, pe::LoraTarget::Output],
+            dropout: 0.0,
         };
         // The adapter with everything trainable, and LoRA (its merge is a product too).
         for (spec, method) in [

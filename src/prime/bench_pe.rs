@@ -128,10 +128,16 @@ mod tests {
 
     #[test]
     fn lora_bench_spec_is_the_default_lora() {
-        let PeSpec::Lora { r, alpha, targets } = lora_bench_spec() else {
+        let PeSpec::Lora {
+            r,
+            alpha,
+            targets,
+            dropout,
+        } = lora_bench_spec()
+        else {
             panic!("not LoRA: {:?}", lora_bench_spec());
         };
-        assert_eq!((r, alpha), (8, 8.0));
+        assert_eq!((r, alpha, dropout), (8, 8.0, 0.0));
         assert_eq!(targets.len(), 2);
     }
 

@@ -31,7 +31,7 @@ use crate::data::{self, Batch, Batcher, EncodedSentence, LabelSet, Sentence, Wor
 use crate::device::{DeviceError, open_device};
 use crate::fsutil::{FsError, write_json_atomic};
 use crate::metric::{self, MetricError, Scores};
-use crate::model::{ModelError, Tagger, TensorSet, masked_cross_entropy};
+use crate::model::{ModelError, PeModule, Tagger, TensorSet, masked_cross_entropy};
 use crate::progress::{ProgressEvent, ProgressSink};
 use crate::rng::SeededRng;
 use crate::train::cache::EncoderCache;
@@ -146,18 +146,21 @@ fn build_tagger(
             tagger.pe = None;
             primed_adapter = PrimedAdapterUse::OtherMethod;
         }
-        if let Some(have) = &tagger.pe {
+        if let Some(have) = tagger.pe.take() {
             // The primed module is trained as it is: settings that describe another module
-            // would be silently ignored, so they are an error.
-            let (have, want) = (format!("{:?}", have.method()), format!("{wanted:?}"));
-            if have != want {
+            // would be silently ignored, so they are an error. Settings of training alone
+            // (LoRA's dropout), which no checkpoint carries, are this run's.
+            let checkpointed = spec.as_checkpointed().method();
+            let (have_s, want) = (format!("{:?}", have.method()), format!("{checkpointed:?}"));
+            if have_s != want {
                 return Err(FinetuneError::Invalid(format!(
-                    "{}: the primed module is {have}, and this run's settings describe {want}; \
+                    "{}: the primed module is {have_s}, and this run's settings describe {want}; \
                      make the finetune settings match the priming's, or set \
                      finetune.primed_adapter = \"drop\"",
                     dir.display()
                 )));
             }
+            tagger.pe = Some(PeModule::new(wanted.clone(), have.params, &tagger.config)?);
         }
         tagger.ensure_pe(&spec, &mut SeededRng::derive(config.seed, "init.adapter"))?;
     }
@@ -655,6 +658,7 @@ mod tests {
             r: 2,
             alpha: 6.0,
             targets: vec![LoraTarget::Key, LoraTarget::Intermediate],
+            dropout: 0.0,
         };
         tagger.ensure_pe(&spec, &mut SeededRng::new(5)).unwrap();
         // B starts at zero: make it non-zero so that a lost value shows.
@@ -708,6 +712,18 @@ mod tests {
         assert_eq!(adapter_values(&other), adapter_values(&fresh_adapter));
         let (fresh, _) = built(&lora, &primed, FinetuneMethod::Lora, PrimedAdapter::Drop);
         assert_ne!(adapter_values(&fresh), saved);
+        // LoRA's dropout is the run's own, not the checkpoint's (which carries none): the
+        // primed weights are kept and trained with it.
+        let with_dropout = FinetuneConfig {
+            lora_dropout: Some(0.25),
+            ..lora.clone()
+        };
+        let method = FinetuneMethod::Lora;
+        let (dropped_in, use_it) = built(&with_dropout, &primed, method, PrimedAdapter::Train);
+        assert_eq!(use_it, PrimedAdapterUse::Trained);
+        assert_eq!(adapter_values(&dropped_in), saved);
+        let m = format!("{:?}", dropped_in.pe.as_ref().unwrap().method());
+        assert!(m.contains("dropout: 0.25"), "{m}");
         // The same method with other settings is an error naming the fix.
         let r4 = FinetuneConfig {
             lora_r: Some(4),

@@ -59,6 +59,8 @@ pub(super) fn pe_method(d: &GoldenDump) -> Result<(FinetuneMethod, PeSpec), Veri
                 r: d.usize_at("/lora/r")?,
                 alpha: d.f64_at("/lora/alpha")?,
                 targets,
+                // pe_golden.py's peft modules have none: the dumps are deterministic.
+                dropout: 0.0,
             };
             Ok((FinetuneMethod::Lora, spec))
         }

@@ -64,6 +64,7 @@ impl PeMethod for BitFit {
         model: &BertConfig,
         _encoder: &dyn Weights,
         own: &dyn Weights,
+        _training: bool,
     ) -> Result<TensorSet> {
         // The module's tensors (Vars while it trains: the graph reaches them) replace θp's.
         TensorSet::from_pairs(

@@ -9,6 +9,9 @@
 //! Where a method can act, in the order of the forward:
 //! * [`PeMethod::encoder_overrides`] — encoder weights the layers read in place of θp's (a weight-space method
 //!   such as LoRA's `W + s·B·A` or BitFit's trained biases);
+//! * [`PeMethod::linear_branch`] — in training forwards only, a term added to some linears'
+//!   outputs in activation space (LoRA with dropout on its branch's input, which no merged
+//!   weight can express);
 //! * [`PeMethod::after_layer`] — each layer's output (adapters in every layer);
 //! * [`PeMethod::after_encoder`] — the last hidden states (the paper's one bottleneck adapter).
 //!
@@ -48,11 +51,13 @@ pub enum PeSpec {
     Adapter { dim: usize, layers: AdapterLayers },
     /// Every bias of the encoder.
     BitFit,
-    /// LoRA of rank `r`, scale `alpha / r`, on `targets` of every layer.
+    /// LoRA of rank `r`, scale `alpha / r`, on `targets` of every layer, with dropout of
+    /// probability `dropout` on the branch's input in training (0: none).
     Lora {
         r: usize,
         alpha: f64,
         targets: Vec<LoraTarget>,
+        dropout: f64,
     },
 }
 
@@ -75,12 +80,30 @@ impl PeSpec {
                 layers: *layers,
             }),
             PeSpec::BitFit => Arc::new(BitFit),
-            PeSpec::Lora { r, alpha, targets } => Arc::new(Lora {
+            PeSpec::Lora {
+                r,
+                alpha,
+                targets,
+                dropout,
+            } => Arc::new(Lora {
                 r: *r,
                 alpha: *alpha,
                 targets: targets.clone(),
+                dropout: *dropout,
             }),
         }
+    }
+
+    /// The spec as its module reads back from a checkpoint: settings that shape only training
+    /// (LoRA's dropout), which no checkpoint carries since each run that trains the module
+    /// sets its own, at their defaults. A primed module is compared with a run's spec in this
+    /// form.
+    pub fn as_checkpointed(&self) -> PeSpec {
+        let mut spec = self.clone();
+        if let PeSpec::Lora { dropout, .. } = &mut spec {
+            *dropout = 0.0;
+        }
+        spec
     }
 }
 
@@ -135,13 +158,40 @@ pub trait PeMethod: std::fmt::Debug + Send + Sync {
     /// The encoder weights the method replaces, by their encoder names (empty: none), computed
     /// from the encoder's own (`encoder`) and the method's (`own`); the layers read these in
     /// their place ([`Overlay`]). The result keeps the graph to `own` where `own` is tracked.
+    /// `training`: the forward draws dropout masks, so [`Self::linear_branch`] is in effect —
+    /// a method acting there leaves out what it would merge for evaluation.
     fn encoder_overrides(
         &self,
         _model: &BertConfig,
         _encoder: &dyn Weights,
         _own: &dyn Weights,
+        _training: bool,
     ) -> Result<TensorSet> {
         Ok(TensorSet::new())
+    }
+
+    /// Whether training forwards add [`Self::linear_branch`] terms. The encoder runs such
+    /// forwards on its composite layer, the one that can add a term inside a layer; `false`
+    /// (the default) keeps every forward on the fused layer.
+    fn has_linear_branch(&self) -> bool {
+        false
+    }
+
+    /// In a training forward, the term `[B, T, out]` added to the output of linear `weight`
+    /// (its name in [`crate::model::layer::LAYER_PARAM_NAMES`], e.g.
+    /// `attention.self.query.weight`) of layer `layer`, given the linear's input `x`
+    /// `[B, T, in]`, with any dropout mask drawn from `rng` (the forward's dropout stream);
+    /// None where the method does not act on that linear. Called only when
+    /// [`Self::has_linear_branch`]; the result keeps the graph to `own` and `x`.
+    fn linear_branch(
+        &self,
+        _layer: usize,
+        _weight: &str,
+        _x: &Tensor,
+        _own: &dyn Weights,
+        _rng: &mut SeededRng,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
     }
 
     /// A layer's output `[B, T, H]` after the method acts on it (identity by default).
