@@ -101,10 +101,28 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", chain_text(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, `outer: cause: ...`, as anyhow's `{:#}` writes them,
+/// except that a cause whose text the line already holds is left out: many library errors
+/// write their source into their own message (`cannot read {path}: {source}`) and also
+/// expose it as the source, which `{:#}` would print twice.
+pub fn chain_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 /// Sets up `tracing` output on stderr, controlled by `RUST_LOG` (default: info).
@@ -132,5 +150,33 @@ pub fn read_config_file<T: serde::de::DeserializeOwned>(
     } else {
         toml::from_str(&text)
             .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {path}: {source}")]
+    struct ReadError {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn chain_text_prints_a_cause_the_message_already_holds_once() {
+        let inner = ReadError {
+            path: "tok/vocab.txt".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        };
+        let err = anyhow::Error::new(inner).context("cannot write a random BERT to out");
+        assert_eq!(
+            chain_text(&err),
+            "cannot write a random BERT to out: cannot read tok/vocab.txt: no such file"
+        );
+        let plain = anyhow::anyhow!("first").context("outer");
+        assert_eq!(chain_text(&plain), "outer: first");
     }
 }
