@@ -225,6 +225,47 @@ fn bad_inputs_fail_with_one_clear_error() {
     assert!(!out.exists());
 }
 
+/// `--out` names a folder the run replaces whole; one holding anything but an earlier primed
+/// checkpoint is refused before priming starts, and left as it was.
+#[test]
+fn out_folder_holding_other_files_is_refused_before_priming() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((model, data)) = setup(tmp.path()) else {
+        return;
+    };
+    let out = tmp.path().join("experiments");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "precious").unwrap();
+    let prime = || {
+        primer()
+            .args(small_run_args(&model, &data))
+            .args(["--method", "ft", "--steps", "1", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let o = prime();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("notes.txt") && stderr.contains("choose another output folder"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "precious"
+    );
+    assert!(!out.join("priming.json").exists());
+
+    // Without the user's file the checkpoint is written, and a second run replaces it.
+    std::fs::remove_file(out.join("notes.txt")).unwrap();
+    for _ in 0..2 {
+        let o = prime();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(out.join("priming.json").is_file());
+}
+
 /// Meta priming with a LoRA inner loop writes a LoRA checkpoint (its settings in the file's
 /// header) and no adapter; `primer finetune --method lora --init` trains from it.
 #[test]

@@ -82,7 +82,8 @@ pub struct PrimeArgs {
     /// Which weights to write: the last ones or those of the best mean dev F1.
     #[arg(long, value_enum)]
     select: Option<primer::config::CheckpointSelection>,
-    /// Output folder of the primed checkpoint (replaced atomically when it exists).
+    /// Output folder of the primed checkpoint (an earlier checkpoint there is replaced
+    /// atomically; a folder holding other files is refused).
     #[arg(long)]
     out: PathBuf,
 }
