@@ -105,6 +105,39 @@ fn missing_inputs_are_reported_before_anything_runs() {
     assert!(!tmp.path().join("store").exists(), "nothing was started");
 }
 
+#[test]
+fn a_misspelt_language_is_reported_with_the_languages_the_data_root_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    broken_setup(tmp.path());
+    let sweep = std::fs::read_to_string(tmp.path().join("s.toml")).unwrap();
+    std::fs::write(
+        tmp.path().join("typo.toml"),
+        sweep.replace("targets = [\"hi\"]", "targets = [\"hx\"]"),
+    )
+    .unwrap();
+    let (ok, out) = primer(tmp.path(), &["run", "typo.toml"]);
+    assert!(!ok);
+    assert!(
+        out.contains("language hx") && out.contains("did you mean hi?"),
+        "{out}"
+    );
+    assert!(
+        out.contains("holds en, es, hi: fix the language code or data.root"),
+        "{out}"
+    );
+    assert!(!tmp.path().join("store").exists(), "nothing was started");
+
+    // A data root that does not exist is named as such, not as one folder per language.
+    std::fs::write(
+        tmp.path().join("noroot.toml"),
+        sweep.replace("root = \"data\"", "root = \"dta\""),
+    )
+    .unwrap();
+    let (ok, out) = primer(tmp.path(), &["run", "noroot.toml"]);
+    assert!(!ok);
+    assert!(out.contains("the data root dta does not exist"), "{out}");
+}
+
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn cuda_devices_fail_up_front_without_cuda() {

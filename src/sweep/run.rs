@@ -35,8 +35,19 @@ pub fn missing_inputs(plan: &Plan) -> Vec<String> {
         for lang in langs {
             let dir = root.join(&lang);
             if !dir.is_dir() {
+                let hint = crate::data::reader::missing_language_hint(root, &lang);
+                // Language codes are two or three letters, so only a single one-edit
+                // neighbour is a plausible typo (`hx` for `hi`; `ex` could be en, es or et).
+                let close: Vec<String> = crate::data::reader::language_dirs(root)
+                    .into_iter()
+                    .filter(|l| crate::spec::source::edit_distance(&lang, l) == 1)
+                    .collect();
+                let guess = match close.as_slice() {
+                    [one] => format!(" (did you mean {one}?)"),
+                    _ => String::new(),
+                };
                 note(format!(
-                    "data directory {} (language {lang})",
+                    "data directory {} (language {lang}){guess}: {hint}",
                     dir.display()
                 ));
             }
