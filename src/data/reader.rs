@@ -384,9 +384,9 @@ pub fn language_dirs(root: &Path) -> Vec<String> {
     langs
 }
 
-/// What a missing language folder `root/lang` is likely to mean, for its error: the root
+/// What a missing language folder under `root` is likely to mean, for its error: the root
 /// itself is missing, or the languages it does hold (a misspelt code is the usual cause).
-pub fn missing_language_hint(root: &Path, lang: &str) -> String {
+pub fn missing_language_hint(root: &Path) -> String {
     if !root.is_dir() {
         return format!(
             "the data root {} does not exist: set data.root to the folder holding one directory per language",
@@ -415,7 +415,7 @@ pub fn detect_layout(dir: &Path, lang: &str) -> Result<Layout, DataError> {
         return Err(DataError::NoLanguageDir {
             dir: dir.to_path_buf(),
             lang: lang.to_string(),
-            hint: missing_language_hint(root, lang),
+            hint: missing_language_hint(root),
         });
     }
     if Split::ALL

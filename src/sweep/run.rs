@@ -32,10 +32,15 @@ pub fn missing_inputs(plan: &Plan) -> Vec<String> {
                 model.display()
             ));
         }
+        if !root.is_dir() {
+            // One line for the root rather than one per language under it.
+            note(crate::data::reader::missing_language_hint(root));
+            continue;
+        }
         for lang in langs {
             let dir = root.join(&lang);
             if !dir.is_dir() {
-                let hint = crate::data::reader::missing_language_hint(root, &lang);
+                let hint = crate::data::reader::missing_language_hint(root);
                 // Language codes are two or three letters, so only a single one-edit
                 // neighbour is a plausible typo (`hx` for `hi`; `ex` could be en, es or et).
                 let close: Vec<String> = crate::data::reader::language_dirs(root)
