@@ -21,13 +21,22 @@ fn primer(cwd: &Path, args: &[&str]) -> (bool, String) {
     (o.status.success(), text)
 }
 
-/// A store, a "model" whose config.json is not a BERT config, and empty language folders:
-/// enough to pass the up-front checks and then fail inside every run.
+/// A store, a "model" whose config.json is not a BERT config, and one-sentence language
+/// folders: enough to pass the up-front checks (inputs exist, the data reads) and then fail
+/// inside every run.
 fn broken_setup(t: &Path) {
     std::fs::create_dir_all(t.join("model")).unwrap();
     std::fs::write(t.join("model/config.json"), "{\"not\": \"a bert config\"}").unwrap();
     for l in ["en", "es", "hi"] {
-        std::fs::create_dir_all(t.join("data").join(l)).unwrap();
+        let dir = t.join("data").join(l);
+        std::fs::create_dir_all(&dir).unwrap();
+        for split in ["train", "dev", "test"] {
+            std::fs::write(
+                dir.join(format!("{split}-{l}.tsv")),
+                "Jan\tB-PER\nSmuts\tI-PER\n",
+            )
+            .unwrap();
+        }
     }
     std::fs::write(
         t.join("s.toml"),
@@ -140,6 +149,37 @@ fn a_misspelt_language_is_reported_with_the_languages_the_data_root_holds() {
         1,
         "{out}"
     );
+}
+
+#[test]
+fn malformed_data_is_reported_with_file_and_line_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    broken_setup(tmp.path());
+    // A target-language line whose columns a space separates, and a source-language tag
+    // without its B-/I- prefix.
+    std::fs::write(
+        tmp.path().join("data/hi/test-hi.tsv"),
+        "Jan\tB-PER\n\nमें O\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("data/es/dev-es.tsv"),
+        "Jan\tB-PER\nKaapstad\tLOC\n",
+    )
+    .unwrap();
+    let (ok, out) = primer(tmp.path(), &["run", "s.toml", "--plain"]);
+    assert!(!ok);
+    assert!(
+        out.contains("s.toml: input data cannot be used")
+            && out.contains("test-hi.tsv:3:")
+            && out.contains("put one tab between the token and its tag"),
+        "{out}"
+    );
+    assert!(
+        out.contains("dev-es.tsv:2:") && out.contains("unknown tag \"LOC\""),
+        "{out}"
+    );
+    assert!(!tmp.path().join("store").exists(), "nothing was started");
 }
 
 #[cfg(not(feature = "cuda"))]

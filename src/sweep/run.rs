@@ -61,6 +61,38 @@ pub fn missing_inputs(plan: &Plan) -> Vec<String> {
     missing
 }
 
+/// Reads every language's data once, as its runs will, and returns one line per file that
+/// cannot be used (a malformed line, an unknown tag, a missing split), each naming the file and
+/// line. Run by `primer run` before anything starts: without it a bad target file is found by
+/// every fine-tuning run of that language, each retried, after the priming runs they wait for.
+/// Languages whose folder is missing are left to [`missing_inputs`].
+pub fn unreadable_inputs(plan: &Plan) -> Vec<String> {
+    let mut problems: Vec<String> = Vec::new();
+    // Whether a file is usable depends on its path and the tag check only, not on limits or
+    // seeds, so each (root, language, strictness) is read once.
+    let mut seen: std::collections::HashSet<(PathBuf, String, bool)> = Default::default();
+    for run in &plan.runs {
+        let (data, langs) = match &run.spec {
+            RunSpec::Prime { config } => (&config.data, config.sources.clone()),
+            RunSpec::Finetune { config, .. } => (&config.data, vec![config.lang.clone()]),
+        };
+        for lang in langs {
+            if !data.root.join(&lang).is_dir()
+                || !seen.insert((data.root.clone(), lang.clone(), data.strict_iob2))
+            {
+                continue;
+            }
+            if let Err(e) = crate::data::load_language(data, &lang, run.spec.seed()) {
+                let line = format!("language {lang}: {e}");
+                if !problems.contains(&line) {
+                    problems.push(line);
+                }
+            }
+        }
+    }
+    problems
+}
+
 /// One line of `primer plan --json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanRow {
