@@ -39,7 +39,7 @@ pub struct FinetuneArgs {
     epochs: Option<usize>,
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Peak learning rate (default per method: full 5e-5, head 1e-2, adapter 5e-3).
+    /// Peak learning rate (default per method: full 5e-5, head 1e-2, adapter, bitfit and lora 5e-3).
     #[arg(long)]
     lr: Option<f64>,
     /// Do not apply weight decay to biases and LayerNorm parameters.

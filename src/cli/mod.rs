@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Fine-tune a tagger on one target language (full, head or adapter tuning) and write metrics.json.
+    /// Fine-tune a tagger on one target language (full, head, adapter, LoRA or BitFit tuning) and write metrics.json.
     Finetune(finetune::FinetuneArgs),
     /// Prime a model on source languages (meta priming, FT priming, MAML loop) and write a checkpoint.
     Prime(prime::PrimeArgs),
@@ -50,7 +50,7 @@ enum Command {
     Report(report::ReportArgs),
     /// Is setting A better than setting B? The seed-aware comparison of two settings of a sweep.
     Compare(compare::CompareArgs),
-    /// Run the embedded demo sweep on CPU and write its report under results/demo.
+    /// Run the embedded demo sweep on CPU and write its report under results/demo (--quick: results/demo-quick).
     Demo(sweep::DemoArgs),
     /// Time training steps side by side with the PyTorch reference (ratios primer / PyTorch).
     Bench(bench::BenchArgs),
