@@ -225,6 +225,76 @@ fn bad_inputs_fail_with_one_clear_error() {
     assert!(!out.exists());
 }
 
+/// A value out of range in `--config FILE` is named at its line in the file, as a sweep
+/// file's would be, before anything runs; the same value from a flag is named as its key.
+#[test]
+fn out_of_range_config_values_name_their_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((model, data)) = setup(tmp.path()) else {
+        return;
+    };
+    let out = tmp.path().join("never");
+    let toml = tmp.path().join("prime.toml");
+    std::fs::write(
+        &toml,
+        "sources = [\"en\"]\nsteps = 2\n[data]\nmax_len = 32\ntrain_limit = 0\n",
+    )
+    .unwrap();
+    let json = tmp.path().join("prime.json");
+    std::fs::write(&json, r#"{"sources": ["en"], "inner_steps": 0}"#).unwrap();
+    let run = |args: &[&str]| {
+        let o = primer()
+            .arg("prime")
+            .args(args)
+            .args(["--model", model.to_str().unwrap()])
+            .args(["--data", data.to_str().unwrap(), "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = run(&["--config", toml.to_str().unwrap()]);
+    assert!(
+        err.contains("prime.toml:5:1: data.train_limit: must be at least 1"),
+        "{err}"
+    );
+    let err = run(&["--config", json.to_str().unwrap()]);
+    assert!(
+        err.contains("prime.json: inner_steps: must be at least 1"),
+        "{err}"
+    );
+    // The file's value is fine; the flag's is not, and the message does not blame the file.
+    let err = run(&[
+        "--config",
+        toml.to_str().unwrap(),
+        "--train-limit",
+        "5",
+        "--steps",
+        "0",
+    ]);
+    assert!(err.contains("\n  steps: must be at least 1"), "{err}");
+    assert!(!err.contains("prime.toml:"), "{err}");
+    assert!(!out.exists());
+
+    let ft = tmp.path().join("ft.toml");
+    std::fs::write(&ft, "lang = \"af\"\nepochs = 1\nbatch_size = 0\n").unwrap();
+    let o = primer()
+        .args(["finetune", "--config", ft.to_str().unwrap()])
+        .args(["--model", model.to_str().unwrap()])
+        .args(["--data", data.to_str().unwrap(), "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("ft.toml:3:1: batch_size: must be at least 1"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
 /// `--out` names a folder the run replaces whole; one holding anything but an earlier primed
 /// checkpoint is refused before priming starts, and left as it was.
 #[test]

@@ -153,6 +153,53 @@ pub fn read_config_file<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Refuses a run's settings that break the configs' range rules before anything runs, naming
+/// where each bad value came from. `errors` are those of the settings as they will run (the
+/// file with the flags applied); `file` is `--config FILE` with the errors of the file alone.
+/// An error the file alone already has is the file's: it is named `FILE:LINE:COLUMN` for
+/// TOML, as a sweep file's values are (JSON carries no positions: `FILE`); any other came from
+/// a flag and keeps the plain `key: problem`.
+pub fn refuse_bad_values(
+    errors: &[primer::config::ValueError],
+    file: Option<(&std::path::Path, Vec<primer::config::ValueError>)>,
+) -> anyhow::Result<()> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = errors
+        .iter()
+        .map(|e| match &file {
+            Some((path, in_file)) if in_file.contains(e) => match key_position(path, &e.key) {
+                Some((line, column)) => format!("{}:{line}:{column}: {e}", path.display()),
+                None => format!("{}: {e}", path.display()),
+            },
+            _ => e.to_string(),
+        })
+        .collect();
+    anyhow::bail!(
+        "invalid settings (nothing was run):\n  {}",
+        lines.join("\n  ")
+    )
+}
+
+/// The 1-based line and column of a dotted `key` (`data.train_limit`) in a TOML config file;
+/// None for JSON or a key the file does not hold.
+fn key_position(path: &std::path::Path, key: &str) -> Option<(usize, usize)> {
+    if path.extension().is_some_and(|e| e == "json") {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let source = primer::spec::source::Source::from_text(path, &text);
+    let mut node = source.parse().ok()?;
+    let mut start = None;
+    for part in key.split('.') {
+        let entry = node.as_table()?.iter().find(|e| e.key == part)?;
+        start = Some(entry.key_span.start);
+        node = entry.value.clone();
+    }
+    Some(source.line_col(start?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::chain_text;

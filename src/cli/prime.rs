@@ -167,6 +167,14 @@ impl PrimeArgs {
 pub fn run(args: PrimeArgs) -> anyhow::Result<ExitCode> {
     super::init_logging();
     let config = args.to_config()?;
+    let in_file = match &args.config {
+        Some(path) => Some((
+            path.as_path(),
+            super::read_config_file::<PrimeConfig>(path)?.value_errors(),
+        )),
+        None => None,
+    };
+    super::refuse_bad_values(&config.value_errors(), in_file)?;
     let method = primer::prime::method_name(&config);
     let progress = TerminalProgress::new(&format!("prime {method} {}", config.sources.join(",")));
     let curves = primer::prime::prime(&config, &args.out, &progress)
