@@ -346,6 +346,57 @@ mod tests {
     }
 
     #[test]
+    fn a_collected_priming_run_that_a_pending_run_needs_is_pending() {
+        let tmp = tempfile::tempdir().unwrap();
+        let prime = RunSpec::Prime {
+            config: crate::config::PrimeConfig {
+                model: PathBuf::from("m"),
+                ..Default::default()
+            },
+        };
+        let from_primed = |seed| match finetune(FinetuneMethod::Adapter, seed) {
+            RunSpec::Finetune { config, .. } => RunSpec::Finetune {
+                config,
+                priming: Some("p".into()),
+            },
+            other => other,
+        };
+        let runs = vec![
+            (prime, vec![]),
+            (from_primed(1), vec![0]),
+            (from_primed(2), vec![0]),
+        ];
+        let plan = Plan::from_runs("t", tmp.path(), "s", runs, vec!["hi".into()]);
+        let store = Store::new(tmp.path());
+        // Another sweep ran the priming run and collected its checkpoint; of this sweep's two
+        // runs that start from it, one is done.
+        let prime_dir = store.run_dir(&plan.runs[0]);
+        std::fs::create_dir_all(&prime_dir).unwrap();
+        let mut status = crate::store::RunStatus::new();
+        status.state = RunState::Collected;
+        Store::write_status(&prime_dir, &status).unwrap();
+        let done_dir = store.run_dir(&plan.runs[1]);
+        std::fs::create_dir_all(&done_dir).unwrap();
+        crate::fsutil::write_json_atomic(
+            &done_dir.join(crate::train::finetune::METRICS_FILE),
+            &crate::report::testutil::metrics("hi", 1, 0.5),
+        )
+        .unwrap();
+        let obs = observe(&plan, &store);
+        assert_eq!(obs[0].state, Observed::Pending, "it runs again for run 2");
+        // Once nothing needs it, collected counts as done again.
+        std::fs::create_dir_all(store.run_dir(&plan.runs[2])).unwrap();
+        crate::fsutil::write_json_atomic(
+            &store
+                .run_dir(&plan.runs[2])
+                .join(crate::train::finetune::METRICS_FILE),
+            &crate::report::testutil::metrics("hi", 2, 0.5),
+        )
+        .unwrap();
+        assert_eq!(observe(&plan, &store)[0].state, Observed::Done);
+    }
+
+    #[test]
     fn remaining_run_time_comes_from_finished_runs_of_the_same_kind() {
         let tmp = tempfile::tempdir().unwrap();
         let runs = vec![
