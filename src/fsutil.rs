@@ -21,6 +21,18 @@ pub enum FsError {
     },
     #[error("cannot parse {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    /// The output folder exists and is not an earlier output of the same command: replacing
+    /// it would delete what someone else put there.
+    #[error(
+        "{path} already exists and holds files this command did not write ({}); \
+         choose another output folder, or move them away",
+        .foreign.join(", ")
+    )]
+    Occupied { path: PathBuf, foreign: Vec<String> },
+    #[error(
+        "{path} is a file, and this command writes a folder there: choose another output folder"
+    )]
+    NotAFolder { path: PathBuf },
 }
 
 fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> FsError + '_ {
@@ -83,6 +95,52 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, FsErr
     serde_json::from_str(&text).map_err(|e| FsError::Parse {
         path: path.to_path_buf(),
         message: e.to_string(),
+    })
+}
+
+/// Checks, before any work is done, that the folder `target` may be replaced by a
+/// [`StagedDir`]: it does not exist, is empty, or `is_own_output` recognises the names of its
+/// entries as an earlier output of the same command. A folder holding anything else (a user's
+/// notes, a results tree, a pretrained model) is refused, since its commit would delete it.
+pub fn ensure_replaceable(
+    target: &Path,
+    is_own_output: impl Fn(&[String]) -> bool,
+) -> Result<(), FsError> {
+    if target.is_file() {
+        return Err(FsError::NotAFolder {
+            path: target.to_path_buf(),
+        });
+    }
+    let entries = match std::fs::read_dir(target) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(FsError::Read {
+                path: target.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut names = entries
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| FsError::Read {
+            path: target.to_path_buf(),
+            source,
+        })?;
+    if names.is_empty() || is_own_output(&names) {
+        return Ok(());
+    }
+    names.sort();
+    const SHOWN: usize = 5;
+    if names.len() > SHOWN {
+        let more = names.len() - SHOWN;
+        names.truncate(SHOWN);
+        names.push(format!("{more} more"));
+    }
+    Err(FsError::Occupied {
+        path: target.to_path_buf(),
+        foreign: names,
     })
 }
 
@@ -165,6 +223,32 @@ mod tests {
         assert!(!target.exists());
         staged.commit().unwrap();
         assert_eq!(std::fs::read_to_string(target.join("a.txt")).unwrap(), "x");
+    }
+
+    #[test]
+    fn ensure_replaceable_refuses_folders_holding_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let only_ckpt = |names: &[String]| names.iter().any(|n| n == "priming.json");
+        let target = dir.path().join("out");
+        ensure_replaceable(&target, only_ckpt).expect("a missing folder is created");
+        std::fs::create_dir(&target).unwrap();
+        ensure_replaceable(&target, only_ckpt).expect("an empty folder is replaceable");
+        std::fs::write(target.join("notes.txt"), "mine").unwrap();
+        let err = ensure_replaceable(&target, only_ckpt)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("notes.txt") && err.contains("choose another output folder"),
+            "{err}"
+        );
+        std::fs::write(target.join("priming.json"), "{}").unwrap();
+        ensure_replaceable(&target, only_ckpt).expect("an earlier output is replaceable");
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let err = ensure_replaceable(&file, only_ckpt)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a file"), "{err}");
     }
 
     #[test]

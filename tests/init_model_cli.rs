@@ -58,5 +58,48 @@ fn init_model_writes_a_loadable_seeded_folder() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("nope") && err.contains("vocab.txt"), "{err}");
+    // The io error is printed once, not once per level of the error chain.
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
     assert!(!dir.path().join("d").exists());
+}
+
+#[test]
+fn init_model_refuses_to_replace_a_folder_holding_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("tok");
+    std::fs::create_dir_all(&tok).unwrap();
+    std::fs::write(tok.join("vocab.txt"), "[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n").unwrap();
+    let out = dir.path().join("mine");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "precious").unwrap();
+    let init = || {
+        Command::new(env!("CARGO_BIN_EXE_primer"))
+            .args(["init-model", "--out"])
+            .arg(&out)
+            .arg("--tokenizer-from")
+            .arg(&tok)
+            .args(["--hidden", "16", "--layers", "1", "--heads", "2"])
+            .args(["--intermediate", "32"])
+            .output()
+            .unwrap()
+    };
+    let o = init();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("notes.txt") && err.contains("choose another output folder"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "precious"
+    );
+
+    // An earlier random BERT is replaced as before.
+    std::fs::remove_file(out.join("notes.txt")).unwrap();
+    for _ in 0..2 {
+        let o = init();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(out.join("model.safetensors").is_file());
 }

@@ -225,6 +225,117 @@ fn bad_inputs_fail_with_one_clear_error() {
     assert!(!out.exists());
 }
 
+/// A value out of range in `--config FILE` is named at its line in the file, as a sweep
+/// file's would be, before anything runs; the same value from a flag is named as its key.
+#[test]
+fn out_of_range_config_values_name_their_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((model, data)) = setup(tmp.path()) else {
+        return;
+    };
+    let out = tmp.path().join("never");
+    let toml = tmp.path().join("prime.toml");
+    std::fs::write(
+        &toml,
+        "sources = [\"en\"]\nsteps = 2\n[data]\nmax_len = 32\ntrain_limit = 0\n",
+    )
+    .unwrap();
+    let json = tmp.path().join("prime.json");
+    std::fs::write(&json, r#"{"sources": ["en"], "inner_steps": 0}"#).unwrap();
+    let run = |args: &[&str]| {
+        let o = primer()
+            .arg("prime")
+            .args(args)
+            .args(["--model", model.to_str().unwrap()])
+            .args(["--data", data.to_str().unwrap(), "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = run(&["--config", toml.to_str().unwrap()]);
+    assert!(
+        err.contains("prime.toml:5:1: data.train_limit: must be at least 1"),
+        "{err}"
+    );
+    let err = run(&["--config", json.to_str().unwrap()]);
+    assert!(
+        err.contains("prime.json: inner_steps: must be at least 1"),
+        "{err}"
+    );
+    // The file's value is fine; the flag's is not, and the message does not blame the file.
+    let err = run(&[
+        "--config",
+        toml.to_str().unwrap(),
+        "--train-limit",
+        "5",
+        "--steps",
+        "0",
+    ]);
+    assert!(err.contains("\n  steps: must be at least 1"), "{err}");
+    assert!(!err.contains("prime.toml:"), "{err}");
+    assert!(!out.exists());
+
+    let ft = tmp.path().join("ft.toml");
+    std::fs::write(&ft, "lang = \"af\"\nepochs = 1\nbatch_size = 0\n").unwrap();
+    let o = primer()
+        .args(["finetune", "--config", ft.to_str().unwrap()])
+        .args(["--model", model.to_str().unwrap()])
+        .args(["--data", data.to_str().unwrap(), "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("ft.toml:3:1: batch_size: must be at least 1"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+/// `--out` names a folder the run replaces whole; one holding anything but an earlier primed
+/// checkpoint is refused before priming starts, and left as it was.
+#[test]
+fn out_folder_holding_other_files_is_refused_before_priming() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((model, data)) = setup(tmp.path()) else {
+        return;
+    };
+    let out = tmp.path().join("experiments");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "precious").unwrap();
+    let prime = || {
+        primer()
+            .args(small_run_args(&model, &data))
+            .args(["--method", "ft", "--steps", "1", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let o = prime();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("notes.txt") && stderr.contains("choose another output folder"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "precious"
+    );
+    assert!(!out.join("priming.json").exists());
+
+    // Without the user's file the checkpoint is written, and a second run replaces it.
+    std::fs::remove_file(out.join("notes.txt")).unwrap();
+    for _ in 0..2 {
+        let o = prime();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(out.join("priming.json").is_file());
+}
+
 /// Meta priming with a LoRA inner loop writes a LoRA checkpoint (its settings in the file's
 /// header) and no adapter; `primer finetune --method lora --init` trains from it.
 #[test]

@@ -184,6 +184,15 @@ fn compare_command_prints_the_seed_aware_comparison_of_any_two_settings() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"xx\"") && err.contains("hi, af"), "{err}");
+    // A misspelt setting gets the nearest one.
+    let out = Command::new(env!("CARGO_BIN_EXE_primer"))
+        .current_dir(tmp.path())
+        .args(["compare", sweep.to_str().unwrap(), "1/Full-FT", "3/AT"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did you mean \"1/Full FT\"?"), "{err}");
 }
 
 #[test]

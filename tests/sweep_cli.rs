@@ -21,13 +21,22 @@ fn primer(cwd: &Path, args: &[&str]) -> (bool, String) {
     (o.status.success(), text)
 }
 
-/// A store, a "model" whose config.json is not a BERT config, and empty language folders:
-/// enough to pass the up-front checks and then fail inside every run.
+/// A store, a "model" whose config.json is not a BERT config, and one-sentence language
+/// folders: enough to pass the up-front checks (inputs exist, the data reads) and then fail
+/// inside every run.
 fn broken_setup(t: &Path) {
     std::fs::create_dir_all(t.join("model")).unwrap();
     std::fs::write(t.join("model/config.json"), "{\"not\": \"a bert config\"}").unwrap();
     for l in ["en", "es", "hi"] {
-        std::fs::create_dir_all(t.join("data").join(l)).unwrap();
+        let dir = t.join("data").join(l);
+        std::fs::create_dir_all(&dir).unwrap();
+        for split in ["train", "dev", "test"] {
+            std::fs::write(
+                dir.join(format!("{split}-{l}.tsv")),
+                "Jan\tB-PER\nSmuts\tI-PER\n",
+            )
+            .unwrap();
+        }
     }
     std::fs::write(
         t.join("s.toml"),
@@ -99,7 +108,75 @@ fn missing_inputs_are_reported_before_anything_runs() {
     let (ok, out) = primer(tmp.path(), &["run", "s.toml"]);
     assert!(!ok);
     assert!(
-        out.contains("nowhere") && out.contains("data/wikiann/hi"),
+        out.contains("nowhere") && out.contains("the data root data/wikiann does not exist"),
+        "{out}"
+    );
+    assert!(!tmp.path().join("store").exists(), "nothing was started");
+}
+
+#[test]
+fn a_misspelt_language_is_reported_with_the_languages_the_data_root_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    broken_setup(tmp.path());
+    let sweep = std::fs::read_to_string(tmp.path().join("s.toml")).unwrap();
+    std::fs::write(
+        tmp.path().join("typo.toml"),
+        sweep.replace("targets = [\"hi\"]", "targets = [\"hx\"]"),
+    )
+    .unwrap();
+    let (ok, out) = primer(tmp.path(), &["run", "typo.toml"]);
+    assert!(!ok);
+    assert!(
+        out.contains("language hx") && out.contains("did you mean hi?"),
+        "{out}"
+    );
+    assert!(
+        out.contains("holds en, es, hi: fix the language code or data.root"),
+        "{out}"
+    );
+    assert!(!tmp.path().join("store").exists(), "nothing was started");
+
+    // A data root that does not exist is named as such, not as one folder per language.
+    std::fs::write(
+        tmp.path().join("noroot.toml"),
+        sweep.replace("root = \"data\"", "root = \"dta\""),
+    )
+    .unwrap();
+    let (ok, out) = primer(tmp.path(), &["run", "noroot.toml"]);
+    assert!(!ok);
+    assert_eq!(
+        out.matches("the data root dta does not exist").count(),
+        1,
+        "{out}"
+    );
+}
+
+#[test]
+fn malformed_data_is_reported_with_file_and_line_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    broken_setup(tmp.path());
+    // A target-language line whose columns a space separates, and a source-language tag
+    // without its B-/I- prefix.
+    std::fs::write(
+        tmp.path().join("data/hi/test-hi.tsv"),
+        "Jan\tB-PER\n\nमें O\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("data/es/dev-es.tsv"),
+        "Jan\tB-PER\nKaapstad\tLOC\n",
+    )
+    .unwrap();
+    let (ok, out) = primer(tmp.path(), &["run", "s.toml", "--plain"]);
+    assert!(!ok);
+    assert!(
+        out.contains("s.toml: input data cannot be used")
+            && out.contains("test-hi.tsv:3:")
+            && out.contains("put one tab between the token and its tag"),
+        "{out}"
+    );
+    assert!(
+        out.contains("dev-es.tsv:2:") && out.contains("unknown tag \"LOC\""),
         "{out}"
     );
     assert!(!tmp.path().join("store").exists(), "nothing was started");

@@ -39,7 +39,7 @@ pub struct FinetuneArgs {
     epochs: Option<usize>,
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Peak learning rate (default per method: full 5e-5, head 1e-2, adapter 5e-3).
+    /// Peak learning rate (default per method: full 5e-5, head 1e-2, adapter, bitfit and lora 5e-3).
     #[arg(long)]
     lr: Option<f64>,
     /// Do not apply weight decay to biases and LayerNorm parameters.
@@ -111,6 +111,14 @@ impl FinetuneArgs {
 pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
     super::init_logging();
     let config = args.to_config()?;
+    let in_file = match &args.config {
+        Some(path) => Some((
+            path.as_path(),
+            super::read_config_file::<FinetuneConfig>(path)?.value_errors(),
+        )),
+        None => None,
+    };
+    super::refuse_bad_values(&config.value_errors(), in_file)?;
     let progress = TerminalProgress::new(&format!("finetune {} {}", config.lang, config.method));
     let metrics = primer::train::run_finetune(&config, &args.out, &progress)
         .with_context(|| format!("fine-tuning {} ({}) failed", config.lang, config.method))?;

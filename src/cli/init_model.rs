@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
 pub struct InitModelArgs {
-    /// Folder to create (replaced atomically if it exists).
+    /// Folder to create (an earlier random BERT there is replaced atomically; a folder holding
+    /// other files is refused).
     #[arg(long)]
     pub out: PathBuf,
     /// Folder whose tokenizer files (tokenizer.json, vocab.txt, ...) are copied; its

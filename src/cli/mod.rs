@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Fine-tune a tagger on one target language (full, head or adapter tuning) and write metrics.json.
+    /// Fine-tune a tagger on one target language (full, head, adapter, LoRA or BitFit tuning) and write metrics.json.
     Finetune(finetune::FinetuneArgs),
     /// Prime a model on source languages (meta priming, FT priming, MAML loop) and write a checkpoint.
     Prime(prime::PrimeArgs),
@@ -50,7 +50,7 @@ enum Command {
     Report(report::ReportArgs),
     /// Is setting A better than setting B? The seed-aware comparison of two settings of a sweep.
     Compare(compare::CompareArgs),
-    /// Run the embedded demo sweep on CPU and write its report under results/demo.
+    /// Run the embedded demo sweep on CPU and write its report under results/demo (--quick: results/demo-quick).
     Demo(sweep::DemoArgs),
     /// Time training steps side by side with the PyTorch reference (ratios primer / PyTorch).
     Bench(bench::BenchArgs),
@@ -101,10 +101,28 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", chain_text(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, `outer: cause: ...`, as anyhow's `{:#}` writes them,
+/// except that a cause whose text the line already holds is left out: many library errors
+/// write their source into their own message (`cannot read {path}: {source}`) and also
+/// expose it as the source, which `{:#}` would print twice.
+pub fn chain_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 /// Sets up `tracing` output on stderr, controlled by `RUST_LOG` (default: info).
@@ -132,5 +150,80 @@ pub fn read_config_file<T: serde::de::DeserializeOwned>(
     } else {
         toml::from_str(&text)
             .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
+    }
+}
+
+/// Refuses a run's settings that break the configs' range rules before anything runs, naming
+/// where each bad value came from. `errors` are those of the settings as they will run (the
+/// file with the flags applied); `file` is `--config FILE` with the errors of the file alone.
+/// An error the file alone already has is the file's: it is named `FILE:LINE:COLUMN` for
+/// TOML, as a sweep file's values are (JSON carries no positions: `FILE`); any other came from
+/// a flag and keeps the plain `key: problem`.
+pub fn refuse_bad_values(
+    errors: &[primer::config::ValueError],
+    file: Option<(&std::path::Path, Vec<primer::config::ValueError>)>,
+) -> anyhow::Result<()> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = errors
+        .iter()
+        .map(|e| match &file {
+            Some((path, in_file)) if in_file.contains(e) => match key_position(path, &e.key) {
+                Some((line, column)) => format!("{}:{line}:{column}: {e}", path.display()),
+                None => format!("{}: {e}", path.display()),
+            },
+            _ => e.to_string(),
+        })
+        .collect();
+    anyhow::bail!(
+        "invalid settings (nothing was run):\n  {}",
+        lines.join("\n  ")
+    )
+}
+
+/// The 1-based line and column of a dotted `key` (`data.train_limit`) in a TOML config file;
+/// None for JSON or a key the file does not hold.
+fn key_position(path: &std::path::Path, key: &str) -> Option<(usize, usize)> {
+    if path.extension().is_some_and(|e| e == "json") {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let source = primer::spec::source::Source::from_text(path, &text);
+    let mut node = source.parse().ok()?;
+    let mut start = None;
+    for part in key.split('.') {
+        let entry = node.as_table()?.iter().find(|e| e.key == part)?;
+        start = Some(entry.key_span.start);
+        node = entry.value.clone();
+    }
+    Some(source.line_col(start?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {path}: {source}")]
+    struct ReadError {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn chain_text_prints_a_cause_the_message_already_holds_once() {
+        let inner = ReadError {
+            path: "tok/vocab.txt".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        };
+        let err = anyhow::Error::new(inner).context("cannot write a random BERT to out");
+        assert_eq!(
+            chain_text(&err),
+            "cannot write a random BERT to out: cannot read tok/vocab.txt: no such file"
+        );
+        let plain = anyhow::anyhow!("first").context("outer");
+        assert_eq!(chain_text(&plain), "outer: first");
     }
 }

@@ -82,7 +82,8 @@ pub struct PrimeArgs {
     /// Which weights to write: the last ones or those of the best mean dev F1.
     #[arg(long, value_enum)]
     select: Option<primer::config::CheckpointSelection>,
-    /// Output folder of the primed checkpoint (replaced atomically when it exists).
+    /// Output folder of the primed checkpoint (an earlier checkpoint there is replaced
+    /// atomically; a folder holding other files is refused).
     #[arg(long)]
     out: PathBuf,
 }
@@ -166,6 +167,14 @@ impl PrimeArgs {
 pub fn run(args: PrimeArgs) -> anyhow::Result<ExitCode> {
     super::init_logging();
     let config = args.to_config()?;
+    let in_file = match &args.config {
+        Some(path) => Some((
+            path.as_path(),
+            super::read_config_file::<PrimeConfig>(path)?.value_errors(),
+        )),
+        None => None,
+    };
+    super::refuse_bad_values(&config.value_errors(), in_file)?;
     let method = primer::prime::method_name(&config);
     let progress = TerminalProgress::new(&format!("prime {method} {}", config.sources.join(",")));
     let curves = primer::prime::prime(&config, &args.out, &progress)

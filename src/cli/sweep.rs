@@ -766,6 +766,9 @@ fn ensure_demo_model() -> anyhow::Result<()> {
             "--tokenizer-from",
             DEMO_TOKENIZER,
         ])
+        // init-model prints the folder's path, which the line above already named; its
+        // errors (stderr) still reach the user.
+        .stdout(std::process::Stdio::null())
         .status()
         .context("cannot run `primer init-model`")?;
     anyhow::ensure!(

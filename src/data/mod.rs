@@ -56,11 +56,13 @@ pub enum DataError {
     },
     #[error("{location}: invalid IOB2: {message}")]
     Iob2 { location: String, message: String },
-    #[error(
-        "no data directory for language {lang:?}: {dir} does not exist (set data.root to the \
-         folder holding one directory per language)"
-    )]
-    NoLanguageDir { dir: PathBuf, lang: String },
+    #[error("no data directory for language {lang:?}: {dir} does not exist; {hint}")]
+    NoLanguageDir {
+        dir: PathBuf,
+        lang: String,
+        /// [`reader::missing_language_hint`]: the languages the root holds, or that it is missing.
+        hint: String,
+    },
     #[error(
         "{dir}: no WikiAnn files for {lang:?}; expected `train-{lang}.tsv`/`dev-{lang}.tsv`/`test-{lang}.tsv` \
          (XTREME), `train`/`dev`/`test` (Rahimi) or `train-*.parquet`/`validation-*.parquet`/`test-*.parquet` \

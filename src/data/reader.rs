@@ -161,10 +161,7 @@ fn parse_columns(
         if cols.len() != 2 {
             return Err(DataError::Parse {
                 location: format!("{}:{line_no}", path.display()),
-                message: format!(
-                    "expected 2 tab-separated columns ({expected}), found {}: {line:?}",
-                    cols.len()
-                ),
+                message: column_count_message(line, cols.len(), expected),
             });
         }
         let word = strip_word(cols[0]).map_err(|message| DataError::Parse {
@@ -193,6 +190,21 @@ fn parse_columns(
     Ok(out)
 }
 
+/// The error for a line without exactly one tab. The line is quoted as written (tabs shown
+/// as `<TAB>`): Rust's `{:?}` would escape combining marks, which makes Devanagari or
+/// Lithuanian lines unreadable. A line that separates its columns by spaces says so.
+fn column_count_message(line: &str, columns: usize, expected: &str) -> String {
+    let shown = line.replace('\t', "<TAB>");
+    let hint = if columns == 1 && line.trim().contains(char::is_whitespace) {
+        "; the columns are separated by spaces: put one tab between the token and its tag"
+    } else if columns > 2 {
+        "; a token cannot contain a tab"
+    } else {
+        ""
+    };
+    format!("expected 2 tab-separated columns ({expected}), found {columns}: `{shown}`{hint}")
+}
+
 fn read_xtreme_located(path: &Path) -> Result<Located, DataError> {
     parse_columns(path, "token<TAB>TAG", |w| Ok(w.to_string()))
 }
@@ -204,13 +216,13 @@ fn read_rahimi_located(path: &Path, lang: Option<&str>) -> Result<Located, DataE
             .and_then(|r| r.strip_prefix(':'))
             .map(str::to_string)
             .ok_or_else(|| {
-                format!("expected the word to start with `{l}:` (Rahimi format), found {w:?}")
+                format!("expected the word to start with `{l}:` (Rahimi format), found `{w}`")
             }),
         None => w
             .split_once(':')
             .map(|(_, r)| r.to_string())
             .ok_or_else(|| {
-                format!("expected a `xx:` language prefix (Rahimi format), found {w:?}")
+                format!("expected a `xx:` language prefix (Rahimi format), found `{w}`")
             }),
     })
 }
@@ -357,13 +369,53 @@ fn parquet_files(dir: &Path, split: Split) -> Vec<PathBuf> {
     files_matching(dir, |n| n.starts_with(&prefix) && n.ends_with(".parquet"))
 }
 
+/// The language folders under a data root, sorted (empty when the root does not exist).
+pub fn language_dirs(root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut langs: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    langs.sort();
+    langs
+}
+
+/// What a missing language folder under `root` is likely to mean, for its error: the root
+/// itself is missing, or the languages it does hold (a misspelt code is the usual cause).
+pub fn missing_language_hint(root: &Path) -> String {
+    if !root.is_dir() {
+        return format!(
+            "the data root {} does not exist: set data.root to the folder holding one directory per language",
+            root.display()
+        );
+    }
+    let langs = language_dirs(root);
+    if langs.is_empty() {
+        return format!(
+            "{} holds no language folders: set data.root to the folder holding one directory per language",
+            root.display()
+        );
+    }
+    format!(
+        "{} holds {}: fix the language code or data.root",
+        root.display(),
+        langs.join(", ")
+    )
+}
+
 /// Detects a language directory's layout. When several layouts are present, XTREME wins over
 /// parquet, which wins over Rahimi.
 pub fn detect_layout(dir: &Path, lang: &str) -> Result<Layout, DataError> {
     if !dir.is_dir() {
+        let root = dir.parent().unwrap_or(Path::new("."));
         return Err(DataError::NoLanguageDir {
             dir: dir.to_path_buf(),
             lang: lang.to_string(),
+            hint: missing_language_hint(root),
         });
     }
     if Split::ALL
@@ -838,6 +890,22 @@ mod tests {
             e.contains("train-xx.tsv:1:") && e.contains("found 3"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn wrong_column_count_quotes_the_line_readably_and_says_the_fix() {
+        // A Devanagari word with combining marks, separated from its tag by a space.
+        let e = err_of(&with_train("Jan\tB-PER\nमें O\n"), false);
+        assert!(
+            e.contains("train-xx.tsv:2:") && e.contains("`में O`") && !e.contains("\\u{"),
+            "{e}"
+        );
+        assert!(
+            e.contains("put one tab between the token and its tag"),
+            "{e}"
+        );
+        let e = err_of(&with_train("Jan\tB-PER\tX\n"), false);
+        assert!(e.contains("`Jan<TAB>B-PER<TAB>X`"), "{e}");
     }
 
     #[test]

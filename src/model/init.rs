@@ -90,12 +90,23 @@ pub fn random_encoder(cfg: &BertConfig, seed: u64, device: &Device) -> Result<Te
 }
 
 /// Writes a random BERT folder at `out` (config.json, model.safetensors and the tokenizer
-/// files of `tokenizer_from`) atomically: the folder appears complete or not at all.
+/// files of `tokenizer_from`) atomically: the folder appears complete or not at all. An
+/// existing `out` is replaced only when it is empty or holds nothing but those files.
 pub fn write_random_bert(
     out: &Path,
     tokenizer_from: &Path,
     spec: &RandomBertSpec,
 ) -> Result<PathBuf> {
+    // Checked before anything is computed: the commit replaces `out` whole, so a folder
+    // holding anything but an earlier random BERT (a pretrained model, a user's files) is
+    // refused rather than deleted.
+    crate::fsutil::ensure_replaceable(out, |names| {
+        names.iter().all(|n| {
+            n == super::bert::CONFIG_FILE
+                || n == super::bert::WEIGHTS_FILE
+                || TOKENIZER_FILES.contains(&n.as_str())
+        })
+    })?;
     let vocab = tokenizer_vocab_size(tokenizer_from)?;
     let mut cfg = BertConfig::new(
         vocab,

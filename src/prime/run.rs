@@ -120,7 +120,8 @@ fn dev_message(point: &DevRecord) -> String {
 /// BERT folder of θp* (config.json, model.safetensors, tokenizer files of the source model),
 /// `adapter.safetensors` (θa*), `priming.json` ([`PrimingInfo`]) and `curves.json`
 /// ([`PrimeCurves`]). With `dev_every` > 0 the sources' dev sets are scored along the way
-/// (see [`super::dev`]), and θp*, θa* are those `select` picks.
+/// (see [`super::dev`]), and θp*, θa* are those `select` picks. An existing `out_dir` is
+/// replaced only when it is empty or an earlier primed checkpoint (it holds `priming.json`).
 pub fn prime(
     config: &PrimeConfig,
     out_dir: &Path,
@@ -128,6 +129,9 @@ pub fn prime(
 ) -> Result<PrimeCurves> {
     let started = Instant::now();
     validate(config)?;
+    // Checked before priming starts rather than at the commit, hours later: the commit
+    // replaces `out_dir` whole, which is only safe for an earlier primed checkpoint.
+    crate::fsutil::ensure_replaceable(out_dir, |names| names.iter().any(|n| n == PRIMING_FILE))?;
     let device = crate::device::open_device(&config.device)?;
     // Every op of the run — inner loops, outer steps, dev scoring — is built under it.
     let precision = config.precision.in_effect(&device);

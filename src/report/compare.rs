@@ -542,6 +542,7 @@ pub fn compare_settings(
             return Err(ReportError::NotASetting {
                 name: name.to_string(),
                 known: selected.settings.join(", "),
+                suggestion: crate::report::nearest_setting(name, &selected.settings),
             });
         }
     }
@@ -638,6 +639,7 @@ pub fn compare_key_values(
         return Err(ReportError::NotASetting {
             name: s.to_string(),
             known: input.settings.join(", "),
+            suggestion: crate::report::nearest_setting(s, &input.settings),
         });
     }
     let mut unselected = input.clone();

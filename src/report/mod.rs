@@ -75,8 +75,13 @@ pub enum ReportError {
         label: String,
         known: String,
     },
-    #[error("{name:?} is not a setting of this sweep (settings: {known})")]
-    NotASetting { name: String, known: String },
+    #[error("{name:?} is not a setting of this sweep{}(settings: {known})", .suggestion.as_ref().map_or(" ".to_string(), |s| format!(": did you mean {s:?}? ")))]
+    NotASetting {
+        name: String,
+        known: String,
+        /// The setting `name` most likely meant ([`nearest_setting`]).
+        suggestion: Option<String>,
+    },
     #[error("no run of this sweep targets {lang:?} (languages: {known})")]
     NotALanguage { lang: String, known: String },
     #[error("{key} is not a key this sweep varies (it varies: {known})")]
@@ -100,6 +105,16 @@ pub enum ReportError {
         line: usize,
         message: String,
     },
+}
+
+/// The setting a name that is not one most likely meant: the same name with `->` for `→`
+/// (setting names use the arrow, which a shell user types as `->`), else a near spelling.
+pub fn nearest_setting(name: &str, settings: &[String]) -> Option<String> {
+    let arrows = name.replace("->", "→");
+    if let Some(s) = settings.iter().find(|s| s.as_str() == arrows) {
+        return Some(s.clone());
+    }
+    crate::spec::source::nearest(&arrows, settings.iter().map(String::as_str)).map(str::to_string)
 }
 
 /// How to write a report.
@@ -283,4 +298,25 @@ pub fn write_report(
         comparison,
         page,
     })
+}
+
+#[cfg(test)]
+mod nearest_setting_tests {
+    use super::nearest_setting;
+
+    #[test]
+    fn an_ascii_arrow_or_a_typo_finds_the_setting() {
+        let settings: Vec<String> = ["3/AT", "4/Meta Priming→AT", "MP [MAML Loop]→Full FT"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            nearest_setting("4/Meta Priming->AT", &settings).as_deref(),
+            Some("4/Meta Priming→AT")
+        );
+        assert_eq!(
+            nearest_setting("MP [MAML loop]->Full FT", &settings).as_deref(),
+            Some("MP [MAML Loop]→Full FT")
+        );
+        assert_eq!(nearest_setting("something else entirely", &settings), None);
+    }
 }

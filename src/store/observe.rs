@@ -2,7 +2,7 @@
 //! directories alone (the backends and `primer plan` / `primer status` share it).
 
 use super::{Observed, Store};
-use crate::spec::Plan;
+use crate::spec::{Plan, RunKind};
 use std::path::PathBuf;
 
 /// The observed state of every run of the plan; a pending fine-tuning run whose priming run
@@ -25,6 +25,22 @@ pub fn observe(plan: &Plan, store: &Store) -> Vec<ObservedRun> {
             }
         })
         .collect();
+    // A collected priming run (`--gc-checkpoints` removed its checkpoint once every dependent
+    // in the sweep that ran it was done) is done only while nothing here needs it: a sweep
+    // sharing the store with pending runs that start from it runs it again, as the backends'
+    // `prepare` decides, so `plan` and `status` must not count it as done.
+    for (i, r) in plan.runs.iter().enumerate() {
+        if r.kind() == RunKind::Prime
+            && states[i].state == Observed::Done
+            && !Store::is_done(RunKind::Prime, &states[i].dir)
+            && plan
+                .dependents(i)
+                .iter()
+                .any(|&j| states[j].state != Observed::Done)
+        {
+            states[i].state = Observed::Pending;
+        }
+    }
     for (i, r) in plan.runs.iter().enumerate() {
         if states[i].state == Observed::Done {
             continue;

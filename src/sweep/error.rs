@@ -20,6 +20,12 @@ pub enum SweepError {
         cwd: PathBuf,
         missing: Vec<String>,
     },
+    /// Data files named by the sweep exist but cannot be used (checked before anything runs).
+    #[error("{file}: input data cannot be used (fix these files, then run again; nothing was started):\n  {}", .problems.join("\n  "))]
+    UnreadableInputs {
+        file: PathBuf,
+        problems: Vec<String>,
+    },
     #[error(transparent)]
     Fs(#[from] crate::fsutil::FsError),
     #[error(transparent)]

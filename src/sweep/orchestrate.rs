@@ -5,6 +5,7 @@
 use super::error::SweepError;
 use super::run::{
     RemainingEstimate, estimate_remaining, gc_checkpoints, missing_inputs, report_input_for,
+    unreadable_inputs,
 };
 use crate::backend::{
     self, Backend, BackendKind, BackendSettings, Queued, RunSummary, RunView, Submitted, ViewState,
@@ -102,6 +103,13 @@ pub fn run(
             file: sweep.source.path.clone(),
             cwd: std::env::current_dir().unwrap_or_default(),
             missing,
+        });
+    }
+    let problems = unreadable_inputs(&plan);
+    if !problems.is_empty() {
+        return Err(SweepError::UnreadableInputs {
+            file: sweep.source.path.clone(),
+            problems,
         });
     }
     let store = Store::new(&plan.store);

@@ -32,17 +32,65 @@ pub fn missing_inputs(plan: &Plan) -> Vec<String> {
                 model.display()
             ));
         }
+        if !root.is_dir() {
+            // One line for the root rather than one per language under it.
+            note(crate::data::reader::missing_language_hint(root));
+            continue;
+        }
         for lang in langs {
             let dir = root.join(&lang);
             if !dir.is_dir() {
+                let hint = crate::data::reader::missing_language_hint(root);
+                // Language codes are two or three letters, so only a single one-edit
+                // neighbour is a plausible typo (`hx` for `hi`; `ex` could be en, es or et).
+                let close: Vec<String> = crate::data::reader::language_dirs(root)
+                    .into_iter()
+                    .filter(|l| crate::spec::source::edit_distance(&lang, l) == 1)
+                    .collect();
+                let guess = match close.as_slice() {
+                    [one] => format!(" (did you mean {one}?)"),
+                    _ => String::new(),
+                };
                 note(format!(
-                    "data directory {} (language {lang})",
+                    "data directory {} (language {lang}){guess}: {hint}",
                     dir.display()
                 ));
             }
         }
     }
     missing
+}
+
+/// Reads every language's data once, as its runs will, and returns one line per file that
+/// cannot be used (a malformed line, an unknown tag, a missing split), each naming the file and
+/// line. Run by `primer run` before anything starts: without it a bad target file is found by
+/// every fine-tuning run of that language, each retried, after the priming runs they wait for.
+/// Languages whose folder is missing are left to [`missing_inputs`].
+pub fn unreadable_inputs(plan: &Plan) -> Vec<String> {
+    let mut problems: Vec<String> = Vec::new();
+    // Whether a file is usable depends on its path and the tag check only, not on limits or
+    // seeds, so each (root, language, strictness) is read once.
+    let mut seen: std::collections::HashSet<(PathBuf, String, bool)> = Default::default();
+    for run in &plan.runs {
+        let (data, langs) = match &run.spec {
+            RunSpec::Prime { config } => (&config.data, config.sources.clone()),
+            RunSpec::Finetune { config, .. } => (&config.data, vec![config.lang.clone()]),
+        };
+        for lang in langs {
+            if !data.root.join(&lang).is_dir()
+                || !seen.insert((data.root.clone(), lang.clone(), data.strict_iob2))
+            {
+                continue;
+            }
+            if let Err(e) = crate::data::load_language(data, &lang, run.spec.seed()) {
+                let line = format!("language {lang}: {e}");
+                if !problems.contains(&line) {
+                    problems.push(line);
+                }
+            }
+        }
+    }
+    problems
 }
 
 /// One line of `primer plan --json`.
@@ -295,6 +343,57 @@ mod tests {
             },
             priming: None,
         }
+    }
+
+    #[test]
+    fn a_collected_priming_run_that_a_pending_run_needs_is_pending() {
+        let tmp = tempfile::tempdir().unwrap();
+        let prime = RunSpec::Prime {
+            config: crate::config::PrimeConfig {
+                model: PathBuf::from("m"),
+                ..Default::default()
+            },
+        };
+        let from_primed = |seed| match finetune(FinetuneMethod::Adapter, seed) {
+            RunSpec::Finetune { config, .. } => RunSpec::Finetune {
+                config,
+                priming: Some("p".into()),
+            },
+            other => other,
+        };
+        let runs = vec![
+            (prime, vec![]),
+            (from_primed(1), vec![0]),
+            (from_primed(2), vec![0]),
+        ];
+        let plan = Plan::from_runs("t", tmp.path(), "s", runs, vec!["hi".into()]);
+        let store = Store::new(tmp.path());
+        // Another sweep ran the priming run and collected its checkpoint; of this sweep's two
+        // runs that start from it, one is done.
+        let prime_dir = store.run_dir(&plan.runs[0]);
+        std::fs::create_dir_all(&prime_dir).unwrap();
+        let mut status = crate::store::RunStatus::new();
+        status.state = RunState::Collected;
+        Store::write_status(&prime_dir, &status).unwrap();
+        let done_dir = store.run_dir(&plan.runs[1]);
+        std::fs::create_dir_all(&done_dir).unwrap();
+        crate::fsutil::write_json_atomic(
+            &done_dir.join(crate::train::finetune::METRICS_FILE),
+            &crate::report::testutil::metrics("hi", 1, 0.5),
+        )
+        .unwrap();
+        let obs = observe(&plan, &store);
+        assert_eq!(obs[0].state, Observed::Pending, "it runs again for run 2");
+        // Once nothing needs it, collected counts as done again.
+        std::fs::create_dir_all(store.run_dir(&plan.runs[2])).unwrap();
+        crate::fsutil::write_json_atomic(
+            &store
+                .run_dir(&plan.runs[2])
+                .join(crate::train::finetune::METRICS_FILE),
+            &crate::report::testutil::metrics("hi", 2, 0.5),
+        )
+        .unwrap();
+        assert_eq!(observe(&plan, &store)[0].state, Observed::Done);
     }
 
     #[test]

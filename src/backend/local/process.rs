@@ -176,7 +176,7 @@ impl Executor for ProcessExecutor {
         let tail = log_tail(&log_path, log_start).unwrap_or_default();
         let message = last_error_line(&tail).unwrap_or_else(|| match status.code() {
             Some(c) => format!("exited with status {c}"),
-            None => "killed by a signal".to_string(),
+            None => killed_message(std::os::unix::process::ExitStatusExt::signal(&status)),
         });
         // `primer exec` says so with its exit status; a process that died of a failed
         // allocation (an abort) only in its log.
@@ -206,6 +206,20 @@ fn log_tail(log: &Path, start: u64) -> Option<String> {
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes).ok()?;
     Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Why a child that a signal ended failed, for its run's error. A SIGKILL that nobody in
+/// primer sent is most often the kernel's out-of-memory killer, which the child cannot report
+/// itself, so the message says where to look.
+fn killed_message(signal: Option<i32>) -> String {
+    match signal {
+        Some(9) => "killed by signal 9 (SIGKILL): if nobody killed it, the kernel's \
+                    out-of-memory killer probably did (see `dmesg`); fewer runs per device \
+                    (--per-device) or a smaller batch size need less memory"
+            .to_string(),
+        Some(sig) => format!("killed by signal {sig}"),
+        None => "killed by a signal".to_string(),
+    }
 }
 
 /// The last `error: ...` line of a log tail, else its last panic line.
@@ -246,6 +260,30 @@ mod tests {
             last_error_line(&tail(std::fs::metadata(&log).unwrap().len())),
             None
         );
+    }
+
+    #[test]
+    fn a_child_killed_by_a_signal_is_reported_with_the_signal() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let slot = Slot {
+            device: DeviceSpec::Cpu,
+            ordinal: 0,
+            visible_devices: None,
+        };
+        for (signal, expected) in [("KILL", "signal 9 (SIGKILL)"), ("TERM", "signal 15")] {
+            let exe = dir.path().join(format!("fake-primer-{signal}"));
+            std::fs::write(&exe, format!("#!/bin/sh\nkill -{signal} $$\n")).unwrap();
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            let ex = ProcessExecutor::new(exe, vec![run.clone()], 1);
+            let err = ex.execute(0, 1, &slot, &|_| {}).unwrap_err();
+            assert!(err.message.contains(expected), "{signal}: {err:?}");
+        }
+        assert!(killed_message(Some(9)).contains("out-of-memory killer"));
     }
 
     /// A stand-in for `primer exec`: a script that prints `stderr_line` and exits `status`.
