@@ -9,7 +9,7 @@
 use crate::fsutil::write_atomic;
 use crate::report::gather::{polars_err, write_csv};
 use crate::report::markdown::{self, Align};
-use crate::report::split::{shown_value, split_name};
+use crate::report::split::split_settings;
 use crate::report::table::MISSING;
 use crate::report::{ReportError, ReportInput, RunRecord};
 use crate::spec::report::{SelectBy, Selection};
@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pick {
     /// The row the choice feeds: the setting, or, where the setting's runs take several values
-    /// of a swept key that is not selected over (a plotted key), the split row's name
-    /// (`No priming · finetune.method=lora`, [`split_name`]) that Table 1 gives it.
+    /// of a plotted key, the split row's name that Table 1 gives it
+    /// (`No priming · finetune.method=lora`, [`crate::report::split::split_name`]).
     pub setting: String,
     pub lang: String,
     pub seed: u64,
@@ -86,10 +86,16 @@ pub fn apply(input: &ReportInput) -> (ReportInput, Option<SelectionRecord>) {
         }
         members.push(i);
     }
-    let labels = row_labels(&order);
+    // Each pick is labelled with its run's Table 1 row: the same split, so the same names.
+    let (split, _) = split_settings(input, &input.spec.plotted_keys());
+    let row_of: BTreeMap<&str, &str> = split
+        .runs
+        .iter()
+        .map(|r| (r.meta.run_id.as_str(), r.meta.setting.as_str()))
+        .collect();
     let mut kept = Vec::new();
     let mut picks = Vec::new();
-    for (key, label) in order.into_iter().zip(labels) {
+    for key in order {
         let members = &groups[&key];
         let best = members
             .iter()
@@ -111,7 +117,9 @@ pub fn apply(input: &ReportInput) -> (ReportInput, Option<SelectionRecord>) {
             })
             .collect();
         picks.push(Pick {
-            setting: label,
+            setting: row_of
+                .get(run.meta.run_id.as_str())
+                .map_or_else(|| key.0.clone(), |row| row.to_string()),
             lang: key.1.clone(),
             seed: key.2,
             values,
@@ -138,26 +146,6 @@ pub fn apply(input: &ReportInput) -> (ReportInput, Option<SelectionRecord>) {
         picks,
     };
     (selected, Some(record))
-}
-
-/// Each group's row label ([`Pick::setting`]): its setting, followed by the unselected keys
-/// whose values differ between that setting's groups (shown as Table 1's split rows show them;
-/// a key constant within the setting is left out there too).
-fn row_labels(groups: &[CellKey]) -> Vec<String> {
-    groups
-        .iter()
-        .map(|(setting, _, _, rest)| {
-            let siblings = || groups.iter().filter(|g| &g.0 == setting).map(|g| &g.3);
-            let varying: Vec<(String, String)> = rest
-                .iter()
-                .filter(|(k, v)| {
-                    siblings().any(|other| other.iter().any(|(ok, ov)| ok == k && ov != v))
-                })
-                .map(|(k, v)| (k.clone(), shown_value(v)))
-                .collect();
-            split_name(setting, &varying)
-        })
-        .collect()
 }
 
 fn f2(v: Option<f64>) -> String {
@@ -409,7 +397,9 @@ mod tests {
     #[test]
     fn a_plotted_key_that_varies_within_a_setting_names_the_rows_as_table1_does() {
         // pe-methods.toml's shape: setting "No priming" runs adapter and lora, each over two
-        // learning rates; every pick must say which method it belongs to.
+        // learning rates, and a figure plots the method; every pick must say which method it
+        // belongs to, by the name Table 1 gives the row (not by every unselected key: the
+        // zipped inner_params of the primed rows is no part of it).
         let mut runs = Vec::new();
         for method in ["adapter", "lora"] {
             for lr in ["0.003", "0.01"] {
@@ -428,6 +418,16 @@ mod tests {
             by: SelectBy::DevF1,
             over: vec!["finetune.lr".into()],
         });
+        inp.spec.figure = vec![crate::spec::report::FigureSpec {
+            name: "pe-matrix".into(),
+            kind: crate::spec::report::FigureKind::Heatmap,
+            x: "finetune.method".into(),
+            series: "setting".into(),
+            y: Default::default(),
+            facet: Default::default(),
+            filter: None,
+            title: None,
+        }];
         let record = apply(&inp).1.unwrap();
         let labels: Vec<&str> = record.picks.iter().map(|p| p.setting.as_str()).collect();
         // The constant epochs are left out, as Table 1's split leaves them out.
@@ -440,7 +440,7 @@ mod tests {
         );
         let md = record.to_markdown();
         assert!(md.contains("| No priming · finetune.method=lora "), "{md}");
-        let table_rows = crate::report::split::split_settings(&inp, &["finetune.method".into()]).1;
+        let table_rows = split_settings(&inp, &inp.spec.plotted_keys()).1;
         let names: Vec<&str> = table_rows.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, labels);
     }
