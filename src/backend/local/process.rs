@@ -273,12 +273,7 @@ mod tests {
             visible_devices: None,
         };
         for (signal, expected) in [("KILL", "signal 9 (SIGKILL)"), ("TERM", "signal 15")] {
-            let exe = dir.path().join(format!("fake-primer-{signal}"));
-            std::fs::write(&exe, format!("#!/bin/sh\nkill -{signal} $$\n")).unwrap();
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-            }
+            let exe = fake_script(dir.path(), signal, &format!("kill -{signal} $$"));
             let ex = ProcessExecutor::new(exe, vec![run.clone()], 1);
             let err = ex.execute(0, 1, &slot, &|_| {}).unwrap_err();
             assert!(err.message.contains(expected), "{signal}: {err:?}");
@@ -288,13 +283,18 @@ mod tests {
 
     /// A stand-in for `primer exec`: a script that prints `stderr_line` and exits `status`.
     fn fake_exec(dir: &Path, stderr_line: &str, status: i32) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let exe = dir.join(format!("fake-primer-{status}"));
-        std::fs::write(
-            &exe,
-            format!("#!/bin/sh\necho '{stderr_line}' >&2\nexit {status}\n"),
+        fake_script(
+            dir,
+            &status.to_string(),
+            &format!("echo '{stderr_line}' >&2\nexit {status}"),
         )
-        .unwrap();
+    }
+
+    /// An executable shell script `fake-primer-<name>` in `dir` running `body`.
+    fn fake_script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let exe = dir.join(format!("fake-primer-{name}"));
+        std::fs::write(&exe, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
         exe
     }
