@@ -268,7 +268,7 @@ fn sweep_runs_shares_priming_and_resumes_after_sigkill() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains(&format!("{} were already done", done_at_kill.len())),
+        text(&out).contains(&format!("runs: {} already done, ", done_at_kill.len())),
         "{}",
         text(&out)
     );

@@ -35,8 +35,10 @@ pub struct FinetuneArgs {
     /// Use at most N test sentences.
     #[arg(long)]
     test_limit: Option<usize>,
+    /// Passes over the training sentences (default 3).
     #[arg(long)]
     epochs: Option<usize>,
+    /// Sentences per training batch (default 16).
     #[arg(long)]
     batch_size: Option<usize>,
     /// Peak learning rate (default per method: full 5e-5, head 1e-2, adapter, bitfit and lora 5e-3).

@@ -69,8 +69,10 @@ pub struct PrimeArgs {
     /// Tasks sampled per outer step (default: all sources).
     #[arg(long)]
     tasks_per_step: Option<usize>,
+    /// Sentences per support batch of the inner loop (default 16).
     #[arg(long)]
     support_batch_size: Option<usize>,
+    /// Sentences per query batch (default 16).
     #[arg(long)]
     query_batch_size: Option<usize>,
     /// Score the sources' dev sets every N outer steps and after the last (0: never).

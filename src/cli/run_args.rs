@@ -21,8 +21,10 @@ pub struct SharedRunArgs {
     /// Maximum sequence length in subword tokens.
     #[arg(long)]
     pub max_len: Option<usize>,
+    /// Fraction of the steps spent in linear learning-rate warm-up, in [0, 1] (default 0).
     #[arg(long)]
     pub warmup_ratio: Option<f64>,
+    /// AdamW weight decay (default 0.01).
     #[arg(long)]
     pub weight_decay: Option<f64>,
     /// Bottleneck dimension of the adapter created when the model has none.
@@ -47,6 +49,8 @@ pub struct SharedRunArgs {
     /// Override the model's dropout probabilities.
     #[arg(long)]
     pub dropout: Option<f64>,
+    /// Seed of every random draw the run makes (initialisation, shuffling, dropout, sampling;
+    /// default 0): the same seed, machine and threads repeat a run bit for bit.
     #[arg(long)]
     pub seed: Option<u64>,
     /// `cpu` or `cuda:N`.

@@ -655,7 +655,7 @@ fn print_failures(plan: &Plan, views: &[RunView]) -> usize {
 
 fn print_summary(s: &RunSummary, resume: &str) {
     println!(
-        "{} runs: {} were already done, {} executed now, {} failed, {} not runnable{}",
+        "{} runs: {} already done, {} executed now, {} failed, {} not runnable{}",
         s.total_runs,
         s.already_done,
         s.executed,
