@@ -264,6 +264,18 @@ mod tests {
 
     #[test]
     fn a_child_killed_by_a_signal_is_reported_with_the_signal() {
+        let (dir, run, slot) = run_dir_and_cpu_slot();
+        for (signal, expected) in [("KILL", "signal 9 (SIGKILL)"), ("TERM", "signal 15")] {
+            let exe = fake_script(dir.path(), signal, &format!("kill -{signal} $$"));
+            let ex = ProcessExecutor::new(exe, vec![run.clone()], 1);
+            let err = ex.execute(0, 1, &slot, &|_| {}).unwrap_err();
+            assert!(err.message.contains(expected), "{signal}: {err:?}");
+        }
+        assert!(killed_message(Some(9)).contains("out-of-memory killer"));
+    }
+
+    /// A temporary folder holding an empty run folder `run`, and a CPU slot to run it on.
+    fn run_dir_and_cpu_slot() -> (tempfile::TempDir, PathBuf, Slot) {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("run");
         std::fs::create_dir_all(&run).unwrap();
@@ -272,13 +284,7 @@ mod tests {
             ordinal: 0,
             visible_devices: None,
         };
-        for (signal, expected) in [("KILL", "signal 9 (SIGKILL)"), ("TERM", "signal 15")] {
-            let exe = fake_script(dir.path(), signal, &format!("kill -{signal} $$"));
-            let ex = ProcessExecutor::new(exe, vec![run.clone()], 1);
-            let err = ex.execute(0, 1, &slot, &|_| {}).unwrap_err();
-            assert!(err.message.contains(expected), "{signal}: {err:?}");
-        }
-        assert!(killed_message(Some(9)).contains("out-of-memory killer"));
+        (dir, run, slot)
     }
 
     /// A stand-in for `primer exec`: a script that prints `stderr_line` and exits `status`.
@@ -301,14 +307,7 @@ mod tests {
 
     #[test]
     fn running_out_of_memory_is_told_apart_from_other_failures() {
-        let dir = tempfile::tempdir().unwrap();
-        let run = dir.path().join("run");
-        std::fs::create_dir_all(&run).unwrap();
-        let slot = Slot {
-            device: DeviceSpec::Cpu,
-            ordinal: 0,
-            visible_devices: None,
-        };
+        let (dir, run, slot) = run_dir_and_cpu_slot();
         let cases = [
             // primer exec's own verdict: its exit status.
             (
