@@ -113,14 +113,11 @@ impl FinetuneArgs {
 pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
     super::init_logging();
     let config = args.to_config()?;
-    let in_file = match &args.config {
-        Some(path) => Some((
-            path.as_path(),
-            super::read_config_file::<FinetuneConfig>(path)?.value_errors(),
-        )),
-        None => None,
-    };
-    super::refuse_bad_values(&config.value_errors(), in_file)?;
+    super::refuse_bad_values(
+        &config.value_errors(),
+        args.config.as_deref(),
+        FinetuneConfig::value_errors,
+    )?;
     let progress = TerminalProgress::new(&format!("finetune {} {}", config.lang, config.method));
     let metrics = primer::train::run_finetune(&config, &args.out, &progress)
         .with_context(|| format!("fine-tuning {} ({}) failed", config.lang, config.method))?;

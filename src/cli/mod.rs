@@ -155,17 +155,23 @@ pub fn read_config_file<T: serde::de::DeserializeOwned>(
 
 /// Refuses a run's settings that break the configs' range rules before anything runs, naming
 /// where each bad value came from. `errors` are those of the settings as they will run (the
-/// file with the flags applied); `file` is `--config FILE` with the errors of the file alone.
-/// An error the file alone already has is the file's: it is named `FILE:LINE:COLUMN` for
-/// TOML, as a sweep file's values are (JSON carries no positions: `FILE`); any other came from
-/// a flag and keeps the plain `key: problem`.
-pub fn refuse_bad_values(
+/// file with the flags applied); `config_file` is `--config FILE`, whose own errors
+/// (`errors_of` the file alone) tell which values came from it. An error the file alone
+/// already has is the file's: it is named `FILE:LINE:COLUMN` for TOML, as a sweep file's values
+/// are (JSON carries no positions: `FILE`); any other came from a flag and keeps the plain
+/// `key: problem`.
+pub fn refuse_bad_values<T: serde::de::DeserializeOwned>(
     errors: &[primer::config::ValueError],
-    file: Option<(&std::path::Path, Vec<primer::config::ValueError>)>,
+    config_file: Option<&std::path::Path>,
+    errors_of: impl Fn(&T) -> Vec<primer::config::ValueError>,
 ) -> anyhow::Result<()> {
     if errors.is_empty() {
         return Ok(());
     }
+    let file = match config_file {
+        Some(path) => Some((path, errors_of(&read_config_file::<T>(path)?))),
+        None => None,
+    };
     let lines: Vec<String> = errors
         .iter()
         .map(|e| match &file {
@@ -190,14 +196,11 @@ fn key_position(path: &std::path::Path, key: &str) -> Option<(usize, usize)> {
     }
     let text = std::fs::read_to_string(path).ok()?;
     let source = primer::spec::source::Source::from_text(path, &text);
-    let mut node = source.parse().ok()?;
-    let mut start = None;
-    for part in key.split('.') {
-        let entry = node.as_table()?.iter().find(|e| e.key == part)?;
-        start = Some(entry.key_span.start);
-        node = entry.value.clone();
-    }
-    Some(source.line_col(start?))
+    let root = source.parse().ok()?;
+    let mut keys = Vec::new();
+    primer::spec::source::flatten("", root.as_table()?, &mut keys);
+    let (_, span, _) = keys.into_iter().find(|(k, _, _)| k == key)?;
+    Some(source.line_col(span.start))
 }
 
 #[cfg(test)]

@@ -169,14 +169,11 @@ impl PrimeArgs {
 pub fn run(args: PrimeArgs) -> anyhow::Result<ExitCode> {
     super::init_logging();
     let config = args.to_config()?;
-    let in_file = match &args.config {
-        Some(path) => Some((
-            path.as_path(),
-            super::read_config_file::<PrimeConfig>(path)?.value_errors(),
-        )),
-        None => None,
-    };
-    super::refuse_bad_values(&config.value_errors(), in_file)?;
+    super::refuse_bad_values(
+        &config.value_errors(),
+        args.config.as_deref(),
+        PrimeConfig::value_errors,
+    )?;
     let method = primer::prime::method_name(&config);
     let progress = TerminalProgress::new(&format!("prime {method} {}", config.sources.join(",")));
     let curves = primer::prime::prime(&config, &args.out, &progress)

@@ -7,7 +7,7 @@
 use super::error::SpecError;
 use super::report::ReportSpec;
 use super::report::{FigureField, FigureSpec, SweepFacts};
-use super::source::{Entry, Node, NodeKind, Source, nearest, values_equal};
+use super::source::{Entry, Node, NodeKind, Source, flatten, nearest, values_equal};
 
 use crate::config::{FinetuneConfig, PrimeConfig};
 use crate::slurm::SlurmOptions;
@@ -311,26 +311,6 @@ pub fn set_path(json: &mut Value, path: &str, value: Value) {
 /// Reads `path` (dotted) from `json`.
 pub fn get_path<'a>(json: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(json, |cur, p| cur.get(p))
-}
-
-/// Flattens nested tables into dotted leaf keys (`finetune = { lr = 1 }` and
-/// `"finetune.lr" = 1` are the same key). The span is the leaf key's.
-fn flatten<'a>(
-    prefix: &str,
-    entries: &'a [Entry],
-    out: &mut Vec<(String, Range<usize>, &'a Node)>,
-) {
-    for e in entries {
-        let key = if prefix.is_empty() {
-            e.key.clone()
-        } else {
-            format!("{prefix}.{}", e.key)
-        };
-        match &e.value.kind {
-            NodeKind::Table(t) => flatten(&key, t, out),
-            _ => out.push((key, e.key_span.clone(), &e.value)),
-        }
-    }
 }
 
 struct Parser<'s> {

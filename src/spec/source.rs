@@ -83,6 +83,26 @@ pub enum NodeKind {
     Table(Vec<Entry>),
 }
 
+/// Flattens nested tables into dotted leaf keys (`finetune = { lr = 1 }` and
+/// `"finetune.lr" = 1` are the same key). The span is the leaf key's.
+pub fn flatten<'a>(
+    prefix: &str,
+    entries: &'a [Entry],
+    out: &mut Vec<(String, Range<usize>, &'a Node)>,
+) {
+    for e in entries {
+        let key = if prefix.is_empty() {
+            e.key.clone()
+        } else {
+            format!("{prefix}.{}", e.key)
+        };
+        match &e.value.kind {
+            NodeKind::Table(t) => flatten(&key, t, out),
+            _ => out.push((key, e.key_span.clone(), &e.value)),
+        }
+    }
+}
+
 /// A key of a table with its span and value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
