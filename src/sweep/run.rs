@@ -19,6 +19,8 @@ pub fn missing_inputs(plan: &Plan) -> Vec<String> {
             missing.push(m);
         }
     };
+    // Many runs share a data folder: each is checked (and a missing one described) once.
+    let mut checked: std::collections::HashSet<PathBuf> = Default::default();
     for run in &plan.runs {
         let (model, root, langs) = match &run.spec {
             RunSpec::Prime { config } => (&config.model, &config.data.root, config.sources.clone()),
@@ -39,7 +41,7 @@ pub fn missing_inputs(plan: &Plan) -> Vec<String> {
         }
         for lang in langs {
             let dir = root.join(&lang);
-            if !dir.is_dir() {
+            if checked.insert(dir.clone()) && !dir.is_dir() {
                 let hint = crate::data::reader::missing_language_hint(root);
                 // Language codes are two or three letters, so only a single one-edit
                 // neighbour is a plausible typo (`hx` for `hi`; `ex` could be en, es or et).
