@@ -151,6 +151,58 @@ pub struct StagedDir {
     target: PathBuf,
 }
 
+/// Whether a process with this pid exists.
+pub fn process_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// The file name of `target` as the staging and set-aside names embed it.
+fn target_name(target: &Path) -> String {
+    target
+        .file_name()
+        .map_or_else(|| "out".to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// `<target>.old-<pid>`: where [`StagedDir::commit`] moves the directory it replaces.
+fn set_aside_path(target: &Path, pid: u32) -> PathBuf {
+    target.with_file_name(format!("{}.old-{pid}", target_name(target)))
+}
+
+/// Removes what a killed writer of `target` left in `parent`: its staging folders
+/// (`.staging-<name>-<pid>-*`) and a replaced folder it had set aside (`<name>.old-<pid>`),
+/// for every pid that no longer runs. A checkpoint is hundreds of megabytes, and a run killed
+/// while writing one (Ctrl-C twice, the OOM killer, a Slurm time limit) would otherwise leave
+/// a copy behind at every retry. Folders of live writers are left alone.
+fn remove_abandoned(parent: &Path, target: &Path) {
+    let name = target_name(target);
+    let staging = format!(".staging-{name}-");
+    let set_aside = format!("{name}.old-");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let pid = if let Some(rest) = file_name.strip_prefix(&staging) {
+            // `<pid>-<random>`, the random part alphanumeric: anything else is another
+            // target's (`<name>-2`'s) staging folder.
+            rest.split_once('-')
+                .filter(|(_, random)| !random.contains('-'))
+                .map(|(pid, _)| pid)
+        } else {
+            file_name.strip_prefix(&set_aside)
+        };
+        let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !process_alive(pid) {
+            // Best effort: what cannot be removed now is tried again at the next write.
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl StagedDir {
     pub fn new(target: &Path) -> Result<Self, FsError> {
         let parent = match target.parent() {
@@ -158,8 +210,15 @@ impl StagedDir {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&parent).map_err(write_err(target))?;
+        remove_abandoned(&parent, target);
+        // The pid in the name lets a later writer tell an abandoned staging folder from one
+        // still being written.
         let tmp = tempfile::Builder::new()
-            .prefix(".staging-")
+            .prefix(&format!(
+                ".staging-{}-{}-",
+                target_name(target),
+                std::process::id()
+            ))
             .tempdir_in(&parent)
             .map_err(write_err(target))?;
         Ok(Self {
@@ -182,9 +241,7 @@ impl StagedDir {
         let tmp = self.tmp.take().expect("staged dir already committed");
         let staged = tmp.keep();
         if self.target.exists() {
-            let old = self
-                .target
-                .with_extension(format!("old-{}", std::process::id()));
+            let old = set_aside_path(&self.target, std::process::id());
             std::fs::rename(&self.target, &old).map_err(write_err(&self.target))?;
             std::fs::rename(&staged, &self.target).map_err(write_err(&self.target))?;
             let _ = std::fs::remove_dir_all(&old);
@@ -223,6 +280,61 @@ mod tests {
         assert!(!target.exists());
         staged.commit().unwrap();
         assert_eq!(std::fs::read_to_string(target.join("a.txt")).unwrap(), "x");
+    }
+
+    /// A pid that no process has: above the kernel's pid_max (at most 2^22).
+    const DEAD_PID: u32 = 1 << 30;
+
+    #[test]
+    fn a_new_staging_folder_removes_what_killed_writers_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("checkpoint");
+        let leftovers = [
+            format!(".staging-checkpoint-{DEAD_PID}-aB3dE9"),
+            format!("checkpoint.old-{DEAD_PID}"),
+        ];
+        // A live writer's (this test's parent process), another target's and a user's
+        // folder stay.
+        let parent_pid = std::os::unix::process::parent_id();
+        let kept = [
+            format!(".staging-checkpoint-{parent_pid}-xY7zQ1"),
+            format!(".staging-other-{DEAD_PID}-k2L4m6"),
+            format!(".staging-checkpoint-2-{DEAD_PID}-p0Q9r8"),
+            "checkpoint.old-notes".to_string(),
+        ];
+        for name in leftovers.iter().chain(&kept) {
+            std::fs::create_dir_all(dir.path().join(name).join("sub")).unwrap();
+            std::fs::write(dir.path().join(name).join("sub/w.bin"), "x").unwrap();
+        }
+        let staged = StagedDir::new(&target).unwrap();
+        std::fs::write(staged.path().join("a.txt"), "x").unwrap();
+        staged.commit().unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let mut expected: Vec<String> = kept.to_vec();
+        expected.push("checkpoint".to_string());
+        expected.sort();
+        assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn committing_over_an_earlier_folder_leaves_only_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("model");
+        for content in ["first", "second"] {
+            let staged = StagedDir::new(&target).unwrap();
+            std::fs::write(staged.path().join("a.txt"), content).unwrap();
+            staged.commit().unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(target.join("a.txt")).unwrap(),
+            "second"
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
     }
 
     #[test]

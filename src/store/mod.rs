@@ -260,12 +260,7 @@ impl Store {
     }
 }
 
-/// Whether a process with this pid exists.
-pub fn process_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
+use crate::fsutil::process_alive;
 
 const LOCK_FILE: &str = ".lock";
 
