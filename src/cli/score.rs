@@ -54,8 +54,10 @@ fn parse(text: &str, name: &str) -> anyhow::Result<Conll> {
         }
         if cols.len() < 2 {
             bail!(
-                "{name}:{line_no}: expected at least 2 columns (… GOLD PRED), found {}: {line:?}",
-                cols.len()
+                "{name}:{line_no}: expected at least 2 columns (… GOLD PRED), found {}: `{}`",
+                cols.len(),
+                // Quoted as written: `{:?}` would escape combining marks (Devanagari, ...).
+                line.trim()
             );
         }
         match columns {
@@ -132,7 +134,7 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
         for (t, tag) in gold.iter().zip(pred).flat_map(|(g, p)| [g, p]).enumerate() {
             if !TagScheme::Iobes.accepts(tag) {
                 bail!(
-                    "{name}:{}: tag {tag:?} is not one of the {}; fix the file (gold and \
+                    "{name}:{}: tag `{tag}` is not one of the {}; fix the file (gold and \
                      predicted tags are its last two columns)",
                     conll.lines[s][t / 2],
                     TagScheme::Iobes.describe()
@@ -202,6 +204,8 @@ mod tests {
             e.starts_with("f.txt:2:") && e.contains("at least 2 columns"),
             "{e}"
         );
+        let e = parse("a O O\nकि\n", "f.txt").unwrap_err().to_string();
+        assert!(e.ends_with("found 1: `कि`"), "{e}");
         let e = parse("\n\n", "f.txt").unwrap_err().to_string();
         assert!(e.contains("no token lines"), "{e}");
     }
