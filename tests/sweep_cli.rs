@@ -253,6 +253,21 @@ fn failed_runs_are_retried_reported_and_block_their_dependents() {
         out.contains("failed   2") && out.contains("blocked  1"),
         "{out}"
     );
+    assert!(!out.contains("not created yet"), "{out}");
+}
+
+#[test]
+fn status_before_the_first_run_says_the_store_is_not_there_yet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    broken_setup(t);
+    let (ok, out) = primer(t, &["status", "s.toml"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("3 runs; store store (not created yet") && out.contains("pending  3"),
+        "{out}"
+    );
+    assert!(!t.join("store").exists(), "status creates nothing");
 }
 
 #[test]

@@ -361,7 +361,7 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         } => print_store_status(&sweep, plan, store, observed, time_left),
         StatusView::Backend { backend, views } => {
             println!(
-                "sweep '{}': {} runs in {} ({backend} backend)",
+                "sweep '{}': {} runs; store {} ({backend} backend)",
                 sweep.name,
                 plan.runs.len(),
                 store.display()
@@ -398,8 +398,14 @@ fn print_store_status(
     obs: &[ObservedRun],
     time_left: &RemainingEstimate,
 ) {
+    // Before the first `primer run` there is no store: say so rather than imply one.
+    let store_note = if store.is_dir() {
+        String::new()
+    } else {
+        " (not created yet: `primer run` creates it)".to_string()
+    };
     println!(
-        "sweep '{}': {} runs in {}",
+        "sweep '{}': {} runs; store {}{store_note}",
         sweep.name,
         plan.runs.len(),
         store.display()
