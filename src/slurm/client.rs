@@ -182,12 +182,11 @@ impl Slurm {
     }
 
     /// Checks, before anything is written or submitted, that the tools are installed, the
-    /// options are well-formed, the store is writable, the partition exists and is up, and
-    /// some node of it can satisfy one task's request.
+    /// options are well-formed, the partition exists and is up, some node of it can satisfy
+    /// one task's request, and (only then, creating `<store>/slurm/`) the store is writable.
     pub fn validate(&self, opts: &SlurmOptions, store: &Path) -> Result<ClusterInfo, SlurmError> {
         opts.validate()?;
         self.check_installed()?;
-        check_writable(&store.join("slurm"))?;
 
         let parts = parse::parse_partitions(&self.run("scontrol", &["-o", "show", "partition"])?);
         let names = || {
@@ -262,8 +261,12 @@ impl Slurm {
                 "no node has {cpus} CPUs, {gpus} GPUs and {mem} MB for one task (largest node values: {max_cpu} CPUs, {max_gpu} GPUs, {max_mem} MB); lower --cpus-per-task/--gpus-per-task/--mem or choose another --partition"
             )));
         }
+        let max_array_size = self.max_array_size()?;
+        // Last: the first check that writes anything, so that a refused request leaves no
+        // empty `<store>/slurm/` behind.
+        check_writable(&store.join("slurm"))?;
         Ok(ClusterInfo {
-            max_array_size: self.max_array_size()?,
+            max_array_size,
             partition,
             nodes,
         })
@@ -584,6 +587,15 @@ mod tests {
         let f = Fake::new();
         let store = tempfile::tempdir().unwrap();
         let s = f.slurm();
+        let refused = SlurmOptions {
+            partition: Some("gpus".into()),
+            ..Default::default()
+        };
+        s.validate(&refused, store.path()).unwrap_err();
+        assert!(
+            !store.path().join("slurm").exists(),
+            "a refused request writes nothing"
+        );
         let info = s.validate(&SlurmOptions::default(), store.path()).unwrap();
         assert_eq!(
             (info.partition.name.as_str(), info.max_array_size),
