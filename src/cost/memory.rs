@@ -115,6 +115,15 @@ pub fn graph_activations(model: &BertConfig, batch: usize, seq: usize) -> u64 {
     b * t * per_token * F32
 }
 
+/// What a PE method's training-time linear branches (LoRA with dropout) keep besides
+/// [`graph_activations`], for a batch of `batch` sequences padded to `seq`
+/// ([`crate::model::pe::PeMethod::branch_floats_per_token`]).
+fn branch_activations(pe: Option<&PeSpec>, model: &BertConfig, batch: usize, seq: usize) -> u64 {
+    pe.map_or(0, |spec| {
+        batch as u64 * seq as u64 * spec.method().branch_floats_per_token(model) * F32
+    })
+}
+
 /// What bf16 adds to [`graph_activations`]: every layer's bf16 copies of its products' inputs
 /// (see [`BF16_SAVED_H_PER_TOKEN`]) and of its weight matrices, kept for the backward pass.
 /// Charged whenever a run may resolve to bf16 (`precision = "bf16"`, or `"auto"`, which is
@@ -197,6 +206,11 @@ pub fn finetune_memory(
     let activations = if through_encoder {
         graph_activations(model, cfg.batch_size, seq)
             + bf16_extra_for(cfg.precision, model, cfg.batch_size, seq)
+            + if pe_trained {
+                branch_activations(pe.as_ref(), model, cfg.batch_size, seq)
+            } else {
+                0
+            }
     } else {
         let tokens = (cfg.batch_size as u64 * seq as u64).max(INFERENCE_TOKENS);
         graph_free_activations(model, tokens, seq)
@@ -227,7 +241,12 @@ pub fn prime_memory(cfg: &PrimeConfig, model: &BertConfig) -> MemoryEstimate {
     // The outer update: θp and θa (FT priming updates the heads with them).
     let outer = enc + pe_n + if is_ft { heads } else { 0 };
     let full_loop = cfg.effective_inner_loop() == InnerLoop::Full;
-    let bf16_extra = |batch: usize| bf16_extra_for(cfg.precision, model, batch, seq);
+    // Both the support and the query forwards train: bf16's copies and the PE method's
+    // branches are charged on each.
+    let graph_extra = |batch: usize| {
+        bf16_extra_for(cfg.precision, model, batch, seq)
+            + branch_activations(Some(&pe), model, batch, seq)
+    };
     let (inner_copies, activations) = if is_ft {
         let sizes = crate::prime::sampler::DrawSizes::new(
             cfg.support,
@@ -236,7 +255,7 @@ pub fn prime_memory(cfg: &PrimeConfig, model: &BertConfig) -> MemoryEstimate {
             cfg.query_batch_size,
         );
         let n = sizes.sentences_per_task();
-        (0, graph_activations(model, n, seq) + bf16_extra(n))
+        (0, graph_activations(model, n, seq) + graph_extra(n))
     } else {
         let fast = if full_loop {
             enc + pe_n + head
@@ -246,12 +265,12 @@ pub fn prime_memory(cfg: &PrimeConfig, model: &BertConfig) -> MemoryEstimate {
         let pe_inside = pe.method().acts_inside_encoder();
         let support = if full_loop || pe_inside {
             graph_activations(model, cfg.support_batch_size, seq)
-                + bf16_extra(cfg.support_batch_size)
+                + graph_extra(cfg.support_batch_size)
         } else {
             graph_free_activations(model, (cfg.support_batch_size * seq) as u64, seq)
         };
         let query =
-            graph_activations(model, cfg.query_batch_size, seq) + bf16_extra(cfg.query_batch_size);
+            graph_activations(model, cfg.query_batch_size, seq) + graph_extra(cfg.query_batch_size);
         // Fast weights and their gradients.
         (2 * fast * F32, support.max(query))
     };
@@ -464,6 +483,18 @@ mod tests {
         assert_eq!(lora.encoder_cache, 0);
         assert_eq!(lora.activations, full.activations);
         assert!(!finetune_uses_cache(&finetune(FinetuneMethod::Lora), None));
+        // With dropout, LoRA's branches run in activation space and keep their own tensors:
+        // per adapted linear (query and value, 768 → 768, r = 8) and token, 2·768 + 8 + 2·768.
+        let dropped = FinetuneConfig {
+            lora_dropout: Some(0.1),
+            ..finetune(FinetuneMethod::Lora)
+        };
+        let lora_p = finetune_memory(&dropped, None, &m, rows);
+        let per_token = 12 * 2 * (4 * 768 + 8);
+        assert_eq!(
+            lora_p.activations - lora.activations,
+            32 * 128 * per_token * 4
+        );
         // Activations grow with the batch.
         let big = FinetuneConfig {
             batch_size: 64,

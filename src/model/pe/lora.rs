@@ -208,6 +208,21 @@ impl PeMethod for Lora {
         self.branch_in_training()
     }
 
+    /// Per adapted linear `[out, in]`: the dropped input and its mask (2·in), `x·Aᵀ` (r), and
+    /// `·Bᵀ` with its scaled copy (2·out).
+    fn branch_floats_per_token(&self, model: &BertConfig) -> u64 {
+        if !self.branch_in_training() {
+            return 0;
+        }
+        self.slots(model)
+            .iter()
+            .map(|(_, _, _, t)| {
+                let (out, inp) = t.shape(model);
+                (2 * inp + self.r + 2 * out) as u64
+            })
+            .sum()
+    }
+
     fn linear_branch(
         &self,
         layer: usize,

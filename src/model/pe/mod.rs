@@ -194,6 +194,14 @@ pub trait PeMethod: std::fmt::Debug + Send + Sync {
         Ok(None)
     }
 
+    /// Floats per token, summed over the encoder's layers, that the [`Self::linear_branch`]
+    /// terms of a training forward keep for the backward pass (0 by default, and whenever
+    /// [`Self::has_linear_branch`] is false). The memory estimate adds them to the layers'
+    /// own activations (`crate::cost::memory`).
+    fn branch_floats_per_token(&self, _model: &BertConfig) -> u64 {
+        0
+    }
+
     /// A layer's output `[B, T, H]` after the method acts on it (identity by default).
     fn after_layer(&self, _layer: usize, x: Tensor, _own: &dyn Weights) -> Result<Tensor> {
         Ok(x)
