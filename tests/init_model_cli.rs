@@ -102,4 +102,19 @@ fn init_model_refuses_to_replace_a_folder_holding_other_files() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     assert!(out.join("model.safetensors").is_file());
+    let marker = std::fs::read_to_string(out.join("init-model.json")).unwrap();
+    assert!(marker.contains("\"hidden\": 16"), "{marker}");
+
+    // A model folder with the very same file names that init-model did not write (a
+    // downloaded checkpoint) is refused, not replaced.
+    std::fs::remove_file(out.join("init-model.json")).unwrap();
+    let weights = std::fs::read(out.join("model.safetensors")).unwrap();
+    let o = init();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("model.safetensors"), "{err}");
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        weights
+    );
 }

@@ -18,8 +18,13 @@ pub const TOKENIZER_FILES: [&str; 4] = [
     "special_tokens_map.json",
 ];
 
+/// The file that marks a folder as `primer init-model`'s output, recording what it was made
+/// from. Only a folder carrying it is replaced by a later `init-model`: a pretrained model's
+/// folder holds the same config, weights and tokenizer file names.
+pub const INIT_MARKER: &str = "init-model.json";
+
 /// Sizes and seed of a random BERT.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RandomBertSpec {
     pub hidden: usize,
     pub layers: usize,
@@ -89,9 +94,10 @@ pub fn random_encoder(cfg: &BertConfig, seed: u64, device: &Device) -> Result<Te
     Ok(out)
 }
 
-/// Writes a random BERT folder at `out` (config.json, model.safetensors and the tokenizer
-/// files of `tokenizer_from`) atomically: the folder appears complete or not at all. An
-/// existing `out` is replaced only when it is empty or holds nothing but those files.
+/// Writes a random BERT folder at `out` (config.json, model.safetensors, the tokenizer
+/// files of `tokenizer_from` and [`INIT_MARKER`]) atomically: the folder appears complete or
+/// not at all. An existing `out` is replaced only when it is empty or an earlier output (it
+/// carries the marker and nothing but those files).
 pub fn write_random_bert(
     out: &Path,
     tokenizer_from: &Path,
@@ -101,11 +107,13 @@ pub fn write_random_bert(
     // holding anything but an earlier random BERT (a pretrained model, a user's files) is
     // refused rather than deleted.
     crate::fsutil::ensure_replaceable(out, |names| {
-        names.iter().all(|n| {
-            n == super::bert::CONFIG_FILE
-                || n == super::bert::WEIGHTS_FILE
-                || TOKENIZER_FILES.contains(&n.as_str())
-        })
+        names.iter().any(|n| n == INIT_MARKER)
+            && names.iter().all(|n| {
+                n == INIT_MARKER
+                    || n == super::bert::CONFIG_FILE
+                    || n == super::bert::WEIGHTS_FILE
+                    || TOKENIZER_FILES.contains(&n.as_str())
+            })
     })?;
     let vocab = tokenizer_vocab_size(tokenizer_from)?;
     let mut cfg = BertConfig::new(
@@ -123,6 +131,12 @@ pub fn write_random_bert(
     let weights = random_encoder(&cfg, spec.seed, &Device::Cpu)?;
     let staged = StagedDir::new(out)?;
     save_encoder(staged.path(), &cfg, &weights)?;
+    let marker = serde_json::json!({
+        "written_by": "primer init-model",
+        "spec": spec,
+        "tokenizer_from": tokenizer_from,
+    });
+    crate::fsutil::write_json_atomic(&staged.path().join(INIT_MARKER), &marker)?;
     for f in TOKENIZER_FILES {
         let src = tokenizer_from.join(f);
         if src.exists() {
