@@ -5,6 +5,7 @@
 //! rows the same way, so its numbers are the report's.
 
 use crate::report::{ReportInput, RunRecord};
+use crate::spec::report::ComparePair;
 
 /// A row of a split setting.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,7 +127,53 @@ pub fn split_settings(input: &ReportInput, keys: &[String]) -> (ReportInput, Vec
     out.settings = expand(&input.settings);
     out.spec.table1_rows = expand(&input.spec.table1_rows);
     out.spec.table1_groups = input.spec.table1_groups.iter().map(|g| expand(g)).collect();
+    out.spec.compare = expand_pairs(&input.spec.compare, &names_of, &origin);
     (out, origin)
+}
+
+/// `[report] compare` over split rows: a pair naming a split setting compares its rows with
+/// the other side's rows of the same values (meta priming at 50 sentences with FT priming at
+/// 50), as the default pairs do; a key only one side varies does not keep rows apart.
+fn expand_pairs(
+    pairs: &[ComparePair],
+    names_of: &[(String, Vec<String>)],
+    origin: &[SplitRow],
+) -> Vec<ComparePair> {
+    let rows = |setting: &str| -> Vec<(String, Vec<(String, String)>)> {
+        names_of
+            .iter()
+            .find(|(base, _)| base == setting)
+            .map_or_else(
+                || vec![(setting.to_string(), Vec::new())],
+                |(_, names)| {
+                    names
+                        .iter()
+                        .map(|n| {
+                            let values = origin
+                                .iter()
+                                .find(|r| &r.name == n)
+                                .map_or_else(Vec::new, |r| r.values.clone());
+                            (n.clone(), values)
+                        })
+                        .collect()
+                },
+            )
+    };
+    let agree = |x: &[(String, String)], y: &[(String, String)]| {
+        x.iter()
+            .all(|(k, v)| y.iter().all(|(k2, v2)| k != k2 || v == v2))
+    };
+    let mut out = Vec::new();
+    for p in pairs {
+        for (a, va) in rows(&p.a) {
+            for (b, vb) in rows(&p.b) {
+                if agree(&va, &vb) {
+                    out.push(ComparePair { a: a.clone(), b });
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -173,5 +220,38 @@ mod tests {
         assert_eq!(origin.len(), 2);
         // Without plotted keys nothing changes.
         assert_eq!(split_settings(&inp, &[]).0, inp);
+    }
+
+    #[test]
+    fn a_declared_pair_of_split_settings_compares_the_rows_of_equal_values() {
+        let key = "finetune.data.train_limit";
+        let mut runs = Vec::new();
+        for setting in ["Meta", "FT"] {
+            for n in ["50", "100"] {
+                runs.push(with_axis(run(setting, "hi", 1, Some(0.5)), key, n));
+            }
+        }
+        runs.push(run("Full", "hi", 1, Some(0.6)));
+        let pair = |a: &str, b: &str| ComparePair {
+            a: a.into(),
+            b: b.into(),
+        };
+        let spec = ReportSpec {
+            compare: vec![pair("Meta", "FT"), pair("Meta", "Full")],
+            ..Default::default()
+        };
+        let inp = input(&["Meta", "FT", "Full"], &["hi"], runs, spec);
+        let (out, _) = split_settings(&inp, &[key.to_string()]);
+        let row = |s: &str, n: &str| format!("{s} · {key}={n}");
+        assert_eq!(
+            out.spec.compare,
+            vec![
+                pair(&row("Meta", "50"), &row("FT", "50")),
+                pair(&row("Meta", "100"), &row("FT", "100")),
+                // Full does not vary the key: every row of the other side pairs with it.
+                pair(&row("Meta", "50"), "Full"),
+                pair(&row("Meta", "100"), "Full"),
+            ]
+        );
     }
 }

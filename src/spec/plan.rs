@@ -557,12 +557,6 @@ fn check_one_configuration_per_cell(sweep: &Sweep, entries: &[PlanEntry]) -> Res
                         .flatten()
                         .any(|s| *s == setting.name),
                 ),
-                (
-                    "compare",
-                    spec.compare
-                        .iter()
-                        .any(|p| p.a == setting.name || p.b == setting.name),
-                ),
             ];
             if let Some((field, _)) = named_in.iter().find(|(_, named)| *named) {
                 return Err(sweep.source.error(
