@@ -240,13 +240,10 @@ fn synthetic_seeds(results_dir: &Path, seeds: &[u64]) -> ReportInput {
             ["6/MP [MAML Loop]→AT".into(), "Full inner→Full FT".into()],
         ]),
         compare: vec![
+            ComparePair::new("4/Meta Priming→AT", "3/AT"),
             ComparePair {
-                a: "4/Meta Priming→AT".into(),
-                b: "3/AT".into(),
-            },
-            ComparePair {
-                a: "Full inner→Full FT".into(),
-                b: "PE inner→Full FT".into(),
+                why: Some("the inner loops before full FT".into()),
+                ..ComparePair::new("Full inner→Full FT", "PE inner→Full FT")
             },
         ],
         bootstrap_samples: Some(400),
@@ -476,6 +473,7 @@ fn comparison_with_the_paper_and_bootstrap() {
     // everywhere, but two seeds cannot tell a setting from its run-to-run variance.
     let p = &cmp.pairs[0];
     assert_eq!(p.why, "[report] compare");
+    assert_eq!(cmp.pairs[1].why, "the inner loops before full FT");
     assert_eq!(p.per_lang.len(), 3);
     for d in &p.per_lang {
         assert!(d.scoring_noise.ci_low > 0.0, "{d:?}");
@@ -719,10 +717,7 @@ fn nothing_done_skips_figures_and_shows_dashes() {
 fn unknown_settings_in_report_section_are_errors() {
     let (_keep, dir) = out_dir();
     let mut input = synthetic(&dir.join("bad"));
-    input.spec.compare.push(ComparePair {
-        a: "3/AT".into(),
-        b: "7/Nope".into(),
-    });
+    input.spec.compare.push(ComparePair::new("3/AT", "7/Nope"));
     let err = write_report(&input, &ReportOptions::default())
         .unwrap_err()
         .to_string();

@@ -241,7 +241,10 @@ pub fn compared_pairs(input: &ReportInput) -> Result<Vec<(ComparePair, String)>,
     } else {
         Ok(declared
             .iter()
-            .map(|p| (p.clone(), "[report] compare".to_string()))
+            .map(|p| {
+                let why = p.why.as_deref().unwrap_or("[report] compare").to_string();
+                (p.clone(), why)
+            })
             .collect())
     }
 }
@@ -259,10 +262,7 @@ pub fn default_pairs(input: &ReportInput) -> Vec<(ComparePair, String)> {
             .iter()
             .any(|(p, _)| (p.a == a && p.b == b) || (p.a == b && p.b == a));
         if a != b && known(a) && known(b) && !seen {
-            let pair = ComparePair {
-                a: a.to_string(),
-                b: b.to_string(),
-            };
+            let pair = ComparePair::new(a, b);
             out.push((pair, why));
         }
     };
@@ -556,10 +556,7 @@ pub fn compare_settings(
         }
     }
     let mut selected = selected;
-    selected.spec.compare = vec![ComparePair {
-        a: a.to_string(),
-        b: b.to_string(),
-    }];
+    selected.spec.compare = vec![ComparePair::new(a, b)];
     let languages = if languages.is_empty() {
         all_languages
     } else {
@@ -668,10 +665,7 @@ pub fn compare_key_values(
             .collect();
         let other = split_name(&row.setting, &other);
         if rows.iter().any(|r| r.name == other) {
-            pairs.push(ComparePair {
-                a: row.name.clone(),
-                b: other,
-            });
+            pairs.push(ComparePair::new(row.name.clone(), other));
         }
     }
     if pairs.is_empty() {
@@ -1220,10 +1214,10 @@ mod tests {
                 filter: None,
                 title: None,
             }],
-            compare: vec![ComparePair {
-                a: format!("MP · {STEPS}=1"),
-                b: format!("MP · {STEPS}=5"),
-            }],
+            compare: vec![ComparePair::new(
+                format!("MP · {STEPS}=1"),
+                format!("MP · {STEPS}=5"),
+            )],
             bootstrap_samples: Some(300),
             ..Default::default()
         };

@@ -168,7 +168,10 @@ fn expand_pairs(
         for (a, va) in rows(&p.a) {
             for (b, vb) in rows(&p.b) {
                 if agree(&va, &vb) {
-                    out.push(ComparePair { a: a.clone(), b });
+                    out.push(ComparePair {
+                        why: p.why.clone(),
+                        ..ComparePair::new(a.clone(), b)
+                    });
                 }
             }
         }
@@ -232,10 +235,7 @@ mod tests {
             }
         }
         runs.push(run("Full", "hi", 1, Some(0.6)));
-        let pair = |a: &str, b: &str| ComparePair {
-            a: a.into(),
-            b: b.into(),
-        };
+        let pair = |a: &str, b: &str| ComparePair::new(a, b);
         let spec = ReportSpec {
             compare: vec![pair("Meta", "FT"), pair("Meta", "Full")],
             ..Default::default()

@@ -368,4 +368,19 @@ pub struct FigureSeries {
 pub struct ComparePair {
     pub a: String,
     pub b: String,
+    /// What the comparison asks, shown in the report's "Why" column (default:
+    /// "`[report] compare`").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+impl ComparePair {
+    /// The pair `a` vs `b`, without a stated reason.
+    pub fn new(a: impl Into<String>, b: impl Into<String>) -> Self {
+        Self {
+            a: a.into(),
+            b: b.into(),
+            why: None,
+        }
+    }
 }

@@ -141,10 +141,7 @@ fn synthetic() -> Synthetic {
                 setting: "B".into(),
             },
         ],
-        compare: vec![ComparePair {
-            a: "B".into(),
-            b: HOSTILE.into(),
-        }],
+        compare: vec![ComparePair::new("B", HOSTILE)],
         bootstrap_samples: Some(50),
         ..ReportSpec::default()
     };
