@@ -1062,7 +1062,8 @@ fn collect_setting_names(node: &Node, out: &mut Vec<(String, Range<usize>)>) {
         NodeKind::Array(a) => a.iter().for_each(|n| collect_setting_names(n, out)),
         NodeKind::Table(t) => {
             for e in t {
-                if e.key != "label" {
+                // Prose, not setting names: a figure series' label, a compared pair's why.
+                if e.key != "label" && e.key != "why" {
                     collect_setting_names(&e.value, out);
                 }
             }
@@ -1255,6 +1256,17 @@ mod tests {
             "{HEAD}[settings.\"a\"]\n[report]\nfigure3 = [{{ label = \"free text\", setting = \"b\" }}]\n"
         ));
         assert!(e.contains("\"b\" is not a setting"), "{e}");
+        // A compared pair's why is prose; its a and b are checked.
+        let pairs = |b: &str| {
+            format!(
+                "{HEAD}[settings.\"a\"]\n[settings.\"b\"]\n[report]\n\
+                 compare = [{{ a = \"a\", b = \"{b}\", why = \"free text\" }}]\n"
+            )
+        };
+        let spec = parse(&pairs("b")).unwrap().report;
+        assert_eq!(spec.compare[0].why.as_deref(), Some("free text"));
+        let e = err(&pairs("c"));
+        assert!(e.contains("\"c\" is not a setting"), "{e}");
     }
 
     #[test]
