@@ -315,6 +315,24 @@ fn declared_figures_and_key_comparisons_end_to_end() {
     let pair = &json["pairs"][0];
     assert_eq!(pair["a"], "3/AT · finetune.data.train_limit=100");
     assert!((pair["average"]["delta"].as_f64().unwrap() - 15.0).abs() < 1e-9);
+    // A setting split into rows, named whole: its rows against the other side's row of the
+    // same size (here only 50), listed as pairs.
+    let res = primer(&[
+        "compare",
+        sweep.to_str().unwrap(),
+        "3/AT",
+        "3/AT · finetune.data.train_limit=50",
+        "--json",
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    let pairs = json["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 1, "{json}");
+    assert_eq!(pairs[0]["a"], "3/AT · finetune.data.train_limit=50");
     let res = primer(&[
         "compare",
         sweep.to_str().unwrap(),

@@ -634,6 +634,8 @@ fn compare_settings_agrees_with_the_report_for_the_same_pair() {
             input.spec.bootstrap_samples.unwrap(),
             ReportOptions::default().bootstrap_seed,
         )
+        .unwrap()
+        .pop()
         .unwrap();
         assert_eq!(alone.why, "primer compare");
         alone.why = declared.why.clone();

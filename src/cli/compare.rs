@@ -16,7 +16,8 @@ use std::process::ExitCode;
 pub struct CompareArgs {
     /// The sweep file (TOML) whose runs to compare.
     pub sweep: PathBuf,
-    /// Setting a (the difference is a − b); with --key, a value of the key.
+    /// Setting a (the difference is a − b); with --key, a value of the key. A setting that a
+    /// figure splits into rows per value is compared row by row with b's rows of the same value.
     pub a: String,
     /// Setting b; with --key, a value of the key.
     pub b: String,
@@ -76,18 +77,20 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
             args.bootstrap_seed,
         )
         .with_context(|| format!("comparing {key} in sweep {}", args.sweep.display()))?,
-        None => vec![
-            compare_settings(
-                &input,
-                &args.a,
-                &args.b,
-                &args.langs,
-                samples,
-                args.bootstrap_seed,
-            )
-            .with_context(|| format!("comparing in sweep {}", args.sweep.display()))?,
-        ],
+        None => compare_settings(
+            &input,
+            &args.a,
+            &args.b,
+            &args.langs,
+            samples,
+            args.bootstrap_seed,
+        )
+        .with_context(|| format!("comparing in sweep {}", args.sweep.display()))?,
     };
+    // Naming two rows (or unsplit settings) gives one comparison, printed as one object; a
+    // setting split into rows per value gives one per row, listed as --key's are.
+    let one_pair =
+        args.key.is_none() && pairs.len() == 1 && pairs[0].a == args.a && pairs[0].b == args.b;
     if args.json {
         let pair_json = |pair: &PairComparison| {
             serde_json::json!({
@@ -105,7 +108,10 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
                 "key": key,
                 "pairs": pairs.iter().map(pair_json).collect::<Vec<_>>(),
             }),
-            None => pair_json(&pairs[0]),
+            None if one_pair => pair_json(&pairs[0]),
+            None => serde_json::json!({
+                "pairs": pairs.iter().map(pair_json).collect::<Vec<_>>(),
+            }),
         };
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {

@@ -524,9 +524,11 @@ pub fn compare_pairs(
 
 /// The seed-aware comparison of any two settings of a sweep (`primer compare`), on
 /// `languages` (every language of its runs when empty), with `[report] select` applied and
-/// settings split by the keys a figure plots, as the report does: a setting with one row per
-/// value of such a key is named by its rows' names (`4/MP→AT · finetune.data.train_limit=50`),
-/// never as a whole, which would pool the values.
+/// settings split by the keys a figure plots, as the report does. A setting with one row per
+/// value of such a key is compared row by row with the other side's rows of the same value,
+/// as a `[report] compare` pair naming it is ([`crate::report::split`]), never pooled over the
+/// values; a row can also be named alone (`4/MP→AT · finetune.data.train_limit=50`). One
+/// comparison per pair of rows, in the order of the rows.
 pub fn compare_settings(
     input: &ReportInput,
     a: &str,
@@ -534,15 +536,17 @@ pub fn compare_settings(
     languages: &[String],
     samples: usize,
     seed: u64,
-) -> Result<PairComparison, ReportError> {
-    let (selected, _) = crate::report::select::apply(input);
-    let (selected, _) = crate::report::split::split_settings(&selected, &input.spec.plotted_keys());
+) -> Result<Vec<PairComparison>, ReportError> {
+    let (mut selected, _) = crate::report::select::apply(input);
+    selected.spec.compare = vec![ComparePair::new(a, b)];
+    let (split, _) = crate::report::split::split_settings(&selected, &input.spec.plotted_keys());
     for name in [a, b] {
-        if !selected.settings.iter().any(|s| s == name) {
+        let known = |list: &[String]| list.iter().any(|s| s == name);
+        if !known(&split.settings) && !known(&selected.settings) {
             return Err(ReportError::NotASetting {
                 name: name.to_string(),
-                known: selected.settings.join(", "),
-                suggestion: crate::report::nearest_setting(name, &selected.settings),
+                known: split.settings.join(", "),
+                suggestion: crate::report::nearest_setting(name, &split.settings),
             });
         }
     }
@@ -555,18 +559,16 @@ pub fn compare_settings(
             });
         }
     }
-    let mut selected = selected;
-    selected.spec.compare = vec![ComparePair::new(a, b)];
     let languages = if languages.is_empty() {
         all_languages
     } else {
         languages.to_vec()
     };
-    let mut pair = compare_pairs(&selected, &languages, samples, seed)?
-        .pop()
-        .expect("one pair asked, one compared");
-    pair.why = "primer compare".to_string();
-    Ok(pair)
+    let mut pairs = compare_pairs(&split, &languages, samples, seed)?;
+    for pair in &mut pairs {
+        pair.why = "primer compare".to_string();
+    }
+    Ok(pairs)
 }
 
 /// The seed-aware comparison of two values of a swept key (`primer compare --key`): in every
@@ -1284,23 +1286,35 @@ mod tests {
         assert_eq!(pairs[0].per_lang[0].lang, "af");
     }
 
-    /// `primer compare A B` on a setting split by a plotted key compares rows, never the
+    /// `primer compare A B` on a setting split by a plotted key compares its rows, never the
     /// setting pooled over the key's values; a row's numbers are the report's.
     #[test]
-    fn comparing_settings_names_the_rows_of_a_split_setting() {
+    fn comparing_settings_compares_the_rows_of_a_split_setting() {
         let dir = tempfile::tempdir().unwrap();
         let inp = steps_input(dir.path());
-        let err = compare_settings(&inp, "MP", "AT", &[], 50, 0)
+        let err = compare_settings(&inp, "MX", "AT", &[], 50, 0)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("\"MP\" is not a setting") && err.contains("MP · prime.inner_steps=1"),
+            err.contains("\"MX\" is not a setting") && err.contains("MP · prime.inner_steps=1"),
             "{err}"
+        );
+        // The split setting as a whole: each of its rows against AT, which sweeps no steps.
+        let rows = compare_settings(&inp, "MP", "AT", &[], 50, 0).unwrap();
+        let names: Vec<(&str, &str)> = rows.iter().map(|p| (p.a.as_str(), p.b.as_str())).collect();
+        assert_eq!(
+            names,
+            vec![
+                (format!("MP · {STEPS}=1").as_str(), "AT"),
+                (format!("MP · {STEPS}=2").as_str(), "AT"),
+                (format!("MP · {STEPS}=5").as_str(), "AT"),
+            ]
         );
         let report = write_report(&inp, &ReportOptions::default()).unwrap();
         let in_report = &report.comparison.pairs[0];
         let pair = compare_settings(&inp, &in_report.a, &in_report.b, &[], 300, 0).unwrap();
-        assert_eq!(pair.per_lang, in_report.per_lang);
-        assert_eq!(pair.average, in_report.average);
+        assert_eq!(pair.len(), 1);
+        assert_eq!(pair[0].per_lang, in_report.per_lang);
+        assert_eq!(pair[0].average, in_report.average);
     }
 }

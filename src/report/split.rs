@@ -139,12 +139,19 @@ fn expand_pairs(
     names_of: &[(String, Vec<String>)],
     origin: &[SplitRow],
 ) -> Vec<ComparePair> {
+    // A name is a setting (all its rows) or one row of a split setting (with its values).
     let rows = |setting: &str| -> Vec<(String, Vec<(String, String)>)> {
         names_of
             .iter()
             .find(|(base, _)| base == setting)
             .map_or_else(
-                || vec![(setting.to_string(), Vec::new())],
+                || {
+                    let values = origin
+                        .iter()
+                        .find(|r| r.name == setting)
+                        .map_or_else(Vec::new, |r| r.values.clone());
+                    vec![(setting.to_string(), values)]
+                },
                 |(_, names)| {
                     names
                         .iter()
@@ -163,8 +170,18 @@ fn expand_pairs(
         x.iter()
             .all(|(k, v)| y.iter().all(|(k2, v2)| k != k2 || v == v2))
     };
+    let is_split = |name: &str| {
+        names_of
+            .iter()
+            .any(|(base, rows)| base == name && rows[0] != *base)
+    };
     let mut out = Vec::new();
     for p in pairs {
+        // Two rows named as such are compared as named, whatever their values.
+        if !is_split(&p.a) && !is_split(&p.b) {
+            out.push(p.clone());
+            continue;
+        }
         for (a, va) in rows(&p.a) {
             for (b, vb) in rows(&p.b) {
                 if agree(&va, &vb) {
@@ -252,6 +269,28 @@ mod tests {
                 pair(&row("Meta", "50"), "Full"),
                 pair(&row("Meta", "100"), "Full"),
             ]
+        );
+        // Two named rows are compared as named, even at different values.
+        let named = ReportSpec {
+            compare: vec![pair(&row("Meta", "50"), &row("FT", "100"))],
+            ..Default::default()
+        };
+        let inp = ReportInput { spec: named, ..inp };
+        let (out, _) = split_settings(&inp, &[key.to_string()]);
+        assert_eq!(
+            out.spec.compare,
+            vec![pair(&row("Meta", "50"), &row("FT", "100"))]
+        );
+        // A named row pairs with the other side's row of its value only.
+        let one = ReportSpec {
+            compare: vec![pair(&row("Meta", "100"), "FT")],
+            ..Default::default()
+        };
+        let inp = ReportInput { spec: one, ..inp };
+        let (out, _) = split_settings(&inp, &[key.to_string()]);
+        assert_eq!(
+            out.spec.compare,
+            vec![pair(&row("Meta", "100"), &row("FT", "100"))]
         );
     }
 }
