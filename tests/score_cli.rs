@@ -149,7 +149,7 @@ fn errors_name_file_and_line_and_fail() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("q.txt:2:") && err.contains("\"Q-PER\"") && err.contains("IOBES"),
+        err.contains("q.txt:2:") && err.contains("`Q-PER`") && err.contains("IOBES"),
         "{err}"
     );
 
