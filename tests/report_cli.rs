@@ -296,40 +296,27 @@ fn declared_figures_and_key_comparisons_end_to_end() {
         rows[0].starts_with("sizes,hi,3/AT,50,test_f1,70.0"),
         "{csv}"
     );
+    // `primer compare ... --json`, which must succeed.
+    let compare_json = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["compare", sweep.to_str().unwrap()];
+        all.extend(args);
+        all.push("--json");
+        let res = primer(&all);
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        serde_json::from_slice(&res.stdout).unwrap()
+    };
     // Two values of the key, compared: +15 points everywhere.
-    let res = primer(&[
-        "compare",
-        sweep.to_str().unwrap(),
-        "--key",
-        "finetune.data.train_limit",
-        "100",
-        "50",
-        "--json",
-    ]);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    let json = compare_json(&["--key", "finetune.data.train_limit", "100", "50"]);
     let pair = &json["pairs"][0];
     assert_eq!(pair["a"], "3/AT · finetune.data.train_limit=100");
     assert!((pair["average"]["delta"].as_f64().unwrap() - 15.0).abs() < 1e-9);
     // A setting split into rows, named whole: its rows against the other side's row of the
     // same size (here only 50), listed as pairs.
-    let res = primer(&[
-        "compare",
-        sweep.to_str().unwrap(),
-        "3/AT",
-        "3/AT · finetune.data.train_limit=50",
-        "--json",
-    ]);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    let json = compare_json(&["3/AT", "3/AT · finetune.data.train_limit=50"]);
     let pairs = json["pairs"].as_array().unwrap();
     assert_eq!(pairs.len(), 1, "{json}");
     assert_eq!(pairs[0]["a"], "3/AT · finetune.data.train_limit=50");
