@@ -165,9 +165,19 @@ fn target_name(target: &Path) -> String {
         .map_or_else(|| "out".to_string(), |n| n.to_string_lossy().into_owned())
 }
 
+/// `.staging-<name>-`: what a staging folder of `target` is named before `<pid>-<random>`.
+fn staging_prefix(target: &Path) -> String {
+    format!(".staging-{}-", target_name(target))
+}
+
+/// `<name>.old-`: what a set-aside folder of `target` is named before `<pid>`.
+fn set_aside_prefix(target: &Path) -> String {
+    format!("{}.old-", target_name(target))
+}
+
 /// `<target>.old-<pid>`: where [`StagedDir::commit`] moves the directory it replaces.
 fn set_aside_path(target: &Path, pid: u32) -> PathBuf {
-    target.with_file_name(format!("{}.old-{pid}", target_name(target)))
+    target.with_file_name(format!("{}{pid}", set_aside_prefix(target)))
 }
 
 /// Removes what a killed writer of `target` left in `parent`: its staging folders
@@ -176,9 +186,7 @@ fn set_aside_path(target: &Path, pid: u32) -> PathBuf {
 /// while writing one (Ctrl-C twice, the OOM killer, a Slurm time limit) would otherwise leave
 /// a copy behind at every retry. Folders of live writers are left alone.
 fn remove_abandoned(parent: &Path, target: &Path) {
-    let name = target_name(target);
-    let staging = format!(".staging-{name}-");
-    let set_aside = format!("{name}.old-");
+    let (staging, set_aside) = (staging_prefix(target), set_aside_prefix(target));
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
@@ -215,8 +223,8 @@ impl StagedDir {
         // still being written.
         let tmp = tempfile::Builder::new()
             .prefix(&format!(
-                ".staging-{}-{}-",
-                target_name(target),
+                "{}{}-",
+                staging_prefix(target),
                 std::process::id()
             ))
             .tempdir_in(&parent)

@@ -206,11 +206,12 @@ pub fn finetune_memory(
     let activations = if through_encoder {
         graph_activations(model, cfg.batch_size, seq)
             + bf16_extra_for(cfg.precision, model, cfg.batch_size, seq)
-            + if pe_trained {
-                branch_activations(pe.as_ref(), model, cfg.batch_size, seq)
-            } else {
-                0
-            }
+            + branch_activations(
+                pe.as_ref().filter(|_| pe_trained),
+                model,
+                cfg.batch_size,
+                seq,
+            )
     } else {
         let tokens = (cfg.batch_size as u64 * seq as u64).max(INFERENCE_TOKENS);
         graph_free_activations(model, tokens, seq)

@@ -139,32 +139,23 @@ fn expand_pairs(
     names_of: &[(String, Vec<String>)],
     origin: &[SplitRow],
 ) -> Vec<ComparePair> {
-    // A name is a setting (all its rows) or one row of a split setting (with its values).
-    let rows = |setting: &str| -> Vec<(String, Vec<(String, String)>)> {
-        names_of
+    // A name is a setting (all its rows) or one row of a split setting; a row carries the
+    // values it was split by (none for a setting that is not split).
+    let rows = |name: &str| -> Vec<(String, Vec<(String, String)>)> {
+        let names = names_of
             .iter()
-            .find(|(base, _)| base == setting)
-            .map_or_else(
-                || {
-                    let values = origin
-                        .iter()
-                        .find(|r| r.name == setting)
-                        .map_or_else(Vec::new, |r| r.values.clone());
-                    vec![(setting.to_string(), values)]
-                },
-                |(_, names)| {
-                    names
-                        .iter()
-                        .map(|n| {
-                            let values = origin
-                                .iter()
-                                .find(|r| &r.name == n)
-                                .map_or_else(Vec::new, |r| r.values.clone());
-                            (n.clone(), values)
-                        })
-                        .collect()
-                },
-            )
+            .find(|(base, _)| base == name)
+            .map_or_else(|| vec![name.to_string()], |(_, rows)| rows.clone());
+        names
+            .into_iter()
+            .map(|n| {
+                let values = origin
+                    .iter()
+                    .find(|r| r.name == n)
+                    .map_or_else(Vec::new, |r| r.values.clone());
+                (n, values)
+            })
+            .collect()
     };
     let agree = |x: &[(String, String)], y: &[(String, String)]| {
         x.iter()
@@ -270,26 +261,24 @@ mod tests {
                 pair(&row("Meta", "100"), "Full"),
             ]
         );
+        // What the same runs' split makes of other declared pairs.
+        let expanded = |compare: Vec<ComparePair>| {
+            let spec = ReportSpec {
+                compare,
+                ..Default::default()
+            };
+            let declared = ReportInput {
+                spec,
+                ..inp.clone()
+            };
+            split_settings(&declared, &[key.to_string()]).0.spec.compare
+        };
         // Two named rows are compared as named, even at different values.
-        let named = ReportSpec {
-            compare: vec![pair(&row("Meta", "50"), &row("FT", "100"))],
-            ..Default::default()
-        };
-        let inp = ReportInput { spec: named, ..inp };
-        let (out, _) = split_settings(&inp, &[key.to_string()]);
-        assert_eq!(
-            out.spec.compare,
-            vec![pair(&row("Meta", "50"), &row("FT", "100"))]
-        );
+        let named = vec![pair(&row("Meta", "50"), &row("FT", "100"))];
+        assert_eq!(expanded(named.clone()), named);
         // A named row pairs with the other side's row of its value only.
-        let one = ReportSpec {
-            compare: vec![pair(&row("Meta", "100"), "FT")],
-            ..Default::default()
-        };
-        let inp = ReportInput { spec: one, ..inp };
-        let (out, _) = split_settings(&inp, &[key.to_string()]);
         assert_eq!(
-            out.spec.compare,
+            expanded(vec![pair(&row("Meta", "100"), "FT")]),
             vec![pair(&row("Meta", "100"), &row("FT", "100"))]
         );
     }
