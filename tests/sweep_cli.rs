@@ -119,13 +119,14 @@ fn a_misspelt_language_is_reported_with_the_languages_the_data_root_holds() {
     let tmp = tempfile::tempdir().unwrap();
     broken_setup(tmp.path());
     let sweep = std::fs::read_to_string(tmp.path().join("s.toml")).unwrap();
-    std::fs::write(
-        tmp.path().join("typo.toml"),
-        sweep.replace("targets = [\"hi\"]", "targets = [\"hx\"]"),
-    )
-    .unwrap();
-    let (ok, out) = primer(tmp.path(), &["run", "typo.toml"]);
-    assert!(!ok);
+    // `primer run` on a copy of the sweep with `from` replaced by `to`, which must fail.
+    let run_edited = |file: &str, from: &str, to: &str| {
+        std::fs::write(tmp.path().join(file), sweep.replace(from, to)).unwrap();
+        let (ok, out) = primer(tmp.path(), &["run", file]);
+        assert!(!ok, "{out}");
+        out
+    };
+    let out = run_edited("typo.toml", "targets = [\"hi\"]", "targets = [\"hx\"]");
     assert!(
         out.contains("language hx") && out.contains("did you mean hi?"),
         "{out}"
@@ -137,13 +138,7 @@ fn a_misspelt_language_is_reported_with_the_languages_the_data_root_holds() {
     assert!(!tmp.path().join("store").exists(), "nothing was started");
 
     // A data root that does not exist is named as such, not as one folder per language.
-    std::fs::write(
-        tmp.path().join("noroot.toml"),
-        sweep.replace("root = \"data\"", "root = \"dta\""),
-    )
-    .unwrap();
-    let (ok, out) = primer(tmp.path(), &["run", "noroot.toml"]);
-    assert!(!ok);
+    let out = run_edited("noroot.toml", "root = \"data\"", "root = \"dta\"");
     assert_eq!(
         out.matches("the data root dta does not exist").count(),
         1,
