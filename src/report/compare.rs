@@ -235,6 +235,39 @@ fn runs_by_seed<'a>(
 /// [`default_pairs`]; each with why it is compared.
 pub fn compared_pairs(input: &ReportInput) -> Result<Vec<(ComparePair, String)>, ReportError> {
     let declared = &input.spec.compare;
+    // A setting split into rows (`split`) is no longer a setting here: a pair still naming
+    // one is a pair whose rows share no values.
+    let rows_of = |name: &str| -> Vec<&String> {
+        let prefix = format!("{name} · ");
+        input
+            .settings
+            .iter()
+            .filter(|s| s.starts_with(&prefix))
+            .collect()
+    };
+    for p in declared {
+        let (a_rows, b_rows) = (rows_of(&p.a), rows_of(&p.b));
+        if !input.settings.contains(&p.a) && !a_rows.is_empty()
+            || !input.settings.contains(&p.b) && !b_rows.is_empty()
+        {
+            let shown = |name: &String, rows: Vec<&String>| {
+                if rows.is_empty() {
+                    format!("{name:?}")
+                } else {
+                    rows.iter()
+                        .map(|r| format!("{r:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            };
+            return Err(ReportError::NoRowsOfEqualValues {
+                a: p.a.clone(),
+                b: p.b.clone(),
+                a_rows: shown(&p.a, a_rows),
+                b_rows: shown(&p.b, b_rows),
+            });
+        }
+    }
     check_settings(input, "compare", declared.iter().flat_map(|p| [&p.a, &p.b]))?;
     if declared.is_empty() {
         Ok(default_pairs(input))

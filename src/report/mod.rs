@@ -99,6 +99,17 @@ pub enum ReportError {
         b: String,
         within: String,
     },
+    #[error(
+        "{a:?} and {b:?} have no rows of equal values to compare (rows of {a:?}: {a_rows}; of \
+         {b:?}: {b_rows}); compare settings whose rows share values, or name one row of each \
+         (`<setting> · <key>=<value>`) to compare the two as named"
+    )]
+    NoRowsOfEqualValues {
+        a: String,
+        b: String,
+        a_rows: String,
+        b_rows: String,
+    },
     #[error("{file} line {line}: {message}")]
     PaperData {
         file: String,

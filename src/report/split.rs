@@ -173,6 +173,7 @@ fn expand_pairs(
             out.push(p.clone());
             continue;
         }
+        let before = out.len();
         for (a, va) in rows(&p.a) {
             for (b, vb) in rows(&p.b) {
                 if agree(&va, &vb) {
@@ -182,6 +183,11 @@ fn expand_pairs(
                     });
                 }
             }
+        }
+        // No rows of equal values: the pair stays as declared, so that the comparison
+        // refuses it by name (`compare::compared_pairs`) instead of dropping it unseen.
+        if out.len() == before {
+            out.push(p.clone());
         }
     }
     out
@@ -280,6 +286,37 @@ mod tests {
         assert_eq!(
             expanded(vec![pair(&row("Meta", "100"), "FT")]),
             vec![pair(&row("Meta", "100"), &row("FT", "100"))]
+        );
+    }
+
+    #[test]
+    fn a_declared_pair_whose_rows_share_no_values_is_refused_by_name() {
+        let key = "finetune.data.train_limit";
+        let mut runs = Vec::new();
+        for (setting, n) in [
+            ("Meta", "50"),
+            ("Meta", "100"),
+            ("FT", "200"),
+            ("FT", "500"),
+        ] {
+            runs.push(with_axis(run(setting, "hi", 1, Some(0.5)), key, n));
+        }
+        let spec = ReportSpec {
+            compare: vec![ComparePair::new("Meta", "FT")],
+            ..Default::default()
+        };
+        let inp = input(&["Meta", "FT"], &["hi"], runs, spec);
+        let (out, _) = split_settings(&inp, &[key.to_string()]);
+        // Kept as declared rather than dropped (which fell back to the default pairs unseen).
+        assert_eq!(out.spec.compare, vec![ComparePair::new("Meta", "FT")]);
+        let err = crate::report::compare::compared_pairs(&out)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"Meta\" and \"FT\" have no rows of equal values")
+                && err.contains(&format!("\"Meta · {key}=100\""))
+                && err.contains(&format!("\"FT · {key}=500\"")),
+            "{err}"
         );
     }
 }
