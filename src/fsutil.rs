@@ -55,6 +55,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
         .tempfile_in(&dir)
         .map_err(write_err(path))?;
     tmp.write_all(bytes).map_err(write_err(path))?;
+    persist_temp_file(tmp, path)
+}
+
+/// Moves a finished temporary file (created in `path`'s folder) to `path`: readable by all,
+/// synced, then renamed, so that `path` is either the old file or the whole new one.
+pub fn persist_temp_file(tmp: tempfile::NamedTempFile, path: &Path) -> Result<(), FsError> {
     // tempfile creates 0600; results are for reading (and serving), like any file written
     // with the usual umask.
     #[cfg(unix)]

@@ -315,6 +315,14 @@ fn full_report_on_a_synthetic_sweep() {
         let (w, h) = png_size(&dir.join(f));
         assert!(w >= 800 && h >= 500, "{f} is {w}x{h}");
     }
+    // Every file written is readable by others (the PNGs were once left at tempfile's 0600,
+    // unreadable to the rest of a group sharing the results).
+    #[cfg(unix)]
+    for f in &summary.files {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(f).unwrap().permissions().mode();
+        assert_eq!(mode & 0o044, 0o044, "{} has mode {mode:o}", f.display());
+    }
     // No temporary files left behind.
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()

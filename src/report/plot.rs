@@ -97,8 +97,7 @@ pub fn write_figure(
         fig.draw(&root).map_err(plot_err)?;
         root.present().map_err(|e| plot_err(e.to_string()))?;
     }
-    tmp.persist(&png_path)
-        .map_err(|e| plot_err(e.error.to_string()))?;
+    crate::fsutil::persist_temp_file(tmp, &png_path)?;
     Ok(vec![svg_path, png_path])
 }
 
