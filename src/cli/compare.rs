@@ -49,6 +49,8 @@ fn row_json(d: &LangDelta) -> serde_json::Value {
         "per_seed": d.per_seed.iter().map(|(s, v)| serde_json::json!({"seed": s, "delta": v})).collect::<Vec<_>>(),
         "delta": d.delta(),
         "ci95": d.seed_aware.as_ref().map(interval),
+        // More than --samples where the interval's end came within resampling noise of 0.
+        "ci95_samples": d.seed_aware.as_ref().map(|e| e.samples),
         "verdict": d.verdict.to_string(),
         "scoring_noise_ci95": interval(&d.scoring_noise),
         "sentences": d.sentences,

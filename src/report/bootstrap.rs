@@ -199,6 +199,55 @@ pub fn hierarchical_deltas(
     (observed, reps)
 }
 
+/// How far [`until_settled`] may grow a bootstrap: this many times the samples asked for.
+pub const MAX_SAMPLE_GROWTH: usize = 64;
+
+/// Whether 0 lies within resampling noise of either end of the 95% percentile interval of
+/// `sorted` replicates, so that another set of resamples could flip the verdict.
+///
+/// The q-quantile of B replicates is their order statistic of rank ≈ qB, whose rank varies
+/// between bootstraps with standard deviation √(Bq(1−q)); the band is ±3 of those around
+/// each end (for q = 0.025: ranks 10-40 of 1000, 1482-1718 of 64 000).
+pub fn end_within_noise_of_zero(sorted: &[f64]) -> bool {
+    let b = sorted.len();
+    if b < 2 {
+        return false;
+    }
+    let last = (b - 1) as f64;
+    [0.025, 0.975].iter().any(|&q| {
+        let spread = 3.0 * (b as f64 * q * (1.0 - q)).sqrt();
+        let centre = q * last;
+        let lo = sorted[(centre - spread).clamp(0.0, last).floor() as usize];
+        let hi = sorted[(centre + spread).clamp(0.0, last).ceil() as usize];
+        lo <= 0.0 && 0.0 <= hi
+    })
+}
+
+/// A bootstrap whose verdict does not hang on its own resampling: `draw(n)` returns the
+/// observed value and n more replicates (continuing one seeded stream); while an end of the
+/// 95% interval lies within resampling noise of 0 ([`end_within_noise_of_zero`]), the
+/// replicates are doubled, up to [`MAX_SAMPLE_GROWTH`] × `samples`.
+///
+/// At 1000 resamples an interval end is only known to about ±0.1-0.5 F1, and two published
+/// verdicts flipped with the bootstrap's seed; an interval clear of 0 keeps its `samples`
+/// replicates unchanged, so only the comparisons that need it pay for more.
+pub fn until_settled(
+    samples: usize,
+    mut draw: impl FnMut(usize) -> (f64, Vec<f64>),
+) -> (f64, Vec<f64>) {
+    let (observed, mut reps) = draw(samples);
+    let cap = samples.saturating_mul(MAX_SAMPLE_GROWTH);
+    loop {
+        let mut sorted = reps.clone();
+        sorted.sort_by(f64::total_cmp);
+        if reps.len() >= cap || !end_within_noise_of_zero(&sorted) {
+            return (observed, reps);
+        }
+        let more = reps.len().min(cap - reps.len());
+        reps.extend(draw(more).1);
+    }
+}
+
 /// The seed-aware bootstrap of one setting's F1 (×100), not of a difference: the mean over
 /// languages of its mean over seeds, and `samples` replicates drawn as [`hierarchical_deltas`]
 /// draws them (seeds, then sentences, the seed level scaled to Student's t). `langs[l][s]` is
@@ -349,6 +398,55 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn a_bootstrap_grows_only_while_an_interval_end_is_within_noise_of_zero() {
+        // Replicates uniform on [lo, lo + 1), drawn from one stream.
+        let uniform = |lo: f64, calls: &mut Vec<usize>, rng: &mut SeededRng, n: usize| {
+            calls.push(n);
+            let reps = (0..n).map(|_| lo + f64::from(rng.uniform())).collect();
+            (0.5 + lo, reps)
+        };
+        // Clear of 0: the first draw is kept as it is.
+        let (mut calls, mut rng) = (Vec::new(), SeededRng::new(1));
+        let (observed, reps) = until_settled(1000, |n| uniform(0.5, &mut calls, &mut rng, n));
+        assert_eq!((observed, reps.len(), calls), (1.0, 1000, vec![1000]));
+        // 0 sits at the 2.5% quantile itself: no number of resamples settles it, so the
+        // bootstrap doubles up to its cap and stops there.
+        let (mut calls, mut rng) = (Vec::new(), SeededRng::new(1));
+        let (_, reps) = until_settled(1000, |n| uniform(-0.025, &mut calls, &mut rng, n));
+        assert_eq!(reps.len(), 1000 * MAX_SAMPLE_GROWTH);
+        assert_eq!(calls, vec![1000, 1000, 2000, 4000, 8000, 16000, 32000]);
+        // Near 0 but outside the band once enough replicates pin the end down: 0 at the 2%
+        // quantile is within noise of the 2.5% end at 1000 replicates (rank 20 of the band's
+        // 10-40), not at 16 000 (rank 320; the band is 341-459).
+        let (mut calls, mut rng) = (Vec::new(), SeededRng::new(1));
+        let (_, reps) = until_settled(1000, |n| uniform(-0.02, &mut calls, &mut rng, n));
+        assert!(
+            reps.len() > 1000 && reps.len() < 1000 * MAX_SAMPLE_GROWTH,
+            "{} replicates",
+            reps.len()
+        );
+        let mut sorted = reps;
+        sorted.sort_by(f64::total_cmp);
+        assert!(!end_within_noise_of_zero(&sorted));
+        assert!(quantile(&sorted, 0.025) > 0.0);
+    }
+
+    #[test]
+    fn the_band_of_an_interval_end_is_three_rank_deviations_wide() {
+        // 1000 replicates 0.001, 0.002, ... 1.0, shifted so that 0 sits at a chosen rank.
+        let at_rank = |r: f64| -> Vec<f64> { (0..1000).map(|i| (i as f64 - r) / 1000.0).collect() };
+        // The 2.5% end is near rank 25; ±3·√(1000·0.025·0.975) ≈ ±14.8 ranks.
+        assert!(end_within_noise_of_zero(&at_rank(11.0)));
+        assert!(end_within_noise_of_zero(&at_rank(39.0)));
+        assert!(!end_within_noise_of_zero(&at_rank(8.5)));
+        assert!(!end_within_noise_of_zero(&at_rank(41.5)));
+        // The 97.5% end, mirrored.
+        assert!(end_within_noise_of_zero(&at_rank(974.0)));
+        assert!(!end_within_noise_of_zero(&at_rank(500.0)));
+        assert!(!end_within_noise_of_zero(&[]));
     }
 
     #[test]

@@ -459,7 +459,8 @@ fn delta_row(
     let scoring_noise = bootstrap::summarize(observed, &noise_reps);
     let seed_aware = (seeds.len() >= 2).then(|| {
         let all: Vec<SeedPairs<'_>> = langs.iter().map(|l| l.pairs.clone()).collect();
-        let (o, reps) = bootstrap::hierarchical_deltas(&all, samples, rng);
+        let (o, reps) =
+            bootstrap::until_settled(samples, |n| bootstrap::hierarchical_deltas(&all, n, rng));
         bootstrap::summarize(o, &reps)
     });
     LangDelta {
@@ -888,13 +889,17 @@ impl Comparison {
         let mut out = format!(
             "## Is a better than b? (test F1 ×100, a − b)\n\n\
              Each seed is one unit: its priming run and the fine-tuning runs that start from it. \
-             **95% CI, seeds + sentences** is a hierarchical bootstrap ({samples} resamples): it \
-             resamples seeds, then the test sentences, with the seed level's spread scaled to \
-             Student's t for the few seeds a sweep has (`primer::report::bootstrap`). The \
+             **95% CI, seeds + sentences** is a hierarchical bootstrap ({samples} resamples, \
+             doubled up to {}× where an end of the interval lies within resampling noise of 0, \
+             so that no verdict hangs on the bootstrap's own draw; the CSV's `samples` column \
+             gives the count): it resamples seeds, then the test sentences, with the seed \
+             level's spread scaled to Student's t for the few seeds a sweep has \
+             (`primer::report::bootstrap`). The \
              verdict rests on it: *better* / *worse* when it excludes 0, *no detectable \
              difference* when it does not, *inconclusive* with fewer than {} seeds. **Scoring \
              noise only** resamples test sentences with every run kept: it says how precisely \
              these runs were scored, not whether the setting is better.\n\n",
+            bootstrap::MAX_SAMPLE_GROWTH,
             bootstrap::MIN_SEEDS_FOR_VERDICT
         );
         let ci = |e: &Option<DeltaEstimate>| {
@@ -1097,7 +1102,9 @@ impl Comparison {
             c.seeds.push(d.map(|d| d.seeds() as u64));
             c.sentences
                 .push(d.and_then(|d| d.sentences).map(|v| v as u64));
-            c.samples.push(d.map(|d| d.scoring_noise.samples as u64));
+            // The verdict's interval's resamples (more than asked where it was near 0).
+            c.samples
+                .push(d.map(|d| d.seed_aware.as_ref().unwrap_or(&d.scoring_noise).samples as u64));
         }
         let mut c = Cols::default();
         for r in &self.paper_rows {
