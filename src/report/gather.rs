@@ -81,9 +81,10 @@ pub fn scores_frame(runs: &[RunRecord]) -> Result<DataFrame, ReportError> {
         ),
         col_f64("ft_lr", runs.iter().map(|r| Some(r.meta.ft_lr)).collect()),
         col_f64("trained_percent", metric(&|m| m.trained_percent)),
-        // The precision the run's products ran in (null for runs recorded before the key).
+        // The numeric precision the run's products ran in (null for runs recorded before the
+        // key); not `precision`, which beside dev_/test_precision would read as a score.
         col_str(
-            "precision",
+            "numeric_precision",
             meta_str(&|r| {
                 r.metrics
                     .as_ref()
@@ -236,7 +237,7 @@ mod tests {
         );
 
         let df = scores_frame(&mixed.runs).unwrap();
-        let col = df.column("precision").unwrap().str().unwrap();
+        let col = df.column("numeric_precision").unwrap().str().unwrap();
         let values: Vec<Option<&str>> = col.iter().collect();
         assert_eq!(values, [Some("fp32"), Some("fp32"), None, Some("bf16")]);
     }

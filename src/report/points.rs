@@ -108,8 +108,9 @@ impl FigurePoints {
         out
     }
 
-    /// The points as a table: figure, facet, series, x, y, mean, ci_low, ci_high, interval,
-    /// seeds, languages.
+    /// The points as a table: figure, facet, series, x, y, mean, bar_low, bar_high, interval,
+    /// seeds, languages. The bar is what the figure draws, a 95% interval or mean ± sd as
+    /// `interval` says (so not named `ci_*`).
     pub fn to_frame(&self) -> Result<DataFrame, ReportError> {
         let p = &self.points;
         let s = |n: &str, v: Vec<String>| Series::new(n.into(), v).into_column();
@@ -125,11 +126,11 @@ impl FigurePoints {
                 s("y", vec![self.y.name().to_string(); p.len()]),
                 f("mean", p.iter().map(|p| Some(p.mean)).collect()),
                 f(
-                    "ci_low",
+                    "bar_low",
                     p.iter().map(|p| p.interval.map(|i| i.0)).collect(),
                 ),
                 f(
-                    "ci_high",
+                    "bar_high",
                     p.iter().map(|p| p.interval.map(|i| i.1)).collect(),
                 ),
                 s("interval", p.iter().map(|p| p.method.to_string()).collect()),
@@ -611,7 +612,7 @@ mod tests {
         let mut lines = text.lines();
         assert_eq!(
             lines.next(),
-            Some("figure,facet,series,x,y,mean,ci_low,ci_high,interval,seeds,languages")
+            Some("figure,facet,series,x,y,mean,bar_low,bar_high,interval,seeds,languages")
         );
         let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
         assert_eq!(rows.len(), data.points.len());

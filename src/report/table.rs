@@ -396,7 +396,10 @@ impl Table1 {
                  or finished)"
             );
         }
-        out += &format!(". **Bold**: best in its group and column. {MISSING}: no finished run.");
+        out += &format!(
+            ". **Bold**: highest mean in its group and column, not a test: the comparisons say which \
+                 differences are detectable. {MISSING}: no finished run."
+        );
         if any_incomplete {
             out += &format!(" {INCOMPLETE_MARK}: average over the languages present only.");
         }

@@ -255,7 +255,7 @@ fn table1(p: &PageData<'_>) -> Markup {
                 p.legend {
                     "Test entity-level micro F1 ×100"
                     @if full_n > 1 { ", mean ± sd over " (full_n) " seeds ((n=k): k seeds behind the cell)" }
-                    ". Bold: best in its group and column. " (MISSING) ": no finished run. "
+                    ". Bold: highest mean in its group and column, not a test: the comparisons say which differences are detectable. " (MISSING) ": no finished run. "
                     @if any_incomplete { (INCOMPLETE_MARK) ": average over the languages present only. " }
                     "Each number links to the runs it averages."
                 }
