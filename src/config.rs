@@ -819,6 +819,28 @@ impl PrimeConfig {
         }
     }
 
+    /// This configuration with every value its method does not read set to the default, so
+    /// that two configurations that prime identically compare equal: FT priming reads
+    /// `ft_lr`, not `outer_lr`, `inner_lr` or `inner_dropout`, and `inner_steps` only to size
+    /// its batches like `support = "distinct"` meta priming's (S support batches and a query);
+    /// meta priming does not read `ft_lr`.
+    pub fn without_unread_values(&self) -> PrimeConfig {
+        let default = PrimeConfig::default();
+        let mut c = self.clone();
+        match self.method {
+            PrimingMethod::Ft => {
+                c.outer_lr = default.outer_lr;
+                c.inner_lr = default.inner_lr;
+                c.inner_dropout = default.inner_dropout;
+                if c.support == SupportMode::Same {
+                    c.inner_steps = default.inner_steps;
+                }
+            }
+            PrimingMethod::Meta => c.ft_lr = default.ft_lr,
+        }
+        c
+    }
+
     /// The inner learning rate actually used (the paper: 0.03 for the PE loop; the full loop
     /// needs the lower 1e-4).
     pub fn effective_inner_lr(&self) -> f64 {
@@ -1024,6 +1046,18 @@ impl PrimeConfig {
         r.fraction("warmup_ratio", self.warmup_ratio);
         if let Some(n) = self.tasks_per_step {
             r.at_least_1("tasks_per_step", n);
+            if n > self.sources.len() && !self.sources.is_empty() {
+                r.fail_cross(
+                    "tasks_per_step",
+                    format!(
+                        "is {n}, but there are {} sources to sample from ({}); set it to at \
+                         most {}",
+                        self.sources.len(),
+                        self.sources.join(", "),
+                        self.sources.len()
+                    ),
+                );
+            }
         }
         r.at_least_1("support_batch_size", self.support_batch_size);
         r.at_least_1("query_batch_size", self.query_batch_size);
@@ -1184,6 +1218,29 @@ mod tests {
         assert!(written.get("lora_dropout").is_none());
         let written = serde_json::to_value(lora(Some(0.1))).unwrap();
         assert_eq!(written["lora_dropout"], json!(0.1));
+    }
+
+    /// A priming step samples tasks_per_step of the sources without replacement: more than
+    /// there are is refused before anything runs (it used to fail inside the run).
+    #[test]
+    fn tasks_per_step_is_at_most_the_number_of_sources() {
+        let prime = |n: usize| PrimeConfig {
+            model: "m".into(),
+            tasks_per_step: Some(n),
+            ..Default::default()
+        };
+        assert_eq!(prime(1).value_errors(), vec![]);
+        assert_eq!(prime(2).value_errors(), vec![]);
+        let errors = prime(3).value_errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "tasks_per_step");
+        assert!(
+            errors[0]
+                .problem
+                .contains("2 sources to sample from (en, es)"),
+            "{}",
+            errors[0].problem
+        );
     }
 
     #[test]

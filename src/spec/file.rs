@@ -405,6 +405,70 @@ impl Sweep {
                 }
             }
         }
+        // A key both in [grid] and in a [[zip]] would take the zip's values only.
+        for zip in &zips {
+            for axis in &grid {
+                if zip.keys.contains(&axis.key) {
+                    return Err(p.src.error(
+                        &axis.span,
+                        format!(
+                            "grid: {} is also varied by the [[zip]] at line {}, whose values \
+                             would replace these; vary it in one of the two",
+                            axis.key,
+                            p.src.line_col(zip.span.start).0
+                        ),
+                    ));
+                }
+            }
+        }
+        // An exclude rule on a target or seed the sweep never runs would match nothing.
+        let all_targets: Vec<&String> = targets
+            .iter()
+            .chain(settings.iter().flat_map(|s| s.targets.iter().flatten()))
+            .collect();
+        let all_seeds: Vec<u64> = seeds
+            .iter()
+            .chain(settings.iter().flat_map(|s| s.seeds.iter().flatten()))
+            .copied()
+            .collect();
+        for rule in &excludes {
+            for (k, v) in &rule.conditions {
+                let unknown = match k.as_str() {
+                    "target" => {
+                        (!all_targets.iter().any(|t| Some(t.as_str()) == v.as_str())).then(|| {
+                            let hint = nearest(
+                                v.as_str().unwrap_or(""),
+                                all_targets.iter().map(|t| t.as_str()),
+                            )
+                            .map_or(String::new(), |t| format!("; did you mean {t:?}?"));
+                            format!(
+                                "exclude: target {v} is not a target of this sweep (targets: \
+                                 {}){hint}",
+                                all_targets
+                                    .iter()
+                                    .map(|t| t.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        })
+                    }
+                    "seed" => (!all_seeds.iter().any(|s| Some(*s) == v.as_u64())).then(|| {
+                        format!(
+                            "exclude: seed {v} is not a seed of this sweep (seeds: {})",
+                            all_seeds
+                                .iter()
+                                .map(u64::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }),
+                    _ => None,
+                };
+                if let Some(message) = unknown {
+                    return Err(p.src.error(&rule.span, message));
+                }
+            }
+        }
         let facts = sweep_facts(&settings, &targets, &grid, &zips);
         let report = match report {
             Some(e) => p.report(e, &settings, &facts)?,
@@ -487,16 +551,26 @@ impl Parser<'_> {
                 ),
             ));
         }
-        arr.iter()
-            .map(|n| {
-                n.as_str().map(str::to_string).ok_or_else(|| {
-                    self.err(
-                        &n.span,
-                        format!("{}: expected a string, found a {}", e.key, n.type_name()),
-                    )
-                })
-            })
-            .collect()
+        let mut out: Vec<String> = Vec::new();
+        for n in arr {
+            let v = n.as_str().map(str::to_string).ok_or_else(|| {
+                self.err(
+                    &n.span,
+                    format!("{}: expected a string, found a {}", e.key, n.type_name()),
+                )
+            })?;
+            if out.contains(&v) {
+                return Err(self.listed_twice(&e.key, &n.span, &format!("\"{v}\"")));
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    /// A list entry given twice: once would run the same runs (or count a seed twice in the
+    /// tables), so it is refused rather than silently dropped.
+    fn listed_twice(&self, key: &str, span: &Range<usize>, value: &str) -> SpecError {
+        self.err(span, format!("{key}: {value} is listed twice; remove one"))
     }
 
     fn seeds(&self, e: &Entry) -> Result<Vec<u64>, SpecError> {
@@ -515,18 +589,26 @@ impl Parser<'_> {
                 "seeds: the list is empty, so the sweep would expand to no runs",
             ));
         }
-        arr.iter()
-            .map(|n| match n.kind {
-                NodeKind::Int(i) if i >= 0 => Ok(i as u64),
-                _ => Err(self.err(
-                    &n.span,
-                    format!(
-                        "seeds: expected a non-negative integer, found {}",
-                        n.to_json()
-                    ),
-                )),
-            })
-            .collect()
+        let mut out: Vec<u64> = Vec::new();
+        for n in arr {
+            let seed = match n.kind {
+                NodeKind::Int(i) if i >= 0 => i as u64,
+                _ => {
+                    return Err(self.err(
+                        &n.span,
+                        format!(
+                            "seeds: expected a non-negative integer, found {}",
+                            n.to_json()
+                        ),
+                    ));
+                }
+            };
+            if out.contains(&seed) {
+                return Err(self.listed_twice("seeds", &n.span, &seed.to_string()));
+            }
+            out.push(seed);
+        }
+        Ok(out)
     }
 
     fn checked(&self, key: &str, span: &Range<usize>, value: &Node) -> Result<Value, SpecError> {
@@ -598,10 +680,19 @@ impl Parser<'_> {
             if axes.iter().any(|a| a.key == key) {
                 return Err(self.err(&span, format!("{place}: {key} is given twice")));
             }
-            let values = arr
-                .iter()
-                .map(|v| self.checked(&key, &v.span, v))
-                .collect::<Result<_, _>>()?;
+            let mut values: Vec<Value> = Vec::new();
+            for v in arr {
+                let value = self.checked(&key, &v.span, v)?;
+                // Within a zip a value may repeat (another key's value beside it differs).
+                if place != "[[zip]]" && values.iter().any(|x| values_equal(x, &value)) {
+                    return Err(self.listed_twice(
+                        &format!("{place}: {key}"),
+                        &v.span,
+                        &v.to_json().to_string(),
+                    ));
+                }
+                values.push(value);
+            }
             axes.push(Axis { key, values, span });
         }
         Ok(axes)
@@ -1278,6 +1369,70 @@ mod tests {
         ));
         assert!(
             e.starts_with("sweeps/t.toml:5:") && e.contains("did you mean finetune.method?"),
+            "{e}"
+        );
+    }
+
+    /// Rules that can match nothing are mistakes: a misspelt target, a seed not run.
+    #[test]
+    fn exclude_rules_name_targets_and_seeds_the_sweep_runs() {
+        let e = err(&format!(
+            "targets = [\"hi\", \"af\"]\nseeds = [0, 1]\n{HEAD}[[exclude]]\ntarget = \"afr\"\n"
+        ));
+        assert!(
+            e.starts_with("sweeps/t.toml:6:")
+                && e.contains("target \"afr\" is not a target of this sweep (targets: hi, af)")
+                && e.contains("did you mean \"af\"?"),
+            "{e}"
+        );
+        let e = err(&format!("seeds = [0, 1]\n{HEAD}[[exclude]]\nseed = 7\n"));
+        assert!(
+            e.contains("seed 7 is not a seed of this sweep (seeds: 0, 1)"),
+            "{e}"
+        );
+        // A setting's own seeds and targets count.
+        parse(&format!(
+            "seeds = [0]\n{HEAD}[[exclude]]\nseed = 7\ntarget = \"nl\"\n\
+             [settings.a]\nseeds = [7]\ntargets = [\"nl\"]\n"
+        ))
+        .unwrap();
+    }
+
+    /// A list entry given twice would be dropped (or a seed counted twice): refused at its line.
+    #[test]
+    fn lists_refuse_an_entry_given_twice() {
+        for (text, want) in [
+            ("seeds = [0, 0]\n", "seeds: 0 is listed twice"),
+            (
+                "targets = [\"hi\", \"hi\"]\n",
+                "targets: \"hi\" is listed twice",
+            ),
+        ] {
+            let e = err(&format!("{text}{HEAD}"));
+            assert!(e.starts_with("sweeps/t.toml:1:") && e.contains(want), "{e}");
+        }
+        let e = err(&format!("{HEAD}[grid]\n\"finetune.lr\" = [1e-3, 0.001]\n"));
+        assert!(
+            e.starts_with("sweeps/t.toml:5:")
+                && e.contains("grid: finetune.lr: 0.001 is listed twice"),
+            "{e}"
+        );
+        // In a zip a value may repeat beside different values of the other keys.
+        parse(&format!(
+            "{HEAD}[[zip]]\n\"finetune.lr\" = [1e-3, 1e-3]\n\"finetune.epochs\" = [1, 2]\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn a_key_in_the_grid_and_a_zip_is_refused() {
+        let e = err(&format!(
+            "{HEAD}[grid]\n\"prime.inner_lr\" = [0.01, 0.02]\n[[zip]]\n\
+             \"prime.inner_loop\" = [\"pe\", \"full\"]\n\"prime.inner_lr\" = [0.03, 1e-4]\n"
+        ));
+        assert!(
+            e.starts_with("sweeps/t.toml:5:")
+                && e.contains("grid: prime.inner_lr is also varied by the [[zip]] at line 6"),
             "{e}"
         );
     }

@@ -282,6 +282,7 @@ impl Plan {
             }
         }
         check_one_configuration_per_cell(sweep, &entries)?;
+        check_priming_reads_what_varies(sweep, &primes)?;
         if entries.is_empty() {
             let reason = if excluded > 0 {
                 format!("all {excluded} combinations are excluded by [[exclude]] rules")
@@ -600,6 +601,58 @@ fn check_one_configuration_per_cell(sweep: &Sweep, entries: &[PlanEntry]) -> Res
                 keys.join(", ")
             ),
         ));
+    }
+    Ok(())
+}
+
+/// A setting whose axes vary a key its priming method does not read would run the same
+/// priming once per value (and fine-tune from each copy): an error at the setting naming the
+/// key, rather than duplicate work that `select` then "chooses" among.
+fn check_priming_reads_what_varies(sweep: &Sweep, primes: &[PlannedRun]) -> Result<(), SpecError> {
+    for setting in &sweep.settings {
+        let mut seen: Vec<(PrimeConfig, &PrimeConfig)> = Vec::new();
+        for run in primes.iter().filter(|r| r.settings.contains(&setting.name)) {
+            let RunSpec::Prime { config } = &run.spec else {
+                continue;
+            };
+            let read = config.without_unread_values();
+            let Some((_, first)) = seen.iter().find(|(r, _)| *r == read) else {
+                seen.push((read, config));
+                continue;
+            };
+            let (a, b) = (
+                serde_json::to_value(first).unwrap_or_default(),
+                serde_json::to_value(config).unwrap_or_default(),
+            );
+            let differing: Vec<String> = a
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+                .map(|(k, _)| format!("prime.{k}"))
+                .collect();
+            let method = match config.method {
+                crate::config::PrimingMethod::Ft => "FT priming",
+                crate::config::PrimingMethod::Meta => "meta priming",
+            };
+            return Err(sweep.source.error(
+                &setting.span,
+                format!(
+                    "setting \"{}\" varies {}, which {method} does not read{}: its runs would \
+                     prime identically once per value; vary the key only in settings that read \
+                     it (a `grid` in those settings), or fix it in this one",
+                    setting.name,
+                    differing.join(" and "),
+                    if config.method == crate::config::PrimingMethod::Ft
+                        && differing.iter().any(|k| k == "prime.inner_steps")
+                    {
+                        " (inner_steps only sizes its batches with support = \"distinct\")"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -1140,6 +1193,55 @@ select = { by = "dev_f1", over = ["finetune.lr"] }
             e.contains("report.select.over: unknown key finetune.lrr: did you mean finetune.lr?"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_key_the_priming_method_does_not_read_cannot_vary_within_a_setting() {
+        let sweep = |grid: &str, extra: &str| {
+            format!(
+                "name = \"t\"\nseeds = [1]\ntargets = [\"hi\"]\n[base.finetune]\nmodel = \"m\"\n\
+                 [base.prime]\nsteps = 10\n{extra}[grid]\n{grid}\n\
+                 [settings.\"MP\"]\npriming = \"meta\"\n[settings.\"FT\"]\npriming = \"ft\"\n\
+                 [report]\nselect = {{ by = \"dev_f1\", over = [\"prime.inner_steps\", \
+                 \"prime.inner_lr\", \"prime.ft_lr\"] }}\n"
+            )
+        };
+        let err = |text: String| {
+            Plan::expand(&Sweep::from_text(Path::new("t.toml"), &text).unwrap())
+                .unwrap_err()
+                .to_string()
+        };
+        // FT priming reads neither the inner learning rate nor, with the same support batch
+        // for every inner step, the number of steps.
+        for (grid, key) in [
+            ("\"prime.inner_lr\" = [0.01, 0.03]", "prime.inner_lr"),
+            ("\"prime.inner_steps\" = [1, 5]", "prime.inner_steps"),
+        ] {
+            let e = err(sweep(grid, ""));
+            assert!(e.starts_with("t.toml:12:"), "{e}");
+            assert!(
+                e.contains(&format!(
+                    "setting \"FT\" varies {key}, which FT priming does not read"
+                )),
+                "{e}"
+            );
+        }
+        // Meta priming does not read FT priming's learning rate.
+        let e = err(sweep("\"prime.ft_lr\" = [1e-4, 1e-3]", ""));
+        assert!(
+            e.starts_with("t.toml:10:")
+                && e.contains(
+                    "setting \"MP\" varies prime.ft_lr, which meta priming does not read"
+                ),
+            "{e}"
+        );
+        // With a support batch per inner step, FT priming draws S + 1 batches: inner_steps
+        // changes what it trains on, so both settings may vary it.
+        let p = plan(&sweep(
+            "\"prime.inner_steps\" = [1, 5]",
+            "support = \"distinct\"\n",
+        ));
+        assert_eq!(p.count(RunKind::Prime), 4);
     }
 
     /// Every ranged field at and around its boundaries gets one verdict from the sweep file's
