@@ -397,3 +397,38 @@ fn bf16_adapter_tuning_reaches_the_fp32_f1_within_seed_noise() {
         "last epoch's mean loss: bf16 {bf16_loss:.4} vs fp32 {fp32_loss:.4} (seed 1)"
     );
 }
+
+/// What cannot work is refused before training, naming the setting and the fix: an output
+/// that is a file (it failed after training, writing metrics.json), a missing primed
+/// checkpoint (it was called a missing model folder), and a max_len beyond the model's
+/// position table (it failed at the first long test sentence).
+#[test]
+fn settings_that_cannot_work_are_refused_before_training() {
+    let t = tempfile::tempdir().unwrap();
+    let file = t.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let c = tiny_config(FinetuneMethod::Head);
+    let err = run_finetune(&c, &file, &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is a file"), "{err}");
+    let mut c = tiny_config(FinetuneMethod::Head);
+    c.init = Some(t.path().join("no-checkpoint"));
+    let err = run_finetune(&c, t.path(), &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("init: primed checkpoint") && err.contains("primer prime --out"),
+        "{err}"
+    );
+    let mut c = tiny_config(FinetuneMethod::Head);
+    c.data.max_len = 129;
+    let err = run_finetune(&c, t.path(), &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("data.max_len is 129") && err.contains("max_position_embeddings 128"),
+        "{err}"
+    );
+    assert!(!t.path().join("metrics.json").exists());
+}

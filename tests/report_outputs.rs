@@ -772,3 +772,43 @@ fn a_sweep_without_runs_still_reports() {
     let file = std::fs::File::open(dir.join("scores.parquet")).unwrap();
     assert_eq!(ParquetReader::new(file).finish().unwrap().height(), 0);
 }
+
+/// A report rewrites its own files only: a folder holding someone else's is refused, with
+/// nothing overwritten; an earlier report's folder (its marker) is rewritten.
+#[test]
+fn a_report_never_overwrites_a_folder_it_did_not_write() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("mine");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("summary.md"), "my notes\n").unwrap();
+    let input = synthetic(&dir);
+    let opts = ReportOptions::default();
+    let err = write_report(&input, &opts).unwrap_err().to_string();
+    assert!(
+        err.contains("holds files this command did not write (summary.md)"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("summary.md")).unwrap(),
+        "my notes\n"
+    );
+    assert!(!dir.join("index.html").exists() && !dir.join(primer::report::REPORT_MARKER).exists());
+    // Files of other names (here the synthetic sweep's checkpoint, a user's notes) stay.
+    let dir = t.path().join("report");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("notes.txt"), "mine\n").unwrap();
+    write_report(&synthetic(&dir), &opts).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("notes.txt")).unwrap(),
+        "mine\n"
+    );
+    assert!(dir.join(primer::report::REPORT_MARKER).is_file());
+    write_report(&synthetic(&dir), &opts).unwrap();
+    // A file where the folder should be.
+    let file = t.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let mut input = synthetic(&dir);
+    input.results_dir = file;
+    let err = write_report(&input, &opts).unwrap_err().to_string();
+    assert!(err.contains("is a file"), "{err}");
+}

@@ -540,6 +540,35 @@ fn slurm_options_are_checked_before_anything_is_submitted() {
         "{}",
         text(&out)
     );
+    // Also at their default values: given is given.
+    let out = run(
+        &[
+            "run",
+            "s.toml",
+            "--backend",
+            "slurm",
+            "--devices",
+            "cpu",
+            "--retries",
+            "1",
+        ],
+        None,
+    );
+    assert!(
+        !out.status.success()
+            && text(&out).contains("--devices (request GPUs")
+            && text(&out).contains("--retries (rerun"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&["run", "s.toml", "--poll-interval", "5"], None);
+    assert!(
+        !out.status.success()
+            && text(&out).contains("only apply to `--backend slurm`")
+            && text(&out).contains("--poll-interval"),
+        "{}",
+        text(&out)
+    );
     // A bad [slurm] table is reported at its line.
     std::fs::write(
         t.join("bad.toml"),

@@ -178,6 +178,41 @@ fn malformed_data_is_reported_with_file_and_line_before_anything_runs() {
 }
 
 #[cfg(not(feature = "cuda"))]
+/// Up-front refusals of what used to fail inside the runs: a store that is a file, and a
+/// max_len beyond the model's position table (found after training, at the first long test
+/// sentence).
+#[test]
+fn a_store_file_and_a_too_long_max_len_are_refused_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    broken_setup(t);
+    std::fs::write(t.join("store"), "not a folder").unwrap();
+    let (ok, out) = primer(t, &["run", "s.toml"]);
+    assert!(
+        !ok && out.contains("s.toml: store store is a file") && out.contains("store = "),
+        "{out}"
+    );
+    std::fs::remove_file(t.join("store")).unwrap();
+    std::fs::write(
+        t.join("model/config.json"),
+        r#"{"vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 16, "max_position_embeddings": 100}"#,
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(t.join("s.toml"))
+        .unwrap()
+        .replace("root = \"data\"", "root = \"data\", max_len = 128");
+    std::fs::write(t.join("s.toml"), text).unwrap();
+    let (ok, out) = primer(t, &["run", "s.toml"]);
+    assert!(
+        !ok && out.contains("data.max_len is 128")
+            && out.contains("max_position_embeddings 100")
+            && out.contains("at most 100"),
+        "{out}"
+    );
+    assert!(!t.join("store").exists(), "nothing was started");
+}
+
 #[test]
 fn cuda_devices_fail_up_front_without_cuda() {
     let tmp = tempfile::tempdir().unwrap();

@@ -21,7 +21,7 @@ pub struct SharedRunArgs {
     /// Maximum sequence length in subword tokens.
     #[arg(long)]
     pub max_len: Option<usize>,
-    /// Fraction of the steps spent in linear learning-rate warm-up, in [0, 1] (default 0).
+    /// Fraction of the steps spent in linear learning-rate warm-up, in [0, 1) (default 0).
     #[arg(long)]
     pub warmup_ratio: Option<f64>,
     /// AdamW weight decay (default 0.01).

@@ -49,28 +49,30 @@ pub struct RunArgs {
     /// Where the runs execute: on this machine, or as Slurm job arrays.
     #[arg(long, value_enum, default_value_t = BackendKind::Local)]
     pub backend: BackendKind,
-    /// Devices to run on: `cpu`, a list such as `cuda:0,cuda:1`, or `all` (every GPU).
-    /// Local backend only.
-    #[arg(long, default_value = "cpu")]
-    pub devices: String,
-    /// Concurrent runs per device: a number, or `auto` (as many as fit each device's free
-    /// memory by each run's estimate, CPU runs also capped by cores; a run out of memory beside
-    /// others is retried alone). Local backend only.
-    #[arg(long, default_value = "1")]
-    pub per_device: PerDevice,
-    /// Retries of a failed run before it is reported as failed. Local backend only (under
-    /// Slurm, rerun `primer run --backend slurm` to resubmit failed runs).
-    #[arg(long, default_value_t = 1)]
-    pub retries: u32,
+    /// Devices to run on: `cpu` (the default), a list such as `cuda:0,cuda:1`, or `all` (every
+    /// GPU; the CPU, with a warning, where there is none). Local backend only.
+    // The local options are Options, not defaults, so that one given with `--backend slurm`
+    // is refused even at its default value.
+    #[arg(long)]
+    pub devices: Option<String>,
+    /// Concurrent runs per device: a number (default 1), or `auto` (as many as fit each
+    /// device's free memory by each run's estimate, CPU runs also capped by cores; a run out of
+    /// memory beside others is retried alone). Local backend only.
+    #[arg(long)]
+    pub per_device: Option<PerDevice>,
+    /// Retries of a failed run before it is reported as failed (default 1). Local backend only
+    /// (under Slurm, rerun `primer run --backend slurm` to resubmit failed runs).
+    #[arg(long)]
+    pub retries: Option<u32>,
     #[command(flatten)]
     pub slurm: SlurmArgs,
     /// Slurm backend: stay until every submitted run has ended, print the failures and write
     /// the report (without it, `primer run` returns once the jobs are submitted).
     #[arg(long)]
     pub wait: bool,
-    /// Slurm backend with --wait: seconds between two looks at the queue.
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
-    pub poll_interval: f64,
+    /// Slurm backend with --wait: seconds between two looks at the queue (default 10).
+    #[arg(long, value_name = "SECONDS")]
+    pub poll_interval: Option<f64>,
     /// At the end, remove primed checkpoints that no pending run of this sweep needs
     /// (their curves.json is kept).
     #[arg(long)]
@@ -484,8 +486,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         BackendKind::Local => format!(
             "primer run {} --devices {} --per-device {}",
             a.sweep.display(),
-            a.devices,
-            a.per_device
+            a.devices.as_deref().unwrap_or("cpu"),
+            a.per_device.unwrap_or(PerDevice::Fixed(1))
         ),
         BackendKind::Slurm => format!("primer run {} --backend slurm --wait", a.sweep.display()),
     };
@@ -553,28 +555,34 @@ fn run_request(a: &RunArgs) -> anyhow::Result<RunRequest> {
             if a.wait {
                 given.push("--wait");
             }
+            if a.poll_interval.is_some() {
+                given.push("--poll-interval");
+            }
             anyhow::ensure!(
                 given.is_empty(),
-                "{} only apply to `--backend slurm` (a local run always waits for its runs)",
+                "these options only apply to `--backend slurm` (a local run always waits for \
+                 its runs): {}",
                 given.join(" and ")
             );
             settings.local = LocalOptions {
-                devices: primer::backend::local::parse_devices(&a.devices)?,
-                per_device: a.per_device,
-                retries: a.retries,
+                devices: primer::backend::local::parse_devices(
+                    a.devices.as_deref().unwrap_or("cpu"),
+                )?,
+                per_device: a.per_device.unwrap_or(PerDevice::Fixed(1)),
+                retries: a.retries.unwrap_or(1),
                 plain: a.plain,
             };
             None
         }
         BackendKind::Slurm => {
             let mut given = Vec::new();
-            if a.devices != "cpu" {
+            if a.devices.is_some() {
                 given.push("--devices (request GPUs with --gpus-per-task)");
             }
-            if a.per_device != PerDevice::Fixed(1) {
+            if a.per_device.is_some() {
                 given.push("--per-device (limit concurrency with --array-throttle)");
             }
-            if a.retries != 1 {
+            if a.retries.is_some() {
                 given
                     .push("--retries (rerun `primer run --backend slurm` to resubmit failed runs)");
             }
@@ -586,13 +594,13 @@ fn run_request(a: &RunArgs) -> anyhow::Result<RunRequest> {
                 "with --backend slurm these local options do not apply: {}",
                 given.join("; ")
             );
+            let poll_interval = a.poll_interval.unwrap_or(10.0);
             anyhow::ensure!(
-                a.poll_interval.is_finite() && a.poll_interval > 0.0,
-                "--poll-interval must be a positive number of seconds, got {}",
-                a.poll_interval
+                poll_interval.is_finite() && poll_interval > 0.0,
+                "--poll-interval must be a positive number of seconds, got {poll_interval}"
             );
             settings.slurm = a.slurm.to_options();
-            a.wait.then(|| Duration::from_secs_f64(a.poll_interval))
+            a.wait.then(|| Duration::from_secs_f64(poll_interval))
         }
     };
     Ok(RunRequest {

@@ -122,6 +122,22 @@ impl BertConfig {
         layers * n * per_key_row + ((layers - 1.0) * n + m) * per_query_row
     }
 
+    /// Why a run over `max_len` tokens cannot use the model folder `dir`: its position
+    /// table is shorter (found at the first sentence that long, after training, otherwise).
+    /// None when it fits, or when `dir` has no readable config.json (reported elsewhere).
+    pub fn max_len_problem(dir: &Path, max_len: usize) -> Option<String> {
+        let cfg = Self::from_file(&dir.join("config.json")).ok()?;
+        (max_len > cfg.max_position_embeddings).then(|| {
+            format!(
+                "data.max_len is {max_len}, but the model {} has max_position_embeddings {} \
+                 (config.json): set data.max_len to at most {}",
+                dir.display(),
+                cfg.max_position_embeddings,
+                cfg.max_position_embeddings
+            )
+        })
+    }
+
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
@@ -217,6 +233,32 @@ impl BertConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A max_len beyond the position table is found before a run starts (it used to fail at
+    /// the first long test sentence, after training).
+    #[test]
+    fn a_max_len_beyond_the_position_table_is_a_problem_named_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "intermediate_size": 16, "max_position_embeddings": 64}"#,
+        )
+        .unwrap();
+        assert_eq!(BertConfig::max_len_problem(dir.path(), 64), None);
+        let problem = BertConfig::max_len_problem(dir.path(), 65).unwrap();
+        assert!(
+            problem.contains("data.max_len is 65")
+                && problem.contains("max_position_embeddings 64")
+                && problem.contains("at most 64"),
+            "{problem}"
+        );
+        // No config.json: left to the check that says the model is missing.
+        assert_eq!(
+            BertConfig::max_len_problem(&dir.path().join("x"), 1000),
+            None
+        );
+    }
 
     #[test]
     fn reads_hf_config_with_extra_fields_and_rejects_unsupported_activation() {

@@ -88,7 +88,11 @@ pub(crate) fn validate(cfg: &PrimeConfig) -> Result<()> {
     }
     // The range rules live with the config, shared with sweeps and `primer plan`.
     cfg.check_values()
-        .map_err(|e| PrimeError::Config(e.to_string()))
+        .map_err(|e| PrimeError::Config(e.to_string()))?;
+    match crate::model::BertConfig::max_len_problem(&cfg.model, cfg.data.max_len) {
+        Some(problem) => bad(problem),
+        None => Ok(()),
+    }
 }
 
 fn mean_query(r: &PrimeStepRecord) -> f64 {

@@ -38,7 +38,7 @@ pub(crate) mod testutil;
 pub use input::{PrimingRunRecord, ReportInput, RunMeta, RunRecord};
 
 use crate::fsutil::FsError;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Errors of the report stage.
 #[derive(Debug, thiserror::Error)]
@@ -158,15 +158,82 @@ pub struct ReportSummary {
 
 /// Writes the report of a sweep into `input.results_dir` (see the module docs for the files)
 /// and returns the text to print; prints nothing itself.
+/// The file that marks a folder as a report's (written before any other).
+pub const REPORT_MARKER: &str = ".primer-report";
+
+/// Whether a report may write a file (or folder) of this name: the fixed outputs, Figures 3
+/// and 4, the declared figures (with their per-language variants) and `curves/`.
+fn is_report_file_name(name: &str, figures: &[crate::spec::report::FigureSpec]) -> bool {
+    const FIXED: [&str; 11] = [
+        "index.html",
+        "summary.md",
+        "table1.md",
+        "table1.csv",
+        "comparison.md",
+        "comparison.csv",
+        "selection.md",
+        "selection.csv",
+        "scores.csv",
+        "scores.parquet",
+        "curves",
+    ];
+    let figure_file = |stem: &str| {
+        name.strip_prefix(stem).is_some_and(|rest| {
+            [".svg", ".png", ".csv"].iter().any(|ext| {
+                rest.ends_with(ext) && (rest.len() == ext.len() || rest.starts_with('-'))
+            })
+        })
+    };
+    FIXED.contains(&name)
+        || figure_file("figure3")
+        || figure_file("figure4")
+        || figures.iter().any(|f| figure_file(&f.name))
+}
+
+/// Whether `dir` holds an earlier report: it has the marker, or (reports written before the
+/// marker) an index.html that a primer report wrote.
+fn is_earlier_report(dir: &Path) -> bool {
+    dir.join(REPORT_MARKER).is_file()
+        || std::fs::read_to_string(dir.join("index.html"))
+            .is_ok_and(|page| page.contains("· primer report</title>"))
+}
+
 pub fn write_report(
     input: &ReportInput,
     opts: &ReportOptions,
 ) -> Result<ReportSummary, ReportError> {
     let dir = &input.results_dir;
+    // The report overwrites its own file names: in a folder no report wrote (a `--out` that
+    // holds a user's summary.md), a file of such a name is refused rather than overwritten.
+    // Other files (a store kept inside the folder, say) are left alone.
+    if dir.is_file() {
+        return Err(FsError::NotAFolder { path: dir.clone() }.into());
+    }
+    if !is_earlier_report(dir) {
+        let taken: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| is_report_file_name(name, &input.spec.figure))
+            .collect();
+        if !taken.is_empty() {
+            return Err(FsError::Occupied {
+                path: dir.clone(),
+                foreign: taken,
+            }
+            .into());
+        }
+    }
     std::fs::create_dir_all(dir).map_err(|source| FsError::Write {
         path: dir.clone(),
         source,
     })?;
+    // First, so that a report cut short still marks the folder as a report's.
+    crate::fsutil::write_atomic(
+        &dir.join(REPORT_MARKER),
+        b"This folder is a primer report: `primer report` rewrites its files.\n",
+    )?;
     let mut files = Vec::new();
     let mut skipped = Vec::new();
 

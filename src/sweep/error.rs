@@ -20,6 +20,11 @@ pub enum SweepError {
         cwd: PathBuf,
         missing: Vec<String>,
     },
+    /// The sweep's `store` names a file.
+    #[error(
+        "{file}: store {path} is a file, but `store` names the folder that holds the runs: set `store = \"...\"` to a folder"
+    )]
+    StoreIsAFile { file: PathBuf, path: PathBuf },
     /// Data files named by the sweep exist but cannot be used (checked before anything runs).
     #[error("{file}: input data cannot be used (fix these files, then run again; nothing was started):\n  {}", .problems.join("\n  "))]
     UnreadableInputs {

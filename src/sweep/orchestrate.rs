@@ -97,6 +97,12 @@ pub fn run(
     on_event: &mut dyn FnMut(RunEvent<'_>),
 ) -> Result<RunOutcome, SweepError> {
     let plan = Plan::expand(sweep)?;
+    if plan.store.is_file() {
+        return Err(SweepError::StoreIsAFile {
+            file: sweep.source.path.clone(),
+            path: plan.store.clone(),
+        });
+    }
     let missing = missing_inputs(&plan);
     if !missing.is_empty() {
         return Err(SweepError::MissingInputs {

@@ -74,10 +74,17 @@ pub fn unreadable_inputs(plan: &Plan) -> Vec<String> {
     // seeds, so each (root, language, strictness) is read once.
     let mut seen: std::collections::HashSet<(PathBuf, String, bool)> = Default::default();
     for run in &plan.runs {
-        let (data, langs) = match &run.spec {
-            RunSpec::Prime { config } => (&config.data, config.sources.clone()),
-            RunSpec::Finetune { config, .. } => (&config.data, vec![config.lang.clone()]),
+        let (model, data, langs) = match &run.spec {
+            RunSpec::Prime { config } => (&config.model, &config.data, config.sources.clone()),
+            RunSpec::Finetune { config, .. } => {
+                (&config.model, &config.data, vec![config.lang.clone()])
+            }
         };
+        if let Some(problem) = crate::model::BertConfig::max_len_problem(model, data.max_len)
+            && !problems.contains(&problem)
+        {
+            problems.push(problem);
+        }
         for lang in langs {
             if !data.root.join(&lang).is_dir()
                 || !seen.insert((data.root.clone(), lang.clone(), data.strict_iob2))

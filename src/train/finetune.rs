@@ -98,10 +98,23 @@ pub(crate) fn validate(config: &FinetuneConfig) -> Result<()> {
         .map_err(|e| FinetuneError::Invalid(e.to_string()))?;
     let model_dir = model_dir(config);
     if !model_dir.is_dir() {
-        return bad(format!(
-            "model folder {} does not exist (give a Hugging Face BERT folder, or make one with `primer init-model`)",
-            model_dir.display()
-        ));
+        return bad(match &config.init {
+            Some(init) => format!(
+                "init: primed checkpoint {} does not exist (give the checkpoint folder a \
+                 `primer prime --out DIR` run wrote: DIR itself)",
+                init.display()
+            ),
+            None => format!(
+                "model folder {} does not exist (give a Hugging Face BERT folder, or make one \
+                 with `primer init-model`)",
+                model_dir.display()
+            ),
+        });
+    }
+    if let Some(problem) =
+        crate::model::BertConfig::max_len_problem(&model_dir, config.data.max_len)
+    {
+        return bad(problem);
     }
     Ok(())
 }
@@ -306,6 +319,13 @@ pub fn run_finetune(
 ) -> Result<FinetuneMetrics> {
     let started = Instant::now();
     validate(config)?;
+    // Found now, not after training when metrics.json cannot be written.
+    if out_dir.is_file() {
+        return Err(FsError::NotAFolder {
+            path: out_dir.to_path_buf(),
+        }
+        .into());
+    }
     let device = open_device(&config.device)?;
     // Every op of the run — training, the encoder cache, scoring — is built under it.
     let precision = config.precision.in_effect(&device);

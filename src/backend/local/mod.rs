@@ -151,6 +151,16 @@ pub fn parse_devices(spec: &str) -> Result<Vec<DeviceSpec>, BackendError> {
             }
         }
         if found.is_empty() {
+            // `all` runs anywhere (a script for GPU nodes also runs on a laptop), but a user
+            // who expected GPUs must hear that there are none.
+            tracing::warn!(
+                "--devices all: no GPU found ({}); running on the CPU",
+                if cfg!(feature = "cuda") {
+                    "no CUDA device is visible"
+                } else {
+                    "this build has no CUDA: build with --features cuda"
+                }
+            );
             found.push(DeviceSpec::Cpu);
         }
         return Ok(found);
