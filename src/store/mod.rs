@@ -55,7 +55,9 @@ pub struct RunStatus {
     /// The child process executing the run.
     #[serde(default)]
     pub child_pid: Option<u32>,
-    /// Attempts started so far, over all orchestrator invocations.
+    /// Attempts that ran to an end (success or failure) so far, over all orchestrator
+    /// invocations: one stopped by an interrupt, or by its orchestrator's end, is not counted,
+    /// so "failed after N attempts" matches `--retries`.
     pub attempts: u32,
     /// The last error (failed runs) or note (e.g. "stale: ...").
     pub error: Option<String>,

@@ -272,6 +272,8 @@ pub fn prepare(plan: &Plan, store: &Store, what: &str) -> Result<Prepared, Store
         {
             // We hold the lock, so whoever recorded "running" is gone.
             Store::update_status(&dir, |s| {
+                // Its orchestrator stopped, the run did not fail: not one of its attempts.
+                s.attempts = s.attempts.saturating_sub(1);
                 s.state = RunState::Pending;
                 s.error = Some(format!(
                     "stale: was running under pid {} when its orchestrator stopped; rerun",
@@ -516,6 +518,8 @@ impl Observer for StoreObserver<'_> {
 
     fn interrupted(&mut self, task: usize) {
         self.update(task, |s| {
+            // Stopped by the user, not failed: it is not one of the run's attempts.
+            s.attempts = s.attempts.saturating_sub(1);
             s.state = RunState::Pending;
             s.error = Some("interrupted; `primer run` resumes it".into());
         });
