@@ -804,6 +804,10 @@ fn a_report_never_overwrites_a_folder_it_did_not_write() {
     );
     assert!(dir.join(primer::report::REPORT_MARKER).is_file());
     write_report(&synthetic(&dir), &opts).unwrap();
+    // A report from before the marker (and before index.html) is known by its summary.
+    std::fs::remove_file(dir.join(primer::report::REPORT_MARKER)).unwrap();
+    std::fs::remove_file(dir.join("index.html")).unwrap();
+    write_report(&synthetic(&dir), &opts).unwrap();
     // A file where the folder should be.
     let file = t.path().join("file");
     std::fs::write(&file, "x").unwrap();

@@ -191,11 +191,21 @@ fn is_report_file_name(name: &str, figures: &[crate::spec::report::FigureSpec]) 
 }
 
 /// Whether `dir` holds an earlier report: it has the marker, or (reports written before the
-/// marker) an index.html that a primer report wrote.
+/// marker) an index.html or a summary.md that a primer report wrote.
 fn is_earlier_report(dir: &Path) -> bool {
+    let starts = |file: &str, test: &dyn Fn(&str) -> bool| {
+        std::fs::read_to_string(dir.join(file)).is_ok_and(|text| test(&text))
+    };
     dir.join(REPORT_MARKER).is_file()
-        || std::fs::read_to_string(dir.join("index.html"))
-            .is_ok_and(|page| page.contains("· primer report</title>"))
+        || starts("index.html", &|page| {
+            page.contains("· primer report</title>")
+        })
+        || starts("summary.md", &|text| {
+            text.lines()
+                .next()
+                .is_some_and(|l| l.starts_with("# Sweep ") && l.ends_with(": summary"))
+                && text.contains("`primer status` tells which")
+        })
 }
 
 pub fn write_report(
