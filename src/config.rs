@@ -374,6 +374,20 @@ impl FinetuneConfig {
         }
     }
 
+    /// This configuration with the adapter's shape at its default where the run creates no
+    /// adapter (full FT and head tuning keep a primed one as it is; LoRA and BitFit train their
+    /// own module), so that two configurations that train identically compare equal. (The
+    /// LoRA keys are refused outright under another method: [`PeSettings::check`].)
+    pub fn without_unread_values(&self) -> FinetuneConfig {
+        let mut c = self.clone();
+        if self.pe_kind() != Some(PeKind::Adapter) {
+            let default = FinetuneConfig::default();
+            c.adapter_dim = default.adapter_dim;
+            c.adapter_layers = default.adapter_layers;
+        }
+        c
+    }
+
     /// The PE method this run trains (None for full FT and head tuning, which create none).
     pub fn pe_kind(&self) -> Option<PeKind> {
         match self.method {

@@ -282,7 +282,8 @@ impl Plan {
             }
         }
         check_one_configuration_per_cell(sweep, &entries)?;
-        check_priming_reads_what_varies(sweep, &primes)?;
+        check_runs_read_what_varies(sweep, &primes)?;
+        check_runs_read_what_varies(sweep, &finetunes)?;
         if entries.is_empty() {
             let reason = if excluded > 0 {
                 format!("all {excluded} combinations are excluded by [[exclude]] rules")
@@ -605,51 +606,74 @@ fn check_one_configuration_per_cell(sweep: &Sweep, entries: &[PlanEntry]) -> Res
     Ok(())
 }
 
-/// A setting whose axes vary a key its priming method does not read would run the same
-/// priming once per value (and fine-tune from each copy): an error at the setting naming the
-/// key, rather than duplicate work that `select` then "chooses" among.
-fn check_priming_reads_what_varies(sweep: &Sweep, primes: &[PlannedRun]) -> Result<(), SpecError> {
+/// A setting whose axes vary a key its run does not read would run the same work once per
+/// value: identical priming (FT priming and the inner learning rate), or identical fine-tuning
+/// (full FT and the adapter's size). An error at the setting naming the key, rather than
+/// duplicate runs that `select` then "chooses" among.
+fn check_runs_read_what_varies(sweep: &Sweep, runs: &[PlannedRun]) -> Result<(), SpecError> {
+    use crate::config::{FinetuneMethod, PrimingMethod, SupportMode};
     for setting in &sweep.settings {
-        let mut seen: Vec<(PrimeConfig, &PrimeConfig)> = Vec::new();
-        for run in primes.iter().filter(|r| r.settings.contains(&setting.name)) {
-            let RunSpec::Prime { config } = &run.spec else {
-                continue;
+        // Per run: what it reads, and the configuration as given.
+        let mut seen: Vec<(Value, Value)> = Vec::new();
+        for run in runs.iter().filter(|r| r.settings.contains(&setting.name)) {
+            let (read, given, prefix) = match &run.spec {
+                RunSpec::Prime { config } => (
+                    serde_json::json!({ "prime": config.without_unread_values() }),
+                    serde_json::to_value(config),
+                    "prime",
+                ),
+                RunSpec::Finetune { config, priming } => (
+                    serde_json::json!({
+                        "finetune": config.without_unread_values(),
+                        "priming": priming,
+                    }),
+                    serde_json::to_value(config),
+                    "finetune",
+                ),
             };
-            let read = config.without_unread_values();
+            let given = given.unwrap_or_default();
             let Some((_, first)) = seen.iter().find(|(r, _)| *r == read) else {
-                seen.push((read, config));
+                seen.push((read, given));
                 continue;
             };
-            let (a, b) = (
-                serde_json::to_value(first).unwrap_or_default(),
-                serde_json::to_value(config).unwrap_or_default(),
-            );
-            let differing: Vec<String> = a
+            let differing: Vec<String> = first
                 .as_object()
                 .into_iter()
                 .flatten()
-                .filter(|(k, v)| b.get(k.as_str()) != Some(v))
-                .map(|(k, _)| format!("prime.{k}"))
+                .filter(|(k, v)| given.get(k.as_str()) != Some(v))
+                .map(|(k, _)| format!("{prefix}.{k}"))
                 .collect();
-            let method = match config.method {
-                crate::config::PrimingMethod::Ft => "FT priming",
-                crate::config::PrimingMethod::Meta => "meta priming",
-            };
-            return Err(sweep.source.error(
-                &setting.span,
-                format!(
-                    "setting \"{}\" varies {}, which {method} does not read{}: its runs would \
-                     prime identically once per value; vary the key only in settings that read \
-                     it (a `grid` in those settings), or fix it in this one",
-                    setting.name,
-                    differing.join(" and "),
-                    if config.method == crate::config::PrimingMethod::Ft
+            let (what, why) = match &run.spec {
+                RunSpec::Prime { config } if config.method == PrimingMethod::Ft => (
+                    "FT priming",
+                    if config.support == SupportMode::Same
                         && differing.iter().any(|k| k == "prime.inner_steps")
                     {
                         " (inner_steps only sizes its batches with support = \"distinct\")"
                     } else {
                         ""
-                    }
+                    },
+                ),
+                RunSpec::Prime { .. } => ("meta priming", ""),
+                RunSpec::Finetune { config, .. } => (
+                    match config.method {
+                        FinetuneMethod::Full => "full fine-tuning",
+                        FinetuneMethod::Head => "head tuning",
+                        FinetuneMethod::Lora => "LoRA",
+                        FinetuneMethod::Bitfit => "BitFit",
+                        FinetuneMethod::Adapter => "adapter tuning",
+                    },
+                    " (it creates no adapter)",
+                ),
+            };
+            return Err(sweep.source.error(
+                &setting.span,
+                format!(
+                    "setting \"{}\" varies {}, which {what} does not read{why}: its runs would \
+                     be identical once per value; vary the key only in settings that read it \
+                     (a `grid` in those settings), or fix it in this one",
+                    setting.name,
+                    differing.join(" and "),
                 ),
             ));
         }
@@ -1242,6 +1266,24 @@ select = { by = "dev_f1", over = ["finetune.lr"] }
             "support = \"distinct\"\n",
         ));
         assert_eq!(p.count(RunKind::Prime), 4);
+        // Full fine-tuning creates no adapter, so its size is not read either; adapter tuning
+        // reads it.
+        let text = |method: &str| {
+            format!(
+                "name = \"t\"\nseeds = [1]\ntargets = [\"hi\"]\n[base.finetune]\nmodel = \"m\"\n\
+                 [grid]\n\"finetune.adapter_dim\" = [8, 16]\n[settings.\"S\"]\n\
+                 \"finetune.method\" = \"{method}\"\n[report]\n\
+                 select = {{ by = \"dev_f1\", over = [\"finetune.adapter_dim\"] }}\n"
+            )
+        };
+        let e = err(text("full"));
+        assert!(
+            e.contains(
+                "setting \"S\" varies finetune.adapter_dim, which full fine-tuning does not read"
+            ),
+            "{e}"
+        );
+        assert_eq!(plan(&text("adapter")).count(RunKind::Finetune), 2);
     }
 
     /// Every ranged field at and around its boundaries gets one verdict from the sweep file's
