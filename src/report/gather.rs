@@ -36,8 +36,19 @@ fn col_str(name: &str, v: Vec<Option<String>>) -> Column {
     Series::new(name.into(), v).into_column()
 }
 
+/// Swept keys that the scores table already has a column for.
+const AXES_WITH_COLUMNS: [&str; 6] = [
+    "prime.inner_loop",
+    "prime.inner_steps",
+    "prime.inner_lr",
+    "prime.outer_lr",
+    "finetune.method",
+    "finetune.lr",
+];
+
 /// The long table of runs: setting, priming, inner_loop, inner_steps, inner_lr, outer_lr,
-/// ft_method, ft_lr, trained_percent, precision, lang, seed, done, dev_/test_ precision/recall/f1,
+/// ft_method, ft_lr, trained_percent, numeric_precision, one column per other swept key (named
+/// as the key), lang, seed, done, dev_/test_ precision/recall/f1,
 /// `test_f1_<TYPE>` for PER, ORG, LOC (and any other type seen), best_epoch, steps,
 /// wall_time_s, run_id.
 pub fn scores_frame(runs: &[RunRecord]) -> Result<DataFrame, ReportError> {
@@ -92,6 +103,24 @@ pub fn scores_frame(runs: &[RunRecord]) -> Result<DataFrame, ReportError> {
                     .map(|p| p.effective.as_str().to_string())
             }),
         ),
+    ];
+    // Every other key the sweep varies (a training size, an adapter size, ...), named as in
+    // the sweep file, so that runs differing only there can be told apart.
+    let mut axes: Vec<&str> = Vec::new();
+    for r in runs {
+        for (key, _) in &r.meta.axes {
+            if !AXES_WITH_COLUMNS.contains(&key.as_str()) && !axes.contains(&key.as_str()) {
+                axes.push(key);
+            }
+        }
+    }
+    for key in axes {
+        columns.push(col_str(
+            key,
+            meta_str(&|r| crate::report::split::axis_value(r, key)),
+        ));
+    }
+    columns.extend([
         col_str("lang", meta_str(&|r| Some(r.meta.lang.clone()))),
         col_u64("seed", runs.iter().map(|r| Some(r.meta.seed)).collect()),
         Series::new(
@@ -107,7 +136,7 @@ pub fn scores_frame(runs: &[RunRecord]) -> Result<DataFrame, ReportError> {
         col_f64("test_precision", metric(&|m| m.test.precision)),
         col_f64("test_recall", metric(&|m| m.test.recall)),
         col_f64("test_f1", metric(&|m| m.test.f1)),
-    ];
+    ]);
     for ty in &types {
         // A type absent from a done run's test set has no F1 (null), not an F1 of 0.
         let v = runs
@@ -240,5 +269,27 @@ mod tests {
         let col = df.column("numeric_precision").unwrap().str().unwrap();
         let values: Vec<Option<&str>> = col.iter().collect();
         assert_eq!(values, [Some("fp32"), Some("fp32"), None, Some("bf16")]);
+    }
+
+    /// A swept key without a column of its own gets one, named as the key (the few-shot
+    /// sweep's scores could not tell its training sizes apart); one with a column does not.
+    #[test]
+    fn every_other_swept_key_is_a_column_named_as_the_key() {
+        let size = "finetune.data.train_limit";
+        let mut runs = Vec::new();
+        for (n, lr) in [("50", "0.01"), ("100", "0.03")] {
+            let mut r = run("A", "x", 1, Some(0.5));
+            r.meta.axes.push((size.into(), n.into()));
+            r.meta.axes.push(("finetune.lr".into(), lr.into()));
+            runs.push(r);
+        }
+        runs.push(run("B", "x", 1, Some(0.5)));
+        let df = scores_frame(&runs).unwrap();
+        let col = df.column(size).unwrap().str().unwrap();
+        assert_eq!(
+            col.iter().collect::<Vec<_>>(),
+            [Some("50"), Some("100"), None]
+        );
+        assert!(df.column("finetune.lr").is_err(), "ft_lr has it already");
     }
 }

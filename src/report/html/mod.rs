@@ -307,12 +307,29 @@ impl<'a> PageData<'a> {
             .map(|p| p.run_id.as_str())
             .collect();
 
-        let used: BTreeSet<(&str, &str)> = src
-            .used
-            .runs
-            .iter()
-            .map(|r| (r.meta.run_id.as_str(), r.meta.setting.as_str()))
-            .collect();
+        // The tables' row names of each used run: its setting's name, or a row of it
+        // (`<setting> · key=value`) where a figure plots a key the setting varies (`split`).
+        let mut table_rows: HashMap<&str, Vec<&str>> = HashMap::new();
+        for r in &src.used.runs {
+            table_rows
+                .entry(r.meta.run_id.as_str())
+                .or_default()
+                .push(r.meta.setting.as_str());
+        }
+        let rows_of = |id: &str, setting: &str| -> Vec<&str> {
+            table_rows
+                .get(id)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|row| {
+                    *row == setting
+                        || row
+                            .strip_prefix(setting)
+                            .is_some_and(|rest| rest.starts_with(" · "))
+                })
+                .collect()
+        };
         let mut details: Vec<RunDetail<'a>> = Vec::new();
         let mut detail_of: HashMap<&str, usize> = HashMap::new();
         let mut rows = Vec::new();
@@ -345,7 +362,7 @@ impl<'a> PageData<'a> {
                 key,
                 record: r,
                 state: details[i].state,
-                used: used.contains(&(id, r.meta.setting.as_str())),
+                used: !rows_of(id, &r.meta.setting).is_empty(),
             });
         }
         for p in &mut priming {
@@ -359,10 +376,12 @@ impl<'a> PageData<'a> {
         let mut cells: HashMap<(String, String), Vec<usize>> = HashMap::new();
         for row in rows.iter().filter(|r| r.used && r.record.metrics.is_some()) {
             let m = &row.record.meta;
-            cells
-                .entry((m.setting.clone(), m.lang.clone()))
-                .or_default()
-                .push(row.key);
+            for table_row in rows_of(&m.run_id, &m.setting) {
+                cells
+                    .entry((table_row.to_string(), m.lang.clone()))
+                    .or_default()
+                    .push(row.key);
+            }
         }
 
         let mut counts: BTreeMap<ShownState, usize> = BTreeMap::new();

@@ -391,3 +391,56 @@ fn log_tail_reads_the_last_lines_of_a_long_log() {
     assert_eq!(tail, ["line 4997", "line 4998", "line 4999"]);
     assert!(log_tail(&tmp.path().join("absent"), 3).is_empty());
 }
+
+/// Where a figure plots a key a setting varies, Table 1 has a row per value
+/// (`AT · key=50`): its numbers link to the runs of that value (the page once matched runs
+/// to rows by the setting's own name, so the few-shot page had no links at all).
+#[test]
+fn the_rows_of_a_split_setting_link_to_their_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = "finetune.data.train_limit";
+    let mut runs = Vec::new();
+    for n in ["50", "100"] {
+        for seed in 1..=2u64 {
+            let mut r = run("AT", "hi", seed, Some(0.4 + seed as f64 / 10.0));
+            r.meta.axes.push((key.to_string(), n.to_string()));
+            r.meta.run_id = format!("at-{n}-{seed}");
+            runs.push(r);
+        }
+    }
+    let spec = ReportSpec {
+        figure: vec![crate::spec::report::FigureSpec {
+            name: "sizes".into(),
+            kind: crate::spec::report::FigureKind::Line,
+            x: key.into(),
+            series: "setting".into(),
+            y: Default::default(),
+            facet: Default::default(),
+            filter: None,
+            title: None,
+        }],
+        bootstrap_samples: Some(50),
+        ..ReportSpec::default()
+    };
+    let mut inp = input(&["AT"], &["hi"], runs, spec);
+    inp.results_dir = tmp.path().join("results");
+    let (_, doc) = page_of(&inp);
+    for n in ["50", "100"] {
+        let label = format!("AT · {key}={n} · hi");
+        let link = doc
+            .select(&select("#table1-table a[data-runs]"))
+            .find(|a| a.attr("data-label") == Some(label.as_str()))
+            .unwrap_or_else(|| panic!("no link on {label}"));
+        let behind: Vec<&str> = link
+            .attr("data-runs")
+            .unwrap()
+            .split(' ')
+            .map(|k| inp.runs[k.parse::<usize>().unwrap()].meta.run_id.as_str())
+            .collect();
+        assert_eq!(
+            behind,
+            [format!("at-{n}-1"), format!("at-{n}-2")],
+            "{label}"
+        );
+    }
+}
