@@ -223,6 +223,14 @@ fn demo_page_runs_in_chromium_and_its_filter_reduces_the_runs() {
     let (shown, _) = run_rows(&dom);
     assert_eq!(shown.len(), 9, "{shown:?}");
     assert!(shown.iter().all(|l| l == "hi"), "{shown:?}");
+    // A value no run has shows no runs and says so (it used to be dropped: every run shown).
+    let (dom, _) = load(&browser, &format!("{url}?lang=xx"), &["--dump-dom"]);
+    let (shown, _) = run_rows(&dom);
+    assert!(shown.is_empty(), "{shown:?}");
+    assert!(
+        dom.contains("no run has lang \u{201c}xx\u{201d}"),
+        "no notice"
+    );
 
     // The runs behind a number of Table 1, as its link shows them.
     let doc = Html::parse_document(&dom);

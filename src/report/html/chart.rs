@@ -85,6 +85,19 @@ fn tick_label(v: f64, whole: bool) -> String {
 }
 
 impl LineChart {
+    /// What a screen reader says of the chart: its title, axes and series (the legend's
+    /// colours and dashes are not read out).
+    fn aria_label(&self) -> String {
+        let series: Vec<&str> = self.series.iter().map(|s| s.label.as_str()).collect();
+        format!(
+            "{}: {} against {}; {}",
+            self.title,
+            self.y_label,
+            self.x_label,
+            series.join(", ")
+        )
+    }
+
     /// The chart as an `<svg>` element; a chart without points says so instead.
     pub fn to_svg(&self) -> Markup {
         let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
@@ -126,7 +139,8 @@ impl LineChart {
         };
         let view_box = format!("0 0 {WIDTH} {height:.0}");
         html! {
-            svg.chart viewBox=(view_box) width=(WIDTH) height=(format!("{height:.0}")) role="img" {
+            svg.chart viewBox=(view_box) width=(WIDTH) height=(format!("{height:.0}")) role="img"
+                aria-label=(self.aria_label()) {
                 text.title x=(LEFT) y="12" { (self.title) }
                 @for (i, s) in self.series.iter().enumerate() {
                     text class={ "legend s" (i % 4) } x=(WIDTH - RIGHT)

@@ -38,7 +38,16 @@
   function showRuns(keys, label) {
     only = new Set(keys.split(/\s+/).filter(Boolean));
     text.value = ""; setting.value = ""; lang.value = ""; status.value = "";
-    chipLabel.textContent = only.size + " run(s) behind " + label;
+    var found = rows.filter(function (r) { return only.has(r.dataset.key); }).length;
+    chipLabel.textContent = found + " run(s) behind " + label;
+    apply();
+  }
+
+  // An address filter whose value no run has shows no runs and says why (a select cannot hold
+  // the value, and leaving it blank would show every run as if the filter had worked).
+  function showNothing(why) {
+    only = new Set();
+    chipLabel.textContent = why;
     apply();
   }
 
@@ -59,10 +68,19 @@
   });
 
   Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, col) {
+    // Sortable from the keyboard too, and the order is announced (aria-sort).
+    th.tabIndex = 0;
+    th.addEventListener("keydown", function (e) {
+      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); th.click(); }
+    });
     th.addEventListener("click", function () {
       var dir = th.dataset.dir === "asc" ? "desc" : "asc";
-      Array.prototype.forEach.call(th.parentNode.cells, function (c) { delete c.dataset.dir; });
+      Array.prototype.forEach.call(th.parentNode.cells, function (c) {
+        delete c.dataset.dir;
+        c.removeAttribute("aria-sort");
+      });
       th.dataset.dir = dir;
+      th.setAttribute("aria-sort", dir === "asc" ? "ascending" : "descending");
       var numeric = th.dataset.type === "num";
       var sign = dir === "asc" ? 1 : -1;
       var value = function (r) {
@@ -91,13 +109,27 @@
     }
   }
   window.addEventListener("hashchange", openTarget);
+  // A link to the detail already in the address changes no hash: open it all the same.
+  document.addEventListener("click", function (e) {
+    var link = e.target.closest("a[href^='#']");
+    if (link && link.getAttribute("href") === location.hash) { setTimeout(openTarget, 0); }
+  });
 
   var query = new URLSearchParams(location.search);
   text.value = query.get("q") || "";
-  setting.value = query.get("setting") || "";
-  lang.value = query.get("lang") || "";
-  status.value = query.get("status") || "";
-  if (query.get("runs")) { showRuns(query.get("runs"), "the address"); } else { apply(); }
+  var unknown = [];
+  [["setting", setting], ["lang", lang], ["status", status]].forEach(function (f) {
+    var wanted = query.get(f[0]) || "";
+    f[1].value = wanted;
+    if (f[1].value !== wanted) { unknown.push(f[0] + " \u201c" + wanted + "\u201d"); }
+  });
+  if (unknown.length) {
+    showNothing("no run has " + unknown.join(" or ") + " (from the address)");
+  } else if (query.get("runs")) {
+    showRuns(query.get("runs"), "the address");
+  } else {
+    apply();
+  }
   openTarget();
   document.documentElement.dataset.ready = "yes";
 })();
