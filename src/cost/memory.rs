@@ -10,6 +10,8 @@
 //! * activations at the configured batch size, every sequence padded to `data.max_len` (an
 //!   upper bound: batches are length-bucketed): every layer's saved tensors where the backward
 //!   pass goes through the encoder, one layer's working set where the encoder runs graph-free;
+//! * the tensors a PE method's encoder overrides make (LoRA's merged weights:
+//!   [`crate::model::pe::PeMethod::override_floats`]);
 //! * the encoder-output cache of head/adapter tuning (one row of H floats per word of train
 //!   and dev, words beyond `max_len` cut);
 //! * under bf16 (or `auto`, bf16 on CUDA), the bf16 copies the products keep for the backward
@@ -124,6 +126,14 @@ fn branch_activations(pe: Option<&PeSpec>, model: &BertConfig, batch: usize, seq
     })
 }
 
+/// The tensors a PE method's encoder overrides make (LoRA's merged weights), in bytes
+/// ([`crate::model::pe::PeMethod::override_floats`]).
+fn override_bytes(pe: Option<&PeSpec>, model: &BertConfig, training: bool) -> u64 {
+    pe.map_or(0, |spec| {
+        spec.method().override_floats(model, training) * F32
+    })
+}
+
 /// What bf16 adds to [`graph_activations`]: every layer's bf16 copies of its products' inputs
 /// (see [`BF16_SAVED_H_PER_TOKEN`]) and of its weight matrices, kept for the backward pass.
 /// Charged whenever a run may resolve to bf16 (`precision = "bf16"`, or `"auto"`, which is
@@ -216,6 +226,7 @@ pub fn finetune_memory(
         let tokens = (cfg.batch_size as u64 * seq as u64).max(INFERENCE_TOKENS);
         graph_free_activations(model, tokens, seq)
     };
+    let activations = activations + override_bytes(pe.as_ref(), model, pe_trained);
     let encoder_cache = if finetune_uses_cache(cfg, primed_pe) {
         (cache_rows.train + cache_rows.dev) * model.hidden_size as u64 * F32
     } else {
@@ -275,6 +286,8 @@ pub fn prime_memory(cfg: &PrimeConfig, model: &BertConfig) -> MemoryEstimate {
         // Fast weights and their gradients.
         (2 * fast * F32, support.max(query))
     };
+    // The PE module trains in both loops: its overrides are made per forward, one set alive.
+    let activations = activations + override_bytes(Some(&pe), model, true);
     MemoryEstimate {
         weights: (enc + pe_n + heads) * F32,
         // One task's gradients and their sum over the step's tasks.
@@ -482,10 +495,14 @@ mod tests {
         // LoRA acts inside the encoder: no cache, and the backward pass crosses every layer.
         let lora = finetune_memory(&finetune(FinetuneMethod::Lora), None, &m, rows);
         assert_eq!(lora.encoder_cache, 0);
-        assert_eq!(lora.activations, full.activations);
+        // Besides, its merged query and value weights (and on the generic path B·A and its
+        // scaled copy): 3 · 768 · 768 per adapted linear, 2 per layer.
+        let merged = 12 * 2 * 3 * 768 * 768 * 4;
+        assert_eq!(lora.activations, full.activations + merged);
         assert!(!finetune_uses_cache(&finetune(FinetuneMethod::Lora), None));
-        // With dropout, LoRA's branches run in activation space and keep their own tensors:
-        // per adapted linear (query and value, 768 → 768, r = 8) and token, 2·768 + 8 + 2·768.
+        // With dropout, LoRA's branches run in activation space and keep their own tensors
+        // (nothing is merged in training): per adapted linear (query and value, 768 → 768,
+        // r = 8) and token, 2·768 + 8 + 2·768.
         let dropped = FinetuneConfig {
             lora_dropout: Some(0.1),
             ..finetune(FinetuneMethod::Lora)
@@ -493,7 +510,7 @@ mod tests {
         let lora_p = finetune_memory(&dropped, None, &m, rows);
         let per_token = 12 * 2 * (4 * 768 + 8);
         assert_eq!(
-            lora_p.activations - lora.activations,
+            lora_p.activations + merged - lora.activations,
             32 * 128 * per_token * 4
         );
         // Activations grow with the batch.

@@ -208,6 +208,22 @@ impl PeMethod for Lora {
         self.branch_in_training()
     }
 
+    /// The merged weight of every adapted linear, and on the generic (non-CPU-kernel) path
+    /// the product B·A and its scaled copy beside it: 3 · out · in each, the high end. None
+    /// while the branch acts in activation space instead.
+    fn override_floats(&self, model: &BertConfig, training: bool) -> u64 {
+        if training && self.branch_in_training() {
+            return 0;
+        }
+        self.slots(model)
+            .iter()
+            .map(|(_, _, _, t)| {
+                let (out, inp) = t.shape(model);
+                3 * (out * inp) as u64
+            })
+            .sum()
+    }
+
     /// Per adapted linear `[out, in]`: the dropped input and its mask (2·in), `x·Aᵀ` (r), and
     /// `·Bᵀ` with its scaled copy (2·out).
     fn branch_floats_per_token(&self, model: &BertConfig) -> u64 {

@@ -202,6 +202,14 @@ pub trait PeMethod: std::fmt::Debug + Send + Sync {
         0
     }
 
+    /// Floats of the tensors [`Self::encoder_overrides`] makes (and a training forward keeps
+    /// for the backward pass) besides the method's own parameters, summed over the layers; 0
+    /// by default (a method that overrides nothing, or whose overrides are its own tensors).
+    /// The memory estimate charges them once per run (`crate::cost::memory`).
+    fn override_floats(&self, _model: &BertConfig, _training: bool) -> u64 {
+        0
+    }
+
     /// A layer's output `[B, T, H]` after the method acts on it (identity by default).
     fn after_layer(&self, _layer: usize, x: Tensor, _own: &dyn Weights) -> Result<Tensor> {
         Ok(x)
