@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 pub use crate::model::FinetuneMethod;
 pub use crate::model::dispatch::Precision;
+pub use crate::model::pe::PeKind;
 
 /// The settings side of [`FinetuneMethod`] (the enum itself lives in `crate::model`, which maps
 /// it to parameter groups and knows nothing of configs).
@@ -20,15 +21,12 @@ impl FinetuneMethod {
     /// need a much larger rate to converge within a few epochs on WikiAnn-sized data (measured
     /// on the committed Afrikaans slice with MiniLM: adapter tuning at 1e-3 reached dev F1 18 after
     /// 3 epochs on 1000 sentences, at 1e-2 dev F1 25 after 4 epochs on 400).
+    /// A PE method's rate is its registration's.
     pub fn default_lr(self) -> f64 {
-        match self {
-            FinetuneMethod::Full => 5e-5,
-            FinetuneMethod::Head => 1e-2,
-            FinetuneMethod::Adapter => 5e-3,
-            // Like adapter tuning, few weights on a frozen encoder; not measured yet on WikiAnn
-            // (sweeps select it on dev).
-            FinetuneMethod::Bitfit => 5e-3,
-            FinetuneMethod::Lora => 5e-3,
+        match (self, self.pe_kind()) {
+            (_, Some(pe)) => pe.registration().default_lr,
+            (FinetuneMethod::Head, None) => 1e-2,
+            _ => 5e-5,
         }
     }
 }
@@ -390,12 +388,7 @@ impl FinetuneConfig {
 
     /// The PE method this run trains (None for full FT and head tuning, which create none).
     pub fn pe_kind(&self) -> Option<PeKind> {
-        match self.method {
-            FinetuneMethod::Full | FinetuneMethod::Head => None,
-            FinetuneMethod::Adapter => Some(PeKind::Adapter),
-            FinetuneMethod::Bitfit => Some(PeKind::Bitfit),
-            FinetuneMethod::Lora => Some(PeKind::Lora),
-        }
+        self.method.pe_kind()
     }
 
     /// The parameter-efficient module this run trains (see [`Self::pe_kind`]).
@@ -509,23 +502,12 @@ impl InnerParamsChoice {
     pub fn means_the_default(choice: &Option<Self>) -> bool {
         matches!(choice, None | Some(InnerParamsChoice::Adapter))
     }
-}
 
-/// A parameter-efficient method, as the configurations name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PeKind {
-    Adapter,
-    Lora,
-    Bitfit,
-}
-
-impl PeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PeKind::Adapter => "adapter",
-            PeKind::Lora => "lora",
-            PeKind::Bitfit => "bitfit",
-        }
+    /// The PE method this choice names, found by its spelling (None: `full`).
+    pub fn pe_kind(self) -> Option<PeKind> {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .and_then(|v| PeKind::from_name(v.get_name()))
     }
 }
 
@@ -805,20 +787,17 @@ impl PrimeConfig {
 
     /// The PE module priming trains: `inner_params`' method, the adapter for the full loop.
     pub fn pe_kind(&self) -> PeKind {
-        match self.inner_params {
-            Some(InnerParamsChoice::Lora) => PeKind::Lora,
-            Some(InnerParamsChoice::Bitfit) => PeKind::Bitfit,
-            Some(InnerParamsChoice::Adapter | InnerParamsChoice::Full) | None => PeKind::Adapter,
-        }
+        // The MAML loop (and no choice) carries the paper's adapter.
+        self.inner_params
+            .and_then(InnerParamsChoice::pe_kind)
+            .unwrap_or(PeKind::Adapter)
     }
 
     /// What the inner loop adapts, for labels: `inner_params` as written, else `pe` / `full`.
     pub fn inner_label(&self) -> &'static str {
         match (self.inner_params, self.inner_loop) {
-            (Some(InnerParamsChoice::Adapter), _) => "adapter",
-            (Some(InnerParamsChoice::Lora), _) => "lora",
-            (Some(InnerParamsChoice::Bitfit), _) => "bitfit",
             (Some(InnerParamsChoice::Full), _) | (None, InnerLoop::Full) => "full",
+            (Some(choice), _) => choice.pe_kind().map_or("full", PeKind::as_str),
             (None, InnerLoop::Pe) => "pe",
         }
     }
@@ -1232,6 +1211,52 @@ mod tests {
         assert!(written.get("lora_dropout").is_none());
         let written = serde_json::to_value(lora(Some(0.1))).unwrap();
         assert_eq!(written["lora_dropout"], json!(0.1));
+    }
+
+    /// The PE seam's registration holds together: every registered method is named the same
+    /// by its registration, its PeMethod impl, `finetune.method` and `prime.inner_params`
+    /// (that spelling is how the configs find the method), and finds its own file.
+    #[test]
+    fn every_registered_pe_method_is_named_alike_everywhere() {
+        use crate::model::pe::REGISTRY;
+        use clap::ValueEnum;
+        for r in REGISTRY {
+            assert_eq!(r.kind.registration().name, r.name);
+            assert_eq!(PeKind::from_name(r.name), Some(r.kind));
+            let method = PeSettings::default().spec(r.kind, 8).method();
+            assert_eq!((method.name(), method.file_name()), (r.name, r.file));
+        }
+        let names: std::collections::BTreeSet<_> = REGISTRY.iter().map(|r| r.name).collect();
+        assert_eq!(names.len(), REGISTRY.len(), "two methods share a name");
+        // Every value of the config enums: its spelling (serde, clap, as_str) is one, and
+        // it names a registered method exactly when it is not full/head tuning.
+        for m in FinetuneMethod::value_variants() {
+            let serde = serde_json::to_value(m).unwrap();
+            assert_eq!(serde, json!(m.as_str()));
+            let pe = m.pe_kind();
+            let plain = matches!(m, FinetuneMethod::Full | FinetuneMethod::Head);
+            assert_eq!(pe.is_none(), plain, "{m:?}");
+            assert_eq!(pe.map(PeKind::as_str).unwrap_or(m.as_str()), m.as_str());
+        }
+        for c in InnerParamsChoice::value_variants() {
+            let serde = serde_json::to_value(c).unwrap();
+            let pe = c.pe_kind();
+            assert_eq!(pe.is_none(), *c == InnerParamsChoice::Full, "{c:?}");
+            if let Some(pe) = pe {
+                assert_eq!(serde, json!(pe.as_str()));
+            }
+        }
+        for kind in REGISTRY.iter().map(|r| r.kind) {
+            assert!(
+                FinetuneMethod::value_variants()
+                    .iter()
+                    .any(|m| m.pe_kind() == Some(kind))
+                    && InnerParamsChoice::value_variants()
+                        .iter()
+                        .any(|c| c.pe_kind() == Some(kind)),
+                "{kind:?} cannot be named in a configuration"
+            );
+        }
     }
 
     /// A priming step samples tasks_per_step of the sources without replacement: more than

@@ -48,6 +48,13 @@ pub enum FinetuneMethod {
 }
 
 impl FinetuneMethod {
+    /// The PE method this method trains, found by its spelling (None: full FT, head tuning).
+    pub fn pe_kind(self) -> Option<crate::model::pe::PeKind> {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .and_then(|v| crate::model::pe::PeKind::from_name(v.get_name()))
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FinetuneMethod::Full => "full",
@@ -320,7 +327,8 @@ impl Tagger {
                 g
             }
             FinetuneMethod::Head => vec![head],
-            FinetuneMethod::Adapter | FinetuneMethod::Bitfit | FinetuneMethod::Lora => {
+            // A PE method: its module and the head.
+            _ => {
                 match self.pe_group() {
                     Some(pe) => vec![pe, head],
                     // No module to train: set_trainable names the missing group.

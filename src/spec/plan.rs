@@ -656,12 +656,10 @@ fn check_runs_read_what_varies(sweep: &Sweep, runs: &[PlannedRun]) -> Result<(),
                 ),
                 RunSpec::Prime { .. } => ("meta priming", ""),
                 RunSpec::Finetune { config, .. } => (
-                    match config.method {
-                        FinetuneMethod::Full => "full fine-tuning",
-                        FinetuneMethod::Head => "head tuning",
-                        FinetuneMethod::Lora => "LoRA",
-                        FinetuneMethod::Bitfit => "BitFit",
-                        FinetuneMethod::Adapter => "adapter tuning",
+                    match (config.method, config.method.pe_kind()) {
+                        (_, Some(pe)) => pe.registration().tuning_label,
+                        (FinetuneMethod::Head, None) => "head tuning",
+                        _ => "full fine-tuning",
                     },
                     " (it creates no adapter)",
                 ),

@@ -18,6 +18,18 @@ use std::sync::Arc;
 
 /// File holding θa inside a primed checkpoint folder.
 pub const FILE: &str = "adapter.safetensors";
+
+/// The method's registration ([`super::REGISTRY`]).
+pub const REGISTRATION: super::Registration = super::Registration {
+    kind: super::PeKind::Adapter,
+    name: "adapter",
+    file: FILE,
+    load,
+    // Few, freshly initialised weights on a frozen encoder need a much larger rate than full
+    // fine-tuning's 5e-5.
+    default_lr: 5e-3,
+    tuning_label: "adapter tuning",
+};
 /// Bottleneck size of a new adapter (the paper's 64).
 pub const DEFAULT_DIM: usize = 64;
 
@@ -112,7 +124,7 @@ impl Weights for Prefixed<'_> {
 
 impl PeMethod for BottleneckAdapter {
     fn name(&self) -> &'static str {
-        "adapter"
+        REGISTRATION.name
     }
 
     fn file_name(&self) -> &'static str {

@@ -17,13 +17,25 @@ use std::sync::Arc;
 /// File holding the trained biases inside a primed checkpoint folder.
 pub const FILE: &str = "bitfit.safetensors";
 
+/// The method's registration ([`super::REGISTRY`]).
+pub const REGISTRATION: super::Registration = super::Registration {
+    kind: super::PeKind::Bitfit,
+    name: "bitfit",
+    file: FILE,
+    load,
+    // Few, freshly initialised weights on a frozen encoder need a much larger rate than full
+    // fine-tuning's 5e-5 (like adapter tuning; not measured on WikiAnn yet — sweeps select it on dev).
+    default_lr: 5e-3,
+    tuning_label: "BitFit",
+};
+
 /// Every encoder bias trainable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BitFit;
 
 impl PeMethod for BitFit {
     fn name(&self) -> &'static str {
-        "bitfit"
+        REGISTRATION.name
     }
 
     fn file_name(&self) -> &'static str {

@@ -30,6 +30,18 @@ use std::sync::Arc;
 /// and the targets).
 pub const FILE: &str = "lora.safetensors";
 
+/// The method's registration ([`super::REGISTRY`]).
+pub const REGISTRATION: super::Registration = super::Registration {
+    kind: super::PeKind::Lora,
+    name: "lora",
+    file: FILE,
+    load,
+    // Few, freshly initialised weights on a frozen encoder need a much larger rate than full
+    // fine-tuning's 5e-5 (like adapter tuning; not measured on WikiAnn yet — sweeps select it on dev).
+    default_lr: 5e-3,
+    tuning_label: "LoRA",
+};
+
 /// A linear layer of every encoder layer that LoRA can adapt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -138,7 +150,7 @@ impl Lora {
 
 impl PeMethod for Lora {
     fn name(&self) -> &'static str {
-        "lora"
+        REGISTRATION.name
     }
 
     fn file_name(&self) -> &'static str {

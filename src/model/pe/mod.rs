@@ -20,9 +20,13 @@
 //! used then: [`PeMethod::acts_inside_encoder`] is the one answer both consult (through
 //! [`crate::model::Tagger::encoder_output_is_constant`] and the inner loop's support encoding).
 //!
-//! To add a method: one new file here implementing [`PeMethod`] (and a `load` function for its
-//! checkpoint file), then its registration — a [`PeSpec`] variant, its arm in
-//! [`PeSpec::method`], and its entry in [`LOADERS`].
+//! To add a method: one new file here implementing [`PeMethod`], with a `load` function for its
+//! checkpoint file and its [`Registration`] (name, checkpoint file, default learning rate,
+//! label); then register it — its row in [`REGISTRY`], a [`PeKind`] variant, a [`PeSpec`]
+//! variant with its arm in [`PeSpec::method`], and the variants that name it in
+//! configurations (`FinetuneMethod`, `config::InnerParamsChoice`, spelled as the
+//! registration's name, which is how they find their [`PeKind`]) and its settings' arm in
+//! `config::PeSettings::spec`.
 
 pub mod adapter;
 pub mod bitfit;
@@ -111,12 +115,59 @@ impl PeSpec {
 /// the method's settings (e.g. the adapter's dimension).
 pub type LoadFn = fn(path: &Path, model: &BertConfig, device: &Device) -> Result<PeModule>;
 
-/// Every registered method's checkpoint file and loader.
-pub const LOADERS: &[(&str, LoadFn)] = &[
-    (adapter::FILE, adapter::load),
-    (bitfit::FILE, bitfit::load),
-    (lora::FILE, lora::load),
+/// A parameter-efficient method as configurations name it (`finetune.method`,
+/// `prime.inner_params`); what the rest of primer knows of it is its [`Registration`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeKind {
+    Adapter,
+    Lora,
+    Bitfit,
+}
+
+/// What primer knows of a registered method besides its [`PeMethod`] impl, declared in the
+/// method's own file.
+#[derive(Debug)]
+pub struct Registration {
+    pub kind: PeKind,
+    /// Its name in configurations, reports and parameter names (`adapter.down.weight`): the
+    /// spelling of its `finetune.method` and `prime.inner_params` values.
+    pub name: &'static str,
+    /// The file holding its parameters inside a primed checkpoint folder.
+    pub file: &'static str,
+    pub load: LoadFn,
+    /// The fine-tuning learning rate when none is given.
+    pub default_lr: f64,
+    /// Fine-tuning with it, in messages ("adapter tuning", "LoRA").
+    pub tuning_label: &'static str,
+}
+
+/// Every registered method.
+pub const REGISTRY: [&Registration; 3] = [
+    &adapter::REGISTRATION,
+    &bitfit::REGISTRATION,
+    &lora::REGISTRATION,
 ];
+
+impl PeKind {
+    /// The method's registration.
+    pub fn registration(self) -> &'static Registration {
+        REGISTRY
+            .iter()
+            .find(|r| r.kind == self)
+            .expect("every PeKind has its row in REGISTRY (checked by a test)")
+    }
+
+    /// The method's name ([`Registration::name`]).
+    pub fn as_str(self) -> &'static str {
+        self.registration().name
+    }
+
+    /// The method named `name` (a `finetune.method` or `prime.inner_params` spelling); None
+    /// for a name no method registers (`full`, `head`).
+    pub fn from_name(name: &str) -> Option<PeKind> {
+        REGISTRY.iter().find(|r| r.name == name).map(|r| r.kind)
+    }
+}
 
 /// What a parameter-efficient method adds to the tagger, and where it acts.
 pub trait PeMethod: std::fmt::Debug + Send + Sync {
@@ -311,31 +362,31 @@ impl PeModule {
 /// The PE module a checkpoint folder carries: None when it holds no registered method's file,
 /// an error when it holds more than one.
 pub fn load_from_dir(dir: &Path, model: &BertConfig, device: &Device) -> Result<Option<PeModule>> {
-    let present: Vec<&(&str, LoadFn)> = LOADERS
+    let present: Vec<&&Registration> = REGISTRY
         .iter()
-        .filter(|(file, _)| dir.join(file).exists())
+        .filter(|r| dir.join(r.file).exists())
         .collect();
     match present.as_slice() {
         [] => Ok(None),
-        [(file, load)] => load(&dir.join(file), model, device).map(Some),
+        [r] => (r.load)(&dir.join(r.file), model, device).map(Some),
         many => Err(ModelError::Invalid(format!(
             "{}: holds the files of {} parameter-efficient modules ({}); a checkpoint carries one — \
              remove the others",
             dir.display(),
             many.len(),
-            many.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(", ")
+            many.iter().map(|r| r.file).collect::<Vec<_>>().join(", ")
         ))),
     }
 }
 
 /// Whether `dir` holds any registered method's file (what makes a folder a primed checkpoint).
 pub fn dir_has_module(dir: &Path) -> bool {
-    LOADERS.iter().any(|(file, _)| dir.join(file).exists())
+    REGISTRY.iter().any(|r| dir.join(r.file).exists())
 }
 
 /// The checkpoint files of every registered method (for messages).
 pub fn module_files() -> Vec<&'static str> {
-    LOADERS.iter().map(|(f, _)| *f).collect()
+    REGISTRY.iter().map(|r| r.file).collect()
 }
 
 /// Parameters in the listed order: names ending in `bias` zero, every other weight
