@@ -5,13 +5,11 @@
 use crate::report::ReportInput;
 use crate::report::paper::PaperNumbers;
 use crate::report::plot::{
-    Bar, BarChart, Figure, HeatCell, Heatmap, LinePanel, LinePanels, Panels,
+    AnyFigure, Bar, BarChart, HeatCell, Heatmap, LinePanel, LinePanels, Panels,
 };
 use crate::report::points::{self, AVG_FACET, FigurePoints, Point};
 use crate::report::table::{CellStat, seed_average_spread, seed_values};
 use crate::spec::report::{FigureKind, FigureSpec, FigureY, is_log_scaled};
-use plotters::coord::Shift;
-use plotters::prelude::{DrawingArea, DrawingBackend};
 use std::collections::BTreeMap;
 
 type Stats = BTreeMap<(String, String), CellStat>;
@@ -234,32 +232,6 @@ pub fn figure4(
     Ok((chart, data))
 }
 
-/// A declared figure, drawn as its `kind` says.
-#[derive(Debug, Clone)]
-pub enum DeclaredChart {
-    Lines(LinePanels),
-    Bars(Panels<BarChart>),
-    Heatmaps(Panels<Heatmap>),
-}
-
-impl Figure for DeclaredChart {
-    fn size(&self) -> (u32, u32) {
-        match self {
-            DeclaredChart::Lines(c) => c.size(),
-            DeclaredChart::Bars(c) => c.size(),
-            DeclaredChart::Heatmaps(c) => c.size(),
-        }
-    }
-
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
-        match self {
-            DeclaredChart::Lines(c) => c.draw(root),
-            DeclaredChart::Bars(c) => c.draw(root),
-            DeclaredChart::Heatmaps(c) => c.draw(root),
-        }
-    }
-}
-
 /// Axis title of a figure dimension: what it is and its unit, and the log scale when used.
 pub fn axis_title(dim: &str) -> String {
     let name = match dim {
@@ -315,7 +287,7 @@ fn facet_title(facet: &str, data: &FigurePoints) -> String {
 }
 
 /// The chart of a declared figure from its points.
-pub fn declared_chart(spec: &FigureSpec, data: &FigurePoints) -> DeclaredChart {
+pub fn declared_chart(spec: &FigureSpec, data: &FigurePoints) -> Box<dyn AnyFigure> {
     let title = spec.title.clone().unwrap_or_else(|| {
         format!(
             "{} by {}",
@@ -335,7 +307,7 @@ pub fn declared_chart(spec: &FigureSpec, data: &FigurePoints) -> DeclaredChart {
                 Some(v) if spec.x != "lang" => v,
                 _ => (0..data.xs.len()).map(|i| i as f64).collect(),
             };
-            DeclaredChart::Lines(LinePanels {
+            Box::new(LinePanels {
                 title,
                 subtitle: caption,
                 x_desc: axis_title(&spec.x),
@@ -353,7 +325,7 @@ pub fn declared_chart(spec: &FigureSpec, data: &FigurePoints) -> DeclaredChart {
                     .collect(),
             })
         }
-        FigureKind::Bars => DeclaredChart::Bars(Panels {
+        FigureKind::Bars => Box::new(Panels {
             title,
             subtitle: caption,
             panels: data
@@ -373,7 +345,7 @@ pub fn declared_chart(spec: &FigureSpec, data: &FigurePoints) -> DeclaredChart {
                 })
                 .collect(),
         }),
-        FigureKind::Heatmap => DeclaredChart::Heatmaps(Panels {
+        FigureKind::Heatmap => Box::new(Panels {
             title,
             subtitle: caption.replace("error bars", "in brackets"),
             panels: data

@@ -318,7 +318,7 @@ pub fn write_report(
         match points::declared_points(figure_input, spec, samples, opts.bootstrap_seed) {
             Ok(data) => {
                 let chart = figures::declared_chart(spec, &data);
-                files.extend(plot::write_figure(&chart, dir, &spec.name)?);
+                files.extend(plot::write_figure(chart.as_ref(), dir, &spec.name)?);
                 files.push(data.write_csv(dir)?);
                 skipped.extend(data.notes);
             }

@@ -43,17 +43,39 @@ pub trait Figure {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String>;
 }
 
+/// A [`Figure`] behind a pointer: the two backends the report draws on, as methods, so that a
+/// figure chosen at run time (a `[[report.figure]]`'s kind) needs no enum of every kind.
+/// Every `Figure` is one.
+pub trait AnyFigure {
+    /// [`Figure::size`].
+    fn pixels(&self) -> (u32, u32);
+    fn draw_svg(&self, root: &DrawingArea<SVGBackend<'_>, Shift>) -> Result<(), String>;
+    fn draw_bitmap(&self, root: &DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), String>;
+}
+
+impl<F: Figure> AnyFigure for F {
+    fn pixels(&self) -> (u32, u32) {
+        self.size()
+    }
+    fn draw_svg(&self, root: &DrawingArea<SVGBackend<'_>, Shift>) -> Result<(), String> {
+        self.draw(root)
+    }
+    fn draw_bitmap(&self, root: &DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), String> {
+        self.draw(root)
+    }
+}
+
 fn de<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> String {
     e.to_string()
 }
 
 /// Renders `fig` to an SVG string.
-pub fn render_svg(fig: &impl Figure) -> Result<String, ReportError> {
+pub fn render_svg(fig: &dyn AnyFigure) -> Result<String, ReportError> {
     ensure_font()?;
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, fig.size()).into_drawing_area();
-        fig.draw(&root).map_err(|message| ReportError::Plot {
+        let root = SVGBackend::with_string(&mut svg, fig.pixels()).into_drawing_area();
+        fig.draw_svg(&root).map_err(|message| ReportError::Plot {
             path: PathBuf::from("<svg>"),
             message,
         })?;
@@ -67,7 +89,7 @@ pub fn render_svg(fig: &impl Figure) -> Result<String, ReportError> {
 
 /// Writes `<dir>/<stem>.svg` and `<dir>/<stem>.png` atomically; returns both paths.
 pub fn write_figure(
-    fig: &impl Figure,
+    fig: &dyn AnyFigure,
     dir: &Path,
     stem: &str,
 ) -> Result<Vec<PathBuf>, ReportError> {
@@ -93,8 +115,8 @@ pub fn write_figure(
         .tempfile_in(dir)
         .map_err(|e| plot_err(e.to_string()))?;
     {
-        let root = BitMapBackend::new(tmp.path(), fig.size()).into_drawing_area();
-        fig.draw(&root).map_err(plot_err)?;
+        let root = BitMapBackend::new(tmp.path(), fig.pixels()).into_drawing_area();
+        fig.draw_bitmap(&root).map_err(plot_err)?;
         root.present().map_err(|e| plot_err(e.to_string()))?;
     }
     crate::fsutil::persist_temp_file(tmp, &png_path)?;
