@@ -203,6 +203,13 @@ fn a_store_file_and_a_too_long_max_len_are_refused_before_anything_runs() {
         .unwrap()
         .replace("root = \"data\"", "root = \"data\", max_len = 128");
     std::fs::write(t.join("s.toml"), text).unwrap();
+    // `primer plan` warns of it, `primer run` refuses.
+    let (ok, out) = primer(t, &["plan", "s.toml"]);
+    assert!(
+        ok && out.contains("warning: `primer run` will refuse to start")
+            && out.contains("data.max_len is 128"),
+        "{out}"
+    );
     let (ok, out) = primer(t, &["run", "s.toml"]);
     assert!(
         !ok && out.contains("data.max_len is 128")

@@ -147,6 +147,7 @@ fn print_plan(a: &PlanArgs) -> anyhow::Result<ExitCode> {
         observed: obs,
         time_left,
         missing,
+        model_problems,
     } = orchestrate::overview(&sweep)?;
     if a.json {
         for row in plan_rows(&plan, &obs) {
@@ -238,6 +239,12 @@ fn print_plan(a: &PlanArgs) -> anyhow::Result<ExitCode> {
             std::env::current_dir()?.display()
         )?;
         for m in missing {
+            writeln!(out, "  {m}")?;
+        }
+    }
+    if !model_problems.is_empty() {
+        writeln!(out, "warning: `primer run` will refuse to start:")?;
+        for m in model_problems {
             writeln!(out, "  {m}")?;
         }
     }

@@ -4,8 +4,8 @@
 
 use super::error::SweepError;
 use super::run::{
-    RemainingEstimate, estimate_remaining, gc_checkpoints, missing_inputs, report_input_for,
-    unreadable_inputs,
+    RemainingEstimate, estimate_remaining, gc_checkpoints, missing_inputs, model_problems,
+    report_input_for, unreadable_inputs,
 };
 use crate::backend::{
     self, Backend, BackendKind, BackendSettings, Queued, RunSummary, RunView, Submitted, ViewState,
@@ -259,6 +259,8 @@ pub struct Overview {
     pub time_left: RemainingEstimate,
     /// Inputs (model folders, data directories) not found: `primer run` would refuse to start.
     pub missing: Vec<String>,
+    /// Settings a model cannot serve (`run::model_problems`): `primer run` would refuse too.
+    pub model_problems: Vec<String>,
 }
 
 /// The plan of `sweep` and the store's view of every run.
@@ -269,6 +271,7 @@ pub fn overview(sweep: &Sweep) -> Result<Overview, SweepError> {
     Ok(Overview {
         time_left: estimate_remaining(&plan, &observed),
         missing: missing_inputs(&plan),
+        model_problems: model_problems(&plan),
         observed,
         store: store.root,
         plan,

@@ -73,18 +73,14 @@ pub fn unreadable_inputs(plan: &Plan) -> Vec<String> {
     // Whether a file is usable depends on its path and the tag check only, not on limits or
     // seeds, so each (root, language, strictness) is read once.
     let mut seen: std::collections::HashSet<(PathBuf, String, bool)> = Default::default();
+    for problem in model_problems(plan) {
+        problems.push(problem);
+    }
     for run in &plan.runs {
-        let (model, data, langs) = match &run.spec {
-            RunSpec::Prime { config } => (&config.model, &config.data, config.sources.clone()),
-            RunSpec::Finetune { config, .. } => {
-                (&config.model, &config.data, vec![config.lang.clone()])
-            }
+        let (data, langs) = match &run.spec {
+            RunSpec::Prime { config } => (&config.data, config.sources.clone()),
+            RunSpec::Finetune { config, .. } => (&config.data, vec![config.lang.clone()]),
         };
-        if let Some(problem) = crate::model::BertConfig::max_len_problem(model, data.max_len)
-            && !problems.contains(&problem)
-        {
-            problems.push(problem);
-        }
         for lang in langs {
             if !data.root.join(&lang).is_dir()
                 || !seen.insert((data.root.clone(), lang.clone(), data.strict_iob2))
@@ -97,6 +93,24 @@ pub fn unreadable_inputs(plan: &Plan) -> Vec<String> {
                     problems.push(line);
                 }
             }
+        }
+    }
+    problems
+}
+
+/// Settings a model cannot serve, one line each: a `data.max_len` beyond its position table.
+/// Cheap (each run's config.json), so `primer plan` shows them too.
+pub fn model_problems(plan: &Plan) -> Vec<String> {
+    let mut problems: Vec<String> = Vec::new();
+    for run in &plan.runs {
+        let (model, data) = match &run.spec {
+            RunSpec::Prime { config } => (&config.model, &config.data),
+            RunSpec::Finetune { config, .. } => (&config.model, &config.data),
+        };
+        if let Some(problem) = crate::model::BertConfig::max_len_problem(model, data.max_len)
+            && !problems.contains(&problem)
+        {
+            problems.push(problem);
         }
     }
     problems
