@@ -96,7 +96,9 @@ impl Executor for ProcessExecutor {
         let log_start = log.metadata().map_or(0, |m| m.len());
         let _ = writeln!(
             log,
-            "=== primer: attempt {attempt} on {} at unix time {} ===",
+            // Numbered within this `primer run` (a resumed sweep starts again at 1; status.json
+            // counts the attempts over all of them).
+            "=== primer: attempt {attempt} of this primer run, on {} at unix time {} ===",
             slot.label(),
             crate::store::now_s()
         );
