@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 pub use crate::model::FinetuneMethod;
 pub use crate::model::dispatch::Precision;
-pub use crate::model::pe::PeKind;
+pub use crate::model::pe::{PeKind, PeSettings};
 
 /// The settings side of [`FinetuneMethod`] (the enum itself lives in `crate::model`, which maps
 /// it to parameter groups and knows nothing of configs).
@@ -511,44 +511,8 @@ impl InnerParamsChoice {
     }
 }
 
-/// The PE methods' settings besides `adapter_dim`: the same keys (`adapter_layers`, `lora_*`)
-/// in `[finetune]` and `[prime]`, read through `pe_settings()`. A key of a method the
-/// configuration does not use is an error. The keys are skipped when unset or default, so
-/// they leave the stored configurations of other methods — and their run ids — unchanged.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PeSettings {
-    pub adapter_layers: crate::model::pe::AdapterLayers,
-    pub lora_r: Option<usize>,
-    pub lora_alpha: Option<f64>,
-    pub lora_dropout: Option<f64>,
-    pub lora_targets: Option<Vec<crate::model::pe::LoraTarget>>,
-}
-
+/// The range rules of the PE settings (the struct lives with the methods, which read it).
 impl PeSettings {
-    pub const DEFAULT_LORA_R: usize = 8;
-    pub const DEFAULT_LORA_ALPHA: f64 = 8.0;
-
-    /// The module of method `kind` these settings describe.
-    pub fn spec(&self, kind: PeKind, adapter_dim: usize) -> crate::model::PeSpec {
-        use crate::model::pe::LoraTarget;
-        match kind {
-            PeKind::Adapter => crate::model::PeSpec::Adapter {
-                dim: adapter_dim,
-                layers: self.adapter_layers,
-            },
-            PeKind::Bitfit => crate::model::PeSpec::BitFit,
-            PeKind::Lora => crate::model::PeSpec::Lora {
-                r: self.lora_r.unwrap_or(Self::DEFAULT_LORA_R),
-                alpha: self.lora_alpha.unwrap_or(Self::DEFAULT_LORA_ALPHA),
-                targets: self
-                    .lora_targets
-                    .clone()
-                    .unwrap_or_else(|| vec![LoraTarget::Query, LoraTarget::Value]),
-                dropout: self.lora_dropout.unwrap_or(0.0),
-            },
-        }
-    }
-
     /// Range rules, and keys set for a method other than `kind` (None: no PE module, e.g. full
     /// FT or head tuning).
     fn check(&self, r: &mut Rules, kind: Option<PeKind>) {

@@ -29,7 +29,16 @@ pub const REGISTRATION: super::Registration = super::Registration {
     // fine-tuning's 5e-5.
     default_lr: 5e-3,
     tuning_label: "adapter tuning",
+    from_settings,
 };
+
+/// The spec of the configuration's adapter.
+fn from_settings(settings: &super::PeSettings, dim: usize) -> super::PeSpec {
+    super::PeSpec::Adapter {
+        dim,
+        layers: settings.adapter_layers,
+    }
+}
 /// Bottleneck size of a new adapter (the paper's 64).
 pub const DEFAULT_DIM: usize = 64;
 

@@ -27,7 +27,13 @@ pub const REGISTRATION: super::Registration = super::Registration {
     // fine-tuning's 5e-5 (like adapter tuning; not measured on WikiAnn yet — sweeps select it on dev).
     default_lr: 5e-3,
     tuning_label: "BitFit",
+    from_settings,
 };
+
+/// BitFit has no settings.
+fn from_settings(_settings: &super::PeSettings, _dim: usize) -> super::PeSpec {
+    super::PeSpec::BitFit
+}
 
 /// Every encoder bias trainable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -40,7 +40,27 @@ pub const REGISTRATION: super::Registration = super::Registration {
     // fine-tuning's 5e-5 (like adapter tuning; not measured on WikiAnn yet — sweeps select it on dev).
     default_lr: 5e-3,
     tuning_label: "LoRA",
+    from_settings,
 };
+
+/// Rank r when none is given (as `peft`).
+pub const DEFAULT_R: usize = 8;
+/// α when none is given (as `peft`): the update is scaled by α/r.
+pub const DEFAULT_ALPHA: f64 = 8.0;
+
+/// The spec of the configuration's LoRA: `peft`'s defaults (r 8, α 8, query and value, no
+/// dropout) for what it leaves unset.
+fn from_settings(settings: &super::PeSettings, _dim: usize) -> super::PeSpec {
+    super::PeSpec::Lora {
+        r: settings.lora_r.unwrap_or(DEFAULT_R),
+        alpha: settings.lora_alpha.unwrap_or(DEFAULT_ALPHA),
+        targets: settings
+            .lora_targets
+            .clone()
+            .unwrap_or_else(|| vec![LoraTarget::Query, LoraTarget::Value]),
+        dropout: settings.lora_dropout.unwrap_or(0.0),
+    }
+}
 
 /// A linear layer of every encoder layer that LoRA can adapt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

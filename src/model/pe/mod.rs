@@ -25,8 +25,8 @@
 //! label); then register it — its row in [`REGISTRY`], a [`PeKind`] variant, a [`PeSpec`]
 //! variant with its arm in [`PeSpec::method`], and the variants that name it in
 //! configurations (`FinetuneMethod`, `config::InnerParamsChoice`, spelled as the
-//! registration's name, which is how they find their [`PeKind`]) and its settings' arm in
-//! `config::PeSettings::spec`.
+//! registration's name, which is how they find their [`PeKind`]); keys of its own go into
+//! [`PeSettings`] and the configs.
 
 pub mod adapter;
 pub mod bitfit;
@@ -124,6 +124,28 @@ pub enum PeKind {
     Bitfit,
 }
 
+/// The PE methods' settings besides `adapter_dim`: the same keys (`adapter_layers`, `lora_*`)
+/// in `[finetune]` and `[prime]`, read through the configs' `pe_settings()`. A key of a
+/// method the configuration does not use is an error (the range rules: `config`). The keys
+/// are skipped when unset or default, so they leave the stored configurations of other
+/// methods — and their run ids — unchanged.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PeSettings {
+    pub adapter_layers: AdapterLayers,
+    pub lora_r: Option<usize>,
+    pub lora_alpha: Option<f64>,
+    pub lora_dropout: Option<f64>,
+    pub lora_targets: Option<Vec<LoraTarget>>,
+}
+
+impl PeSettings {
+    /// The module of method `kind` these settings describe (its
+    /// [`Registration::from_settings`]).
+    pub fn spec(&self, kind: PeKind, adapter_dim: usize) -> PeSpec {
+        (kind.registration().from_settings)(self, adapter_dim)
+    }
+}
+
 /// What primer knows of a registered method besides its [`PeMethod`] impl, declared in the
 /// method's own file.
 #[derive(Debug)]
@@ -139,6 +161,8 @@ pub struct Registration {
     pub default_lr: f64,
     /// Fine-tuning with it, in messages ("adapter tuning", "LoRA").
     pub tuning_label: &'static str,
+    /// Its spec from a configuration's settings (and `adapter_dim`), defaults filled in.
+    pub from_settings: fn(&PeSettings, usize) -> PeSpec,
 }
 
 /// Every registered method.
