@@ -16,17 +16,37 @@
   var count = document.getElementById("f-count");
   var only = null;
 
+  // Whether `w` starts a word of `text`: `af` finds the language, not the run id 08af4b40.
+  function startsAWord(text, w) {
+    for (var i = text.indexOf(w); i >= 0; i = text.indexOf(w, i + 1)) {
+      if (i === 0 || !/[\p{L}\p{N}]/u.test(text[i - 1])) { return true; }
+    }
+    return false;
+  }
+
+  // A row's cells' text, lower-cased, one space between cells (so that a cell's first word
+  // starts a word), computed once.
+  var texts = new Map();
+  function textOf(r) {
+    if (!texts.has(r)) {
+      texts.set(r, Array.prototype.map.call(r.cells, function (c) {
+        return c.textContent;
+      }).join(" ").toLowerCase());
+    }
+    return texts.get(r);
+  }
+
   function apply() {
     var words = text.value.toLowerCase().split(/\s+/).filter(Boolean);
     var shown = 0;
     rows.forEach(function (r) {
       var d = r.dataset;
-      var rowText = r.textContent.toLowerCase();
+      var rowText = textOf(r);
       var ok = (!only || only.has(d.key)) &&
         (!setting.value || d.setting === setting.value) &&
         (!lang.value || d.lang === lang.value) &&
         (!status.value || d.status === status.value) &&
-        words.every(function (w) { return rowText.indexOf(w) >= 0; });
+        words.every(function (w) { return startsAWord(rowText, w); });
       r.hidden = !ok;
       if (ok) { shown += 1; }
     });

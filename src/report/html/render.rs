@@ -507,7 +507,7 @@ fn run_table(p: &PageData<'_>) -> Markup {
             p.legend { "Every fine-tuning run of the sweep (a run that several settings share has a row per setting). "
                 "Click a column to sort, a row to open its detail." }
             div.filters {
-                input #f-text type="search" placeholder="Filter: words in any column" aria-label="Filter runs";
+                input #f-text type="search" placeholder="Filter: word starts in any column" aria-label="Filter runs";
                 select #f-setting aria-label="Setting" {
                     option value="" { "every setting" }
                     @for s in &settings { option value=(s) { (s) } }
