@@ -32,7 +32,10 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 2] = [BackendKind::Local, BackendKind::Slurm];
+    /// Every backend (the enum's own list, so a new variant is in it).
+    pub fn all() -> &'static [BackendKind] {
+        <BackendKind as clap::ValueEnum>::value_variants()
+    }
 }
 
 /// What the backends are configured with; each reads its own part. The defaults are what
@@ -58,18 +61,18 @@ pub fn open(kind: BackendKind, settings: &BackendSettings) -> Box<dyn Backend> {
 /// `primer status` and `primer cancel` ask it, and a run on another backend first checks that
 /// none of them is still queued or running there.
 pub fn recorded(plan: &Plan, store: &Store) -> Option<Box<dyn Backend>> {
-    BackendKind::ALL
-        .into_iter()
-        .map(|k| open(k, &BackendSettings::default()))
+    BackendKind::all()
+        .iter()
+        .map(|&k| open(k, &BackendSettings::default()))
         .find(|b| b.has_records(plan, store))
 }
 
 /// The task of a batch system that this process runs as, if any (detected from the
 /// environment): what `primer exec` asks when a run is interrupted.
 pub fn hosting_task() -> Option<Box<dyn HostedTask>> {
-    BackendKind::ALL
-        .into_iter()
-        .find_map(|k| open(k, &BackendSettings::default()).hosted_task())
+    BackendKind::all()
+        .iter()
+        .find_map(|&k| open(k, &BackendSettings::default()).hosted_task())
 }
 
 /// Where and when a sweep's stored runs execute.
