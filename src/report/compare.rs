@@ -238,11 +238,10 @@ pub fn compared_pairs(input: &ReportInput) -> Result<Vec<(ComparePair, String)>,
     // A setting split into rows (`split`) is no longer a setting here: a pair still naming
     // one is a pair whose rows share no values.
     let rows_of = |name: &str| -> Vec<&String> {
-        let prefix = format!("{name} · ");
         input
             .settings
             .iter()
-            .filter(|s| s.starts_with(&prefix))
+            .filter(|s| *s != name && crate::report::split::is_row_of(s, name))
             .collect()
     };
     for p in declared {

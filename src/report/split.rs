@@ -27,6 +27,14 @@ pub fn split_name(setting: &str, values: &[(String, String)]) -> String {
     name
 }
 
+/// Whether `row` is `setting` itself or one of its rows ([`split_name`]).
+pub fn is_row_of(row: &str, setting: &str) -> bool {
+    row == setting
+        || row
+            .strip_prefix(setting)
+            .is_some_and(|rest| rest.starts_with(" · "))
+}
+
 /// A swept value as the report shows it: JSON, without the quotes of a string.
 pub fn shown_value(json: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(json) {

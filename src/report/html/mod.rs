@@ -322,12 +322,7 @@ impl<'a> PageData<'a> {
                 .into_iter()
                 .flatten()
                 .copied()
-                .filter(|row| {
-                    *row == setting
-                        || row
-                            .strip_prefix(setting)
-                            .is_some_and(|rest| rest.starts_with(" · "))
-                })
+                .filter(|row| crate::report::split::is_row_of(row, setting))
                 .collect()
         };
         let mut details: Vec<RunDetail<'a>> = Vec::new();
