@@ -1218,7 +1218,7 @@ select = { by = "dev_f1", over = ["finetune.lr"] }
     }
 
     #[test]
-    fn a_key_the_priming_method_does_not_read_cannot_vary_within_a_setting() {
+    fn a_key_its_runs_do_not_read_cannot_vary_within_a_setting() {
         let sweep = |grid: &str, extra: &str| {
             format!(
                 "name = \"t\"\nseeds = [1]\ntargets = [\"hi\"]\n[base.finetune]\nmodel = \"m\"\n\
