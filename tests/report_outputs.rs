@@ -647,7 +647,17 @@ fn compare_settings_agrees_with_the_report_for_the_same_pair() {
         .unwrap();
         assert_eq!(alone.why, "primer compare");
         alone.why = declared.why.clone();
-        assert_eq!(&alone, declared);
+        // The same numbers, except the family-wise interval: the report compares several
+        // pairs together, `primer compare` this one alone.
+        let mut declared = declared.clone();
+        for d in declared
+            .per_lang
+            .iter_mut()
+            .chain(declared.average.as_mut())
+        {
+            d.family_wise = None;
+        }
+        assert_eq!(alone, declared);
     }
 }
 

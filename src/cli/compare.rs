@@ -52,6 +52,12 @@ fn row_json(d: &LangDelta) -> serde_json::Value {
         // More than --samples where the interval's end came within resampling noise of 0.
         "ci95_samples": d.seed_aware.as_ref().map(|e| e.samples),
         "verdict": d.verdict.to_string(),
+        // With several pairs compared at once, the headline row's family-wise interval.
+        "family_wise": d.family_wise.as_ref().map(|f| serde_json::json!({
+            "family": f.family,
+            "ci95": interval(&f.estimate),
+            "verdict": f.verdict.to_string(),
+        })),
         "scoring_noise_ci95": interval(&d.scoring_noise),
         "sentences": d.sentences,
     })

@@ -202,19 +202,20 @@ pub fn hierarchical_deltas(
 /// How far [`until_settled`] may grow a bootstrap: this many times the samples asked for.
 pub const MAX_SAMPLE_GROWTH: usize = 64;
 
-/// Whether 0 lies within resampling noise of either end of the 95% percentile interval of
-/// `sorted` replicates, so that another set of resamples could flip the verdict.
+/// Whether 0 lies within resampling noise of either end of the percentile interval
+/// [q, 1 − q] of `sorted` replicates (q = 0.025: the 95% interval), so that another set of
+/// resamples could flip the verdict.
 ///
 /// The q-quantile of B replicates is their order statistic of rank ≈ qB, whose rank varies
 /// between bootstraps with standard deviation √(Bq(1−q)); the band is ±3 of those around
 /// each end (for q = 0.025: ranks 10-40 of 1000, 1482-1718 of 64 000).
-pub fn end_within_noise_of_zero(sorted: &[f64]) -> bool {
+pub fn end_within_noise_of_zero(sorted: &[f64], q: f64) -> bool {
     let b = sorted.len();
     if b < 2 {
         return false;
     }
     let last = (b - 1) as f64;
-    [0.025, 0.975].iter().any(|&q| {
+    [q, 1.0 - q].iter().any(|&q| {
         let spread = 3.0 * (b as f64 * q * (1.0 - q)).sqrt();
         let centre = q * last;
         let lo = sorted[(centre - spread).clamp(0.0, last).floor() as usize];
@@ -235,17 +236,48 @@ pub fn until_settled(
     samples: usize,
     mut draw: impl FnMut(usize) -> (f64, Vec<f64>),
 ) -> (f64, Vec<f64>) {
-    let (observed, mut reps) = draw(samples);
+    let (observed, reps) = draw(samples);
     let cap = samples.saturating_mul(MAX_SAMPLE_GROWTH);
+    (observed, settle(reps, 0.025, 0, cap, |n| draw(n).1))
+}
+
+/// Replicates enough that the ends of the interval [q, 1 − q] are order statistics of rank
+/// 20 or more (a family-wise interval's far tails need many more than 1000).
+pub fn replicates_for(q: f64) -> usize {
+    (20.0 / q).ceil() as usize
+}
+
+/// `reps` grown by `more(n)` (n further replicates of the same stream) first to `min`, then
+/// doubled until the percentile interval [q, 1 − q] has its ends clear of 0 by their
+/// resampling noise, or `cap` replicates.
+pub fn settle(
+    mut reps: Vec<f64>,
+    q: f64,
+    min: usize,
+    cap: usize,
+    mut more: impl FnMut(usize) -> Vec<f64>,
+) -> Vec<f64> {
+    if reps.len() < min.min(cap) {
+        let n = min.min(cap) - reps.len();
+        reps.extend(more(n));
+    }
     loop {
         let mut sorted = reps.clone();
         sorted.sort_by(f64::total_cmp);
-        if reps.len() >= cap || !end_within_noise_of_zero(&sorted) {
-            return (observed, reps);
+        if reps.len() >= cap || !end_within_noise_of_zero(&sorted, q) {
+            return reps;
         }
-        let more = reps.len().min(cap - reps.len());
-        reps.extend(draw(more).1);
+        let n = reps.len().min(cap - reps.len());
+        reps.extend(more(n));
     }
+}
+
+/// The family-wise interval of one comparison among `family`: the Bonferroni percentile
+/// interval [α/(2m), 1 − α/(2m)] at α = 5%, so that all m intervals hold together with 95%
+/// probability (and no verdict among them is a false "better" or "worse" more often than 5%
+/// of the time, whatever their dependence). None for a family of one (the 95% interval).
+pub fn family_wise_q(family: usize) -> Option<f64> {
+    (family > 1).then(|| 0.025 / family as f64)
 }
 
 /// The seed-aware bootstrap of one setting's F1 (×100), not of a difference: the mean over
@@ -367,13 +399,18 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// Summarises replicates into a 95% percentile interval.
 pub fn summarize(observed: f64, replicates: &[f64]) -> DeltaEstimate {
+    summarize_at(observed, replicates, 0.025)
+}
+
+/// Summarises replicates into the percentile interval [q, 1 − q].
+pub fn summarize_at(observed: f64, replicates: &[f64], q: f64) -> DeltaEstimate {
     let mut sorted = replicates.to_vec();
     sorted.sort_by(f64::total_cmp);
     let not_better = sorted.iter().filter(|&&d| d <= 0.0).count();
     DeltaEstimate {
         delta: observed,
-        ci_low: quantile(&sorted, 0.025),
-        ci_high: quantile(&sorted, 0.975),
+        ci_low: quantile(&sorted, q),
+        ci_high: quantile(&sorted, 1.0 - q),
         frac_not_better: if sorted.is_empty() {
             f64::NAN
         } else {
@@ -430,8 +467,12 @@ mod tests {
         );
         let mut sorted = reps;
         sorted.sort_by(f64::total_cmp);
-        assert!(!end_within_noise_of_zero(&sorted));
+        assert!(!end_within_noise_of_zero(&sorted, 0.025));
         assert!(quantile(&sorted, 0.025) > 0.0);
+    }
+
+    fn end_within_noise_of_zero_95(sorted: &[f64]) -> bool {
+        end_within_noise_of_zero(sorted, 0.025)
     }
 
     #[test]
@@ -439,14 +480,14 @@ mod tests {
         // 1000 replicates 0.001, 0.002, ... 1.0, shifted so that 0 sits at a chosen rank.
         let at_rank = |r: f64| -> Vec<f64> { (0..1000).map(|i| (i as f64 - r) / 1000.0).collect() };
         // The 2.5% end is near rank 25; ±3·√(1000·0.025·0.975) ≈ ±14.8 ranks.
-        assert!(end_within_noise_of_zero(&at_rank(11.0)));
-        assert!(end_within_noise_of_zero(&at_rank(39.0)));
-        assert!(!end_within_noise_of_zero(&at_rank(8.5)));
-        assert!(!end_within_noise_of_zero(&at_rank(41.5)));
+        assert!(end_within_noise_of_zero_95(&at_rank(11.0)));
+        assert!(end_within_noise_of_zero_95(&at_rank(39.0)));
+        assert!(!end_within_noise_of_zero_95(&at_rank(8.5)));
+        assert!(!end_within_noise_of_zero_95(&at_rank(41.5)));
         // The 97.5% end, mirrored.
-        assert!(end_within_noise_of_zero(&at_rank(974.0)));
-        assert!(!end_within_noise_of_zero(&at_rank(500.0)));
-        assert!(!end_within_noise_of_zero(&[]));
+        assert!(end_within_noise_of_zero_95(&at_rank(974.0)));
+        assert!(!end_within_noise_of_zero_95(&at_rank(500.0)));
+        assert!(!end_within_noise_of_zero(&[], 0.025));
     }
 
     #[test]

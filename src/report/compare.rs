@@ -19,6 +19,25 @@ use std::path::{Path, PathBuf};
 /// Default number of bootstrap resamples.
 pub const DEFAULT_BOOTSTRAP_SAMPLES: usize = 1000;
 
+/// A pair's headline row: its average over languages, or its one language.
+fn headline(p: &PairComparison) -> Option<&LangDelta> {
+    match (&p.average, p.per_lang.as_slice()) {
+        (Some(avg), _) => Some(avg),
+        (None, [one]) => Some(one),
+        _ => None,
+    }
+}
+
+/// A seed-aware interval among `family` comparisons made together: the Bonferroni percentile
+/// interval ([`bootstrap::family_wise_q`]), and its verdict. Where many pairs are read at once,
+/// this is the verdict that keeps the chance of any false "better" or "worse" at 5%.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FamilyWise {
+    pub family: usize,
+    pub estimate: DeltaEstimate,
+    pub verdict: Verdict,
+}
+
 /// One of our settings next to the paper row it reproduces (F1 ×100).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PaperCompareRow {
@@ -60,6 +79,9 @@ pub struct LangDelta {
     pub seed_aware: Option<DeltaEstimate>,
     /// What the seed-aware interval supports.
     pub verdict: Verdict,
+    /// The pair's headline row (its average, or its one language) when several pairs are
+    /// compared together: the seed-aware interval widened for all of them to hold at once.
+    pub family_wise: Option<FamilyWise>,
     /// The sentence-only bootstrap: how precisely these runs were scored, nothing more.
     pub scoring_noise: DeltaEstimate,
     /// Test sentences per run (the average row: None).
@@ -431,6 +453,7 @@ fn delta_row(
     lang: &str,
     langs: &[&LangPairs<'_>],
     samples: usize,
+    family: usize,
     rng: &mut SeededRng,
 ) -> LangDelta {
     let seeds = &langs[0].seeds;
@@ -456,14 +479,30 @@ fn delta_row(
             .for_each(|(t, r)| *t += r / k);
     }
     let scoring_noise = bootstrap::summarize(observed, &noise_reps);
+    let mut family_wise = None;
     let seed_aware = (seeds.len() >= 2).then(|| {
         let all: Vec<SeedPairs<'_>> = langs.iter().map(|l| l.pairs.clone()).collect();
         let (o, reps) =
             bootstrap::until_settled(samples, |n| bootstrap::hierarchical_deltas(&all, n, rng));
-        bootstrap::summarize(o, &reps)
+        let estimate = bootstrap::summarize(o, &reps);
+        // The same stream, continued into the far tails the family's interval reads.
+        if let Some(q) = bootstrap::family_wise_q(family) {
+            let min = bootstrap::replicates_for(q).max(reps.len());
+            let reps = bootstrap::settle(reps, q, min, 4 * min, |n| {
+                bootstrap::hierarchical_deltas(&all, n, rng).1
+            });
+            let wide = bootstrap::summarize_at(o, &reps, q);
+            family_wise = Some(FamilyWise {
+                family,
+                verdict: Verdict::of(seeds.len(), Some((wide.ci_low, wide.ci_high))),
+                estimate: wide,
+            });
+        }
+        estimate
     });
     LangDelta {
         lang: lang.to_string(),
+        family_wise,
         verdict: Verdict::of(
             seeds.len(),
             seed_aware.as_ref().map(|e| (e.ci_low, e.ci_high)),
@@ -484,7 +523,10 @@ pub fn compare_pairs(
     seed: u64,
 ) -> Result<Vec<PairComparison>, ReportError> {
     let mut out = Vec::new();
-    for (pair, why) in compared_pairs(input)? {
+    let compared = compared_pairs(input)?;
+    // Read together, the pairs' headline verdicts are one family.
+    let family = compared.len();
+    for (pair, why) in compared {
         let stream = |what: &str| {
             SeededRng::derive(seed, &format!("bootstrap/{}/{}/{what}", pair.a, pair.b))
         };
@@ -510,7 +552,11 @@ pub fn compare_pairs(
             .collect();
         let per_lang: Vec<LangDelta> = found
             .par_iter()
-            .map(|l| delta_row(&l.lang, &[l], samples, &mut stream(&l.lang)))
+            .map(|l| {
+                // A pair over one language has that language as its headline.
+                let fam = if found.len() == 1 { family } else { 1 };
+                delta_row(&l.lang, &[l], samples, fam, &mut stream(&l.lang))
+            })
             .collect();
         // The average runs on the seeds every language has, drawn together: a seed's priming
         // run serves every language.
@@ -535,7 +581,7 @@ pub fn compare_pairs(
                 })
                 .collect();
             let refs: Vec<&LangPairs<'_>> = restricted.iter().collect();
-            delta_row("Avg", &refs, samples, &mut stream("avg"))
+            delta_row("Avg", &refs, samples, family, &mut stream("avg"))
         });
         if found.len() >= 2 && found.iter().any(|l| l.seeds.len() > common.len()) {
             notes.push(format!(
@@ -880,7 +926,8 @@ impl Comparison {
         out
     }
 
-    /// The seed-aware comparisons: a summary of every pair's average, then one table per pair.
+    /// The seed-aware comparisons: a summary of every pair's average (with the family-wise
+    /// interval when there are several pairs), then one table per pair.
     pub fn pairs_markdown(&self, samples: usize) -> String {
         if self.pairs.is_empty() {
             return String::new();
@@ -897,7 +944,10 @@ impl Comparison {
              verdict rests on it: *better* / *worse* when it excludes 0, *no detectable \
              difference* when it does not, *inconclusive* with fewer than {} seeds. **Scoring \
              noise only** resamples test sentences with every run kept: it says how precisely \
-             these runs were scored, not whether the setting is better.\n\n",
+             these runs were scored, not whether the setting is better. With several pairs, \
+             **95% CI, family of m** widens each pair's headline interval (Bonferroni: the \
+             percentiles α/2m and 1 − α/2m of the same bootstrap) so that all m hold together; \
+             its verdict is the one to read when the pairs are read as a whole.\n\n",
             bootstrap::MAX_SAMPLE_GROWTH,
             bootstrap::MIN_SEEDS_FOR_VERDICT
         );
@@ -906,10 +956,22 @@ impl Comparison {
                 format!("[{:+.2}, {:+.2}]", e.ci_low, e.ci_high)
             })
         };
-        let headers: Vec<String> = ["a", "b", "Why", "Over", "Seeds", "Δ", "95% CI", "Verdict"]
+        // With several pairs, each headline also gets the family's interval and verdict.
+        let family = self
+            .pairs
+            .iter()
+            .find_map(|p| headline(p).and_then(|d| d.family_wise.as_ref()))
+            .map(|f| f.family);
+        let mut headers: Vec<String> = ["a", "b", "Why", "Over", "Seeds", "Δ", "95% CI", "Verdict"]
             .iter()
             .map(|s| s.to_string())
             .collect();
+        if let Some(m) = family {
+            headers.extend([
+                format!("95% CI, family of {m}"),
+                "Family-wise verdict".to_string(),
+            ]);
+        }
         let rows: Vec<Vec<String>> = self
             .pairs
             .iter()
@@ -933,11 +995,22 @@ impl Comparison {
                         row.extend(["0".into(), MISSING.into(), MISSING.into(), MISSING.into()])
                     }
                 }
+                if family.is_some() {
+                    match summary.and_then(|d| d.family_wise.as_ref()) {
+                        Some(f) => {
+                            row.extend([ci(&Some(f.estimate.clone())), f.verdict.to_string()])
+                        }
+                        None => row.extend([MISSING.to_string(), MISSING.to_string()]),
+                    }
+                }
                 row
             })
             .collect();
         let mut aligns = vec![Align::Left; 4];
         aligns.extend([Align::Right, Align::Right, Align::Right, Align::Left]);
+        if family.is_some() {
+            aligns.extend([Align::Right, Align::Left]);
+        }
         out += &markdown::table(&headers, &aligns, &rows);
         let headers: Vec<String> = [
             "Lang",
@@ -1060,6 +1133,10 @@ impl Comparison {
             seeds: Vec<Option<u64>>,
             sentences: Vec<Option<u64>>,
             samples: Vec<Option<u64>>,
+            family: Vec<Option<u64>>,
+            family_ci_low: Vec<Option<f64>>,
+            family_ci_high: Vec<Option<f64>>,
+            family_verdict: Vec<Option<String>>,
         }
         #[allow(clippy::too_many_arguments)]
         fn push(
@@ -1104,6 +1181,11 @@ impl Comparison {
             // The verdict's interval's resamples (more than asked where it was near 0).
             c.samples
                 .push(d.map(|d| d.seed_aware.as_ref().unwrap_or(&d.scoring_noise).samples as u64));
+            let fw = d.and_then(|d| d.family_wise.as_ref());
+            c.family.push(fw.map(|f| f.family as u64));
+            c.family_ci_low.push(fw.map(|f| f.estimate.ci_low));
+            c.family_ci_high.push(fw.map(|f| f.estimate.ci_high));
+            c.family_verdict.push(fw.map(|f| f.verdict.to_string()));
         }
         let mut c = Cols::default();
         for r in &self.paper_rows {
@@ -1199,6 +1281,10 @@ impl Comparison {
                 u("seeds", c.seeds),
                 u("sentences", c.sentences),
                 u("samples", c.samples),
+                u("family", c.family),
+                f("family_ci_low", c.family_ci_low),
+                f("family_ci_high", c.family_ci_high),
+                s("family_verdict", c.family_verdict),
             ],
         )
         .map_err(polars_err("building the comparison table"))
@@ -1327,6 +1413,37 @@ mod tests {
 
     /// `primer compare A B` on a setting split by a plotted key compares its rows, never the
     /// setting pooled over the key's values; a row's numbers are the report's.
+    /// Pairs compared together get a family-wise interval on their headline row (wider than
+    /// its 95% interval, from the same stream); a lone pair and per-language rows do not.
+    #[test]
+    fn pairs_read_together_get_a_family_wise_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let inp = steps_input(dir.path());
+        let pairs = compare_settings(&inp, "MP", "AT", &[], 300, 0).unwrap();
+        assert_eq!(pairs.len(), 3);
+        for p in &pairs {
+            let avg = p.average.as_ref().unwrap();
+            let fw = avg.family_wise.as_ref().expect("a family-wise interval");
+            let ci = avg.seed_aware.as_ref().unwrap();
+            assert_eq!(fw.family, 3);
+            assert!(
+                fw.estimate.ci_low <= ci.ci_low && fw.estimate.ci_high >= ci.ci_high,
+                "{fw:?} vs {ci:?}"
+            );
+            // The far tails need more replicates than the 95% interval's 300.
+            assert!(fw.estimate.samples >= bootstrap::replicates_for(0.025 / 3.0));
+            assert!(p.per_lang.iter().all(|l| l.family_wise.is_none()));
+        }
+        let one = compare_settings(&inp, &pairs[0].a, "AT", &[], 300, 0).unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(one[0].average.as_ref().unwrap().family_wise.is_none());
+        // The 95% interval is the same whether or not a family is computed after it.
+        assert_eq!(
+            one[0].average.as_ref().unwrap().seed_aware,
+            pairs[0].average.as_ref().unwrap().seed_aware
+        );
+    }
+
     #[test]
     fn comparing_settings_compares_the_rows_of_a_split_setting() {
         let dir = tempfile::tempdir().unwrap();

@@ -289,6 +289,9 @@ fn comparisons(p: &PageData<'_>) -> Markup {
     let c = p.comparison;
     let langs: Vec<&str> = c.languages.iter().map(String::as_str).collect();
     html! {
+        @let family = c.pairs.iter().find_map(|pair| {
+            pair.average.as_ref().or(pair.per_lang.first()).and_then(|d| d.family_wise.as_ref())
+        }).map(|f| f.family);
         section #comparisons {
             h2 { "Comparisons" }
             @if c.pairs.is_empty() {
@@ -303,10 +306,17 @@ fn comparisons(p: &PageData<'_>) -> Markup {
                     " when it excludes 0, " span.verdict.nodiff { "no detectable difference" }
                     " when it does not, " span.verdict.inconclusive { "inconclusive" }
                     " with too few seeds. Scoring noise only resamples sentences: how precisely these runs were scored."
+                    @if let Some(m) = family {
+                        " The family's interval widens each headline interval so that all " (m)
+                        " hold together (Bonferroni); read its verdict when reading the pairs as a whole."
+                    }
                 }
                 table.data #pairs-table {
                     thead { tr { th { "a" } th { "b" } th { "Why" } th { "Over" } th.num { "Seeds" }
-                                 th.num { "Δ" } th.num { "95% CI" } th { "Verdict" } } }
+                                 th.num { "Δ" } th.num { "95% CI" } th { "Verdict" }
+                                 @if let Some(m) = family {
+                                     th.num { "95% CI, family of " (m) } th { "Family-wise verdict" }
+                                 } } }
                     tbody { @for pair in &c.pairs {
                         @let summary = match (&pair.average, pair.per_lang.as_slice()) {
                             (Some(avg), langs) => Some((format!("avg of {} langs", langs.len()), avg)),
@@ -324,10 +334,20 @@ fn comparisons(p: &PageData<'_>) -> Markup {
                                         &format!("{:+.2}", d.delta()))) }
                                     td.num { (ci(d.seed_aware.as_ref())) }
                                     td { span class=(verdict_class(&d.verdict)) { (d.verdict.to_string()) } }
+                                    @if family.is_some() {
+                                        @match &d.family_wise {
+                                            Some(f) => {
+                                                td.num { (ci(Some(&f.estimate))) }
+                                                td { span class=(verdict_class(&f.verdict)) { (f.verdict.to_string()) } }
+                                            },
+                                            None => { td.num { (MISSING) } td { (MISSING) } },
+                                        }
+                                    }
                                 },
                                 None => {
                                     td { (MISSING) } td.num { "0" } td.num { (MISSING) }
                                     td.num { (MISSING) } td { (MISSING) }
+                                    @if family.is_some() { td.num { (MISSING) } td { (MISSING) } }
                                 },
                             }
                         }
