@@ -264,6 +264,9 @@ pub fn prepare(plan: &Plan, store: &Store, what: &str) -> Result<Prepared, Store
                     s.state = RunState::Done;
                     s.finished_at.get_or_insert(now_s());
                     s.error = None;
+                    // The attempt that wrote the result ran to its end, even if an interrupt
+                    // (which does not count attempts) was recorded after it.
+                    s.attempts = s.attempts.max(1);
                 })?;
             }
         } else if status
@@ -527,5 +530,36 @@ impl Observer for StoreObserver<'_> {
 
     fn tick(&mut self) {
         self.display.tick();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::file::Sweep;
+
+    /// A run whose result exists counts the attempt that wrote it, even where an interrupt
+    /// (which counts no attempt) was recorded after it finished.
+    #[test]
+    fn a_finished_run_recorded_as_interrupted_is_done_after_one_attempt() {
+        let t = tempfile::tempdir().unwrap();
+        let text =
+            "name = \"t\"\nstore = \"store\"\ntargets = [\"hi\"]\n[base.finetune]\nmodel = \"m\"\n";
+        let sweep = Sweep::from_text(&t.path().join("s.toml"), text).unwrap();
+        let mut plan = Plan::expand(&sweep).unwrap();
+        plan.store = t.path().join("store");
+        let store = Store::new(&plan.store);
+        let dir = store.prepare(&plan.runs[0]).unwrap();
+        let mut status = crate::store::RunStatus::new();
+        status.state = RunState::Pending;
+        status.attempts = 0;
+        Store::write_status(&dir, &status).unwrap();
+        let metrics = crate::report::testutil::run("s", "hi", 0, Some(0.5))
+            .metrics
+            .unwrap();
+        crate::fsutil::write_json_atomic(&dir.join(layout::METRICS), &metrics).unwrap();
+        drop(prepare(&plan, &store, "test").unwrap());
+        let status = Store::read_status(&dir).unwrap();
+        assert_eq!((status.state, status.attempts), (RunState::Done, 1));
     }
 }
