@@ -505,9 +505,7 @@ impl InnerParamsChoice {
 
     /// The PE method this choice names, found by its spelling (None: `full`).
     pub fn pe_kind(self) -> Option<PeKind> {
-        use clap::ValueEnum;
-        self.to_possible_value()
-            .and_then(|v| PeKind::from_name(v.get_name()))
+        PeKind::named_by(&self)
     }
 }
 

@@ -85,6 +85,18 @@ pub struct RunArgs {
     pub no_report: bool,
 }
 
+impl RunArgs {
+    /// `--devices`, at its default `cpu` when not given.
+    fn devices(&self) -> &str {
+        self.devices.as_deref().unwrap_or("cpu")
+    }
+
+    /// `--per-device`, at its default 1 when not given.
+    fn per_device(&self) -> PerDevice {
+        self.per_device.unwrap_or(PerDevice::Fixed(1))
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// The sweep file.
@@ -493,8 +505,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         BackendKind::Local => format!(
             "primer run {} --devices {} --per-device {}",
             a.sweep.display(),
-            a.devices.as_deref().unwrap_or("cpu"),
-            a.per_device.unwrap_or(PerDevice::Fixed(1))
+            a.devices(),
+            a.per_device()
         ),
         BackendKind::Slurm => format!("primer run {} --backend slurm --wait", a.sweep.display()),
     };
@@ -572,10 +584,8 @@ fn run_request(a: &RunArgs) -> anyhow::Result<RunRequest> {
                 given.join(" and ")
             );
             settings.local = LocalOptions {
-                devices: primer::backend::local::parse_devices(
-                    a.devices.as_deref().unwrap_or("cpu"),
-                )?,
-                per_device: a.per_device.unwrap_or(PerDevice::Fixed(1)),
+                devices: primer::backend::local::parse_devices(a.devices())?,
+                per_device: a.per_device(),
                 retries: a.retries.unwrap_or(1),
                 plain: a.plain,
             };

@@ -50,9 +50,7 @@ pub enum FinetuneMethod {
 impl FinetuneMethod {
     /// The PE method this method trains, found by its spelling (None: full FT, head tuning).
     pub fn pe_kind(self) -> Option<crate::model::pe::PeKind> {
-        use clap::ValueEnum;
-        self.to_possible_value()
-            .and_then(|v| crate::model::pe::PeKind::from_name(v.get_name()))
+        crate::model::pe::PeKind::named_by(&self)
     }
 
     pub fn as_str(self) -> &'static str {

@@ -199,6 +199,9 @@ pub fn hierarchical_deltas(
     (observed, reps)
 }
 
+/// Each tail of a 95% percentile interval: its ends are the quantiles q and 1 − q.
+pub const TAIL_95: f64 = 0.025;
+
 /// How far [`until_settled`] may grow a bootstrap: this many times the samples asked for.
 pub const MAX_SAMPLE_GROWTH: usize = 64;
 
@@ -238,7 +241,7 @@ pub fn until_settled(
 ) -> (f64, Vec<f64>) {
     let (observed, reps) = draw(samples);
     let cap = samples.saturating_mul(MAX_SAMPLE_GROWTH);
-    (observed, settle(reps, 0.025, 0, cap, |n| draw(n).1))
+    (observed, settle(reps, TAIL_95, 0, cap, |n| draw(n).1))
 }
 
 /// Replicates enough that the ends of the interval [q, 1 − q] are order statistics of rank
@@ -277,7 +280,7 @@ pub fn settle(
 /// probability (and no verdict among them is a false "better" or "worse" more often than 5%
 /// of the time, whatever their dependence). None for a family of one (the 95% interval).
 pub fn family_wise_q(family: usize) -> Option<f64> {
-    (family > 1).then(|| 0.025 / family as f64)
+    (family > 1).then(|| TAIL_95 / family as f64)
 }
 
 /// The seed-aware bootstrap of one setting's F1 (×100), not of a difference: the mean over
@@ -399,7 +402,7 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// Summarises replicates into a 95% percentile interval.
 pub fn summarize(observed: f64, replicates: &[f64]) -> DeltaEstimate {
-    summarize_at(observed, replicates, 0.025)
+    summarize_at(observed, replicates, TAIL_95)
 }
 
 /// Summarises replicates into the percentile interval [q, 1 − q].

@@ -19,15 +19,6 @@ use std::path::{Path, PathBuf};
 /// Default number of bootstrap resamples.
 pub const DEFAULT_BOOTSTRAP_SAMPLES: usize = 1000;
 
-/// A pair's headline row: its average over languages, or its one language.
-fn headline(p: &PairComparison) -> Option<&LangDelta> {
-    match (&p.average, p.per_lang.as_slice()) {
-        (Some(avg), _) => Some(avg),
-        (None, [one]) => Some(one),
-        _ => None,
-    }
-}
-
 /// A seed-aware interval among `family` comparisons made together: the Bonferroni percentile
 /// interval ([`bootstrap::family_wise_q`]), and its verdict. Where many pairs are read at once,
 /// this is the verdict that keeps the chance of any false "better" or "worse" at 5%.
@@ -113,6 +104,25 @@ pub struct PairComparison {
     pub average: Option<LangDelta>,
     /// Why a language was left out, or the average covers fewer seeds.
     pub notes: Vec<String>,
+}
+
+impl PairComparison {
+    /// The pair's headline row and what it is over: its average over the languages ("avg of
+    /// 6 langs"), or the one language there is ("hi only"); None without either.
+    pub fn headline(&self) -> Option<(String, &LangDelta)> {
+        match (&self.average, self.per_lang.as_slice()) {
+            (Some(avg), langs) => Some((format!("avg of {} langs", langs.len()), avg)),
+            (None, [one]) => Some((format!("{} only", one.lang), one)),
+            _ => None,
+        }
+    }
+
+    /// The size of the family the pair was compared in, when it has a family-wise interval.
+    pub fn family(&self) -> Option<usize> {
+        self.headline()
+            .and_then(|(_, d)| d.family_wise.as_ref())
+            .map(|f| f.family)
+    }
 }
 
 /// The test sentences the finished runs of one language were scored on.
@@ -957,11 +967,7 @@ impl Comparison {
             })
         };
         // With several pairs, each headline also gets the family's interval and verdict.
-        let family = self
-            .pairs
-            .iter()
-            .find_map(|p| headline(p).and_then(|d| d.family_wise.as_ref()))
-            .map(|f| f.family);
+        let family = self.pairs.iter().find_map(PairComparison::family);
         let mut headers: Vec<String> = ["a", "b", "Why", "Over", "Seeds", "Δ", "95% CI", "Verdict"]
             .iter()
             .map(|s| s.to_string())
@@ -977,13 +983,13 @@ impl Comparison {
             .iter()
             .map(|p| {
                 let mut row = vec![p.a.clone(), p.b.clone(), p.why.clone()];
-                // The average over the languages, or the one language there is.
-                let (over, summary) = match (&p.average, p.per_lang.as_slice()) {
-                    (Some(avg), langs) => (format!("avg of {} langs", langs.len()), Some(avg)),
-                    (None, [one]) => (format!("{} only", one.lang), Some(one)),
-                    _ => (MISSING.to_string(), None),
-                };
-                row.push(over);
+                let headline = p.headline();
+                row.push(
+                    headline
+                        .as_ref()
+                        .map_or(MISSING.to_string(), |h| h.0.clone()),
+                );
+                let summary = headline.map(|h| h.1);
                 match summary {
                     Some(d) => row.extend([
                         d.seeds().to_string(),
@@ -1411,8 +1417,6 @@ mod tests {
         assert_eq!(pairs[0].per_lang[0].lang, "af");
     }
 
-    /// `primer compare A B` on a setting split by a plotted key compares its rows, never the
-    /// setting pooled over the key's values; a row's numbers are the report's.
     /// Pairs compared together get a family-wise interval on their headline row (wider than
     /// its 95% interval, from the same stream); a lone pair and per-language rows do not.
     #[test]
@@ -1431,7 +1435,7 @@ mod tests {
                 "{fw:?} vs {ci:?}"
             );
             // The far tails need more replicates than the 95% interval's 300.
-            assert!(fw.estimate.samples >= bootstrap::replicates_for(0.025 / 3.0));
+            assert!(fw.estimate.samples >= bootstrap::replicates_for(bootstrap::TAIL_95 / 3.0));
             assert!(p.per_lang.iter().all(|l| l.family_wise.is_none()));
         }
         let one = compare_settings(&inp, &pairs[0].a, "AT", &[], 300, 0).unwrap();
@@ -1444,6 +1448,8 @@ mod tests {
         );
     }
 
+    /// `primer compare A B` on a setting split by a plotted key compares its rows, never the
+    /// setting pooled over the key's values; a row's numbers are the report's.
     #[test]
     fn comparing_settings_compares_the_rows_of_a_split_setting() {
         let dir = tempfile::tempdir().unwrap();

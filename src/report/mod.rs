@@ -156,8 +156,6 @@ pub struct ReportSummary {
     pub page: PathBuf,
 }
 
-/// Writes the report of a sweep into `input.results_dir` (see the module docs for the files)
-/// and returns the text to print; prints nothing itself.
 /// The file that marks a folder as a report's (written before any other).
 pub const REPORT_MARKER: &str = ".primer-report";
 
@@ -197,44 +195,50 @@ fn is_earlier_report(dir: &Path) -> bool {
         std::fs::read_to_string(dir.join(file)).is_ok_and(|text| test(&text))
     };
     dir.join(REPORT_MARKER).is_file()
-        || starts("index.html", &|page| {
-            page.contains("· primer report</title>")
-        })
-        || starts("summary.md", &|text| {
-            text.lines()
-                .next()
-                .is_some_and(|l| l.starts_with("# Sweep ") && l.ends_with(": summary"))
-                && text.contains("`primer status` tells which")
-        })
+        || starts(html::PAGE_FILE, &html::is_written_page)
+        || starts("summary.md", &summary::Summary::is_written_summary)
 }
 
+/// The report overwrites its own file names: in a folder no report wrote (a `--out` that
+/// holds a user's summary.md), a file of such a name is refused rather than overwritten.
+/// Other files (a store kept inside the folder, say) are left alone.
+fn ensure_report_folder(
+    dir: &Path,
+    figures: &[crate::spec::report::FigureSpec],
+) -> Result<(), FsError> {
+    if dir.is_file() {
+        return Err(FsError::NotAFolder {
+            path: dir.to_path_buf(),
+        });
+    }
+    if is_earlier_report(dir) {
+        return Ok(());
+    }
+    let taken: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| is_report_file_name(name, figures))
+        .collect();
+    if taken.is_empty() {
+        Ok(())
+    } else {
+        Err(FsError::Occupied {
+            path: dir.to_path_buf(),
+            foreign: taken,
+        })
+    }
+}
+
+/// Writes the report of a sweep into `input.results_dir` (see the module docs for the files)
+/// and returns the text to print; prints nothing itself.
 pub fn write_report(
     input: &ReportInput,
     opts: &ReportOptions,
 ) -> Result<ReportSummary, ReportError> {
     let dir = &input.results_dir;
-    // The report overwrites its own file names: in a folder no report wrote (a `--out` that
-    // holds a user's summary.md), a file of such a name is refused rather than overwritten.
-    // Other files (a store kept inside the folder, say) are left alone.
-    if dir.is_file() {
-        return Err(FsError::NotAFolder { path: dir.clone() }.into());
-    }
-    if !is_earlier_report(dir) {
-        let taken: Vec<String> = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| is_report_file_name(name, &input.spec.figure))
-            .collect();
-        if !taken.is_empty() {
-            return Err(FsError::Occupied {
-                path: dir.clone(),
-                foreign: taken,
-            }
-            .into());
-        }
-    }
+    ensure_report_folder(dir, &input.spec.figure)?;
     std::fs::create_dir_all(dir).map_err(|source| FsError::Write {
         path: dir.clone(),
         source,

@@ -18,11 +18,14 @@ pub struct SplitRow {
     pub values: Vec<(String, String)>,
 }
 
+/// What precedes each `key=value` of a row name.
+const VALUE_SEPARATOR: &str = " · ";
+
 /// The row name of a setting's runs with these key values.
 pub fn split_name(setting: &str, values: &[(String, String)]) -> String {
     let mut name = setting.to_string();
     for (key, value) in values {
-        name += &format!(" · {key}={value}");
+        name += &format!("{VALUE_SEPARATOR}{key}={value}");
     }
     name
 }
@@ -32,7 +35,7 @@ pub fn is_row_of(row: &str, setting: &str) -> bool {
     row == setting
         || row
             .strip_prefix(setting)
-            .is_some_and(|rest| rest.starts_with(" · "))
+            .is_some_and(|rest| rest.starts_with(VALUE_SEPARATOR))
 }
 
 /// A swept value as the report shows it: JSON, without the quotes of a string.

@@ -95,6 +95,15 @@ fn minutes(seconds: f64) -> String {
 }
 
 impl Summary {
+    /// Whether `text` is a summary.md that [`Summary::to_markdown`] wrote (how a report folder
+    /// from before the report marker is known).
+    pub fn is_written_summary(text: &str) -> bool {
+        text.lines()
+            .next()
+            .is_some_and(|l| l.starts_with("# Sweep ") && l.ends_with(": summary"))
+            && text.contains("`primer status` tells which")
+    }
+
     pub fn to_markdown(&self) -> String {
         let runs: usize = self.kinds.iter().map(|k| k.runs).sum();
         let done: usize = self.kinds.iter().map(|k| k.done).sum();

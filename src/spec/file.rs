@@ -391,20 +391,8 @@ impl Sweep {
                 span: 0..0,
             });
         }
-        // Exclude rules may name settings: check them now that all settings are known.
-        for rule in &excludes {
-            for (k, v) in &rule.conditions {
-                if k == "setting" && !settings.iter().any(|s| Some(s.name.as_str()) == v.as_str()) {
-                    return Err(p.src.error(
-                        &rule.span,
-                        format!(
-                            "exclude: setting {v} is not a setting of this sweep{}",
-                            p.setting_suggestion(v.as_str().unwrap_or(""), &settings)
-                        ),
-                    ));
-                }
-            }
-        }
+        // Exclude rules name settings, targets and seeds: checked now that all are known.
+        p.check_excludes(&excludes, &settings, &targets, &seeds)?;
         // A key both in [grid] and in a [[zip]] would take the zip's values only.
         for zip in &zips {
             for axis in &grid {
@@ -418,54 +406,6 @@ impl Sweep {
                             p.src.line_col(zip.span.start).0
                         ),
                     ));
-                }
-            }
-        }
-        // An exclude rule on a target or seed the sweep never runs would match nothing.
-        let all_targets: Vec<&String> = targets
-            .iter()
-            .chain(settings.iter().flat_map(|s| s.targets.iter().flatten()))
-            .collect();
-        let all_seeds: Vec<u64> = seeds
-            .iter()
-            .chain(settings.iter().flat_map(|s| s.seeds.iter().flatten()))
-            .copied()
-            .collect();
-        for rule in &excludes {
-            for (k, v) in &rule.conditions {
-                let unknown = match k.as_str() {
-                    "target" => {
-                        (!all_targets.iter().any(|t| Some(t.as_str()) == v.as_str())).then(|| {
-                            let hint = nearest(
-                                v.as_str().unwrap_or(""),
-                                all_targets.iter().map(|t| t.as_str()),
-                            )
-                            .map_or(String::new(), |t| format!("; did you mean {t:?}?"));
-                            format!(
-                                "exclude: target {v} is not a target of this sweep (targets: \
-                                 {}){hint}",
-                                all_targets
-                                    .iter()
-                                    .map(|t| t.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )
-                        })
-                    }
-                    "seed" => (!all_seeds.iter().any(|s| Some(*s) == v.as_u64())).then(|| {
-                        format!(
-                            "exclude: seed {v} is not a seed of this sweep (seeds: {})",
-                            all_seeds
-                                .iter()
-                                .map(u64::to_string)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    }),
-                    _ => None,
-                };
-                if let Some(message) = unknown {
-                    return Err(p.src.error(&rule.span, message));
                 }
             }
         }
@@ -516,6 +456,64 @@ impl Parser<'_> {
             &e.key_span,
             format!("unknown key {key} at the {place}: {hint}"),
         )
+    }
+
+    /// An `[[exclude]]` rule on a setting, target or seed the sweep does not have would match
+    /// nothing: refused at the rule, with the nearest name.
+    fn check_excludes(
+        &self,
+        excludes: &[Rule],
+        settings: &[Setting],
+        targets: &[String],
+        seeds: &[u64],
+    ) -> Result<(), SpecError> {
+        let all_targets: Vec<&str> = targets
+            .iter()
+            .chain(settings.iter().flat_map(|s| s.targets.iter().flatten()))
+            .map(String::as_str)
+            .collect();
+        let all_seeds: Vec<u64> = seeds
+            .iter()
+            .chain(settings.iter().flat_map(|s| s.seeds.iter().flatten()))
+            .copied()
+            .collect();
+        for rule in excludes {
+            for (k, v) in &rule.conditions {
+                let unknown = match k.as_str() {
+                    "setting" => (!settings.iter().any(|s| Some(s.name.as_str()) == v.as_str()))
+                        .then(|| {
+                            format!(
+                                "exclude: setting {v} is not a setting of this sweep{}",
+                                self.setting_suggestion(v.as_str().unwrap_or(""), settings)
+                            )
+                        }),
+                    "target" => (!all_targets.contains(&v.as_str().unwrap_or(""))).then(|| {
+                        let hint = nearest(v.as_str().unwrap_or(""), all_targets.iter().copied())
+                            .map_or(String::new(), |t| format!("; did you mean {t:?}?"));
+                        format!(
+                            "exclude: target {v} is not a target of this sweep (targets: \
+                             {}){hint}",
+                            all_targets.join(", ")
+                        )
+                    }),
+                    "seed" => (!all_seeds.iter().any(|s| Some(*s) == v.as_u64())).then(|| {
+                        format!(
+                            "exclude: seed {v} is not a seed of this sweep (seeds: {})",
+                            all_seeds
+                                .iter()
+                                .map(u64::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }),
+                    _ => None,
+                };
+                if let Some(message) = unknown {
+                    return Err(self.err(&rule.span, message));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn string(&self, e: &Entry) -> Result<String, SpecError> {

@@ -69,13 +69,10 @@ pub fn missing_inputs(plan: &Plan) -> Vec<String> {
 /// every fine-tuning run of that language, each retried, after the priming runs they wait for.
 /// Languages whose folder is missing are left to [`missing_inputs`].
 pub fn unreadable_inputs(plan: &Plan) -> Vec<String> {
-    let mut problems: Vec<String> = Vec::new();
+    let mut problems = model_problems(plan);
     // Whether a file is usable depends on its path and the tag check only, not on limits or
     // seeds, so each (root, language, strictness) is read once.
     let mut seen: std::collections::HashSet<(PathBuf, String, bool)> = Default::default();
-    for problem in model_problems(plan) {
-        problems.push(problem);
-    }
     for run in &plan.runs {
         let (data, langs) = match &run.spec {
             RunSpec::Prime { config } => (&config.data, config.sources.clone()),
@@ -102,11 +99,16 @@ pub fn unreadable_inputs(plan: &Plan) -> Vec<String> {
 /// Cheap (each run's config.json), so `primer plan` shows them too.
 pub fn model_problems(plan: &Plan) -> Vec<String> {
     let mut problems: Vec<String> = Vec::new();
+    // Thousands of runs share a few models: each (model, max_len) reads config.json once.
+    let mut checked: std::collections::HashSet<(&Path, usize)> = Default::default();
     for run in &plan.runs {
         let (model, data) = match &run.spec {
             RunSpec::Prime { config } => (&config.model, &config.data),
             RunSpec::Finetune { config, .. } => (&config.model, &config.data),
         };
+        if !checked.insert((model.as_path(), data.max_len)) {
+            continue;
+        }
         if let Some(problem) = crate::model::BertConfig::max_len_problem(model, data.max_len)
             && !problems.contains(&problem)
         {

@@ -36,8 +36,8 @@ pub const REGISTRATION: super::Registration = super::Registration {
     name: "lora",
     file: FILE,
     load,
-    // Few, freshly initialised weights on a frozen encoder need a much larger rate than full
-    // fine-tuning's 5e-5 (like adapter tuning; not measured on WikiAnn yet — sweeps select it on dev).
+    // Like adapter tuning's: few weights trained on a frozen encoder need a much larger rate
+    // than full fine-tuning's 5e-5; not measured on WikiAnn yet (sweeps select it on dev).
     default_lr: 5e-3,
     tuning_label: "LoRA",
     from_settings,

@@ -191,6 +191,14 @@ impl PeKind {
     pub fn from_name(name: &str) -> Option<PeKind> {
         REGISTRY.iter().find(|r| r.name == name).map(|r| r.kind)
     }
+
+    /// The method a configuration's choice names by its spelling (its clap value name, the
+    /// same as its serde name): how `FinetuneMethod` and `InnerParamsChoice` find theirs.
+    pub fn named_by(choice: &impl clap::ValueEnum) -> Option<PeKind> {
+        choice
+            .to_possible_value()
+            .and_then(|v| Self::from_name(v.get_name()))
+    }
 }
 
 /// What a parameter-efficient method adds to the tagger, and where it acts.

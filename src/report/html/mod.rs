@@ -28,6 +28,15 @@ pub use render::render;
 /// The page's file name inside the report folder.
 pub const PAGE_FILE: &str = "index.html";
 
+/// What the page's `<title>` ends with (after the sweep's name).
+pub const TITLE_SUFFIX: &str = " · primer report";
+
+/// Whether `page` is a page that [`write_page`] wrote (how a report folder from before the
+/// report marker is known).
+pub fn is_written_page(page: &str) -> bool {
+    page.contains(&format!("{TITLE_SUFFIX}</title>"))
+}
+
 /// Lines of a run's log shown for a run that did not finish.
 pub const LOG_TAIL_LINES: usize = 30;
 /// Bytes read from the end of a log to find those lines (logs can be long).

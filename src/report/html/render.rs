@@ -124,7 +124,7 @@ pub fn render(p: &PageData<'_>) -> String {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Sweep " (p.sweep_name) " · primer report" }
+                title { "Sweep " (p.sweep_name) (super::TITLE_SUFFIX) }
                 style { (PreEscaped(CSS)) }
             }
             body {
@@ -289,9 +289,7 @@ fn comparisons(p: &PageData<'_>) -> Markup {
     let c = p.comparison;
     let langs: Vec<&str> = c.languages.iter().map(String::as_str).collect();
     html! {
-        @let family = c.pairs.iter().find_map(|pair| {
-            pair.average.as_ref().or(pair.per_lang.first()).and_then(|d| d.family_wise.as_ref())
-        }).map(|f| f.family);
+        @let family = c.pairs.iter().find_map(|pair| pair.family());
         section #comparisons {
             h2 { "Comparisons" }
             @if c.pairs.is_empty() {
@@ -318,11 +316,7 @@ fn comparisons(p: &PageData<'_>) -> Markup {
                                      th.num { "95% CI, family of " (m) } th { "Family-wise verdict" }
                                  } } }
                     tbody { @for pair in &c.pairs {
-                        @let summary = match (&pair.average, pair.per_lang.as_slice()) {
-                            (Some(avg), langs) => Some((format!("avg of {} langs", langs.len()), avg)),
-                            (None, [one]) => Some((format!("{} only", one.lang), one)),
-                            _ => None,
-                        };
+                        @let summary = pair.headline();
                         tr {
                             td { (pair.a) } td { (pair.b) } td.wrap { (pair.why) }
                             @match summary {
